@@ -1,0 +1,48 @@
+# x402 edge: every target installs what it needs first (make setup is idempotent and quick).
+SHELL := /bin/bash
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all setup wasm build test unit e2e demo run bench contracts fmt clippy clean
+
+all: build wasm
+
+setup:
+	@bash tools/setup.sh
+
+wasm: setup
+	@bash tools/build-wasm.sh
+
+build: setup
+	$(CARGO) build --workspace --bins
+
+# Unit tests, then the Envoy / anvil / settler tests (they need the .wasm and the binaries).
+test: setup wasm build
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+	@bash tools/check-manifests.sh
+
+unit: setup
+	$(CARGO) test --workspace --lib --bins
+
+demo: setup wasm build
+	@bash tools/demo.sh demo
+
+run: setup wasm build
+	@bash tools/demo.sh run
+
+bench: setup wasm
+	$(CARGO) build --release -p x402-settler
+	@bash bench/run.sh
+
+# Recompiles the test token from Solidity (the artefact is committed).
+contracts: setup
+	cd contracts && node compile.js
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf target .run

@@ -1,0 +1,1 @@
+pub fn probe() -> usize { x402_protocol::challenge::Reason::ALL.len() }

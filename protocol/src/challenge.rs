@@ -1,0 +1,336 @@
+//! The 402 answer: the seed SDK's JSON body and the x402 v2 `PAYMENT-REQUIRED` header.
+
+use alloy_primitives::{Address, U256};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::amount::format_base_units;
+use crate::chain::Network;
+use crate::method::{PaymentMethod, Scheme};
+use crate::settler_api::PricedMethod;
+
+pub const SEED_PROTOCOL_VERSION: &str = "Version 0.1";
+pub const PAYMENT_INSTRUCTION: &str = "Payment required to access this resource. Submit payment to the access_token_endpoint using methods specified in payment_scheme.";
+
+/// Why a request got 402. The texts of the first five are the seed SDK's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingToken,
+    MalformedHeader,
+    MalformedToken,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongRoute,
+    UnknownKey,
+    UnsupportedAlgorithm,
+}
+
+impl Reason {
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "Missing authorization token",
+            Reason::MalformedHeader => "Invalid authorization header format",
+            Reason::MalformedToken => "Invalid token format",
+            Reason::BadSignature => "Signature verification failed",
+            Reason::Expired => "Token has expired",
+            Reason::NotYetValid => "Token is not yet valid",
+            Reason::WrongRoute => "Token was issued for another route",
+            Reason::UnknownKey => "Token signed with an unknown key",
+            Reason::UnsupportedAlgorithm => "Token algorithm is not accepted",
+        }
+    }
+    /// Stable machine code, used as metric label and in `error` fields.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::MalformedHeader => "malformed_header",
+            Reason::MalformedToken => "malformed_token",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongRoute => "wrong_route",
+            Reason::UnknownKey => "unknown_key",
+            Reason::UnsupportedAlgorithm => "unsupported_algorithm",
+        }
+    }
+    pub const ALL: [Reason; 9] = [
+        Reason::MissingToken,
+        Reason::MalformedHeader,
+        Reason::MalformedToken,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongRoute,
+        Reason::UnknownKey,
+        Reason::UnsupportedAlgorithm,
+    ];
+}
+
+/// Seed SDK component metadata (0.1.x reads `wallet_address` as the permit spender).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedMetadata {
+    pub symbol: String,
+    pub name: String,
+    pub decimals: u8,
+    pub version: String,
+    #[serde(serialize_with = "crate::addr::checksum")]
+    pub wallet_address: Address,
+}
+
+/// One payment component of the seed 402 body. `amount` is a JSON number in human units
+/// written from the exact decimal (never via f64); `amount_base_units` is the same as an
+/// integer string for clients that want exactness.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SeedComponent {
+    pub payment_type: String,
+    pub amount: Box<RawValue>,
+    pub amount_base_units: String,
+    pub currency: String,
+    pub scheme: Scheme,
+    pub caip2: Network,
+    pub chain_id: u64,
+    #[serde(serialize_with = "crate::addr::checksum")]
+    pub pay_to: Address,
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "crate::addr::checksum_opt")]
+    pub spender: Option<Address>,
+    #[serde(serialize_with = "crate::addr::checksum")]
+    pub token: Address,
+    pub token_name: String,
+    pub token_decimals: u8,
+    pub token_version: String,
+    pub metadata: SeedMetadata,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SeedPaymentScheme {
+    pub payment_components: Vec<SeedComponent>,
+    pub protocol_version: String,
+}
+
+/// The 402 JSON body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SeedChallenge {
+    pub reason: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub access_token_endpoint: String,
+    pub payment_scheme: SeedPaymentScheme,
+    /// The same components under the name the seed README uses.
+    #[serde(default)]
+    pub payment_methods: Option<Vec<SeedComponent>>,
+    pub payment_instruction: String,
+    #[serde(default)]
+    pub route: Option<String>,
+}
+
+/// x402 v2 `resource`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub mime_type: String,
+}
+
+/// x402 v2 `extra` of an EVM `exact` requirement: the EIP-712 domain of the asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetExtra {
+    pub name: String,
+    pub version: String,
+}
+
+/// One x402 v2 `accepts` entry. All fields compare as strings on the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequirements {
+    pub scheme: String,
+    pub network: String,
+    pub amount: String,
+    pub asset: String,
+    pub pay_to: String,
+    pub max_timeout_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<AssetExtra>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequired {
+    pub x402_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub resource: Resource,
+    pub accepts: Vec<PaymentRequirements>,
+    #[serde(default)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Everything that describes a 402 for one route.
+pub struct ChallengeInput<'a> {
+    pub reason: Reason,
+    pub route: &'a str,
+    pub token_endpoint: &'a str,
+    pub resource: Resource,
+    pub accepts: &'a [PricedMethod],
+    /// How long an x402 v2 authorization must stay valid (`maxTimeoutSeconds`).
+    pub max_timeout_seconds: u64,
+}
+
+fn seed_component(p: &PricedMethod) -> SeedComponent {
+    let m: &PaymentMethod = &p.method;
+    let human = format_base_units(p.amount, m.asset.decimals);
+    // `human` is digits with at most one dot: always a valid JSON number.
+    let amount = RawValue::from_string(human).unwrap_or_else(|_| {
+        RawValue::from_string("0".to_string()).expect("literal JSON number")
+    });
+    SeedComponent {
+        payment_type: "evm".to_string(),
+        amount,
+        amount_base_units: p.amount.to_string(),
+        currency: m.asset.symbol.clone(),
+        scheme: m.scheme,
+        caip2: m.network,
+        chain_id: m.network.chain_id,
+        pay_to: m.pay_to,
+        spender: m.spender,
+        token: m.asset.address,
+        token_name: m.asset.name.clone(),
+        token_decimals: m.asset.decimals,
+        token_version: m.asset.version.clone(),
+        metadata: SeedMetadata {
+            symbol: m.asset.symbol.clone(),
+            name: m.asset.name.clone(),
+            decimals: m.asset.decimals,
+            version: m.asset.version.clone(),
+            wallet_address: m.spender.unwrap_or(m.pay_to),
+        },
+    }
+}
+
+/// The seed-compatible 402 body as JSON text.
+pub fn seed_body(input: &ChallengeInput<'_>) -> String {
+    let components: Vec<SeedComponent> = input.accepts.iter().map(seed_component).collect();
+    let methods: Vec<SeedComponent> = input.accepts.iter().map(seed_component).collect();
+    let body = SeedChallenge {
+        reason: input.reason.message().to_string(),
+        error: Some(input.reason.code().to_string()),
+        access_token_endpoint: input.token_endpoint.to_string(),
+        payment_scheme: SeedPaymentScheme {
+            payment_components: components,
+            protocol_version: SEED_PROTOCOL_VERSION.to_string(),
+        },
+        payment_methods: Some(methods),
+        payment_instruction: PAYMENT_INSTRUCTION.to_string(),
+        route: Some(input.route.to_string()),
+    };
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+/// x402 v2 requirements: only `exact` (ERC-3009) methods exist in x402 v2.
+pub fn payment_required(input: &ChallengeInput<'_>) -> PaymentRequired {
+    PaymentRequired {
+        x402_version: 2,
+        error: Some(input.reason.message().to_string()),
+        resource: input.resource.clone(),
+        accepts: input
+            .accepts
+            .iter()
+            .filter(|p| p.method.scheme == Scheme::Exact)
+            .map(|p| v2_requirements(p, input.max_timeout_seconds))
+            .collect(),
+        extensions: Default::default(),
+    }
+}
+
+pub fn v2_requirements(p: &PricedMethod, max_timeout_seconds: u64) -> PaymentRequirements {
+    PaymentRequirements {
+        scheme: "exact".to_string(),
+        network: p.method.network.to_string(),
+        amount: p.amount.to_string(),
+        asset: p.method.asset.address.to_checksum(None),
+        pay_to: p.method.pay_to.to_checksum(None),
+        max_timeout_seconds,
+        extra: Some(AssetExtra { name: p.method.asset.name.clone(), version: p.method.asset.version.clone() }),
+    }
+}
+
+/// Value of the `PAYMENT-REQUIRED` header: standard base64 (padded) of the v2 JSON.
+pub fn payment_required_header(input: &ChallengeInput<'_>) -> String {
+    let json = serde_json::to_vec(&payment_required(input)).unwrap_or_default();
+    crate::b64::encode(&json)
+}
+
+/// Parses an amount the way the 402 body carries it (a JSON number in human units) into
+/// base units, exactly: the number's text is used, never an f64.
+pub fn parse_human_amount(raw: &RawValue, decimals: u8) -> Result<U256, crate::amount::AmountError> {
+    crate::amount::parse_decimal(raw.get().trim().trim_matches('"'), decimals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::Asset;
+
+    fn priced(scheme: Scheme) -> PricedMethod {
+        PricedMethod {
+            amount: U256::from(500_000u64),
+            method: PaymentMethod {
+                scheme,
+                network: Network::eip155(84532),
+                asset: Asset {
+                    address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".parse().unwrap(),
+                    decimals: 6,
+                    name: "USDC".into(),
+                    version: "2".into(),
+                    symbol: "USDC".into(),
+                },
+                pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".parse().unwrap(),
+                spender: (scheme == Scheme::Permit)
+                    .then(|| "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap()),
+            },
+        }
+    }
+
+    fn input<'a>(accepts: &'a [PricedMethod]) -> ChallengeInput<'a> {
+        ChallengeInput {
+            reason: Reason::MissingToken,
+            route: "weather",
+            token_endpoint: "/x402/token/weather",
+            resource: Resource { url: "http://h/api/weather".into(), description: "w".into(), mime_type: "".into() },
+            accepts,
+            max_timeout_seconds: 300,
+        }
+    }
+
+    #[test]
+    fn seed_body_has_the_seed_shape() {
+        let accepts = [priced(Scheme::Exact), priced(Scheme::Permit)];
+        let v: serde_json::Value = serde_json::from_str(&seed_body(&input(&accepts))).unwrap();
+        assert_eq!(v["reason"], "Missing authorization token");
+        assert_eq!(v["access_token_endpoint"], "/x402/token/weather");
+        let c = &v["payment_scheme"]["payment_components"][0];
+        assert_eq!(c["payment_type"], "evm");
+        assert_eq!(c["amount"].to_string(), "0.5");
+        assert_eq!(c["caip2"], "eip155:84532");
+        assert_eq!(c["token_decimals"], 6);
+        assert_eq!(c["chain_id"], 84532);
+        let p = &v["payment_methods"][1];
+        assert_eq!(p["metadata"]["wallet_address"], "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+        assert_eq!(p["scheme"], "permit");
+    }
+
+    #[test]
+    fn v2_header_round_trips_and_lists_only_exact() {
+        let accepts = [priced(Scheme::Exact), priced(Scheme::Permit)];
+        let h = payment_required_header(&input(&accepts));
+        let pr: PaymentRequired = serde_json::from_slice(&crate::b64::decode(&h).unwrap()).unwrap();
+        assert_eq!(pr.x402_version, 2);
+        assert_eq!(pr.accepts.len(), 1);
+        assert_eq!(pr.accepts[0].amount, "500000");
+        assert_eq!(pr.accepts[0].asset, "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+        assert_eq!(pr.accepts[0].extra.as_ref().unwrap().version, "2");
+    }
+}

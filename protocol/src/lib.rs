@@ -1,0 +1,20 @@
+//! Wire types shared by the x402 edge filter (wasm), the settler and the client (native).
+//!
+//! One concern: what goes over the wire and how it is checked for shape. No I/O here, so the
+//! crate compiles for `wasm32-wasip1` as well as for the host.
+
+pub mod addr;
+pub mod amount;
+pub mod b64;
+pub mod chain;
+pub mod challenge;
+pub mod method;
+pub mod payment;
+pub mod settler_api;
+pub mod token;
+pub mod u256_serde;
+
+pub use alloy_primitives::{Address, B256, U256};
+pub use amount::{format_base_units, parse_decimal, AmountError};
+pub use chain::Network;
+pub use method::{Asset, PaymentMethod, Scheme};

