@@ -150,6 +150,20 @@ pub fn verifying_key_to_hex(key: &VerifyingKey) -> String {
     format!("0x{}", alloy_primitives::hex::encode(key.to_encoded_point(true).as_bytes()))
 }
 
+/// The `kid` the settler uses for a key: hex of the first 8 bytes of SHA-256 over the
+/// compressed public key, so the filter config and the settler agree without coordination.
+pub fn key_id(key: &VerifyingKey) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.to_encoded_point(true).as_bytes());
+    alloy_primitives::hex::encode(&digest[..8])
+}
+
+/// Reads a token signing key: hex of 32 bytes, optional 0x, surrounding whitespace ignored.
+pub fn signing_key_from_hex(hex: &str) -> Option<SigningKey> {
+    let bytes = alloy_primitives::hex::decode(hex.trim()).ok()?;
+    SigningKey::from_slice(&bytes).ok()
+}
+
 /// JWK (RFC 7517) of a secp256k1 public key, as `/.well-known/jwks.json` lists it.
 pub fn jwk(kid: &str, key: &VerifyingKey) -> serde_json::Value {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
