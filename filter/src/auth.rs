@@ -1,0 +1,202 @@
+//! Token checks at the edge: the `Authorization` header, the signature (once per token and
+//! worker, thanks to the cache), the time window, and whether the token pays for this route.
+
+use x402_protocol::challenge::Reason;
+use x402_protocol::token::{KeySet, VerifiedToken};
+use x402_protocol::{Address, Network, U256};
+
+use crate::cache::{Lookup, TokenCache};
+use crate::routes::Route;
+
+/// What a verified token grants: the claims the edge needs, kept in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub route: String,
+    pub network: Network,
+    pub asset: Address,
+    pub amount: U256,
+    pub payer: Address,
+    pub expires_at: i64,
+}
+
+impl Grant {
+    pub fn from_verified(v: &VerifiedToken) -> Self {
+        Grant {
+            route: v.claims.route.clone(),
+            network: v.claims.network,
+            asset: v.claims.asset,
+            amount: v.claims.amount,
+            payer: v.claims.sub,
+            expires_at: v.expires_at,
+        }
+    }
+
+    /// Same rule as verification: valid while `now <= exp + leeway`.
+    pub fn expired(&self, now: i64, leeway: i64) -> bool {
+        now > self.expires_at.saturating_add(leeway)
+    }
+}
+
+/// The token from `Authorization: Bearer <token>` (scheme case-insensitive).
+pub fn bearer(header: Option<&str>) -> Result<&str, Reason> {
+    let h = header.ok_or(Reason::MissingToken)?;
+    let h = h.trim();
+    if h.is_empty() {
+        return Err(Reason::MissingToken);
+    }
+    let (scheme, rest) = h.split_once(' ').ok_or(Reason::MalformedHeader)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Reason::MalformedHeader);
+    }
+    let token = rest.trim_start();
+    if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(Reason::MalformedHeader);
+    }
+    Ok(token)
+}
+
+/// Does the grant pay for `route`? Same route name, and one of the route's methods on the
+/// same (network, asset) with a price not above the amount paid.
+pub fn authorize(route: &Route, g: &Grant) -> Result<(), Reason> {
+    if g.route != route.name {
+        return Err(Reason::WrongRoute);
+    }
+    let paid = route
+        .accepts
+        .iter()
+        .any(|p| p.method.network == g.network && p.method.asset.address == g.asset && g.amount >= p.amount);
+    if paid {
+        Ok(())
+    } else {
+        Err(Reason::WrongRoute)
+    }
+}
+
+/// Outcome of checking a request's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCheck {
+    pub result: Result<Grant, Reason>,
+    /// `Some(true)` when served from the cache, `Some(false)` when the signature was checked,
+    /// `None` when no cache lookup happened (no or malformed header).
+    pub cache_hit: Option<bool>,
+}
+
+/// Full check of the `Authorization` header for `route` at unix time `now`.
+pub fn check_token(
+    keys: &KeySet,
+    leeway: i64,
+    cache: &mut TokenCache,
+    route: &Route,
+    authorization: Option<&str>,
+    now: i64,
+) -> TokenCheck {
+    let token = match bearer(authorization) {
+        Ok(t) => t,
+        Err(reason) => return TokenCheck { result: Err(reason), cache_hit: None },
+    };
+    let (grant, hit) = match cache.get(token, now, leeway) {
+        Lookup::Hit(g) => (g.clone(), true),
+        Lookup::Expired => return TokenCheck { result: Err(Reason::Expired), cache_hit: Some(true) },
+        Lookup::Miss => match keys.verify(token, now, leeway) {
+            Ok(v) => {
+                let g = Grant::from_verified(&v);
+                cache.insert(token, g.clone(), now, leeway);
+                (g, false)
+            }
+            Err(e) => return TokenCheck { result: Err(e.reason()), cache_hit: Some(false) },
+        },
+    };
+    let result = authorize(route, &grant).map(|_| grant);
+    TokenCheck { result, cache_hit: Some(hit) }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k256::ecdsa::SigningKey;
+    use x402_protocol::token::{mint, AccessClaims};
+
+    pub fn signing_key() -> SigningKey {
+        SigningKey::from_slice(&[7u8; 32]).unwrap()
+    }
+
+    pub fn claims(route: &str, amount: u64) -> AccessClaims {
+        AccessClaims {
+            iss: "settler".into(),
+            sub: Address::repeat_byte(0x11),
+            route: route.into(),
+            amount: U256::from(amount),
+            asset: crate::config::tests::USDC.parse().unwrap(),
+            network: Network::eip155(84532),
+            jti: "s-1".into(),
+        }
+    }
+
+    fn cfg() -> crate::config::FilterConfig {
+        crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("bearer   abc ")), Ok("abc"));
+        assert_eq!(bearer(None), Err(Reason::MissingToken));
+        assert_eq!(bearer(Some("")), Err(Reason::MissingToken));
+        assert_eq!(bearer(Some("Basic abc")), Err(Reason::MalformedHeader));
+        assert_eq!(bearer(Some("Bearer")), Err(Reason::MalformedHeader));
+        assert_eq!(bearer(Some("Bearer ")), Err(Reason::MalformedHeader));
+        assert_eq!(bearer(Some("abc")), Err(Reason::MalformedHeader));
+        assert_eq!(bearer(Some("Bearer a b")), Err(Reason::MalformedHeader));
+    }
+
+    #[test]
+    fn token_checks_and_cache() {
+        let cfg = cfg();
+        let route = cfg.routes.get(0).unwrap();
+        let other = cfg.routes.get(1).unwrap();
+        let mut cache = TokenCache::new(10);
+        let now = 1_800_000_000;
+        let t = mint(&signing_key(), "k1", claims("weather", 10_000), now, 300);
+        let h = format!("Bearer {t}");
+        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now);
+        assert_eq!(c.cache_hit, Some(false));
+        assert!(c.result.is_ok());
+        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now + 1);
+        assert_eq!(c.cache_hit, Some(true));
+        assert_eq!(c.result.unwrap().payer, Address::repeat_byte(0x11));
+        // Cached, but for another route.
+        let c = check_token(&cfg.keys, 5, &mut cache, other, Some(&h), now + 1);
+        assert_eq!((c.result, c.cache_hit), (Err(Reason::WrongRoute), Some(true)));
+        // Cached, then expired.
+        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now + 306);
+        assert_eq!(c.result, Err(Reason::Expired));
+        // Too little paid.
+        let cheap = mint(&signing_key(), "k1", claims("weather", 9_999), now, 300);
+        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {cheap}")), now);
+        assert_eq!(c.result, Err(Reason::WrongRoute));
+        // Wrong asset.
+        let mut cl = claims("weather", 10_000);
+        cl.asset = Address::repeat_byte(0x33);
+        let t2 = mint(&signing_key(), "k1", cl, now, 300);
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {t2}")), now).result, Err(Reason::WrongRoute));
+        // Wrong network.
+        let mut cl = claims("weather", 10_000);
+        cl.network = Network::eip155(1);
+        let t3 = mint(&signing_key(), "k1", cl, now, 300);
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {t3}")), now).result, Err(Reason::WrongRoute));
+        // Verification failures map to reasons.
+        let forged = mint(&SigningKey::from_slice(&[9u8; 32]).unwrap(), "k1", claims("weather", 10_000), now, 300);
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {forged}")), now).result, Err(Reason::BadSignature));
+        let unknown = mint(&signing_key(), "k9", claims("weather", 10_000), now, 300);
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {unknown}")), now).result, Err(Reason::UnknownKey));
+        let future = mint(&signing_key(), "k1", claims("weather", 10_000), now + 600, 300);
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {future}")), now).result, Err(Reason::NotYetValid));
+        let old = mint(&signing_key(), "k1", claims("weather", 10_000), now - 600, 300);
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {old}")), now).result, Err(Reason::Expired));
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some("Bearer garbage"), now).result, Err(Reason::MalformedToken));
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some("Token x"), now).result, Err(Reason::MalformedHeader));
+        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, None, now).result, Err(Reason::MissingToken));
+        // Failures are never cached; the expired token left the cache; three valid JWTs remain.
+        assert_eq!(cache.len(), 3);
+    }
+}

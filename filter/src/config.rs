@@ -1,0 +1,813 @@
+//! The filter's configuration: JSON in Envoy's plugin `configuration` (a StringValue).
+//!
+//! Parsing is two steps. Serde with `deny_unknown_fields` reads the raw shape (a typo is an
+//! error, never a silently ignored field); then every value is checked and compiled into
+//! [`FilterConfig`]. Any problem is one [`ConfigError`] naming the field path, e.g.
+//! `x402 config: routes[1].price: ...`. There is no default that lets traffic through.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use x402_protocol::settler_api::PricedMethod;
+use x402_protocol::token::{verifying_key_from_hex, KeySet};
+use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Scheme, U256};
+
+use crate::challenge::RouteChallenge;
+use crate::routes::{HostPattern, PathMatch, Route, RouteTable};
+
+pub const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
+pub const DEFAULT_SETTLER_PATH: &str = "/v1/tokens";
+pub const DEFAULT_SETTLER_TIMEOUT_MS: u64 = 3000;
+pub const DEFAULT_CLOCK_LEEWAY_SECS: u64 = 5;
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+pub const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+
+const MAX_SETTLER_TIMEOUT_MS: u64 = 60_000;
+const MAX_CLOCK_LEEWAY_SECS: u64 = 300;
+const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+const MAX_TIMEOUT_SECONDS_LIMIT: u64 = 7 * 24 * 3600;
+const MAX_TOKEN_CACHE_SIZE: usize = 1_000_000;
+const MAX_BODY_BYTES_LIMIT: usize = 1024 * 1024;
+const MAX_NAME_LEN: usize = 64;
+const MAX_DECIMALS: u8 = 36;
+
+/// A configuration error: the JSON path of the offending field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "x402 config: {}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What happens to a paid request (x402 v2 `PAYMENT-SIGNATURE`) when the settler cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Answer 503 (the default; fail closed).
+    Deny,
+    /// Let the request through unpaid and log a warning.
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettlerConfig {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+}
+
+/// The validated, compiled configuration shared (via `Rc`) by all HTTP contexts of a worker.
+pub struct FilterConfig {
+    pub token_endpoint_prefix: String,
+    pub settler: SettlerConfig,
+    pub keys: KeySet,
+    pub clock_leeway_secs: i64,
+    pub token_ttl_secs: u64,
+    pub max_timeout_seconds: u64,
+    pub token_cache_size: usize,
+    pub max_body_bytes: usize,
+    pub routes: RouteTable,
+}
+
+impl fmt::Debug for FilterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterConfig")
+            .field("token_endpoint_prefix", &self.token_endpoint_prefix)
+            .field("settler", &self.settler)
+            .field("keys", &self.keys.len())
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw shape (serde)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    token_endpoint_prefix: Option<String>,
+    settler: RawSettler,
+    token_keys: Vec<RawKey>,
+    #[serde(default)]
+    clock_leeway_secs: Option<u64>,
+    #[serde(default)]
+    token_ttl_secs: Option<u64>,
+    #[serde(default)]
+    max_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    token_cache_size: Option<usize>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    payment_methods: UniqueMap<RawMethod>,
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettler {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    failure_mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    public_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMethod {
+    scheme: String,
+    network: String,
+    asset: RawAsset,
+    pay_to: String,
+    #[serde(default)]
+    spender: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsset {
+    address: String,
+    decimals: u8,
+    name: String,
+    version: String,
+    symbol: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+    price: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    mime_type: Option<String>,
+    payment_methods: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+}
+
+/// A JSON object read in order that refuses duplicate keys (serde's maps keep the last one).
+struct UniqueMap<T>(Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for UniqueMap<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = UniqueMap<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    let value = map.next_value::<T>()?;
+                    out.push((key, value));
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+/// Parses and validates the plugin configuration.
+pub fn parse(text: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let raw: RawConfig = match serde_path_to_error::deserialize(&mut de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let path = e.path().to_string();
+            return Err(ConfigError::new(if path.is_empty() { ".".to_string() } else { path }, e.into_inner().to_string()));
+        }
+    };
+    de.end().map_err(|e| ConfigError::new(".", e.to_string()))?;
+    validate(raw)
+}
+
+fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
+    let prefix = raw.token_endpoint_prefix.unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT_PREFIX.to_string());
+    check_endpoint_prefix(&prefix).map_err(|m| ConfigError::new("token_endpoint_prefix", m))?;
+
+    let settler = validate_settler(raw.settler)?;
+    let keys = validate_keys(raw.token_keys)?;
+
+    let clock_leeway_secs = bounded("clock_leeway_secs", raw.clock_leeway_secs.unwrap_or(DEFAULT_CLOCK_LEEWAY_SECS), 0, MAX_CLOCK_LEEWAY_SECS)?;
+    let token_ttl_secs = bounded("token_ttl_secs", raw.token_ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS), 1, MAX_TOKEN_TTL_SECS)?;
+    let max_timeout_seconds =
+        bounded("max_timeout_seconds", raw.max_timeout_seconds.unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS), 1, MAX_TIMEOUT_SECONDS_LIMIT)?;
+    let token_cache_size = bounded(
+        "token_cache_size",
+        raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE) as u64,
+        0,
+        MAX_TOKEN_CACHE_SIZE as u64,
+    )? as usize;
+    let max_body_bytes =
+        bounded("max_body_bytes", raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) as u64, 1, MAX_BODY_BYTES_LIMIT as u64)? as usize;
+
+    if raw.payment_methods.0.is_empty() {
+        return Err(ConfigError::new("payment_methods", "at least one payment method is required"));
+    }
+    let mut methods: Vec<(String, PaymentMethod)> = Vec::with_capacity(raw.payment_methods.0.len());
+    for (name, m) in raw.payment_methods.0 {
+        let path = format!("payment_methods.{name}");
+        if name.is_empty() {
+            return Err(ConfigError::new("payment_methods", "a payment method name is empty"));
+        }
+        let method = validate_method(&path, m)?;
+        methods.push((name, method));
+    }
+
+    if raw.routes.is_empty() {
+        return Err(ConfigError::new("routes", "at least one route is required"));
+    }
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let route = validate_route(&path, r, &methods, &prefix, max_timeout_seconds)?;
+        if !names.insert(route.name.clone()) {
+            return Err(ConfigError::new(format!("{path}.name"), format!("duplicate route name {:?}", route.name)));
+        }
+        routes.push(route);
+    }
+
+    Ok(FilterConfig {
+        token_endpoint_prefix: prefix,
+        settler,
+        keys,
+        clock_leeway_secs: clock_leeway_secs as i64,
+        token_ttl_secs,
+        max_timeout_seconds,
+        token_cache_size,
+        max_body_bytes,
+        routes: RouteTable::new(routes),
+    })
+}
+
+fn bounded(path: &str, v: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    if v < min || v > max {
+        return Err(ConfigError::new(path, format!("{v} is out of range {min}..={max}")));
+    }
+    Ok(v)
+}
+
+/// Characters safe in a URL path segment without escaping (RFC 3986 unreserved).
+fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'~')
+}
+
+fn check_endpoint_prefix(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || !p.ends_with('/') || p.len() < 2 {
+        return Err(format!("{p:?} must start and end with '/' (e.g. \"/x402/token/\")"));
+    }
+    if p.contains("//") {
+        return Err(format!("{p:?} contains an empty segment"));
+    }
+    if !p[1..p.len() - 1].split('/').all(is_safe_name) {
+        return Err(format!("{p:?} may only contain [A-Za-z0-9._~-] segments"));
+    }
+    Ok(())
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    if p.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
+        return Err(format!("{p:?} contains whitespace, control characters, '?' or '#'"));
+    }
+    Ok(())
+}
+
+fn validate_settler(s: RawSettler) -> Result<SettlerConfig, ConfigError> {
+    if s.cluster.trim().is_empty() || s.cluster.trim() != s.cluster {
+        return Err(ConfigError::new("settler.cluster", "must be a non-empty Envoy cluster name"));
+    }
+    let authority = s.authority.unwrap_or_else(|| s.cluster.clone());
+    if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/') {
+        return Err(ConfigError::new("settler.authority", format!("{authority:?} is not a valid authority")));
+    }
+    let path = s.path.unwrap_or_else(|| DEFAULT_SETTLER_PATH.to_string());
+    check_path(&path).map_err(|m| ConfigError::new("settler.path", m))?;
+    let timeout_ms = bounded("settler.timeout_ms", s.timeout_ms.unwrap_or(DEFAULT_SETTLER_TIMEOUT_MS), 1, MAX_SETTLER_TIMEOUT_MS)?;
+    let failure_mode = match s.failure_mode.as_deref() {
+        None | Some("deny") => FailureMode::Deny,
+        Some("allow") => FailureMode::Allow,
+        Some(other) => {
+            return Err(ConfigError::new("settler.failure_mode", format!("{other:?} is neither \"deny\" nor \"allow\"")))
+        }
+    };
+    Ok(SettlerConfig { cluster: s.cluster, authority, path, timeout: Duration::from_millis(timeout_ms), failure_mode })
+}
+
+fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
+    if keys.is_empty() {
+        return Err(ConfigError::new("token_keys", "at least one token verification key is required"));
+    }
+    let mut set = KeySet::new();
+    let mut seen = HashSet::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        let kid_ok = !k.kid.is_empty()
+            && k.kid.len() <= 128
+            && k.kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !kid_ok {
+            return Err(ConfigError::new(format!("token_keys[{i}].kid"), format!("{:?} must be 1..=128 chars of [A-Za-z0-9._-]", k.kid)));
+        }
+        if !seen.insert(k.kid.clone()) {
+            return Err(ConfigError::new(format!("token_keys[{i}].kid"), format!("duplicate kid {:?}", k.kid)));
+        }
+        let hex = k.public_key.trim();
+        let hex_ok = hex.len() > 2 && hex.trim_start_matches("0x").bytes().all(|b| b.is_ascii_hexdigit());
+        let key = if hex_ok { verifying_key_from_hex(hex) } else { None }.ok_or_else(|| {
+            ConfigError::new(
+                format!("token_keys[{i}].public_key"),
+                "not a secp256k1 public key as SEC1 hex (33 bytes compressed or 65 uncompressed)",
+            )
+        })?;
+        set.insert(k.kid, key);
+    }
+    Ok(set)
+}
+
+/// A 20-byte hex address. Mixed case must be a valid EIP-55 checksum (it catches typos).
+fn parse_address(path: &str, s: &str, allow_zero: bool) -> Result<Address, ConfigError> {
+    let hex = s.strip_prefix("0x").ok_or_else(|| ConfigError::new(path, format!("{s:?} is not a 0x-prefixed address")))?;
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ConfigError::new(path, format!("{s:?} is not a 20-byte hex address")));
+    }
+    let addr: Address = s.parse().map_err(|_| ConfigError::new(path, format!("{s:?} is not an address")))?;
+    let mixed = hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed && addr.to_checksum(None) != s {
+        return Err(ConfigError::new(path, format!("{s:?} has an invalid EIP-55 checksum")));
+    }
+    if !allow_zero && addr == Address::ZERO {
+        return Err(ConfigError::new(path, "the zero address is not allowed"));
+    }
+    Ok(addr)
+}
+
+fn non_empty(path: &str, s: String) -> Result<String, ConfigError> {
+    if s.trim().is_empty() {
+        return Err(ConfigError::new(path, "must not be empty"));
+    }
+    Ok(s)
+}
+
+fn validate_method(path: &str, m: RawMethod) -> Result<PaymentMethod, ConfigError> {
+    let scheme = match m.scheme.as_str() {
+        "exact" => Scheme::Exact,
+        "permit" => Scheme::Permit,
+        other => {
+            return Err(ConfigError::new(format!("{path}.scheme"), format!("{other:?} is neither \"exact\" nor \"permit\"")))
+        }
+    };
+    let network: Network =
+        m.network.parse().map_err(|e: x402_protocol::chain::NetworkError| ConfigError::new(format!("{path}.network"), e.to_string()))?;
+    let address = parse_address(&format!("{path}.asset.address"), &m.asset.address, false)?;
+    if m.asset.decimals > MAX_DECIMALS {
+        return Err(ConfigError::new(format!("{path}.asset.decimals"), format!("{} is more than {MAX_DECIMALS}", m.asset.decimals)));
+    }
+    let asset = Asset {
+        address,
+        decimals: m.asset.decimals,
+        name: non_empty(&format!("{path}.asset.name"), m.asset.name)?,
+        version: non_empty(&format!("{path}.asset.version"), m.asset.version)?,
+        symbol: non_empty(&format!("{path}.asset.symbol"), m.asset.symbol)?,
+    };
+    let pay_to = parse_address(&format!("{path}.pay_to"), &m.pay_to, false)?;
+    let spender = match (scheme, m.spender) {
+        (Scheme::Permit, Some(s)) => Some(parse_address(&format!("{path}.spender"), &s, false)?),
+        (Scheme::Permit, None) => {
+            return Err(ConfigError::new(format!("{path}.spender"), "required for scheme \"permit\" (the settler's wallet)"))
+        }
+        // `exact` pays `pay_to` directly: a spender has no meaning and is ignored, but it must
+        // still be well-formed so a typo does not go unnoticed.
+        (Scheme::Exact, Some(s)) => {
+            parse_address(&format!("{path}.spender"), &s, true)?;
+            None
+        }
+        (Scheme::Exact, None) => None,
+    };
+    Ok(PaymentMethod { scheme, network, asset, pay_to, spender })
+}
+
+fn validate_match(path: &str, m: RawMatch) -> Result<PathMatch, ConfigError> {
+    let path = format!("{path}.match");
+    match (m.prefix, m.exact, m.template) {
+        (Some(p), None, None) => {
+            check_path(&p).map_err(|e| ConfigError::new(format!("{path}.prefix"), e))?;
+            Ok(PathMatch::Prefix(p))
+        }
+        (None, Some(e), None) => {
+            check_path(&e).map_err(|m| ConfigError::new(format!("{path}.exact"), m))?;
+            Ok(PathMatch::Exact(e))
+        }
+        (None, None, Some(t)) => {
+            check_path(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))?;
+            PathMatch::template(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))
+        }
+        _ => Err(ConfigError::new(path, "exactly one of \"prefix\", \"exact\", \"template\" is required")),
+    }
+}
+
+fn validate_route(
+    path: &str,
+    r: RawRoute,
+    methods: &[(String, PaymentMethod)],
+    prefix: &str,
+    max_timeout_seconds: u64,
+) -> Result<Route, ConfigError> {
+    if !is_safe_name(&r.name) {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            format!("{:?} must be 1..={MAX_NAME_LEN} chars of [A-Za-z0-9._~-] (it becomes a URL path segment)", r.name),
+        ));
+    }
+    let matcher = validate_match(path, r.matcher)?;
+
+    let http_methods = match r.methods {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(format!("{path}.methods"), "must not be empty (omit it to match every method)"));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (j, m) in list.into_iter().enumerate() {
+                if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(ConfigError::new(format!("{path}.methods[{j}]"), format!("{m:?} is not an HTTP method")));
+                }
+                out.push(m.to_ascii_uppercase());
+            }
+            Some(out)
+        }
+    };
+
+    let hosts = match r.hosts {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(format!("{path}.hosts"), "must not be empty (omit it to match every host)"));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (j, h) in list.iter().enumerate() {
+                out.push(HostPattern::parse(h).map_err(|m| ConfigError::new(format!("{path}.hosts[{j}]"), m))?);
+            }
+            Some(out)
+        }
+    };
+
+    if r.payment_methods.is_empty() {
+        return Err(ConfigError::new(format!("{path}.payment_methods"), "at least one payment method is required"));
+    }
+    let mut accepts: Vec<PricedMethod> = Vec::with_capacity(r.payment_methods.len());
+    for (j, name) in r.payment_methods.iter().enumerate() {
+        let mpath = format!("{path}.payment_methods[{j}]");
+        if r.payment_methods[..j].contains(name) {
+            return Err(ConfigError::new(mpath, format!("{name:?} is listed twice")));
+        }
+        let method = methods
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| ConfigError::new(mpath, format!("unknown payment method {name:?}")))?;
+        let amount = parse_decimal(&r.price, method.asset.decimals).map_err(|e| {
+            ConfigError::new(format!("{path}.price"), format!("{e} (payment method {name:?}, {} decimals)", method.asset.decimals))
+        })?;
+        if amount == U256::ZERO {
+            return Err(ConfigError::new(format!("{path}.price"), "must be greater than zero"));
+        }
+        accepts.push(PricedMethod { amount, method });
+    }
+
+    let description = r.description.unwrap_or_default();
+    let mime_type = r.mime_type.unwrap_or_default();
+    if mime_type.bytes().any(|b| b < b' ' || b == 0x7f) {
+        return Err(ConfigError::new(format!("{path}.mime_type"), "contains control characters"));
+    }
+    let token_endpoint = format!("{prefix}{}", r.name);
+    let challenge = RouteChallenge::precompute(&r.name, &token_endpoint, &accepts, max_timeout_seconds);
+    Ok(Route {
+        name: r.name,
+        matcher,
+        methods: http_methods,
+        hosts,
+        price: r.price,
+        description,
+        mime_type,
+        accepts,
+        token_endpoint,
+        challenge,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Public key of `auth::tests::signing_key()` (secret [7; 32]).
+    pub fn key_hex() -> String {
+        x402_protocol::token::verifying_key_to_hex(crate::auth::tests::signing_key().verifying_key())
+    }
+    pub const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+    pub const PAY_TO: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+    pub const SPENDER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+    pub fn sample() -> Value {
+        json!({
+            "token_endpoint_prefix": "/x402/token/",
+            "settler": {"cluster": "x402_settler", "authority": "x402-settler", "path": "/v1/tokens", "timeout_ms": 3000, "failure_mode": "deny"},
+            "token_keys": [{"kid": "k1", "public_key": key_hex()}],
+            "clock_leeway_secs": 5, "token_ttl_secs": 300, "max_timeout_seconds": 300, "token_cache_size": 100, "max_body_bytes": 16384,
+            "payment_methods": {
+                "usdc-base": {"scheme": "exact", "network": "eip155:84532",
+                    "asset": {"address": USDC, "decimals": 6, "name": "USDC", "version": "2", "symbol": "USDC"},
+                    "pay_to": PAY_TO},
+                "usdc-permit": {"scheme": "permit", "network": "eip155:84532",
+                    "asset": {"address": USDC, "decimals": 6, "name": "USDC", "version": "2", "symbol": "USDC"},
+                    "pay_to": PAY_TO, "spender": SPENDER}
+            },
+            "routes": [
+                {"name": "weather", "match": {"prefix": "/api/weather"}, "methods": ["GET"], "price": "0.01",
+                 "description": "Weather", "mime_type": "application/json", "payment_methods": ["usdc-base", "usdc-permit"]},
+                {"name": "report", "match": {"template": "/api/users/{id}/report"}, "hosts": ["api.example.com", "*.example.org"],
+                 "price": "1.5", "payment_methods": ["usdc-base"]}
+            ]
+        })
+    }
+
+    fn parse_value(v: &Value) -> Result<FilterConfig, ConfigError> {
+        parse(serde_json::to_string(v).unwrap().as_bytes())
+    }
+
+    /// Applies `edit` to the sample config and expects an error at `path`.
+    fn expect_err(edit: impl FnOnce(&mut Value), path: &str) -> ConfigError {
+        let mut v = sample();
+        edit(&mut v);
+        match parse_value(&v) {
+            Ok(_) => panic!("config must be rejected at {path}"),
+            Err(e) => {
+                assert_eq!(e.path, path, "wrong path for error: {e}");
+                assert!(e.to_string().starts_with(&format!("x402 config: {path}: ")), "{e}");
+                e
+            }
+        }
+    }
+
+    #[test]
+    fn sample_parses_with_prices_in_base_units() {
+        let cfg = parse_value(&sample()).unwrap();
+        assert_eq!(cfg.routes.len(), 2);
+        let r = cfg.routes.get(0).unwrap();
+        assert_eq!(r.token_endpoint, "/x402/token/weather");
+        assert_eq!(r.accepts[0].amount, U256::from(10_000u64));
+        assert_eq!(r.accepts[1].method.spender, Some(SPENDER.parse().unwrap()));
+        assert_eq!(cfg.routes.get(1).unwrap().accepts[0].amount, U256::from(1_500_000u64));
+        assert_eq!(cfg.settler.timeout, Duration::from_millis(3000));
+        assert_eq!(cfg.keys.len(), 1);
+    }
+
+    #[test]
+    fn defaults_for_optional_numbers() {
+        let mut v = sample();
+        let o = v.as_object_mut().unwrap();
+        for k in ["token_endpoint_prefix", "clock_leeway_secs", "token_ttl_secs", "max_timeout_seconds", "token_cache_size", "max_body_bytes"] {
+            o.remove(k);
+        }
+        v["settler"] = json!({"cluster": "x402_settler"});
+        let cfg = parse_value(&v).unwrap();
+        assert_eq!(cfg.token_endpoint_prefix, DEFAULT_TOKEN_ENDPOINT_PREFIX);
+        assert_eq!(cfg.clock_leeway_secs, 5);
+        assert_eq!(cfg.token_ttl_secs, 300);
+        assert_eq!(cfg.max_timeout_seconds, 300);
+        assert_eq!(cfg.token_cache_size, 10_000);
+        assert_eq!(cfg.max_body_bytes, 16384);
+        assert_eq!(cfg.settler.authority, "x402_settler");
+        assert_eq!(cfg.settler.path, "/v1/tokens");
+        assert_eq!(cfg.settler.failure_mode, FailureMode::Deny);
+        assert_eq!(cfg.settler.timeout, Duration::from_millis(3000));
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields() {
+        assert_eq!(parse(b"not json").unwrap_err().path, ".");
+        assert_eq!(parse(b"").unwrap_err().path, ".");
+        let trailing = format!("{} trailing", serde_json::to_string(&sample()).unwrap());
+        assert_eq!(parse(trailing.as_bytes()).unwrap_err().path, ".");
+        let e = parse(br#"{"settler":{"cluster":"a"}}"#).unwrap_err();
+        assert!(e.message.contains("token_keys"), "{e}");
+        expect_err(|v| v["extra"] = json!(1), "extra");
+        expect_err(|v| v["settler"]["retries"] = json!(1), "settler.retries");
+        expect_err(|v| v["token_keys"][0]["alg"] = json!("x"), "token_keys[0].alg");
+        expect_err(|v| v["payment_methods"]["usdc-base"]["fee"] = json!(1), "payment_methods.usdc-base.fee");
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["chain"] = json!(1), "payment_methods.usdc-base.asset.chain");
+        expect_err(|v| v["routes"][1]["prise"] = json!("1"), "routes[1].prise");
+        expect_err(|v| v["routes"][0]["match"]["regex"] = json!(".*"), "routes[0].match.regex");
+        expect_err(|v| v["routes"][0]["price"] = json!(0.01), "routes[0].price");
+        expect_err(|v| v["clock_leeway_secs"] = json!(-1), "clock_leeway_secs");
+        expect_err(|v| { v.as_object_mut().unwrap().remove("settler"); }, ".");
+        expect_err(|v| { v["routes"][0].as_object_mut().unwrap().remove("price"); }, "routes[0]");
+    }
+
+    #[test]
+    fn duplicate_payment_method_key_is_rejected() {
+        let text = serde_json::to_string(&sample()).unwrap().replacen(
+            "\"payment_methods\":{",
+            "\"payment_methods\":{\"usdc-base\":{},",
+            1,
+        );
+        // The first occurrence is an invalid method; make it valid to hit the duplicate check.
+        let m = serde_json::to_string(&sample()["payment_methods"]["usdc-base"]).unwrap();
+        let text = text.replacen("\"usdc-base\":{}", &format!("\"usdc-base\":{m}"), 1);
+        let e = parse(text.as_bytes()).unwrap_err();
+        assert_eq!(e.path, "payment_methods");
+        assert!(e.message.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn settler_errors() {
+        expect_err(|v| v["settler"]["cluster"] = json!(""), "settler.cluster");
+        expect_err(|v| v["settler"]["authority"] = json!("a b"), "settler.authority");
+        expect_err(|v| v["settler"]["path"] = json!("v1/tokens"), "settler.path");
+        expect_err(|v| v["settler"]["timeout_ms"] = json!(0), "settler.timeout_ms");
+        expect_err(|v| v["settler"]["timeout_ms"] = json!(600_000), "settler.timeout_ms");
+        expect_err(|v| v["settler"]["failure_mode"] = json!("open"), "settler.failure_mode");
+    }
+
+    #[test]
+    fn key_errors() {
+        expect_err(|v| v["token_keys"] = json!([]), "token_keys");
+        expect_err(|v| v["token_keys"][0]["public_key"] = json!("0x02zz"), "token_keys[0].public_key");
+        expect_err(|v| v["token_keys"][0]["public_key"] = json!("0x02"), "token_keys[0].public_key");
+        expect_err(|v| v["token_keys"][0]["public_key"] = json!(format!("0x04{}", "00".repeat(64))), "token_keys[0].public_key");
+        expect_err(|v| v["token_keys"][0]["kid"] = json!(""), "token_keys[0].kid");
+        expect_err(|v| v["token_keys"][0]["kid"] = json!("a/b"), "token_keys[0].kid");
+        expect_err(|v| v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k1", "public_key": key_hex()}]), "token_keys[1].kid");
+        // Several keys for rotation are fine, uncompressed too.
+        let mut v = sample();
+        let k = x402_protocol::token::verifying_key_from_hex(&key_hex()).unwrap();
+        let uncompressed = format!("0x{}", hex_encode(k.to_encoded_point(false).as_bytes()));
+        v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k2", "public_key": uncompressed}]);
+        assert_eq!(parse_value(&v).unwrap().keys.len(), 2);
+    }
+
+    fn hex_encode(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn numbers_out_of_range() {
+        expect_err(|v| v["clock_leeway_secs"] = json!(100_000), "clock_leeway_secs");
+        expect_err(|v| v["token_ttl_secs"] = json!(0), "token_ttl_secs");
+        expect_err(|v| v["max_timeout_seconds"] = json!(0), "max_timeout_seconds");
+        expect_err(|v| v["max_body_bytes"] = json!(0), "max_body_bytes");
+        expect_err(|v| v["max_body_bytes"] = json!(100_000_000), "max_body_bytes");
+        expect_err(|v| v["token_cache_size"] = json!(10_000_000), "token_cache_size");
+        expect_err(|v| v["token_endpoint_prefix"] = json!("/x402/token"), "token_endpoint_prefix");
+        expect_err(|v| v["token_endpoint_prefix"] = json!("x402/"), "token_endpoint_prefix");
+        expect_err(|v| v["token_endpoint_prefix"] = json!("/x 402/"), "token_endpoint_prefix");
+        expect_err(|v| v["token_endpoint_prefix"] = json!("//"), "token_endpoint_prefix");
+    }
+
+    #[test]
+    fn payment_method_errors() {
+        let m = "payment_methods.usdc-base";
+        expect_err(|v| v["payment_methods"] = json!({}), "payment_methods");
+        expect_err(|v| v["payment_methods"]["usdc-base"]["scheme"] = json!("upto"), &format!("{m}.scheme"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["network"] = json!("base"), &format!("{m}.network"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["network"] = json!("eip155:0"), &format!("{m}.network"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("0x1234"), &format!("{m}.asset.address"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("036CbD53842c5426634e7929541eC2318f3dCF7e"), &format!("{m}.asset.address"));
+        // Bad EIP-55 checksum (one letter's case flipped).
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("0x036cbD53842c5426634e7929541eC2318f3dCF7e"), &format!("{m}.asset.address"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!(format!("0x{}", "0".repeat(40))), &format!("{m}.asset.address"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["decimals"] = json!(77), &format!("{m}.asset.decimals"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["decimals"] = json!(300), &format!("{m}.asset.decimals"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["name"] = json!(""), &format!("{m}.asset.name"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["version"] = json!(" "), &format!("{m}.asset.version"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["symbol"] = json!(""), &format!("{m}.asset.symbol"));
+        expect_err(|v| v["payment_methods"]["usdc-base"]["pay_to"] = json!("0xnothex"), &format!("{m}.pay_to"));
+        expect_err(|v| { v["payment_methods"]["usdc-permit"].as_object_mut().unwrap().remove("spender"); }, "payment_methods.usdc-permit.spender");
+        expect_err(|v| v["payment_methods"]["usdc-permit"]["spender"] = json!("0x12"), "payment_methods.usdc-permit.spender");
+        expect_err(|v| v["payment_methods"]["usdc-base"]["spender"] = json!("bad"), &format!("{m}.spender"));
+        // A well-formed spender on an exact method is ignored.
+        let mut v = sample();
+        v["payment_methods"]["usdc-base"]["spender"] = json!(SPENDER);
+        let cfg = parse_value(&v).unwrap();
+        assert_eq!(cfg.routes.get(0).unwrap().accepts[0].method.spender, None);
+        // Lower-case (non-checksummed) addresses are accepted.
+        let mut v = sample();
+        v["payment_methods"]["usdc-base"]["pay_to"] = json!(PAY_TO.to_lowercase());
+        assert!(parse_value(&v).is_ok());
+    }
+
+    #[test]
+    fn route_errors() {
+        expect_err(|v| v["routes"] = json!([]), "routes");
+        expect_err(|v| v["routes"][1]["name"] = json!("weather"), "routes[1].name");
+        expect_err(|v| v["routes"][1]["name"] = json!("a/b"), "routes[1].name");
+        expect_err(|v| v["routes"][1]["name"] = json!("a b"), "routes[1].name");
+        expect_err(|v| v["routes"][1]["name"] = json!(".."), "routes[1].name");
+        expect_err(|v| v["routes"][1]["name"] = json!("a?b"), "routes[1].name");
+        expect_err(|v| v["routes"][1]["name"] = json!(""), "routes[1].name");
+        expect_err(|v| v["routes"][1]["name"] = json!("x".repeat(65)), "routes[1].name");
+        expect_err(|v| v["routes"][1]["price"] = json!("0.0000001"), "routes[1].price");
+        expect_err(|v| v["routes"][1]["price"] = json!("1e3"), "routes[1].price");
+        expect_err(|v| v["routes"][1]["price"] = json!("-1"), "routes[1].price");
+        expect_err(|v| v["routes"][1]["price"] = json!("0"), "routes[1].price");
+        expect_err(|v| v["routes"][1]["price"] = json!(""), "routes[1].price");
+        expect_err(|v| v["routes"][0]["methods"] = json!([]), "routes[0].methods");
+        expect_err(|v| v["routes"][0]["methods"] = json!(["GET", "P OST"]), "routes[0].methods[1]");
+        expect_err(|v| v["routes"][1]["hosts"] = json!([]), "routes[1].hosts");
+        expect_err(|v| v["routes"][1]["hosts"] = json!(["a.com", "*"]), "routes[1].hosts[1]");
+        expect_err(|v| v["routes"][1]["hosts"] = json!(["a.*.com"]), "routes[1].hosts[0]");
+        expect_err(|v| v["routes"][1]["hosts"] = json!(["a.com:80"]), "routes[1].hosts[0]");
+        expect_err(|v| v["routes"][1]["payment_methods"] = json!([]), "routes[1].payment_methods");
+        expect_err(|v| v["routes"][1]["payment_methods"] = json!(["usdc-eth"]), "routes[1].payment_methods[0]");
+        expect_err(|v| v["routes"][1]["payment_methods"] = json!(["usdc-base", "usdc-base"]), "routes[1].payment_methods[1]");
+        expect_err(|v| v["routes"][0]["match"] = json!({}), "routes[0].match");
+        expect_err(|v| v["routes"][0]["match"] = json!({"prefix": "/a", "exact": "/a"}), "routes[0].match");
+        expect_err(|v| v["routes"][0]["match"] = json!({"prefix": "api"}), "routes[0].match.prefix");
+        expect_err(|v| v["routes"][0]["match"] = json!({"exact": "/a b"}), "routes[0].match.exact");
+        expect_err(|v| v["routes"][0]["match"] = json!({"exact": "/a?b=1"}), "routes[0].match.exact");
+        expect_err(|v| v["routes"][0]["match"] = json!({"template": "/a/{id"}), "routes[0].match.template");
+        expect_err(|v| v["routes"][0]["match"] = json!({"template": "/a/**/b"}), "routes[0].match.template");
+        expect_err(|v| v["routes"][0]["match"] = json!({"template": "/a/{x}/{x}"}), "routes[0].match.template");
+        expect_err(|v| v["routes"][0]["mime_type"] = json!("a\nb"), "routes[0].mime_type");
+    }
+
+    #[test]
+    fn price_must_be_exact_in_every_method() {
+        // 0.0000001 fits an 18-decimals asset but not USDC's 6: refused, naming the price.
+        let mut v = sample();
+        v["payment_methods"]["eth-ish"] = json!({"scheme": "exact", "network": "eip155:1",
+            "asset": {"address": SPENDER, "decimals": 18, "name": "T", "version": "1", "symbol": "T"}, "pay_to": PAY_TO});
+        v["routes"][1]["payment_methods"] = json!(["eth-ish"]);
+        v["routes"][1]["price"] = json!("0.0000001");
+        assert!(parse_value(&v).is_ok());
+        v["routes"][1]["payment_methods"] = json!(["eth-ish", "usdc-base"]);
+        let e = parse_value(&v).unwrap_err();
+        assert_eq!(e.path, "routes[1].price");
+        assert!(e.message.contains("usdc-base"), "{e}");
+    }
+}

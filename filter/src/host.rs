@@ -1,0 +1,418 @@
+//! The proxy-wasm glue: the only module that talks to Envoy. It reads headers and bodies,
+//! calls the pure modules for decisions, and carries the decisions out. Host calls are used
+//! through `proxy_wasm::hostcalls` (which return `Result`) rather than the trait helpers
+//! (which unwrap), so no request path can panic on a host error.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use x402_protocol::challenge::Reason;
+
+use crate::auth;
+use crate::cache::TokenCache;
+use crate::challenge::{self, HttpAnswer};
+use crate::config::{self, FilterConfig};
+use crate::decision::{self, PaymentOutcome, PricedAction};
+use crate::metrics::Counter;
+use crate::routes::RequestAttrs;
+use crate::token_endpoint::{self, Endpoint, SettlerReply};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None }) });
+}}
+
+struct Metrics {
+    ids: Vec<Option<u32>>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let ids = Counter::all()
+            .into_iter()
+            .map(|c| {
+                let name = c.name();
+                match hostcalls::define_metric(MetricType::Counter, &name) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        warn!("x402: cannot define metric {name}: {e:?}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Metrics { ids }
+    }
+
+    fn inc(&self, c: Counter) {
+        if let Some(Some(id)) = self.ids.get(c.index()) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+}
+
+/// Per-worker state shared by the root context and every HTTP context.
+struct Shared {
+    cfg: FilterConfig,
+    metrics: Metrics,
+    cache: RefCell<TokenCache>,
+}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, plugin_configuration_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match config::parse(&bytes) {
+            Ok(cfg) => {
+                info!(
+                    "x402: configured {} priced route(s), {} token key(s), settler cluster {:?}",
+                    cfg.routes.len(),
+                    cfg.keys.len(),
+                    cfg.settler.cluster
+                );
+                let cache = RefCell::new(TokenCache::new(cfg.token_cache_size));
+                self.shared = Some(Rc::new(Shared { cfg, metrics: Metrics::define(), cache }));
+                true
+            }
+            Err(e) => {
+                error!("{e}");
+                self.shared = None;
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { shared: self.shared.clone(), state: State::Idle }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+enum State {
+    Idle,
+    /// Token endpoint: buffering the client's payment body.
+    Buffering { route: usize, size: usize },
+    /// Token endpoint: waiting for the settler.
+    AwaitToken,
+    /// x402 v2 payment: request held until the settler answers.
+    AwaitPayment { route: usize, url: String },
+    /// x402 v2 payment settled: headers to add to the upstream's response.
+    Paid { headers: Vec<(&'static str, String)> },
+    /// A local answer was sent, or nothing more to do.
+    Done,
+}
+
+struct Http {
+    shared: Option<Rc<Shared>>,
+    state: State,
+}
+
+fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+fn now_secs() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        // No clock means no token is valid yet: fail closed.
+        .unwrap_or(0)
+}
+
+/// Method and authority, fetched from the host only when a route needs them.
+#[derive(Default)]
+struct HostAttrs {
+    method: Option<Option<String>>,
+    authority: Option<Option<String>>,
+}
+
+impl RequestAttrs for HostAttrs {
+    fn method(&mut self) -> Option<&str> {
+        self.method.get_or_insert_with(|| request_header(":method")).as_deref()
+    }
+    fn authority(&mut self) -> Option<&str> {
+        self.authority.get_or_insert_with(|| request_header(":authority")).as_deref()
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(shared) = self.shared.clone() else { return };
+        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let body = if body_size > 0 {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let reply = SettlerReply::from_headers(&headers, body);
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitToken => {
+                if reply.is_outage() {
+                    shared.metrics.inc(Counter::SettlerErrors);
+                    warn!("x402: token endpoint: {}", token_endpoint::outage_message(&reply));
+                }
+                self.answer(&shared, token_endpoint::relay(&reply));
+            }
+            State::AwaitPayment { route, url } => self.payment_answered(&shared, route, url, &reply),
+            other => self.state = other,
+        }
+    }
+}
+
+impl Http {
+    fn answer(&mut self, shared: &Shared, a: HttpAnswer) {
+        if a.status == 402 {
+            shared.metrics.inc(Counter::Challenges);
+        }
+        let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if let Err(e) = hostcalls::send_http_response(a.status, headers, Some(&a.body)) {
+            error!("x402: cannot send local response: {e:?}");
+        }
+        self.state = State::Done;
+    }
+
+    fn challenge(&mut self, shared: &Shared, route: usize, reason: Reason, url: String) {
+        shared.metrics.inc(Counter::Rejected(reason));
+        if let Some(r) = shared.cfg.routes.get(route) {
+            self.answer(shared, challenge::challenge(r, reason, url));
+        }
+    }
+
+    fn resource_url(attrs: &mut HostAttrs, path: &str) -> String {
+        let proto = request_header("x-forwarded-proto");
+        let scheme = request_header(":scheme");
+        challenge::resource_url(proto.as_deref(), scheme.as_deref(), attrs.authority(), path)
+    }
+
+    fn dispatch_settler(&self, shared: &Shared, body: &[u8]) -> bool {
+        let cfg = &shared.cfg;
+        shared.metrics.inc(Counter::TokenRequests);
+        match hostcalls::dispatch_http_call(
+            &cfg.settler.cluster,
+            token_endpoint::settler_headers(cfg),
+            Some(body),
+            vec![],
+            cfg.settler.timeout,
+        ) {
+            Ok(_) => true,
+            Err(e) => {
+                shared.metrics.inc(Counter::SettlerErrors);
+                warn!("x402: cannot call settler cluster {:?}: {e:?}", cfg.settler.cluster);
+                false
+            }
+        }
+    }
+
+    fn token_endpoint_request(&mut self, shared: &Shared, path: &str, end_of_stream: bool) -> Action {
+        let cfg = &shared.cfg;
+        let method = request_header(":method");
+        match token_endpoint::classify(cfg, method.as_deref(), path) {
+            None => Action::Continue,
+            Some(Endpoint::Reject(a)) => {
+                self.answer(shared, a);
+                Action::Pause
+            }
+            Some(Endpoint::Route(route)) => {
+                if end_of_stream {
+                    self.answer(shared, token_endpoint::invalid_json("request body is empty"));
+                    return Action::Pause;
+                }
+                let declared = request_header("content-length");
+                if let Err(a) = token_endpoint::check_declared_length(declared.as_deref(), cfg.max_body_bytes) {
+                    self.answer(shared, a);
+                    return Action::Pause;
+                }
+                self.state = State::Buffering { route, size: 0 };
+                Action::Pause
+            }
+        }
+    }
+
+    fn finish_token_request(&mut self, shared: &Shared, route: usize, size: usize) -> Action {
+        let cfg = &shared.cfg;
+        let Some(r) = cfg.routes.get(route) else {
+            self.answer(shared, HttpAnswer::error(500, "internal", "route vanished"));
+            return Action::Pause;
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default();
+        match token_endpoint::token_request_body(cfg, r, &body, None) {
+            Err(a) => self.answer(shared, a),
+            Ok(req) => {
+                if self.dispatch_settler(shared, &req) {
+                    self.state = State::AwaitToken;
+                } else {
+                    self.answer(shared, token_endpoint::settler_unavailable("the settler cluster cannot be called"));
+                }
+            }
+        }
+        Action::Pause
+    }
+
+    fn payment_answered(&mut self, shared: &Shared, route: usize, url: String, reply: &SettlerReply) {
+        match decision::payment_outcome(reply, shared.cfg.settler.failure_mode) {
+            PaymentOutcome::Resume { response_headers } => {
+                shared.metrics.inc(Counter::Accepted);
+                self.state = State::Paid { headers: response_headers };
+                if let Err(e) = hostcalls::resume_http_request() {
+                    error!("x402: cannot resume request: {e:?}");
+                }
+            }
+            PaymentOutcome::Refuse { code, message } => {
+                if let Some(r) = shared.cfg.routes.get(route) {
+                    self.answer(shared, challenge::payment_refused(r, &code, &message, url));
+                }
+            }
+            PaymentOutcome::Unavailable(a) => {
+                shared.metrics.inc(Counter::SettlerErrors);
+                warn!("x402: payment on {url}: settler unavailable, denying");
+                self.answer(shared, a);
+            }
+            PaymentOutcome::FailOpen(why) => {
+                shared.metrics.inc(Counter::SettlerErrors);
+                warn!("x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                self.state = State::Done;
+                if let Err(e) = hostcalls::resume_http_request() {
+                    error!("x402: cannot resume request: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            // No valid configuration on this worker: fail closed.
+            self.state = State::Done;
+            let a = HttpAnswer::error(503, "filter_unconfigured", "the x402 filter has no valid configuration");
+            let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let _ = hostcalls::send_http_response(a.status, headers, Some(&a.body));
+            return Action::Pause;
+        };
+        let Some(path) = request_header(":path") else { return Action::Continue };
+        let cfg = &shared.cfg;
+
+        if path.starts_with(cfg.token_endpoint_prefix.as_str()) {
+            return self.token_endpoint_request(&shared, &path, end_of_stream);
+        }
+
+        let mut attrs = HostAttrs::default();
+        let Some(idx) = cfg.routes.find(&path, &mut attrs) else { return Action::Continue };
+        let Some(route) = cfg.routes.get(idx) else { return Action::Continue };
+
+        let authorization = request_header("authorization");
+        let now = now_secs();
+        let check = match shared.cache.try_borrow_mut() {
+            Ok(mut cache) => auth::check_token(&cfg.keys, cfg.clock_leeway_secs, &mut cache, route, authorization.as_deref(), now),
+            Err(_) => {
+                let mut scratch = TokenCache::new(0);
+                auth::check_token(&cfg.keys, cfg.clock_leeway_secs, &mut scratch, route, authorization.as_deref(), now)
+            }
+        };
+        match check.cache_hit {
+            Some(true) => shared.metrics.inc(Counter::CacheHits),
+            Some(false) => shared.metrics.inc(Counter::CacheMisses),
+            None => {}
+        }
+        if check.result.is_ok() {
+            shared.metrics.inc(Counter::Accepted);
+            return Action::Continue;
+        }
+
+        let url = Self::resource_url(&mut attrs, &path);
+        let payment = request_header("payment-signature");
+        match decision::decide_priced(cfg, route, check, payment.as_deref(), &url) {
+            PricedAction::Allow(_) => {
+                shared.metrics.inc(Counter::Accepted);
+                Action::Continue
+            }
+            PricedAction::Challenge(reason) => {
+                self.challenge(&shared, idx, reason, url);
+                Action::Pause
+            }
+            PricedAction::RefusePayment { code, message } => {
+                self.answer(&shared, challenge::payment_refused(route, &code, &message, url));
+                Action::Pause
+            }
+            PricedAction::Pay(body) => {
+                if self.dispatch_settler(&shared, &body) {
+                    self.state = State::AwaitPayment { route: idx, url };
+                    return Action::Pause;
+                }
+                // Still inside the headers callback: continue or answer directly.
+                match decision::payment_outcome(&SettlerReply::default(), cfg.settler.failure_mode) {
+                    PaymentOutcome::FailOpen(why) => {
+                        warn!("x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                        Action::Continue
+                    }
+                    PaymentOutcome::Unavailable(a) => {
+                        self.answer(&shared, a);
+                        Action::Pause
+                    }
+                    _ => {
+                        self.answer(&shared, token_endpoint::settler_unavailable("the settler cluster cannot be called"));
+                        Action::Pause
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let State::Buffering { route, .. } = self.state else {
+            return match self.state {
+                State::Idle | State::Paid { .. } => Action::Continue,
+                _ => Action::Pause,
+            };
+        };
+        let Some(shared) = self.shared.clone() else { return Action::Pause };
+        if let Err(a) = token_endpoint::check_size(body_size, shared.cfg.max_body_bytes) {
+            self.answer(&shared, a);
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            self.state = State::Buffering { route, size: body_size };
+            return Action::Pause;
+        }
+        self.finish_token_request(&shared, route, body_size)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.state {
+            State::Buffering { route, size } => {
+                let Some(shared) = self.shared.clone() else { return Action::Pause };
+                self.finish_token_request(&shared, route, size)
+            }
+            State::Idle | State::Paid { .. } => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let State::Paid { headers } = &self.state {
+            for (name, value) in headers {
+                if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+                    warn!("x402: cannot add response header {name}: {e:?}");
+                }
+            }
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,87 @@
+//! Counter names. Envoy shows proxy-wasm metrics under its `wasmcustom.` stats prefix, e.g.
+//! `wasmcustom.x402_challenges`.
+
+use x402_protocol::challenge::Reason;
+
+pub const CHALLENGES: &str = "x402_challenges";
+pub const ACCEPTED: &str = "x402_accepted";
+pub const TOKEN_CACHE_HITS: &str = "x402_token_cache_hits";
+pub const TOKEN_CACHE_MISSES: &str = "x402_token_cache_misses";
+pub const TOKEN_REQUESTS: &str = "x402_token_requests";
+pub const SETTLER_ERRORS: &str = "x402_settler_errors";
+
+/// `x402_rejected_<reason code>`.
+pub fn rejected(reason: Reason) -> String {
+    format!("x402_rejected_{}", reason.code())
+}
+
+/// Which counter an event increments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Challenges,
+    Accepted,
+    Rejected(Reason),
+    CacheHits,
+    CacheMisses,
+    TokenRequests,
+    SettlerErrors,
+}
+
+impl Counter {
+    /// Every counter, in a fixed order (the index of the host's metric id table).
+    pub fn all() -> Vec<Counter> {
+        let mut v = vec![
+            Counter::Challenges,
+            Counter::Accepted,
+            Counter::CacheHits,
+            Counter::CacheMisses,
+            Counter::TokenRequests,
+            Counter::SettlerErrors,
+        ];
+        v.extend(Reason::ALL.iter().map(|r| Counter::Rejected(*r)));
+        v
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Counter::Challenges => 0,
+            Counter::Accepted => 1,
+            Counter::CacheHits => 2,
+            Counter::CacheMisses => 3,
+            Counter::TokenRequests => 4,
+            Counter::SettlerErrors => 5,
+            Counter::Rejected(r) => 6 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Counter::Challenges => CHALLENGES.to_string(),
+            Counter::Accepted => ACCEPTED.to_string(),
+            Counter::CacheHits => TOKEN_CACHE_HITS.to_string(),
+            Counter::CacheMisses => TOKEN_CACHE_MISSES.to_string(),
+            Counter::TokenRequests => TOKEN_REQUESTS.to_string(),
+            Counter::SettlerErrors => SETTLER_ERRORS.to_string(),
+            Counter::Rejected(r) => rejected(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_match_order_and_names_are_unique() {
+        let all = Counter::all();
+        assert_eq!(all.len(), 15);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        let mut names: Vec<String> = all.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 15);
+        assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
+    }
+}

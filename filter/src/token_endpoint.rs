@@ -1,0 +1,232 @@
+//! The token endpoint the filter answers itself: `POST <prefix><route>` carries the client's
+//! signed payment; the filter adds the route's price (from its own config, never the
+//! client's) and forwards both to the settler, then relays the settler's answer.
+
+use serde_json::value::RawValue;
+use x402_protocol::settler_api::{Requirement, TokenRequest};
+
+use crate::challenge::HttpAnswer;
+use crate::config::FilterConfig;
+use crate::routes::{path_only, Route};
+
+/// A request under the token endpoint prefix: which route, or the answer to send right away.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Route(usize),
+    Reject(HttpAnswer),
+}
+
+/// `None` when `path` is not under the token endpoint prefix (the request is not ours).
+pub fn classify(cfg: &FilterConfig, method: Option<&str>, path: &str) -> Option<Endpoint> {
+    let name = path_only(path).strip_prefix(cfg.token_endpoint_prefix.as_str())?;
+    let Some(idx) = cfg.routes.by_name(name) else {
+        return Some(Endpoint::Reject(HttpAnswer::error(404, "unknown_route", "no priced route has this name")));
+    };
+    if method != Some("POST") {
+        let mut a = HttpAnswer::error(405, "method_not_allowed", "the token endpoint only accepts POST");
+        a.headers.push(("allow", "POST".to_string()));
+        return Some(Endpoint::Reject(a));
+    }
+    Some(Endpoint::Route(idx))
+}
+
+pub fn too_large(max: usize) -> HttpAnswer {
+    HttpAnswer::error(413, "payload_too_large", &format!("request body exceeds {max} bytes"))
+}
+
+/// Refuses early when `content-length` already announces too much.
+pub fn check_declared_length(content_length: Option<&str>, max: usize) -> Result<(), HttpAnswer> {
+    match content_length.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(n)) if n > max as u64 => Err(too_large(max)),
+        _ => Ok(()),
+    }
+}
+
+pub fn check_size(size: usize, max: usize) -> Result<(), HttpAnswer> {
+    if size > max {
+        Err(too_large(max))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn invalid_json(detail: &str) -> HttpAnswer {
+    HttpAnswer::error(400, "invalid_json", detail)
+}
+
+/// The settler request body: the route's requirement plus the client's payment JSON as sent.
+pub fn token_request_body(cfg: &FilterConfig, route: &Route, payment: &[u8], resource: Option<String>) -> Result<Vec<u8>, HttpAnswer> {
+    let raw: Box<RawValue> =
+        serde_json::from_slice(payment).map_err(|e| invalid_json(&format!("request body is not JSON: {e}")))?;
+    if !raw.get().starts_with('{') {
+        return Err(invalid_json("request body must be a JSON object"));
+    }
+    let req = TokenRequest {
+        requirement: Requirement {
+            route: route.name.clone(),
+            accepts: route.accepts.clone(),
+            token_ttl_secs: cfg.token_ttl_secs,
+            resource,
+        },
+        payment: raw,
+    };
+    serde_json::to_vec(&req).map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))
+}
+
+/// Headers of the settler call.
+pub fn settler_headers(cfg: &FilterConfig) -> Vec<(&str, &str)> {
+    vec![
+        (":method", "POST"),
+        (":path", cfg.settler.path.as_str()),
+        (":authority", cfg.settler.authority.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ]
+}
+
+/// What came back from the settler. `status` is `None` when the call failed (timeout,
+/// connection refused, no healthy host): Envoy then answers with no headers at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettlerReply {
+    pub status: Option<u32>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl SettlerReply {
+    pub fn from_headers(headers: &[(String, String)], body: Vec<u8>) -> Self {
+        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        SettlerReply { status: get(":status").and_then(|s| s.trim().parse().ok()), content_type: get("content-type"), body }
+    }
+
+    /// The settler could not give an answer: no status, or a 5xx without a body.
+    pub fn is_outage(&self) -> bool {
+        match self.status {
+            None => true,
+            Some(s) if !(100..=599).contains(&s) => true,
+            Some(s) => s >= 500 && self.body.iter().all(|b| b.is_ascii_whitespace()),
+        }
+    }
+}
+
+pub fn settler_unavailable(message: &str) -> HttpAnswer {
+    HttpAnswer::error(503, "settler_unavailable", message)
+}
+
+/// Why the settler call failed, for the 503 message.
+pub fn outage_message(reply: &SettlerReply) -> String {
+    match reply.status {
+        None => "the settler did not answer (timeout or connection failure)".to_string(),
+        Some(s) => format!("the settler answered {s} without a body"),
+    }
+}
+
+/// The token endpoint's answer: the settler's own status and body, or 503 on an outage.
+pub fn relay(reply: &SettlerReply) -> HttpAnswer {
+    if reply.is_outage() {
+        return settler_unavailable(&outage_message(reply));
+    }
+    let status = reply.status.unwrap_or(503);
+    let content_type = reply.content_type.clone().unwrap_or_else(|| "application/json".to_string());
+    HttpAnswer {
+        status,
+        headers: vec![("content-type", content_type), ("cache-control", "no-store".to_string())],
+        body: reply.body.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn cfg() -> FilterConfig {
+        crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap()
+    }
+
+    fn code(a: &HttpAnswer) -> String {
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        v["error"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn classify_paths() {
+        let cfg = cfg();
+        assert_eq!(classify(&cfg, Some("POST"), "/api/weather"), None);
+        assert_eq!(classify(&cfg, Some("POST"), "/x402/token"), None);
+        assert_eq!(classify(&cfg, Some("POST"), "/x402/token/weather"), Some(Endpoint::Route(0)));
+        assert_eq!(classify(&cfg, Some("POST"), "/x402/token/report?x=1"), Some(Endpoint::Route(1)));
+        match classify(&cfg, Some("GET"), "/x402/token/weather") {
+            Some(Endpoint::Reject(a)) => {
+                assert_eq!(a.status, 405);
+                assert_eq!(a.header("allow"), Some("POST"));
+                assert_eq!(code(&a), "method_not_allowed");
+            }
+            other => panic!("{other:?}"),
+        }
+        for p in ["/x402/token/nope", "/x402/token/", "/x402/token/weather/x"] {
+            match classify(&cfg, Some("POST"), p) {
+                Some(Endpoint::Reject(a)) => {
+                    assert_eq!(a.status, 404, "{p}");
+                    assert_eq!(code(&a), "unknown_route");
+                }
+                other => panic!("{p}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert!(check_declared_length(Some("100"), 100).is_ok());
+        assert!(check_declared_length(None, 100).is_ok());
+        let a = check_declared_length(Some("101"), 100).unwrap_err();
+        assert_eq!((a.status, code(&a)), (413, "payload_too_large".to_string()));
+        assert!(check_size(100, 100).is_ok());
+        assert_eq!(check_size(101, 100).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn builds_the_settler_request_from_config_prices() {
+        let cfg = cfg();
+        let route = cfg.routes.get(0).unwrap();
+        let body = token_request_body(&cfg, route, br#"{"version":"Version 0.1","permit":{"value":1}}"#, None).unwrap();
+        let req: TokenRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(req.requirement.route, "weather");
+        assert_eq!(req.requirement.accepts, route.accepts);
+        assert_eq!(req.requirement.token_ttl_secs, 300);
+        assert_eq!(req.payment.get(), r#"{"version":"Version 0.1","permit":{"value":1}}"#);
+        for bad in [&b"not json"[..], b"", b"[1]", b"\"s\"", b"{\"a\":1} x"] {
+            let a = token_request_body(&cfg, route, bad, None).unwrap_err();
+            assert_eq!((a.status, code(&a)), (400, "invalid_json".to_string()), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let h = settler_headers(&cfg);
+        assert!(h.contains(&(":path", "/v1/tokens")));
+        assert!(h.contains(&(":authority", "x402-settler")));
+    }
+
+    #[test]
+    fn relays_the_settler_or_fails_closed() {
+        let ok = SettlerReply { status: Some(200), content_type: Some("application/json".into()), body: b"{\"access_token\":\"t\"}".to_vec() };
+        let a = relay(&ok);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, ok.body);
+        assert_eq!(a.header("cache-control"), Some("no-store"));
+        let refused = SettlerReply { status: Some(409), content_type: None, body: b"{\"error\":\"replay\"}".to_vec() };
+        assert_eq!(relay(&refused).status, 409);
+        assert_eq!(relay(&refused).header("content-type"), Some("application/json"));
+        let err_with_body = SettlerReply { status: Some(500), content_type: None, body: b"{\"error\":\"internal\"}".to_vec() };
+        assert_eq!(relay(&err_with_body).status, 500);
+        for outage in [
+            SettlerReply::default(),
+            SettlerReply { status: Some(503), content_type: None, body: vec![] },
+            SettlerReply { status: Some(502), content_type: None, body: b" \n".to_vec() },
+            SettlerReply { status: Some(0), content_type: None, body: b"x".to_vec() },
+        ] {
+            let a = relay(&outage);
+            assert_eq!((a.status, code(&a)), (503, "settler_unavailable".to_string()), "{outage:?}");
+        }
+        let r = SettlerReply::from_headers(&[(":status".into(), "201".into()), ("Content-Type".into(), "text/plain".into())], vec![]);
+        assert_eq!(r.status, Some(201));
+        assert_eq!(r.content_type.as_deref(), Some("text/plain"));
+    }
+}
