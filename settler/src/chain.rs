@@ -1,0 +1,209 @@
+//! The chains: one RPC provider per network, the token's interface, the settler's wallet and
+//! transaction signing. Every RPC call has a timeout so requests fail closed instead of hanging.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::consensus::TxEnvelope;
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol;
+use alloy::sol_types::SolCall;
+use x402_protocol::payment::{Authorization, Permit};
+use x402_protocol::Network;
+
+use crate::error::ChainError;
+
+sol! {
+    #[sol(rpc)]
+    interface IToken {
+        event Transfer(address indexed from, address indexed to, uint256 value);
+        function balanceOf(address account) external view returns (uint256);
+        function nonces(address owner) external view returns (uint256);
+        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
+        function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s) external;
+        function transferFrom(address from, address to, uint256 value) external returns (bool);
+        function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
+    }
+}
+
+/// One network: its RPC endpoint and the settler's wallet there.
+pub struct Chain {
+    pub network: Network,
+    pub url: String,
+    provider: RootProvider,
+    wallet: EthereumWallet,
+    signer: Address,
+    timeout: Duration,
+    pub gas_limit: u64,
+}
+
+/// What `eth_sendRawTransaction` said.
+#[derive(Debug)]
+pub enum SendOutcome {
+    Accepted,
+    /// The node has it already or its nonce is used: nothing to do but wait for the receipt.
+    AlreadyKnown(String),
+    Error(String),
+}
+
+impl Chain {
+    pub fn new(network: Network, url: &str, key: PrivateKeySigner, timeout: Duration, poll: Duration, gas_limit: u64) -> anyhow::Result<Chain> {
+        let parsed: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| anyhow::anyhow!("rpc url {url:?}: {e}"))?;
+        let client = alloy::rpc::client::RpcClient::new_http(parsed);
+        // A remote URL is not "local" to alloy, which would then poll every 7 s: set it.
+        client.set_poll_interval(poll);
+        let provider = RootProvider::new(client);
+        let signer = key.address();
+        Ok(Chain { network, url: url.to_string(), provider, wallet: EthereumWallet::from(key), signer, timeout, gas_limit })
+    }
+
+    pub fn signer(&self) -> Address {
+        self.signer
+    }
+
+    async fn rpc<T, E: std::fmt::Display>(&self, what: &str, f: impl IntoFuture<Output = Result<T, E>>) -> Result<T, ChainError> {
+        match tokio::time::timeout(self.timeout, f.into_future()).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ChainError::Rpc { network: self.network.to_string(), message: format!("{what}: {e}") }),
+            Err(_) => Err(ChainError::Timeout { network: self.network.to_string() }),
+        }
+    }
+
+    fn token(&self, token: Address) -> IToken::ITokenInstance<&RootProvider> {
+        IToken::new(token, &self.provider)
+    }
+
+    pub async fn chain_id(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_chainId", self.provider.get_chain_id()).await
+    }
+
+    pub async fn block_number(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_blockNumber", self.provider.get_block_number()).await
+    }
+
+    pub async fn balance_of(&self, token: Address, owner: Address) -> Result<U256, ChainError> {
+        let t = self.token(token);
+        self.rpc("balanceOf", t.balanceOf(owner).call()).await
+    }
+
+    pub async fn permit_nonce(&self, token: Address, owner: Address) -> Result<U256, ChainError> {
+        let t = self.token(token);
+        self.rpc("nonces", t.nonces(owner).call()).await
+    }
+
+    pub async fn authorization_used(&self, token: Address, from: Address, nonce: B256) -> Result<bool, ChainError> {
+        let t = self.token(token);
+        self.rpc("authorizationState", t.authorizationState(from, nonce).call()).await
+    }
+
+    /// The signer's next nonce counting the node's pending pool.
+    pub async fn pending_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_getTransactionCount", self.provider.get_transaction_count(self.signer).pending()).await
+    }
+
+    pub async fn latest_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_getTransactionCount", self.provider.get_transaction_count(self.signer).latest()).await
+    }
+
+    /// (max fee per gas, max priority fee per gas).
+    pub async fn fees(&self) -> Result<(u128, u128), ChainError> {
+        let est = self.rpc("fee estimate", self.provider.estimate_eip1559_fees()).await?;
+        // Headroom so a stored raw transaction stays includable if the base fee rises a bit.
+        Ok((est.max_fee_per_gas.saturating_mul(2), est.max_priority_fee_per_gas))
+    }
+
+    /// Signs a call to `to` with an explicit nonce and fees: (hash, raw EIP-2718 bytes).
+    pub async fn sign(&self, to: Address, input: Bytes, nonce: u64, fees: (u128, u128)) -> Result<(B256, Vec<u8>), ChainError> {
+        let req = TransactionRequest::default()
+            .with_from(self.signer)
+            .with_to(to)
+            .with_input(input)
+            .with_nonce(nonce)
+            .with_chain_id(self.network.chain_id)
+            .with_gas_limit(self.gas_limit)
+            .with_max_fee_per_gas(fees.0)
+            .with_max_priority_fee_per_gas(fees.1)
+            .with_value(U256::ZERO);
+        let env: TxEnvelope = req
+            .build(&self.wallet)
+            .await
+            .map_err(|e| ChainError::Rpc { network: self.network.to_string(), message: format!("signing: {e}") })?;
+        Ok((*env.tx_hash(), env.encoded_2718()))
+    }
+
+    pub async fn broadcast(&self, raw: &[u8]) -> SendOutcome {
+        match tokio::time::timeout(self.timeout, self.provider.send_raw_transaction(raw)).await {
+            Ok(Ok(_)) => SendOutcome::Accepted,
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                let lower = msg.to_ascii_lowercase();
+                if lower.contains("already known") || lower.contains("nonce too low") || lower.contains("already imported") || lower.contains("known transaction") {
+                    SendOutcome::AlreadyKnown(msg)
+                } else {
+                    SendOutcome::Error(msg)
+                }
+            }
+            Err(_) => SendOutcome::Error("timed out".into()),
+        }
+    }
+
+    pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
+        self.rpc("eth_getTransactionReceipt", self.provider.get_transaction_receipt(hash)).await
+    }
+}
+
+pub fn permit_call(p: &Permit) -> Bytes {
+    IToken::permitCall { owner: p.owner, spender: p.spender, value: p.value, deadline: p.deadline, v: p.sig.v, r: p.sig.r, s: p.sig.s }
+        .abi_encode()
+        .into()
+}
+
+pub fn transfer_from_call(from: Address, to: Address, value: U256) -> Bytes {
+    IToken::transferFromCall { from, to, value }.abi_encode().into()
+}
+
+pub fn transfer_with_authorization_call(a: &Authorization) -> Bytes {
+    IToken::transferWithAuthorizationCall {
+        from: a.from,
+        to: a.to,
+        value: a.value,
+        validAfter: a.valid_after,
+        validBefore: a.valid_before,
+        nonce: a.nonce,
+        v: a.sig.v,
+        r: a.sig.r,
+        s: a.sig.s,
+    }
+    .abi_encode()
+    .into()
+}
+
+/// True if `receipt` carries `Transfer(from, to, value)` emitted by `token`.
+pub fn has_transfer(receipt: &TransactionReceipt, token: Address, from: Address, to: Address, value: U256) -> bool {
+    receipt.inner.logs().iter().any(|log| {
+        log.address() == token
+            && log
+                .log_decode::<IToken::Transfer>()
+                .map(|t| t.inner.data.from == from && t.inner.data.to == to && t.inner.data.value == value)
+                .unwrap_or(false)
+    })
+}
+
+/// All configured networks.
+#[derive(Clone, Default)]
+pub struct Chains {
+    pub by_network: HashMap<Network, Arc<Chain>>,
+}
+
+impl Chains {
+    pub fn get(&self, n: Network) -> Result<&Arc<Chain>, ChainError> {
+        self.by_network.get(&n).ok_or_else(|| ChainError::UnknownNetwork(n.to_string()))
+    }
+}

@@ -1,0 +1,45 @@
+//! Prometheus metrics. The recorder is process-global; it is installed once.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const TOKENS_MINTED: &str = "x402_tokens_minted_total";
+pub const REJECTIONS: &str = "x402_token_rejections_total";
+pub const SETTLEMENTS: &str = "x402_settlements_total";
+pub const SETTLEMENTS_BY_STATE: &str = "x402_settlements";
+pub const SETTLE_LATENCY: &str = "x402_settle_latency_seconds";
+pub const TXS_SENT: &str = "x402_transactions_sent_total";
+pub const RPC_ERRORS: &str = "x402_rpc_errors_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder (first call) and returns the handle that renders the text format.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(SETTLE_LATENCY.to_string()), &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(_) => None,
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(TOKENS_MINTED, "Access tokens minted");
+    metrics::describe_counter!(REJECTIONS, "Token requests refused, by error code");
+    metrics::describe_counter!(SETTLEMENTS, "Settlement state transitions, by state entered");
+    metrics::describe_gauge!(SETTLEMENTS_BY_STATE, "Stored payments, by current settlement state");
+    metrics::describe_histogram!(SETTLE_LATENCY, "Seconds from token minted to payment settled on chain");
+    metrics::describe_counter!(TXS_SENT, "Settlement transactions signed and broadcast");
+    metrics::describe_counter!(RPC_ERRORS, "RPC errors seen by the settlement worker");
+}

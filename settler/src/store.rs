@@ -1,0 +1,769 @@
+//! Durable storage of accepted payments and of the transactions that settle them (sqlx Any:
+//! SQLite or Postgres, same SQL apart from the schema's id column).
+//!
+//! Invariants the worker relies on:
+//! - A payment is inserted (with its UNIQUE single-use key) before its token is returned.
+//! - Transactions are signed and stored, and the payment moved to `submitted`, in one DB
+//!   transaction BEFORE they are broadcast; after a crash they are re-broadcast byte for byte,
+//!   so a payment's transfer is signed exactly once and can execute at most once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
+use x402_protocol::payment::Sig;
+use x402_protocol::settler_api::{SettlementState, SettlementStatus};
+use x402_protocol::{Network, Scheme};
+
+use crate::error::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A payment as it is about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub id: String,
+    pub scheme: Scheme,
+    pub network: Network,
+    pub asset: Address,
+    pub payer: Address,
+    pub pay_to: Address,
+    pub spender: Option<Address>,
+    pub value: U256,
+    pub price: U256,
+    /// ERC-3009 nonce, or the EIP-2612 nonce as 32 bytes.
+    pub nonce: B256,
+    pub valid_after: U256,
+    /// Permit deadline or ERC-3009 validBefore.
+    pub deadline: U256,
+    pub sig: Sig,
+    pub route: String,
+    pub resource: Option<String>,
+    pub format: String,
+    pub created_ms: i64,
+}
+
+impl NewPayment {
+    pub fn use_key(&self) -> String {
+        use_key(self.network, self.asset, self.payer, self.nonce)
+    }
+}
+
+/// The single-use key: one token per (chain, token, payer, nonce), ever.
+pub fn use_key(network: Network, asset: Address, payer: Address, nonce: B256) -> String {
+    format!("{}:{}:{}:{}", network.chain_id, hexa(asset), hexa(payer), hex32(nonce))
+}
+
+fn hexa(a: Address) -> String {
+    format!("{a:#x}")
+}
+fn hex32(b: B256) -> String {
+    alloy::primitives::hex::encode_prefixed(b)
+}
+
+/// A stored payment.
+#[derive(Debug, Clone)]
+pub struct PaymentRow {
+    pub seq: i64,
+    pub p: NewPayment,
+    pub state: SettlementState,
+    pub error: Option<String>,
+    pub permit_tx: Option<String>,
+    pub transfer_tx: Option<String>,
+    pub block_number: Option<i64>,
+    pub attempts: i64,
+    pub updated_ms: i64,
+    pub settled_ms: Option<i64>,
+}
+
+impl PaymentRow {
+    pub fn permit_nonce(&self) -> U256 {
+        U256::from_be_bytes(self.p.nonce.0)
+    }
+    pub fn status(&self) -> SettlementStatus {
+        SettlementStatus {
+            settlement_id: self.p.id.clone(),
+            state: self.state,
+            scheme: self.p.scheme,
+            network: self.p.network,
+            asset: self.p.asset,
+            payer: self.p.payer,
+            pay_to: self.p.pay_to,
+            amount: self.p.value,
+            route: self.p.route.clone(),
+            permit_tx: self.permit_tx.clone(),
+            transfer_tx: self.transfer_tx.clone(),
+            block_number: self.block_number.map(|b| b as u64),
+            error: self.error.clone(),
+            created_at: self.p.created_ms / 1000,
+            updated_at: self.updated_ms / 1000,
+        }
+    }
+}
+
+/// A signed settlement transaction.
+#[derive(Debug, Clone)]
+pub struct TxRow {
+    pub chain_id: u64,
+    pub signer: Address,
+    pub nonce: u64,
+    pub payment_id: String,
+    /// `permit`, `transfer_from` or `transfer_with_authorization`.
+    pub kind: String,
+    pub hash: B256,
+    pub raw: Vec<u8>,
+    pub state: String,
+    pub last_broadcast_ms: i64,
+}
+
+/// An open (pending or submitted) payment of one payer in one token, for the token checks.
+#[derive(Debug, Clone)]
+pub struct OpenPayment {
+    pub scheme: Scheme,
+    pub value: U256,
+    pub nonce: B256,
+}
+
+fn state_str(s: SettlementState) -> &'static str {
+    match s {
+        SettlementState::Pending => "pending",
+        SettlementState::Submitted => "submitted",
+        SettlementState::Settled => "settled",
+        SettlementState::Failed => "failed",
+    }
+}
+
+fn parse_state(s: &str) -> Result<SettlementState, StoreError> {
+    Ok(match s {
+        "pending" => SettlementState::Pending,
+        "submitted" => SettlementState::Submitted,
+        "settled" => SettlementState::Settled,
+        "failed" => SettlementState::Failed,
+        other => return Err(StoreError::Corrupt(format!("unknown state {other:?}"))),
+    })
+}
+
+fn parse_scheme(s: &str) -> Result<Scheme, StoreError> {
+    match s {
+        "permit" => Ok(Scheme::Permit),
+        "exact" => Ok(Scheme::Exact),
+        other => Err(StoreError::Corrupt(format!("unknown scheme {other:?}"))),
+    }
+}
+
+fn col<T: FromStr>(row: &AnyRow, name: &str) -> Result<T, StoreError> {
+    let s: String = row.try_get(name)?;
+    s.parse::<T>().map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
+}
+
+fn col_u256(row: &AnyRow, name: &str) -> Result<U256, StoreError> {
+    let s: String = row.try_get(name)?;
+    U256::from_str_radix(&s, 10).map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
+}
+
+const PAYMENT_COLS: &str = "seq, id, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, error, permit_tx, transfer_tx, block_number, attempts, created_ms, updated_ms, settled_ms";
+
+fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
+    let spender: Option<String> = row.try_get("spender")?;
+    let sig_v: i64 = row.try_get("sig_v")?;
+    let chain_id: i64 = row.try_get("chain_id")?;
+    let scheme: String = row.try_get("scheme")?;
+    let state: String = row.try_get("state")?;
+    Ok(PaymentRow {
+        seq: row.try_get("seq")?,
+        p: NewPayment {
+            id: row.try_get("id")?,
+            scheme: parse_scheme(&scheme)?,
+            network: Network::eip155(chain_id as u64),
+            asset: col(row, "asset")?,
+            payer: col(row, "payer")?,
+            pay_to: col(row, "pay_to")?,
+            spender: spender.map(|s| s.parse().map_err(|_| StoreError::Corrupt("spender".into()))).transpose()?,
+            value: col_u256(row, "value")?,
+            price: col_u256(row, "price")?,
+            nonce: col(row, "nonce")?,
+            valid_after: col_u256(row, "valid_after")?,
+            deadline: col_u256(row, "deadline")?,
+            sig: Sig { v: sig_v as u8, r: col(row, "sig_r")?, s: col(row, "sig_s")? },
+            route: row.try_get("route")?,
+            resource: row.try_get("resource")?,
+            format: row.try_get("format")?,
+            created_ms: row.try_get("created_ms")?,
+        },
+        state: parse_state(&state)?,
+        error: row.try_get("error")?,
+        permit_tx: row.try_get("permit_tx")?,
+        transfer_tx: row.try_get("transfer_tx")?,
+        block_number: row.try_get("block_number")?,
+        attempts: row.try_get("attempts")?,
+        updated_ms: row.try_get("updated_ms")?,
+        settled_ms: row.try_get("settled_ms")?,
+    })
+}
+
+fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
+    let chain_id: i64 = row.try_get("chain_id")?;
+    let nonce: i64 = row.try_get("nonce")?;
+    let raw: String = row.try_get("raw")?;
+    Ok(TxRow {
+        chain_id: chain_id as u64,
+        signer: col(row, "signer")?,
+        nonce: nonce as u64,
+        payment_id: row.try_get("payment_id")?,
+        kind: row.try_get("kind")?,
+        hash: col(row, "hash")?,
+        raw: alloy::primitives::hex::decode(&raw).map_err(|_| StoreError::Corrupt("raw tx".into()))?,
+        state: row.try_get("state")?,
+        last_broadcast_ms: row.try_get("last_broadcast_ms")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() || matches!(db.code().as_deref(), Some("23505") | Some("2067") | Some("1555"))
+        }
+        _ => false,
+    }
+}
+
+/// Schema, per backend: (version, statements).
+fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
+    let id_col = match backend {
+        Backend::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT",
+        Backend::Postgres => "seq BIGSERIAL PRIMARY KEY",
+    };
+    vec![(
+        1,
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS x402_payments (
+                {id_col},
+                id TEXT NOT NULL UNIQUE,
+                use_key TEXT NOT NULL UNIQUE,
+                scheme TEXT NOT NULL,
+                chain_id BIGINT NOT NULL,
+                asset TEXT NOT NULL,
+                payer TEXT NOT NULL,
+                pay_to TEXT NOT NULL,
+                spender TEXT,
+                value TEXT NOT NULL,
+                price TEXT NOT NULL,
+                nonce TEXT NOT NULL,
+                valid_after TEXT NOT NULL,
+                deadline TEXT NOT NULL,
+                sig_v BIGINT NOT NULL,
+                sig_r TEXT NOT NULL,
+                sig_s TEXT NOT NULL,
+                route TEXT NOT NULL,
+                resource TEXT,
+                format TEXT NOT NULL,
+                state TEXT NOT NULL,
+                error TEXT,
+                permit_tx TEXT,
+                transfer_tx TEXT,
+                block_number BIGINT,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                next_attempt_ms BIGINT NOT NULL DEFAULT 0,
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
+                settled_ms BIGINT
+            )"
+            ),
+            "CREATE INDEX IF NOT EXISTS x402_payments_work ON x402_payments (chain_id, state, seq)".into(),
+            "CREATE INDEX IF NOT EXISTS x402_payments_payer ON x402_payments (chain_id, asset, payer, state)".into(),
+            "CREATE TABLE IF NOT EXISTS x402_txs (
+                chain_id BIGINT NOT NULL,
+                signer TEXT NOT NULL,
+                nonce BIGINT NOT NULL,
+                payment_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                hash TEXT NOT NULL UNIQUE,
+                raw TEXT NOT NULL,
+                state TEXT NOT NULL,
+                status BIGINT,
+                block_number BIGINT,
+                last_broadcast_ms BIGINT NOT NULL,
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
+                PRIMARY KEY (chain_id, signer, nonce)
+            )"
+            .into(),
+            "CREATE INDEX IF NOT EXISTS x402_txs_payment ON x402_txs (payment_id)".into(),
+            "CREATE TABLE IF NOT EXISTS x402_leases (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                until_ms BIGINT NOT NULL
+            )"
+            .into(),
+        ],
+    )]
+}
+
+/// A connection for the token path: on Postgres a transaction holding an advisory lock on
+/// the payer, so replicas serialise one payer's checks; on SQLite (single replica) a plain
+/// connection, the in-process payer lock serialises.
+pub enum Session {
+    Pg(Transaction<'static, Any>),
+    Lite(PoolConnection<Any>),
+}
+
+impl Session {
+    fn conn(&mut self) -> &mut AnyConnection {
+        match self {
+            Session::Pg(tx) => tx,
+            Session::Lite(c) => c,
+        }
+    }
+
+    pub async fn use_key_exists(&mut self, key: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM x402_payments WHERE use_key = $1").bind(key).fetch_optional(self.conn()).await?;
+        Ok(row.is_some())
+    }
+
+    /// Pending or submitted payments of `payer` in `asset`.
+    pub async fn open_payments(&mut self, network: Network, asset: Address, payer: Address) -> Result<Vec<OpenPayment>, StoreError> {
+        let rows = sqlx::query("SELECT scheme, value, nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND state IN ('pending', 'submitted')")
+            .bind(network.chain_id as i64)
+            .bind(hexa(asset))
+            .bind(hexa(payer))
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let scheme: String = r.try_get("scheme")?;
+                Ok(OpenPayment { scheme: parse_scheme(&scheme)?, value: col_u256(r, "value")?, nonce: col(r, "nonce")? })
+            })
+            .collect()
+    }
+
+    pub async fn insert(&mut self, p: &NewPayment) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20)",
+        )
+        .bind(&p.id)
+        .bind(p.use_key())
+        .bind(p.scheme.as_str())
+        .bind(p.network.chain_id as i64)
+        .bind(hexa(p.asset))
+        .bind(hexa(p.payer))
+        .bind(hexa(p.pay_to))
+        .bind(p.spender.map(hexa))
+        .bind(p.value.to_string())
+        .bind(p.price.to_string())
+        .bind(hex32(p.nonce))
+        .bind(p.valid_after.to_string())
+        .bind(p.deadline.to_string())
+        .bind(p.sig.v as i64)
+        .bind(hex32(p.sig.r))
+        .bind(hex32(p.sig.s))
+        .bind(&p.route)
+        .bind(p.resource.clone())
+        .bind(&p.format)
+        .bind(p.created_ms)
+        .execute(self.conn())
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Session::Pg(tx) => tx.commit().await?,
+            Session::Lite(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Corrupt(format!("unsupported database url (sqlite:// or postgres://): {}", redact(url))));
+        };
+        let opts = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            // Replicas starting together migrate one at a time.
+            sqlx::query("SELECT pg_advisory_lock(4020402)").execute(&mut *conn).await?;
+        }
+        let result = async {
+            conn.execute("CREATE TABLE IF NOT EXISTS x402_schema (version BIGINT PRIMARY KEY)").await?;
+            let done: Vec<i64> = sqlx::query("SELECT version FROM x402_schema")
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>("version"))
+                .collect::<Result<_, _>>()?;
+            for (version, stmts) in migrations(self.backend) {
+                if done.contains(&version) {
+                    continue;
+                }
+                let mut tx = conn.begin().await?;
+                for s in stmts {
+                    tx.execute(s.as_str()).await?;
+                }
+                sqlx::query("INSERT INTO x402_schema (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
+                tx.commit().await?;
+                tracing::info!(version, "database migrated");
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(4020402)").execute(&mut *conn).await;
+        }
+        result.map_err(Into::into)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Opens the token path's session, locking `lock_key` (a payer hash) on Postgres.
+    pub async fn session(&self, lock_key: i64) -> Result<Session, StoreError> {
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key).execute(&mut *tx).await?;
+                Ok(Session::Pg(tx))
+            }
+            Backend::Sqlite => Ok(Session::Lite(self.pool.acquire().await?)),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<PaymentRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {PAYMENT_COLS} FROM x402_payments WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(payment_from_row).transpose()
+    }
+
+    /// Pending payments of a chain due for an attempt, oldest first (so one payer's permits
+    /// come in nonce order: they were accepted in that order).
+    pub async fn due_pending(&self, chain_id: u64, now_ms: i64, limit: i64) -> Result<Vec<PaymentRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(chain_id as i64)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    /// Submitted payments of a chain, in submission order.
+    pub async fn submitted(&self, chain_id: u64) -> Result<Vec<PaymentRow>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'submitted' ORDER BY seq"))
+            .bind(chain_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    /// Permit nonces of a payer's submitted (in flight) permits.
+    pub async fn inflight_permit_nonces(&self, chain_id: u64, asset: Address, payer: Address) -> Result<Vec<U256>, StoreError> {
+        let rows = sqlx::query("SELECT nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND scheme = 'permit' AND state = 'submitted'")
+            .bind(chain_id as i64)
+            .bind(hexa(asset))
+            .bind(hexa(payer))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| col::<B256>(r, "nonce").map(|b| U256::from_be_bytes(b.0))).collect()
+    }
+
+    pub async fn defer(&self, id: &str, next_attempt_ms: i64, note: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE x402_payments SET attempts = attempts + 1, next_attempt_ms = $2, error = $3, updated_ms = $4 WHERE id = $1 AND state = 'pending'")
+            .bind(id)
+            .bind(next_attempt_ms)
+            .bind(note)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a payment that never reached the chain as `failed`. `release_key` frees its
+    /// single-use key when the signature can never be used again (deadline passed), so the
+    /// payer can sign that permit nonce anew.
+    pub async fn fail_pending(&self, id: &str, reason: &str, release_key: bool, now_ms: i64) -> Result<bool, StoreError> {
+        let q = if release_key {
+            "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3, use_key = 'released:' || id WHERE id = $1 AND state = 'pending'"
+        } else {
+            "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3 WHERE id = $1 AND state = 'pending'"
+        };
+        let r = sqlx::query(q).bind(id).bind(reason).bind(now_ms).execute(&self.pool).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Stores signed transactions and moves the payment to `submitted`, atomically.
+    /// Returns false (and stores nothing) if the payment was no longer pending.
+    pub async fn record_submission(&self, payment_id: &str, txs: &[TxRow], permit_tx: Option<B256>, transfer_tx: B256, now_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Write first: SQLite takes the write lock at once (no read-to-write upgrade).
+        let moved = sqlx::query("UPDATE x402_payments SET state = 'submitted', permit_tx = $2, transfer_tx = $3, error = NULL, updated_ms = $4 WHERE id = $1 AND state = 'pending'")
+            .bind(payment_id)
+            .bind(permit_tx.map(hex32))
+            .bind(hex32(transfer_tx))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for t in txs {
+            sqlx::query("INSERT INTO x402_txs (chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', $8, $8, $8)")
+                .bind(t.chain_id as i64)
+                .bind(hexa(t.signer))
+                .bind(t.nonce as i64)
+                .bind(&t.payment_id)
+                .bind(&t.kind)
+                .bind(hex32(t.hash))
+                .bind(alloy::primitives::hex::encode(&t.raw))
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn txs_of(&self, payment_id: &str) -> Result<Vec<TxRow>, StoreError> {
+        let rows = sqlx::query("SELECT chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms FROM x402_txs WHERE payment_id = $1 ORDER BY nonce")
+            .bind(payment_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tx_from_row).collect()
+    }
+
+    /// Transactions of a signer still waiting for a receipt, in nonce order.
+    pub async fn unconfirmed_txs(&self, chain_id: u64, signer: Address) -> Result<Vec<TxRow>, StoreError> {
+        let rows = sqlx::query("SELECT chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms FROM x402_txs WHERE chain_id = $1 AND signer = $2 AND state = 'sent' ORDER BY nonce")
+            .bind(chain_id as i64)
+            .bind(hexa(signer))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tx_from_row).collect()
+    }
+
+    pub async fn max_tx_nonce(&self, chain_id: u64, signer: Address) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(nonce) AS n FROM x402_txs WHERE chain_id = $1 AND signer = $2")
+            .bind(chain_id as i64)
+            .bind(hexa(signer))
+            .fetch_one(&self.pool)
+            .await?;
+        let n: Option<i64> = row.try_get("n")?;
+        Ok(n.map(|n| n as u64))
+    }
+
+    pub async fn mark_broadcast(&self, hash: B256, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE x402_txs SET last_broadcast_ms = $2 WHERE hash = $1").bind(hex32(hash)).bind(now_ms).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records the receipts of a payment's transactions and its final state, atomically.
+    /// `receipts`: (tx hash, success, block). Returns false if it was not `submitted`.
+    pub async fn finish(&self, payment_id: &str, receipts: &[(B256, bool, u64)], settled: bool, block: Option<u64>, error: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE x402_payments SET state = $2, block_number = $3, error = $4, updated_ms = $5, settled_ms = $6 WHERE id = $1 AND state = 'submitted'")
+            .bind(payment_id)
+            .bind(if settled { "settled" } else { "failed" })
+            .bind(block.map(|b| b as i64))
+            .bind(error.map(str::to_string))
+            .bind(now_ms)
+            .bind(if settled { Some(now_ms) } else { None })
+            .execute(&mut *tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (hash, ok, b) in receipts {
+            sqlx::query("UPDATE x402_txs SET state = 'mined', status = $2, block_number = $3, updated_ms = $4 WHERE hash = $1")
+                .bind(hex32(*hash))
+                .bind(if *ok { 1i64 } else { 0i64 })
+                .bind(*b as i64)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Takes or renews the lease `name` for `owner`; true if `owner` holds it now.
+    pub async fn lease(&self, name: &str, owner: &str, ttl_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+        sqlx::query("INSERT INTO x402_leases (name, owner, until_ms) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        let r = sqlx::query("UPDATE x402_leases SET owner = $2, until_ms = $3 WHERE name = $1 AND (owner = $2 OR until_ms < $4)")
+            .bind(name)
+            .bind(owner)
+            .bind(now_ms + ttl_ms)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE x402_leases SET until_ms = 0 WHERE name = $1 AND owner = $2").bind(name).bind(owner).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Number of payments per state (for the metrics gauge).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM x402_payments GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?))).collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub fn state_name(s: SettlementState) -> &'static str {
+    state_str(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(id: &str, nonce: u8) -> NewPayment {
+        NewPayment {
+            id: id.into(),
+            scheme: Scheme::Permit,
+            network: Network::eip155(31337),
+            asset: Address::repeat_byte(0xaa),
+            payer: Address::repeat_byte(0x11),
+            pay_to: Address::repeat_byte(0x22),
+            spender: Some(Address::repeat_byte(0x33)),
+            value: U256::from(500_000u64),
+            price: U256::from(500_000u64),
+            nonce: B256::from(U256::from(nonce)),
+            valid_after: U256::ZERO,
+            deadline: U256::from(1_900_000_000u64),
+            sig: Sig { r: B256::repeat_byte(1), s: B256::repeat_byte(2), v: 27 },
+            route: "weather".into(),
+            resource: None,
+            format: "seed".into(),
+            created_ms: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_round_trip_unique_key_and_submission() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        // Migrations are idempotent.
+        let store2 = Store::connect(&url).await.unwrap();
+        let mut s = store.session(1).await.unwrap();
+        s.insert(&sample("a", 0)).await.unwrap();
+        assert!(matches!(s.insert(&sample("b", 0)).await, Err(StoreError::Duplicate)));
+        s.insert(&sample("c", 1)).await.unwrap();
+        assert!(s.use_key_exists(&sample("x", 1).use_key()).await.unwrap());
+        assert_eq!(s.open_payments(Network::eip155(31337), Address::repeat_byte(0xaa), Address::repeat_byte(0x11)).await.unwrap().len(), 2);
+        s.commit().await.unwrap();
+        let row = store2.get("a").await.unwrap().unwrap();
+        assert_eq!(row.state, SettlementState::Pending);
+        assert_eq!(row.p.value, U256::from(500_000u64));
+        assert_eq!(row.p.sig.s, B256::repeat_byte(2));
+        let due = store.due_pending(31337, 10, 10).await.unwrap();
+        assert_eq!(due.iter().map(|r| r.p.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        let tx = TxRow { chain_id: 31337, signer: Address::repeat_byte(5), nonce: 7, payment_id: "a".into(), kind: "transfer_from".into(), hash: B256::repeat_byte(9), raw: vec![1, 2, 3], state: "sent".into(), last_broadcast_ms: 0 };
+        assert!(store.record_submission("a", &[tx.clone()], None, tx.hash, 5).await.unwrap());
+        assert!(!store.record_submission("a", &[tx.clone()], None, tx.hash, 5).await.unwrap());
+        assert_eq!(store.max_tx_nonce(31337, Address::repeat_byte(5)).await.unwrap(), Some(7));
+        assert_eq!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap()[0].raw, vec![1, 2, 3]);
+        assert_eq!(store.inflight_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11)).await.unwrap(), vec![U256::ZERO]);
+        assert!(store.finish("a", &[(tx.hash, true, 12)], true, Some(12), None, 9).await.unwrap());
+        assert!(!store.finish("a", &[(tx.hash, true, 12)], true, Some(12), None, 9).await.unwrap());
+        let st = store.get("a").await.unwrap().unwrap().status();
+        assert_eq!(st.state, SettlementState::Settled);
+        assert_eq!(st.block_number, Some(12));
+        assert!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap().is_empty());
+        // Released key: the nonce can be used again.
+        assert!(store.fail_pending("c", "deadline passed", true, 10).await.unwrap());
+        let mut s = store.session(1).await.unwrap();
+        s.insert(&sample("d", 1)).await.unwrap();
+        // Leases.
+        assert!(store.lease("lane", "me", 1000, 0).await.unwrap());
+        assert!(!store.lease("lane", "you", 1000, 500).await.unwrap());
+        assert!(store.lease("lane", "you", 1000, 1500).await.unwrap());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,384 @@
+//! Durable asynchronous settlement: one lane per network (= per signer wallet there).
+//!
+//! A lane owns its wallet's transaction nonces. It takes pending payments in acceptance order
+//! (so one payer's permits go in permit-nonce order), signs the settlement transactions with
+//! consecutive wallet nonces, stores them and moves the payment to `submitted` in one DB
+//! transaction, THEN broadcasts them, without waiting for the previous receipt. Receipts are
+//! confirmed as blocks arrive. After a crash the lane re-broadcasts every stored transaction
+//! without receipt byte for byte and continues after the highest stored nonce: a payment's
+//! transfer is signed once and can execute at most once. Replicas on a shared Postgres take a
+//! lease on the lane, so exactly one process drives a wallet at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use tokio::sync::{watch, Notify};
+use x402_protocol::payment::{Authorization, Permit};
+use x402_protocol::settler_api::SettlementState;
+use x402_protocol::Scheme;
+
+use crate::chain::{self, Chain, SendOutcome};
+use crate::error::{ChainError, StoreError};
+use crate::http::now_ms;
+use crate::metrics as m;
+use crate::store::{Backend, PaymentRow, Store, TxRow};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub poll: Duration,
+    pub rebroadcast: Duration,
+    pub lease: Duration,
+    pub instance: String,
+    pub batch: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LaneError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("lease lost")]
+    LeaseLost,
+    #[error("RPC serves chain id {got}, configured as {want}")]
+    WrongChain { got: u64, want: u64 },
+}
+
+pub struct Lane {
+    store: Store,
+    chain: Arc<Chain>,
+    wake: Arc<Notify>,
+    cfg: WorkerConfig,
+}
+
+enum Preflight {
+    Ready,
+    Defer(String),
+    Fail { reason: String, release_key: bool },
+}
+
+impl Lane {
+    pub fn new(store: Store, chain: Arc<Chain>, wake: Arc<Notify>, cfg: WorkerConfig) -> Lane {
+        Lane { store, chain, wake, cfg }
+    }
+
+    fn lease_name(&self) -> String {
+        format!("lane:{}:{:#x}", self.chain.network.chain_id, self.chain.signer())
+    }
+
+    async fn hold_lease(&self) -> Result<bool, StoreError> {
+        if self.store.backend() == Backend::Sqlite {
+            return Ok(true);
+        }
+        self.store.lease(&self.lease_name(), &self.cfg.instance, self.cfg.lease.as_millis() as i64, now_ms()).await
+    }
+
+    /// Runs until `shutdown` turns true. Errors restart the lane after a backoff.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let network = self.chain.network;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let result = match self.hold_lease().await {
+                Ok(true) => self.drive(&mut shutdown).await,
+                Ok(false) => {
+                    tracing::debug!(%network, "lane lease held by another replica");
+                    Err(LaneError::LeaseLost)
+                }
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(()) => break,
+                Err(LaneError::LeaseLost) => {
+                    backoff = self.cfg.lease / 3;
+                }
+                Err(e) => {
+                    metrics::counter!(m::RPC_ERRORS, "network" => network.to_string()).increment(1);
+                    tracing::warn!(%network, error = %e, retry_in_ms = backoff.as_millis() as u64, "settlement lane error; restarting the lane");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        if self.store.backend() == Backend::Postgres {
+            let _ = self.store.release_lease(&self.lease_name(), &self.cfg.instance).await;
+        }
+        tracing::info!(%network, "settlement lane stopped");
+    }
+
+    /// Recovery, then the submit / confirm loop.
+    async fn drive(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), LaneError> {
+        let want = self.chain.network.chain_id;
+        let got = self.chain.chain_id().await?;
+        if got != want {
+            return Err(LaneError::WrongChain { got, want });
+        }
+        let signer = self.chain.signer();
+        // Re-broadcast everything stored but unconfirmed (it may never have left this process).
+        let unconfirmed = self.store.unconfirmed_txs(want, signer).await?;
+        for t in &unconfirmed {
+            self.broadcast(t).await?;
+        }
+        let chain_next = self.chain.pending_nonce().await?;
+        let db_next = self.store.max_tx_nonce(want, signer).await?.map(|n| n + 1).unwrap_or(0);
+        let mut next_nonce = chain_next.max(db_next);
+        tracing::info!(network = %self.chain.network, signer = %signer, next_nonce, rebroadcast = unconfirmed.len(), "settlement lane started");
+
+        let mut last_lease = Instant::now();
+        let mut last_block = 0u64;
+        let mut last_rebroadcast = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            if last_lease.elapsed() >= self.cfg.lease / 3 {
+                if !self.hold_lease().await? {
+                    return Err(LaneError::LeaseLost);
+                }
+                last_lease = Instant::now();
+            }
+            let submitted = self.submit_due(&mut next_nonce).await?;
+            let block = self.chain.block_number().await?;
+            if block != last_block || submitted > 0 {
+                self.confirm().await?;
+                last_block = block;
+            }
+            if last_rebroadcast.elapsed() >= self.cfg.rebroadcast / 2 {
+                self.rebroadcast_stale().await?;
+                last_rebroadcast = Instant::now();
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn broadcast(&self, t: &TxRow) -> Result<(), LaneError> {
+        match self.chain.broadcast(&t.raw).await {
+            SendOutcome::Accepted => {}
+            SendOutcome::AlreadyKnown(msg) => tracing::debug!(hash = %t.hash, msg, "transaction already known"),
+            SendOutcome::Error(msg) => tracing::warn!(hash = %t.hash, nonce = t.nonce, msg, "broadcast failed; will retry"),
+        }
+        self.store.mark_broadcast(t.hash, now_ms()).await?;
+        Ok(())
+    }
+
+    async fn rebroadcast_stale(&self) -> Result<(), LaneError> {
+        let cutoff = now_ms() - self.cfg.rebroadcast.as_millis() as i64;
+        for t in self.store.unconfirmed_txs(self.chain.network.chain_id, self.chain.signer()).await? {
+            if t.last_broadcast_ms < cutoff {
+                tracing::info!(hash = %t.hash, nonce = t.nonce, "re-broadcasting unconfirmed transaction");
+                self.broadcast(&t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn preflight(&self, p: &PaymentRow) -> Result<Preflight, LaneError> {
+        let now = U256::from((now_ms() / 1000) as u64);
+        let chain = &self.chain;
+        match p.p.scheme {
+            Scheme::Permit => {
+                if p.p.deadline <= now + U256::from(5u8) {
+                    return Ok(Preflight::Fail { reason: format!("permit deadline {} passed before settlement", p.p.deadline), release_key: true });
+                }
+                let onchain = chain.permit_nonce(p.p.asset, p.p.payer).await?;
+                let nonce = p.permit_nonce();
+                if nonce < onchain {
+                    return Ok(Preflight::Fail { reason: format!("permit nonce {nonce} was consumed on chain by another transaction (on-chain nonce {onchain})"), release_key: false });
+                }
+                if nonce > onchain {
+                    // Earlier permits of this payer must be in flight ahead of this one.
+                    let inflight = self.store.inflight_permit_nonces(p.p.network.chain_id, p.p.asset, p.p.payer).await?;
+                    let gap = nonce - onchain;
+                    let covered = gap <= U256::from(inflight.len()) && {
+                        let mut n = onchain;
+                        let mut ok = true;
+                        while n < nonce {
+                            if !inflight.contains(&n) {
+                                ok = false;
+                                break;
+                            }
+                            n += U256::from(1u8);
+                        }
+                        ok
+                    };
+                    if !covered {
+                        return Ok(Preflight::Defer(format!("waiting for permit nonce {onchain} of {} to be used first", p.p.payer)));
+                    }
+                }
+                Ok(Preflight::Ready)
+            }
+            Scheme::Exact => {
+                if p.p.deadline <= now + U256::from(5u8) {
+                    return Ok(Preflight::Fail { reason: format!("authorization validBefore {} passed before settlement", p.p.deadline), release_key: false });
+                }
+                if chain.authorization_used(p.p.asset, p.p.payer, p.p.nonce).await? {
+                    return Ok(Preflight::Fail { reason: "authorization nonce was used on chain by another transaction".into(), release_key: false });
+                }
+                Ok(Preflight::Ready)
+            }
+        }
+    }
+
+    /// Signs, stores and broadcasts the settlement of every due pending payment.
+    async fn submit_due(&self, next_nonce: &mut u64) -> Result<usize, LaneError> {
+        let chain_id = self.chain.network.chain_id;
+        let due = self.store.due_pending(chain_id, now_ms(), self.cfg.batch).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let fees = self.chain.fees().await?;
+        let signer = self.chain.signer();
+        let mut count = 0;
+        for p in due {
+            match self.preflight(&p).await? {
+                Preflight::Ready => {}
+                Preflight::Defer(note) => {
+                    let wait = 1000i64.saturating_mul(1 << p.attempts.clamp(0, 5));
+                    tracing::info!(settlement_id = %p.p.id, note, "settlement deferred");
+                    self.store.defer(&p.p.id, now_ms() + wait, &note, now_ms()).await?;
+                    continue;
+                }
+                Preflight::Fail { reason, release_key } => {
+                    if self.store.fail_pending(&p.p.id, &reason, release_key, now_ms()).await? {
+                        metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
+                        tracing::warn!(settlement_id = %p.p.id, reason, "settlement failed before submission");
+                    }
+                    continue;
+                }
+            }
+            let token = p.p.asset;
+            let calls = match p.p.scheme {
+                Scheme::Permit => {
+                    let permit = Permit {
+                        network: p.p.network,
+                        token,
+                        owner: p.p.payer,
+                        spender: p.p.spender.unwrap_or(signer),
+                        value: p.p.value,
+                        nonce: p.permit_nonce(),
+                        deadline: p.p.deadline,
+                        sig: p.p.sig,
+                    };
+                    vec![("permit", chain::permit_call(&permit)), ("transfer_from", chain::transfer_from_call(p.p.payer, p.p.pay_to, p.p.value))]
+                }
+                Scheme::Exact => {
+                    let auth = Authorization {
+                        network: p.p.network,
+                        token,
+                        from: p.p.payer,
+                        to: p.p.pay_to,
+                        value: p.p.value,
+                        valid_after: p.p.valid_after,
+                        valid_before: p.p.deadline,
+                        nonce: p.p.nonce,
+                        sig: p.p.sig,
+                    };
+                    vec![("transfer_with_authorization", chain::transfer_with_authorization_call(&auth))]
+                }
+            };
+            let mut txs = Vec::with_capacity(calls.len());
+            for (i, (kind, input)) in calls.into_iter().enumerate() {
+                let nonce = *next_nonce + i as u64;
+                let (hash, raw) = self.chain.sign(token, input, nonce, fees).await?;
+                txs.push(TxRow { chain_id, signer, nonce, payment_id: p.p.id.clone(), kind: kind.into(), hash, raw, state: "sent".into(), last_broadcast_ms: now_ms() });
+            }
+            let permit_tx = if txs.len() == 2 { Some(txs[0].hash) } else { None };
+            let transfer_tx = txs[txs.len() - 1].hash;
+            if !self.store.record_submission(&p.p.id, &txs, permit_tx, transfer_tx, now_ms()).await? {
+                continue;
+            }
+            *next_nonce += txs.len() as u64;
+            metrics::counter!(m::SETTLEMENTS, "state" => "submitted").increment(1);
+            for t in &txs {
+                self.broadcast(t).await?;
+                metrics::counter!(m::TXS_SENT, "kind" => t.kind.clone()).increment(1);
+            }
+            tracing::info!(settlement_id = %p.p.id, transfer_tx = %transfer_tx, wallet_nonce = txs[0].nonce, "settlement submitted");
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Checks receipts of submitted payments in wallet-nonce order; stops at the first
+    /// transaction not mined yet (later nonces cannot be mined before it).
+    async fn confirm(&self) -> Result<(), LaneError> {
+        let chain_id = self.chain.network.chain_id;
+        let mut pending = Vec::new();
+        for t in self.store.unconfirmed_txs(chain_id, self.chain.signer()).await? {
+            pending.push(t);
+        }
+        // Group by payment: the payment is final when its last transaction is mined.
+        let mut i = 0;
+        while i < pending.len() {
+            let pid = pending[i].payment_id.clone();
+            let mut j = i;
+            while j < pending.len() && pending[j].payment_id == pid {
+                j += 1;
+            }
+            let group = &pending[i..j];
+            i = j;
+            let last = &group[group.len() - 1];
+            let Some(receipt) = self.chain.receipt(last.hash).await? else { break };
+            let Some(p) = self.store.get(&pid).await? else { continue };
+            if p.state != SettlementState::Submitted {
+                continue;
+            }
+            let mut receipts = Vec::new();
+            let mut permit_ok = true;
+            for t in group {
+                let r = if t.hash == last.hash { Some(receipt.clone()) } else { self.chain.receipt(t.hash).await? };
+                if let Some(r) = r {
+                    let ok = r.status();
+                    if t.kind == "permit" {
+                        permit_ok = ok;
+                    }
+                    receipts.push((t.hash, ok, r.block_number.unwrap_or(0)));
+                }
+            }
+            let block = receipt.block_number;
+            let moved = receipt.status() && chain::has_transfer(&receipt, p.p.asset, p.p.payer, p.p.pay_to, p.p.value);
+            let now = now_ms();
+            if moved {
+                if self.store.finish(&pid, &receipts, true, block, None, now).await? {
+                    metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
+                    metrics::histogram!(m::SETTLE_LATENCY).record((now - p.p.created_ms).max(0) as f64 / 1000.0);
+                    tracing::info!(settlement_id = %pid, block = block.unwrap_or(0), tx = %last.hash, "settled");
+                }
+            } else {
+                let reason = self.diagnose(&p, permit_ok, receipt.status()).await;
+                if self.store.finish(&pid, &receipts, false, block, Some(&reason), now).await? {
+                    metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
+                    tracing::warn!(settlement_id = %pid, reason, "settlement failed on chain");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn diagnose(&self, p: &PaymentRow, permit_ok: bool, transfer_ok: bool) -> String {
+        let what = match p.p.scheme {
+            Scheme::Permit => "transferFrom",
+            Scheme::Exact => "transferWithAuthorization",
+        };
+        let mut reason = if !transfer_ok { format!("{what} reverted") } else { format!("{what} succeeded without the expected Transfer event") };
+        if !permit_ok {
+            reason.push_str("; permit() reverted (nonce used or signature refused)");
+        }
+        if let Ok(b) = self.chain.balance_of(p.p.asset, p.p.payer).await {
+            if b < p.p.value {
+                reason.push_str(&format!("; payer balance {b} is below the value {}", p.p.value));
+            }
+        }
+        reason
+    }
+}
