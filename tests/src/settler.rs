@@ -1,1 +1,209 @@
-//! TODO
+//! The settler binary as a child process: `SettlerProcess::start(opts)` picks a free port,
+//! starts it with the given database, RPC endpoints, signer key and token key file, and waits
+//! for `/healthz`. `kill9()` kills it without warning (SIGKILL); `restart()` starts it again
+//! with the same options (same database, same key files). Dropping the handle kills it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{paths, ports};
+
+#[derive(Debug, Clone)]
+pub struct SettlerOptions {
+    /// The binary; default `paths::settler_bin()` (tests of the settler crate pass
+    /// `env!("CARGO_BIN_EXE_x402-settler")`).
+    pub bin: Option<PathBuf>,
+    /// sqlx URL, e.g. `sqlite:///tmp/x/settler.db?mode=rwc` or `postgres://postgres@127.0.0.1:5432/db`.
+    pub database_url: String,
+    /// (CAIP-2 network, RPC url), e.g. ("eip155:31337", "http://127.0.0.1:8545").
+    pub rpcs: Vec<(String, String)>,
+    /// The settler wallet's private key (hex). Passed as `EVM_PRIVATE_KEY`, never on argv.
+    pub signer_key: String,
+    /// Token signing key file (created by the settler if missing).
+    pub token_key_file: PathBuf,
+    /// Fixed port; `None` picks a free one (kept across restarts).
+    pub port: Option<u16>,
+    /// More command line flags, e.g. `["--deadline-margin", "30"]`.
+    pub extra_args: Vec<String>,
+    /// More environment, e.g. `("RUST_LOG", "debug")`.
+    pub env: Vec<(String, String)>,
+    /// Where stdout/stderr go; default a file next to the token key.
+    pub log_file: Option<PathBuf>,
+    pub start_timeout: Duration,
+}
+
+impl SettlerOptions {
+    pub fn new(database_url: impl Into<String>, network: impl Into<String>, rpc_url: impl Into<String>, signer_key: impl Into<String>, token_key_file: impl Into<PathBuf>) -> Self {
+        SettlerOptions {
+            bin: None,
+            database_url: database_url.into(),
+            rpcs: vec![(network.into(), rpc_url.into())],
+            signer_key: signer_key.into(),
+            token_key_file: token_key_file.into(),
+            port: None,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            log_file: None,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct SettlerProcess {
+    child: Option<Child>,
+    opts: SettlerOptions,
+    port: u16,
+    log_file: PathBuf,
+}
+
+impl SettlerProcess {
+    /// Starts the settler and waits until `/healthz` answers 200.
+    pub async fn start(mut opts: SettlerOptions) -> Result<SettlerProcess> {
+        let port = match opts.port {
+            Some(p) => p,
+            None => ports::free_port(),
+        };
+        if port == 0 {
+            bail!("no free port");
+        }
+        opts.port = Some(port);
+        let log_file = opts.log_file.clone().unwrap_or_else(|| {
+            let dir = opts.token_key_file.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+            dir.join(format!("settler-{port}.log"))
+        });
+        let mut s = SettlerProcess { child: None, opts, port, log_file };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.opts.bin.clone().unwrap_or_else(paths::settler_bin)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let bin = self.bin();
+        if !bin.exists() {
+            bail!("settler binary not found at {} (cargo build -p x402-settler, or set X402_SETTLER_BIN)", bin.display());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_file).with_context(|| format!("log file {}", self.log_file.display()))?;
+        let rpc = self.opts.rpcs.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(",");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--database-url")
+            .arg(&self.opts.database_url)
+            .arg("--rpc")
+            .arg(&rpc)
+            .arg("--token-key-file")
+            .arg(&self.opts.token_key_file)
+            .args(&self.opts.extra_args)
+            .env("EVM_PRIVATE_KEY", &self.opts.signer_key)
+            .env_remove("X402_RPC")
+            .env_remove("X402_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + self.opts.start_timeout;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    self.child = None;
+                    bail!("settler exited during start-up ({status}); log:\n{}", self.log());
+                }
+            }
+            if let Ok(r) = client.get(format!("{}/healthz", self.url())).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                bail!("settler did not answer /healthz within {:?}; log:\n{}", self.opts.start_timeout, self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn options(&self) -> &SettlerOptions {
+        &self.opts
+    }
+
+    /// SIGKILL, then reap. No graceful shutdown, nothing flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (graceful shutdown) and wait up to `timeout`; SIGKILL after.
+    pub fn terminate(&mut self, timeout: Duration) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the settler again with the same options, port, database and keys.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Everything the process logged so far (all runs).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log_file) {
+            let _ = std::io::Read::read_to_string(&mut f, &mut s);
+        }
+        s
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_file
+    }
+}
+
+impl Drop for SettlerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
