@@ -189,6 +189,14 @@ impl Env {
         }
     }
 
+    /// Switches anvil from instant mining to a block every `secs` seconds.
+    pub async fn set_interval_mining(&self, secs: u64) {
+        use alloy::providers::Provider;
+        let p = self.anvil.provider();
+        let _: serde_json::Value = p.raw_request("evm_setAutomine".into(), (false,)).await.expect("evm_setAutomine");
+        let _: serde_json::Value = p.raw_request("evm_setIntervalMining".into(), (secs,)).await.expect("evm_setIntervalMining");
+    }
+
     pub async fn balance(&self, who: Address) -> U256 {
         self.anvil.balance_of(self.token, who).await.expect("balanceOf")
     }
