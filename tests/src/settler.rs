@@ -151,6 +151,11 @@ impl SettlerProcess {
         &self.opts
     }
 
+    /// Options for the next `restart()` (e.g. other flags); port, database and keys stay.
+    pub fn options_mut(&mut self) -> &mut SettlerOptions {
+        &mut self.opts
+    }
+
     /// SIGKILL, then reap. No graceful shutdown, nothing flushed.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
