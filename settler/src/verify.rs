@@ -3,7 +3,6 @@
 //! Chain-state checks (balance, nonces) are in `http.rs`; they need RPC and the store.
 
 use alloy::primitives::{Address, Signature, B256, U256};
-use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use x402_protocol::payment::{ClientPayment, Permit, Sig};
 use x402_protocol::settler_api::{PricedMethod, Requirement};
@@ -11,23 +10,26 @@ use x402_protocol::{PaymentMethod, Scheme};
 
 use crate::error::Rejection;
 
-sol! {
-    /// EIP-2612 typed data.
-    struct Permit712 {
-        address owner;
-        address spender;
-        uint256 value;
-        uint256 nonce;
-        uint256 deadline;
-    }
-    /// ERC-3009 typed data.
-    struct TransferWithAuthorization712 {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
+/// EIP-712 types; the struct names are part of the type hash and must be exactly these.
+pub mod typed {
+    alloy::sol! {
+        /// EIP-2612.
+        struct Permit {
+            address owner;
+            address spender;
+            uint256 value;
+            uint256 nonce;
+            uint256 deadline;
+        }
+        /// ERC-3009.
+        struct TransferWithAuthorization {
+            address from;
+            address to;
+            uint256 value;
+            uint256 validAfter;
+            uint256 validBefore;
+            bytes32 nonce;
+        }
     }
 }
 
@@ -50,9 +52,9 @@ pub fn domain(method: &PaymentMethod) -> Eip712Domain {
 pub fn signing_hash(payment: &ClientPayment, method: &PaymentMethod) -> B256 {
     let d = domain(method);
     match payment {
-        ClientPayment::Permit(p) => Permit712 { owner: p.owner, spender: p.spender, value: p.value, nonce: p.nonce, deadline: p.deadline }
+        ClientPayment::Permit(p) => typed::Permit { owner: p.owner, spender: p.spender, value: p.value, nonce: p.nonce, deadline: p.deadline }
             .eip712_signing_hash(&d),
-        ClientPayment::Authorization(a) => TransferWithAuthorization712 {
+        ClientPayment::Authorization(a) => typed::TransferWithAuthorization {
             from: a.from,
             to: a.to,
             value: a.value,
@@ -268,6 +270,15 @@ mod tests {
 
     fn code(r: Result<(), Rejection>) -> &'static str {
         r.err().map(|e| e.code).unwrap_or("ok")
+    }
+
+    #[test]
+    fn type_hashes_are_the_standard_ones() {
+        use alloy::primitives::keccak256;
+        assert_eq!(typed::Permit::eip712_type_hash(&typed::Permit { owner: Address::ZERO, spender: Address::ZERO, value: U256::ZERO, nonce: U256::ZERO, deadline: U256::ZERO }),
+            keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"));
+        let t = typed::TransferWithAuthorization { from: Address::ZERO, to: Address::ZERO, value: U256::ZERO, validAfter: U256::ZERO, validBefore: U256::ZERO, nonce: B256::ZERO };
+        assert_eq!(t.eip712_type_hash(), keccak256("TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"));
     }
 
     #[test]
