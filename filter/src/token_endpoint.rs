@@ -3,7 +3,7 @@
 //! client's) and forwards both to the settler, then relays the settler's answer.
 
 use serde_json::value::RawValue;
-use x402_protocol::settler_api::{Requirement, TokenRequest};
+use x402_protocol::settler_api::{ApiError, Requirement, TokenRequest};
 
 use crate::challenge::HttpAnswer;
 use crate::config::FilterConfig;
@@ -99,12 +99,14 @@ impl SettlerReply {
         SettlerReply { status: get(":status").and_then(|s| s.trim().parse().ok()), content_type: get("content-type"), body }
     }
 
-    /// The settler could not give an answer: no status, or a 5xx without a body.
+    /// The settler could not give an answer: no status, or a 5xx that is not the settler's
+    /// own JSON error. (When the settler is down, Envoy itself answers the callout with a
+    /// 503 and a text body such as "upstream connect error ...".)
     pub fn is_outage(&self) -> bool {
         match self.status {
             None => true,
             Some(s) if !(100..=599).contains(&s) => true,
-            Some(s) => s >= 500 && self.body.iter().all(|b| b.is_ascii_whitespace()),
+            Some(s) => s >= 500 && serde_json::from_slice::<ApiError>(&self.body).is_err(),
         }
     }
 }
@@ -117,7 +119,19 @@ pub fn settler_unavailable(message: &str) -> HttpAnswer {
 pub fn outage_message(reply: &SettlerReply) -> String {
     match reply.status {
         None => "the settler did not answer (timeout or connection failure)".to_string(),
-        Some(s) => format!("the settler answered {s} without a body"),
+        Some(s) => {
+            let text: String = String::from_utf8_lossy(&reply.body)
+                .chars()
+                .take(120)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let text = text.trim();
+            if text.is_empty() {
+                format!("the settler answered {s} without a body")
+            } else {
+                format!("the settler answered {s}: {text}")
+            }
+        }
     }
 }
 
@@ -214,13 +228,21 @@ mod tests {
         let refused = SettlerReply { status: Some(409), content_type: None, body: b"{\"error\":\"replay\"}".to_vec() };
         assert_eq!(relay(&refused).status, 409);
         assert_eq!(relay(&refused).header("content-type"), Some("application/json"));
-        let err_with_body = SettlerReply { status: Some(500), content_type: None, body: b"{\"error\":\"internal\"}".to_vec() };
-        assert_eq!(relay(&err_with_body).status, 500);
+        let err_with_body =
+            SettlerReply { status: Some(500), content_type: None, body: br#"{"error":"internal","message":"db down"}"#.to_vec() };
+        assert_eq!(relay(&err_with_body).status, 500, "the settler's own JSON error is relayed");
         for outage in [
             SettlerReply::default(),
             SettlerReply { status: Some(503), content_type: None, body: vec![] },
             SettlerReply { status: Some(502), content_type: None, body: b" \n".to_vec() },
             SettlerReply { status: Some(0), content_type: None, body: b"x".to_vec() },
+            // What Envoy answers for a dead settler.
+            SettlerReply {
+                status: Some(503),
+                content_type: Some("text/plain".into()),
+                body: b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_vec(),
+            },
+            SettlerReply { status: Some(504), content_type: None, body: b"upstream request timeout".to_vec() },
         ] {
             let a = relay(&outage);
             assert_eq!((a.status, code(&a)), (503, "settler_unavailable".to_string()), "{outage:?}");
