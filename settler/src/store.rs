@@ -511,12 +511,15 @@ impl Store {
         rows.iter().map(payment_from_row).collect()
     }
 
-    /// Permit nonces of a payer's submitted (in flight) permits.
-    pub async fn inflight_permit_nonces(&self, chain_id: u64, asset: Address, payer: Address) -> Result<Vec<U256>, StoreError> {
-        let rows = sqlx::query("SELECT nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND scheme = 'permit' AND state = 'submitted'")
+    /// Permit nonces >= `from` of a payer's permits this settler has submitted (in flight or
+    /// settled): they consume their nonces in order ahead of later ones.
+    pub async fn submitted_permit_nonces(&self, chain_id: u64, asset: Address, payer: Address, from: U256) -> Result<Vec<U256>, StoreError> {
+        // Nonces are stored as fixed-width lowercase hex: text order is numeric order.
+        let rows = sqlx::query("SELECT nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND scheme = 'permit' AND state IN ('submitted', 'settled') AND nonce >= $4")
             .bind(chain_id as i64)
             .bind(hexa(asset))
             .bind(hexa(payer))
+            .bind(hex32(B256::from(from)))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| col::<B256>(r, "nonce").map(|b| U256::from_be_bytes(b.0))).collect()
@@ -744,7 +747,8 @@ mod tests {
         assert!(!store.record_submission("a", &[tx.clone()], None, tx.hash, 5).await.unwrap());
         assert_eq!(store.max_tx_nonce(31337, Address::repeat_byte(5)).await.unwrap(), Some(7));
         assert_eq!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap()[0].raw, vec![1, 2, 3]);
-        assert_eq!(store.inflight_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11)).await.unwrap(), vec![U256::ZERO]);
+        assert_eq!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::ZERO).await.unwrap(), vec![U256::ZERO]);
+        assert!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::from(1)).await.unwrap().is_empty());
         assert!(store.finish("a", &[(tx.hash, true, 12)], true, Some(12), None, 9).await.unwrap());
         assert!(!store.finish("a", &[(tx.hash, true, 12)], true, Some(12), None, 9).await.unwrap());
         let st = store.get("a").await.unwrap().unwrap().status();

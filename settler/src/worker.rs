@@ -52,6 +52,11 @@ pub struct Lane {
     cfg: WorkerConfig,
 }
 
+enum ChainFacts {
+    PermitNonce(U256),
+    AuthorizationUsed(bool),
+}
+
 enum Preflight {
     Ready,
     Defer(String),
@@ -130,9 +135,18 @@ impl Lane {
         let mut next_nonce = chain_next.max(db_next);
         tracing::info!(network = %self.chain.network, signer = %signer, next_nonce, rebroadcast = unconfirmed.len(), "settlement lane started");
 
+        let (tx_out, tx_in) = tokio::sync::mpsc::unbounded_channel::<TxRow>();
+        let submit = self.submit_loop(&mut next_nonce, tx_out, shutdown.clone());
+        let confirm = self.confirm_loop(shutdown.clone());
+        let send = self.broadcast_loop(tx_in, shutdown.clone());
+        tokio::try_join!(submit, confirm, send)?;
+        Ok(())
+    }
+
+    /// Takes due payments, signs and stores their transactions, hands them to the broadcaster
+    /// in nonce order. Never waits for a receipt.
+    async fn submit_loop(&self, next_nonce: &mut u64, out: tokio::sync::mpsc::UnboundedSender<TxRow>, mut shutdown: watch::Receiver<bool>) -> Result<(), LaneError> {
         let mut last_lease = Instant::now();
-        let mut last_block = 0u64;
-        let mut last_rebroadcast = Instant::now();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -143,9 +157,44 @@ impl Lane {
                 }
                 last_lease = Instant::now();
             }
-            let submitted = self.submit_due(&mut next_nonce).await?;
+            let submitted = self.submit_due(next_nonce, &out).await?;
+            if submitted >= self.cfg.batch as usize {
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Sends stored transactions one after the other, in the order they were signed.
+    async fn broadcast_loop(&self, mut rx: tokio::sync::mpsc::UnboundedReceiver<TxRow>, mut shutdown: watch::Receiver<bool>) -> Result<(), LaneError> {
+        loop {
+            tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => {
+                        self.broadcast(&t).await?;
+                        metrics::counter!(m::TXS_SENT, "kind" => t.kind.clone()).increment(1);
+                    }
+                    None => return Ok(()),
+                },
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Confirms receipts as blocks arrive; re-broadcasts transactions without receipt.
+    async fn confirm_loop(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), LaneError> {
+        let mut last_block = 0u64;
+        let mut last_rebroadcast = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
             let block = self.chain.block_number().await?;
-            if block != last_block || submitted > 0 {
+            if block != last_block {
                 self.confirm().await?;
                 last_block = block;
             }
@@ -154,7 +203,6 @@ impl Lane {
                 last_rebroadcast = Instant::now();
             }
             tokio::select! {
-                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.cfg.poll) => {}
                 _ = shutdown.changed() => {}
             }
@@ -182,22 +230,29 @@ impl Lane {
         Ok(())
     }
 
-    async fn preflight(&self, p: &PaymentRow) -> Result<Preflight, LaneError> {
+    /// The chain state a payment's preflight needs: permit nonce or authorization state.
+    async fn chain_facts(chain: Arc<Chain>, p: &PaymentRow) -> Result<ChainFacts, ChainError> {
+        Ok(match p.p.scheme {
+            Scheme::Permit => ChainFacts::PermitNonce(chain.permit_nonce(p.p.asset, p.p.payer).await?),
+            Scheme::Exact => ChainFacts::AuthorizationUsed(chain.authorization_used(p.p.asset, p.p.payer, p.p.nonce).await?),
+        })
+    }
+
+    async fn preflight(&self, p: &PaymentRow, facts: ChainFacts) -> Result<Preflight, LaneError> {
         let now = U256::from((now_ms() / 1000) as u64);
-        let chain = &self.chain;
         match p.p.scheme {
             Scheme::Permit => {
                 if p.p.deadline <= now + U256::from(5u8) {
                     return Ok(Preflight::Fail { reason: format!("permit deadline {} passed before settlement", p.p.deadline), release_key: true });
                 }
-                let onchain = chain.permit_nonce(p.p.asset, p.p.payer).await?;
+                let ChainFacts::PermitNonce(onchain) = facts else { return Ok(Preflight::Defer("internal: wrong facts".into())) };
                 let nonce = p.permit_nonce();
                 if nonce < onchain {
                     return Ok(Preflight::Fail { reason: format!("permit nonce {nonce} was consumed on chain by another transaction (on-chain nonce {onchain})"), release_key: false });
                 }
                 if nonce > onchain {
                     // Earlier permits of this payer must be in flight ahead of this one.
-                    let inflight = self.store.inflight_permit_nonces(p.p.network.chain_id, p.p.asset, p.p.payer).await?;
+                    let inflight = self.store.submitted_permit_nonces(p.p.network.chain_id, p.p.asset, p.p.payer, onchain).await?;
                     let gap = nonce - onchain;
                     let covered = gap <= U256::from(inflight.len()) && {
                         let mut n = onchain;
@@ -221,7 +276,7 @@ impl Lane {
                 if p.p.deadline <= now + U256::from(5u8) {
                     return Ok(Preflight::Fail { reason: format!("authorization validBefore {} passed before settlement", p.p.deadline), release_key: false });
                 }
-                if chain.authorization_used(p.p.asset, p.p.payer, p.p.nonce).await? {
+                if matches!(facts, ChainFacts::AuthorizationUsed(true)) {
                     return Ok(Preflight::Fail { reason: "authorization nonce was used on chain by another transaction".into(), release_key: false });
                 }
                 Ok(Preflight::Ready)
@@ -230,7 +285,7 @@ impl Lane {
     }
 
     /// Signs, stores and broadcasts the settlement of every due pending payment.
-    async fn submit_due(&self, next_nonce: &mut u64) -> Result<usize, LaneError> {
+    async fn submit_due(&self, next_nonce: &mut u64, out: &tokio::sync::mpsc::UnboundedSender<TxRow>) -> Result<usize, LaneError> {
         let chain_id = self.chain.network.chain_id;
         let due = self.store.due_pending(chain_id, now_ms(), self.cfg.batch).await?;
         if due.is_empty() {
@@ -238,9 +293,22 @@ impl Lane {
         }
         let fees = self.chain.fees().await?;
         let signer = self.chain.signer();
+        // Chain reads for the whole batch at once; decisions and signing stay in order.
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, p) in due.iter().enumerate() {
+            let chain = self.chain.clone();
+            let p = p.clone();
+            reads.spawn(async move { (i, Self::chain_facts(chain, &p).await) });
+        }
+        let mut facts: Vec<Option<ChainFacts>> = due.iter().map(|_| None).collect();
+        while let Some(r) = reads.join_next().await {
+            let (i, f) = r.map_err(|e| ChainError::Rpc { network: self.chain.network.to_string(), message: format!("read task: {e}") })?;
+            facts[i] = Some(f?);
+        }
         let mut count = 0;
-        for p in due {
-            match self.preflight(&p).await? {
+        for (p, f) in due.into_iter().zip(facts) {
+            let Some(f) = f else { continue };
+            match self.preflight(&p, f).await? {
                 Preflight::Ready => {}
                 Preflight::Defer(note) => {
                     let wait = 1000i64.saturating_mul(1 << p.attempts.clamp(0, 5));
@@ -299,11 +367,12 @@ impl Lane {
             }
             *next_nonce += txs.len() as u64;
             metrics::counter!(m::SETTLEMENTS, "state" => "submitted").increment(1);
-            for t in &txs {
-                self.broadcast(t).await?;
-                metrics::counter!(m::TXS_SENT, "kind" => t.kind.clone()).increment(1);
-            }
             tracing::info!(settlement_id = %p.p.id, transfer_tx = %transfer_tx, wallet_nonce = txs[0].nonce, "settlement submitted");
+            for t in txs {
+                // The broadcaster is gone only when the lane is stopping; the stored
+                // transaction is re-broadcast on the next start.
+                let _ = out.send(t);
+            }
             count += 1;
         }
         Ok(count)
