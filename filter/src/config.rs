@@ -26,6 +26,7 @@ pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
 pub const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 5000;
 
 const MAX_SETTLER_TIMEOUT_MS: u64 = 60_000;
 const MAX_CLOCK_LEEWAY_SECS: u64 = 300;
@@ -85,6 +86,8 @@ pub struct FilterConfig {
     pub max_timeout_seconds: u64,
     pub token_cache_size: usize,
     pub max_body_bytes: usize,
+    /// How long the token endpoint waits for the whole request body.
+    pub body_timeout: Duration,
     pub routes: RouteTable,
 }
 
@@ -120,6 +123,8 @@ struct RawConfig {
     token_cache_size: Option<usize>,
     #[serde(default)]
     max_body_bytes: Option<usize>,
+    #[serde(default)]
+    body_timeout_ms: Option<u64>,
     payment_methods: UniqueMap<RawMethod>,
     routes: Vec<RawRoute>,
 }
@@ -259,6 +264,7 @@ fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
     )? as usize;
     let max_body_bytes =
         bounded("max_body_bytes", raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) as u64, 1, MAX_BODY_BYTES_LIMIT as u64)? as usize;
+    let body_timeout_ms = bounded("body_timeout_ms", raw.body_timeout_ms.unwrap_or(DEFAULT_BODY_TIMEOUT_MS), 100, 60_000)?;
 
     if raw.payment_methods.0.is_empty() {
         return Err(ConfigError::new("payment_methods", "at least one payment method is required"));
@@ -296,6 +302,7 @@ fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
         max_timeout_seconds,
         token_cache_size,
         max_body_bytes,
+        body_timeout: Duration::from_millis(body_timeout_ms),
         routes: RouteTable::new(routes),
     })
 }
@@ -642,6 +649,7 @@ pub(crate) mod tests {
         assert_eq!(cfg.max_timeout_seconds, 300);
         assert_eq!(cfg.token_cache_size, 10_000);
         assert_eq!(cfg.max_body_bytes, 16384);
+        assert_eq!(cfg.body_timeout, Duration::from_millis(5000));
         assert_eq!(cfg.settler.authority, "x402_settler");
         assert_eq!(cfg.settler.path, "/v1/tokens");
         assert_eq!(cfg.settler.failure_mode, FailureMode::Deny);
@@ -721,6 +729,8 @@ pub(crate) mod tests {
         expect_err(|v| v["token_ttl_secs"] = json!(0), "token_ttl_secs");
         expect_err(|v| v["max_timeout_seconds"] = json!(0), "max_timeout_seconds");
         expect_err(|v| v["max_body_bytes"] = json!(0), "max_body_bytes");
+        expect_err(|v| v["body_timeout_ms"] = json!(50), "body_timeout_ms");
+        expect_err(|v| v["body_timeout_ms"] = json!(120_000), "body_timeout_ms");
         expect_err(|v| v["max_body_bytes"] = json!(100_000_000), "max_body_bytes");
         expect_err(|v| v["token_cache_size"] = json!(10_000_000), "token_cache_size");
         expect_err(|v| v["token_endpoint_prefix"] = json!("/x402/token"), "token_endpoint_prefix");

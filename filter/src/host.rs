@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
@@ -19,6 +19,7 @@ use crate::challenge::{self, HttpAnswer};
 use crate::config::{self, FilterConfig};
 use crate::decision::{self, PaymentOutcome, PricedAction};
 use crate::metrics::Counter;
+use crate::pending::{self, PendingBodies};
 use crate::routes::RequestAttrs;
 use crate::token_endpoint::{self, Endpoint, SettlerReply};
 
@@ -61,7 +62,11 @@ struct Shared {
     cfg: FilterConfig,
     metrics: Metrics,
     cache: RefCell<TokenCache>,
+    /// Token-endpoint requests still reading their body (answered by `on_tick` when late).
+    pending: RefCell<PendingBodies>,
 }
+
+const TICK: Duration = Duration::from_millis(250);
 
 struct Root {
     shared: Option<Rc<Shared>>,
@@ -84,7 +89,15 @@ impl RootContext for Root {
                     cfg.settler.cluster
                 );
                 let cache = RefCell::new(TokenCache::new(cfg.token_cache_size));
-                self.shared = Some(Rc::new(Shared { cfg, metrics: Metrics::define(), cache }));
+                self.shared = Some(Rc::new(Shared {
+                    cfg,
+                    metrics: Metrics::define(),
+                    cache,
+                    pending: RefCell::new(PendingBodies::default()),
+                }));
+                if let Err(e) = hostcalls::set_tick_period(TICK) {
+                    warn!("x402: no timer ({e:?}): token endpoint bodies have no deadline");
+                }
                 true
             }
             Err(e) => {
@@ -95,8 +108,31 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { shared: self.shared.clone(), state: State::Idle }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { context_id, shared: self.shared.clone(), state: State::Idle }))
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let expired = match shared.pending.try_borrow_mut() {
+            Ok(mut p) if !p.is_empty() => p.take_expired(now_ms()),
+            _ => return,
+        };
+        for p in expired {
+            if hostcalls::set_effective_context(p.context_id).is_err() {
+                continue;
+            }
+            if p.body_seen {
+                warn!("x402: token endpoint: request body incomplete after {:?}", shared.cfg.body_timeout);
+            } else {
+                error!("x402: token endpoint: the request body never reached the filter; set allow_on_headers_stop_iteration: true on the Envoy wasm plugin");
+            }
+            let a = pending::timeout_answer(&p);
+            let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            if let Err(e) = hostcalls::send_http_response(a.status, headers, Some(&a.body)) {
+                warn!("x402: cannot answer a timed-out request: {e:?}");
+            }
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -119,12 +155,21 @@ enum State {
 }
 
 struct Http {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
     state: State,
 }
 
 fn request_header(name: &str) -> Option<String> {
     hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn now_secs() -> i64 {
@@ -153,6 +198,11 @@ impl RequestAttrs for HostAttrs {
 }
 
 impl Context for Http {
+    fn on_done(&mut self) -> bool {
+        self.stop_waiting_for_body();
+        true
+    }
+
     fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(shared) = self.shared.clone() else { return };
         let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
@@ -177,6 +227,14 @@ impl Context for Http {
 }
 
 impl Http {
+    /// Leaves the pending-body list; `false` if the timer already answered this request.
+    fn stop_waiting_for_body(&self) -> bool {
+        match &self.shared {
+            Some(shared) => shared.pending.try_borrow_mut().map(|mut p| p.remove(self.context_id)).unwrap_or(false),
+            None => false,
+        }
+    }
+
     fn answer(&mut self, shared: &Shared, a: HttpAnswer) {
         if a.status == 402 {
             shared.metrics.inc(Counter::Challenges);
@@ -240,6 +298,10 @@ impl Http {
                     return Action::Pause;
                 }
                 self.state = State::Buffering { route, size: 0 };
+                let deadline = now_ms().saturating_add(cfg.body_timeout.as_millis() as u64);
+                if let Ok(mut p) = shared.pending.try_borrow_mut() {
+                    p.add(self.context_id, deadline);
+                }
                 Action::Pause
             }
         }
@@ -383,7 +445,17 @@ impl HttpContext for Http {
             };
         };
         let Some(shared) = self.shared.clone() else { return Action::Pause };
+        let still_waiting = shared.pending.try_borrow().map(|p| p.contains(self.context_id)).unwrap_or(false);
+        if !still_waiting {
+            // The timer already answered this request.
+            self.state = State::Done;
+            return Action::Pause;
+        }
+        if let Ok(mut p) = shared.pending.try_borrow_mut() {
+            p.saw_body(self.context_id);
+        }
         if let Err(a) = token_endpoint::check_size(body_size, shared.cfg.max_body_bytes) {
+            self.stop_waiting_for_body();
             self.answer(&shared, a);
             return Action::Pause;
         }
@@ -391,6 +463,7 @@ impl HttpContext for Http {
             self.state = State::Buffering { route, size: body_size };
             return Action::Pause;
         }
+        self.stop_waiting_for_body();
         self.finish_token_request(&shared, route, body_size)
     }
 
@@ -398,6 +471,10 @@ impl HttpContext for Http {
         match self.state {
             State::Buffering { route, size } => {
                 let Some(shared) = self.shared.clone() else { return Action::Pause };
+                if !self.stop_waiting_for_body() {
+                    self.state = State::Done;
+                    return Action::Pause;
+                }
                 self.finish_token_request(&shared, route, size)
             }
             State::Idle | State::Paid { .. } => Action::Continue,

@@ -12,6 +12,7 @@ pub mod challenge;
 pub mod config;
 pub mod decision;
 pub mod metrics;
+pub mod pending;
 pub mod routes;
 pub mod token_endpoint;
 

@@ -412,3 +412,36 @@ fn example_envoy_yaml_validates() {
     let (ok, out) = Envoy::validate_file(&file).unwrap();
     assert!(ok, "envoy/envoy.yaml must pass --mode validate:\n{out}");
 }
+
+#[test]
+fn token_endpoint_never_hangs_on_missing_bodies() {
+    use std::io::{Read, Write};
+    let key = fresh_key("bodies");
+    let mut cfg = filter_config(&key, 1000, "deny");
+    cfg["body_timeout_ms"] = json!(1000);
+
+    // A client that announces 100 bytes and sends 10: 408 after body_timeout_ms.
+    let envoy = start_envoy(&cfg, EnvoyOpts::default());
+    let mut s = std::net::TcpStream::connect(envoy.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /x402/token/weather HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\":12345").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}\n{}", envoy.log_tail(20));
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    drop(envoy);
+
+    // An Envoy whose wasm plugin lacks allow_on_headers_stop_iteration never hands the body
+    // to the filter: the request is answered 500 (not left hanging) and the log says why.
+    let envoy = start_envoy(&cfg, EnvoyOpts { allow_on_headers_stop_iteration: false, ..Default::default() });
+    let started = Instant::now();
+    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body("{}"));
+    assert_eq!((r.status, r.json()["error"].clone()), (500, json!("filter_misconfigured")), "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(envoy.log().contains("allow_on_headers_stop_iteration"), "{}", envoy.log_tail(20));
+    // Everything else works without the option.
+    assert_eq!(envoy.get("/api/weather").status, 402);
+    assert_eq!(envoy.get("/x402/token/weather").status, 405);
+}
