@@ -157,3 +157,84 @@ async fn kill9_during_settlement_settles_everything_exactly_once() {
     }
     assert!(rebroadcast > 0, "no restart found transactions in flight; the test did not exercise recovery");
 }
+
+/// kill -9 while payments keep arriving and settling (instant mining). A client whose request
+/// died with the process retries the same payment after the restart: it gets its token (the
+/// payment was not stored) or `payment_already_used` (it was). Every stored payment must
+/// settle exactly once: balances of pay_to and of every payer match the accepted payments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_accepting_and_settling() {
+    let mut env = Env::start().await;
+    let mut payers = Vec::new();
+    for _ in 0..6 {
+        payers.push(env.funded_payer(FUND).await);
+    }
+    // Our own process handle (same options, port, DB), so the clients can share `env`.
+    env.settler.kill9();
+    let mut settler = x402_testkit::settler::SettlerProcess::start(env.settler.options().clone()).await.unwrap();
+    let env = Arc::new(env);
+    let base = settler.url();
+    let per_payer = 10u64;
+    let mut clients = tokio::task::JoinSet::new();
+    for (i, key) in payers.iter().cloned().enumerate() {
+        let env = env.clone();
+        let base = base.clone();
+        clients.spawn(async move {
+            let req = env.requirement();
+            let dl = env.now() + 3600;
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            for n in 0..per_payer {
+                let p = if i % 2 == 0 { env.permit(&key, PRICE, n, dl) } else { env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce()) };
+                let body = serde_json::json!({"requirement": req, "payment": p});
+                loop {
+                    match http.post(format!("{base}/v1/tokens")).json(&body).send().await {
+                        Ok(r) => {
+                            let st = r.status().as_u16();
+                            let v: serde_json::Value = r.json().await.unwrap_or_default();
+                            match (st, code(&v)) {
+                                (200, _) | (409, "payment_already_used") => break,
+                                (503, _) => {}
+                                _ => panic!("payer {i} payment {n}: {st} {v}"),
+                            }
+                        }
+                        Err(_) => {} // process killed mid-request: retry the same payment
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+        });
+    }
+    let mut kills = 0;
+    let mut next_kill = tokio::time::Instant::now() + Duration::from_millis(150);
+    while !clients.is_empty() {
+        tokio::select! {
+            r = clients.join_next() => { r.unwrap().unwrap(); }
+            _ = tokio::time::sleep_until(next_kill) => {
+                next_kill = tokio::time::Instant::now() + Duration::from_millis(150 + 97 * (kills % 4));
+                settler.kill9();
+                kills += 1;
+                settler.restart().await.unwrap();
+            }
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills");
+    // Everything accepted settles exactly once.
+    let total = payers.len() as u64 * per_payer;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = env.balance(env.pay_to).await;
+        if got == U256::from(total * PRICE) {
+            break;
+        }
+        assert!(got < U256::from(total * PRICE), "pay_to received more than was paid: {got}");
+        assert!(std::time::Instant::now() < deadline, "pay_to has {got} of {}; log:\n{}", total * PRICE, settler.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.balance(env.pay_to).await, U256::from(total * PRICE));
+    for p in &payers {
+        assert_eq!(env.balance(p.address()).await, U256::from(FUND - per_payer * PRICE));
+    }
+    eprintln!("{kills} kills while accepting and settling {total} payments");
+}
