@@ -61,10 +61,9 @@ pub fn authorize(route: &Route, g: &Grant) -> Result<(), Reason> {
     if g.route != route.name {
         return Err(Reason::WrongRoute);
     }
-    let paid = route
-        .accepts
-        .iter()
-        .any(|p| p.method.network == g.network && p.method.asset.address == g.asset && g.amount >= p.amount);
+    let paid = route.accepts.iter().any(|p| {
+        p.method.network == g.network && p.method.asset.address == g.asset && g.amount >= p.amount
+    });
     if paid {
         Ok(())
     } else {
@@ -92,22 +91,40 @@ pub fn check_token(
 ) -> TokenCheck {
     let token = match bearer(authorization) {
         Ok(t) => t,
-        Err(reason) => return TokenCheck { result: Err(reason), cache_hit: None },
+        Err(reason) => {
+            return TokenCheck {
+                result: Err(reason),
+                cache_hit: None,
+            }
+        }
     };
     let (grant, hit) = match cache.get(token, now, leeway) {
         Lookup::Hit(g) => (g.clone(), true),
-        Lookup::Expired => return TokenCheck { result: Err(Reason::Expired), cache_hit: Some(true) },
+        Lookup::Expired => {
+            return TokenCheck {
+                result: Err(Reason::Expired),
+                cache_hit: Some(true),
+            }
+        }
         Lookup::Miss => match keys.verify(token, now, leeway) {
             Ok(v) => {
                 let g = Grant::from_verified(&v);
                 cache.insert(token, g.clone(), now, leeway);
                 (g, false)
             }
-            Err(e) => return TokenCheck { result: Err(e.reason()), cache_hit: Some(false) },
+            Err(e) => {
+                return TokenCheck {
+                    result: Err(e.reason()),
+                    cache_hit: Some(false),
+                }
+            }
         },
     };
     let result = authorize(route, &grant).map(|_| grant);
-    TokenCheck { result, cache_hit: Some(hit) }
+    TokenCheck {
+        result,
+        cache_hit: Some(hit),
+    }
 }
 
 #[cfg(test)]
@@ -133,7 +150,12 @@ pub(crate) mod tests {
     }
 
     fn cfg() -> crate::config::FilterConfig {
-        crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap()
+        crate::config::parse(
+            serde_json::to_string(&crate::config::tests::sample())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -166,36 +188,139 @@ pub(crate) mod tests {
         assert_eq!(c.result.unwrap().payer, Address::repeat_byte(0x11));
         // Cached, but for another route.
         let c = check_token(&cfg.keys, 5, &mut cache, other, Some(&h), now + 1);
-        assert_eq!((c.result, c.cache_hit), (Err(Reason::WrongRoute), Some(true)));
+        assert_eq!(
+            (c.result, c.cache_hit),
+            (Err(Reason::WrongRoute), Some(true))
+        );
         // Cached, then expired.
         let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now + 306);
         assert_eq!(c.result, Err(Reason::Expired));
         // Too little paid.
         let cheap = mint(&signing_key(), "k1", claims("weather", 9_999), now, 300);
-        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {cheap}")), now);
+        let c = check_token(
+            &cfg.keys,
+            5,
+            &mut cache,
+            route,
+            Some(&format!("Bearer {cheap}")),
+            now,
+        );
         assert_eq!(c.result, Err(Reason::WrongRoute));
         // Wrong asset.
         let mut cl = claims("weather", 10_000);
         cl.asset = Address::repeat_byte(0x33);
         let t2 = mint(&signing_key(), "k1", cl, now, 300);
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {t2}")), now).result, Err(Reason::WrongRoute));
+        assert_eq!(
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                route,
+                Some(&format!("Bearer {t2}")),
+                now
+            )
+            .result,
+            Err(Reason::WrongRoute)
+        );
         // Wrong network.
         let mut cl = claims("weather", 10_000);
         cl.network = Network::eip155(1);
         let t3 = mint(&signing_key(), "k1", cl, now, 300);
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {t3}")), now).result, Err(Reason::WrongRoute));
+        assert_eq!(
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                route,
+                Some(&format!("Bearer {t3}")),
+                now
+            )
+            .result,
+            Err(Reason::WrongRoute)
+        );
         // Verification failures map to reasons.
-        let forged = mint(&SigningKey::from_slice(&[9u8; 32]).unwrap(), "k1", claims("weather", 10_000), now, 300);
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {forged}")), now).result, Err(Reason::BadSignature));
+        let forged = mint(
+            &SigningKey::from_slice(&[9u8; 32]).unwrap(),
+            "k1",
+            claims("weather", 10_000),
+            now,
+            300,
+        );
+        assert_eq!(
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                route,
+                Some(&format!("Bearer {forged}")),
+                now
+            )
+            .result,
+            Err(Reason::BadSignature)
+        );
         let unknown = mint(&signing_key(), "k9", claims("weather", 10_000), now, 300);
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {unknown}")), now).result, Err(Reason::UnknownKey));
-        let future = mint(&signing_key(), "k1", claims("weather", 10_000), now + 600, 300);
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {future}")), now).result, Err(Reason::NotYetValid));
-        let old = mint(&signing_key(), "k1", claims("weather", 10_000), now - 600, 300);
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some(&format!("Bearer {old}")), now).result, Err(Reason::Expired));
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some("Bearer garbage"), now).result, Err(Reason::MalformedToken));
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, Some("Token x"), now).result, Err(Reason::MalformedHeader));
-        assert_eq!(check_token(&cfg.keys, 5, &mut cache, route, None, now).result, Err(Reason::MissingToken));
+        assert_eq!(
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                route,
+                Some(&format!("Bearer {unknown}")),
+                now
+            )
+            .result,
+            Err(Reason::UnknownKey)
+        );
+        let future = mint(
+            &signing_key(),
+            "k1",
+            claims("weather", 10_000),
+            now + 600,
+            300,
+        );
+        assert_eq!(
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                route,
+                Some(&format!("Bearer {future}")),
+                now
+            )
+            .result,
+            Err(Reason::NotYetValid)
+        );
+        let old = mint(
+            &signing_key(),
+            "k1",
+            claims("weather", 10_000),
+            now - 600,
+            300,
+        );
+        assert_eq!(
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                route,
+                Some(&format!("Bearer {old}")),
+                now
+            )
+            .result,
+            Err(Reason::Expired)
+        );
+        assert_eq!(
+            check_token(&cfg.keys, 5, &mut cache, route, Some("Bearer garbage"), now).result,
+            Err(Reason::MalformedToken)
+        );
+        assert_eq!(
+            check_token(&cfg.keys, 5, &mut cache, route, Some("Token x"), now).result,
+            Err(Reason::MalformedHeader)
+        );
+        assert_eq!(
+            check_token(&cfg.keys, 5, &mut cache, route, None, now).result,
+            Err(Reason::MissingToken)
+        );
         // Failures are never cached; the expired token left the cache; three valid JWTs remain.
         assert_eq!(cache.len(), 3);
     }

@@ -30,7 +30,12 @@ pub enum Lookup<'a> {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        TokenCache { capacity, map: HashMap::new(), order: VecDeque::new(), next_seq: 0 }
+        TokenCache {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -63,7 +68,9 @@ impl TokenCache {
         if !self.map.contains_key(token) && self.map.len() >= self.capacity {
             self.map.retain(|_, e| !e.grant.expired(now, leeway));
             while self.map.len() >= self.capacity {
-                let Some((key, seq)) = self.order.pop_front() else { break };
+                let Some((key, seq)) = self.order.pop_front() else {
+                    break;
+                };
                 if self.map.get(&key).is_some_and(|e| e.seq == seq) {
                     self.map.remove(&key);
                 }
@@ -76,7 +83,8 @@ impl TokenCache {
         self.map.insert(key, Entry { grant, seq });
         if self.order.len() > 2 * self.capacity + 16 {
             let map = &self.map;
-            self.order.retain(|(k, s)| map.get(k).is_some_and(|e| e.seq == *s));
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|e| e.seq == *s));
         }
     }
 }

@@ -4,7 +4,8 @@
 //! configure time.
 
 use x402_protocol::challenge::{
-    seed_body, v2_requirements, ChallengeInput, PaymentRequired, PaymentRequirements, Reason, Resource,
+    seed_body, v2_requirements, ChallengeInput, PaymentRequired, PaymentRequirements, Reason,
+    Resource,
 };
 use x402_protocol::settler_api::{ApiError, PricedMethod};
 
@@ -23,7 +24,10 @@ impl HttpAnswer {
     pub fn json(status: u32, body: Vec<u8>) -> Self {
         HttpAnswer {
             status,
-            headers: vec![("content-type", "application/json".to_string()), ("cache-control", "no-store".to_string())],
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
             body,
         }
     }
@@ -32,7 +36,10 @@ impl HttpAnswer {
         HttpAnswer::json(status, ApiError::new(code, message).to_json().into_bytes())
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -50,7 +57,12 @@ fn reason_index(r: Reason) -> usize {
 }
 
 impl RouteChallenge {
-    pub fn precompute(route: &str, token_endpoint: &str, accepts: &[PricedMethod], max_timeout_seconds: u64) -> Self {
+    pub fn precompute(
+        route: &str,
+        token_endpoint: &str,
+        accepts: &[PricedMethod],
+        max_timeout_seconds: u64,
+    ) -> Self {
         let seed_bodies = Reason::ALL
             .iter()
             .map(|&reason| {
@@ -58,7 +70,11 @@ impl RouteChallenge {
                     reason,
                     route,
                     token_endpoint,
-                    resource: Resource { url: String::new(), description: String::new(), mime_type: String::new() },
+                    resource: Resource {
+                        url: String::new(),
+                        description: String::new(),
+                        mime_type: String::new(),
+                    },
                     accepts,
                     max_timeout_seconds,
                 })
@@ -69,11 +85,17 @@ impl RouteChallenge {
             .filter(|p| p.method.scheme == x402_protocol::Scheme::Exact)
             .map(|p| v2_requirements(p, max_timeout_seconds))
             .collect();
-        RouteChallenge { seed_bodies, v2_accepts }
+        RouteChallenge {
+            seed_bodies,
+            v2_accepts,
+        }
     }
 
     pub fn seed_body(&self, reason: Reason) -> &str {
-        self.seed_bodies.get(reason_index(reason)).map(String::as_str).unwrap_or("{}")
+        self.seed_bodies
+            .get(reason_index(reason))
+            .map(String::as_str)
+            .unwrap_or("{}")
     }
 
     pub fn v2_accepts(&self) -> &[PaymentRequirements] {
@@ -83,7 +105,12 @@ impl RouteChallenge {
 
 /// The absolute URL of the requested resource for x402 v2 `resource.url`.
 /// The scheme comes from `x-forwarded-proto` (first value), else `:scheme`, else `http`.
-pub fn resource_url(forwarded_proto: Option<&str>, scheme: Option<&str>, authority: Option<&str>, path: &str) -> String {
+pub fn resource_url(
+    forwarded_proto: Option<&str>,
+    scheme: Option<&str>,
+    authority: Option<&str>,
+    path: &str,
+) -> String {
     let proto = forwarded_proto
         .and_then(|p| p.split(',').next())
         .map(str::trim)
@@ -94,7 +121,11 @@ pub fn resource_url(forwarded_proto: Option<&str>, scheme: Option<&str>, authori
 }
 
 fn resource(route: &Route, url: String) -> Resource {
-    Resource { url, description: route.description.clone(), mime_type: route.mime_type.clone() }
+    Resource {
+        url,
+        description: route.description.clone(),
+        mime_type: route.mime_type.clone(),
+    }
 }
 
 fn payment_required_header(route: &Route, error: String, url: String) -> String {
@@ -116,7 +147,10 @@ fn answer_402(header: String, body: Vec<u8>) -> HttpAnswer {
 
 /// The 402 for a request without a usable token.
 pub fn challenge(route: &Route, reason: Reason, url: String) -> HttpAnswer {
-    answer_402(payment_required_header(route, reason.message().to_string(), url), route.challenge.seed_body(reason).as_bytes().to_vec())
+    answer_402(
+        payment_required_header(route, reason.message().to_string(), url),
+        route.challenge.seed_body(reason).as_bytes().to_vec(),
+    )
 }
 
 /// The 402 after the settler refused an x402 v2 payment (or the payment header was unusable):
@@ -142,14 +176,28 @@ mod tests {
     use serde_json::Value;
 
     fn cfg() -> crate::config::FilterConfig {
-        crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap()
+        crate::config::parse(
+            serde_json::to_string(&crate::config::tests::sample())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn resource_url_prefers_forwarded_proto() {
-        assert_eq!(resource_url(Some("https, http"), Some("http"), Some("a.com"), "/p?q"), "https://a.com/p?q");
-        assert_eq!(resource_url(None, Some("https"), Some("a.com"), "/p"), "https://a.com/p");
-        assert_eq!(resource_url(Some("gopher"), None, Some("a.com"), "/p"), "http://a.com/p");
+        assert_eq!(
+            resource_url(Some("https, http"), Some("http"), Some("a.com"), "/p?q"),
+            "https://a.com/p?q"
+        );
+        assert_eq!(
+            resource_url(None, Some("https"), Some("a.com"), "/p"),
+            "https://a.com/p"
+        );
+        assert_eq!(
+            resource_url(Some("gopher"), None, Some("a.com"), "/p"),
+            "http://a.com/p"
+        );
     }
 
     #[test]
@@ -165,10 +213,21 @@ mod tests {
         assert_eq!(body["error"], "expired");
         assert_eq!(body["route"], "weather");
         assert_eq!(body["access_token_endpoint"], "/x402/token/weather");
-        assert_eq!(body["payment_scheme"]["payment_components"].as_array().unwrap().len(), 2);
-        assert_eq!(body["payment_scheme"]["payment_components"][0]["amount"].to_string(), "0.01");
-        let pr: PaymentRequired =
-            serde_json::from_slice(&x402_protocol::b64::decode(a.header("payment-required").unwrap()).unwrap()).unwrap();
+        assert_eq!(
+            body["payment_scheme"]["payment_components"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            body["payment_scheme"]["payment_components"][0]["amount"].to_string(),
+            "0.01"
+        );
+        let pr: PaymentRequired = serde_json::from_slice(
+            &x402_protocol::b64::decode(a.header("payment-required").unwrap()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(pr.x402_version, 2);
         assert_eq!(pr.resource.url, "http://h/api/weather");
         assert_eq!(pr.resource.description, "Weather");
@@ -193,8 +252,10 @@ mod tests {
         assert_eq!(body["error"], "invalid_signature");
         assert_eq!(body["message"], "bad sig");
         assert!(body["payment_scheme"].is_object());
-        let pr: PaymentRequired =
-            serde_json::from_slice(&x402_protocol::b64::decode(a.header("payment-required").unwrap()).unwrap()).unwrap();
+        let pr: PaymentRequired = serde_json::from_slice(
+            &x402_protocol::b64::decode(a.header("payment-required").unwrap()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(pr.error.as_deref(), Some("invalid_signature"));
     }
 }

@@ -46,7 +46,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -238,7 +241,14 @@ pub fn parse(text: &[u8]) -> Result<FilterConfig, ConfigError> {
         Ok(raw) => raw,
         Err(e) => {
             let path = e.path().to_string();
-            return Err(ConfigError::new(if path.is_empty() { ".".to_string() } else { path }, e.into_inner().to_string()));
+            return Err(ConfigError::new(
+                if path.is_empty() {
+                    ".".to_string()
+                } else {
+                    path
+                },
+                e.into_inner().to_string(),
+            ));
         }
     };
     de.end().map_err(|e| ConfigError::new(".", e.to_string()))?;
@@ -246,34 +256,66 @@ pub fn parse(text: &[u8]) -> Result<FilterConfig, ConfigError> {
 }
 
 fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
-    let prefix = raw.token_endpoint_prefix.unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT_PREFIX.to_string());
+    let prefix = raw
+        .token_endpoint_prefix
+        .unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT_PREFIX.to_string());
     check_endpoint_prefix(&prefix).map_err(|m| ConfigError::new("token_endpoint_prefix", m))?;
 
     let settler = validate_settler(raw.settler)?;
     let keys = validate_keys(raw.token_keys)?;
 
-    let clock_leeway_secs = bounded("clock_leeway_secs", raw.clock_leeway_secs.unwrap_or(DEFAULT_CLOCK_LEEWAY_SECS), 0, MAX_CLOCK_LEEWAY_SECS)?;
-    let token_ttl_secs = bounded("token_ttl_secs", raw.token_ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS), 1, MAX_TOKEN_TTL_SECS)?;
-    let max_timeout_seconds =
-        bounded("max_timeout_seconds", raw.max_timeout_seconds.unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS), 1, MAX_TIMEOUT_SECONDS_LIMIT)?;
+    let clock_leeway_secs = bounded(
+        "clock_leeway_secs",
+        raw.clock_leeway_secs.unwrap_or(DEFAULT_CLOCK_LEEWAY_SECS),
+        0,
+        MAX_CLOCK_LEEWAY_SECS,
+    )?;
+    let token_ttl_secs = bounded(
+        "token_ttl_secs",
+        raw.token_ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS),
+        1,
+        MAX_TOKEN_TTL_SECS,
+    )?;
+    let max_timeout_seconds = bounded(
+        "max_timeout_seconds",
+        raw.max_timeout_seconds
+            .unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS),
+        1,
+        MAX_TIMEOUT_SECONDS_LIMIT,
+    )?;
     let token_cache_size = bounded(
         "token_cache_size",
         raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE) as u64,
         0,
         MAX_TOKEN_CACHE_SIZE as u64,
     )? as usize;
-    let max_body_bytes =
-        bounded("max_body_bytes", raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) as u64, 1, MAX_BODY_BYTES_LIMIT as u64)? as usize;
-    let body_timeout_ms = bounded("body_timeout_ms", raw.body_timeout_ms.unwrap_or(DEFAULT_BODY_TIMEOUT_MS), 100, 60_000)?;
+    let max_body_bytes = bounded(
+        "max_body_bytes",
+        raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) as u64,
+        1,
+        MAX_BODY_BYTES_LIMIT as u64,
+    )? as usize;
+    let body_timeout_ms = bounded(
+        "body_timeout_ms",
+        raw.body_timeout_ms.unwrap_or(DEFAULT_BODY_TIMEOUT_MS),
+        100,
+        60_000,
+    )?;
 
     if raw.payment_methods.0.is_empty() {
-        return Err(ConfigError::new("payment_methods", "at least one payment method is required"));
+        return Err(ConfigError::new(
+            "payment_methods",
+            "at least one payment method is required",
+        ));
     }
     let mut methods: Vec<(String, PaymentMethod)> = Vec::with_capacity(raw.payment_methods.0.len());
     for (name, m) in raw.payment_methods.0 {
         let path = format!("payment_methods.{name}");
         if name.is_empty() {
-            return Err(ConfigError::new("payment_methods", "a payment method name is empty"));
+            return Err(ConfigError::new(
+                "payment_methods",
+                "a payment method name is empty",
+            ));
         }
         let method = validate_method(&path, m)?;
         methods.push((name, method));
@@ -288,7 +330,10 @@ fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
         let path = format!("routes[{i}]");
         let route = validate_route(&path, r, &methods, &prefix, max_timeout_seconds)?;
         if !names.insert(route.name.clone()) {
-            return Err(ConfigError::new(format!("{path}.name"), format!("duplicate route name {:?}", route.name)));
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", route.name),
+            ));
         }
         routes.push(route);
     }
@@ -309,7 +354,10 @@ fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
 
 fn bounded(path: &str, v: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
     if v < min || v > max {
-        return Err(ConfigError::new(path, format!("{v} is out of range {min}..={max}")));
+        return Err(ConfigError::new(
+            path,
+            format!("{v} is out of range {min}..={max}"),
+        ));
     }
     Ok(v)
 }
@@ -320,12 +368,15 @@ fn is_safe_name(s: &str) -> bool {
         && s.len() <= MAX_NAME_LEN
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'~')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'~')
 }
 
 fn check_endpoint_prefix(p: &str) -> Result<(), String> {
     if !p.starts_with('/') || !p.ends_with('/') || p.len() < 2 {
-        return Err(format!("{p:?} must start and end with '/' (e.g. \"/x402/token/\")"));
+        return Err(format!(
+            "{p:?} must start and end with '/' (e.g. \"/x402/token/\")"
+        ));
     }
     if p.contains("//") {
         return Err(format!("{p:?} contains an empty segment"));
@@ -340,52 +391,100 @@ fn check_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("{p:?} must start with '/'"));
     }
-    if p.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
-        return Err(format!("{p:?} contains whitespace, control characters, '?' or '#'"));
+    if p.bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "{p:?} contains whitespace, control characters, '?' or '#'"
+        ));
     }
     Ok(())
 }
 
 fn validate_settler(s: RawSettler) -> Result<SettlerConfig, ConfigError> {
     if s.cluster.trim().is_empty() || s.cluster.trim() != s.cluster {
-        return Err(ConfigError::new("settler.cluster", "must be a non-empty Envoy cluster name"));
+        return Err(ConfigError::new(
+            "settler.cluster",
+            "must be a non-empty Envoy cluster name",
+        ));
     }
     let authority = s.authority.unwrap_or_else(|| s.cluster.clone());
-    if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/') {
-        return Err(ConfigError::new("settler.authority", format!("{authority:?} is not a valid authority")));
+    if authority.is_empty()
+        || authority
+            .bytes()
+            .any(|b| b <= b' ' || b == 0x7f || b == b'/')
+    {
+        return Err(ConfigError::new(
+            "settler.authority",
+            format!("{authority:?} is not a valid authority"),
+        ));
     }
     let path = s.path.unwrap_or_else(|| DEFAULT_SETTLER_PATH.to_string());
     check_path(&path).map_err(|m| ConfigError::new("settler.path", m))?;
-    let timeout_ms = bounded("settler.timeout_ms", s.timeout_ms.unwrap_or(DEFAULT_SETTLER_TIMEOUT_MS), 1, MAX_SETTLER_TIMEOUT_MS)?;
+    let timeout_ms = bounded(
+        "settler.timeout_ms",
+        s.timeout_ms.unwrap_or(DEFAULT_SETTLER_TIMEOUT_MS),
+        1,
+        MAX_SETTLER_TIMEOUT_MS,
+    )?;
     let failure_mode = match s.failure_mode.as_deref() {
         None | Some("deny") => FailureMode::Deny,
         Some("allow") => FailureMode::Allow,
         Some(other) => {
-            return Err(ConfigError::new("settler.failure_mode", format!("{other:?} is neither \"deny\" nor \"allow\"")))
+            return Err(ConfigError::new(
+                "settler.failure_mode",
+                format!("{other:?} is neither \"deny\" nor \"allow\""),
+            ))
         }
     };
-    Ok(SettlerConfig { cluster: s.cluster, authority, path, timeout: Duration::from_millis(timeout_ms), failure_mode })
+    Ok(SettlerConfig {
+        cluster: s.cluster,
+        authority,
+        path,
+        timeout: Duration::from_millis(timeout_ms),
+        failure_mode,
+    })
 }
 
 fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
     if keys.is_empty() {
-        return Err(ConfigError::new("token_keys", "at least one token verification key is required"));
+        return Err(ConfigError::new(
+            "token_keys",
+            "at least one token verification key is required",
+        ));
     }
     let mut set = KeySet::new();
     let mut seen = HashSet::new();
     for (i, k) in keys.into_iter().enumerate() {
         let kid_ok = !k.kid.is_empty()
             && k.kid.len() <= 128
-            && k.kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && k.kid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if !kid_ok {
-            return Err(ConfigError::new(format!("token_keys[{i}].kid"), format!("{:?} must be 1..=128 chars of [A-Za-z0-9._-]", k.kid)));
+            return Err(ConfigError::new(
+                format!("token_keys[{i}].kid"),
+                format!("{:?} must be 1..=128 chars of [A-Za-z0-9._-]", k.kid),
+            ));
         }
         if !seen.insert(k.kid.clone()) {
-            return Err(ConfigError::new(format!("token_keys[{i}].kid"), format!("duplicate kid {:?}", k.kid)));
+            return Err(ConfigError::new(
+                format!("token_keys[{i}].kid"),
+                format!("duplicate kid {:?}", k.kid),
+            ));
         }
         let hex = k.public_key.trim();
-        let hex_ok = hex.len() > 2 && hex.trim_start_matches("0x").bytes().all(|b| b.is_ascii_hexdigit());
-        let key = if hex_ok { verifying_key_from_hex(hex) } else { None }.ok_or_else(|| {
+        let hex_ok = hex.len() > 2
+            && hex
+                .trim_start_matches("0x")
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit());
+        let key = if hex_ok {
+            verifying_key_from_hex(hex)
+        } else {
+            None
+        }
+        .ok_or_else(|| {
             ConfigError::new(
                 format!("token_keys[{i}].public_key"),
                 "not a secp256k1 public key as SEC1 hex (33 bytes compressed or 65 uncompressed)",
@@ -398,14 +497,25 @@ fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
 
 /// A 20-byte hex address. Mixed case must be a valid EIP-55 checksum (it catches typos).
 fn parse_address(path: &str, s: &str, allow_zero: bool) -> Result<Address, ConfigError> {
-    let hex = s.strip_prefix("0x").ok_or_else(|| ConfigError::new(path, format!("{s:?} is not a 0x-prefixed address")))?;
+    let hex = s
+        .strip_prefix("0x")
+        .ok_or_else(|| ConfigError::new(path, format!("{s:?} is not a 0x-prefixed address")))?;
     if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ConfigError::new(path, format!("{s:?} is not a 20-byte hex address")));
+        return Err(ConfigError::new(
+            path,
+            format!("{s:?} is not a 20-byte hex address"),
+        ));
     }
-    let addr: Address = s.parse().map_err(|_| ConfigError::new(path, format!("{s:?} is not an address")))?;
-    let mixed = hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
+    let addr: Address = s
+        .parse()
+        .map_err(|_| ConfigError::new(path, format!("{s:?} is not an address")))?;
+    let mixed =
+        hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
     if mixed && addr.to_checksum(None) != s {
-        return Err(ConfigError::new(path, format!("{s:?} has an invalid EIP-55 checksum")));
+        return Err(ConfigError::new(
+            path,
+            format!("{s:?} has an invalid EIP-55 checksum"),
+        ));
     }
     if !allow_zero && addr == Address::ZERO {
         return Err(ConfigError::new(path, "the zero address is not allowed"));
@@ -425,14 +535,24 @@ fn validate_method(path: &str, m: RawMethod) -> Result<PaymentMethod, ConfigErro
         "exact" => Scheme::Exact,
         "permit" => Scheme::Permit,
         other => {
-            return Err(ConfigError::new(format!("{path}.scheme"), format!("{other:?} is neither \"exact\" nor \"permit\"")))
+            return Err(ConfigError::new(
+                format!("{path}.scheme"),
+                format!("{other:?} is neither \"exact\" nor \"permit\""),
+            ))
         }
     };
-    let network: Network =
-        m.network.parse().map_err(|e: x402_protocol::chain::NetworkError| ConfigError::new(format!("{path}.network"), e.to_string()))?;
+    let network: Network = m
+        .network
+        .parse()
+        .map_err(|e: x402_protocol::chain::NetworkError| {
+            ConfigError::new(format!("{path}.network"), e.to_string())
+        })?;
     let address = parse_address(&format!("{path}.asset.address"), &m.asset.address, false)?;
     if m.asset.decimals > MAX_DECIMALS {
-        return Err(ConfigError::new(format!("{path}.asset.decimals"), format!("{} is more than {MAX_DECIMALS}", m.asset.decimals)));
+        return Err(ConfigError::new(
+            format!("{path}.asset.decimals"),
+            format!("{} is more than {MAX_DECIMALS}", m.asset.decimals),
+        ));
     }
     let asset = Asset {
         address,
@@ -445,7 +565,10 @@ fn validate_method(path: &str, m: RawMethod) -> Result<PaymentMethod, ConfigErro
     let spender = match (scheme, m.spender) {
         (Scheme::Permit, Some(s)) => Some(parse_address(&format!("{path}.spender"), &s, false)?),
         (Scheme::Permit, None) => {
-            return Err(ConfigError::new(format!("{path}.spender"), "required for scheme \"permit\" (the settler's wallet)"))
+            return Err(ConfigError::new(
+                format!("{path}.spender"),
+                "required for scheme \"permit\" (the settler's wallet)",
+            ))
         }
         // `exact` pays `pay_to` directly: a spender has no meaning and is ignored, but it must
         // still be well-formed so a typo does not go unnoticed.
@@ -455,7 +578,13 @@ fn validate_method(path: &str, m: RawMethod) -> Result<PaymentMethod, ConfigErro
         }
         (Scheme::Exact, None) => None,
     };
-    Ok(PaymentMethod { scheme, network, asset, pay_to, spender })
+    Ok(PaymentMethod {
+        scheme,
+        network,
+        asset,
+        pay_to,
+        spender,
+    })
 }
 
 fn validate_match(path: &str, m: RawMatch) -> Result<PathMatch, ConfigError> {
@@ -473,7 +602,10 @@ fn validate_match(path: &str, m: RawMatch) -> Result<PathMatch, ConfigError> {
             check_path(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))?;
             PathMatch::template(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))
         }
-        _ => Err(ConfigError::new(path, "exactly one of \"prefix\", \"exact\", \"template\" is required")),
+        _ => Err(ConfigError::new(
+            path,
+            "exactly one of \"prefix\", \"exact\", \"template\" is required",
+        )),
     }
 }
 
@@ -496,12 +628,18 @@ fn validate_route(
         None => None,
         Some(list) => {
             if list.is_empty() {
-                return Err(ConfigError::new(format!("{path}.methods"), "must not be empty (omit it to match every method)"));
+                return Err(ConfigError::new(
+                    format!("{path}.methods"),
+                    "must not be empty (omit it to match every method)",
+                ));
             }
             let mut out = Vec::with_capacity(list.len());
             for (j, m) in list.into_iter().enumerate() {
                 if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(ConfigError::new(format!("{path}.methods[{j}]"), format!("{m:?} is not an HTTP method")));
+                    return Err(ConfigError::new(
+                        format!("{path}.methods[{j}]"),
+                        format!("{m:?} is not an HTTP method"),
+                    ));
                 }
                 out.push(m.to_ascii_uppercase());
             }
@@ -513,18 +651,27 @@ fn validate_route(
         None => None,
         Some(list) => {
             if list.is_empty() {
-                return Err(ConfigError::new(format!("{path}.hosts"), "must not be empty (omit it to match every host)"));
+                return Err(ConfigError::new(
+                    format!("{path}.hosts"),
+                    "must not be empty (omit it to match every host)",
+                ));
             }
             let mut out = Vec::with_capacity(list.len());
             for (j, h) in list.iter().enumerate() {
-                out.push(HostPattern::parse(h).map_err(|m| ConfigError::new(format!("{path}.hosts[{j}]"), m))?);
+                out.push(
+                    HostPattern::parse(h)
+                        .map_err(|m| ConfigError::new(format!("{path}.hosts[{j}]"), m))?,
+                );
             }
             Some(out)
         }
     };
 
     if r.payment_methods.is_empty() {
-        return Err(ConfigError::new(format!("{path}.payment_methods"), "at least one payment method is required"));
+        return Err(ConfigError::new(
+            format!("{path}.payment_methods"),
+            "at least one payment method is required",
+        ));
     }
     let mut accepts: Vec<PricedMethod> = Vec::with_capacity(r.payment_methods.len());
     for (j, name) in r.payment_methods.iter().enumerate() {
@@ -538,10 +685,19 @@ fn validate_route(
             .map(|(_, m)| m.clone())
             .ok_or_else(|| ConfigError::new(mpath, format!("unknown payment method {name:?}")))?;
         let amount = parse_decimal(&r.price, method.asset.decimals).map_err(|e| {
-            ConfigError::new(format!("{path}.price"), format!("{e} (payment method {name:?}, {} decimals)", method.asset.decimals))
+            ConfigError::new(
+                format!("{path}.price"),
+                format!(
+                    "{e} (payment method {name:?}, {} decimals)",
+                    method.asset.decimals
+                ),
+            )
         })?;
         if amount == U256::ZERO {
-            return Err(ConfigError::new(format!("{path}.price"), "must be greater than zero"));
+            return Err(ConfigError::new(
+                format!("{path}.price"),
+                "must be greater than zero",
+            ));
         }
         accepts.push(PricedMethod { amount, method });
     }
@@ -549,10 +705,14 @@ fn validate_route(
     let description = r.description.unwrap_or_default();
     let mime_type = r.mime_type.unwrap_or_default();
     if mime_type.bytes().any(|b| b < b' ' || b == 0x7f) {
-        return Err(ConfigError::new(format!("{path}.mime_type"), "contains control characters"));
+        return Err(ConfigError::new(
+            format!("{path}.mime_type"),
+            "contains control characters",
+        ));
     }
     let token_endpoint = format!("{prefix}{}", r.name);
-    let challenge = RouteChallenge::precompute(&r.name, &token_endpoint, &accepts, max_timeout_seconds);
+    let challenge =
+        RouteChallenge::precompute(&r.name, &token_endpoint, &accepts, max_timeout_seconds);
     Ok(Route {
         name: r.name,
         matcher,
@@ -574,7 +734,9 @@ pub(crate) mod tests {
 
     /// Public key of `auth::tests::signing_key()` (secret [7; 32]).
     pub fn key_hex() -> String {
-        x402_protocol::token::verifying_key_to_hex(crate::auth::tests::signing_key().verifying_key())
+        x402_protocol::token::verifying_key_to_hex(
+            crate::auth::tests::signing_key().verifying_key(),
+        )
     }
     pub const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
     pub const PAY_TO: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
@@ -615,7 +777,10 @@ pub(crate) mod tests {
             Ok(_) => panic!("config must be rejected at {path}"),
             Err(e) => {
                 assert_eq!(e.path, path, "wrong path for error: {e}");
-                assert!(e.to_string().starts_with(&format!("x402 config: {path}: ")), "{e}");
+                assert!(
+                    e.to_string().starts_with(&format!("x402 config: {path}: ")),
+                    "{e}"
+                );
                 e
             }
         }
@@ -629,7 +794,10 @@ pub(crate) mod tests {
         assert_eq!(r.token_endpoint, "/x402/token/weather");
         assert_eq!(r.accepts[0].amount, U256::from(10_000u64));
         assert_eq!(r.accepts[1].method.spender, Some(SPENDER.parse().unwrap()));
-        assert_eq!(cfg.routes.get(1).unwrap().accepts[0].amount, U256::from(1_500_000u64));
+        assert_eq!(
+            cfg.routes.get(1).unwrap().accepts[0].amount,
+            U256::from(1_500_000u64)
+        );
         assert_eq!(cfg.settler.timeout, Duration::from_millis(3000));
         assert_eq!(cfg.keys.len(), 1);
     }
@@ -638,7 +806,14 @@ pub(crate) mod tests {
     fn defaults_for_optional_numbers() {
         let mut v = sample();
         let o = v.as_object_mut().unwrap();
-        for k in ["token_endpoint_prefix", "clock_leeway_secs", "token_ttl_secs", "max_timeout_seconds", "token_cache_size", "max_body_bytes"] {
+        for k in [
+            "token_endpoint_prefix",
+            "clock_leeway_secs",
+            "token_ttl_secs",
+            "max_timeout_seconds",
+            "token_cache_size",
+            "max_body_bytes",
+        ] {
             o.remove(k);
         }
         v["settler"] = json!({"cluster": "x402_settler"});
@@ -666,15 +841,37 @@ pub(crate) mod tests {
         assert!(e.message.contains("token_keys"), "{e}");
         expect_err(|v| v["extra"] = json!(1), "extra");
         expect_err(|v| v["settler"]["retries"] = json!(1), "settler.retries");
-        expect_err(|v| v["token_keys"][0]["alg"] = json!("x"), "token_keys[0].alg");
-        expect_err(|v| v["payment_methods"]["usdc-base"]["fee"] = json!(1), "payment_methods.usdc-base.fee");
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["chain"] = json!(1), "payment_methods.usdc-base.asset.chain");
+        expect_err(
+            |v| v["token_keys"][0]["alg"] = json!("x"),
+            "token_keys[0].alg",
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["fee"] = json!(1),
+            "payment_methods.usdc-base.fee",
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["chain"] = json!(1),
+            "payment_methods.usdc-base.asset.chain",
+        );
         expect_err(|v| v["routes"][1]["prise"] = json!("1"), "routes[1].prise");
-        expect_err(|v| v["routes"][0]["match"]["regex"] = json!(".*"), "routes[0].match.regex");
+        expect_err(
+            |v| v["routes"][0]["match"]["regex"] = json!(".*"),
+            "routes[0].match.regex",
+        );
         expect_err(|v| v["routes"][0]["price"] = json!(0.01), "routes[0].price");
         expect_err(|v| v["clock_leeway_secs"] = json!(-1), "clock_leeway_secs");
-        expect_err(|v| { v.as_object_mut().unwrap().remove("settler"); }, ".");
-        expect_err(|v| { v["routes"][0].as_object_mut().unwrap().remove("price"); }, "routes[0]");
+        expect_err(
+            |v| {
+                v.as_object_mut().unwrap().remove("settler");
+            },
+            ".",
+        );
+        expect_err(
+            |v| {
+                v["routes"][0].as_object_mut().unwrap().remove("price");
+            },
+            "routes[0]",
+        );
     }
 
     #[test]
@@ -695,22 +892,55 @@ pub(crate) mod tests {
     #[test]
     fn settler_errors() {
         expect_err(|v| v["settler"]["cluster"] = json!(""), "settler.cluster");
-        expect_err(|v| v["settler"]["authority"] = json!("a b"), "settler.authority");
-        expect_err(|v| v["settler"]["path"] = json!("v1/tokens"), "settler.path");
-        expect_err(|v| v["settler"]["timeout_ms"] = json!(0), "settler.timeout_ms");
-        expect_err(|v| v["settler"]["timeout_ms"] = json!(600_000), "settler.timeout_ms");
-        expect_err(|v| v["settler"]["failure_mode"] = json!("open"), "settler.failure_mode");
+        expect_err(
+            |v| v["settler"]["authority"] = json!("a b"),
+            "settler.authority",
+        );
+        expect_err(
+            |v| v["settler"]["path"] = json!("v1/tokens"),
+            "settler.path",
+        );
+        expect_err(
+            |v| v["settler"]["timeout_ms"] = json!(0),
+            "settler.timeout_ms",
+        );
+        expect_err(
+            |v| v["settler"]["timeout_ms"] = json!(600_000),
+            "settler.timeout_ms",
+        );
+        expect_err(
+            |v| v["settler"]["failure_mode"] = json!("open"),
+            "settler.failure_mode",
+        );
     }
 
     #[test]
     fn key_errors() {
         expect_err(|v| v["token_keys"] = json!([]), "token_keys");
-        expect_err(|v| v["token_keys"][0]["public_key"] = json!("0x02zz"), "token_keys[0].public_key");
-        expect_err(|v| v["token_keys"][0]["public_key"] = json!("0x02"), "token_keys[0].public_key");
-        expect_err(|v| v["token_keys"][0]["public_key"] = json!(format!("0x04{}", "00".repeat(64))), "token_keys[0].public_key");
-        expect_err(|v| v["token_keys"][0]["kid"] = json!(""), "token_keys[0].kid");
-        expect_err(|v| v["token_keys"][0]["kid"] = json!("a/b"), "token_keys[0].kid");
-        expect_err(|v| v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k1", "public_key": key_hex()}]), "token_keys[1].kid");
+        expect_err(
+            |v| v["token_keys"][0]["public_key"] = json!("0x02zz"),
+            "token_keys[0].public_key",
+        );
+        expect_err(
+            |v| v["token_keys"][0]["public_key"] = json!("0x02"),
+            "token_keys[0].public_key",
+        );
+        expect_err(
+            |v| v["token_keys"][0]["public_key"] = json!(format!("0x04{}", "00".repeat(64))),
+            "token_keys[0].public_key",
+        );
+        expect_err(
+            |v| v["token_keys"][0]["kid"] = json!(""),
+            "token_keys[0].kid",
+        );
+        expect_err(
+            |v| v["token_keys"][0]["kid"] = json!("a/b"),
+            "token_keys[0].kid",
+        );
+        expect_err(
+            |v| v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k1", "public_key": key_hex()}]),
+            "token_keys[1].kid",
+        );
         // Several keys for rotation are fine, uncompressed too.
         let mut v = sample();
         let k = x402_protocol::token::verifying_key_from_hex(&key_hex()).unwrap();
@@ -725,41 +955,127 @@ pub(crate) mod tests {
 
     #[test]
     fn numbers_out_of_range() {
-        expect_err(|v| v["clock_leeway_secs"] = json!(100_000), "clock_leeway_secs");
+        expect_err(
+            |v| v["clock_leeway_secs"] = json!(100_000),
+            "clock_leeway_secs",
+        );
         expect_err(|v| v["token_ttl_secs"] = json!(0), "token_ttl_secs");
-        expect_err(|v| v["max_timeout_seconds"] = json!(0), "max_timeout_seconds");
+        expect_err(
+            |v| v["max_timeout_seconds"] = json!(0),
+            "max_timeout_seconds",
+        );
         expect_err(|v| v["max_body_bytes"] = json!(0), "max_body_bytes");
         expect_err(|v| v["body_timeout_ms"] = json!(50), "body_timeout_ms");
         expect_err(|v| v["body_timeout_ms"] = json!(120_000), "body_timeout_ms");
-        expect_err(|v| v["max_body_bytes"] = json!(100_000_000), "max_body_bytes");
-        expect_err(|v| v["token_cache_size"] = json!(10_000_000), "token_cache_size");
-        expect_err(|v| v["token_endpoint_prefix"] = json!("/x402/token"), "token_endpoint_prefix");
-        expect_err(|v| v["token_endpoint_prefix"] = json!("x402/"), "token_endpoint_prefix");
-        expect_err(|v| v["token_endpoint_prefix"] = json!("/x 402/"), "token_endpoint_prefix");
-        expect_err(|v| v["token_endpoint_prefix"] = json!("//"), "token_endpoint_prefix");
+        expect_err(
+            |v| v["max_body_bytes"] = json!(100_000_000),
+            "max_body_bytes",
+        );
+        expect_err(
+            |v| v["token_cache_size"] = json!(10_000_000),
+            "token_cache_size",
+        );
+        expect_err(
+            |v| v["token_endpoint_prefix"] = json!("/x402/token"),
+            "token_endpoint_prefix",
+        );
+        expect_err(
+            |v| v["token_endpoint_prefix"] = json!("x402/"),
+            "token_endpoint_prefix",
+        );
+        expect_err(
+            |v| v["token_endpoint_prefix"] = json!("/x 402/"),
+            "token_endpoint_prefix",
+        );
+        expect_err(
+            |v| v["token_endpoint_prefix"] = json!("//"),
+            "token_endpoint_prefix",
+        );
     }
 
     #[test]
     fn payment_method_errors() {
         let m = "payment_methods.usdc-base";
         expect_err(|v| v["payment_methods"] = json!({}), "payment_methods");
-        expect_err(|v| v["payment_methods"]["usdc-base"]["scheme"] = json!("upto"), &format!("{m}.scheme"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["network"] = json!("base"), &format!("{m}.network"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["network"] = json!("eip155:0"), &format!("{m}.network"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("0x1234"), &format!("{m}.asset.address"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("036CbD53842c5426634e7929541eC2318f3dCF7e"), &format!("{m}.asset.address"));
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["scheme"] = json!("upto"),
+            &format!("{m}.scheme"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["network"] = json!("base"),
+            &format!("{m}.network"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["network"] = json!("eip155:0"),
+            &format!("{m}.network"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("0x1234"),
+            &format!("{m}.asset.address"),
+        );
+        expect_err(
+            |v| {
+                v["payment_methods"]["usdc-base"]["asset"]["address"] =
+                    json!("036CbD53842c5426634e7929541eC2318f3dCF7e")
+            },
+            &format!("{m}.asset.address"),
+        );
         // Bad EIP-55 checksum (one letter's case flipped).
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!("0x036cbD53842c5426634e7929541eC2318f3dCF7e"), &format!("{m}.asset.address"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["address"] = json!(format!("0x{}", "0".repeat(40))), &format!("{m}.asset.address"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["decimals"] = json!(77), &format!("{m}.asset.decimals"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["decimals"] = json!(300), &format!("{m}.asset.decimals"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["name"] = json!(""), &format!("{m}.asset.name"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["version"] = json!(" "), &format!("{m}.asset.version"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["asset"]["symbol"] = json!(""), &format!("{m}.asset.symbol"));
-        expect_err(|v| v["payment_methods"]["usdc-base"]["pay_to"] = json!("0xnothex"), &format!("{m}.pay_to"));
-        expect_err(|v| { v["payment_methods"]["usdc-permit"].as_object_mut().unwrap().remove("spender"); }, "payment_methods.usdc-permit.spender");
-        expect_err(|v| v["payment_methods"]["usdc-permit"]["spender"] = json!("0x12"), "payment_methods.usdc-permit.spender");
-        expect_err(|v| v["payment_methods"]["usdc-base"]["spender"] = json!("bad"), &format!("{m}.spender"));
+        expect_err(
+            |v| {
+                v["payment_methods"]["usdc-base"]["asset"]["address"] =
+                    json!("0x036cbD53842c5426634e7929541eC2318f3dCF7e")
+            },
+            &format!("{m}.asset.address"),
+        );
+        expect_err(
+            |v| {
+                v["payment_methods"]["usdc-base"]["asset"]["address"] =
+                    json!(format!("0x{}", "0".repeat(40)))
+            },
+            &format!("{m}.asset.address"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["decimals"] = json!(77),
+            &format!("{m}.asset.decimals"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["decimals"] = json!(300),
+            &format!("{m}.asset.decimals"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["name"] = json!(""),
+            &format!("{m}.asset.name"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["version"] = json!(" "),
+            &format!("{m}.asset.version"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["asset"]["symbol"] = json!(""),
+            &format!("{m}.asset.symbol"),
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["pay_to"] = json!("0xnothex"),
+            &format!("{m}.pay_to"),
+        );
+        expect_err(
+            |v| {
+                v["payment_methods"]["usdc-permit"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("spender");
+            },
+            "payment_methods.usdc-permit.spender",
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-permit"]["spender"] = json!("0x12"),
+            "payment_methods.usdc-permit.spender",
+        );
+        expect_err(
+            |v| v["payment_methods"]["usdc-base"]["spender"] = json!("bad"),
+            &format!("{m}.spender"),
+        );
         // A well-formed spender on an exact method is ignored.
         let mut v = sample();
         v["payment_methods"]["usdc-base"]["spender"] = json!(SPENDER);
@@ -774,36 +1090,96 @@ pub(crate) mod tests {
     #[test]
     fn route_errors() {
         expect_err(|v| v["routes"] = json!([]), "routes");
-        expect_err(|v| v["routes"][1]["name"] = json!("weather"), "routes[1].name");
+        expect_err(
+            |v| v["routes"][1]["name"] = json!("weather"),
+            "routes[1].name",
+        );
         expect_err(|v| v["routes"][1]["name"] = json!("a/b"), "routes[1].name");
         expect_err(|v| v["routes"][1]["name"] = json!("a b"), "routes[1].name");
         expect_err(|v| v["routes"][1]["name"] = json!(".."), "routes[1].name");
         expect_err(|v| v["routes"][1]["name"] = json!("a?b"), "routes[1].name");
         expect_err(|v| v["routes"][1]["name"] = json!(""), "routes[1].name");
-        expect_err(|v| v["routes"][1]["name"] = json!("x".repeat(65)), "routes[1].name");
-        expect_err(|v| v["routes"][1]["price"] = json!("0.0000001"), "routes[1].price");
-        expect_err(|v| v["routes"][1]["price"] = json!("1e3"), "routes[1].price");
+        expect_err(
+            |v| v["routes"][1]["name"] = json!("x".repeat(65)),
+            "routes[1].name",
+        );
+        expect_err(
+            |v| v["routes"][1]["price"] = json!("0.0000001"),
+            "routes[1].price",
+        );
+        expect_err(
+            |v| v["routes"][1]["price"] = json!("1e3"),
+            "routes[1].price",
+        );
         expect_err(|v| v["routes"][1]["price"] = json!("-1"), "routes[1].price");
         expect_err(|v| v["routes"][1]["price"] = json!("0"), "routes[1].price");
         expect_err(|v| v["routes"][1]["price"] = json!(""), "routes[1].price");
-        expect_err(|v| v["routes"][0]["methods"] = json!([]), "routes[0].methods");
-        expect_err(|v| v["routes"][0]["methods"] = json!(["GET", "P OST"]), "routes[0].methods[1]");
+        expect_err(
+            |v| v["routes"][0]["methods"] = json!([]),
+            "routes[0].methods",
+        );
+        expect_err(
+            |v| v["routes"][0]["methods"] = json!(["GET", "P OST"]),
+            "routes[0].methods[1]",
+        );
         expect_err(|v| v["routes"][1]["hosts"] = json!([]), "routes[1].hosts");
-        expect_err(|v| v["routes"][1]["hosts"] = json!(["a.com", "*"]), "routes[1].hosts[1]");
-        expect_err(|v| v["routes"][1]["hosts"] = json!(["a.*.com"]), "routes[1].hosts[0]");
-        expect_err(|v| v["routes"][1]["hosts"] = json!(["a.com:80"]), "routes[1].hosts[0]");
-        expect_err(|v| v["routes"][1]["payment_methods"] = json!([]), "routes[1].payment_methods");
-        expect_err(|v| v["routes"][1]["payment_methods"] = json!(["usdc-eth"]), "routes[1].payment_methods[0]");
-        expect_err(|v| v["routes"][1]["payment_methods"] = json!(["usdc-base", "usdc-base"]), "routes[1].payment_methods[1]");
+        expect_err(
+            |v| v["routes"][1]["hosts"] = json!(["a.com", "*"]),
+            "routes[1].hosts[1]",
+        );
+        expect_err(
+            |v| v["routes"][1]["hosts"] = json!(["a.*.com"]),
+            "routes[1].hosts[0]",
+        );
+        expect_err(
+            |v| v["routes"][1]["hosts"] = json!(["a.com:80"]),
+            "routes[1].hosts[0]",
+        );
+        expect_err(
+            |v| v["routes"][1]["payment_methods"] = json!([]),
+            "routes[1].payment_methods",
+        );
+        expect_err(
+            |v| v["routes"][1]["payment_methods"] = json!(["usdc-eth"]),
+            "routes[1].payment_methods[0]",
+        );
+        expect_err(
+            |v| v["routes"][1]["payment_methods"] = json!(["usdc-base", "usdc-base"]),
+            "routes[1].payment_methods[1]",
+        );
         expect_err(|v| v["routes"][0]["match"] = json!({}), "routes[0].match");
-        expect_err(|v| v["routes"][0]["match"] = json!({"prefix": "/a", "exact": "/a"}), "routes[0].match");
-        expect_err(|v| v["routes"][0]["match"] = json!({"prefix": "api"}), "routes[0].match.prefix");
-        expect_err(|v| v["routes"][0]["match"] = json!({"exact": "/a b"}), "routes[0].match.exact");
-        expect_err(|v| v["routes"][0]["match"] = json!({"exact": "/a?b=1"}), "routes[0].match.exact");
-        expect_err(|v| v["routes"][0]["match"] = json!({"template": "/a/{id"}), "routes[0].match.template");
-        expect_err(|v| v["routes"][0]["match"] = json!({"template": "/a/**/b"}), "routes[0].match.template");
-        expect_err(|v| v["routes"][0]["match"] = json!({"template": "/a/{x}/{x}"}), "routes[0].match.template");
-        expect_err(|v| v["routes"][0]["mime_type"] = json!("a\nb"), "routes[0].mime_type");
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"prefix": "/a", "exact": "/a"}),
+            "routes[0].match",
+        );
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"prefix": "api"}),
+            "routes[0].match.prefix",
+        );
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"exact": "/a b"}),
+            "routes[0].match.exact",
+        );
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"exact": "/a?b=1"}),
+            "routes[0].match.exact",
+        );
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"template": "/a/{id"}),
+            "routes[0].match.template",
+        );
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"template": "/a/**/b"}),
+            "routes[0].match.template",
+        );
+        expect_err(
+            |v| v["routes"][0]["match"] = json!({"template": "/a/{x}/{x}"}),
+            "routes[0].match.template",
+        );
+        expect_err(
+            |v| v["routes"][0]["mime_type"] = json!("a\nb"),
+            "routes[0].mime_type",
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use crate::auth::{Grant, TokenCheck};
 use crate::challenge::HttpAnswer;
 use crate::config::{FailureMode, FilterConfig};
 use crate::routes::Route;
-use crate::token_endpoint::{outage_message, settler_unavailable, token_request_body, SettlerReply};
+use crate::token_endpoint::{
+    outage_message, settler_unavailable, token_request_body, SettlerReply,
+};
 
 /// The decision for a request that matched a priced route.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,7 +42,10 @@ pub fn decide_priced(
     let Some(sig) = payment_signature.map(str::trim).filter(|s| !s.is_empty()) else {
         return PricedAction::Challenge(reason);
     };
-    let refuse = |message: &str| PricedAction::RefusePayment { code: "invalid_payment_signature".into(), message: message.into() };
+    let refuse = |message: &str| PricedAction::RefusePayment {
+        code: "invalid_payment_signature".into(),
+        message: message.into(),
+    };
     let Some(json) = x402_protocol::b64::decode(sig) else {
         return refuse("PAYMENT-SIGNATURE is not base64");
     };
@@ -66,7 +71,9 @@ struct Minted {
 #[derive(Debug, PartialEq, Eq)]
 pub enum PaymentOutcome {
     /// Paid: forward upstream and add these headers to the response.
-    Resume { response_headers: Vec<(&'static str, String)> },
+    Resume {
+        response_headers: Vec<(&'static str, String)>,
+    },
     /// The settler refused the payment: 402 with its error.
     Refuse { code: String, message: String },
     /// Settler outage, fail closed.
@@ -86,7 +93,10 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
     let status = reply.status.unwrap_or(0);
     if (200..300).contains(&status) {
         return match serde_json::from_slice::<Minted>(&reply.body) {
-            Ok(m) if !m.access_token.is_empty() && !m.access_token.bytes().any(|b| b < b' ' || b == 0x7f) => {
+            Ok(m)
+                if !m.access_token.is_empty()
+                    && !m.access_token.bytes().any(|b| b < b' ' || b == 0x7f) =>
+            {
                 let receipt = serde_json::json!({
                     "success": true,
                     "transaction": m.transaction.unwrap_or_default(),
@@ -95,16 +105,24 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                 });
                 let encoded = x402_protocol::b64::encode(receipt.to_string().as_bytes());
                 PaymentOutcome::Resume {
-                    response_headers: vec![("payment-response", encoded), ("x-x402-access-token", m.access_token)],
+                    response_headers: vec![
+                        ("payment-response", encoded),
+                        ("x-x402-access-token", m.access_token),
+                    ],
                 }
             }
-            _ => outage(format!("the settler answered {status} with an unreadable body")),
+            _ => outage(format!(
+                "the settler answered {status} with an unreadable body"
+            )),
         };
     }
     if (400..500).contains(&status) {
         let (code, message) = match serde_json::from_slice::<ApiError>(&reply.body) {
             Ok(e) => (e.error, e.message),
-            Err(_) => ("payment_rejected".to_string(), format!("the settler refused the payment ({status})")),
+            Err(_) => (
+                "payment_rejected".to_string(),
+                format!("the settler refused the payment ({status})"),
+            ),
         };
         return PaymentOutcome::Refuse { code, message };
     }
@@ -119,7 +137,12 @@ mod tests {
     use x402_protocol::settler_api::TokenRequest;
 
     fn cfg() -> FilterConfig {
-        crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap()
+        crate::config::parse(
+            serde_json::to_string(&crate::config::tests::sample())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     fn grant() -> Grant {
@@ -138,17 +161,32 @@ mod tests {
         let cfg = cfg();
         let route = cfg.routes.get(0).unwrap();
         let sig = x402_protocol::b64::encode(b"{\"x402Version\":2}");
-        let t = TokenCheck { result: Ok(grant()), cache_hit: Some(true) };
-        assert_eq!(decide_priced(&cfg, route, t, Some(&sig), "u"), PricedAction::Allow(grant()));
+        let t = TokenCheck {
+            result: Ok(grant()),
+            cache_hit: Some(true),
+        };
+        assert_eq!(
+            decide_priced(&cfg, route, t, Some(&sig), "u"),
+            PricedAction::Allow(grant())
+        );
     }
 
     #[test]
     fn no_token_no_payment_is_a_challenge() {
         let cfg = cfg();
         let route = cfg.routes.get(0).unwrap();
-        let t = TokenCheck { result: Err(Reason::Expired), cache_hit: Some(true) };
-        assert_eq!(decide_priced(&cfg, route, t.clone(), None, "u"), PricedAction::Challenge(Reason::Expired));
-        assert_eq!(decide_priced(&cfg, route, t, Some("  "), "u"), PricedAction::Challenge(Reason::Expired));
+        let t = TokenCheck {
+            result: Err(Reason::Expired),
+            cache_hit: Some(true),
+        };
+        assert_eq!(
+            decide_priced(&cfg, route, t.clone(), None, "u"),
+            PricedAction::Challenge(Reason::Expired)
+        );
+        assert_eq!(
+            decide_priced(&cfg, route, t, Some("  "), "u"),
+            PricedAction::Challenge(Reason::Expired)
+        );
     }
 
     #[test]
@@ -156,19 +194,38 @@ mod tests {
         let cfg = cfg();
         let route = cfg.routes.get(0).unwrap();
         let sig = x402_protocol::b64::encode(br#"{"x402Version":2,"payload":{}}"#);
-        let t = TokenCheck { result: Err(Reason::MissingToken), cache_hit: None };
+        let t = TokenCheck {
+            result: Err(Reason::MissingToken),
+            cache_hit: None,
+        };
         match decide_priced(&cfg, route, t, Some(&sig), "http://h/api/weather") {
             PricedAction::Pay(body) => {
                 let req: TokenRequest = serde_json::from_slice(&body).unwrap();
                 assert_eq!(req.requirement.route, "weather");
-                assert_eq!(req.requirement.resource.as_deref(), Some("http://h/api/weather"));
+                assert_eq!(
+                    req.requirement.resource.as_deref(),
+                    Some("http://h/api/weather")
+                );
                 assert_eq!(req.payment.get(), r#"{"x402Version":2,"payload":{}}"#);
             }
             other => panic!("{other:?}"),
         }
-        for bad in ["%%%".to_string(), x402_protocol::b64::encode(b"not json"), x402_protocol::b64::encode(b"[1]")] {
-            let t = TokenCheck { result: Err(Reason::MissingToken), cache_hit: None };
-            assert!(matches!(decide_priced(&cfg, route, t, Some(&bad), "u"), PricedAction::RefusePayment { .. }), "{bad}");
+        for bad in [
+            "%%%".to_string(),
+            x402_protocol::b64::encode(b"not json"),
+            x402_protocol::b64::encode(b"[1]"),
+        ] {
+            let t = TokenCheck {
+                result: Err(Reason::MissingToken),
+                cache_hit: None,
+            };
+            assert!(
+                matches!(
+                    decide_priced(&cfg, route, t, Some(&bad), "u"),
+                    PricedAction::RefusePayment { .. }
+                ),
+                "{bad}"
+            );
         }
     }
 
@@ -181,32 +238,72 @@ mod tests {
         };
         match payment_outcome(&ok, FailureMode::Deny) {
             PaymentOutcome::Resume { response_headers } => {
-                let pr = &response_headers.iter().find(|(n, _)| *n == "payment-response").unwrap().1;
-                let v: Value = serde_json::from_slice(&x402_protocol::b64::decode(pr).unwrap()).unwrap();
-                assert_eq!(v, serde_json::json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": "0xabc"}));
+                let pr = &response_headers
+                    .iter()
+                    .find(|(n, _)| *n == "payment-response")
+                    .unwrap()
+                    .1;
+                let v: Value =
+                    serde_json::from_slice(&x402_protocol::b64::decode(pr).unwrap()).unwrap();
+                assert_eq!(
+                    v,
+                    serde_json::json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": "0xabc"})
+                );
                 assert!(response_headers.contains(&("x-x402-access-token", "tok".to_string())));
             }
             other => panic!("{other:?}"),
         }
-        let refused = SettlerReply { status: Some(402), content_type: None, body: br#"{"error":"invalid_signature","message":"no"}"#.to_vec() };
+        let refused = SettlerReply {
+            status: Some(402),
+            content_type: None,
+            body: br#"{"error":"invalid_signature","message":"no"}"#.to_vec(),
+        };
         assert_eq!(
             payment_outcome(&refused, FailureMode::Allow),
-            PaymentOutcome::Refuse { code: "invalid_signature".into(), message: "no".into() }
+            PaymentOutcome::Refuse {
+                code: "invalid_signature".into(),
+                message: "no".into()
+            }
         );
-        let refused_plain = SettlerReply { status: Some(409), content_type: None, body: b"replay".to_vec() };
-        assert!(matches!(payment_outcome(&refused_plain, FailureMode::Deny), PaymentOutcome::Refuse { code, .. } if code == "payment_rejected"));
+        let refused_plain = SettlerReply {
+            status: Some(409),
+            content_type: None,
+            body: b"replay".to_vec(),
+        };
+        assert!(
+            matches!(payment_outcome(&refused_plain, FailureMode::Deny), PaymentOutcome::Refuse { code, .. } if code == "payment_rejected")
+        );
         for outage in [
             SettlerReply::default(),
-            SettlerReply { status: Some(503), content_type: None, body: vec![] },
-            SettlerReply { status: Some(500), content_type: None, body: b"{\"error\":\"db\"}".to_vec() },
-            SettlerReply { status: Some(200), content_type: None, body: b"{}".to_vec() },
-            SettlerReply { status: Some(302), content_type: None, body: vec![] },
+            SettlerReply {
+                status: Some(503),
+                content_type: None,
+                body: vec![],
+            },
+            SettlerReply {
+                status: Some(500),
+                content_type: None,
+                body: b"{\"error\":\"db\"}".to_vec(),
+            },
+            SettlerReply {
+                status: Some(200),
+                content_type: None,
+                body: b"{}".to_vec(),
+            },
+            SettlerReply {
+                status: Some(302),
+                content_type: None,
+                body: vec![],
+            },
         ] {
             match payment_outcome(&outage, FailureMode::Deny) {
                 PaymentOutcome::Unavailable(a) => assert_eq!(a.status, 503),
                 other => panic!("{outage:?}: {other:?}"),
             }
-            assert!(matches!(payment_outcome(&outage, FailureMode::Allow), PaymentOutcome::FailOpen(_)));
+            assert!(matches!(
+                payment_outcome(&outage, FailureMode::Allow),
+                PaymentOutcome::FailOpen(_)
+            ));
         }
     }
 }

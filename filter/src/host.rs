@@ -76,10 +76,14 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, plugin_configuration_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         match config::parse(&bytes) {
             Ok(cfg) => {
                 info!(
@@ -109,7 +113,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { context_id, shared: self.shared.clone(), state: State::Idle }))
+        Some(Box::new(Http {
+            context_id,
+            shared: self.shared.clone(),
+            state: State::Idle,
+        }))
     }
 
     fn on_tick(&mut self) {
@@ -123,12 +131,16 @@ impl RootContext for Root {
                 continue;
             }
             if p.body_seen {
-                warn!("x402: token endpoint: request body incomplete after {:?}", shared.cfg.body_timeout);
+                warn!(
+                    "x402: token endpoint: request body incomplete after {:?}",
+                    shared.cfg.body_timeout
+                );
             } else {
                 error!("x402: token endpoint: the request body never reached the filter; set allow_on_headers_stop_iteration: true on the Envoy wasm plugin");
             }
             let a = pending::timeout_answer(&p);
-            let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> =
+                a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             if let Err(e) = hostcalls::send_http_response(a.status, headers, Some(&a.body)) {
                 warn!("x402: cannot answer a timed-out request: {e:?}");
             }
@@ -143,13 +155,21 @@ impl RootContext for Root {
 enum State {
     Idle,
     /// Token endpoint: buffering the client's payment body.
-    Buffering { route: usize, size: usize },
+    Buffering {
+        route: usize,
+        size: usize,
+    },
     /// Token endpoint: waiting for the settler.
     AwaitToken,
     /// x402 v2 payment: request held until the settler answers.
-    AwaitPayment { route: usize, url: String },
+    AwaitPayment {
+        route: usize,
+        url: String,
+    },
     /// x402 v2 payment settled: headers to add to the upstream's response.
-    Paid { headers: Vec<(&'static str, String)> },
+    Paid {
+        headers: Vec<(&'static str, String)>,
+    },
     /// A local answer was sent, or nothing more to do.
     Done,
 }
@@ -161,7 +181,9 @@ struct Http {
 }
 
 fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
 }
 
 fn now_ms() -> u64 {
@@ -190,10 +212,14 @@ struct HostAttrs {
 
 impl RequestAttrs for HostAttrs {
     fn method(&mut self) -> Option<&str> {
-        self.method.get_or_insert_with(|| request_header(":method")).as_deref()
+        self.method
+            .get_or_insert_with(|| request_header(":method"))
+            .as_deref()
     }
     fn authority(&mut self) -> Option<&str> {
-        self.authority.get_or_insert_with(|| request_header(":authority")).as_deref()
+        self.authority
+            .get_or_insert_with(|| request_header(":authority"))
+            .as_deref()
     }
 }
 
@@ -203,11 +229,22 @@ impl Context for Http {
         true
     }
 
-    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(shared) = self.shared.clone() else { return };
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
         let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
         let body = if body_size > 0 {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -216,11 +253,16 @@ impl Context for Http {
             State::AwaitToken => {
                 if reply.is_outage() {
                     shared.metrics.inc(Counter::SettlerErrors);
-                    warn!("x402: token endpoint: {}", token_endpoint::outage_message(&reply));
+                    warn!(
+                        "x402: token endpoint: {}",
+                        token_endpoint::outage_message(&reply)
+                    );
                 }
                 self.answer(&shared, token_endpoint::relay(&reply));
             }
-            State::AwaitPayment { route, url } => self.payment_answered(&shared, route, url, &reply),
+            State::AwaitPayment { route, url } => {
+                self.payment_answered(&shared, route, url, &reply)
+            }
             other => self.state = other,
         }
     }
@@ -230,7 +272,11 @@ impl Http {
     /// Leaves the pending-body list; `false` if the timer already answered this request.
     fn stop_waiting_for_body(&self) -> bool {
         match &self.shared {
-            Some(shared) => shared.pending.try_borrow_mut().map(|mut p| p.remove(self.context_id)).unwrap_or(false),
+            Some(shared) => shared
+                .pending
+                .try_borrow_mut()
+                .map(|mut p| p.remove(self.context_id))
+                .unwrap_or(false),
             None => false,
         }
     }
@@ -272,13 +318,21 @@ impl Http {
             Ok(_) => true,
             Err(e) => {
                 shared.metrics.inc(Counter::SettlerErrors);
-                warn!("x402: cannot call settler cluster {:?}: {e:?}", cfg.settler.cluster);
+                warn!(
+                    "x402: cannot call settler cluster {:?}: {e:?}",
+                    cfg.settler.cluster
+                );
                 false
             }
         }
     }
 
-    fn token_endpoint_request(&mut self, shared: &Shared, path: &str, end_of_stream: bool) -> Action {
+    fn token_endpoint_request(
+        &mut self,
+        shared: &Shared,
+        path: &str,
+        end_of_stream: bool,
+    ) -> Action {
         let cfg = &shared.cfg;
         let method = request_header(":method");
         match token_endpoint::classify(cfg, method.as_deref(), path) {
@@ -289,11 +343,16 @@ impl Http {
             }
             Some(Endpoint::Route(route)) => {
                 if end_of_stream {
-                    self.answer(shared, token_endpoint::invalid_json("request body is empty"));
+                    self.answer(
+                        shared,
+                        token_endpoint::invalid_json("request body is empty"),
+                    );
                     return Action::Pause;
                 }
                 let declared = request_header("content-length");
-                if let Err(a) = token_endpoint::check_declared_length(declared.as_deref(), cfg.max_body_bytes) {
+                if let Err(a) =
+                    token_endpoint::check_declared_length(declared.as_deref(), cfg.max_body_bytes)
+                {
                     self.answer(shared, a);
                     return Action::Pause;
                 }
@@ -313,25 +372,39 @@ impl Http {
             self.answer(shared, HttpAnswer::error(500, "internal", "route vanished"));
             return Action::Pause;
         };
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         match token_endpoint::token_request_body(cfg, r, &body, None) {
             Err(a) => self.answer(shared, a),
             Ok(req) => {
                 if self.dispatch_settler(shared, &req) {
                     self.state = State::AwaitToken;
                 } else {
-                    self.answer(shared, token_endpoint::settler_unavailable("the settler cluster cannot be called"));
+                    self.answer(
+                        shared,
+                        token_endpoint::settler_unavailable("the settler cluster cannot be called"),
+                    );
                 }
             }
         }
         Action::Pause
     }
 
-    fn payment_answered(&mut self, shared: &Shared, route: usize, url: String, reply: &SettlerReply) {
+    fn payment_answered(
+        &mut self,
+        shared: &Shared,
+        route: usize,
+        url: String,
+        reply: &SettlerReply,
+    ) {
         match decision::payment_outcome(reply, shared.cfg.settler.failure_mode) {
             PaymentOutcome::Resume { response_headers } => {
                 shared.metrics.inc(Counter::Accepted);
-                self.state = State::Paid { headers: response_headers };
+                self.state = State::Paid {
+                    headers: response_headers,
+                };
                 if let Err(e) = hostcalls::resume_http_request() {
                     error!("x402: cannot resume request: {e:?}");
                 }
@@ -363,12 +436,19 @@ impl HttpContext for Http {
         let Some(shared) = self.shared.clone() else {
             // No valid configuration on this worker: fail closed.
             self.state = State::Done;
-            let a = HttpAnswer::error(503, "filter_unconfigured", "the x402 filter has no valid configuration");
-            let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let a = HttpAnswer::error(
+                503,
+                "filter_unconfigured",
+                "the x402 filter has no valid configuration",
+            );
+            let headers: Vec<(&str, &str)> =
+                a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let _ = hostcalls::send_http_response(a.status, headers, Some(&a.body));
             return Action::Pause;
         };
-        let Some(path) = request_header(":path") else { return Action::Continue };
+        let Some(path) = request_header(":path") else {
+            return Action::Continue;
+        };
         let cfg = &shared.cfg;
 
         if path.starts_with(cfg.token_endpoint_prefix.as_str()) {
@@ -376,16 +456,34 @@ impl HttpContext for Http {
         }
 
         let mut attrs = HostAttrs::default();
-        let Some(idx) = cfg.routes.find(&path, &mut attrs) else { return Action::Continue };
-        let Some(route) = cfg.routes.get(idx) else { return Action::Continue };
+        let Some(idx) = cfg.routes.find(&path, &mut attrs) else {
+            return Action::Continue;
+        };
+        let Some(route) = cfg.routes.get(idx) else {
+            return Action::Continue;
+        };
 
         let authorization = request_header("authorization");
         let now = now_secs();
         let check = match shared.cache.try_borrow_mut() {
-            Ok(mut cache) => auth::check_token(&cfg.keys, cfg.clock_leeway_secs, &mut cache, route, authorization.as_deref(), now),
+            Ok(mut cache) => auth::check_token(
+                &cfg.keys,
+                cfg.clock_leeway_secs,
+                &mut cache,
+                route,
+                authorization.as_deref(),
+                now,
+            ),
             Err(_) => {
                 let mut scratch = TokenCache::new(0);
-                auth::check_token(&cfg.keys, cfg.clock_leeway_secs, &mut scratch, route, authorization.as_deref(), now)
+                auth::check_token(
+                    &cfg.keys,
+                    cfg.clock_leeway_secs,
+                    &mut scratch,
+                    route,
+                    authorization.as_deref(),
+                    now,
+                )
             }
         };
         match check.cache_hit {
@@ -410,7 +508,10 @@ impl HttpContext for Http {
                 Action::Pause
             }
             PricedAction::RefusePayment { code, message } => {
-                self.answer(&shared, challenge::payment_refused(route, &code, &message, url));
+                self.answer(
+                    &shared,
+                    challenge::payment_refused(route, &code, &message, url),
+                );
                 Action::Pause
             }
             PricedAction::Pay(body) => {
@@ -419,7 +520,8 @@ impl HttpContext for Http {
                     return Action::Pause;
                 }
                 // Still inside the headers callback: continue or answer directly.
-                match decision::payment_outcome(&SettlerReply::default(), cfg.settler.failure_mode) {
+                match decision::payment_outcome(&SettlerReply::default(), cfg.settler.failure_mode)
+                {
                     PaymentOutcome::FailOpen(why) => {
                         warn!("x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
                         Action::Continue
@@ -429,7 +531,12 @@ impl HttpContext for Http {
                         Action::Pause
                     }
                     _ => {
-                        self.answer(&shared, token_endpoint::settler_unavailable("the settler cluster cannot be called"));
+                        self.answer(
+                            &shared,
+                            token_endpoint::settler_unavailable(
+                                "the settler cluster cannot be called",
+                            ),
+                        );
                         Action::Pause
                     }
                 }
@@ -444,8 +551,14 @@ impl HttpContext for Http {
                 _ => Action::Pause,
             };
         };
-        let Some(shared) = self.shared.clone() else { return Action::Pause };
-        let still_waiting = shared.pending.try_borrow().map(|p| p.contains(self.context_id)).unwrap_or(false);
+        let Some(shared) = self.shared.clone() else {
+            return Action::Pause;
+        };
+        let still_waiting = shared
+            .pending
+            .try_borrow()
+            .map(|p| p.contains(self.context_id))
+            .unwrap_or(false);
         if !still_waiting {
             // The timer already answered this request.
             self.state = State::Done;
@@ -460,7 +573,10 @@ impl HttpContext for Http {
             return Action::Pause;
         }
         if !end_of_stream {
-            self.state = State::Buffering { route, size: body_size };
+            self.state = State::Buffering {
+                route,
+                size: body_size,
+            };
             return Action::Pause;
         }
         self.stop_waiting_for_body();
@@ -470,7 +586,9 @@ impl HttpContext for Http {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.state {
             State::Buffering { route, size } => {
-                let Some(shared) = self.shared.clone() else { return Action::Pause };
+                let Some(shared) = self.shared.clone() else {
+                    return Action::Pause;
+                };
                 if !self.stop_waiting_for_body() {
                     self.state = State::Done;
                     return Action::Pause;
@@ -485,7 +603,9 @@ impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let State::Paid { headers } = &self.state {
             for (name, value) in headers {
-                if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+                if let Err(e) =
+                    hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
+                {
                     warn!("x402: cannot add response header {name}: {e:?}");
                 }
             }

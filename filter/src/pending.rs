@@ -21,7 +21,11 @@ pub struct PendingBodies {
 impl PendingBodies {
     pub fn add(&mut self, context_id: u32, deadline_ms: u64) {
         self.remove(context_id);
-        self.entries.push(Pending { context_id, deadline_ms, body_seen: false });
+        self.entries.push(Pending {
+            context_id,
+            deadline_ms,
+            body_seen: false,
+        });
     }
 
     pub fn contains(&self, context_id: u32) -> bool {
@@ -43,7 +47,8 @@ impl PendingBodies {
 
     /// Takes out every entry whose deadline has passed.
     pub fn take_expired(&mut self, now_ms: u64) -> Vec<Pending> {
-        let (expired, keep): (Vec<Pending>, Vec<Pending>) = self.entries.iter().partition(|p| p.deadline_ms <= now_ms);
+        let (expired, keep): (Vec<Pending>, Vec<Pending>) =
+            self.entries.iter().partition(|p| p.deadline_ms <= now_ms);
         self.entries = keep;
         expired
     }
@@ -56,7 +61,11 @@ impl PendingBodies {
 /// The answer for a request whose body did not arrive in time.
 pub fn timeout_answer(p: &Pending) -> HttpAnswer {
     if p.body_seen {
-        HttpAnswer::error(408, "request_timeout", "the request body did not arrive in time")
+        HttpAnswer::error(
+            408,
+            "request_timeout",
+            "the request body did not arrive in time",
+        )
     } else {
         HttpAnswer::error(
             500,
@@ -78,7 +87,14 @@ mod tests {
         p.saw_body(2);
         assert!(p.take_expired(99).is_empty());
         let e = p.take_expired(150);
-        assert_eq!(e, vec![Pending { context_id: 1, deadline_ms: 100, body_seen: false }]);
+        assert_eq!(
+            e,
+            vec![Pending {
+                context_id: 1,
+                deadline_ms: 100,
+                body_seen: false
+            }]
+        );
         assert_eq!(timeout_answer(&e[0]).status, 500);
         assert!(!p.contains(1));
         assert!(p.contains(2));

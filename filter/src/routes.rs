@@ -28,7 +28,9 @@ pub enum Seg {
 
 impl PathMatch {
     pub fn template(t: &str) -> Result<PathMatch, String> {
-        let body = t.strip_prefix('/').ok_or_else(|| "must start with '/'".to_string())?;
+        let body = t
+            .strip_prefix('/')
+            .ok_or_else(|| "must start with '/'".to_string())?;
         let parts: Vec<&str> = body.split('/').collect();
         let mut segs = Vec::with_capacity(parts.len());
         let mut vars: Vec<&str> = Vec::new();
@@ -45,7 +47,9 @@ impl PathMatch {
                 let name_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
                     && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                 if !name_ok {
-                    return Err(format!("variable {{{inner}}} needs a name of [A-Za-z][A-Za-z0-9_]*"));
+                    return Err(format!(
+                        "variable {{{inner}}} needs a name of [A-Za-z][A-Za-z0-9_]*"
+                    ));
                 }
                 if vars.contains(&name) {
                     return Err(format!("variable {name:?} appears twice"));
@@ -54,14 +58,23 @@ impl PathMatch {
                 match pattern {
                     None | Some("*") => Seg::One,
                     Some("**") => Seg::Rest,
-                    Some(p) => return Err(format!("variable pattern {p:?} is not supported (only * and **)")),
+                    Some(p) => {
+                        return Err(format!(
+                            "variable pattern {p:?} is not supported (only * and **)"
+                        ))
+                    }
                 }
             } else {
                 if part.is_empty() && i + 1 != parts.len() {
                     return Err("empty path segment ('//')".to_string());
                 }
-                if part.bytes().any(|b| b == b'{' || b == b'}' || b == b'*' || b == b'=') {
-                    return Err(format!("segment {part:?} mixes literal text with '{{', '}}', '*' or '='"));
+                if part
+                    .bytes()
+                    .any(|b| b == b'{' || b == b'}' || b == b'*' || b == b'=')
+                {
+                    return Err(format!(
+                        "segment {part:?} mixes literal text with '{{', '}}', '*' or '='"
+                    ));
                 }
                 Seg::Literal(part.to_string())
             };
@@ -83,7 +96,10 @@ impl PathMatch {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(e) => path == e || strip_one_slash(path) == e.as_str(),
             PathMatch::Template(segs) => {
-                template_matches(segs, path) || (path.len() > 1 && path.ends_with('/') && template_matches(segs, strip_one_slash(path)))
+                template_matches(segs, path)
+                    || (path.len() > 1
+                        && path.ends_with('/')
+                        && template_matches(segs, strip_one_slash(path)))
             }
         }
     }
@@ -98,7 +114,9 @@ fn strip_one_slash(path: &str) -> &str {
 }
 
 fn template_matches(segs: &[Seg], path: &str) -> bool {
-    let Some(body) = path.strip_prefix('/') else { return false };
+    let Some(body) = path.strip_prefix('/') else {
+        return false;
+    };
     let mut parts = body.split('/');
     for seg in segs {
         match seg {
@@ -131,11 +149,22 @@ impl HostPattern {
             Some(rest) => (true, rest),
             None => (false, lower.as_str()),
         };
-        let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
         if rest.is_empty() || !rest.split('.').all(label_ok) {
-            return Err(format!("{h:?} is not a host name (without port), optionally starting with \"*.\""));
+            return Err(format!(
+                "{h:?} is not a host name (without port), optionally starting with \"*.\""
+            ));
         }
-        Ok(if wild { HostPattern::Suffix(format!(".{rest}")) } else { HostPattern::Exact(rest.to_string()) })
+        Ok(if wild {
+            HostPattern::Suffix(format!(".{rest}"))
+        } else {
+            HostPattern::Exact(rest.to_string())
+        })
     }
 
     /// `host` is already lower-case, without port.
@@ -231,7 +260,12 @@ impl RouteTable {
             }
             if let Some(hosts) = &r.hosts {
                 if host.is_none() {
-                    host = Some(attrs.authority().map(normalize_authority).unwrap_or_default());
+                    host = Some(
+                        attrs
+                            .authority()
+                            .map(normalize_authority)
+                            .unwrap_or_default(),
+                    );
                 }
                 let h = host.as_deref().unwrap_or("");
                 if !hosts.iter().any(|p| p.matches(h)) {
@@ -272,7 +306,11 @@ mod tests {
         }
     }
     fn attrs(m: &str, a: &str) -> Attrs {
-        Attrs { method: Some(m.into()), authority: Some(a.into()), fetched: 0 }
+        Attrs {
+            method: Some(m.into()),
+            authority: Some(a.into()),
+            fetched: 0,
+        }
     }
 
     fn t(s: &str) -> PathMatch {
@@ -315,7 +353,16 @@ mod tests {
         assert!(rest2.matches("/files/a"));
         assert!(t("/{v=*}").matches("/z"));
         assert!(t("/a/").matches("/a"));
-        for bad in ["/a/{", "/a/{1x}", "/a/{x=foo}", "/a/**/b", "/a/x*", "/a//b", "a", "/{a}/{a}"] {
+        for bad in [
+            "/a/{",
+            "/a/{1x}",
+            "/a/{x=foo}",
+            "/a/**/b",
+            "/a/x*",
+            "/a//b",
+            "a",
+            "/{a}/{a}",
+        ] {
             assert!(PathMatch::template(bad).is_err(), "{bad}");
         }
     }
@@ -333,7 +380,10 @@ mod tests {
         for bad in ["*", "", "a..b", "a.com:80", "*.", "a.*.b", "a b"] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(normalize_authority("API.Example.com:8080"), "api.example.com");
+        assert_eq!(
+            normalize_authority("API.Example.com:8080"),
+            "api.example.com"
+        );
         assert_eq!(normalize_authority("api.example.com."), "api.example.com");
         assert_eq!(normalize_authority("[::1]:443"), "[::1]");
         assert_eq!(normalize_authority("host"), "host");
@@ -341,17 +391,51 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_unmatched_paths_do_not_fetch_headers() {
-        let cfg = crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap();
+        let cfg = crate::config::parse(
+            serde_json::to_string(&crate::config::tests::sample())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
         let table = &cfg.routes;
         let mut a = attrs("GET", "x");
         assert_eq!(table.find("/static/logo.png", &mut a), None);
         assert_eq!(a.fetched, 0, "no header fetched for an unpriced path");
-        assert_eq!(table.find("/api/weather?city=x", &mut attrs("GET", "x")), Some(0));
-        assert_eq!(table.find("/api/weather", &mut attrs("POST", "x")), None, "method filter");
-        assert_eq!(table.find("/api/users/1/report", &mut attrs("GET", "api.example.com:443")), Some(1));
-        assert_eq!(table.find("/api/users/1/report", &mut attrs("GET", "b.example.org")), Some(1));
-        assert_eq!(table.find("/api/users/1/report", &mut attrs("GET", "evil.com")), None);
-        assert_eq!(table.find("/api/users/1/report", &mut Attrs { method: None, authority: None, fetched: 0 }), None);
+        assert_eq!(
+            table.find("/api/weather?city=x", &mut attrs("GET", "x")),
+            Some(0)
+        );
+        assert_eq!(
+            table.find("/api/weather", &mut attrs("POST", "x")),
+            None,
+            "method filter"
+        );
+        assert_eq!(
+            table.find(
+                "/api/users/1/report",
+                &mut attrs("GET", "api.example.com:443")
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            table.find("/api/users/1/report", &mut attrs("GET", "b.example.org")),
+            Some(1)
+        );
+        assert_eq!(
+            table.find("/api/users/1/report", &mut attrs("GET", "evil.com")),
+            None
+        );
+        assert_eq!(
+            table.find(
+                "/api/users/1/report",
+                &mut Attrs {
+                    method: None,
+                    authority: None,
+                    fetched: 0
+                }
+            ),
+            None
+        );
         assert_eq!(table.by_name("report"), Some(1));
         assert_eq!(path_only("/a?b#c"), "/a");
         assert_eq!(path_only("/a#c"), "/a");

@@ -20,10 +20,18 @@ pub enum Endpoint {
 pub fn classify(cfg: &FilterConfig, method: Option<&str>, path: &str) -> Option<Endpoint> {
     let name = path_only(path).strip_prefix(cfg.token_endpoint_prefix.as_str())?;
     let Some(idx) = cfg.routes.by_name(name) else {
-        return Some(Endpoint::Reject(HttpAnswer::error(404, "unknown_route", "no priced route has this name")));
+        return Some(Endpoint::Reject(HttpAnswer::error(
+            404,
+            "unknown_route",
+            "no priced route has this name",
+        )));
     };
     if method != Some("POST") {
-        let mut a = HttpAnswer::error(405, "method_not_allowed", "the token endpoint only accepts POST");
+        let mut a = HttpAnswer::error(
+            405,
+            "method_not_allowed",
+            "the token endpoint only accepts POST",
+        );
         a.headers.push(("allow", "POST".to_string()));
         return Some(Endpoint::Reject(a));
     }
@@ -31,7 +39,11 @@ pub fn classify(cfg: &FilterConfig, method: Option<&str>, path: &str) -> Option<
 }
 
 pub fn too_large(max: usize) -> HttpAnswer {
-    HttpAnswer::error(413, "payload_too_large", &format!("request body exceeds {max} bytes"))
+    HttpAnswer::error(
+        413,
+        "payload_too_large",
+        &format!("request body exceeds {max} bytes"),
+    )
 }
 
 /// Refuses early when `content-length` already announces too much.
@@ -55,9 +67,14 @@ pub fn invalid_json(detail: &str) -> HttpAnswer {
 }
 
 /// The settler request body: the route's requirement plus the client's payment JSON as sent.
-pub fn token_request_body(cfg: &FilterConfig, route: &Route, payment: &[u8], resource: Option<String>) -> Result<Vec<u8>, HttpAnswer> {
-    let raw: Box<RawValue> =
-        serde_json::from_slice(payment).map_err(|e| invalid_json(&format!("request body is not JSON: {e}")))?;
+pub fn token_request_body(
+    cfg: &FilterConfig,
+    route: &Route,
+    payment: &[u8],
+    resource: Option<String>,
+) -> Result<Vec<u8>, HttpAnswer> {
+    let raw: Box<RawValue> = serde_json::from_slice(payment)
+        .map_err(|e| invalid_json(&format!("request body is not JSON: {e}")))?;
     if !raw.get().starts_with('{') {
         return Err(invalid_json("request body must be a JSON object"));
     }
@@ -70,7 +87,8 @@ pub fn token_request_body(cfg: &FilterConfig, route: &Route, payment: &[u8], res
         },
         payment: raw,
     };
-    serde_json::to_vec(&req).map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))
+    serde_json::to_vec(&req)
+        .map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))
 }
 
 /// Headers of the settler call.
@@ -95,8 +113,17 @@ pub struct SettlerReply {
 
 impl SettlerReply {
     pub fn from_headers(headers: &[(String, String)], body: Vec<u8>) -> Self {
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-        SettlerReply { status: get(":status").and_then(|s| s.trim().parse().ok()), content_type: get("content-type"), body }
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        SettlerReply {
+            status: get(":status").and_then(|s| s.trim().parse().ok()),
+            content_type: get("content-type"),
+            body,
+        }
     }
 
     /// The settler could not give an answer: no status, or a 5xx that is not the settler's
@@ -141,10 +168,16 @@ pub fn relay(reply: &SettlerReply) -> HttpAnswer {
         return settler_unavailable(&outage_message(reply));
     }
     let status = reply.status.unwrap_or(503);
-    let content_type = reply.content_type.clone().unwrap_or_else(|| "application/json".to_string());
+    let content_type = reply
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/json".to_string());
     HttpAnswer {
         status,
-        headers: vec![("content-type", content_type), ("cache-control", "no-store".to_string())],
+        headers: vec![
+            ("content-type", content_type),
+            ("cache-control", "no-store".to_string()),
+        ],
         body: reply.body.clone(),
     }
 }
@@ -155,7 +188,12 @@ mod tests {
     use serde_json::Value;
 
     fn cfg() -> FilterConfig {
-        crate::config::parse(serde_json::to_string(&crate::config::tests::sample()).unwrap().as_bytes()).unwrap()
+        crate::config::parse(
+            serde_json::to_string(&crate::config::tests::sample())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     fn code(a: &HttpAnswer) -> String {
@@ -168,8 +206,14 @@ mod tests {
         let cfg = cfg();
         assert_eq!(classify(&cfg, Some("POST"), "/api/weather"), None);
         assert_eq!(classify(&cfg, Some("POST"), "/x402/token"), None);
-        assert_eq!(classify(&cfg, Some("POST"), "/x402/token/weather"), Some(Endpoint::Route(0)));
-        assert_eq!(classify(&cfg, Some("POST"), "/x402/token/report?x=1"), Some(Endpoint::Route(1)));
+        assert_eq!(
+            classify(&cfg, Some("POST"), "/x402/token/weather"),
+            Some(Endpoint::Route(0))
+        );
+        assert_eq!(
+            classify(&cfg, Some("POST"), "/x402/token/report?x=1"),
+            Some(Endpoint::Route(1))
+        );
         match classify(&cfg, Some("GET"), "/x402/token/weather") {
             Some(Endpoint::Reject(a)) => {
                 assert_eq!(a.status, 405);
@@ -203,15 +247,29 @@ mod tests {
     fn builds_the_settler_request_from_config_prices() {
         let cfg = cfg();
         let route = cfg.routes.get(0).unwrap();
-        let body = token_request_body(&cfg, route, br#"{"version":"Version 0.1","permit":{"value":1}}"#, None).unwrap();
+        let body = token_request_body(
+            &cfg,
+            route,
+            br#"{"version":"Version 0.1","permit":{"value":1}}"#,
+            None,
+        )
+        .unwrap();
         let req: TokenRequest = serde_json::from_slice(&body).unwrap();
         assert_eq!(req.requirement.route, "weather");
         assert_eq!(req.requirement.accepts, route.accepts);
         assert_eq!(req.requirement.token_ttl_secs, 300);
-        assert_eq!(req.payment.get(), r#"{"version":"Version 0.1","permit":{"value":1}}"#);
+        assert_eq!(
+            req.payment.get(),
+            r#"{"version":"Version 0.1","permit":{"value":1}}"#
+        );
         for bad in [&b"not json"[..], b"", b"[1]", b"\"s\"", b"{\"a\":1} x"] {
             let a = token_request_body(&cfg, route, bad, None).unwrap_err();
-            assert_eq!((a.status, code(&a)), (400, "invalid_json".to_string()), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                (a.status, code(&a)),
+                (400, "invalid_json".to_string()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let h = settler_headers(&cfg);
         assert!(h.contains(&(":path", "/v1/tokens")));
@@ -220,17 +278,35 @@ mod tests {
 
     #[test]
     fn relays_the_settler_or_fails_closed() {
-        let ok = SettlerReply { status: Some(200), content_type: Some("application/json".into()), body: b"{\"access_token\":\"t\"}".to_vec() };
+        let ok = SettlerReply {
+            status: Some(200),
+            content_type: Some("application/json".into()),
+            body: b"{\"access_token\":\"t\"}".to_vec(),
+        };
         let a = relay(&ok);
         assert_eq!(a.status, 200);
         assert_eq!(a.body, ok.body);
         assert_eq!(a.header("cache-control"), Some("no-store"));
-        let refused = SettlerReply { status: Some(409), content_type: None, body: b"{\"error\":\"replay\"}".to_vec() };
+        let refused = SettlerReply {
+            status: Some(409),
+            content_type: None,
+            body: b"{\"error\":\"replay\"}".to_vec(),
+        };
         assert_eq!(relay(&refused).status, 409);
-        assert_eq!(relay(&refused).header("content-type"), Some("application/json"));
-        let err_with_body =
-            SettlerReply { status: Some(500), content_type: None, body: br#"{"error":"internal","message":"db down"}"#.to_vec() };
-        assert_eq!(relay(&err_with_body).status, 500, "the settler's own JSON error is relayed");
+        assert_eq!(
+            relay(&refused).header("content-type"),
+            Some("application/json")
+        );
+        let err_with_body = SettlerReply {
+            status: Some(500),
+            content_type: None,
+            body: br#"{"error":"internal","message":"db down"}"#.to_vec(),
+        };
+        assert_eq!(
+            relay(&err_with_body).status,
+            500,
+            "the settler's own JSON error is relayed"
+        );
         for outage in [
             SettlerReply::default(),
             SettlerReply { status: Some(503), content_type: None, body: vec![] },
@@ -247,7 +323,13 @@ mod tests {
             let a = relay(&outage);
             assert_eq!((a.status, code(&a)), (503, "settler_unavailable".to_string()), "{outage:?}");
         }
-        let r = SettlerReply::from_headers(&[(":status".into(), "201".into()), ("Content-Type".into(), "text/plain".into())], vec![]);
+        let r = SettlerReply::from_headers(
+            &[
+                (":status".into(), "201".into()),
+                ("Content-Type".into(), "text/plain".into()),
+            ],
+            vec![],
+        );
         assert_eq!(r.status, Some(201));
         assert_eq!(r.content_type.as_deref(), Some("text/plain"));
     }

@@ -87,11 +87,19 @@ fn endpoint(cluster: &str, port: u16) -> String {
 }
 
 /// The bootstrap Envoy runs with. Public so other harnesses can reuse or inspect it.
-pub fn bootstrap_yaml(filter_config_json: &str, opts: &EnvoyOpts, listen_port: u16, admin_port: u16, settler_port: u16) -> String {
+pub fn bootstrap_yaml(
+    filter_config_json: &str,
+    opts: &EnvoyOpts,
+    listen_port: u16,
+    admin_port: u16,
+    settler_port: u16,
+) -> String {
     let wasm = opts.wasm.clone().unwrap_or_else(paths::filter_wasm);
     let route_action = match opts.upstream_port {
         Some(_) => "route: {cluster: upstream, timeout: 15s}".to_string(),
-        None => "direct_response: {status: 200, body: {inline_string: \"no upstream\"}}".to_string(),
+        None => {
+            "direct_response: {status: 200, body: {inline_string: \"no upstream\"}}".to_string()
+        }
     };
     let upstream_cluster = match opts.upstream_port {
         Some(p) => format!(
@@ -166,12 +174,20 @@ fn tail(text: &str, lines: usize) -> String {
 fn check_binaries(opts: &EnvoyOpts) -> anyhow::Result<()> {
     let bin = paths::envoy_bin();
     if !bin.exists() {
-        bail!("Envoy binary not found at {} (run `make setup`)", bin.display());
+        bail!(
+            "Envoy binary not found at {} (run `make setup`)",
+            bin.display()
+        );
     }
     let wasm = opts.wasm.clone().unwrap_or_else(paths::filter_wasm);
-    let meta = std::fs::metadata(&wasm).with_context(|| format!("filter {} missing (run `make wasm`)", wasm.display()))?;
+    let meta = std::fs::metadata(&wasm)
+        .with_context(|| format!("filter {} missing (run `make wasm`)", wasm.display()))?;
     if meta.len() < 1024 {
-        bail!("filter {} is only {} bytes: a placeholder, not the filter (run `make wasm`)", wasm.display(), meta.len());
+        bail!(
+            "filter {} is only {} bytes: a placeholder, not the filter (run `make wasm`)",
+            wasm.display(),
+            meta.len()
+        );
     }
     Ok(())
 }
@@ -184,7 +200,13 @@ fn spawn(dir: &Path, yaml: &str, opts: &EnvoyOpts) -> anyhow::Result<Child> {
     Command::new(paths::envoy_bin())
         .arg("-c")
         .arg(&cfg)
-        .args(["--concurrency", "1", "--use-dynamic-base-id", "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v"])
+        .args([
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-format",
+            "[%Y-%m-%d %T.%e][%l][%n] %v",
+        ])
         .args(&opts.extra_args)
         .current_dir(paths::root())
         .stdin(Stdio::null())
@@ -206,13 +228,22 @@ impl Envoy {
             let settler_port = opts.settler_port.unwrap_or_else(ports::free_port);
             let yaml = bootstrap_yaml(filter_config_json, &opts, port, admin_port, settler_port);
             let child = spawn(dir.path(), &yaml, &opts)?;
-            let mut envoy = Envoy { child, dir, port, admin_port };
+            let mut envoy = Envoy {
+                child,
+                dir,
+                port,
+                admin_port,
+            };
             match envoy.wait_ready(opts.startup_timeout) {
                 Ok(()) => return Ok(envoy),
                 Err(e) => {
                     let log = envoy.log();
-                    let port_clash = log.contains("Address already in use") || log.contains("cannot bind");
-                    last_err = e.context(format!("Envoy did not start; log tail:\n{}", tail(&log, 40)));
+                    let port_clash =
+                        log.contains("Address already in use") || log.contains("cannot bind");
+                    last_err = e.context(format!(
+                        "Envoy did not start; log tail:\n{}",
+                        tail(&log, 40)
+                    ));
                     if !port_clash {
                         break;
                     }
@@ -224,7 +255,10 @@ impl Envoy {
 
     /// Starts Envoy with a configuration that must be refused, and reports what happened:
     /// waits until Envoy exits, or until it is ready (then kills it and says so).
-    pub fn start_expect_failure(filter_config_json: &str, opts: EnvoyOpts) -> anyhow::Result<FailedStart> {
+    pub fn start_expect_failure(
+        filter_config_json: &str,
+        opts: EnvoyOpts,
+    ) -> anyhow::Result<FailedStart> {
         check_binaries(&opts)?;
         let dir = tempfile::Builder::new().prefix("x402-envoy-").tempdir()?;
         let (port, admin_port) = (ports::free_port(), ports::free_port());
@@ -235,17 +269,29 @@ impl Envoy {
         let read_log = |d: &Path| std::fs::read_to_string(d.join("envoy.log")).unwrap_or_default();
         loop {
             if let Some(status) = child.try_wait()? {
-                return Ok(FailedStart { exit_code: status.code(), became_ready: false, log: read_log(dir.path()) });
+                return Ok(FailedStart {
+                    exit_code: status.code(),
+                    became_ready: false,
+                    log: read_log(dir.path()),
+                });
             }
             if admin_get(admin_port, "/ready").is_ok_and(|(s, _)| s == 200) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(FailedStart { exit_code: None, became_ready: true, log: read_log(dir.path()) });
+                return Ok(FailedStart {
+                    exit_code: None,
+                    became_ready: true,
+                    log: read_log(dir.path()),
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(FailedStart { exit_code: None, became_ready: false, log: read_log(dir.path()) });
+                return Ok(FailedStart {
+                    exit_code: None,
+                    became_ready: false,
+                    log: read_log(dir.path()),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -254,7 +300,9 @@ impl Envoy {
     /// `envoy --mode validate` on a YAML text. Returns whether it passed and Envoy's output.
     /// Relative paths in the YAML resolve from the repository root.
     pub fn validate(yaml: &str) -> anyhow::Result<(bool, String)> {
-        let dir = tempfile::Builder::new().prefix("x402-envoy-validate-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("x402-envoy-validate-")
+            .tempdir()?;
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(&cfg, yaml)?;
         Self::validate_file(&cfg)
@@ -281,7 +329,8 @@ impl Envoy {
                 bail!("Envoy exited during start-up with {status}");
             }
             let ready = admin_get(self.admin_port, "/ready").is_ok_and(|(s, _)| s == 200);
-            if ready && TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
+            if ready && TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -339,7 +388,10 @@ impl Envoy {
 
     /// One stat by its full name (e.g. `wasmcustom.x402_challenges`); 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
-        self.stat_values().ok().and_then(|m| m.get(name).copied()).unwrap_or(0)
+        self.stat_values()
+            .ok()
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or(0)
     }
 
     /// A request to the listener. Panics with Envoy's log tail if the request fails at the
@@ -371,7 +423,11 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- Envoy log tail ({}) ----\n{}", self.dir.path().display(), tail(&self.log(), 80));
+            eprintln!(
+                "---- Envoy log tail ({}) ----\n{}",
+                self.dir.path().display(),
+                tail(&self.log(), 80)
+            );
         }
     }
 }
@@ -431,14 +487,17 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// The body as JSON; panics with the body text if it is not JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -482,7 +541,9 @@ pub fn request(addr: SocketAddr, req: &HttpRequest) -> anyhow::Result<HttpRespon
     }
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).context("reading the status line")?;
+    reader
+        .read_line(&mut status_line)
+        .context("reading the status line")?;
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -510,19 +571,28 @@ pub fn request(addr: SocketAddr, req: &HttpRequest) -> anyhow::Result<HttpRespon
                 .or_insert(v);
         }
     }
-    let body = if headers.contains_key("content-length") || headers.contains_key("transfer-encoding") {
-        crate::upstream::read_body(&mut reader, &headers)?
-    } else {
-        let mut b = Vec::new();
-        reader.read_to_end(&mut b)?;
-        b
-    };
-    Ok(HttpResponse { status, headers, body, elapsed: started.elapsed() })
+    let body =
+        if headers.contains_key("content-length") || headers.contains_key("transfer-encoding") {
+            crate::upstream::read_body(&mut reader, &headers)?
+        } else {
+            let mut b = Vec::new();
+            reader.read_to_end(&mut b)?;
+            b
+        };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// GET on the admin port: (status, body).
 fn admin_get(admin_port: u16, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let r = request(addr, &HttpRequest::new("GET", path).timeout(Duration::from_secs(5)))?;
+    let r = request(
+        addr,
+        &HttpRequest::new("GET", path).timeout(Duration::from_secs(5)),
+    )?;
     Ok((r.status, r.body))
 }

@@ -25,7 +25,9 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
@@ -52,7 +54,12 @@ impl Reply {
         }
     }
     pub fn empty(status: u16) -> Self {
-        Reply { status, headers: vec![], body: vec![], delay: Duration::ZERO }
+        Reply {
+            status,
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        }
     }
     pub fn delayed(mut self, d: Duration) -> Self {
         self.delay = d;
@@ -74,7 +81,9 @@ impl Upstream {
         Self::with_handler(|req| Reply::json(200, &echo(req)))
     }
 
-    pub fn with_handler(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> std::io::Result<Upstream> {
+    pub fn with_handler(
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> std::io::Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -96,7 +105,11 @@ impl Upstream {
                 }
             });
         }
-        Ok(Upstream { port, stop, requests })
+        Ok(Upstream {
+            port,
+            stop,
+            requests,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -131,9 +144,16 @@ pub fn echo(req: &Request) -> serde_json::Value {
     })
 }
 
-fn serve(conn: TcpStream, handler: Handler, requests: Arc<Mutex<Vec<Request>>>, stop: Arc<AtomicBool>) {
+fn serve(
+    conn: TcpStream,
+    handler: Handler,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = conn.try_clone() else { return };
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -146,7 +166,9 @@ fn serve(conn: TcpStream, handler: Handler, requests: Arc<Mutex<Vec<Request>>>, 
         if let Ok(mut r) = requests.lock() {
             r.push(req.clone());
         }
-        let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let reply = handler(&req);
         if !reply.delay.is_zero() {
             thread::sleep(reply.delay);
@@ -167,36 +189,55 @@ fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
 }
 
 fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
-    let Some(start) = read_line(r)? else { return Ok(None) };
+    let Some(start) = read_line(r)? else {
+        return Ok(None);
+    };
     let mut parts = start.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return Ok(None) };
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        return Ok(None);
+    };
     let mut headers = BTreeMap::new();
     loop {
-        let Some(line) = read_line(r)? else { return Ok(None) };
+        let Some(line) = read_line(r)? else {
+            return Ok(None);
+        };
         if line.is_empty() {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
             let k = k.trim().to_ascii_lowercase();
             let v = v.trim().to_string();
-            headers.entry(k).and_modify(|e: &mut String| {
-                e.push_str(", ");
-                e.push_str(&v);
-            }).or_insert(v);
+            headers
+                .entry(k)
+                .and_modify(|e: &mut String| {
+                    e.push_str(", ");
+                    e.push_str(&v);
+                })
+                .or_insert(v);
         }
     }
     let body = read_body(r, &headers)?;
-    Ok(Some(Request { method: method.to_string(), path: path.to_string(), headers, body }))
+    Ok(Some(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        headers,
+        body,
+    }))
 }
 
 /// Reads a body framed by `content-length` or chunked transfer encoding.
-pub(crate) fn read_body<R: BufRead>(r: &mut R, headers: &BTreeMap<String, String>) -> std::io::Result<Vec<u8>> {
-    let chunked = headers.get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+pub(crate) fn read_body<R: BufRead>(
+    r: &mut R,
+    headers: &BTreeMap<String, String>,
+) -> std::io::Result<Vec<u8>> {
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         let mut body = Vec::new();
-        loop {
-            let Some(size_line) = read_line(r)? else { break };
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        while let Some(size_line) = read_line(r)? {
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
             if size == 0 {
                 // Trailers until the empty line.
                 while let Some(l) = read_line(r)? {
@@ -213,7 +254,10 @@ pub(crate) fn read_body<R: BufRead>(r: &mut R, headers: &BTreeMap<String, String
         }
         return Ok(body);
     }
-    let len: usize = headers.get("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     Ok(body)

@@ -22,13 +22,19 @@ const PAYER: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 
 /// A fresh secp256k1 key for this test run (from the clock, the pid and a label).
 fn fresh_key(label: &str) -> SigningKey {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let seed = sha2::Sha256::digest(format!("{nanos}-{}-{label}", std::process::id()).as_bytes());
     SigningKey::from_slice(&seed).expect("a SHA-256 output is a valid secp256k1 scalar")
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn filter_config(key: &SigningKey, settler_timeout_ms: u64, failure_mode: &str) -> Value {
@@ -74,7 +80,11 @@ fn bearer(token: &str) -> String {
 }
 
 fn b64url(bytes: &[u8]) -> String {
-    x402_protocol::b64::encode(bytes).replace('+', "-").replace('/', "_").trim_end_matches('=').to_string()
+    x402_protocol::b64::encode(bytes)
+        .replace('+', "-")
+        .replace('/', "_")
+        .trim_end_matches('=')
+        .to_string()
 }
 
 fn start_envoy(cfg: &Value, opts: EnvoyOpts) -> Envoy {
@@ -82,14 +92,28 @@ fn start_envoy(cfg: &Value, opts: EnvoyOpts) -> Envoy {
 }
 
 /// Asserts a 402 with the given reason, and returns the decoded x402 v2 header.
-fn assert_challenge(envoy: &Envoy, r: &HttpResponse, reason: Reason, what: &str) -> PaymentRequired {
-    assert_eq!(r.status, 402, "{what}: expected 402, got {} {}\n{}", r.status, r.text(), envoy.log_tail(20));
+fn assert_challenge(
+    envoy: &Envoy,
+    r: &HttpResponse,
+    reason: Reason,
+    what: &str,
+) -> PaymentRequired {
+    assert_eq!(
+        r.status,
+        402,
+        "{what}: expected 402, got {} {}\n{}",
+        r.status,
+        r.text(),
+        envoy.log_tail(20)
+    );
     assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
     assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
     let body = r.json();
     assert_eq!(body["reason"], reason.message(), "{what}: {body}");
     assert_eq!(body["error"], reason.code(), "{what}: {body}");
-    let header = r.header("payment-required").unwrap_or_else(|| panic!("{what}: no PAYMENT-REQUIRED header"));
+    let header = r
+        .header("payment-required")
+        .unwrap_or_else(|| panic!("{what}: no PAYMENT-REQUIRED header"));
     let decoded = x402_protocol::b64::decode(header).expect("PAYMENT-REQUIRED is base64");
     serde_json::from_slice(&decoded).expect("PAYMENT-REQUIRED is x402 v2 JSON")
 }
@@ -99,7 +123,13 @@ fn priced_routes_challenge_and_accept_tokens() {
     let key = fresh_key("main");
     let kid = key_id(key.verifying_key());
     let upstream = Upstream::start().unwrap();
-    let envoy = start_envoy(&filter_config(&key, 3000, "deny"), EnvoyOpts { upstream_port: Some(upstream.port()), ..Default::default() });
+    let envoy = start_envoy(
+        &filter_config(&key, 3000, "deny"),
+        EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            ..Default::default()
+        },
+    );
 
     // Unpriced path: straight to the upstream, untouched.
     let r = envoy.get("/public/hello?x=1");
@@ -110,13 +140,17 @@ fn priced_routes_challenge_and_accept_tokens() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     // No token: 402 with the seed body and the x402 v2 header.
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather?city=Paris").header("host", "api.example.com:8080"));
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/weather?city=Paris").header("host", "api.example.com:8080"),
+    );
     let pr = assert_challenge(&envoy, &r, Reason::MissingToken, "no token");
     let body = r.json();
     assert_eq!(body["access_token_endpoint"], "/x402/token/weather");
     assert_eq!(body["route"], "weather");
     assert_eq!(body["payment_scheme"]["protocol_version"], "Version 0.1");
-    let comps = body["payment_scheme"]["payment_components"].as_array().unwrap();
+    let comps = body["payment_scheme"]["payment_components"]
+        .as_array()
+        .unwrap();
     assert_eq!(comps.len(), 2);
     assert_eq!(comps[0]["payment_type"], "evm");
     assert_eq!(comps[0]["amount"].to_string(), "0.01");
@@ -126,16 +160,29 @@ fn priced_routes_challenge_and_accept_tokens() {
     assert_eq!(comps[1]["scheme"], "permit");
     assert_eq!(comps[1]["metadata"]["wallet_address"], SPENDER);
     assert_eq!(pr.x402_version, 2);
-    assert_eq!(pr.resource.url, "http://api.example.com:8080/api/weather?city=Paris");
+    assert_eq!(
+        pr.resource.url,
+        "http://api.example.com:8080/api/weather?city=Paris"
+    );
     assert_eq!(pr.resource.description, "Weather report");
     assert_eq!(pr.resource.mime_type, "application/json");
     assert_eq!(pr.accepts.len(), 1, "x402 v2 lists only the exact method");
     let a = &pr.accepts[0];
-    assert_eq!((a.scheme.as_str(), a.network.as_str(), a.amount.as_str()), ("exact", "eip155:84532", "10000"));
-    assert_eq!((a.asset.as_str(), a.pay_to.as_str(), a.max_timeout_seconds), (USDC, PAY_TO, 300));
+    assert_eq!(
+        (a.scheme.as_str(), a.network.as_str(), a.amount.as_str()),
+        ("exact", "eip155:84532", "10000")
+    );
+    assert_eq!(
+        (a.asset.as_str(), a.pay_to.as_str(), a.max_timeout_seconds),
+        (USDC, PAY_TO, 300)
+    );
     assert_eq!(a.extra.as_ref().unwrap().name, "USDC");
     // x-forwarded-proto decides the scheme of resource.url.
-    let r = envoy.send(&HttpRequest::new("GET", "/api/users/7/report").header("x-forwarded-proto", "https").header("host", "a.test"));
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/users/7/report")
+            .header("x-forwarded-proto", "https")
+            .header("host", "a.test"),
+    );
     let pr = assert_challenge(&envoy, &r, Reason::MissingToken, "template route");
     assert_eq!(pr.resource.url, "https://a.test/api/users/7/report");
     assert_eq!(pr.accepts[0].amount, "1500000");
@@ -145,26 +192,70 @@ fn priced_routes_challenge_and_accept_tokens() {
     let t = now();
     let token = mint(&key, &kid, claims("weather", 10_000), t, 300);
     let misses_before = envoy.stat("wasmcustom.x402_token_cache_misses");
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather?city=Paris").header("authorization", &bearer(&token)));
-    assert_eq!(r.status, 200, "valid token: {}\n{}", r.text(), envoy.log_tail(20));
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/weather?city=Paris")
+            .header("authorization", &bearer(&token)),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "valid token: {}\n{}",
+        r.text(),
+        envoy.log_tail(20)
+    );
     let echoed = r.json();
     assert_eq!(echoed["path"], "/api/weather?city=Paris");
     assert_eq!(echoed["headers"]["authorization"], bearer(&token));
-    assert_eq!(upstream.requests().iter().filter(|q| q.path.starts_with("/api/weather")).count(), 2, "the 402s never reached the upstream");
+    assert_eq!(
+        upstream
+            .requests()
+            .iter()
+            .filter(|q| q.path.starts_with("/api/weather"))
+            .count(),
+        2,
+        "the 402s never reached the upstream"
+    );
     let hits_before = envoy.stat("wasmcustom.x402_token_cache_hits");
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&token)));
+    let r = envoy
+        .send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&token)));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(envoy.stat("wasmcustom.x402_token_cache_misses"), misses_before + 1, "one signature check");
-    assert_eq!(envoy.stat("wasmcustom.x402_token_cache_hits"), hits_before + 1, "second use served from the cache");
+    assert_eq!(
+        envoy.stat("wasmcustom.x402_token_cache_misses"),
+        misses_before + 1,
+        "one signature check"
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.x402_token_cache_hits"),
+        hits_before + 1,
+        "second use served from the cache"
+    );
     // Paying more than the price is fine; the permit scheme's token also opens the route.
     let rich = mint(&key, &kid, claims("weather", 50_000), t, 300);
-    assert_eq!(envoy.send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&rich))).status, 200);
+    assert_eq!(
+        envoy
+            .send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&rich)))
+            .status,
+        200
+    );
     // The cached token still only opens its own route.
-    let r = envoy.send(&HttpRequest::new("GET", "/api/users/1/report").header("authorization", &bearer(&token)));
-    assert_challenge(&envoy, &r, Reason::WrongRoute, "cached token on another route");
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/users/1/report").header("authorization", &bearer(&token)),
+    );
+    assert_challenge(
+        &envoy,
+        &r,
+        Reason::WrongRoute,
+        "cached token on another route",
+    );
 
     // Every bad token: 402 with its reason.
-    let forged = mint(&fresh_key("forger"), &kid, claims("weather", 10_000), t, 300);
+    let forged = mint(
+        &fresh_key("forger"),
+        &kid,
+        claims("weather", 10_000),
+        t,
+        300,
+    );
     let expired = mint(&key, &kid, claims("weather", 10_000), t - 1000, 300);
     let future = mint(&key, &kid, claims("weather", 10_000), t + 600, 300);
     let other_route = mint(&key, &kid, claims("report", 1_500_000), t, 300);
@@ -174,43 +265,85 @@ fn priced_routes_challenge_and_accept_tokens() {
     wrong_asset_claims.asset = Address::repeat_byte(0x42);
     let wrong_asset = mint(&key, &kid, wrong_asset_claims, t, 300);
     let payload = token.split('.').nth(1).unwrap().to_string();
-    let alg_none = format!("{}.{payload}.", b64url(format!(r#"{{"alg":"none","kid":"{kid}"}}"#).as_bytes()));
-    let hs256 = format!("{}.{payload}.{}", b64url(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#).as_bytes()), b64url(b"sig"));
+    let alg_none = format!(
+        "{}.{payload}.",
+        b64url(format!(r#"{{"alg":"none","kid":"{kid}"}}"#).as_bytes())
+    );
+    let hs256 = format!(
+        "{}.{payload}.{}",
+        b64url(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#).as_bytes()),
+        b64url(b"sig")
+    );
     let cases: Vec<(&str, String, Reason)> = vec![
         ("forged signature", bearer(&forged), Reason::BadSignature),
         ("expired", bearer(&expired), Reason::Expired),
         ("not yet valid", bearer(&future), Reason::NotYetValid),
-        ("token for another route", bearer(&other_route), Reason::WrongRoute),
+        (
+            "token for another route",
+            bearer(&other_route),
+            Reason::WrongRoute,
+        ),
         ("unknown kid", bearer(&unknown_kid), Reason::UnknownKey),
-        ("amount below the price", bearer(&too_cheap), Reason::WrongRoute),
+        (
+            "amount below the price",
+            bearer(&too_cheap),
+            Reason::WrongRoute,
+        ),
         ("other asset", bearer(&wrong_asset), Reason::WrongRoute),
         ("alg none", bearer(&alg_none), Reason::UnsupportedAlgorithm),
         ("alg HS256", bearer(&hs256), Reason::UnsupportedAlgorithm),
         ("garbage token", bearer("garbage"), Reason::MalformedToken),
-        ("three garbage parts", bearer("a.b.c"), Reason::MalformedToken),
-        ("malformed header", format!("Token {token}"), Reason::MalformedHeader),
-        ("bearer without token", "Bearer".to_string(), Reason::MalformedHeader),
+        (
+            "three garbage parts",
+            bearer("a.b.c"),
+            Reason::MalformedToken,
+        ),
+        (
+            "malformed header",
+            format!("Token {token}"),
+            Reason::MalformedHeader,
+        ),
+        (
+            "bearer without token",
+            "Bearer".to_string(),
+            Reason::MalformedHeader,
+        ),
     ];
     let rejected_before = envoy.stat("wasmcustom.x402_rejected_bad_signature");
     for (what, header, reason) in &cases {
-        let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("authorization", header));
+        let r =
+            envoy.send(&HttpRequest::new("GET", "/api/weather").header("authorization", header));
         assert_challenge(&envoy, &r, *reason, what);
     }
-    assert_eq!(envoy.stat("wasmcustom.x402_rejected_bad_signature"), rejected_before + 1);
+    assert_eq!(
+        envoy.stat("wasmcustom.x402_rejected_bad_signature"),
+        rejected_before + 1
+    );
     assert!(envoy.stat("wasmcustom.x402_rejected_wrong_route") >= 4);
     assert!(envoy.stat("wasmcustom.x402_challenges") >= cases.len() as u64 + 3);
     assert!(envoy.stat("wasmcustom.x402_accepted") >= 3);
 
     // A token for the template route opens it.
-    let r = envoy.send(&HttpRequest::new("GET", "/api/users/9/report").header("authorization", &bearer(&other_route)));
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/users/9/report")
+            .header("authorization", &bearer(&other_route)),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     // Path tricks do not escape the price: Envoy normalizes before the filter.
-    for p in ["/api//weather", "/api/./weather", "/public/../api/weather", "/api/users/9/report/"] {
+    for p in [
+        "/api//weather",
+        "/api/./weather",
+        "/public/../api/weather",
+        "/api/users/9/report/",
+    ] {
         let r = envoy.get(p);
         assert_eq!(r.status, 402, "{p}: {} {}", r.status, r.text());
     }
     let stats = envoy.stats().unwrap();
-    assert!(stats.contains("wasmcustom.x402_token_requests"), "metrics are defined:\n{stats}");
+    assert!(
+        stats.contains("wasmcustom.x402_token_requests"),
+        "metrics are defined:\n{stats}"
+    );
 }
 
 #[test]
@@ -220,37 +353,82 @@ fn token_endpoint_fails_closed_and_bounds_bodies() {
     let envoy = start_envoy(&filter_config(&key, 1500, "deny"), EnvoyOpts::default());
 
     let started = Instant::now();
-    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather?ref=1").header("content-type", "application/json").body(r#"{"version":"Version 0.1","permit":{}}"#));
+    let r = envoy.send(
+        &HttpRequest::new("POST", "/x402/token/weather?ref=1")
+            .header("content-type", "application/json")
+            .body(r#"{"version":"Version 0.1","permit":{}}"#),
+    );
     assert_eq!(r.status, 503, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(5), "answered within the settler timeout, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the settler timeout, took {:?}",
+        started.elapsed()
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let body = r.json();
     assert_eq!(body["error"], "settler_unavailable", "{body}");
-    assert!(body["message"].as_str().unwrap().contains("settler"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("settler"),
+        "{body}"
+    );
     assert!(envoy.stat("wasmcustom.x402_settler_errors") >= 1);
     assert!(envoy.stat("wasmcustom.x402_token_requests") >= 1);
 
     // Oversized bodies: 413, announced by content-length or discovered while streaming.
     let big = vec![b'a'; 10_000];
     let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body(big.clone()));
-    assert_eq!((r.status, r.json()["error"].clone()), (413, json!("payload_too_large")), "{}", r.text());
-    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body(big).chunked());
-    assert_eq!((r.status, r.json()["error"].clone()), (413, json!("payload_too_large")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (413, json!("payload_too_large")),
+        "{}",
+        r.text()
+    );
+    let r = envoy.send(
+        &HttpRequest::new("POST", "/x402/token/weather")
+            .body(big)
+            .chunked(),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (413, json!("payload_too_large")),
+        "{}",
+        r.text()
+    );
 
     // Not JSON: 400. Empty: 400.
     let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body("not json"));
-    assert_eq!((r.status, r.json()["error"].clone()), (400, json!("invalid_json")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_json")),
+        "{}",
+        r.text()
+    );
     let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body(""));
-    assert_eq!((r.status, r.json()["error"].clone()), (400, json!("invalid_json")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_json")),
+        "{}",
+        r.text()
+    );
     let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather"));
     assert_eq!(r.status, 400, "{}", r.text());
 
     // Unknown route: 404. Wrong method: 405.
     let r = envoy.send(&HttpRequest::new("POST", "/x402/token/nope").body("{}"));
-    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("unknown_route")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (404, json!("unknown_route")),
+        "{}",
+        r.text()
+    );
     let r = envoy.get("/x402/token/weather");
-    assert_eq!((r.status, r.json()["error"].clone()), (405, json!("method_not_allowed")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (405, json!("method_not_allowed")),
+        "{}",
+        r.text()
+    );
     assert_eq!(r.header("allow"), Some("POST"));
 }
 
@@ -287,54 +465,123 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     let upstream = Upstream::start().unwrap();
     let envoy = start_envoy(
         &filter_config(&key, 1000, "deny"),
-        EnvoyOpts { upstream_port: Some(upstream.port()), settler_port: Some(settler.port()), ..Default::default() },
+        EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            settler_port: Some(settler.port()),
+            ..Default::default()
+        },
     );
 
     // Seed flow: POST the payment to the token endpoint; the settler's answer is relayed.
-    let payment = json!({"version": "Version 0.1", "permit": {"permit_type": "ERC3009", "value": 10000}});
-    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").header("content-type", "application/json").body(payment.to_string()));
+    let payment =
+        json!({"version": "Version 0.1", "permit": {"permit_type": "ERC3009", "value": 10000}});
+    let r = envoy.send(
+        &HttpRequest::new("POST", "/x402/token/weather")
+            .header("content-type", "application/json")
+            .body(payment.to_string()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("cache-control"), Some("no-store"));
     assert_eq!(r.json()["access_token"], minted.as_str());
     let sent = settler.requests();
     assert_eq!(sent.len(), 1);
-    assert_eq!((sent[0].method.as_str(), sent[0].path.as_str()), ("POST", "/v1/tokens"));
+    assert_eq!(
+        (sent[0].method.as_str(), sent[0].path.as_str()),
+        ("POST", "/v1/tokens")
+    );
     assert_eq!(sent[0].header("host"), Some("x402-settler"));
-    let req: TokenRequest = serde_json::from_slice(&sent[0].body).expect("the filter sends a TokenRequest");
+    let req: TokenRequest =
+        serde_json::from_slice(&sent[0].body).expect("the filter sends a TokenRequest");
     assert_eq!(req.requirement.route, "weather");
     assert_eq!(req.requirement.token_ttl_secs, 300);
     assert_eq!(req.requirement.accepts.len(), 2);
-    assert_eq!(req.requirement.accepts[0].amount, U256::from(10_000u64), "price from the config, in base units");
-    assert_eq!(serde_json::from_str::<Value>(req.payment.get()).unwrap(), payment, "payment relayed as sent");
+    assert_eq!(
+        req.requirement.accepts[0].amount,
+        U256::from(10_000u64),
+        "price from the config, in base units"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(req.payment.get()).unwrap(),
+        payment,
+        "payment relayed as sent"
+    );
     // Settler refusals are relayed with their status.
-    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body(json!({"mode": "refuse"}).to_string()));
-    assert_eq!((r.status, r.json()["error"].clone()), (402, json!("invalid_exact_evm_payload_signature")));
+    let r = envoy.send(
+        &HttpRequest::new("POST", "/x402/token/weather")
+            .body(json!({"mode": "refuse"}).to_string()),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (402, json!("invalid_exact_evm_payload_signature"))
+    );
     // A 5xx without a body is an outage: 503.
-    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body(json!({"mode": "crash"}).to_string()));
-    assert_eq!((r.status, r.json()["error"].clone()), (503, json!("settler_unavailable")), "{}", r.text());
+    let r = envoy.send(
+        &HttpRequest::new("POST", "/x402/token/weather").body(json!({"mode": "crash"}).to_string()),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, json!("settler_unavailable")),
+        "{}",
+        r.text()
+    );
     // A settler slower than timeout_ms: 503, in about timeout_ms.
     let started = Instant::now();
-    let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body(json!({"mode": "slow"}).to_string()));
-    assert_eq!((r.status, r.json()["error"].clone()), (503, json!("settler_unavailable")), "{}", r.text());
-    assert!(started.elapsed() < Duration::from_millis(2800), "timeout honoured: {:?}", started.elapsed());
+    let r = envoy.send(
+        &HttpRequest::new("POST", "/x402/token/weather").body(json!({"mode": "slow"}).to_string()),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, json!("settler_unavailable")),
+        "{}",
+        r.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2800),
+        "timeout honoured: {:?}",
+        started.elapsed()
+    );
 
     // x402 v2: PAYMENT-SIGNATURE on the resource itself.
     let sig_json = json!({"x402Version": 2, "payload": {"authorization": {"from": PAYER}}, "accepted": {"scheme": "exact"}});
     let sig = x402_protocol::b64::encode(sig_json.to_string().as_bytes());
     let before = settler.requests().len();
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather?v=2").header("payment-signature", &sig).header("host", "shop.test"));
-    assert_eq!(r.status, 200, "paid request reaches the upstream: {}\n{}", r.text(), envoy.log_tail(20));
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/weather?v=2")
+            .header("payment-signature", &sig)
+            .header("host", "shop.test"),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "paid request reaches the upstream: {}\n{}",
+        r.text(),
+        envoy.log_tail(20)
+    );
     assert_eq!(r.json()["path"], "/api/weather?v=2");
-    let receipt: Value = serde_json::from_slice(&x402_protocol::b64::decode(r.header("payment-response").expect("PAYMENT-RESPONSE")).unwrap()).unwrap();
-    assert_eq!(receipt, json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": PAYER}));
+    let receipt: Value = serde_json::from_slice(
+        &x402_protocol::b64::decode(r.header("payment-response").expect("PAYMENT-RESPONSE"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        receipt,
+        json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": PAYER})
+    );
     assert_eq!(r.header("x-x402-access-token"), Some(minted.as_str()));
     let sent = settler.requests();
     assert_eq!(sent.len(), before + 1);
     let req: TokenRequest = serde_json::from_slice(&sent[before].body).unwrap();
-    assert_eq!(req.requirement.resource.as_deref(), Some("http://shop.test/api/weather?v=2"));
-    assert_eq!(serde_json::from_str::<Value>(req.payment.get()).unwrap(), sig_json);
+    assert_eq!(
+        req.requirement.resource.as_deref(),
+        Some("http://shop.test/api/weather?v=2")
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(req.payment.get()).unwrap(),
+        sig_json
+    );
     // The returned token works as a bearer token afterwards.
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&minted)));
+    let r = envoy
+        .send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&minted)));
     assert_eq!(r.status, 200);
 
     // Settler refuses the v2 payment: 402 challenge carrying the settler's error.
@@ -342,22 +589,45 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("payment-signature", &bad));
     assert_eq!(r.status, 402, "{}", r.text());
     assert_eq!(r.json()["error"], "invalid_exact_evm_payload_signature");
-    let pr: PaymentRequired = serde_json::from_slice(&x402_protocol::b64::decode(r.header("payment-required").unwrap()).unwrap()).unwrap();
-    assert_eq!(pr.error.as_deref(), Some("invalid_exact_evm_payload_signature"));
+    let pr: PaymentRequired = serde_json::from_slice(
+        &x402_protocol::b64::decode(r.header("payment-required").unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        pr.error.as_deref(),
+        Some("invalid_exact_evm_payload_signature")
+    );
     // Unusable PAYMENT-SIGNATURE: 402 without calling the settler.
     let before = settler.requests().len();
     let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("payment-signature", "%%%"));
-    assert_eq!((r.status, r.json()["error"].clone()), (402, json!("invalid_payment_signature")));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (402, json!("invalid_payment_signature"))
+    );
     assert_eq!(settler.requests().len(), before);
     // Settler outage on a v2 payment with failure_mode deny: 503.
     let crash = x402_protocol::b64::encode(json!({"mode": "crash"}).to_string().as_bytes());
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("payment-signature", &crash));
-    assert_eq!((r.status, r.json()["error"].clone()), (503, json!("settler_unavailable")), "{}", r.text());
+    let r =
+        envoy.send(&HttpRequest::new("GET", "/api/weather").header("payment-signature", &crash));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, json!("settler_unavailable")),
+        "{}",
+        r.text()
+    );
     // A valid token wins: no second payment.
     let before = settler.requests().len();
-    let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&minted)).header("payment-signature", &sig));
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/weather")
+            .header("authorization", &bearer(&minted))
+            .header("payment-signature", &sig),
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(settler.requests().len(), before, "no settler call when the token is valid");
+    assert_eq!(
+        settler.requests().len(),
+        before,
+        "no settler call when the token is valid"
+    );
     assert!(r.header("payment-response").is_none());
 }
 
@@ -365,15 +635,29 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
 fn failure_mode_allow_lets_paid_requests_through_on_outage() {
     let key = fresh_key("allow");
     let upstream = Upstream::start().unwrap();
-    let envoy = start_envoy(&filter_config(&key, 800, "allow"), EnvoyOpts { upstream_port: Some(upstream.port()), ..Default::default() });
+    let envoy = start_envoy(
+        &filter_config(&key, 800, "allow"),
+        EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            ..Default::default()
+        },
+    );
     let sig = x402_protocol::b64::encode(br#"{"x402Version":2,"payload":{}}"#);
     let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("payment-signature", &sig));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(envoy.log().contains("failure_mode=allow"), "a warning is logged");
+    assert!(
+        envoy.log().contains("failure_mode=allow"),
+        "a warning is logged"
+    );
     // Without a payment it is still a 402: allow only concerns settler outages.
     assert_eq!(envoy.get("/api/weather").status, 402);
     // The token endpoint always fails closed.
-    assert_eq!(envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body("{}")).status, 503);
+    assert_eq!(
+        envoy
+            .send(&HttpRequest::new("POST", "/x402/token/weather").body("{}"))
+            .status,
+        503
+    );
 }
 
 #[test]
@@ -382,28 +666,65 @@ fn invalid_plugin_config_is_refused_with_the_field_named() {
     let mut cfg = filter_config(&key, 3000, "deny");
     cfg["routes"][1]["price"] = json!("0.0000001");
     let failed = Envoy::start_expect_failure(&cfg.to_string(), EnvoyOpts::default()).unwrap();
-    assert!(!failed.became_ready, "Envoy must not serve with a refused plugin config:\n{}", failed.log);
+    assert!(
+        !failed.became_ready,
+        "Envoy must not serve with a refused plugin config:\n{}",
+        failed.log
+    );
     assert_ne!(failed.exit_code, Some(0), "{}", failed.log);
-    assert!(failed.exit_code.is_some(), "Envoy exits (does not hang):\n{}", failed.log);
-    assert!(failed.log.contains("x402 config: routes[1].price: "), "log names the field:\n{}", failed.log);
-    assert!(failed.log.contains("Unable to create Wasm plugin x402"), "{}", failed.log);
+    assert!(
+        failed.exit_code.is_some(),
+        "Envoy exits (does not hang):\n{}",
+        failed.log
+    );
+    assert!(
+        failed.log.contains("x402 config: routes[1].price: "),
+        "log names the field:\n{}",
+        failed.log
+    );
+    assert!(
+        failed.log.contains("Unable to create Wasm plugin x402"),
+        "{}",
+        failed.log
+    );
 
     let mut cfg = filter_config(&key, 3000, "deny");
     cfg["settler"]["failure_mod"] = json!("allow");
     let failed = Envoy::start_expect_failure(&cfg.to_string(), EnvoyOpts::default()).unwrap();
     assert!(!failed.became_ready);
-    assert!(failed.log.contains("x402 config: settler.failure_mod: unknown field"), "{}", failed.log);
+    assert!(
+        failed
+            .log
+            .contains("x402 config: settler.failure_mod: unknown field"),
+        "{}",
+        failed.log
+    );
 
     // `--mode validate` runs the plugin's configure too.
-    let good = x402_testkit::envoy::bootstrap_yaml(&filter_config(&key, 3000, "deny").to_string(), &EnvoyOpts::default(), 10001, 10002, 10003);
+    let good = x402_testkit::envoy::bootstrap_yaml(
+        &filter_config(&key, 3000, "deny").to_string(),
+        &EnvoyOpts::default(),
+        10001,
+        10002,
+        10003,
+    );
     let (ok, out) = Envoy::validate(&good).unwrap();
     assert!(ok, "{out}");
     let mut cfg = filter_config(&key, 3000, "deny");
     cfg["token_keys"][0]["public_key"] = json!("0x02abcd");
-    let bad = x402_testkit::envoy::bootstrap_yaml(&cfg.to_string(), &EnvoyOpts::default(), 10001, 10002, 10003);
+    let bad = x402_testkit::envoy::bootstrap_yaml(
+        &cfg.to_string(),
+        &EnvoyOpts::default(),
+        10001,
+        10002,
+        10003,
+    );
     let (ok, out) = Envoy::validate(&bad).unwrap();
     assert!(!ok, "{out}");
-    assert!(out.contains("x402 config: token_keys[0].public_key: "), "{out}");
+    assert!(
+        out.contains("x402 config: token_keys[0].public_key: "),
+        "{out}"
+    );
 }
 
 #[test]
@@ -425,22 +746,52 @@ fn token_endpoint_never_hangs_on_missing_bodies() {
     let mut s = std::net::TcpStream::connect(envoy.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let started = Instant::now();
-    s.write_all(b"POST /x402/token/weather HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\":12345").unwrap();
+    s.write_all(
+        b"POST /x402/token/weather HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\":12345",
+    )
+    .unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}\n{}", envoy.log_tail(20));
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "{answer}\n{}",
+        envoy.log_tail(20)
+    );
     assert!(answer.contains("request_timeout"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     drop(envoy);
 
     // An Envoy whose wasm plugin lacks allow_on_headers_stop_iteration never hands the body
     // to the filter: the request is answered 500 (not left hanging) and the log says why.
-    let envoy = start_envoy(&cfg, EnvoyOpts { allow_on_headers_stop_iteration: false, ..Default::default() });
+    let envoy = start_envoy(
+        &cfg,
+        EnvoyOpts {
+            allow_on_headers_stop_iteration: false,
+            ..Default::default()
+        },
+    );
     let started = Instant::now();
     let r = envoy.send(&HttpRequest::new("POST", "/x402/token/weather").body("{}"));
-    assert_eq!((r.status, r.json()["error"].clone()), (500, json!("filter_misconfigured")), "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
-    assert!(envoy.log().contains("allow_on_headers_stop_iteration"), "{}", envoy.log_tail(20));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (500, json!("filter_misconfigured")),
+        "{}",
+        r.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        envoy.log().contains("allow_on_headers_stop_iteration"),
+        "{}",
+        envoy.log_tail(20)
+    );
     // Everything else works without the option.
     assert_eq!(envoy.get("/api/weather").status, 402);
     assert_eq!(envoy.get("/x402/token/weather").status, 405);
