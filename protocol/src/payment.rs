@@ -321,6 +321,28 @@ mod tests {
         assert_eq!(a.to, "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse::<Address>().unwrap());
     }
 
+    /// Captured from x402-mock 0.3.0's `Http402Client` paying our gateway on anvil (chain 31337)
+    /// with tests/python/seed_pay.py; the settler accepted and settled it on chain.
+    const SEED_030_ANVIL: &str = r#"{"version":"Version 0.1","permit":{"permit_type":"ERC3009","signature":{"signature_type":"ERC3009","created_at":"2026-11-24T07:07:16.698755","v":28,"r":"0x5d97f9116d54aa8997011d22c878efa4c8604c46d74065f3e705153e3491f6fe","s":"0x2c5ae3405da411dcd6fb3adbd6e96c756cd78f3fb198158cdebddd88f3116ac2"},"created_at":"2026-11-24T07:07:16.691295","token":"0x5FbDB2315678afecb367f032d93F642f64180aa3","chain_id":31337,"authorizer":"0x70997970C51812dc3A010C7d01b50e0d17dc79C8","recipient":"0x90F79Bf6eb2c4F870365e51DB0aE3EeAa9a2a7b6","value":10000,"validAfter":0,"validBefore":1795504636,"nonce":"0x19067ad54570a4625d579a9868504fe2de741e323a85ea23847824c9917bf17a"}}"#;
+
+    #[test]
+    fn parses_a_real_seed_030_request() {
+        let (p, f) = parse_payment(SEED_030_ANVIL.as_bytes()).unwrap();
+        assert_eq!(f, PaymentFormat::Seed);
+        assert_eq!(p.scheme(), Scheme::Exact);
+        assert_eq!(p.network().chain_id, 31337);
+        assert_eq!(p.payer(), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".parse::<Address>().unwrap());
+        assert_eq!(p.token(), "0x5FbDB2315678afecb367f032d93F642f64180aa3".parse::<Address>().unwrap());
+        assert_eq!(p.value(), U256::from(10_000u64));
+        let ClientPayment::Authorization(a) = p else { panic!() };
+        assert_eq!(a.to, "0x90F79Bf6eb2c4F870365e51DB0aE3EeAa9a2a7b6".parse::<Address>().unwrap());
+        assert_eq!(a.valid_after, U256::ZERO);
+        assert_eq!(a.valid_before, U256::from(1795504636u64));
+        assert_eq!(a.nonce.0[0], 0x19);
+        assert_eq!(a.sig.v, 28);
+        assert_eq!(a.sig.r.0[0], 0x5d);
+    }
+
     #[test]
     fn parses_x402_v2() {
         let body = r#"{"x402Version":2,"payload":{"authorization":{"from":"0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266","to":"0x70997970C51812dc3A010C7d01b50e0d17dc79C8","value":"10000","validAfter":"0","validBefore":"1795497581","nonce":"0xc2c1e4f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4e698"},"signature":"0x02dd9f1c0e0d6a2c1f3e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e1f2e3d4c5b6a79880716253443526170819a8b7c6d5e4f3a2b1c0d9e8f7a1c"},"accepted":{"scheme":"exact","network":"eip155:84532","asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","amount":"10000","payTo":"0x70997970C51812dc3A010C7d01b50e0d17dc79C8","maxTimeoutSeconds":300,"extra":{"name":"USDC","version":"2"}}}"#;
