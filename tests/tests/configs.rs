@@ -1,0 +1,46 @@
+//! The configs we ship must load in the real Envoy: envoy/envoy.yaml once rendered, and never
+//! with its placeholders left in.
+
+use k256::ecdsa::SigningKey;
+use x402_protocol::token::{key_id, verifying_key_to_hex};
+use x402_testkit::envoy::Envoy;
+use x402_testkit::paths;
+
+fn template() -> String {
+    std::fs::read_to_string(paths::root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml")
+}
+
+fn render(text: &str, vars: &[(&str, String)]) -> String {
+    let mut out = text.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    out
+}
+
+#[test]
+fn rendered_local_envoy_config_validates() {
+    assert!(paths::filter_wasm().exists(), "run `make wasm` first");
+    let key = SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let vk = *key.verifying_key();
+    let yaml = render(
+        &template(),
+        &[
+            ("X402_KID", key_id(&vk)),
+            ("X402_PUBLIC_KEY", verifying_key_to_hex(&vk)),
+            ("X402_TOKEN_ADDRESS", "0x5FbDB2315678afecb367f032d93F642f64180aa3".into()),
+            ("X402_PAY_TO", "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into()),
+            ("X402_SPENDER", "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into()),
+        ],
+    );
+    assert!(!yaml.contains("${X402_"), "every placeholder is filled");
+    let (ok, out) = Envoy::validate(&yaml).unwrap();
+    assert!(ok, "rendered envoy/envoy.yaml must pass --mode validate:\n{out}");
+}
+
+#[test]
+fn unrendered_template_is_refused_naming_the_field() {
+    let (ok, out) = Envoy::validate(&template()).unwrap();
+    assert!(!ok, "a template with placeholders must never load");
+    assert!(out.contains("x402 config: token_keys[0]"), "log names the field:\n{out}");
+}
