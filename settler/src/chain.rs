@@ -1,5 +1,6 @@
 //! The chains: one RPC provider per network, the token's interface, the settler's wallet and
 //! transaction signing. Every RPC call has a timeout so requests fail closed instead of hanging.
+#![allow(clippy::too_many_arguments)] // sol!-generated ERC-3009 bindings
 
 use std::collections::HashMap;
 use std::future::IntoFuture;

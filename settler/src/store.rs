@@ -743,8 +743,8 @@ mod tests {
         let due = store.due_pending(31337, 10, 10).await.unwrap();
         assert_eq!(due.iter().map(|r| r.p.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         let tx = TxRow { chain_id: 31337, signer: Address::repeat_byte(5), nonce: 7, payment_id: "a".into(), kind: "transfer_from".into(), hash: B256::repeat_byte(9), raw: vec![1, 2, 3], state: "sent".into(), last_broadcast_ms: 0 };
-        assert!(store.record_submission("a", &[tx.clone()], None, tx.hash, 5).await.unwrap());
-        assert!(!store.record_submission("a", &[tx.clone()], None, tx.hash, 5).await.unwrap());
+        assert!(store.record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5).await.unwrap());
+        assert!(!store.record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5).await.unwrap());
         assert_eq!(store.max_tx_nonce(31337, Address::repeat_byte(5)).await.unwrap(), Some(7));
         assert_eq!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap()[0].raw, vec![1, 2, 3]);
         assert_eq!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::ZERO).await.unwrap(), vec![U256::ZERO]);

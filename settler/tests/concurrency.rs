@@ -187,8 +187,9 @@ async fn kill9_while_accepting_and_settling() {
                 let p = if i % 2 == 0 { env.permit(&key, PRICE, n, dl) } else { env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce()) };
                 let body = serde_json::json!({"requirement": req, "payment": p});
                 loop {
-                    match http.post(format!("{base}/v1/tokens")).json(&body).send().await {
-                        Ok(r) => {
+                    // An Err is a request the killed process dropped: retry the same payment.
+                    if let Ok(r) = http.post(format!("{base}/v1/tokens")).json(&body).send().await {
+                        {
                             let st = r.status().as_u16();
                             let v: serde_json::Value = r.json().await.unwrap_or_default();
                             match (st, code(&v)) {
@@ -197,7 +198,6 @@ async fn kill9_while_accepting_and_settling() {
                                 _ => panic!("payer {i} payment {n}: {st} {v}"),
                             }
                         }
-                        Err(_) => {} // process killed mid-request: retry the same payment
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

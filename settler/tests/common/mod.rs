@@ -1,7 +1,7 @@
 //! Shared set-up of the settler's chain tests: a real anvil with the real test token
 //! (tests/src/anvil.rs), the settler binary as a process (tests/src/settler.rs), and
 //! client-side EIP-712 signing written here independently of the settler's code.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::too_many_arguments)]
 
 use std::time::{Duration, Instant};
 
