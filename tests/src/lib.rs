@@ -6,4 +6,5 @@ pub mod envoy;
 pub mod paths;
 pub mod ports;
 pub mod settler;
+pub mod stack;
 pub mod upstream;

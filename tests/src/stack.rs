@@ -1,0 +1,118 @@
+//! The whole product on 127.0.0.1, as a user runs it: anvil with the test USDC, the settler
+//! binary (SQLite), Envoy with the filter in front of an upstream, wired by the filter config.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use x402_protocol::settler_api::{SettlementState, SettlementStatus};
+use x402_protocol::token::{key_id, signing_key_from_hex, verifying_key_to_hex};
+
+use crate::anvil::{dev_address, Anvil, DEV_KEYS};
+use crate::envoy::{Envoy, EnvoyOpts};
+use crate::settler::{SettlerOptions, SettlerProcess};
+use crate::upstream::Upstream;
+
+/// Route names and prices of [`Stack::filter_config`].
+pub const WEATHER: &str = "weather"; // 0.01 USDC, exact or permit, GET /api/weather
+pub const REPORT: &str = "report"; // 0.25 USDC, exact only, /api/report
+pub const WEATHER_PRICE: u64 = 10_000;
+pub const REPORT_PRICE: u64 = 250_000;
+
+pub struct Stack {
+    pub anvil: Anvil,
+    pub token: Address,
+    /// The settler's wallet (anvil dev account 0): spender of permits, sends settlements.
+    pub spender: Address,
+    /// The API owner's wallet (anvil dev account 9).
+    pub pay_to: Address,
+    pub settler: SettlerProcess,
+    pub upstream: Upstream,
+    pub envoy: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Result<Stack> {
+        let dir = tempfile::Builder::new().prefix("x402-stack-").tempdir()?;
+        let anvil = Anvil::start()?;
+        let token = anvil.deploy_token().await?;
+        let key_file = dir.path().join("token.key");
+        let db = format!("sqlite://{}?mode=rwc", dir.path().join("settler.db").display());
+        let mut opts = SettlerOptions::new(db, anvil.network().to_string(), anvil.rpc_url(), DEV_KEYS[0], &key_file);
+        opts.env.push(("RUST_LOG".into(), "info".into()));
+        let settler = SettlerProcess::start(opts).await?;
+        let upstream = Upstream::start()?;
+        let spender = dev_address(0);
+        let pay_to = dev_address(9);
+        let key_hex = std::fs::read_to_string(&key_file).context("settler token key file")?;
+        let key = signing_key_from_hex(&key_hex).context("token key parses")?;
+        let config = Self::filter_config(&key, token, anvil.network().to_string(), spender, pay_to);
+        let envoy = Envoy::start(
+            &config.to_string(),
+            EnvoyOpts { upstream_port: Some(upstream.port()), settler_port: Some(settler.port()), ..EnvoyOpts::default() },
+        )?;
+        Ok(Stack { anvil, token, spender, pay_to, settler, upstream, envoy, _dir: dir })
+    }
+
+    /// The filter config of the stack: two priced routes, one free.
+    pub fn filter_config(key: &k256::ecdsa::SigningKey, token: Address, network: String, spender: Address, pay_to: Address) -> Value {
+        let vk = *key.verifying_key();
+        let asset = json!({"address": token.to_checksum(None), "decimals": 6, "name": "USDC", "version": "2", "symbol": "USDC"});
+        json!({
+            "token_endpoint_prefix": "/x402/token/",
+            "settler": {"cluster": "x402_settler", "authority": "x402-settler", "timeout_ms": 5000, "failure_mode": "deny"},
+            "token_keys": [{"kid": key_id(&vk), "public_key": verifying_key_to_hex(&vk)}],
+            "token_ttl_secs": 300,
+            "payment_methods": {
+                "usdc-exact": {"scheme": "exact", "network": network, "asset": asset, "pay_to": pay_to.to_checksum(None)},
+                "usdc-permit": {"scheme": "permit", "network": network, "asset": asset, "pay_to": pay_to.to_checksum(None), "spender": spender.to_checksum(None)}
+            },
+            "routes": [
+                {"name": WEATHER, "match": {"prefix": "/api/weather"}, "methods": ["GET"], "price": "0.01",
+                 "description": "Weather report", "payment_methods": ["usdc-exact", "usdc-permit"]},
+                {"name": REPORT, "match": {"prefix": "/api/report"}, "price": "0.25",
+                 "description": "Report", "payment_methods": ["usdc-exact"]}
+            ]
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        self.envoy.base_url()
+    }
+
+    /// A new payer with `usdc` whole USDC minted to it (it needs no ETH: it only signs).
+    pub async fn funded_payer(&self, usdc: u64) -> Result<PrivateKeySigner> {
+        let signer = PrivateKeySigner::random();
+        self.anvil.mint(self.token, signer.address(), U256::from(usdc) * U256::from(1_000_000u64)).await?;
+        Ok(signer)
+    }
+
+    pub async fn balance(&self, who: Address) -> Result<U256> {
+        self.anvil.balance_of(self.token, who).await
+    }
+
+    pub async fn settlement(&self, id: &str) -> Result<SettlementStatus> {
+        let r = reqwest::get(format!("{}/v1/settlements/{id}", self.settler.url())).await?;
+        if !r.status().is_success() {
+            bail!("GET settlement {id}: {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+
+    /// Waits until the settlement is `settled` (error if it fails or times out).
+    pub async fn wait_settled(&self, id: &str, timeout: Duration) -> Result<SettlementStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.settlement(id).await?;
+            match s.state {
+                SettlementState::Settled => return Ok(s),
+                SettlementState::Failed => bail!("settlement {id} failed: {:?}", s.error),
+                _ if Instant::now() > deadline => bail!("settlement {id} still {:?} after {timeout:?}", s.state),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
