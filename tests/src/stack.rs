@@ -24,7 +24,8 @@ pub const REPORT_PRICE: u64 = 250_000;
 pub struct Stack {
     pub anvil: Anvil,
     pub token: Address,
-    /// The settler's wallet (anvil dev account 0): spender of permits, sends settlements.
+    /// The settler's wallet (anvil dev account 8; account 0 deploys and mints in tests, and a
+    /// wallet must be used by the settler alone): spender of permits, sends settlements.
     pub spender: Address,
     /// The API owner's wallet (anvil dev account 9).
     pub pay_to: Address,
@@ -41,11 +42,11 @@ impl Stack {
         let token = anvil.deploy_token().await?;
         let key_file = dir.path().join("token.key");
         let db = format!("sqlite://{}?mode=rwc", dir.path().join("settler.db").display());
-        let mut opts = SettlerOptions::new(db, anvil.network().to_string(), anvil.rpc_url(), DEV_KEYS[0], &key_file);
+        let mut opts = SettlerOptions::new(db, anvil.network().to_string(), anvil.rpc_url(), DEV_KEYS[8], &key_file);
         opts.env.push(("RUST_LOG".into(), "info".into()));
         let settler = SettlerProcess::start(opts).await?;
         let upstream = Upstream::start()?;
-        let spender = dev_address(0);
+        let spender = dev_address(8);
         let pay_to = dev_address(9);
         let key_hex = std::fs::read_to_string(&key_file).context("settler token key file")?;
         let key = signing_key_from_hex(&key_hex).context("token key parses")?;
