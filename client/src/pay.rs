@@ -1,0 +1,489 @@
+//! The paying GET: request -> 402 -> choose a method within the caps -> sign -> token endpoint
+//! -> retry with `Authorization: Bearer` -> body. Tokens are cached per origin + path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use serde_json::Value;
+use x402_protocol::{format_base_units, Network, Scheme};
+
+use crate::cache::{self, CachedToken, TokenCache};
+use crate::caps::Caps;
+use crate::select::{self, Choice, SelectError};
+use crate::sign::{self, SignError, TokenDomain};
+
+alloy::sol! {
+    #[sol(rpc)]
+    interface IErc2612 {
+        function nonces(address owner) external view returns (uint256);
+    }
+}
+
+/// One step of the exchange, for `--verbose`.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Request { url: String, with_token: bool },
+    PaymentRequired { reason: String, methods: usize },
+    CachedTokenRejected { reason: String },
+    Chosen { scheme: Scheme, network: Network, amount: String, currency: String, token: Address, pay_to: Address, cap: String },
+    NonceRead { network: Network, nonce: U256 },
+    Signed { scheme: Scheme, payer: Address, valid_until: u64 },
+    TokenRequest { endpoint: String },
+    TokenObtained { expires_in: u64, settlement_id: Option<String> },
+    Retried { status: u16 },
+    Warning(String),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Request { url, with_token: true } => write!(f, "GET {url} with cached token"),
+            Step::Request { url, with_token: false } => write!(f, "GET {url}"),
+            Step::PaymentRequired { reason, methods } => write!(f, "402 Payment Required ({reason}); {methods} payment method(s) offered"),
+            Step::CachedTokenRejected { reason } => write!(f, "cached token refused ({reason}); paying again"),
+            Step::Chosen { scheme, network, amount, currency, token, pay_to, cap } => write!(
+                f,
+                "chose {} on {network}: {amount} {currency} (token {token}) to {pay_to}; cap {cap}",
+                scheme.as_str()
+            ),
+            Step::NonceRead { network, nonce } => write!(f, "read permit nonce {nonce} on {network}"),
+            Step::Signed { scheme, payer, valid_until } => write!(
+                f,
+                "signed {} as {payer}, valid until {valid_until}",
+                match scheme {
+                    Scheme::Permit => "EIP-2612 permit",
+                    Scheme::Exact => "ERC-3009 transferWithAuthorization",
+                }
+            ),
+            Step::TokenRequest { endpoint } => write!(f, "POST {endpoint}"),
+            Step::TokenObtained { expires_in, settlement_id } => write!(
+                f,
+                "token obtained, expires in {expires_in}s; settlement {}",
+                settlement_id.as_deref().unwrap_or("(not reported)")
+            ),
+            Step::Retried { status } => write!(f, "retried with token: HTTP {status}"),
+            Step::Warning(w) => write!(f, "warning: {w}"),
+        }
+    }
+}
+
+pub type StepFn = Arc<dyn Fn(&Step) + Send + Sync>;
+
+/// What the payer may do and with which key.
+#[derive(Clone)]
+pub struct Config {
+    pub caps: Caps,
+    pub signer: PrivateKeySigner,
+    /// JSON-RPC URL per network, to read EIP-2612 nonces (permit needs one; exact does not).
+    pub rpc: BTreeMap<Network, String>,
+    /// Mirror the token cache to this file (mode 0600). `None`: memory only.
+    pub cache_file: Option<PathBuf>,
+    /// EIP-2612 deadline = now + this.
+    pub permit_ttl_secs: u64,
+    /// ERC-3009 validBefore = now + this.
+    pub authorization_ttl_secs: u64,
+    pub http_timeout: Duration,
+    /// Called for every step (the CLI prints them with `--verbose`).
+    pub on_step: Option<StepFn>,
+}
+
+impl Config {
+    pub fn new(signer: PrivateKeySigner, caps: Caps) -> Self {
+        Config {
+            caps,
+            signer,
+            rpc: BTreeMap::new(),
+            cache_file: None,
+            permit_ttl_secs: 600,
+            authorization_ttl_secs: 600,
+            http_timeout: Duration::from_secs(30),
+            on_step: None,
+        }
+    }
+
+    pub fn with_rpc(mut self, network: Network, url: impl Into<String>) -> Self {
+        self.rpc.insert(network, url.into());
+        self
+    }
+
+    pub fn on_step(mut self, f: impl Fn(&Step) + Send + Sync + 'static) -> Self {
+        self.on_step = Some(Arc::new(f));
+        self
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("caps", &self.caps)
+            .field("payer", &self.signer.address())
+            .field("rpc", &self.rpc)
+            .field("cache_file", &self.cache_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What was paid for a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub scheme: Scheme,
+    pub network: Network,
+    pub asset: Address,
+    pub currency: String,
+    pub payer: Address,
+    pub pay_to: Address,
+    /// Base units signed.
+    pub amount: U256,
+    /// The same in human units (trusted decimals).
+    pub amount_human: String,
+    pub settlement_id: Option<String>,
+    pub route: Option<String>,
+    pub expires_in: u64,
+    /// Origin of the gateway that took the payment (for `status`).
+    pub origin: String,
+}
+
+#[derive(Debug)]
+pub struct PaidResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// A bearer token (cached or new) was sent on the final request.
+    pub token_used: bool,
+    /// Set when this call paid.
+    pub paid: Option<Receipt>,
+}
+
+impl PaidResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    #[error("invalid URL {0:?}: only absolute http(s) URLs")]
+    Url(String),
+    #[error("HTTP request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("402 from {url} without a payment challenge this client understands: {detail}")]
+    NotAChallenge { url: String, detail: String },
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error("access_token_endpoint {0:?} is not on the resource's origin: refused")]
+    ForeignEndpoint(String),
+    #[error("RPC {url} for {network}: {detail}")]
+    Rpc { network: Network, url: String, detail: String },
+    #[error("RPC {url} serves chain {got}, not {network}: refused")]
+    RpcChain { network: Network, url: String, got: u64 },
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error("token endpoint answered HTTP {status}: {code}: {message}{}", .expected_nonce.as_ref().map(|n| format!(" (expected permit nonce {n})")).unwrap_or_default())]
+    TokenEndpoint { status: u16, code: String, message: String, expected_nonce: Option<String> },
+    #[error("token endpoint answer is not a token: {0}")]
+    TokenAnswer(String),
+    #[error("paid {} {} (settlement {}), but the retry was refused again: HTTP {status} {reason}",
+        .receipt.amount_human, .receipt.currency, .receipt.settlement_id.as_deref().unwrap_or("?"))]
+    TokenRefused { status: u16, reason: String, receipt: Box<Receipt> },
+}
+
+impl PayError {
+    /// The CLI's exit code for this error: 3 = refused by the spend policy, 4 = anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PayError::Select(_) | PayError::ForeignEndpoint(_) | PayError::RpcChain { .. } => 3,
+            _ => 4,
+        }
+    }
+}
+
+/// The token endpoint's success answer. Only the first three fields are required (the seed
+/// SDK's response); the rest is the gateway's `TokenResponse`.
+#[derive(Debug, Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    expires_in: u64,
+    #[serde(default)]
+    settlement_id: Option<String>,
+    #[serde(default)]
+    route: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorAnswer {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    expected_nonce: Option<String>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn origin_of(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+/// Resolves the token endpoint against the resource URL: a path replaces the resource's path
+/// (its query is kept as written); an absolute URL must be on the same origin.
+pub fn token_endpoint(resource: &Url, endpoint: &str) -> Result<Url, PayError> {
+    if endpoint.starts_with('/') && !endpoint.starts_with("//") {
+        return resource.join(endpoint).map_err(|_| PayError::ForeignEndpoint(endpoint.to_string()));
+    }
+    match Url::parse(endpoint) {
+        Ok(u) if u.origin() == resource.origin() => Ok(u),
+        _ => Err(PayError::ForeignEndpoint(endpoint.to_string())),
+    }
+}
+
+/// Pays 402 challenges within the configured caps.
+pub struct Payer {
+    config: Config,
+    http: reqwest::Client,
+    cache: Mutex<TokenCache>,
+}
+
+impl Payer {
+    pub fn new(config: Config) -> Result<Payer, PayError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .user_agent(concat!("x402-pay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| PayError::Http { url: String::new(), source })?;
+        let cache = match &config.cache_file {
+            Some(p) => TokenCache::with_file(p),
+            None => TokenCache::new(),
+        };
+        Ok(Payer { config, http, cache: Mutex::new(cache) })
+    }
+
+    pub fn address(&self) -> Address {
+        self.config.signer.address()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn step(&self, s: Step) {
+        if let Some(f) = &self.config.on_step {
+            f(&s);
+        }
+    }
+
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached token for a URL, if still valid.
+    pub fn cached_token(&self, url: &str) -> Option<CachedToken> {
+        let u = Url::parse(url).ok()?;
+        self.cache_lock().get(&cache::key(&u), unix_now()).cloned()
+    }
+
+    async fn send(&self, url: &Url, token: Option<&str>) -> Result<reqwest::Response, PayError> {
+        self.step(Step::Request { url: url.to_string(), with_token: token.is_some() });
+        let mut req = self.http.get(url.clone());
+        if let Some(t) = token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.send().await.map_err(|source| PayError::Http { url: url.to_string(), source })
+    }
+
+    async fn finish(&self, url: &Url, resp: reqwest::Response, token_used: bool, paid: Option<Receipt>) -> Result<PaidResponse, PayError> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|source| PayError::Http { url: url.to_string(), source })?.to_vec();
+        Ok(PaidResponse { status, headers, body, token_used, paid })
+    }
+
+    /// GET `url`, paying at most once (within the caps) if the server answers 402.
+    pub async fn get(&self, url: &str) -> Result<PaidResponse, PayError> {
+        let url = Url::parse(url).map_err(|_| PayError::Url(url.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(PayError::Url(url.to_string()));
+        }
+        let key = cache::key(&url);
+        let cached = self.cache_lock().get(&key, unix_now()).cloned();
+        let resp = match cached {
+            Some(t) => {
+                let resp = self.send(&url, Some(&t.access_token)).await?;
+                if resp.status() != StatusCode::PAYMENT_REQUIRED {
+                    return self.finish(&url, resp, true, None).await;
+                }
+                if let Err(e) = self.cache_lock().remove(&key, unix_now()) {
+                    self.step(Step::Warning(e.to_string()));
+                }
+                resp
+            }
+            None => {
+                let resp = self.send(&url, None).await?;
+                if resp.status() != StatusCode::PAYMENT_REQUIRED {
+                    return self.finish(&url, resp, false, None).await;
+                }
+                resp
+            }
+        };
+        self.pay_and_retry(&url, &key, resp).await
+    }
+
+    async fn pay_and_retry(&self, url: &Url, key: &str, resp: reqwest::Response) -> Result<PaidResponse, PayError> {
+        let has_v2_header = resp.headers().contains_key("payment-required");
+        let bytes = resp.bytes().await.map_err(|source| PayError::Http { url: url.to_string(), source })?;
+        let not_challenge = |detail: String| PayError::NotAChallenge {
+            url: url.to_string(),
+            detail: if has_v2_header { format!("{detail} (it has an x402 v2 PAYMENT-REQUIRED header; only the token-endpoint flow is implemented)") } else { detail },
+        };
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| not_challenge(format!("body is not JSON: {e}")))?;
+        let endpoint = body
+            .get("access_token_endpoint")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| not_challenge("no access_token_endpoint".into()))?
+            .to_string();
+        let reason = body.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        self.step(Step::PaymentRequired { reason: reason.clone(), methods: select::components(&body).len() });
+        let endpoint_url = token_endpoint(url, &endpoint)?;
+
+        let rpc = &self.config.rpc;
+        let choice = select::select(&body, &self.config.caps, &|n| rpc.contains_key(&n))?;
+        self.step(Step::Chosen {
+            scheme: choice.scheme,
+            network: choice.network,
+            amount: choice.human_amount(),
+            currency: choice.currency.clone(),
+            token: choice.token(),
+            pay_to: choice.pay_to,
+            cap: self.config.caps.max_text().to_string(),
+        });
+
+        let payload = self.sign_choice(&choice).await?;
+
+        self.step(Step::TokenRequest { endpoint: endpoint_url.to_string() });
+        let resp = self
+            .http
+            .post(endpoint_url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(payload.to_string())
+            .send()
+            .await
+            .map_err(|source| PayError::Http { url: endpoint_url.to_string(), source })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| PayError::Http { url: endpoint_url.to_string(), source })?;
+        if !status.is_success() {
+            let e: Option<ErrorAnswer> = serde_json::from_str(&text).ok();
+            let short: String = text.chars().take(300).collect();
+            return Err(PayError::TokenEndpoint {
+                status: status.as_u16(),
+                code: e.as_ref().and_then(|e| e.error.clone()).unwrap_or_else(|| "error".into()),
+                message: e.as_ref().and_then(|e| e.message.clone()).unwrap_or(short),
+                expected_nonce: e.and_then(|e| e.expected_nonce),
+            });
+        }
+        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|e| PayError::TokenAnswer(e.to_string()))?;
+        if let Some(tt) = &answer.token_type {
+            if !tt.eq_ignore_ascii_case("bearer") {
+                return Err(PayError::TokenAnswer(format!("token_type {tt:?} is not Bearer")));
+            }
+        }
+        self.step(Step::TokenObtained { expires_in: answer.expires_in, settlement_id: answer.settlement_id.clone() });
+        let receipt = Receipt {
+            scheme: choice.scheme,
+            network: choice.network,
+            asset: choice.token(),
+            currency: choice.currency.clone(),
+            payer: self.address(),
+            pay_to: choice.pay_to,
+            amount: choice.amount,
+            amount_human: format_base_units(choice.amount, choice.decimals),
+            settlement_id: answer.settlement_id.clone(),
+            route: answer.route.clone().or_else(|| body.get("route").and_then(|v| v.as_str()).map(String::from)),
+            expires_in: answer.expires_in,
+            origin: origin_of(url),
+        };
+        let now = unix_now();
+        let cached = CachedToken {
+            access_token: answer.access_token.clone(),
+            expires_at: now + answer.expires_in as i64,
+            route: receipt.route.clone(),
+            settlement_id: answer.settlement_id.clone(),
+        };
+        if let Err(e) = self.cache_lock().put(key, cached, now) {
+            self.step(Step::Warning(e.to_string()));
+        }
+
+        let resp = self.send(url, Some(&answer.access_token)).await?;
+        self.step(Step::Retried { status: resp.status().as_u16() });
+        if resp.status() == StatusCode::PAYMENT_REQUIRED {
+            let _ = self.cache_lock().remove(key, unix_now());
+            let text = resp.text().await.unwrap_or_default();
+            let reason = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(String::from))
+                .unwrap_or_default();
+            return Err(PayError::TokenRefused { status: 402, reason, receipt: Box::new(receipt) });
+        }
+        self.finish(url, resp, true, Some(receipt)).await
+    }
+
+    async fn sign_choice(&self, c: &Choice) -> Result<Value, PayError> {
+        let now = unix_now().max(0) as u64;
+        let signer = &self.config.signer;
+        match c.scheme {
+            Scheme::Exact => {
+                let valid_before = now + self.config.authorization_ttl_secs;
+                let v = sign::sign_authorization(
+                    signer,
+                    &c.domain,
+                    signer.address(),
+                    c.pay_to,
+                    c.amount,
+                    U256::ZERO,
+                    U256::from(valid_before),
+                    sign::random_nonce(),
+                )?;
+                self.step(Step::Signed { scheme: c.scheme, payer: signer.address(), valid_until: valid_before });
+                Ok(v)
+            }
+            Scheme::Permit => {
+                let spender = c.spender.ok_or_else(|| SignError::Signer("permit without spender".into()))?;
+                let nonce = self.permit_nonce(c.network, &c.domain).await?;
+                self.step(Step::NonceRead { network: c.network, nonce });
+                let deadline = now + self.config.permit_ttl_secs;
+                let v = sign::sign_permit(signer, &c.domain, signer.address(), spender, c.amount, nonce, U256::from(deadline))?;
+                self.step(Step::Signed { scheme: c.scheme, payer: signer.address(), valid_until: deadline });
+                Ok(v)
+            }
+        }
+    }
+
+    /// Reads `nonces(owner)` on the component's chain, after checking the RPC is that chain.
+    async fn permit_nonce(&self, network: Network, domain: &TokenDomain) -> Result<U256, PayError> {
+        let url = self.config.rpc.get(&network).cloned().unwrap_or_default();
+        let rpc_err = |detail: String| PayError::Rpc { network, url: url.clone(), detail };
+        let parsed: Url = url.parse().map_err(|_| rpc_err("not a URL".into()))?;
+        let provider = ProviderBuilder::new().connect_http(parsed);
+        let got = provider.get_chain_id().await.map_err(|e| rpc_err(e.to_string()))?;
+        if got != network.chain_id {
+            return Err(PayError::RpcChain { network, url, got });
+        }
+        let token = IErc2612::new(domain.verifying_contract, &provider);
+        token.nonces(self.address()).call().await.map_err(|e| rpc_err(format!("nonces(): {e}")))
+    }
+}

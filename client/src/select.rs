@@ -1,0 +1,282 @@
+//! Picks one payment component of a seed 402 body within the caps.
+//!
+//! A component is acceptable only if all of this holds (else it is refused with a reason):
+//! `payment_type` is `evm`; its scheme is allowed; `caip2` and `chain_id` name the same chain and
+//! that chain is allowed; the asset is allowed and has trusted decimals (see [`crate::caps`]);
+//! the server's stated decimals equal the trusted ones; the human `amount` at those decimals
+//! equals `amount_base_units` exactly; that amount is within the cap; a permit names a spender
+//! and the client can read the permit nonce on that chain.
+//!
+//! Among acceptable components the user's scheme order wins, then the lower amount, then the
+//! server's order.
+
+use alloy::primitives::{Address, U256};
+use serde_json::Value;
+use x402_protocol::challenge::{parse_human_amount, SeedComponent};
+use x402_protocol::{format_base_units, Network, Scheme};
+
+use crate::caps::Caps;
+use crate::sign::TokenDomain;
+
+/// The component chosen, with everything needed to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// Index in the server's component list.
+    pub index: usize,
+    pub scheme: Scheme,
+    pub network: Network,
+    pub domain: TokenDomain,
+    pub pay_to: Address,
+    /// Permit spender (the settler's wallet). `None` for `exact`.
+    pub spender: Option<Address>,
+    /// What will be signed, in base units.
+    pub amount: U256,
+    /// Trusted decimals of the asset.
+    pub decimals: u8,
+    pub currency: String,
+}
+
+impl Choice {
+    pub fn token(&self) -> Address {
+        self.domain.verifying_contract
+    }
+    /// Amount in human units, e.g. "0.5".
+    pub fn human_amount(&self) -> String {
+        format_base_units(self.amount, self.decimals)
+    }
+}
+
+/// Why a component was not chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error("the 402 body lists no payment components")]
+    Empty,
+    #[error("no payment method within your limits: {}", .0.iter().map(|r| format!("[{}] {}", r.index, r.reason)).collect::<Vec<_>>().join("; "))]
+    NoneAcceptable(Vec<Refusal>),
+}
+
+/// The component list of a seed 402 body (`payment_scheme.payment_components`, else
+/// `payment_methods`), as raw JSON so one odd component does not hide the others.
+pub fn components(body: &Value) -> Vec<Value> {
+    body.pointer("/payment_scheme/payment_components")
+        .or_else(|| body.get("payment_methods"))
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Checks one component against the caps.
+pub fn check(index: usize, raw: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -> Result<Choice, String> {
+    let c: SeedComponent =
+        serde_json::from_value(raw.clone()).map_err(|e| format!("component not understood: {e}"))?;
+    if !c.payment_type.eq_ignore_ascii_case("evm") {
+        return Err(format!("payment_type {:?} is not evm", c.payment_type));
+    }
+    if !caps.allowed_schemes().contains(&c.scheme) {
+        return Err(format!("scheme {} not allowed", c.scheme.as_str()));
+    }
+    if c.caip2.chain_id != c.chain_id {
+        return Err(format!("caip2 {} and chain_id {} disagree", c.caip2, c.chain_id));
+    }
+    let network = c.caip2;
+    if !caps.network_allowed(network) {
+        return Err(format!("network {network} not allowed (add --network {network})"));
+    }
+    if !caps.asset_allowed(network, c.token) {
+        return Err(format!("asset {} on {network} not allowed (add --asset {})", c.token, c.token));
+    }
+    let decimals = caps
+        .trusted_decimals(network, c.token)
+        .ok_or_else(|| format!("asset {} has no trusted decimals (add --asset-decimals {}=N)", c.token, c.token))?;
+    if c.token_decimals != decimals || c.metadata.decimals != decimals {
+        return Err(format!(
+            "server states {} decimals for {}, the trusted value is {decimals}: refused",
+            if c.token_decimals != decimals { c.token_decimals } else { c.metadata.decimals },
+            c.token
+        ));
+    }
+    let base = x402_protocol::u256_serde::parse_str(&c.amount_base_units)
+        .filter(|_| c.amount_base_units.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("amount_base_units {:?} is not an integer", c.amount_base_units))?;
+    let human = parse_human_amount(&c.amount, decimals)
+        .map_err(|e| format!("amount {} is not exact at {decimals} decimals: {e}", c.amount.get()))?;
+    if human != base {
+        return Err(format!(
+            "amount {} at {decimals} decimals is {human} base units, but amount_base_units says {base}",
+            c.amount.get()
+        ));
+    }
+    let cap = caps.cap_base_units(network, c.token).map_err(|e| e.to_string())?;
+    if base > cap {
+        return Err(format!(
+            "costs {} {}, above your cap of {}",
+            format_base_units(base, decimals),
+            c.currency,
+            caps.max_text()
+        ));
+    }
+    let spender = match c.scheme {
+        Scheme::Permit => {
+            let s = c.spender.unwrap_or(c.metadata.wallet_address);
+            if s == Address::ZERO {
+                return Err("permit without a spender".into());
+            }
+            if !can_permit(network) {
+                return Err(format!("permit needs an RPC for {network} to read the nonce (add --rpc {network}=URL)"));
+            }
+            Some(s)
+        }
+        Scheme::Exact => None,
+    };
+    Ok(Choice {
+        index,
+        scheme: c.scheme,
+        network,
+        domain: TokenDomain::new(c.token_name.clone(), c.token_version.clone(), network.chain_id, c.token),
+        pay_to: c.pay_to,
+        spender,
+        amount: base,
+        decimals,
+        currency: c.currency,
+    })
+}
+
+/// Chooses the component to pay from a seed 402 body.
+pub fn select(body: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -> Result<Choice, SelectError> {
+    let list = components(body);
+    if list.is_empty() {
+        return Err(SelectError::Empty);
+    }
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for (i, raw) in list.iter().enumerate() {
+        match check(i, raw, caps, can_permit) {
+            Ok(c) => ok.push(c),
+            Err(reason) => refused.push(Refusal { index: i, reason }),
+        }
+    }
+    let pref = |s: Scheme| caps.allowed_schemes().iter().position(|x| *x == s).unwrap_or(usize::MAX);
+    ok.sort_by(|a, b| (pref(a.scheme), a.amount, a.index).cmp(&(pref(b.scheme), b.amount, b.index)));
+    ok.into_iter().next().ok_or(SelectError::NoneAcceptable(refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+
+    fn comp(scheme: &str, amount: &str, base: &str, decimals: u8) -> Value {
+        let amount: Value = serde_json::from_str(amount).unwrap();
+        json!({
+            "payment_type": "evm", "amount": amount, "amount_base_units": base, "currency": "USDC",
+            "scheme": scheme, "caip2": "eip155:31337", "chain_id": 31337,
+            "pay_to": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+            "spender": if scheme == "permit" { json!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266") } else { Value::Null },
+            "token": TOKEN, "token_name": "USDC", "token_decimals": decimals, "token_version": "2",
+            "metadata": {"symbol": "USDC", "name": "USDC", "decimals": decimals, "version": "2",
+                         "wallet_address": "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"}
+        })
+    }
+
+    fn body(cs: Vec<Value>) -> Value {
+        json!({"reason": "Missing authorization token", "access_token_endpoint": "/x402/token/r",
+               "payment_scheme": {"payment_components": cs, "protocol_version": "Version 0.1"},
+               "payment_instruction": "pay"})
+    }
+
+    fn caps(max: &str) -> Caps {
+        let t: Address = TOKEN.parse().unwrap();
+        Caps::default().with_max(max).unwrap().allow_network(Network::eip155(31337)).allow_asset(t).asset_decimals(t, 6)
+    }
+
+    fn yes(_: Network) -> bool {
+        true
+    }
+
+    #[test]
+    fn picks_within_cap_with_preference() {
+        let b = body(vec![comp("permit", "0.5", "500000", 6), comp("exact", "0.5", "500000", 6)]);
+        let c = select(&b, &caps("0.5"), &yes).unwrap();
+        assert_eq!(c.scheme, Scheme::Exact);
+        assert_eq!(c.amount, U256::from(500_000u64));
+        assert_eq!(c.human_amount(), "0.5");
+        let c = select(&b, &caps("0.5").schemes(vec![Scheme::Permit, Scheme::Exact]), &yes).unwrap();
+        assert_eq!(c.scheme, Scheme::Permit);
+        assert_eq!(c.spender, Some("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap()));
+        // Permit impossible without an RPC: falls back to exact, or refuses if only permit.
+        let c = select(&b, &caps("0.5").schemes(vec![Scheme::Permit, Scheme::Exact]), &|_| false).unwrap();
+        assert_eq!(c.scheme, Scheme::Exact);
+    }
+
+    #[test]
+    fn refuses_above_cap() {
+        let b = body(vec![comp("exact", "0.500001", "500001", 6)]);
+        let e = select(&b, &caps("0.5"), &yes).unwrap_err();
+        assert!(e.to_string().contains("above your cap of 0.5"), "{e}");
+        assert!(select(&b, &caps("0.500001"), &yes).is_ok());
+    }
+
+    #[test]
+    fn a_server_lying_about_decimals_cannot_move_the_cap() {
+        // The real token has 6 decimals. The server claims 18 and "0.5": that is 5e17 base units,
+        // a fortune in a 6-decimals token. A naive client comparing 0.5 <= 0.5 would sign it.
+        let b = body(vec![comp("exact", "0.5", "500000000000000000", 18)]);
+        let e = select(&b, &caps("1"), &yes).unwrap_err();
+        assert!(e.to_string().contains("server states 18 decimals"), "{e}");
+        // Claiming 2 decimals with matching numbers: also refused (amount would be misread).
+        let b = body(vec![comp("exact", "0.5", "50", 2)]);
+        assert!(select(&b, &caps("1"), &yes).is_err());
+        // Right decimals in token_decimals but a lie in metadata: refused.
+        let mut c = comp("exact", "0.5", "500000", 6);
+        c["metadata"]["decimals"] = json!(18);
+        assert!(select(&body(vec![c]), &caps("1"), &yes).is_err());
+    }
+
+    #[test]
+    fn human_and_base_amounts_must_agree() {
+        // Human amount says 0.5, base units say 5 USDC: refused whatever the cap.
+        let b = body(vec![comp("exact", "0.5", "5000000", 6)]);
+        let e = select(&b, &caps("100"), &yes).unwrap_err();
+        assert!(e.to_string().contains("amount_base_units says 5000000"), "{e}");
+        // Too precise for the trusted decimals.
+        let b = body(vec![comp("exact", "0.0000005", "0", 6)]);
+        assert!(select(&b, &caps("100"), &yes).is_err());
+        // Not an integer.
+        let b = body(vec![comp("exact", "0.5", "0x7a120", 6)]);
+        assert!(select(&b, &caps("100"), &yes).is_err());
+    }
+
+    #[test]
+    fn chain_network_and_asset_are_checked() {
+        let mut c = comp("exact", "0.5", "500000", 6);
+        c["chain_id"] = json!(1);
+        assert!(select(&body(vec![c]), &caps("1"), &yes).unwrap_err().to_string().contains("disagree"));
+        let mut c = comp("exact", "0.5", "500000", 6);
+        c["caip2"] = json!("eip155:8453");
+        c["chain_id"] = json!(8453);
+        assert!(select(&body(vec![c]), &caps("1"), &yes).unwrap_err().to_string().contains("not allowed"));
+        let mut c = comp("exact", "0.5", "500000", 6);
+        c["token"] = json!("0x0000000000000000000000000000000000000001");
+        assert!(select(&body(vec![c]), &caps("1"), &yes).unwrap_err().to_string().contains("not allowed"));
+        let mut c = comp("exact", "0.5", "500000", 6);
+        c["payment_type"] = json!("solana");
+        assert!(select(&body(vec![c]), &caps("1"), &yes).is_err());
+        assert_eq!(select(&body(vec![]), &caps("1"), &yes), Err(SelectError::Empty));
+    }
+
+    #[test]
+    fn cheapest_of_same_scheme_and_odd_components_do_not_hide_others() {
+        let b = body(vec![json!({"payment_type": "evm"}), comp("exact", "0.3", "300000", 6), comp("exact", "0.2", "200000", 6)]);
+        let c = select(&b, &caps("1"), &yes).unwrap();
+        assert_eq!(c.index, 2);
+        assert_eq!(c.amount, U256::from(200_000u64));
+    }
+}
