@@ -1,0 +1,268 @@
+//! The paying flow against an in-process fake gateway (real 402 bodies from x402-protocol, real
+//! payment parsing and signature recovery) and a fake JSON-RPC node for permit nonces.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::Signature;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use x402_client::caps::Caps;
+use x402_client::select::SelectError;
+use x402_client::sign::{self, TokenDomain};
+use x402_client::{Config, PayError, Payer, Step};
+use x402_protocol::challenge::{seed_body, ChallengeInput, Reason, Resource};
+use x402_protocol::method::{Asset, PaymentMethod};
+use x402_protocol::payment::{parse_payment, ClientPayment};
+use x402_protocol::settler_api::PricedMethod;
+use x402_protocol::{Network, Scheme};
+
+const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+const PAY_TO: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+const SPENDER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+const CHAIN: u64 = 31337;
+
+#[derive(Default)]
+struct Gw {
+    accepts: Vec<PricedMethod>,
+    endpoint: String,
+    issued: Vec<String>,
+    token_posts: usize,
+    permit_nonce: u64,
+    rpc_chain: u64,
+    last_payment: Option<ClientPayment>,
+}
+
+type S = Arc<Mutex<Gw>>;
+
+fn token() -> Address {
+    TOKEN.parse().unwrap()
+}
+
+fn method(scheme: Scheme, decimals: u8) -> PaymentMethod {
+    PaymentMethod {
+        scheme,
+        network: Network::eip155(CHAIN),
+        asset: Asset { address: token(), decimals, name: "USDC".into(), version: "2".into(), symbol: "USDC".into() },
+        pay_to: PAY_TO.parse().unwrap(),
+        spender: (scheme == Scheme::Permit).then(|| SPENDER.parse().unwrap()),
+    }
+}
+
+fn priced(scheme: Scheme, amount: u64, decimals: u8) -> PricedMethod {
+    PricedMethod { amount: U256::from(amount), method: method(scheme, decimals) }
+}
+
+async fn resource(State(s): State<S>, headers: HeaderMap) -> Response {
+    let g = s.lock().unwrap();
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(t) = auth.strip_prefix("Bearer ") {
+        if g.issued.iter().any(|i| i == t) {
+            return (StatusCode::OK, "sunny").into_response();
+        }
+    }
+    let body = seed_body(&ChallengeInput {
+        reason: if auth.is_empty() { Reason::MissingToken } else { Reason::BadSignature },
+        route: "weather",
+        token_endpoint: &g.endpoint,
+        resource: Resource { url: "http://x/api/weather".into(), description: "".into(), mime_type: "".into() },
+        accepts: &g.accepts,
+        max_timeout_seconds: 300,
+    });
+    (StatusCode::PAYMENT_REQUIRED, [("content-type", "application/json")], body).into_response()
+}
+
+/// Checks the payment like a settler would: parse, recover the signer over the EIP-712 digest,
+/// compare amounts and parties with what was asked.
+async fn token_endpoint(State(s): State<S>, body: axum::body::Bytes) -> Response {
+    let mut g = s.lock().unwrap();
+    g.token_posts += 1;
+    let (p, _) = match parse_payment(&body) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": e.code(), "message": e.to_string()}))).into_response(),
+    };
+    let domain = TokenDomain::usdc(CHAIN, token());
+    let price = g.accepts[0].amount;
+    let ok = match &p {
+        ClientPayment::Permit(pm) => {
+            let digest = sign::permit_signing_hash(&domain, &sign::Permit { owner: pm.owner, spender: pm.spender, value: pm.value, nonce: pm.nonce, deadline: pm.deadline });
+            let sig = Signature::from_raw(&pm.sig.to_bytes()).unwrap();
+            sig.recover_address_from_prehash(&digest).ok() == Some(pm.owner)
+                && pm.value == price
+                && pm.spender == SPENDER.parse::<Address>().unwrap()
+                && pm.nonce == U256::from(g.permit_nonce)
+        }
+        ClientPayment::Authorization(a) => {
+            let digest = sign::authorization_signing_hash(&domain, &sign::TransferWithAuthorization { from: a.from, to: a.to, value: a.value, validAfter: a.valid_after, validBefore: a.valid_before, nonce: a.nonce });
+            let sig = Signature::from_raw(&a.sig.to_bytes()).unwrap();
+            sig.recover_address_from_prehash(&digest).ok() == Some(a.from) && a.value == price && a.to == PAY_TO.parse::<Address>().unwrap()
+        }
+    };
+    if !ok {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_signature", "message": "bad payment"}))).into_response();
+    }
+    let t = format!("tok-{}", g.issued.len() + 1);
+    g.issued.push(t.clone());
+    g.last_payment = Some(p.clone());
+    Json(json!({
+        "access_token": t, "token_type": "Bearer", "expires_in": 300,
+        "settlement_id": format!("s-{}", g.issued.len()), "payer": p.payer(), "network": "eip155:31337",
+        "route": "weather", "amount": price.to_string(), "asset": token(),
+    }))
+    .into_response()
+}
+
+async fn rpc(State(s): State<S>, Json(req): Json<Value>) -> Json<Value> {
+    let g = s.lock().unwrap();
+    let result = match req["method"].as_str().unwrap_or("") {
+        "eth_chainId" => json!(format!("0x{:x}", g.rpc_chain)),
+        "eth_call" => json!(format!("0x{:064x}", g.permit_nonce)),
+        _ => Value::Null,
+    };
+    Json(json!({"jsonrpc": "2.0", "id": req["id"], "result": result}))
+}
+
+async fn serve(gw: Gw) -> (SocketAddr, S) {
+    let state: S = Arc::new(Mutex::new(gw));
+    let app = Router::new()
+        .route("/api/weather", get(resource))
+        .route("/x402/token/weather", post(token_endpoint))
+        .route("/rpc", post(rpc))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, state)
+}
+
+fn gw(accepts: Vec<PricedMethod>) -> Gw {
+    Gw { accepts, endpoint: "/x402/token/weather".into(), permit_nonce: 7, rpc_chain: CHAIN, ..Default::default() }
+}
+
+fn caps(max: &str) -> Caps {
+    Caps::default().with_max(max).unwrap().allow_network(Network::eip155(CHAIN)).allow_asset(token()).asset_decimals(token(), 6)
+}
+
+fn signer() -> PrivateKeySigner {
+    KEY.parse().unwrap()
+}
+
+fn recorder(c: Config) -> (Config, Arc<Mutex<Vec<String>>>) {
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let s2 = steps.clone();
+    (c.on_step(move |s: &Step| s2.lock().unwrap().push(s.to_string())), steps)
+}
+
+#[tokio::test]
+async fn exact_pays_once_then_uses_the_cached_token() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_000, 6)])).await;
+    let (config, steps) = recorder(Config::new(signer(), caps("0.5")));
+    let payer = Payer::new(config).unwrap();
+    let url = format!("http://{addr}/api/weather?city=x");
+    let r = payer.get(&url).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "sunny");
+    let paid = r.paid.expect("paid");
+    assert_eq!(paid.amount, U256::from(500_000u64));
+    assert_eq!(paid.amount_human, "0.5");
+    assert_eq!(paid.scheme, Scheme::Exact);
+    assert_eq!(paid.settlement_id.as_deref(), Some("s-1"));
+    assert_eq!(paid.payer, signer().address());
+    let text = steps.lock().unwrap().join("\n");
+    assert!(text.contains("402 Payment Required (Missing authorization token)"), "{text}");
+    assert!(text.contains("chose exact on eip155:31337: 0.5 USDC"), "{text}");
+    assert!(text.contains("settlement s-1"), "{text}");
+    assert!(text.contains("retried with token: HTTP 200"), "{text}");
+
+    let r2 = payer.get(&url).await.unwrap();
+    assert_eq!(r2.status, 200);
+    assert!(r2.paid.is_none());
+    assert!(r2.token_used);
+    assert_eq!(state.lock().unwrap().token_posts, 1, "the second call must pay nothing");
+}
+
+#[tokio::test]
+async fn permit_reads_the_nonce_over_rpc() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Permit, 250_000, 6)])).await;
+    let config = Config::new(signer(), caps("0.5")).with_rpc(Network::eip155(CHAIN), format!("http://{addr}/rpc"));
+    let payer = Payer::new(config).unwrap();
+    let r = payer.get(&format!("http://{addr}/api/weather")).await.unwrap();
+    assert_eq!(r.status, 200);
+    let Some(ClientPayment::Permit(p)) = state.lock().unwrap().last_payment.clone() else { panic!("no permit") };
+    assert_eq!(p.nonce, U256::from(7u64));
+    assert_eq!(p.owner, signer().address());
+}
+
+#[tokio::test]
+async fn permit_without_rpc_or_on_a_wrong_chain_is_refused() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Permit, 250_000, 6)])).await;
+    let payer = Payer::new(Config::new(signer(), caps("0.5"))).unwrap();
+    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    assert!(e.to_string().contains("needs an RPC"), "{e}");
+    state.lock().unwrap().rpc_chain = 1;
+    let config = Config::new(signer(), caps("0.5")).with_rpc(Network::eip155(CHAIN), format!("http://{addr}/rpc"));
+    let e = Payer::new(config).unwrap().get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    assert!(matches!(e, PayError::RpcChain { got: 1, .. }), "{e}");
+    assert_eq!(state.lock().unwrap().token_posts, 0);
+}
+
+#[tokio::test]
+async fn never_signs_above_the_cap() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_001, 6)])).await;
+    let payer = Payer::new(Config::new(signer(), caps("0.5"))).unwrap();
+    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    assert!(matches!(e, PayError::Select(SelectError::NoneAcceptable(_))), "{e}");
+    assert_eq!(e.exit_code(), 3);
+    assert_eq!(state.lock().unwrap().token_posts, 0);
+}
+
+#[tokio::test]
+async fn a_server_lying_about_decimals_gets_nothing() {
+    // The server says the token has 18 decimals and asks "0.5" = 5e17 base units. The user's cap
+    // is 1 (USDC, 6 decimals). Trusting the server would sign 500 billion USDC.
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_000_000_000_000_000, 18)])).await;
+    let payer = Payer::new(Config::new(signer(), caps("1"))).unwrap();
+    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    assert!(e.to_string().contains("server states 18 decimals"), "{e}");
+    assert_eq!(state.lock().unwrap().token_posts, 0);
+}
+
+#[tokio::test]
+async fn foreign_token_endpoint_is_refused() {
+    let mut g = gw(vec![priced(Scheme::Exact, 1, 6)]);
+    g.endpoint = "http://evil.example/steal".into();
+    let (addr, _state) = serve(g).await;
+    let payer = Payer::new(Config::new(signer(), caps("1"))).unwrap();
+    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    assert!(matches!(e, PayError::ForeignEndpoint(_)), "{e}");
+}
+
+#[tokio::test]
+async fn disk_cache_survives_a_new_payer() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 100_000, 6)])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.json");
+    let url = format!("http://{addr}/api/weather");
+    for i in 0..2 {
+        let mut c = Config::new(signer(), caps("0.1"));
+        c.cache_file = Some(file.clone());
+        let r = Payer::new(c).unwrap().get(&url).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.paid.is_some(), i == 0);
+    }
+    assert_eq!(state.lock().unwrap().token_posts, 1);
+    // A token the server no longer accepts is dropped and the call pays again.
+    state.lock().unwrap().issued.clear();
+    let mut c = Config::new(signer(), caps("0.1"));
+    c.cache_file = Some(file.clone());
+    let r = Payer::new(c).unwrap().get(&url).await.unwrap();
+    assert!(r.paid.is_some());
+    assert_eq!(state.lock().unwrap().token_posts, 2);
+}
