@@ -153,3 +153,42 @@ fn start_with_block_time_works() {
     let anvil = Anvil::start_with_block_time(1).unwrap();
     assert!(anvil.rpc_url().starts_with("http://127.0.0.1:"));
 }
+
+/// Cross-check of the client's signer: bodies produced by `x402_client::sign` (anvil key 0 for
+/// the permit), parsed back by the gateway's parser, are accepted by the real contract.
+#[tokio::test]
+async fn client_signed_payments_are_accepted_by_the_contract() {
+    use x402_client::sign::{sign_authorization, sign_permit, TokenDomain};
+    use x402_protocol::payment::{parse_payment_value, ClientPayment};
+
+    let anvil = Anvil::start().unwrap();
+    let token = anvil.deploy_token().await.unwrap();
+    let domain = TokenDomain::usdc(anvil.chain_id(), token);
+    let now = anvil.timestamp().await.unwrap();
+
+    // Permit signed with anvil key 0, nonce read from chain; spender = account 1.
+    let owner = dev_signer(0);
+    let spender = dev_address(1);
+    anvil.mint(token, owner.address(), U256::from(2_000_000u64)).await.unwrap();
+    let nonce = anvil.nonces(token, owner.address()).await.unwrap();
+    let body = sign_permit(&owner, &domain, owner.address(), spender, U256::from(500_000u64), nonce, U256::from(now + 600)).unwrap();
+    let (ClientPayment::Permit(p), _) = parse_payment_value(&body).unwrap() else { panic!("not a permit") };
+    let as_spender = TestUsdc::new(token, anvil.dev_provider(1));
+    let receipt = as_spender
+        .permit(p.owner, p.spender, p.value, p.deadline, p.sig.v, p.sig.r, p.sig.s)
+        .send().await.unwrap().get_receipt().await.unwrap();
+    assert!(receipt.status());
+    assert_eq!(anvil.allowance(token, owner.address(), spender).await.unwrap(), U256::from(500_000u64));
+
+    // ERC-3009 authorization from account 0 to account 2, relayed by account 1 (bytes overload).
+    let to = dev_address(2);
+    let n = x402_client::sign::random_nonce();
+    let body = sign_authorization(&owner, &domain, owner.address(), to, U256::from(300_000u64), U256::ZERO, U256::from(now + 600), n).unwrap();
+    let (ClientPayment::Authorization(a), _) = parse_payment_value(&body).unwrap() else { panic!("not an authorization") };
+    let receipt = as_spender
+        .transferWithAuthorization_1(a.from, a.to, a.value, a.valid_after, a.valid_before, a.nonce, a.sig.to_bytes().to_vec().into())
+        .send().await.unwrap().get_receipt().await.unwrap();
+    assert!(receipt.status());
+    assert_eq!(anvil.balance_of(token, to).await.unwrap(), U256::from(300_000u64));
+    assert!(anvil.authorization_state(token, owner.address(), n).await.unwrap());
+}
