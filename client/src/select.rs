@@ -162,7 +162,7 @@ pub fn select(body: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -
         }
     }
     let pref = |s: Scheme| caps.allowed_schemes().iter().position(|x| *x == s).unwrap_or(usize::MAX);
-    ok.sort_by(|a, b| (pref(a.scheme), a.amount, a.index).cmp(&(pref(b.scheme), b.amount, b.index)));
+    ok.sort_by_key(|c| (pref(c.scheme), c.amount, c.index));
     ok.into_iter().next().ok_or(SelectError::NoneAcceptable(refused))
 }
 

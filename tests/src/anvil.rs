@@ -6,6 +6,9 @@
 //! The dev keys below are anvil's well-known, public test keys (mnemonic "test test ... junk"):
 //! tests only, never for anything that holds value.
 
+// The generated contract bindings mirror the ABI (permit and ERC-3009 take many arguments).
+#![allow(clippy::too_many_arguments)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -275,25 +278,25 @@ impl Anvil {
     }
 
     pub async fn balance_of(&self, token: Address, who: Address) -> Result<U256> {
-        Ok(TestUsdc::new(token, self.provider()).balanceOf(who).call().await.context("balanceOf")?)
+        TestUsdc::new(token, self.provider()).balanceOf(who).call().await.context("balanceOf")
     }
 
     pub async fn allowance(&self, token: Address, owner: Address, spender: Address) -> Result<U256> {
-        Ok(TestUsdc::new(token, self.provider()).allowance(owner, spender).call().await.context("allowance")?)
+        TestUsdc::new(token, self.provider()).allowance(owner, spender).call().await.context("allowance")
     }
 
     /// EIP-2612 `nonces(owner)`.
     pub async fn nonces(&self, token: Address, owner: Address) -> Result<U256> {
-        Ok(TestUsdc::new(token, self.provider()).nonces(owner).call().await.context("nonces")?)
+        TestUsdc::new(token, self.provider()).nonces(owner).call().await.context("nonces")
     }
 
     /// ERC-3009 `authorizationState(authorizer, nonce)`: true once used or cancelled.
     pub async fn authorization_state(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool> {
-        Ok(TestUsdc::new(token, self.provider())
+        TestUsdc::new(token, self.provider())
             .authorizationState(authorizer, nonce)
             .call()
             .await
-            .context("authorizationState")?)
+            .context("authorizationState")
     }
 
     /// Latest block's timestamp (anvil's clock, which is what deadlines are checked against).
