@@ -173,7 +173,7 @@ impl PaidResponse {
 pub enum PayError {
     #[error("invalid URL {0:?}: only absolute http(s) URLs")]
     Url(String),
-    #[error("HTTP request to {url} failed: {source}")]
+    #[error("HTTP request to {url} failed: {}", error_chain(.source))]
     Http { url: String, source: reqwest::Error },
     #[error("402 from {url} without a payment challenge this client understands: {detail}")]
     NotAChallenge { url: String, detail: String },
@@ -204,6 +204,21 @@ impl PayError {
             _ => 4,
         }
     }
+}
+
+/// An error with its causes ("error sending request: connection refused").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The token endpoint's success answer. Only the first three fields are required (the seed

@@ -21,14 +21,14 @@ pub enum StatusError {
     Url(String),
     #[error("settlement id {0:?} is empty or contains '/'")]
     Id(String),
-    #[error("GET {url} failed: {source}")]
+    #[error("GET {url} failed: {}", crate::pay::error_chain(.source))]
     Http { url: String, source: reqwest::Error },
     #[error("GET {url}: HTTP {status}: {body}")]
     Status { url: String, status: u16, body: String },
     #[error("GET {url}: not a settlement status: {detail}")]
     Body { url: String, detail: String },
-    #[error("settlement {id} still {state:?} after {waited:?}")]
-    Timeout { id: String, state: SettlementState, waited: Duration },
+    #[error("settlement {id}: no final state after {}s (last: {last})", .waited.as_secs())]
+    Timeout { id: String, state: Option<SettlementState>, last: String, waited: Duration },
 }
 
 /// The status URL of a settlement.
@@ -110,27 +110,32 @@ pub async fn follow(http: &reqwest::Client, source: &Source, id: &str, opts: &Fo
         ProgressBar::hidden()
     };
     let start = Instant::now();
-    let mut last_state = SettlementState::Pending;
+    let mut last_state = None;
+    let mut last: String;
     loop {
         match fetch(http, &url).await {
             Ok(s) => {
-                bar.set_message(describe(&s));
-                last_state = s.state;
+                last = describe(&s);
+                bar.set_message(last.clone());
+                last_state = Some(s.state);
                 if matches!(s.state, SettlementState::Settled | SettlementState::Failed) {
                     bar.finish_and_clear();
                     return Ok(s);
                 }
             }
-            Err(StatusError::Status { status: 404, .. }) if start.elapsed() < Duration::from_secs(3) => {}
+            Err(e @ StatusError::Status { status: 404, .. }) if start.elapsed() < Duration::from_secs(3) => last = e.to_string(),
             Err(e @ (StatusError::Status { .. } | StatusError::Body { .. } | StatusError::Id(_) | StatusError::Url(_))) => {
                 bar.finish_and_clear();
                 return Err(e);
             }
-            Err(e) => bar.set_message(format!("settlement {id}: {e} (retrying)")),
+            Err(e) => {
+                last = e.to_string();
+                bar.set_message(format!("settlement {id}: {e} (retrying)"));
+            }
         }
         if start.elapsed() >= opts.timeout {
             bar.finish_and_clear();
-            return Err(StatusError::Timeout { id: id.to_string(), state: last_state, waited: start.elapsed() });
+            return Err(StatusError::Timeout { id: id.to_string(), state: last_state, last, waited: start.elapsed() });
         }
         tokio::time::sleep(opts.interval).await;
     }

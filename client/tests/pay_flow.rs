@@ -266,3 +266,70 @@ async fn disk_cache_survives_a_new_payer() {
     assert!(r.paid.is_some());
     assert_eq!(state.lock().unwrap().token_posts, 2);
 }
+
+async fn settlements(State(_s): State<S>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    if id != "s-1" {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": "no such settlement"}))).into_response();
+    }
+    Json(json!({
+        "settlement_id": "s-1", "state": "settled", "scheme": "exact", "network": "eip155:31337",
+        "asset": TOKEN, "payer": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "pay_to": PAY_TO,
+        "amount": "100000", "route": "weather",
+        "transfer_tx": "0x4f1c8e0d6a2c1f3e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e",
+        "block_number": 5, "created_at": 1, "updated_at": 2
+    }))
+    .into_response()
+}
+
+async fn serve_with_status(g: Gw) -> (SocketAddr, S) {
+    let state: S = Arc::new(Mutex::new(g));
+    let app = Router::new()
+        .route("/api/weather", get(resource))
+        .route("/x402/token/weather", post(token_endpoint))
+        .route("/x402/settlements/{id}", get(settlements))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, state)
+}
+
+fn cli() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402-pay"));
+    c.env_remove("EVM_PRIVATE_KEY").env_remove("X402_RPC").env("X402_PRIVATE_KEY", KEY);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_pays_once_caches_on_disk_and_follows_the_settlement() {
+    let (addr, state) = serve_with_status(gw(vec![priced(Scheme::Exact, 100_000, 6)])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tokens.json");
+    let url = format!("http://{addr}/api/weather");
+    let args = ["--max", "0.1", "--network", "eip155:31337", "--asset", TOKEN, "--asset-decimals", &format!("{TOKEN}=6")];
+    let out = cli().args(args).args(["-v", "--cache-file", cache.to_str().unwrap(), &url]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sunny");
+    assert!(stderr.contains("402 Payment Required"), "{stderr}");
+    assert!(stderr.contains("signed ERC-3009 transferWithAuthorization"), "{stderr}");
+    assert!(stderr.contains("settlement s-1"), "{stderr}");
+    assert!(!stderr.contains(&KEY[2..]), "the key must never be printed");
+    // Second process: the disk cache means nothing is paid.
+    let out = cli().args(args).args(["-v", "--cache-file", cache.to_str().unwrap(), &url]).output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing paid"));
+    assert_eq!(state.lock().unwrap().token_posts, 1);
+    // Over the cap: exit code 3, nothing posted.
+    let out = cli().args(["--max", "0.05", "--network", "eip155:31337", "--asset", TOKEN, "--asset-decimals", &format!("{TOKEN}=6"), "--no-cache", &url]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(state.lock().unwrap().token_posts, 1);
+    // status follows to the tx hash.
+    let out = cli().args(["status", "s-1", "--origin", &format!("http://{addr}"), "-q"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("state: settled"), "{stdout}");
+    assert!(stdout.contains("transfer_tx: 0x4f1c8e0d"), "{stdout}");
+    let out = cli().args(["status", "nope", "--origin", &format!("http://{addr}"), "-q", "--timeout", "5", "--interval-ms", "200"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}
