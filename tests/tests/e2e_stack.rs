@@ -75,3 +75,150 @@ async fn settler_outage_is_503_and_recovers() {
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["error"], "invalid_payment", "{v}");
 }
+
+// ---- our client library (x402-client) against the real stack -------------------------------
+
+use alloy::signers::local::PrivateKeySigner;
+use x402_client::caps::Caps;
+use x402_client::pay::{Config, Payer};
+use x402_protocol::{Network, Scheme};
+use x402_testkit::stack::{REPORT_PRICE, WEATHER};
+
+fn payer_for(stack: &Stack, signer: PrivateKeySigner, schemes: Vec<Scheme>) -> Payer {
+    let network = Network::eip155(stack.anvil.chain_id());
+    let caps = Caps::default()
+        .with_max("0.5")
+        .unwrap()
+        .allow_network(network)
+        .allow_asset(stack.token)
+        .asset_decimals(stack.token, 6)
+        .schemes(schemes);
+    Payer::new(Config::new(signer, caps).with_rpc(network, stack.anvil.rpc_url())).unwrap()
+}
+
+async fn pay_and_settle(scheme: Scheme) {
+    let stack = Stack::start().await.unwrap();
+    let signer = stack.funded_payer(1).await.unwrap();
+    let payer_addr = signer.address();
+    let payer = payer_for(&stack, signer, vec![scheme]);
+    let url = format!("{}/api/weather", stack.base_url());
+
+    let r = payer.get(&url).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let receipt = r.paid.expect("this call paid");
+    assert_eq!(receipt.scheme, scheme);
+    assert_eq!(receipt.amount, U256::from(WEATHER_PRICE));
+    assert_eq!(receipt.route.as_deref(), Some(WEATHER));
+    // The API saw who paid (identity headers set by the filter).
+    let seen = stack.upstream.requests();
+    let last = seen.last().expect("upstream reached");
+    assert_eq!(last.header("x-x402-payer").map(str::to_lowercase), Some(payer_addr.to_checksum(None).to_lowercase()));
+
+    // A second call uses the cached token: nothing is paid, the upstream answers.
+    let again = payer.get(&url).await.unwrap();
+    assert_eq!(again.status, 200);
+    assert!(again.paid.is_none() && again.token_used);
+
+    let id = receipt.settlement_id.expect("settlement id");
+    let s = stack.wait_settled(&id, SETTLE_TIMEOUT).await.unwrap();
+    assert!(s.transfer_tx.is_some());
+    if scheme == Scheme::Permit {
+        assert!(s.permit_tx.is_some(), "EIP-2612 settles with permit() then transferFrom()");
+    }
+    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(WEATHER_PRICE), "funds arrived at pay_to");
+    assert_eq!(stack.balance(payer_addr).await.unwrap(), U256::from(1_000_000 - WEATHER_PRICE));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eip2612_permit_flow_settles_to_pay_to() {
+    pay_and_settle(Scheme::Permit).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erc3009_flow_settles_to_pay_to() {
+    pay_and_settle(Scheme::Exact).await;
+}
+
+/// A token bought for route A does not open route B; B must be paid for itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_for_one_route_is_refused_on_another() {
+    let stack = Stack::start().await.unwrap();
+    let signer = stack.funded_payer(1).await.unwrap();
+    let payer = payer_for(&stack, signer, vec![Scheme::Exact]);
+    let weather = payer.get(&format!("{}/api/weather", stack.base_url())).await.unwrap();
+    assert_eq!(weather.status, 200);
+    let token = payer.cached_token(&format!("{}/api/weather", stack.base_url())).expect("cached").access_token;
+
+    let r = stack.envoy.send(&HttpRequest::new("GET", "/api/report").header("authorization", &format!("Bearer {token}")));
+    assert_eq!(r.status, 402, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["reason"], "Token was issued for another route");
+
+    // Paying for the report route itself works (a different, higher price).
+    let report = payer.get(&format!("{}/api/report", stack.base_url())).await.unwrap();
+    assert_eq!(report.status, 200, "{}", report.text());
+    assert_eq!(report.paid.unwrap().amount, U256::from(REPORT_PRICE));
+}
+
+/// The same signed payment POSTed twice to the token endpoint yields one token only.
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_token_request_never_mints_twice() {
+    let stack = Stack::start().await.unwrap();
+    let signer = stack.funded_payer(1).await.unwrap();
+    let from = signer.address();
+    let domain = x402_client::sign::TokenDomain::new("USDC", "2", stack.anvil.chain_id(), stack.token);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let body = x402_client::sign::sign_authorization(
+        &signer,
+        &domain,
+        from,
+        stack.pay_to,
+        U256::from(WEATHER_PRICE),
+        U256::ZERO,
+        U256::from(now + 600),
+        x402_client::sign::random_nonce(),
+    )
+    .unwrap();
+    let post = || HttpRequest::new("POST", "/x402/token/weather").header("content-type", "application/json").body(body.to_string().into_bytes());
+
+    let first = stack.envoy.send(&post());
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = stack.envoy.send(&post());
+    assert_eq!(second.status, 409, "{}", second.text());
+    let v: Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(v["error"], "payment_already_used");
+    assert!(v.get("access_token").is_none());
+
+    let id = serde_json::from_slice::<Value>(&first.body).unwrap()["settlement_id"].as_str().unwrap().to_string();
+    stack.wait_settled(&id, SETTLE_TIMEOUT).await.unwrap();
+    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(WEATHER_PRICE), "paid once");
+}
+
+/// 20 payers at once through Envoy: all get their response, all payments settle.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_payers_are_served_and_settled() {
+    let stack = Stack::start().await.unwrap();
+    let mut signers = Vec::new();
+    for _ in 0..20 {
+        signers.push(stack.funded_payer(1).await.unwrap());
+    }
+    let url = format!("{}/api/weather", stack.base_url());
+    let mut tasks = Vec::new();
+    for (i, signer) in signers.into_iter().enumerate() {
+        // Half pay by permit, half by ERC-3009.
+        let scheme = if i % 2 == 0 { Scheme::Permit } else { Scheme::Exact };
+        let payer = payer_for(&stack, signer, vec![scheme]);
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { payer.get(&url).await }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.push(r.paid.unwrap().settlement_id.unwrap());
+    }
+    for id in &ids {
+        stack.wait_settled(id, SETTLE_TIMEOUT).await.unwrap();
+    }
+    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(20 * WEATHER_PRICE));
+}
