@@ -3,7 +3,10 @@
 
 Parses every YAML document and checks what kubectl would only find at apply time:
 required fields, selectors that select, ports and Secret/ConfigMap references that exist.
-Writes each WasmPlugin's pluginConfig as JSON so the filter's own parser can check it.
+Writes each WasmPlugin's pluginConfig, and the filter configuration embedded in each
+EnvoyFilter wasm patch (a google.protobuf.StringValue holding JSON), as JSON files in the
+output directory so the filter's own parser can check them
+(`cargo run -q -p x402-filter --example check_config -- FILE.json`).
 """
 import json
 import pathlib
@@ -87,6 +90,58 @@ for (ns, name), (where, d) in by_kind.get("WasmPlugin", {}).items():
     target = out_dir / f"wasmplugin-{name}.json"
     target.write_text(json.dumps(cfg, indent=2))
     print(target)
+
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+plugin_configs = {}  # (namespace, name) -> (where, config) of each WasmPlugin
+for (ns, name), (where, d) in by_kind.get("WasmPlugin", {}).items():
+    cfg = (d.get("spec") or {}).get("pluginConfig")
+    if isinstance(cfg, dict):
+        plugin_configs[(ns, name)] = (where, cfg)
+
+for (ns, name), (where, d) in by_kind.get("EnvoyFilter", {}).items():
+    spec = d.get("spec") or {}
+    if not (spec.get("workloadSelector") or {}).get("labels"):
+        errors.append(f"{where}: EnvoyFilter has no spec.workloadSelector.labels (it would patch every proxy)")
+    patches = spec.get("configPatches") or []
+    if not patches:
+        errors.append(f"{where}: EnvoyFilter has no spec.configPatches")
+    found = 0
+    for i, p in enumerate(patches):
+        at = f"{where}: configPatches[{i}]"
+        value = (p.get("patch") or {}).get("value") or {}
+        tc = value.get("typed_config") or {}
+        if tc.get("@type") != WASM_TYPE:
+            continue
+        if p.get("applyTo") != "HTTP_FILTER":
+            errors.append(f"{at}: a wasm filter patch must apply to HTTP_FILTER")
+        sub = ((((p.get("match") or {}).get("listener") or {}).get("filterChain") or {}).get("filter") or {}).get("subFilter") or {}
+        if (p.get("patch") or {}).get("operation") != "INSERT_BEFORE" or sub.get("name") != "envoy.filters.http.router":
+            errors.append(f"{at}: the wasm filter must be inserted before envoy.filters.http.router")
+        conf = tc.get("config") or {}
+        if conf.get("allow_on_headers_stop_iteration") is not True:
+            errors.append(f"{at}: config.allow_on_headers_stop_iteration must be true (the token endpoint needs it)")
+        code = ((conf.get("vm_config") or {}).get("code")) or {}
+        if not ((code.get("local") or {}).get("filename") or (code.get("remote") or {}).get("sha256")):
+            errors.append(f"{at}: vm_config.code needs local.filename, or remote with a sha256")
+        configuration = conf.get("configuration") or {}
+        if configuration.get("@type") != STRING_VALUE or not isinstance(configuration.get("value"), str):
+            continue  # not a JSON-in-StringValue config: nothing to extract
+        try:
+            cfg = json.loads(configuration["value"])
+        except ValueError as e:
+            errors.append(f"{at}: configuration.value is not JSON: {e}")
+            continue
+        found += 1
+        suffix = "" if found == 1 else f"-{found}"
+        target = out_dir / f"envoyfilter-{name}{suffix}.json"
+        target.write_text(json.dumps(cfg, indent=2))
+        print(target)
+        # The EnvoyFilter and the WasmPlugin of the same name are two ways to deploy one
+        # filter: their configurations must not drift apart.
+        twin = plugin_configs.get((ns, name))
+        if twin and twin[1] != cfg:
+            errors.append(f"{at}: configuration differs from {twin[0]} pluginConfig (keep them equal)")
 
 if errors:
     print("\n".join(f"[manifests] {e}" for e in errors), file=sys.stderr)

@@ -17,6 +17,8 @@ pub struct Grant {
     pub amount: U256,
     pub payer: Address,
     pub expires_at: i64,
+    /// The token's `jti`: the settler's settlement id.
+    pub settlement_id: String,
 }
 
 impl Grant {
@@ -28,6 +30,7 @@ impl Grant {
             amount: v.claims.amount,
             payer: v.claims.sub,
             expires_at: v.expires_at,
+            settlement_id: v.claims.jti.clone(),
         }
     }
 
@@ -89,15 +92,26 @@ pub fn check_token(
     authorization: Option<&str>,
     now: i64,
 ) -> TokenCheck {
-    let token = match bearer(authorization) {
-        Ok(t) => t,
-        Err(reason) => {
-            return TokenCheck {
-                result: Err(reason),
-                cache_hit: None,
-            }
-        }
-    };
+    match bearer(authorization) {
+        Ok(token) => check_raw_token(keys, leeway, cache, route, token, now),
+        Err(reason) => TokenCheck {
+            result: Err(reason),
+            cache_hit: None,
+        },
+    }
+}
+
+/// Checks a token as such (no header to parse) for `route`: served from the cache, or its
+/// signature and time window are verified and it is cached (whether or not it pays for
+/// `route`: the cache holds what a token grants, the route check runs on every use).
+pub fn check_raw_token(
+    keys: &KeySet,
+    leeway: i64,
+    cache: &mut TokenCache,
+    route: &Route,
+    token: &str,
+    now: i64,
+) -> TokenCheck {
     let (grant, hit) = match cache.get(token, now, leeway) {
         Lookup::Hit(g) => (g.clone(), true),
         Lookup::Expired => {

@@ -102,6 +102,7 @@ mod tests {
             amount: U256::from(1u64),
             payer: Address::ZERO,
             expires_at: exp,
+            settlement_id: "s".into(),
         }
     }
 

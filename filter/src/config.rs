@@ -36,6 +36,8 @@ const MAX_TOKEN_CACHE_SIZE: usize = 1_000_000;
 const MAX_BODY_BYTES_LIMIT: usize = 1024 * 1024;
 const MAX_NAME_LEN: usize = 64;
 const MAX_DECIMALS: u8 = 36;
+const MIN_API_SECRET_LEN: usize = 16;
+const MAX_API_SECRET_LEN: usize = 256;
 
 /// A configuration error: the JSON path of the offending field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,23 @@ pub enum FailureMode {
     Allow,
 }
 
+/// The `authorization` header value for settler callouts (`Bearer <settler.api_secret>`).
+/// Its `Debug` never shows the secret, so no log line or panic message can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SettlerAuth(String);
+
+impl SettlerAuth {
+    pub fn header_value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SettlerAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SettlerAuth(<redacted>)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SettlerConfig {
     pub cluster: String,
@@ -77,6 +96,8 @@ pub struct SettlerConfig {
     pub path: String,
     pub timeout: Duration,
     pub failure_mode: FailureMode,
+    /// `Some` when `settler.api_secret` is set: every callout carries it.
+    pub auth: Option<SettlerAuth>,
 }
 
 /// The validated, compiled configuration shared (via `Rc`) by all HTTP contexts of a worker.
@@ -144,6 +165,9 @@ struct RawSettler {
     timeout_ms: Option<u64>,
     #[serde(default)]
     failure_mode: Option<String>,
+    /// The settler's `--api-secret-file` content, sent as `authorization: Bearer <secret>`.
+    #[serde(default)]
+    api_secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -437,13 +461,39 @@ fn validate_settler(s: RawSettler) -> Result<SettlerConfig, ConfigError> {
             ))
         }
     };
+    let auth = match s.api_secret {
+        None => None,
+        Some(secret) => {
+            Some(check_api_secret(&secret).map_err(|m| ConfigError::new("settler.api_secret", m))?)
+        }
+    };
     Ok(SettlerConfig {
         cluster: s.cluster,
         authority,
         path,
         timeout: Duration::from_millis(timeout_ms),
         failure_mode,
+        auth,
     })
+}
+
+/// The settler's bearer secret: 16..=256 printable ASCII characters, no leading or trailing
+/// space (the settler trims its secret file; a header value loses outer spaces too).
+/// Messages never quote the secret.
+fn check_api_secret(secret: &str) -> Result<SettlerAuth, String> {
+    let n = secret.chars().count();
+    if !(MIN_API_SECRET_LEN..=MAX_API_SECRET_LEN).contains(&n) {
+        return Err(format!(
+            "must be {MIN_API_SECRET_LEN}..={MAX_API_SECRET_LEN} characters long (got {n})"
+        ));
+    }
+    if !secret.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err("must only contain printable ASCII characters".to_string());
+    }
+    if secret.starts_with(' ') || secret.ends_with(' ') {
+        return Err("must not start or end with a space".to_string());
+    }
+    Ok(SettlerAuth(format!("Bearer {secret}")))
 }
 
 fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
@@ -911,6 +961,49 @@ pub(crate) mod tests {
         expect_err(
             |v| v["settler"]["failure_mode"] = json!("open"),
             "settler.failure_mode",
+        );
+    }
+
+    #[test]
+    fn settler_api_secret() {
+        assert_eq!(parse_value(&sample()).unwrap().settler.auth, None);
+        let secret = "s3cr3t-0123456789 with ~ symbols!";
+        let mut v = sample();
+        v["settler"]["api_secret"] = json!(secret);
+        let cfg = parse_value(&v).unwrap();
+        let auth = cfg.settler.auth.clone().unwrap();
+        assert_eq!(auth.header_value(), format!("Bearer {secret}"));
+        // Never in Debug output (the config is logged and may end up in panics).
+        let dbg = format!("{cfg:?} {:?} {auth:?}", cfg.settler);
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        // Bounds: 16 and 256 are fine.
+        for ok in ["a".repeat(16), "b".repeat(256)] {
+            let mut v = sample();
+            v["settler"]["api_secret"] = json!(ok);
+            assert!(parse_value(&v).is_ok());
+        }
+        for bad in [
+            "short-secret".to_string(),
+            "".to_string(),
+            "c".repeat(257),
+            "0123456789abcdef\n".to_string(),
+            "0123456789abcdef\u{7f}".to_string(),
+            "0123456789abcdéf".to_string(),
+            " 0123456789abcdef".to_string(),
+            "0123456789abcdef ".to_string(),
+            "0123456789abc\tdef".to_string(),
+        ] {
+            let e = expect_err(
+                |v| v["settler"]["api_secret"] = json!(bad.clone()),
+                "settler.api_secret",
+            );
+            if bad.len() > 4 {
+                assert!(!e.to_string().contains(&bad[1..bad.len() - 1]), "{e}");
+            }
+        }
+        expect_err(
+            |v| v["settler"]["api_secret"] = json!(12345678901234567u64),
+            "settler.api_secret",
         );
     }
 

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use x402_protocol::challenge::Reason;
 use x402_protocol::settler_api::ApiError;
 
-use crate::auth::{Grant, TokenCheck};
+use crate::auth::{self, Grant, TokenCheck};
+use crate::cache::TokenCache;
 use crate::challenge::HttpAnswer;
 use crate::config::{FailureMode, FilterConfig};
 use crate::routes::Route;
@@ -65,6 +66,16 @@ struct Minted {
     network: Option<String>,
     #[serde(default)]
     transaction: Option<String>,
+    #[serde(default)]
+    settlement_id: Option<String>,
+}
+
+/// What the settler said about a settled x402 v2 payment, for the edge's own use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub access_token: String,
+    pub payer: Option<String>,
+    pub settlement_id: Option<String>,
 }
 
 /// What to do once the settler answered an x402 v2 payment.
@@ -73,6 +84,7 @@ pub enum PaymentOutcome {
     /// Paid: forward upstream and add these headers to the response.
     Resume {
         response_headers: Vec<(&'static str, String)>,
+        settled: Settled,
     },
     /// The settler refused the payment: 402 with its error.
     Refuse { code: String, message: String },
@@ -101,14 +113,19 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                     "success": true,
                     "transaction": m.transaction.unwrap_or_default(),
                     "network": m.network.unwrap_or_default(),
-                    "payer": m.payer.unwrap_or_default(),
+                    "payer": m.payer.clone().unwrap_or_default(),
                 });
                 let encoded = x402_protocol::b64::encode(receipt.to_string().as_bytes());
                 PaymentOutcome::Resume {
                     response_headers: vec![
                         ("payment-response", encoded),
-                        ("x-x402-access-token", m.access_token),
+                        ("x-x402-access-token", m.access_token.clone()),
                     ],
+                    settled: Settled {
+                        access_token: m.access_token,
+                        payer: m.payer,
+                        settlement_id: m.settlement_id,
+                    },
                 }
             }
             _ => outage(format!(
@@ -128,6 +145,46 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
     }
     // 1xx, 3xx, or 5xx with a body: the payment's fate is unknown.
     outage(format!("the settler answered {status}"))
+}
+
+/// The upstream's identity headers for a payment the settler settled, checking the minted
+/// token once on the way.
+///
+/// The token is verified like any bearer token (signature, time window, route) even though
+/// it came over the trusted settler cluster: a settler signing with a key the edge does not
+/// list (rotation half done, the wrong settler behind the cluster) must not seed the cache
+/// with a token every other worker would refuse. It costs one signature check, the one the
+/// client's first reuse would otherwise pay. A token that checks out goes into the
+/// per-worker cache, so its reuse as `Authorization: Bearer` is a cache hit; the headers
+/// then come from its claims. If it does not check out, the payment is settled all the
+/// same: the request goes through, the reason is returned for a warning, nothing is cached,
+/// and the headers come from the settler's `payer` and `settlement_id` fields.
+pub fn settled_identity(
+    cfg: &FilterConfig,
+    cache: &mut TokenCache,
+    route: &Route,
+    settled: &Settled,
+    now: i64,
+) -> (Vec<(&'static str, String)>, Option<Reason>) {
+    let check = auth::check_raw_token(
+        &cfg.keys,
+        cfg.clock_leeway_secs,
+        cache,
+        route,
+        &settled.access_token,
+        now,
+    );
+    match check.result {
+        Ok(grant) => (crate::identity::from_grant(&route.name, &grant), None),
+        Err(reason) => (
+            crate::identity::from_settler_body(
+                &route.name,
+                settled.payer.as_deref(),
+                settled.settlement_id.as_deref(),
+            ),
+            Some(reason),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +210,7 @@ mod tests {
             amount: x402_protocol::U256::from(1u64),
             payer: x402_protocol::Address::ZERO,
             expires_at: 0,
+            settlement_id: "s-1".into(),
         }
     }
 
@@ -230,14 +288,96 @@ mod tests {
     }
 
     #[test]
+    fn settled_tokens_are_checked_once_and_cached() {
+        use crate::auth::tests::{claims, signing_key};
+        use crate::identity::{PAYER, ROUTE, SETTLEMENT_ID};
+        use x402_protocol::token::mint;
+        let cfg = cfg();
+        let route = cfg.routes.get(0).unwrap();
+        let now = 1_800_000_000;
+        let mut cache = TokenCache::new(10);
+        let token = mint(&signing_key(), "k1", claims("weather", 10_000), now, 300);
+        let settled = Settled {
+            access_token: token.clone(),
+            payer: Some("0x0000000000000000000000000000000000000001".into()),
+            settlement_id: Some("from-body".into()),
+        };
+        let (h, why) = settled_identity(&cfg, &mut cache, route, &settled, now);
+        assert_eq!(why, None);
+        let payer = x402_protocol::Address::repeat_byte(0x11).to_checksum(None);
+        assert_eq!(
+            h,
+            [
+                (PAYER, payer),
+                (ROUTE, "weather".to_string()),
+                (SETTLEMENT_ID, "s-1".to_string())
+            ],
+            "from the verified claims, not the body"
+        );
+        assert_eq!(cache.len(), 1);
+        // The client's reuse is a cache hit.
+        let c = auth::check_token(
+            &cfg.keys,
+            5,
+            &mut cache,
+            route,
+            Some(&format!("Bearer {token}")),
+            now + 1,
+        );
+        assert_eq!(c.cache_hit, Some(true));
+        assert!(c.result.is_ok());
+
+        // A token the edge cannot verify: headers from the body, nothing cached.
+        let mut cache = TokenCache::new(10);
+        let foreign = mint(&signing_key(), "k9", claims("weather", 10_000), now, 300);
+        let settled = Settled {
+            access_token: foreign,
+            ..settled
+        };
+        let (h, why) = settled_identity(&cfg, &mut cache, route, &settled, now);
+        assert_eq!(why, Some(Reason::UnknownKey));
+        assert_eq!(
+            h,
+            [
+                (
+                    PAYER,
+                    "0x0000000000000000000000000000000000000001".to_string()
+                ),
+                (ROUTE, "weather".to_string()),
+                (SETTLEMENT_ID, "from-body".to_string())
+            ]
+        );
+        assert!(cache.is_empty());
+        // A verified token for another route is cached but refused for this one.
+        let other = mint(&signing_key(), "k1", claims("report", 2_000_000), now, 300);
+        let settled = Settled {
+            access_token: other,
+            ..settled
+        };
+        let (_, why) = settled_identity(&cfg, &mut cache, route, &settled, now);
+        assert_eq!(why, Some(Reason::WrongRoute));
+    }
+
+    #[test]
     fn settler_answers_to_a_payment() {
         let ok = SettlerReply {
             status: Some(200),
             content_type: None,
-            body: br#"{"access_token":"tok","token_type":"Bearer","expires_in":300,"payer":"0xabc","network":"eip155:84532"}"#.to_vec(),
+            body: br#"{"access_token":"tok","token_type":"Bearer","expires_in":300,"payer":"0xabc","network":"eip155:84532","settlement_id":"s-9"}"#.to_vec(),
         };
         match payment_outcome(&ok, FailureMode::Deny) {
-            PaymentOutcome::Resume { response_headers } => {
+            PaymentOutcome::Resume {
+                response_headers,
+                settled,
+            } => {
+                assert_eq!(
+                    settled,
+                    Settled {
+                        access_token: "tok".into(),
+                        payer: Some("0xabc".into()),
+                        settlement_id: Some("s-9".into())
+                    }
+                );
                 let pr = &response_headers
                     .iter()
                     .find(|(n, _)| *n == "payment-response")

@@ -18,6 +18,7 @@ use crate::cache::TokenCache;
 use crate::challenge::{self, HttpAnswer};
 use crate::config::{self, FilterConfig};
 use crate::decision::{self, PaymentOutcome, PricedAction};
+use crate::identity;
 use crate::metrics::Counter;
 use crate::pending::{self, PendingBodies};
 use crate::routes::RequestAttrs;
@@ -180,10 +181,47 @@ struct Http {
     state: State,
 }
 
+/// A request header, read as bytes: `get_map_value` would panic (and take the worker's VM
+/// down) on a value that is not UTF-8, which a client can send. Invalid bytes become U+FFFD,
+/// so such a token is malformed and such a path still matches its priced prefix.
 fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// Unpriced requests: removes the identity headers by name (one host call each).
+fn strip_identity_headers() {
+    for name in identity::IDENTITY {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+}
+
+/// Priced requests: removes every client-supplied `x-x402-*` request header.
+fn strip_reserved_headers() {
+    let names = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+        Ok(all) => identity::reserved_names(all.iter().map(|(n, _)| n.as_str())),
+        Err(e) => {
+            // Cannot list them: at least the identity names go.
+            warn!("x402: cannot list request headers: {e:?}");
+            identity::IDENTITY.iter().map(|n| n.to_string()).collect()
+        }
+    };
+    for name in names {
+        if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &name) {
+            warn!("x402: cannot remove request header {name}: {e:?}");
+        }
+    }
+}
+
+/// Adds the who-paid headers for the upstream.
+fn set_identity_headers(headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+            warn!("x402: cannot add request header {name}: {e:?}");
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -239,7 +277,12 @@ impl Context for Http {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers: Vec<(String, String)> =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+                .collect();
         let body = if body_size > 0 {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
@@ -336,7 +379,10 @@ impl Http {
         let cfg = &shared.cfg;
         let method = request_header(":method");
         match token_endpoint::classify(cfg, method.as_deref(), path) {
-            None => Action::Continue,
+            None => {
+                strip_identity_headers();
+                Action::Continue
+            }
             Some(Endpoint::Reject(a)) => {
                 self.answer(shared, a);
                 Action::Pause
@@ -400,8 +446,33 @@ impl Http {
         reply: &SettlerReply,
     ) {
         match decision::payment_outcome(reply, shared.cfg.settler.failure_mode) {
-            PaymentOutcome::Resume { response_headers } => {
+            PaymentOutcome::Resume {
+                response_headers,
+                settled,
+            } => {
                 shared.metrics.inc(Counter::Accepted);
+                if let Some(r) = shared.cfg.routes.get(route) {
+                    let now = now_secs();
+                    let (ids, why) = match shared.cache.try_borrow_mut() {
+                        Ok(mut cache) => {
+                            decision::settled_identity(&shared.cfg, &mut cache, r, &settled, now)
+                        }
+                        Err(_) => decision::settled_identity(
+                            &shared.cfg,
+                            &mut TokenCache::new(0),
+                            r,
+                            &settled,
+                            now,
+                        ),
+                    };
+                    if let Some(why) = why {
+                        warn!(
+                            "x402: payment on {url}: the settler's token does not check out at the edge ({}); request let through (paid), token not cached; check token_keys",
+                            why.code()
+                        );
+                    }
+                    set_identity_headers(&ids);
+                }
                 self.state = State::Paid {
                     headers: response_headers,
                 };
@@ -447,6 +518,7 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let Some(path) = request_header(":path") else {
+            strip_identity_headers();
             return Action::Continue;
         };
         let cfg = &shared.cfg;
@@ -456,12 +528,15 @@ impl HttpContext for Http {
         }
 
         let mut attrs = HostAttrs::default();
-        let Some(idx) = cfg.routes.find(&path, &mut attrs) else {
+        let Some((idx, route)) = cfg
+            .routes
+            .find(&path, &mut attrs)
+            .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
+        else {
+            strip_identity_headers();
             return Action::Continue;
         };
-        let Some(route) = cfg.routes.get(idx) else {
-            return Action::Continue;
-        };
+        strip_reserved_headers();
 
         let authorization = request_header("authorization");
         let now = now_secs();
@@ -491,16 +566,18 @@ impl HttpContext for Http {
             Some(false) => shared.metrics.inc(Counter::CacheMisses),
             None => {}
         }
-        if check.result.is_ok() {
+        if let Ok(grant) = &check.result {
             shared.metrics.inc(Counter::Accepted);
+            set_identity_headers(&identity::from_grant(&route.name, grant));
             return Action::Continue;
         }
 
         let url = Self::resource_url(&mut attrs, &path);
         let payment = request_header("payment-signature");
         match decision::decide_priced(cfg, route, check, payment.as_deref(), &url) {
-            PricedAction::Allow(_) => {
+            PricedAction::Allow(grant) => {
                 shared.metrics.inc(Counter::Accepted);
+                set_identity_headers(&identity::from_grant(&route.name, &grant));
                 Action::Continue
             }
             PricedAction::Challenge(reason) => {

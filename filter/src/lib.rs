@@ -4,13 +4,15 @@
 //! [`config`] (plugin configuration), [`routes`] (matching), [`auth`] + [`cache`] (token
 //! checks), [`challenge`] (402 and error answers), [`token_endpoint`] (the filter-served
 //! token endpoint), [`decision`] (what to do with a priced request and with the settler's
-//! answer), [`metrics`] (counter names). The proxy-wasm glue is `host.rs`, built for wasm only.
+//! answer), [`identity`] (who-paid headers for the upstream, anti-spoofing), [`metrics`]
+//! (counter names). The proxy-wasm glue is `host.rs`, built for wasm only.
 
 pub mod auth;
 pub mod cache;
 pub mod challenge;
 pub mod config;
 pub mod decision;
+pub mod identity;
 pub mod metrics;
 pub mod pending;
 pub mod routes;

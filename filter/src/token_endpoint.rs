@@ -91,15 +91,19 @@ pub fn token_request_body(
         .map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))
 }
 
-/// Headers of the settler call.
+/// Headers of the settler call; `authorization: Bearer <settler.api_secret>` when set.
 pub fn settler_headers(cfg: &FilterConfig) -> Vec<(&str, &str)> {
-    vec![
+    let mut h = vec![
         (":method", "POST"),
         (":path", cfg.settler.path.as_str()),
         (":authority", cfg.settler.authority.as_str()),
         ("content-type", "application/json"),
         ("accept", "application/json"),
-    ]
+    ];
+    if let Some(auth) = &cfg.settler.auth {
+        h.push(("authorization", auth.header_value()));
+    }
+    h
 }
 
 /// What came back from the settler. `status` is `None` when the call failed (timeout,
@@ -274,6 +278,17 @@ mod tests {
         let h = settler_headers(&cfg);
         assert!(h.contains(&(":path", "/v1/tokens")));
         assert!(h.contains(&(":authority", "x402-settler")));
+        assert!(!h.iter().any(|(n, _)| *n == "authorization"));
+    }
+
+    #[test]
+    fn settler_calls_carry_the_api_secret() {
+        let mut v = crate::config::tests::sample();
+        v["settler"]["api_secret"] = serde_json::json!("0123456789abcdef-secret");
+        let cfg = crate::config::parse(serde_json::to_string(&v).unwrap().as_bytes()).unwrap();
+        let h = settler_headers(&cfg);
+        let auth: Vec<_> = h.iter().filter(|(n, _)| *n == "authorization").collect();
+        assert_eq!(auth, [&("authorization", "Bearer 0123456789abcdef-secret")]);
     }
 
     #[test]

@@ -206,6 +206,13 @@ fn priced_routes_challenge_and_accept_tokens() {
     let echoed = r.json();
     assert_eq!(echoed["path"], "/api/weather?city=Paris");
     assert_eq!(echoed["headers"]["authorization"], bearer(&token));
+    // The upstream learns who paid.
+    assert_eq!(
+        echoed["headers"]["x-x402-payer"], PAYER,
+        "checksummed payer"
+    );
+    assert_eq!(echoed["headers"]["x-x402-route"], "weather");
+    assert_eq!(echoed["headers"]["x-x402-settlement-id"], "settlement-1");
     assert_eq!(
         upstream
             .requests()
@@ -229,6 +236,57 @@ fn priced_routes_challenge_and_accept_tokens() {
         hits_before + 1,
         "second use served from the cache"
     );
+    // Client-supplied x-x402-* headers never reach the upstream on a priced route, whatever
+    // their case or name; the filter's own values replace them.
+    let r = envoy.send(
+        &HttpRequest::new("GET", "/api/weather")
+            .header("authorization", &bearer(&token))
+            .header("X-X402-Payer", "0x0000000000000000000000000000000000000bad")
+            .header("x-x402-route", "everything")
+            .header("x-x402-settlement-id", "forged")
+            .header("x-x402-admin", "yes"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-x402-payer"], PAYER, "{h}");
+    assert_eq!(h["x-x402-route"], "weather", "{h}");
+    assert_eq!(h["x-x402-settlement-id"], "settlement-1", "{h}");
+    assert!(h.get("x-x402-admin").is_none(), "{h}");
+    // Unpriced requests: the identity names are removed (one host call each); other
+    // x-x402-* names pass there.
+    for (method, path) in [("GET", "/public/hello"), ("POST", "/api/weather")] {
+        let r = envoy.send(
+            &HttpRequest::new(method, path)
+                .header("x-x402-payer", PAYER)
+                .header("x-x402-route", "weather")
+                .header("x-x402-settlement-id", "forged")
+                .header("x-x402-other", "kept"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let h = &r.json()["headers"];
+        for n in ["x-x402-payer", "x-x402-route", "x-x402-settlement-id"] {
+            assert!(
+                h.get(n).is_none(),
+                "{method} {path}: {n} reached the upstream: {h}"
+            );
+        }
+        assert_eq!(h["x-x402-other"], "kept", "{h}");
+    }
+    let forged_count = upstream
+        .requests()
+        .iter()
+        .filter(|q| q.header("x-x402-payer").is_some_and(|v| v != PAYER))
+        .count();
+    assert_eq!(
+        forged_count, 0,
+        "a client-supplied x-x402-payer reached the upstream"
+    );
+    // A 402 never reaches the upstream, forged headers or not.
+    let before = upstream.requests().len();
+    let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("x-x402-payer", PAYER));
+    assert_eq!(r.status, 402);
+    assert_eq!(upstream.requests().len(), before);
+
     // Paying more than the price is fine; the permit scheme's token also opens the route.
     let rich = mint(&key, &kid, claims("weather", 50_000), t, 300);
     assert_eq!(
@@ -463,8 +521,11 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     let minted = mint(&key, &kid, claims("weather", 10_000), now(), 300);
     let settler = fake_settler(minted.clone());
     let upstream = Upstream::start().unwrap();
+    const API_SECRET: &str = "edge-to-settler-secret-7Qk2";
+    let mut cfg = filter_config(&key, 1000, "deny");
+    cfg["settler"]["api_secret"] = json!(API_SECRET);
     let envoy = start_envoy(
-        &filter_config(&key, 1000, "deny"),
+        &cfg,
         EnvoyOpts {
             upstream_port: Some(upstream.port()),
             settler_port: Some(settler.port()),
@@ -490,6 +551,11 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         ("POST", "/v1/tokens")
     );
     assert_eq!(sent[0].header("host"), Some("x402-settler"));
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {API_SECRET}").as_str()),
+        "settler.api_secret goes with every callout"
+    );
     let req: TokenRequest =
         serde_json::from_slice(&sent[0].body).expect("the filter sends a TokenRequest");
     assert_eq!(req.requirement.route, "weather");
@@ -545,10 +611,13 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     let sig_json = json!({"x402Version": 2, "payload": {"authorization": {"from": PAYER}}, "accepted": {"scheme": "exact"}});
     let sig = x402_protocol::b64::encode(sig_json.to_string().as_bytes());
     let before = settler.requests().len();
+    let misses_before = envoy.stat("wasmcustom.x402_token_cache_misses");
     let r = envoy.send(
         &HttpRequest::new("GET", "/api/weather?v=2")
             .header("payment-signature", &sig)
-            .header("host", "shop.test"),
+            .header("host", "shop.test")
+            .header("x-x402-payer", "0x0000000000000000000000000000000000000bad")
+            .header("x-x402-settlement-id", "forged"),
     );
     assert_eq!(
         r.status,
@@ -558,6 +627,14 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         envoy.log_tail(20)
     );
     assert_eq!(r.json()["path"], "/api/weather?v=2");
+    // The upstream learns who paid, from the minted token; the client's values are gone.
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-x402-payer"], PAYER, "{h}");
+    assert_eq!(h["x-x402-route"], "weather", "{h}");
+    assert_eq!(h["x-x402-settlement-id"], "settlement-1", "{h}");
+    let up = upstream.requests();
+    let last = up.last().unwrap();
+    assert_eq!(last.header("x-x402-payer"), Some(PAYER));
     let receipt: Value = serde_json::from_slice(
         &x402_protocol::b64::decode(r.header("payment-response").expect("PAYMENT-RESPONSE"))
             .unwrap(),
@@ -579,10 +656,23 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         serde_json::from_str::<Value>(req.payment.get()).unwrap(),
         sig_json
     );
-    // The returned token works as a bearer token afterwards.
+    // The returned token works as a bearer token afterwards, straight from the cache: the
+    // filter verified it once when the settler returned it.
+    let hits_before = envoy.stat("wasmcustom.x402_token_cache_hits");
     let r = envoy
         .send(&HttpRequest::new("GET", "/api/weather").header("authorization", &bearer(&minted)));
     assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-x402-payer"], PAYER);
+    assert_eq!(
+        envoy.stat("wasmcustom.x402_token_cache_hits"),
+        hits_before + 1,
+        "reuse is a cache hit"
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.x402_token_cache_misses"),
+        misses_before,
+        "no signature check on reuse"
+    );
 
     // Settler refuses the v2 payment: 402 challenge carrying the settler's error.
     let bad = x402_protocol::b64::encode(json!({"mode": "refuse"}).to_string().as_bytes());
@@ -629,6 +719,20 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         "no settler call when the token is valid"
     );
     assert!(r.header("payment-response").is_none());
+
+    // Every callout carried the secret; the filter never logs it.
+    let sent = settler.requests();
+    assert!(sent.len() >= 6);
+    for q in &sent {
+        assert_eq!(
+            q.header("authorization"),
+            Some(format!("Bearer {API_SECRET}").as_str())
+        );
+    }
+    assert!(
+        !envoy.log().contains(API_SECRET),
+        "the secret is never logged"
+    );
 }
 
 #[test]
@@ -788,4 +892,157 @@ fn token_endpoint_never_hangs_on_missing_bodies() {
     // Everything else works without the option.
     assert_eq!(envoy.get("/api/weather").status, 402);
     assert_eq!(envoy.get("/x402/token/weather").status, 405);
+}
+
+#[test]
+fn non_utf8_header_values_do_not_crash_the_filter() {
+    use std::io::{Read, Write};
+    let key = fresh_key("bytes");
+    let upstream = Upstream::start().unwrap();
+    let envoy = start_envoy(
+        &filter_config(&key, 1000, "deny"),
+        EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            ..Default::default()
+        },
+    );
+    let raw = |head: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(envoy.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(head).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // obs-text bytes (not UTF-8) in header values the filter reads. Envoy hands these two to the filter as they are: a malformed token, an unusable payment.
+    for head in [
+        &b"GET /api/weather HTTP/1.1\r\nhost: x\r\nauthorization: Bearer \xff\xfe\r\nconnection: close\r\n\r\n"[..],
+        b"GET /api/weather HTTP/1.1\r\nhost: x\r\npayment-signature: \xc3\x28\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = raw(head);
+        assert!(
+            answer.starts_with("HTTP/1.1 402"),
+            "{answer}\n{}",
+            envoy.log_tail(20)
+        );
+    }
+    // Envoy may refuse these itself (400); either way nothing breaks.
+    for head in [
+        &b"GET /api/weather HTTP/1.1\r\nhost: \xe9x\r\nconnection: close\r\n\r\n"[..],
+        &b"GET /public HTTP/1.1\r\nhost: x\r\nx-x402-payer: \xff\r\nconnection: close\r\n\r\n"[..],
+    ] {
+        let answer = raw(head);
+        assert!(
+            answer.starts_with("HTTP/1.1 402")
+                || answer.starts_with("HTTP/1.1 400")
+                || answer.starts_with("HTTP/1.1 200"),
+            "{answer}\n{}",
+            envoy.log_tail(20)
+        );
+    }
+    // The filter is still alive and enforcing.
+    assert_eq!(
+        envoy.get("/api/weather").status,
+        402,
+        "{}",
+        envoy.log_tail(30)
+    );
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log_tail(30));
+}
+
+/// The wasm filter config inside envoy/istio/envoyfilter.yaml (the Istio EnvoyFilter patch)
+/// is real Envoy 1.40 config: its `typed_config` block, with the module path pointed at the
+/// built filter and the key placeholders filled, passes `envoy --mode validate`, which also
+/// runs the filter's own configuration check.
+#[test]
+fn istio_envoyfilter_wasm_config_validates() {
+    let text =
+        std::fs::read_to_string(x402_testkit::paths::root().join("envoy/istio/envoyfilter.yaml"))
+            .unwrap();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "typed_config:")
+        .expect("the EnvoyFilter has a typed_config");
+    let base = indent(lines[start]);
+    let block: Vec<&str> = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || indent(l) > base)
+        .copied()
+        .collect();
+    assert!(
+        block
+            .iter()
+            .any(|l| l.trim() == "allow_on_headers_stop_iteration: true"),
+        "the EnvoyFilter sets allow_on_headers_stop_iteration"
+    );
+    let key = fresh_key("istio");
+    let wasm = x402_testkit::paths::filter_wasm();
+    let typed_config: String = block
+        .iter()
+        .map(|l| {
+            let l = if l.trim().is_empty() {
+                ""
+            } else {
+                &l[base + 2..]
+            };
+            format!("              {l}\n")
+        })
+        .collect::<String>()
+        .replace(
+            "/var/local/lib/wasm/x402_filter.wasm",
+            &wasm.to_string_lossy(),
+        )
+        .replace("REPLACE_WITH_KID", &key_id(key.verifying_key()))
+        .replace(
+            "REPLACE_WITH_SETTLER_PUBLIC_KEY",
+            &verifying_key_to_hex(key.verifying_key()),
+        );
+    let bootstrap = format!(
+        r#"static_resources:
+  listeners:
+  - name: gateway
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10080}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+{typed_config}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: "outbound|8402||x402-settler.x402.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "outbound|8402||x402-settler.x402.svc.cluster.local"
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8402}}}}}}}}]}}]
+"#
+    );
+    let (ok, out) = Envoy::validate(&bootstrap).unwrap();
+    assert!(ok, "{out}\n---\n{bootstrap}");
+    // With the placeholders left in, the filter itself refuses the config, naming the field.
+    let unfilled = bootstrap.replace(
+        &verifying_key_to_hex(key.verifying_key()),
+        "REPLACE_WITH_SETTLER_PUBLIC_KEY",
+    );
+    let (ok, out) = Envoy::validate(&unfilled).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("x402 config: token_keys[0].public_key: "),
+        "{out}"
+    );
 }
