@@ -27,6 +27,7 @@ sol! {
         event Transfer(address indexed from, address indexed to, uint256 value);
         function balanceOf(address account) external view returns (uint256);
         function nonces(address owner) external view returns (uint256);
+        function allowance(address owner, address spender) external view returns (uint256);
         function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
         function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s) external;
         function transferFrom(address from, address to, uint256 value) external returns (bool);
@@ -99,6 +100,11 @@ impl Chain {
         self.rpc("nonces", t.nonces(owner).call()).await
     }
 
+    pub async fn allowance(&self, token: Address, owner: Address, spender: Address) -> Result<U256, ChainError> {
+        let t = self.token(token);
+        self.rpc("allowance", t.allowance(owner, spender).call()).await
+    }
+
     pub async fn authorization_used(&self, token: Address, from: Address, nonce: B256) -> Result<bool, ChainError> {
         let t = self.token(token);
         self.rpc("authorizationState", t.authorizationState(from, nonce).call()).await
@@ -109,6 +115,7 @@ impl Chain {
         self.rpc("eth_getTransactionCount", self.provider.get_transaction_count(self.signer).pending()).await
     }
 
+    /// The signer's confirmed transaction count: every nonce below it is used by a mined transaction.
     pub async fn latest_nonce(&self) -> Result<u64, ChainError> {
         self.rpc("eth_getTransactionCount", self.provider.get_transaction_count(self.signer).latest()).await
     }

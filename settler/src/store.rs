@@ -616,8 +616,10 @@ impl Store {
     }
 
     /// Records the receipts of a payment's transactions and its final state, atomically.
-    /// `receipts`: (tx hash, success, block). Returns false if it was not `submitted`.
-    pub async fn finish(&self, payment_id: &str, receipts: &[(B256, bool, u64)], settled: bool, block: Option<u64>, error: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
+    /// `receipts`: (tx hash, success, block); `dropped`: transactions that can never be mined
+    /// (their wallet nonce was used by another transaction). Returns false if it was not `submitted`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish(&self, payment_id: &str, receipts: &[(B256, bool, u64)], dropped: &[B256], settled: bool, block: Option<u64>, error: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query("UPDATE x402_payments SET state = $2, block_number = $3, error = $4, updated_ms = $5, settled_ms = $6 WHERE id = $1 AND state = 'submitted'")
             .bind(payment_id)
@@ -632,15 +634,29 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        for (hash, ok, b) in receipts {
-            sqlx::query("UPDATE x402_txs SET state = 'mined', status = $2, block_number = $3, updated_ms = $4 WHERE hash = $1")
-                .bind(hex32(*hash))
-                .bind(if *ok { 1i64 } else { 0i64 })
-                .bind(*b as i64)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
+        record_receipts(&mut tx, receipts, dropped, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Moves a `submitted` payment back to `pending` so the lane re-checks it on chain and signs
+    /// its settlement again, with fresh wallet nonces. Only for payments whose stored
+    /// transactions can no longer move the funds: some were `dropped` (nonce used by another
+    /// transaction), the others are mined (`receipts`) and did not transfer. Atomic; returns
+    /// false if the payment was not `submitted`.
+    pub async fn requeue(&self, payment_id: &str, receipts: &[(B256, bool, u64)], dropped: &[B256], note: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE x402_payments SET state = 'pending', permit_tx = NULL, transfer_tx = NULL, error = $2, attempts = attempts + 1, next_attempt_ms = $3, updated_ms = $3 WHERE id = $1 AND state = 'submitted'")
+            .bind(payment_id)
+            .bind(note)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
         }
+        record_receipts(&mut tx, receipts, dropped, now_ms).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -676,6 +692,22 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn record_receipts(tx: &mut Transaction<'static, Any>, receipts: &[(B256, bool, u64)], dropped: &[B256], now_ms: i64) -> Result<(), StoreError> {
+    for (hash, ok, b) in receipts {
+        sqlx::query("UPDATE x402_txs SET state = 'mined', status = $2, block_number = $3, updated_ms = $4 WHERE hash = $1")
+            .bind(hex32(*hash))
+            .bind(if *ok { 1i64 } else { 0i64 })
+            .bind(*b as i64)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for hash in dropped {
+        sqlx::query("UPDATE x402_txs SET state = 'dropped', updated_ms = $2 WHERE hash = $1").bind(hex32(*hash)).bind(now_ms).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// The URL without its password, for logs.
@@ -749,8 +781,8 @@ mod tests {
         assert_eq!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap()[0].raw, vec![1, 2, 3]);
         assert_eq!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::ZERO).await.unwrap(), vec![U256::ZERO]);
         assert!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::from(1)).await.unwrap().is_empty());
-        assert!(store.finish("a", &[(tx.hash, true, 12)], true, Some(12), None, 9).await.unwrap());
-        assert!(!store.finish("a", &[(tx.hash, true, 12)], true, Some(12), None, 9).await.unwrap());
+        assert!(store.finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9).await.unwrap());
+        assert!(!store.finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9).await.unwrap());
         let st = store.get("a").await.unwrap().unwrap().status();
         assert_eq!(st.state, SettlementState::Settled);
         assert_eq!(st.block_number, Some(12));
@@ -763,6 +795,31 @@ mod tests {
         assert!(store.lease("lane", "me", 1000, 0).await.unwrap());
         assert!(!store.lease("lane", "you", 1000, 500).await.unwrap());
         assert!(store.lease("lane", "you", 1000, 1500).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn requeue_returns_a_submitted_payment_to_pending_and_drops_its_dead_txs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
+        let mut s = store.session(1).await.unwrap();
+        s.insert(&sample("a", 0)).await.unwrap();
+        let signer = Address::repeat_byte(5);
+        let tx = |nonce: u64, kind: &str, h: u8| TxRow { chain_id: 31337, signer, nonce, payment_id: "a".into(), kind: kind.into(), hash: B256::repeat_byte(h), raw: vec![h], state: "sent".into(), last_broadcast_ms: 0 };
+        let txs = [tx(0, "permit", 1), tx(1, "transfer_from", 2)];
+        assert!(store.record_submission("a", &txs, Some(txs[0].hash), txs[1].hash, 5).await.unwrap());
+        // The permit lost its nonce; the transfer reverted.
+        assert!(store.requeue("a", &[(txs[1].hash, false, 3)], &[txs[0].hash], "nonce taken", 6).await.unwrap());
+        assert!(!store.requeue("a", &[], &[], "again", 7).await.unwrap(), "only a submitted payment");
+        let row = store.get("a").await.unwrap().unwrap();
+        assert_eq!(row.state, SettlementState::Pending);
+        assert_eq!((row.permit_tx, row.transfer_tx, row.attempts), (None, None, 1));
+        assert!(store.unconfirmed_txs(31337, signer).await.unwrap().is_empty());
+        assert_eq!(store.due_pending(31337, 6, 10).await.unwrap().len(), 1);
+        // Signed again at fresh nonces; the old rows stay (dropped / mined).
+        let again = [tx(2, "permit", 3), tx(3, "transfer_from", 4)];
+        assert!(store.record_submission("a", &again, Some(again[0].hash), again[1].hash, 8).await.unwrap());
+        assert_eq!(store.txs_of("a").await.unwrap().iter().map(|t| t.state.as_str()).collect::<Vec<_>>(), ["dropped", "mined", "sent", "sent"]);
+        assert_eq!(store.max_tx_nonce(31337, signer).await.unwrap(), Some(3));
     }
 
     #[test]

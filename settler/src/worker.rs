@@ -8,6 +8,13 @@
 //! without receipt byte for byte and continues after the highest stored nonce: a payment's
 //! transfer is signed once and can execute at most once. Replicas on a shared Postgres take a
 //! lease on the lane, so exactly one process drives a wallet at a time.
+//!
+//! The one exception to "signed once": a stored transaction whose wallet nonce was used by a
+//! transaction this settler did not send (the key is used elsewhere too). Once the wallet's
+//! confirmed nonce is above it and it has no receipt, it can never be mined; its payment goes
+//! back to `pending`, is re-checked on chain (permit nonce and allowance, authorization state)
+//! and signed again with fresh nonces. The lane also re-syncs its next nonce from the node
+//! before every batch, so a foreign transaction sent before signing costs nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +30,9 @@ use crate::error::{ChainError, StoreError};
 use crate::http::now_ms;
 use crate::metrics as m;
 use crate::store::{Backend, PaymentRow, Store, TxRow};
+
+/// Out-of-order permit reverts retried at most this many times per payment.
+const MAX_REQUEUES: i64 = 8;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -49,6 +59,8 @@ pub struct Lane {
     store: Store,
     chain: Arc<Chain>,
     wake: Arc<Notify>,
+    /// Poked by the broadcaster on "nonce too low": the confirm loop checks at once.
+    recheck: Notify,
     cfg: WorkerConfig,
 }
 
@@ -59,13 +71,16 @@ enum ChainFacts {
 
 enum Preflight {
     Ready,
+    /// The permit's nonce is used on chain but the allowance covers the value (someone
+    /// submitted this permit, or another one to the settler): `transferFrom` alone settles it.
+    TransferOnly,
     Defer(String),
     Fail { reason: String, release_key: bool },
 }
 
 impl Lane {
     pub fn new(store: Store, chain: Arc<Chain>, wake: Arc<Notify>, cfg: WorkerConfig) -> Lane {
-        Lane { store, chain, wake, cfg }
+        Lane { store, chain, wake, recheck: Notify::new(), cfg }
     }
 
     fn lease_name(&self) -> String {
@@ -189,21 +204,27 @@ impl Lane {
     async fn confirm_loop(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), LaneError> {
         let mut last_block = 0u64;
         let mut last_rebroadcast = Instant::now();
+        let mut force = false;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             let block = self.chain.block_number().await?;
-            if block != last_block {
+            if block != last_block || force {
                 self.confirm().await?;
                 last_block = block;
+                force = false;
             }
             if last_rebroadcast.elapsed() >= self.cfg.rebroadcast / 2 {
+                // Without a new block nothing above ran: catch transactions whose nonce was
+                // taken by a foreign transaction before re-sending them.
+                self.confirm().await?;
                 self.rebroadcast_stale().await?;
                 last_rebroadcast = Instant::now();
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = self.recheck.notified() => force = true,
                 _ = shutdown.changed() => {}
             }
         }
@@ -212,7 +233,13 @@ impl Lane {
     async fn broadcast(&self, t: &TxRow) -> Result<(), LaneError> {
         match self.chain.broadcast(&t.raw).await {
             SendOutcome::Accepted => {}
-            SendOutcome::AlreadyKnown(msg) => tracing::debug!(hash = %t.hash, msg, "transaction already known"),
+            SendOutcome::AlreadyKnown(msg) => {
+                tracing::debug!(hash = %t.hash, nonce = t.nonce, msg, "transaction already known");
+                if msg.to_ascii_lowercase().contains("nonce too low") {
+                    // Mined already, or its nonce went to another transaction: look now.
+                    self.recheck.notify_one();
+                }
+            }
             SendOutcome::Error(msg) => tracing::warn!(hash = %t.hash, nonce = t.nonce, msg, "broadcast failed; will retry"),
         }
         self.store.mark_broadcast(t.hash, now_ms()).await?;
@@ -248,7 +275,16 @@ impl Lane {
                 let ChainFacts::PermitNonce(onchain) = facts else { return Ok(Preflight::Defer("internal: wrong facts".into())) };
                 let nonce = p.permit_nonce();
                 if nonce < onchain {
-                    return Ok(Preflight::Fail { reason: format!("permit nonce {nonce} was consumed on chain by another transaction (on-chain nonce {onchain})"), release_key: false });
+                    // Used by someone else's permit() call (maybe this very signature): the
+                    // allowance may still cover the transfer.
+                    let allowance = self.chain.allowance(p.p.asset, p.p.payer, self.chain.signer()).await?;
+                    if allowance >= p.p.value {
+                        return Ok(Preflight::TransferOnly);
+                    }
+                    return Ok(Preflight::Fail {
+                        reason: format!("permit nonce {nonce} was consumed on chain by another transaction (on-chain nonce {onchain}) and the allowance {allowance} does not cover {}", p.p.value),
+                        release_key: false,
+                    });
                 }
                 if nonce > onchain {
                     // Earlier permits of this payer must be in flight ahead of this one.
@@ -291,8 +327,13 @@ impl Lane {
         if due.is_empty() {
             return Ok(0);
         }
-        let fees = self.chain.fees().await?;
         let signer = self.chain.signer();
+        let (fees, node_next) = tokio::try_join!(self.chain.fees(), self.chain.pending_nonce())?;
+        if node_next > *next_nonce {
+            tracing::warn!(wallet = %signer, network = %self.chain.network, lane_next = *next_nonce, node_next,
+                "the settler wallet's nonce was used by transactions this settler did not send (is its key used elsewhere?); re-syncing the lane's nonce from the chain");
+            *next_nonce = node_next;
+        }
         // Chain reads for the whole batch at once; decisions and signing stay in order.
         let mut reads = tokio::task::JoinSet::new();
         for (i, p) in due.iter().enumerate() {
@@ -308,8 +349,13 @@ impl Lane {
         let mut count = 0;
         for (p, f) in due.into_iter().zip(facts) {
             let Some(f) = f else { continue };
+            let mut with_permit = true;
             match self.preflight(&p, f).await? {
                 Preflight::Ready => {}
+                Preflight::TransferOnly => {
+                    tracing::info!(settlement_id = %p.p.id, "permit nonce already used on chain; the allowance covers the value: transferFrom only");
+                    with_permit = false;
+                }
                 Preflight::Defer(note) => {
                     let wait = 1000i64.saturating_mul(1 << p.attempts.clamp(0, 5));
                     tracing::info!(settlement_id = %p.p.id, note, "settlement deferred");
@@ -337,7 +383,12 @@ impl Lane {
                         deadline: p.p.deadline,
                         sig: p.p.sig,
                     };
-                    vec![("permit", chain::permit_call(&permit)), ("transfer_from", chain::transfer_from_call(p.p.payer, p.p.pay_to, p.p.value))]
+                    let transfer = ("transfer_from", chain::transfer_from_call(p.p.payer, p.p.pay_to, p.p.value));
+                    if with_permit {
+                        vec![("permit", chain::permit_call(&permit)), transfer]
+                    } else {
+                        vec![transfer]
+                    }
                 }
                 Scheme::Exact => {
                     let auth = Authorization {
@@ -360,7 +411,7 @@ impl Lane {
                 let (hash, raw) = self.chain.sign(token, input, nonce, fees).await?;
                 txs.push(TxRow { chain_id, signer, nonce, payment_id: p.p.id.clone(), kind: kind.into(), hash, raw, state: "sent".into(), last_broadcast_ms: now_ms() });
             }
-            let permit_tx = if txs.len() == 2 { Some(txs[0].hash) } else { None };
+            let permit_tx = txs.iter().find(|t| t.kind == "permit").map(|t| t.hash);
             let transfer_tx = txs[txs.len() - 1].hash;
             if !self.store.record_submission(&p.p.id, &txs, permit_tx, transfer_tx, now_ms()).await? {
                 continue;
@@ -379,59 +430,109 @@ impl Lane {
     }
 
     /// Checks receipts of submitted payments in wallet-nonce order; stops at the first
-    /// transaction not mined yet (later nonces cannot be mined before it).
+    /// transaction not mined yet (later nonces cannot be mined before it). A transaction
+    /// without receipt below the wallet's confirmed nonce lost its nonce to a transaction this
+    /// settler did not send: it can never be mined, and its payment is signed again.
     async fn confirm(&self) -> Result<(), LaneError> {
         let chain_id = self.chain.network.chain_id;
-        let mut pending = Vec::new();
-        for t in self.store.unconfirmed_txs(chain_id, self.chain.signer()).await? {
-            pending.push(t);
+        let signer = self.chain.signer();
+        let unconfirmed = self.store.unconfirmed_txs(chain_id, signer).await?;
+        if unconfirmed.is_empty() {
+            return Ok(());
         }
-        // Group by payment: the payment is final when its last transaction is mined.
-        let mut i = 0;
-        while i < pending.len() {
-            let pid = pending[i].payment_id.clone();
-            let mut j = i;
-            while j < pending.len() && pending[j].payment_id == pid {
-                j += 1;
+        // Read BEFORE the receipts: a nonce below this is taken by a mined transaction, so if
+        // ours had been that one its receipt would show below.
+        let confirmed_nonce = self.chain.latest_nonce().await?;
+        // Group by payment (a payment's transactions have consecutive nonces).
+        let mut groups: Vec<Vec<TxRow>> = Vec::new();
+        for t in unconfirmed {
+            match groups.iter_mut().find(|g| g[0].payment_id == t.payment_id) {
+                Some(g) => g.push(t),
+                None => groups.push(vec![t]),
             }
-            let group = &pending[i..j];
-            i = j;
+        }
+        for group in groups {
+            let pid = group[0].payment_id.clone();
             let last = &group[group.len() - 1];
-            let Some(receipt) = self.chain.receipt(last.hash).await? else { break };
+            let last_receipt = self.chain.receipt(last.hash).await?;
+            if last_receipt.is_none() && last.nonce >= confirmed_nonce {
+                break; // not mined yet
+            }
             let Some(p) = self.store.get(&pid).await? else { continue };
             if p.state != SettlementState::Submitted {
                 continue;
             }
+            // Every transaction of the group is now mined or dead (its nonce is below the
+            // confirmed nonce too).
             let mut receipts = Vec::new();
+            let mut dropped = Vec::new();
             let mut permit_ok = true;
-            for t in group {
-                let r = if t.hash == last.hash { Some(receipt.clone()) } else { self.chain.receipt(t.hash).await? };
-                if let Some(r) = r {
-                    let ok = r.status();
-                    if t.kind == "permit" {
-                        permit_ok = ok;
+            for t in &group {
+                let r = if t.hash == last.hash { last_receipt.clone() } else { self.chain.receipt(t.hash).await? };
+                match r {
+                    Some(r) => {
+                        let ok = r.status();
+                        if t.kind == "permit" {
+                            permit_ok = ok;
+                        }
+                        receipts.push((t.hash, ok, r.block_number.unwrap_or(0)));
                     }
-                    receipts.push((t.hash, ok, r.block_number.unwrap_or(0)));
+                    None => dropped.push(t),
                 }
             }
-            let block = receipt.block_number;
-            let moved = receipt.status() && chain::has_transfer(&receipt, p.p.asset, p.p.payer, p.p.pay_to, p.p.value);
+            let dropped_hashes: Vec<_> = dropped.iter().map(|t| t.hash).collect();
             let now = now_ms();
-            if moved {
-                if self.store.finish(&pid, &receipts, true, block, None, now).await? {
-                    metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
-                    metrics::histogram!(m::SETTLE_LATENCY).record((now - p.p.created_ms).max(0) as f64 / 1000.0);
-                    tracing::info!(settlement_id = %pid, block = block.unwrap_or(0), tx = %last.hash, "settled");
+            if let Some(receipt) = &last_receipt {
+                let block = receipt.block_number;
+                let moved = receipt.status() && chain::has_transfer(receipt, p.p.asset, p.p.payer, p.p.pay_to, p.p.value);
+                if moved {
+                    if self.store.finish(&pid, &receipts, &dropped_hashes, true, block, None, now).await? {
+                        metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
+                        metrics::histogram!(m::SETTLE_LATENCY).record((now - p.p.created_ms).max(0) as f64 / 1000.0);
+                        tracing::info!(settlement_id = %pid, block = block.unwrap_or(0), tx = %last.hash, "settled");
+                    }
+                    continue;
                 }
-            } else {
-                let reason = self.diagnose(&p, permit_ok, receipt.status()).await;
-                if self.store.finish(&pid, &receipts, false, block, Some(&reason), now).await? {
-                    metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
-                    tracing::warn!(settlement_id = %pid, reason, "settlement failed on chain");
+                if dropped.is_empty() {
+                    if let Some(note) = self.permit_retry(&p, permit_ok).await? {
+                        if self.store.requeue(&pid, &receipts, &[], &note, now).await? {
+                            tracing::warn!(settlement_id = %pid, note, "settlement will be signed again");
+                            self.wake.notify_one();
+                        }
+                        continue;
+                    }
+                    let reason = self.diagnose(&p, permit_ok, receipt.status()).await;
+                    if self.store.finish(&pid, &receipts, &[], false, block, Some(&reason), now).await? {
+                        metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
+                        tracing::warn!(settlement_id = %pid, reason, "settlement failed on chain");
+                    }
+                    continue;
                 }
+            }
+            // The funds did not move and a transaction of this payment can never be mined.
+            let nonces: Vec<u64> = dropped.iter().map(|t| t.nonce).collect();
+            let note = format!("wallet nonce(s) {nonces:?} of {signer:#x} were used by another transaction; settlement is signed again");
+            tracing::warn!(wallet = %signer, network = %self.chain.network, settlement_id = %pid, ?nonces, confirmed_nonce,
+                "settlement transaction(s) can never be mined: the wallet's nonce was used by a transaction this settler did not send (is its key used elsewhere?); re-checking the payment on chain and signing it again");
+            if self.store.requeue(&pid, &receipts, &dropped_hashes, &note, now).await? {
+                self.wake.notify_one();
             }
         }
         Ok(())
+    }
+
+    /// A permit payment whose `permit()` reverted while the owner's on-chain nonce is still at
+    /// or below its nonce: an earlier permit of this owner was not executed yet (e.g. it lost
+    /// its wallet nonce), so this one reverted out of order. Worth another attempt (bounded).
+    async fn permit_retry(&self, p: &PaymentRow, permit_ok: bool) -> Result<Option<String>, LaneError> {
+        if p.p.scheme != Scheme::Permit || permit_ok || p.attempts >= MAX_REQUEUES {
+            return Ok(None);
+        }
+        let onchain = self.chain.permit_nonce(p.p.asset, p.p.payer).await?;
+        if onchain > p.permit_nonce() {
+            return Ok(None);
+        }
+        Ok(Some(format!("permit() reverted while the owner's on-chain nonce is {onchain} (this permit's is {}): earlier permits go first; signed again", p.permit_nonce())))
     }
 
     async fn diagnose(&self, p: &PaymentRow, permit_ok: bool, transfer_ok: bool) -> String {
