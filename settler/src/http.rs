@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy::primitives::{keccak256, U256};
+use alloy::primitives::{keccak256, Address, U256};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -17,14 +17,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::{Notify, OwnedMutexGuard};
 use x402_protocol::payment::{parse_payment, ClientPayment, PaymentFormat};
-use x402_protocol::settler_api::{TokenRequest, TokenResponse};
+use x402_protocol::settler_api::{SettlementState, TokenRequest, TokenResponse};
 use x402_protocol::token::{self, AccessClaims};
 use x402_protocol::{Network, Scheme};
 
-use crate::chain::Chains;
+use crate::chain::{Chain, Chains};
 use crate::error::{Rejection, StoreError};
 use crate::metrics as m;
-use crate::store::{NewPayment, Store};
+use crate::store::{NewPayment, OpenPayment, Store};
 use crate::verify;
 
 pub struct AppState {
@@ -242,9 +242,20 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
             }
         }
     }
-    let balance = balance?;
-    let committed = open.iter().fold(U256::ZERO, |acc, o| acc.saturating_add(o.value));
-    let available = balance.saturating_sub(committed);
+    let mut balance = balance?;
+    let mut committed = open.iter().fold(U256::ZERO, |acc, o| acc.saturating_add(o.value));
+    let mut available = balance.saturating_sub(committed);
+    if available < new.value {
+        // A submitted payment whose transfer is mined but not yet marked settled is out of
+        // the balance already: do not subtract it twice. Receipts first, then the balance
+        // again, so a transfer mined in between is in the balance read.
+        let mined = mined_transfers(&chain, token_addr, payer, &open).await?;
+        if !mined.is_zero() {
+            balance = chain.balance_of(token_addr, payer).await?;
+            committed = committed.saturating_sub(mined);
+            available = balance.saturating_sub(committed);
+        }
+    }
     if available < new.value {
         return Err(Rejection::payment(
             "insufficient_balance",
@@ -285,6 +296,27 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
         amount: new.value,
         asset: new.asset,
     })
+}
+
+/// Sum of the open payments whose transfer transaction is mined and moved the funds.
+async fn mined_transfers(chain: &Arc<Chain>, token: Address, payer: Address, open: &[OpenPayment]) -> Result<U256, Rejection> {
+    let mut reads = tokio::task::JoinSet::new();
+    for o in open.iter().filter(|o| o.state == SettlementState::Submitted) {
+        if let Some(h) = o.transfer_tx {
+            let (chain, o) = (chain.clone(), o.clone());
+            reads.spawn(async move { chain.receipt(h).await.map(|r| (o, r)) });
+        }
+    }
+    let mut mined = U256::ZERO;
+    while let Some(r) = reads.join_next().await {
+        let (o, receipt) = r.map_err(|e| Rejection::internal(format!("receipt read: {e}")))??;
+        if let Some(receipt) = receipt {
+            if receipt.status() && crate::chain::has_transfer(&receipt, token, payer, o.pay_to, o.value) {
+                mined = mined.saturating_add(o.value);
+            }
+        }
+    }
+    Ok(mined)
 }
 
 async fn get_settlement(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {

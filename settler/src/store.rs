@@ -133,8 +133,12 @@ pub struct TxRow {
 #[derive(Debug, Clone)]
 pub struct OpenPayment {
     pub scheme: Scheme,
+    pub state: SettlementState,
     pub value: U256,
     pub nonce: B256,
+    pub pay_to: Address,
+    /// The transaction moving the funds, once submitted.
+    pub transfer_tx: Option<B256>,
 }
 
 fn state_str(s: SettlementState) -> &'static str {
@@ -336,7 +340,7 @@ impl Session {
 
     /// Pending or submitted payments of `payer` in `asset`.
     pub async fn open_payments(&mut self, network: Network, asset: Address, payer: Address) -> Result<Vec<OpenPayment>, StoreError> {
-        let rows = sqlx::query("SELECT scheme, value, nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND state IN ('pending', 'submitted')")
+        let rows = sqlx::query("SELECT scheme, state, value, nonce, pay_to, transfer_tx FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND state IN ('pending', 'submitted')")
             .bind(network.chain_id as i64)
             .bind(hexa(asset))
             .bind(hexa(payer))
@@ -345,7 +349,16 @@ impl Session {
         rows.iter()
             .map(|r| {
                 let scheme: String = r.try_get("scheme")?;
-                Ok(OpenPayment { scheme: parse_scheme(&scheme)?, value: col_u256(r, "value")?, nonce: col(r, "nonce")? })
+                let state: String = r.try_get("state")?;
+                let transfer_tx: Option<String> = r.try_get("transfer_tx")?;
+                Ok(OpenPayment {
+                    scheme: parse_scheme(&scheme)?,
+                    state: parse_state(&state)?,
+                    value: col_u256(r, "value")?,
+                    nonce: col(r, "nonce")?,
+                    pay_to: col(r, "pay_to")?,
+                    transfer_tx: transfer_tx.map(|h| h.parse().map_err(|_| StoreError::Corrupt("transfer_tx".into()))).transpose()?,
+                })
             })
             .collect()
     }

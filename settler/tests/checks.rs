@@ -166,3 +166,39 @@ async fn unreachable_chain_fails_closed() {
     // The payment was not stored: the real settler still accepts it.
     assert_eq!(env.post_token(&env.requirement(), &p).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mined_but_unconfirmed_payment_is_not_subtracted_twice() {
+    // Receipts are looked at every 10 s: a transfer stays mined-but-`submitted` for a while.
+    let env = Env::start_with(None, None, &["--poll-interval-ms", "10000"]).await;
+    let req = env.requirement();
+    let dl = env.now() + 3600;
+    let mut checked = false;
+    for _ in 0..3 {
+        let payer = env.funded_payer(2 * PRICE).await;
+        let (st, first) = env.post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce())).await;
+        assert_eq!(st, 200, "{first}");
+        let id = first["settlement_id"].as_str().unwrap().to_string();
+        let start = std::time::Instant::now();
+        while env.balance(payer.address()).await != U256::from(PRICE) {
+            assert!(start.elapsed() < Duration::from_secs(10), "first transfer not mined:\n{}", env.settler.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if env.settlement(&id).await.state != SettlementState::Submitted {
+            continue; // the confirm loop was quicker this time; try again
+        }
+        // Balance PRICE, the mined payment still open: PRICE is available, not 0.
+        let (st, second) = env.post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce())).await;
+        assert_eq!(st, 200, "{second}");
+        // Nothing is left now.
+        let (st, third) = env.post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce())).await;
+        assert_eq!((st, code(&third)), (402, "insufficient_balance"), "{third}");
+        for id in [id.as_str(), second["settlement_id"].as_str().unwrap()] {
+            assert_eq!(env.wait_final(id, Duration::from_secs(30)).await.state, SettlementState::Settled);
+        }
+        assert_eq!(env.balance(payer.address()).await, U256::ZERO);
+        checked = true;
+        break;
+    }
+    assert!(checked, "the mined-but-unconfirmed window was never observed");
+}
