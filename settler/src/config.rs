@@ -93,10 +93,15 @@ pub struct ServeArgs {
     /// Lease on a signer wallet's settlement lane (shared Postgres, several replicas), seconds.
     #[arg(long = "lease-secs", env = "X402_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
-    /// If set, `POST /v1/tokens` requires `Authorization: Bearer <secret>` (the filter's
-    /// credential), so only the gateway can state requirements.
+    /// If set, `POST /v1/tokens` and the facilitator endpoints (`/verify`, `/settle`,
+    /// `/supported`) require `Authorization: Bearer <secret>` (the gateway's credential), so
+    /// only the gateway can state requirements.
     #[arg(long = "api-secret-file", env = "X402_API_SECRET_FILE")]
     pub api_secret_file: Option<PathBuf>,
+    /// How long facilitator `POST /settle` waits for the settlement to be final, seconds
+    /// (then it answers `settlement_pending`; settlement goes on).
+    #[arg(long = "settle-timeout-secs", env = "X402_SETTLE_TIMEOUT_SECS", default_value_t = 20)]
+    pub settle_timeout_secs: u64,
     /// Request body limit in bytes.
     #[arg(long = "body-limit", env = "X402_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,

@@ -1,4 +1,5 @@
-//! The HTTP API: `POST /v1/tokens`, `GET /v1/settlements/{id}`, JWKS, health, metrics.
+//! The HTTP API: `POST /v1/tokens`, `GET /v1/settlements/{id}`, the x402 facilitator endpoints
+//! (`facilitator.rs`), JWKS, health, metrics.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::{Notify, OwnedMutexGuard};
 use x402_protocol::payment::{parse_payment, ClientPayment, PaymentFormat};
-use x402_protocol::settler_api::{SettlementState, TokenRequest, TokenResponse};
+use x402_protocol::settler_api::{PricedMethod, Requirement, SettlementState, TokenRequest, TokenResponse};
 use x402_protocol::token::{self, AccessClaims};
 use x402_protocol::{Network, Scheme};
 
@@ -25,7 +26,7 @@ use crate::chain::{Chain, Chains};
 use crate::error::{Rejection, StoreError};
 use crate::metrics as m;
 use crate::store::{NewPayment, OpenPayment, Store};
-use crate::verify;
+use crate::{facilitator, verify};
 
 pub struct AppState {
     pub store: Store,
@@ -41,11 +42,18 @@ pub struct AppState {
     /// Wakes a network's settlement lane when a payment is stored.
     pub wake: HashMap<Network, Arc<Notify>>,
     pub metrics: Option<PrometheusHandle>,
+    /// How long facilitator `/settle` waits for the settlement.
+    pub settle_timeout: Duration,
 }
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    // `/settle` may wait for its receipt: the request timeout stays above that.
+    let request_timeout = Duration::from_secs(30).max(state.settle_timeout + Duration::from_secs(10));
     Router::new()
         .route("/v1/tokens", post(post_token))
+        .route("/verify", post(facilitator::post_verify))
+        .route("/settle", post(facilitator::post_settle))
+        .route("/supported", get(facilitator::get_supported))
         .route("/v1/settlements/{id}", get(get_settlement))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
@@ -53,7 +61,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { Rejection::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -120,7 +128,7 @@ async fn post_token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: R
     }
 }
 
-fn check_api_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Rejection> {
+pub(crate) fn check_api_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Rejection> {
     let Some(secret) = &st.api_secret else { return Ok(()) };
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     // Constant-time compare.
@@ -128,7 +136,7 @@ fn check_api_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Rejection>
     if ok {
         Ok(())
     } else {
-        Err(Rejection::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token endpoint requires the gateway's bearer secret"))
+        Err(Rejection::new(StatusCode::UNAUTHORIZED, "unauthorized", "this endpoint requires the gateway's bearer secret"))
     }
 }
 
@@ -163,14 +171,83 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
     })?;
     let req = parse_request(&body)?;
     let (payment, format) = parse_payment(req.payment.get().as_bytes()).map_err(|e| Rejection::bad_request(e.code(), e.to_string()))?;
+    let checked = check_static(st, &payment, &req.requirement)?;
+    let now = checked.now;
+    let new = check_chain_and_store(st, &payment, format, &req.requirement, &checked, true).await?;
+    let payer = new.payer;
 
-    // Static checks: match, signature, parties, value, time.
-    let priced = verify::match_method(&payment, &req.requirement)?;
+    let ttl = if req.requirement.token_ttl_secs > 0 { req.requirement.token_ttl_secs.min(st.max_token_ttl) } else { st.token_ttl };
+    let claims = AccessClaims {
+        iss: st.issuer.clone(),
+        sub: payer,
+        route: new.route.clone(),
+        amount: new.value,
+        asset: new.asset,
+        network: new.network,
+        jti: new.id.clone(),
+    };
+    let access_token = token::mint(&st.token_key, &st.kid, claims, now as i64, ttl);
+    metrics::counter!(m::TOKENS_MINTED, "network" => new.network.to_string(), "route" => new.route.clone()).increment(1);
+    tracing::info!(settlement_id = %new.id, payer = %payer, route = %new.route, amount = %new.value, network = %new.network, "token minted");
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in: ttl,
+        settlement_id: new.id,
+        payer,
+        network: new.network,
+        route: new.route,
+        amount: new.value,
+        asset: new.asset,
+    })
+}
+
+/// Sum of the open payments whose transfer transaction is mined and moved the funds.
+async fn mined_transfers(chain: &Arc<Chain>, token: Address, payer: Address, open: &[OpenPayment]) -> Result<U256, Rejection> {
+    let mut reads = tokio::task::JoinSet::new();
+    for o in open.iter().filter(|o| o.state == SettlementState::Submitted) {
+        if let Some(h) = o.transfer_tx {
+            let (chain, o) = (chain.clone(), o.clone());
+            reads.spawn(async move { chain.receipt(h).await.map(|r| (o, r)) });
+        }
+    }
+    let mut mined = U256::ZERO;
+    while let Some(r) = reads.join_next().await {
+        let (o, receipt) = r.map_err(|e| Rejection::internal(format!("receipt read: {e}")))??;
+        if let Some(receipt) = receipt {
+            if receipt.status() && crate::chain::has_transfer(&receipt, token, payer, o.pay_to, o.value) {
+                mined = mined.saturating_add(o.value);
+            }
+        }
+    }
+    Ok(mined)
+}
+
+/// A payment that passed the static checks: the accepted method it pays with, its chain.
+pub(crate) struct Checked<'a> {
+    pub priced: &'a PricedMethod,
+    pub chain: Arc<Chain>,
+    pub now: u64,
+}
+
+/// Static checks (no I/O): match, signature, parties, value, time.
+pub(crate) fn check_static<'a>(st: &AppState, payment: &ClientPayment, requirement: &'a Requirement) -> Result<Checked<'a>, Rejection> {
+    let priced = verify::match_method(payment, requirement)?;
     let method = &priced.method;
     let chain = st.chains.get(method.network)?.clone();
-    verify::check_signature(&payment, method)?;
+    verify::check_signature(payment, method)?;
     let now = now_secs();
-    verify::check_terms(&payment, priced, chain.signer(), now, st.deadline_margin)?;
+    verify::check_terms(payment, priced, chain.signer(), now, st.deadline_margin)?;
+    Ok(Checked { priced, chain, now })
+}
+
+/// Chain and store checks (single use, permit nonce / authorization state, balance); with
+/// `store` the payment is then stored (durable, single use) and its lane woken. Without, it
+/// is only checked (`/verify`).
+pub(crate) async fn check_chain_and_store(st: &AppState, payment: &ClientPayment, format: PaymentFormat, requirement: &Requirement, checked: &Checked<'_>, store: bool) -> Result<NewPayment, Rejection> {
+    let priced = checked.priced;
+    let method = &priced.method;
+    let chain = checked.chain.clone();
 
     // One payer at a time from here to the insert.
     let payer = payment.payer();
@@ -178,7 +255,6 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
     let _guard = st.locks.lock(&payer_key).await;
     let lock_id = i64::from_be_bytes(keccak256(payer_key.as_bytes()).0[..8].try_into().unwrap_or([0u8; 8]));
     let mut session = st.store.session(lock_id).await?;
-
     let new = NewPayment {
         id: uuid::Uuid::now_v7().to_string(),
         scheme: payment.scheme(),
@@ -202,8 +278,8 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
             ClientPayment::Permit(p) => p.sig,
             ClientPayment::Authorization(a) => a.sig,
         },
-        route: req.requirement.route.clone(),
-        resource: req.requirement.resource.clone(),
+        route: requirement.route.clone(),
+        resource: requirement.resource.clone(),
         format: match format {
             PaymentFormat::Seed => "seed".into(),
             PaymentFormat::X402V2 => "x402v2".into(),
@@ -263,7 +339,10 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
         ));
     }
 
-    // Durable before the token exists.
+    if !store {
+        return Ok(new);
+    }
+    // Durable before the token (or the facilitator's answer) exists.
     session.insert(&new).await?;
     session.commit().await?;
     drop(_guard);
@@ -271,53 +350,9 @@ async fn token(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
     if let Some(w) = st.wake.get(&method.network) {
         w.notify_one();
     }
-
-    let ttl = if req.requirement.token_ttl_secs > 0 { req.requirement.token_ttl_secs.min(st.max_token_ttl) } else { st.token_ttl };
-    let claims = AccessClaims {
-        iss: st.issuer.clone(),
-        sub: payer,
-        route: new.route.clone(),
-        amount: new.value,
-        asset: new.asset,
-        network: new.network,
-        jti: new.id.clone(),
-    };
-    let access_token = token::mint(&st.token_key, &st.kid, claims, now as i64, ttl);
-    metrics::counter!(m::TOKENS_MINTED, "network" => new.network.to_string(), "route" => new.route.clone()).increment(1);
-    tracing::info!(settlement_id = %new.id, payer = %payer, route = %new.route, amount = %new.value, network = %new.network, "token minted");
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer".into(),
-        expires_in: ttl,
-        settlement_id: new.id,
-        payer,
-        network: new.network,
-        route: new.route,
-        amount: new.value,
-        asset: new.asset,
-    })
+    Ok(new)
 }
 
-/// Sum of the open payments whose transfer transaction is mined and moved the funds.
-async fn mined_transfers(chain: &Arc<Chain>, token: Address, payer: Address, open: &[OpenPayment]) -> Result<U256, Rejection> {
-    let mut reads = tokio::task::JoinSet::new();
-    for o in open.iter().filter(|o| o.state == SettlementState::Submitted) {
-        if let Some(h) = o.transfer_tx {
-            let (chain, o) = (chain.clone(), o.clone());
-            reads.spawn(async move { chain.receipt(h).await.map(|r| (o, r)) });
-        }
-    }
-    let mut mined = U256::ZERO;
-    while let Some(r) = reads.join_next().await {
-        let (o, receipt) = r.map_err(|e| Rejection::internal(format!("receipt read: {e}")))??;
-        if let Some(receipt) = receipt {
-            if receipt.status() && crate::chain::has_transfer(&receipt, token, payer, o.pay_to, o.value) {
-                mined = mined.saturating_add(o.value);
-            }
-        }
-    }
-    Ok(mined)
-}
 
 async fn get_settlement(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     if id.len() > 64 {

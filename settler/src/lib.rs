@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod config;
 pub mod error;
+pub mod facilitator;
 pub mod http;
 pub mod metrics;
 pub mod store;
@@ -70,6 +71,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         locks: Default::default(),
         wake: wake.clone(),
         metrics: metrics::handle(),
+        settle_timeout: Duration::from_secs(args.settle_timeout_secs.max(1)),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
