@@ -11,6 +11,7 @@ ROOT=$(pwd)
 RUN=$ROOT/.run
 BIN=$ROOT/target/debug
 mkdir -p "$RUN"
+rm -f "$RUN/envoy.pid"
 
 ANVIL_PORT=${X402_ANVIL_PORT:-8545}
 SETTLER_PORT=8402     # fixed in envoy/envoy.yaml
@@ -75,8 +76,13 @@ python3 tools/demo_upstream.py $UPSTREAM_PORT >"$RUN/upstream.log" 2>&1 &
 pids+=($!)
 export X402_TOKEN_ADDRESS=$TOKEN X402_PAY_TO=$PAY_TO X402_SPENDER=$SETTLER_ADDR
 python3 tools/render.py envoy/envoy.yaml >"$RUN/envoy.yaml"
-tools/bin/envoy -c "$RUN/envoy.yaml" --concurrency 1 --use-dynamic-base-id --log-level warn >"$RUN/envoy.log" 2>&1 &
-pids+=($!)
+# Envoy stops when its parent process exits (it gets SIGTERM), so a small subshell that
+# outlives this script stays its parent.
+( tools/bin/envoy -c "$RUN/envoy.yaml" --concurrency 1 --use-dynamic-base-id --log-level warn \
+    >"$RUN/envoy.log" 2>&1 &
+  echo $! >"$RUN/envoy.pid"; wait ) &
+for _ in $(seq 1 50); do [ -s "$RUN/envoy.pid" ] && break; sleep 0.1; done
+pids+=($(cat "$RUN/envoy.pid"))
 for _ in $(seq 1 100); do curl -fsS -o /dev/null http://127.0.0.1:9901/ready 2>/dev/null && break; sleep 0.1; done
 wait_http "http://127.0.0.1:9901/ready" envoy
 

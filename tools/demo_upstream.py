@@ -10,7 +10,7 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps({
             "city": "Lisbon", "forecast": "sunny", "temperature_c": 21,
             "path": self.path, "paid_by": self.headers.get("x-x402-payer"),
-        }).encode()
+        }).encode() + b"\n"
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
