@@ -13,28 +13,8 @@ use x402_protocol::challenge::{PaymentRequirements, Resource};
 
 pub use x402_protocol::challenge::SEED_PROTOCOL_VERSION;
 
-alloy::sol! {
-    /// EIP-2612 `Permit` as the token hashes it.
-    #[derive(Debug, Default, PartialEq, Eq)]
-    struct Permit {
-        address owner;
-        address spender;
-        uint256 value;
-        uint256 nonce;
-        uint256 deadline;
-    }
-
-    /// ERC-3009 `TransferWithAuthorization` as the token hashes it.
-    #[derive(Debug, Default, PartialEq, Eq)]
-    struct TransferWithAuthorization {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
-    }
-}
+/// The EIP-712 messages, defined once in `x402_protocol::eip712` (the settler recovers with them).
+pub use x402_protocol::eip712::{Permit, TransferWithAuthorization};
 
 /// The token's EIP-712 domain: `{name, version, chainId, verifyingContract}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ pub mod amount;
 pub mod b64;
 pub mod chain;
 pub mod challenge;
+pub mod eip712;
 pub mod method;
 pub mod payment;
 pub mod settler_api;

@@ -3,34 +3,16 @@
 //! Chain-state checks (balance, nonces) are in `http.rs`; they need RPC and the store.
 
 use alloy::primitives::{Address, Signature, B256, U256};
-use alloy::sol_types::{Eip712Domain, SolStruct};
+use alloy::sol_types::Eip712Domain;
 use x402_protocol::payment::{ClientPayment, Permit, Sig};
 use x402_protocol::settler_api::{PricedMethod, Requirement};
 use x402_protocol::{PaymentMethod, Scheme};
 
 use crate::error::Rejection;
 
-/// EIP-712 types; the struct names are part of the type hash and must be exactly these.
+/// EIP-712 types (shared with the client through `x402_protocol::eip712`).
 pub mod typed {
-    alloy::sol! {
-        /// EIP-2612.
-        struct Permit {
-            address owner;
-            address spender;
-            uint256 value;
-            uint256 nonce;
-            uint256 deadline;
-        }
-        /// ERC-3009.
-        struct TransferWithAuthorization {
-            address from;
-            address to;
-            uint256 value;
-            uint256 validAfter;
-            uint256 validBefore;
-            bytes32 nonce;
-        }
-    }
+    pub use x402_protocol::eip712::{Permit, TransferWithAuthorization};
 }
 
 /// secp256k1 group order / 2: signatures with a larger `s` are the malleable twin.
@@ -39,31 +21,12 @@ pub const SECP256K1_HALF_N: U256 =
 
 /// The EIP-712 domain of the requirement's asset (never the client's claims about it).
 pub fn domain(method: &PaymentMethod) -> Eip712Domain {
-    Eip712Domain::new(
-        Some(method.asset.name.clone().into()),
-        Some(method.asset.version.clone().into()),
-        Some(U256::from(method.network.chain_id)),
-        Some(method.asset.address),
-        None,
-    )
+    x402_protocol::eip712::method_domain(method)
 }
 
 /// The EIP-712 digest the payer signed, under the requirement's domain.
 pub fn signing_hash(payment: &ClientPayment, method: &PaymentMethod) -> B256 {
-    let d = domain(method);
-    match payment {
-        ClientPayment::Permit(p) => typed::Permit { owner: p.owner, spender: p.spender, value: p.value, nonce: p.nonce, deadline: p.deadline }
-            .eip712_signing_hash(&d),
-        ClientPayment::Authorization(a) => typed::TransferWithAuthorization {
-            from: a.from,
-            to: a.to,
-            value: a.value,
-            validAfter: a.valid_after,
-            validBefore: a.valid_before,
-            nonce: a.nonce,
-        }
-        .eip712_signing_hash(&d),
-    }
+    x402_protocol::eip712::signing_hash(payment, &domain(method))
 }
 
 /// Recovers the signer of `hash`; refuses zero and high-s (malleable) signatures.
@@ -186,6 +149,7 @@ fn check_deadline(field: &str, deadline: U256, now: u64, margin: u64) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use alloy::sol_types::SolStruct;
     use super::*;
     use alloy::signers::local::PrivateKeySigner;
     use alloy::signers::SignerSync;
