@@ -549,28 +549,7 @@ pub fn request(addr: SocketAddr, req: &HttpRequest) -> anyhow::Result<HttpRespon
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            let v = v.trim().to_string();
-            headers
-                .entry(k)
-                .and_modify(|e: &mut String| {
-                    e.push_str(", ");
-                    e.push_str(&v);
-                })
-                .or_insert(v);
-        }
-    }
+    let headers = crate::upstream::read_headers(&mut reader)?.unwrap_or_default();
     let body =
         if headers.contains_key("content-length") || headers.contains_key("transfer-encoding") {
             crate::upstream::read_body(&mut reader, &headers)?

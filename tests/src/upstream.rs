@@ -188,21 +188,16 @@ fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
     Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
 }
 
-fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
-    let Some(start) = read_line(r)? else {
-        return Ok(None);
-    };
-    let mut parts = start.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
-        return Ok(None);
-    };
+/// Reads header lines up to the blank line: lower-case names, repeated names joined with
+/// ", ". `None` when the peer closed before the blank line.
+pub(crate) fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<Option<BTreeMap<String, String>>> {
     let mut headers = BTreeMap::new();
     loop {
         let Some(line) = read_line(r)? else {
             return Ok(None);
         };
         if line.is_empty() {
-            break;
+            return Ok(Some(headers));
         }
         if let Some((k, v)) = line.split_once(':') {
             let k = k.trim().to_ascii_lowercase();
@@ -216,6 +211,19 @@ fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
                 .or_insert(v);
         }
     }
+}
+
+fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
+    let Some(start) = read_line(r)? else {
+        return Ok(None);
+    };
+    let mut parts = start.split_whitespace();
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let Some(headers) = read_headers(r)? else {
+        return Ok(None);
+    };
     let body = read_body(r, &headers)?;
     Ok(Some(Request {
         method: method.to_string(),
