@@ -52,4 +52,4 @@ ln -sfn "$envoy_bin" bin/envoy
 anvil_bin=$(ls "$TOOLS"/node_modules/@foundry-rs/anvil-linux-*/bin/anvil 2>/dev/null | head -n1 || true)
 [ -n "$anvil_bin" ] || anvil_bin="$TOOLS/node_modules/.bin/anvil"
 ln -sfn "$anvil_bin" bin/anvil
-log "ok: $(bin/envoy --version 2>&1 | head -n1 | cut -c1-80)"
+log "ok: envoy $(bin/envoy --version 2>&1 | grep -o "/1\.[0-9.]*/" | tr -d /), anvil $(bin/anvil --version 2>/dev/null | head -n1 | awk "{print \$3}")"
