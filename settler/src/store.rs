@@ -501,15 +501,19 @@ impl Store {
         row.as_ref().map(payment_from_row).transpose()
     }
 
-    /// Pending payments of a chain due for an attempt, oldest first (so one payer's permits
-    /// come in nonce order: they were accepted in that order).
-    pub async fn due_pending(&self, chain_id: u64, now_ms: i64, limit: i64) -> Result<Vec<PaymentRow>, StoreError> {
+    /// Pending payments of a chain due for an attempt by `signer`'s lane, oldest first (so one
+    /// payer's permits come in nonce order: they were accepted in that order). A permit is only
+    /// for the lane of its spender: another wallet's `transferFrom` has no allowance (replicas
+    /// with different wallets on one database). ERC-3009 can be submitted by any wallet.
+    pub async fn due_pending(&self, chain_id: u64, signer: Address, now_ms: i64, limit: i64) -> Result<Vec<PaymentRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2 ORDER BY seq LIMIT $3"
+            "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2
+             AND (scheme <> 'permit' OR spender IS NULL OR spender = $4) ORDER BY seq LIMIT $3"
         ))
         .bind(chain_id as i64)
         .bind(now_ms)
         .bind(limit)
+        .bind(hexa(signer))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(payment_from_row).collect()
@@ -785,7 +789,8 @@ mod tests {
         assert_eq!(row.state, SettlementState::Pending);
         assert_eq!(row.p.value, U256::from(500_000u64));
         assert_eq!(row.p.sig.s, B256::repeat_byte(2));
-        let due = store.due_pending(31337, 10, 10).await.unwrap();
+        let due = store.due_pending(31337, Address::repeat_byte(0x33), 10, 10).await.unwrap();
+        assert!(store.due_pending(31337, Address::repeat_byte(0x44), 10, 10).await.unwrap().is_empty(), "another wallet's lane takes no permit naming 0x33..");
         assert_eq!(due.iter().map(|r| r.p.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         let tx = TxRow { chain_id: 31337, signer: Address::repeat_byte(5), nonce: 7, payment_id: "a".into(), kind: "transfer_from".into(), hash: B256::repeat_byte(9), raw: vec![1, 2, 3], state: "sent".into(), last_broadcast_ms: 0 };
         assert!(store.record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5).await.unwrap());
@@ -827,7 +832,7 @@ mod tests {
         assert_eq!(row.state, SettlementState::Pending);
         assert_eq!((row.permit_tx, row.transfer_tx, row.attempts), (None, None, 1));
         assert!(store.unconfirmed_txs(31337, signer).await.unwrap().is_empty());
-        assert_eq!(store.due_pending(31337, 6, 10).await.unwrap().len(), 1);
+        assert_eq!(store.due_pending(31337, Address::repeat_byte(0x33), 6, 10).await.unwrap().len(), 1);
         // Signed again at fresh nonces; the old rows stay (dropped / mined).
         let again = [tx(2, "permit", 3), tx(3, "transfer_from", 4)];
         assert!(store.record_submission("a", &again, Some(again[0].hash), again[1].hash, 8).await.unwrap());

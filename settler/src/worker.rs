@@ -323,11 +323,11 @@ impl Lane {
     /// Signs, stores and broadcasts the settlement of every due pending payment.
     async fn submit_due(&self, next_nonce: &mut u64, out: &tokio::sync::mpsc::UnboundedSender<TxRow>) -> Result<usize, LaneError> {
         let chain_id = self.chain.network.chain_id;
-        let due = self.store.due_pending(chain_id, now_ms(), self.cfg.batch).await?;
+        let signer = self.chain.signer();
+        let due = self.store.due_pending(chain_id, signer, now_ms(), self.cfg.batch).await?;
         if due.is_empty() {
             return Ok(0);
         }
-        let signer = self.chain.signer();
         let (fees, node_next) = tokio::try_join!(self.chain.fees(), self.chain.pending_nonce())?;
         if node_next > *next_nonce {
             tracing::warn!(wallet = %signer, network = %self.chain.network, lane_next = *next_nonce, node_next,
