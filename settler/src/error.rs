@@ -5,6 +5,38 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use x402_protocol::settler_api::ApiError;
 
+/// Every `error` code of an [`ApiError`] the settler answers with, and its one HTTP status
+/// (the payment parser's codes included). `settler/openapi.yaml` documents each under that
+/// status; `tests/openapi.rs` checks it, and that every code in the source is listed here.
+pub const CODES: &[(&str, u16)] = &[
+    ("invalid_json", 400),
+    ("invalid_request", 400),
+    ("invalid_payment", 400),
+    ("unsupported_payment_type", 400),
+    ("network_unsupported", 400),
+    ("unauthorized", 401),
+    ("scheme_not_accepted", 402),
+    ("network_mismatch", 402),
+    ("asset_mismatch", 402),
+    ("invalid_signature", 402),
+    ("malleable_signature", 402),
+    ("spender_mismatch", 402),
+    ("recipient_mismatch", 402),
+    ("insufficient_value", 402),
+    ("expired", 402),
+    ("deadline_too_soon", 402),
+    ("not_yet_valid", 402),
+    ("insufficient_balance", 402),
+    ("not_found", 404),
+    ("payment_already_used", 409),
+    ("nonce_mismatch", 409),
+    ("nonce_already_used", 409),
+    ("payload_too_large", 413),
+    ("internal", 500),
+    ("chain_unavailable", 503),
+    ("store_unavailable", 503),
+];
+
 /// A request the settler refuses, with its stable code, HTTP status and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]

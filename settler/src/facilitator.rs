@@ -29,6 +29,28 @@ use crate::metrics as m;
 /// The route facilitator payments are stored under.
 pub const ROUTE: &str = "x402-facilitator";
 
+/// Every `invalidReason` / `errorReason` `/verify` and `/settle` answer with.
+/// `settler/openapi.yaml` documents each; `tests/openapi.rs` checks it, and that every reason
+/// in this file is listed here.
+pub const REASONS: &[&str] = &[
+    "invalid_payload",
+    "invalid_x402_version",
+    "unsupported_scheme",
+    "network_mismatch",
+    "invalid_exact_evm_payload_signature",
+    "invalid_exact_evm_payload_recipient_mismatch",
+    "invalid_exact_evm_payload_authorization_value_mismatch",
+    "invalid_exact_evm_payload_authorization_valid_before",
+    "invalid_exact_evm_payload_authorization_valid_after",
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_insufficient_balance",
+    "unauthorized",
+    "unexpected_verify_error",
+    "unexpected_settle_error",
+    "transaction_failed",
+    "settlement_pending",
+];
+
 /// Why a payment is invalid, in the reference implementation's words.
 #[derive(Debug)]
 struct Invalid {

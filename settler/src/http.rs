@@ -1,5 +1,5 @@
 //! The HTTP API: `POST /v1/tokens`, `GET /v1/settlements/{id}`, the x402 facilitator endpoints
-//! (`facilitator.rs`), JWKS, health, metrics.
+//! (`facilitator.rs`), JWKS, health, metrics, and this API's OpenAPI document.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use k256::ecdsa::SigningKey;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -49,21 +49,48 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     // `/settle` may wait for its receipt: the request timeout stays above that.
     let request_timeout = Duration::from_secs(30).max(state.settle_timeout + Duration::from_secs(10));
-    Router::new()
-        .route("/v1/tokens", post(post_token))
-        .route("/verify", post(facilitator::post_verify))
-        .route("/settle", post(facilitator::post_settle))
-        .route("/supported", get(facilitator::get_supported))
-        .route("/v1/settlements/{id}", get(get_settlement))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, &(method, path)| r.route(path, handler(method, path)))
         .fallback(|| async { Rejection::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every route of the API as (method, path). The router is built from this list only, and
+/// `settler/openapi.yaml` documents exactly these (`tests/openapi.rs`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/tokens"),
+    ("POST", "/verify"),
+    ("POST", "/settle"),
+    ("GET", "/supported"),
+    ("GET", "/v1/settlements/{id}"),
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.yaml"),
+];
+
+/// The OpenAPI 3.1 description of this API, served at `GET /openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
+    match (method, path) {
+        ("POST", "/v1/tokens") => post(post_token),
+        ("POST", "/verify") => post(facilitator::post_verify),
+        ("POST", "/settle") => post(facilitator::post_settle),
+        ("GET", "/supported") => get(facilitator::get_supported),
+        ("GET", "/v1/settlements/{id}") => get(get_settlement),
+        ("GET", "/.well-known/jwks.json") => get(jwks),
+        ("GET", "/healthz") => get(healthz),
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/openapi.yaml") => get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML) }),
+        _ => panic!("route {method} {path} in ROUTES has no handler"),
+    }
 }
 
 pub fn now_secs() -> u64 {

@@ -1,0 +1,347 @@
+//! Keeps `settler/openapi.yaml` honest: its paths are the router's (`http::ROUTES`), every
+//! `ApiError` code the source can answer with is documented under its HTTP status
+//! (`error::CODES`), every facilitator reason is documented (`facilitator::REASONS`), the wire
+//! types have the documented fields, and the real binary serves the file byte for byte.
+//!
+//! YAML parser: `serde_norway`, the maintained fork of the deprecated `serde_yaml` (same API,
+//! resolves anchors/aliases, which the document's examples use); `serde_yml` is archived.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use alloy::primitives::{Address, U256};
+use serde_json::{json, Value};
+use x402_protocol::payment::PaymentError;
+use x402_protocol::settler_api::{ApiError, PricedMethod, Requirement, SettlementState, SettlementStatus, TokenResponse};
+use x402_protocol::{Asset, Network, PaymentMethod, Scheme};
+use x402_settler::error::CODES;
+use x402_settler::facilitator::REASONS;
+use x402_settler::http::{OPENAPI_YAML, ROUTES};
+
+fn doc() -> Value {
+    serde_norway::from_str(OPENAPI_YAML).expect("openapi.yaml parses")
+}
+
+/// Follows a local `$ref` (`#/a/b`).
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let target = doc.pointer(r.strip_prefix('#').expect("local $ref")).unwrap_or_else(|| panic!("dangling $ref {r}"));
+            resolve(doc, target)
+        }
+        None => v,
+    }
+}
+
+fn set<'a>(it: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    it.into_iter().map(str::to_string).collect()
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
+}
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+#[test]
+fn document_paths_are_the_routers() {
+    let doc = doc();
+    assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3.1."), "OpenAPI 3.1");
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (key, _) in item.as_object().expect("path item") {
+            assert!(METHODS.contains(&key.as_str()), "{path}: unexpected key {key}");
+            documented.insert((key.to_uppercase(), path.clone()));
+        }
+    }
+    let routed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(routed.len(), ROUTES.len(), "ROUTES has duplicates");
+    let missing: Vec<_> = routed.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&routed).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "routed but not documented: {missing:?}; documented but not routed: {extra:?}");
+}
+
+/// `(status, codes)` of every response documented as an `ApiError` narrowed to some codes.
+fn documented_codes(doc: &Value) -> Vec<(String, String, BTreeSet<String>)> {
+    let api_error = "#/components/schemas/ApiError";
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, resp) in op["responses"].as_object().expect("responses") {
+                let resp = resolve(doc, resp);
+                let Some(schema) = resp.pointer("/content/application~1json/schema") else { continue };
+                let Some(all_of) = schema.get("allOf").and_then(Value::as_array) else { continue };
+                if !all_of.iter().any(|s| s.get("$ref").and_then(Value::as_str) == Some(api_error)) {
+                    continue;
+                }
+                let codes = all_of.iter().find_map(|s| s.pointer("/properties/error/enum")).unwrap_or_else(|| panic!("{method} {path} {status}: ApiError without an error enum"));
+                out.push((format!("{} {path}", method.to_uppercase()), status.clone(), strings(codes)));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_error_code_is_documented_under_its_status() {
+    let doc = doc();
+    let codes: BTreeMap<&str, u16> = CODES.iter().copied().collect();
+    assert_eq!(codes.len(), CODES.len(), "CODES has duplicates");
+    let all = set(codes.keys().copied());
+
+    // The ApiError schema lists exactly the codes.
+    let enumerated = strings(&doc["components"]["schemas"]["ApiError"]["properties"]["error"]["enum"]);
+    assert_eq!(enumerated, all, "components.schemas.ApiError.properties.error.enum vs error::CODES");
+
+    // Each response lists codes of its own status; together they cover every code.
+    let mut covered = BTreeSet::new();
+    for (op, status, listed) in documented_codes(&doc) {
+        for c in &listed {
+            let expected = codes.get(c.as_str()).unwrap_or_else(|| panic!("{op} {status}: `{c}` is not in error::CODES"));
+            assert_eq!(status, expected.to_string(), "{op}: `{c}` documented under {status}, the settler answers it with {expected}");
+        }
+        covered.extend(listed);
+    }
+    let undocumented: Vec<_> = all.difference(&covered).collect();
+    assert!(undocumented.is_empty(), "codes no operation documents: {undocumented:?}");
+}
+
+/// String literals of Rust source (comments skipped; no raw strings expected).
+fn literals(src: &str) -> Vec<(usize, String)> {
+    let b = src.as_bytes();
+    let (mut i, mut out) = (0, Vec::new());
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'\'' if b.get(i + 2) == Some(&b'\'') || (b.get(i + 1) == Some(&b'\\') && b.get(i + 3) == Some(&b'\'')) => {
+                i += if b[i + 1] == b'\\' { 4 } else { 3 };
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                let mut s = String::new();
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    s.push(b[i] as char);
+                    i += 1;
+                }
+                out.push((start, s));
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+fn source(file: &str) -> String {
+    let path = format!("{}/src/{file}", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // Unit tests are not answers.
+    match src.find("#[cfg(test)]") {
+        Some(i) => src[..i].to_string(),
+        None => src,
+    }
+}
+
+/// The code literal right after a `Rejection` constructor: `payment("c"`, `new(StatusCode::X, "c"`.
+fn constructor_codes(src: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let lits = literals(src);
+    for ctor in ["Rejection::payment(", "Rejection::bad_request(", "Rejection::conflict(", "Rejection::new(", "Self::new(", "Self::bad_request(", "Self::payment(", "Self::conflict("] {
+        for (at, _) in src.match_indices(ctor) {
+            let mut rest = src[at + ctor.len()..].trim_start();
+            if let Some(r) = rest.strip_prefix("StatusCode::") {
+                rest = r.split_once(',').map(|(_, r)| r.trim_start()).unwrap_or("");
+            }
+            if rest.starts_with('"') {
+                let pos = src.len() - rest.len();
+                let (_, lit) = lits.iter().find(|(p, _)| *p == pos).expect("literal at constructor");
+                found.insert(lit.clone());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn error_codes_list_is_the_sources() {
+    let mut in_source = BTreeSet::new();
+    for file in ["error.rs", "http.rs", "verify.rs", "facilitator.rs", "chain.rs", "store.rs", "worker.rs"] {
+        in_source.extend(constructor_codes(&source(file)));
+    }
+    assert!(in_source.len() >= 20, "the scan found too few codes: {in_source:?}");
+    // The payment parser's codes (`PaymentError::code`), answered as 400.
+    let parser = [PaymentError::Json(String::new()), PaymentError::Unsupported(String::new()), PaymentError::Field { field: "f", problem: String::new() }];
+    for e in &parser {
+        assert_eq!(CODES.iter().find(|(c, _)| *c == e.code()).map(|(_, s)| *s), Some(400), "payment parser code {}", e.code());
+        in_source.insert(e.code().to_string());
+    }
+    let listed = set(CODES.iter().map(|(c, _)| *c));
+    let unlisted: Vec<_> = in_source.difference(&listed).collect();
+    let stale: Vec<_> = listed.difference(&in_source).collect();
+    assert!(unlisted.is_empty() && stale.is_empty(), "codes in the source but not in error::CODES: {unlisted:?}; in CODES but never answered: {stale:?}");
+}
+
+#[test]
+fn every_facilitator_reason_is_documented() {
+    let doc = doc();
+    let reasons = set(REASONS.iter().copied());
+    assert_eq!(reasons.len(), REASONS.len(), "REASONS has duplicates");
+    let enumerated = strings(&doc["components"]["schemas"]["FacilitatorReason"]["enum"]);
+    assert_eq!(enumerated, reasons, "components.schemas.FacilitatorReason.enum vs facilitator::REASONS");
+    for schema in ["VerifyResponse", "SettleResponse"] {
+        let props = &doc["components"]["schemas"][schema]["properties"];
+        let reason = if schema == "VerifyResponse" { &props["invalidReason"] } else { &props["errorReason"] };
+        assert_eq!(reason["$ref"], "#/components/schemas/FacilitatorReason", "{schema}");
+    }
+
+    // facilitator.rs without the REASONS list itself: every reason is still answered, and
+    // every snake_case literal is a reason or a settler code (the mapping's left-hand sides).
+    let src = source("facilitator.rs");
+    let start = src.find("pub const REASONS").expect("REASONS in facilitator.rs");
+    let end = start + src[start..].find("];").expect("end of REASONS");
+    let src = format!("{}{}", &src[..start], &src[end..]);
+    let lits: BTreeSet<String> = literals(&src).into_iter().map(|(_, s)| s).collect();
+    let unanswered: Vec<_> = reasons.difference(&lits).collect();
+    assert!(unanswered.is_empty(), "in REASONS but not in facilitator.rs: {unanswered:?}");
+    let codes = set(CODES.iter().map(|(c, _)| *c));
+    let snake = |s: &str| s.contains('_') && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let unlisted: Vec<_> = lits.iter().filter(|s| snake(s) && !reasons.contains(*s) && !codes.contains(*s)).collect();
+    assert!(unlisted.is_empty(), "reason-like literals in facilitator.rs not in REASONS: {unlisted:?}");
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().expect("object").keys().cloned().collect()
+}
+
+/// The wire types serialise to exactly the documented properties; `required` are the
+/// fields always present.
+fn assert_schema(doc: &Value, name: &str, full: &Value, minimal: &Value) {
+    let schema = &doc["components"]["schemas"][name];
+    assert_eq!(keys(&schema["properties"]), keys(full), "{name}: documented properties vs serialised fields");
+    assert_eq!(strings(&schema["required"]), keys(minimal), "{name}: documented required vs always-present fields");
+}
+
+fn j<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("serialises")
+}
+
+#[test]
+fn wire_types_match_the_schemas() {
+    let doc = doc();
+    let a = Address::repeat_byte(0x11);
+    let asset = Asset { address: a, decimals: 6, name: "USDC".into(), version: "2".into(), symbol: "USDC".into() };
+    let method = |spender| PaymentMethod { scheme: Scheme::Permit, network: Network::eip155(31337), asset: asset.clone(), pay_to: a, spender };
+    let req = |resource| Requirement { route: "r".into(), accepts: vec![PricedMethod { amount: U256::from(1u8), method: method(None) }], token_ttl_secs: 0, resource };
+
+    let v = j(&asset);
+    assert_schema(&doc, "Asset", &v, &v);
+    assert_schema(&doc, "PaymentMethod", &j(&method(Some(a))), &j(&method(None)));
+    let pm = j(&PricedMethod { amount: U256::from(1u8), method: method(None) });
+    assert_schema(&doc, "PricedMethod", &pm, &pm);
+    assert_schema(&doc, "Requirement", &j(&req(Some("u".into()))), &j(&req(None)));
+    let tr = json!({"requirement": j(&req(None)), "payment": {}});
+    assert_schema(&doc, "TokenRequest", &tr, &tr);
+
+    let resp = j(&TokenResponse {
+        access_token: "t".into(),
+        token_type: "Bearer".into(),
+        expires_in: 1,
+        settlement_id: "s".into(),
+        payer: a,
+        network: Network::eip155(1),
+        route: "r".into(),
+        amount: U256::from(1u8),
+        asset: a,
+    });
+    assert_schema(&doc, "TokenResponse", &resp, &resp);
+
+    let status = |some: bool| SettlementStatus {
+        settlement_id: "s".into(),
+        state: SettlementState::Pending,
+        scheme: Scheme::Exact,
+        network: Network::eip155(1),
+        asset: a,
+        payer: a,
+        pay_to: a,
+        amount: U256::from(1u8),
+        route: "r".into(),
+        permit_tx: some.then(|| "0x".into()),
+        transfer_tx: some.then(|| "0x".into()),
+        block_number: some.then_some(1),
+        error: some.then(|| "e".into()),
+        created_at: 0,
+        updated_at: 0,
+    };
+    assert_schema(&doc, "SettlementStatus", &j(&status(true)), &j(&status(false)));
+    let states: BTreeSet<String> = [SettlementState::Pending, SettlementState::Submitted, SettlementState::Settled, SettlementState::Failed]
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(strings(&doc["components"]["schemas"]["SettlementState"]["enum"]), states);
+
+    let mut err = ApiError::new("c", "m");
+    let minimal = j(&err);
+    err.expected_nonce = Some("1".into());
+    assert_schema(&doc, "ApiError", &j(&err), &minimal);
+}
+
+#[tokio::test]
+async fn the_settler_serves_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("api-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let env = common::Env::start_with(None, None, &["--api-secret-file", secret.to_str().unwrap()]).await;
+    let base = env.settler.url();
+    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    assert_eq!(OPENAPI_YAML, on_disk);
+
+    // Served without the bearer, byte for byte.
+    let r = env.http.get(format!("{base}/openapi.yaml")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/yaml");
+    assert_eq!(r.text().await.unwrap(), on_disk);
+
+    // A few real answers against the document.
+    let doc = doc();
+    let schema = |n: &str| doc["components"]["schemas"][n].clone();
+    let get = |path: &str, bearer: bool| {
+        let mut rq = env.http.get(format!("{base}{path}"));
+        if bearer {
+            rq = rq.bearer_auth("s3cret");
+        }
+        async move {
+            let r = rq.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, body) = get("/supported", false).await;
+    assert_eq!((s, body["error"].as_str()), (401, Some("unauthorized")));
+    let (s, body) = get("/supported", true).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["kinds"][0], json!({"x402Version": 2, "scheme": "exact", "network": env.anvil.network().to_string()}));
+    assert_eq!(keys(&body), set(["kinds", "extensions", "signers"]));
+    let (s, body) = get("/readyz", false).await;
+    assert_eq!(s, 200);
+    assert_eq!(keys(&body), strings(&schema("Readiness")["required"]));
+    let (s, body) = get("/v1/settlements/nope", false).await;
+    assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
+    let (s, body) = get("/no/such/path", false).await;
+    assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
+    let r = env.http.post(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405, "a method the path does not serve: 405, empty body");
+    assert!(r.bytes().await.unwrap().is_empty());
+    let (s, body) = get("/.well-known/jwks.json", false).await;
+    assert_eq!(s, 200);
+    let documented = strings(doc.pointer("/paths/~1.well-known~1jwks.json/get/responses/200/content/application~1json/schema/properties/keys/items/required").unwrap());
+    assert_eq!(keys(&body["keys"][0]), documented);
+}
