@@ -289,7 +289,12 @@ pub(crate) async fn check_chain_and_store(st: &AppState, payment: &ClientPayment
         asset: method.asset.address,
         payer,
         pay_to: method.pay_to,
-        spender: method.spender,
+        // The permit's own spender (checked to be this settler's wallet): the lane of that
+        // wallet, and no other, can settle it.
+        spender: match &payment {
+            ClientPayment::Permit(p) => Some(p.spender),
+            ClientPayment::Authorization(_) => None,
+        },
         value: payment.value(),
         price: priced.amount,
         nonce: payment.nonce_key(),
