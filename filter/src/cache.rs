@@ -1,28 +1,78 @@
 //! Per-worker cache of verified tokens, keyed by the token string, so the ~170 us ES256K
 //! signature check runs once per token and worker. Bounded: when full, expired entries go
 //! first, then the oldest. An entry never outlives its token's `exp`.
+//!
+//! A hit costs one hash of the token's tail and one comparison of the whole token, and
+//! hands out the shared [`Grant`] (which carries the precomputed identity header values):
+//! no allocation, no keccak.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
 use crate::auth::Grant;
 
 struct Entry {
-    grant: Grant,
+    grant: Rc<Grant>,
     seq: u64,
+}
+
+/// Hashes a token by its length and its last 16 bytes instead of SipHash over all ~600:
+/// a JWT ends with its signature, which is pseudorandom, and only tokens whose signature
+/// verified are ever inserted, so clients cannot pile entries into one bucket. A lookup
+/// still compares the whole token.
+#[derive(Clone, Copy, Default)]
+pub struct TailHash;
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+pub struct TailHasher(u64);
+
+const MUL: u64 = 0xff51_afd7_ed55_8ccd;
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(16)..];
+        let mut buf = [0u8; 16];
+        buf[16 - tail.len()..].copy_from_slice(tail);
+        let (lo, hi) = buf.split_at(8);
+        let lo = u64::from_le_bytes(lo.try_into().unwrap_or_default());
+        let hi = u64::from_le_bytes(hi.try_into().unwrap_or_default());
+        let h = (self.0 ^ bytes.len() as u64 ^ lo).wrapping_mul(MUL);
+        self.0 = (h.rotate_left(31) ^ hi).wrapping_mul(MUL);
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(MUL);
+    }
+
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64: every input bit reaches the bucket index and the tag bits.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
 }
 
 pub struct TokenCache {
     capacity: usize,
-    map: HashMap<Rc<str>, Entry>,
+    map: HashMap<Rc<str>, Entry, TailHash>,
     /// Insertion order; entries whose `seq` no longer matches the map are stale.
     order: VecDeque<(Rc<str>, u64)>,
     next_seq: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Lookup<'a> {
-    Hit(&'a Grant),
+pub enum Lookup {
+    Hit(Rc<Grant>),
     /// Was cached, now past `exp` (+ leeway): removed.
     Expired,
     Miss,
@@ -32,7 +82,7 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         TokenCache {
             capacity,
-            map: HashMap::new(),
+            map: HashMap::with_hasher(TailHash),
             order: VecDeque::new(),
             next_seq: 0,
         }
@@ -46,25 +96,22 @@ impl TokenCache {
         self.map.is_empty()
     }
 
-    pub fn get(&mut self, token: &str, now: i64, leeway: i64) -> Lookup<'_> {
-        let expired = match self.map.get(token) {
-            None => return Lookup::Miss,
-            Some(e) => e.grant.expired(now, leeway),
-        };
-        if expired {
-            self.map.remove(token);
-            return Lookup::Expired;
-        }
+    pub fn get(&mut self, token: &str, now: i64, leeway: i64) -> Lookup {
         match self.map.get(token) {
-            Some(e) => Lookup::Hit(&e.grant),
             None => Lookup::Miss,
+            Some(e) if !e.grant.expired(now, leeway) => Lookup::Hit(e.grant.clone()),
+            Some(_) => {
+                self.map.remove(token);
+                Lookup::Expired
+            }
         }
     }
 
-    pub fn insert(&mut self, token: &str, grant: Grant, now: i64, leeway: i64) {
+    pub fn insert(&mut self, token: &str, grant: impl Into<Rc<Grant>>, now: i64, leeway: i64) {
         if self.capacity == 0 {
             return;
         }
+        let grant = grant.into();
         if !self.map.contains_key(token) && self.map.len() >= self.capacity {
             self.map.retain(|_, e| !e.grant.expired(now, leeway));
             while self.map.len() >= self.capacity {
@@ -95,15 +142,15 @@ mod tests {
     use x402_protocol::{Address, Network, U256};
 
     fn grant(exp: i64) -> Grant {
-        Grant {
-            route: "r".into(),
-            network: Network::eip155(1),
-            asset: Address::ZERO,
-            amount: U256::from(1u64),
-            payer: Address::ZERO,
-            expires_at: exp,
-            settlement_id: "s".into(),
-        }
+        Grant::new(
+            "r".into(),
+            Network::eip155(1),
+            Address::ZERO,
+            U256::from(1u64),
+            Address::ZERO,
+            exp,
+            "s".into(),
+        )
     }
 
     #[test]
@@ -141,6 +188,23 @@ mod tests {
         }
         assert!(c.len() <= 3);
         assert!(c.order.len() <= 2 * 3 + 16 + 1);
+    }
+
+    #[test]
+    fn tail_hash_spreads_and_compares_whole_tokens() {
+        let h = |s: &str| TailHash.hash_one(s);
+        assert_ne!(h("a.b.sig1"), h("a.b.sig2"));
+        assert_ne!(h("xx.0123456789abcdef"), h("y.0123456789abcdef"), "length");
+        assert_ne!(h(""), h("a"));
+        // Same tail and length, different heads: same hash, still distinct entries.
+        let (t1, t2) = ("AAAA.0123456789abcdef", "BBBB.0123456789abcdef");
+        assert_eq!(h(t1), h(t2));
+        let mut c = TokenCache::new(10);
+        c.insert(t1, grant(100), 0, 0);
+        assert_eq!(c.get(t2, 0, 0), Lookup::Miss);
+        c.insert(t2, grant(200), 0, 0);
+        assert!(matches!(c.get(t1, 0, 0), Lookup::Hit(g) if g.expires_at == 100));
+        assert!(matches!(c.get(t2, 0, 0), Lookup::Hit(g) if g.expires_at == 200));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What to do with a request on a priced route, and with the settler's answer to an x402 v2
 //! payment. Pure functions returning actions; `host.rs` carries them out.
 
+use std::rc::Rc;
+
 use serde::Deserialize;
 use x402_protocol::challenge::Reason;
 use x402_protocol::settler_api::ApiError;
@@ -18,7 +20,7 @@ use crate::token_endpoint::{
 #[derive(Debug, PartialEq, Eq)]
 pub enum PricedAction {
     /// A valid token pays for this route: forward upstream.
-    Allow(Grant),
+    Allow(Rc<Grant>),
     /// Answer 402 with this reason.
     Challenge(Reason),
     /// x402 v2: send this body to the settler, hold the request until it answers.
@@ -202,16 +204,16 @@ mod tests {
         .unwrap()
     }
 
-    fn grant() -> Grant {
-        Grant {
-            route: "weather".into(),
-            network: x402_protocol::Network::eip155(84532),
-            asset: x402_protocol::Address::ZERO,
-            amount: x402_protocol::U256::from(1u64),
-            payer: x402_protocol::Address::ZERO,
-            expires_at: 0,
-            settlement_id: "s-1".into(),
-        }
+    fn grant() -> Rc<Grant> {
+        Rc::new(Grant::new(
+            "weather".into(),
+            x402_protocol::Network::eip155(84532),
+            x402_protocol::Address::ZERO,
+            x402_protocol::U256::from(1u64),
+            x402_protocol::Address::ZERO,
+            0,
+            "s-1".into(),
+        ))
     }
 
     #[test]

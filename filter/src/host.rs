@@ -1,16 +1,24 @@
 //! The proxy-wasm glue: the only module that talks to Envoy. It reads headers and bodies,
 //! calls the pure modules for decisions, and carries the decisions out. Host calls are used
 //! through `proxy_wasm::hostcalls` (which return `Result`) rather than the trait helpers
-//! (which unwrap), so no request path can panic on a host error.
+//! (which unwrap), so no request path can panic on a host error; the request header map is
+//! read through the raw `proxy_get_header_map_pairs` import, once per request.
+//!
+//! Per-request host calls are the filter's main cost in Envoy's V8, so the hot paths keep
+//! them few: an unpriced request makes one (the header list) unless it carries `x-x402-*`
+//! names; a request with a cached token makes seven (header list, clock, two counters,
+//! three identity headers).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::ptr::null_mut;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use x402_protocol::challenge::Reason;
 
 use crate::auth;
@@ -18,6 +26,7 @@ use crate::cache::TokenCache;
 use crate::challenge::{self, HttpAnswer};
 use crate::config::{self, FilterConfig};
 use crate::decision::{self, PaymentOutcome, PricedAction};
+use crate::headers::HeaderPairs;
 use crate::identity;
 use crate::metrics::Counter;
 use crate::pending::{self, PendingBodies};
@@ -181,42 +190,101 @@ struct Http {
     state: State,
 }
 
-/// A request header, read as bytes: `get_map_value` would panic (and take the worker's VM
-/// down) on a value that is not UTF-8, which a client can send. Invalid bytes become U+FFFD,
-/// so such a token is malformed and such a path still matches its priced prefix.
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // Declared by proxy-wasm too, whose `get_map_bytes` copies every name and value into
+    // its own allocation (and panics on a host error); read here in place instead.
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
 }
 
-/// Unpriced requests: removes the identity headers by name (one host call each).
-fn strip_identity_headers() {
-    for name in identity::IDENTITY {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-    }
-}
-
-/// Priced requests: removes every client-supplied `x-x402-*` request header.
-fn strip_reserved_headers() {
-    let names = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-        Ok(all) => identity::reserved_names(all.iter().map(|(n, _)| n.as_str())),
-        Err(e) => {
-            // Cannot list them: at least the identity names go.
-            warn!("x402: cannot list request headers: {e:?}");
-            identity::IDENTITY.iter().map(|n| n.to_string()).collect()
+/// All request headers in one host call (the host allocates the buffer through
+/// `proxy_on_memory_allocate`, i.e. as a boxed slice of exactly `size` bytes).
+fn request_header_map() -> Option<HeaderPairs> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated in this module's
+    // memory (or null) and hands its ownership over, as for proxy-wasm's own `get_map`.
+    let buf = unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if data.is_null() => Vec::new(),
+            Status::Ok => Vec::from_raw_parts(data, size, size),
+            status => {
+                warn!("x402: cannot list request headers: {}", status as u32);
+                return None;
+            }
         }
     };
-    for name in names {
-        if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &name) {
-            warn!("x402: cannot remove request header {name}: {e:?}");
+    let map = HeaderPairs::parse(buf);
+    if map.is_none() {
+        warn!("x402: cannot read the request header list");
+    }
+    map
+}
+
+/// The request headers: the whole map read once, or (if the host cannot list them) one
+/// host call per header.
+enum Headers {
+    Map(HeaderPairs),
+    Host,
+}
+
+impl Headers {
+    fn fetch() -> Headers {
+        request_header_map().map_or(Headers::Host, Headers::Map)
+    }
+
+    /// A request header as text. Bytes that are not UTF-8 become U+FFFD (`get_map_value`
+    /// would panic on them, and a client can send them), so such a token is malformed and
+    /// such a path still matches its priced prefix.
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        match self {
+            Headers::Map(m) => m.get_str(name),
+            Headers::Host => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten()
+                .map(|v| Cow::Owned(String::from_utf8_lossy(&v).into_owned())),
+        }
+    }
+
+    /// Unpriced requests: removes the identity headers by name (only those present when the
+    /// map is known: usually no host call at all).
+    fn strip_identity(&self) {
+        if let Headers::Map(m) = self {
+            if !m.has_reserved() {
+                return;
+            }
+        }
+        for name in identity::IDENTITY {
+            if let Headers::Map(m) = self {
+                if !m.contains(name) {
+                    continue;
+                }
+            }
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        }
+    }
+
+    /// Priced requests: removes every client-supplied `x-x402-*` request header.
+    fn strip_reserved(&self) {
+        let names = match self {
+            Headers::Map(m) => m.reserved_names(),
+            // Cannot list them: at least the identity names go.
+            Headers::Host => identity::IDENTITY.iter().map(|n| n.to_string()).collect(),
+        };
+        for name in names {
+            if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &name) {
+                warn!("x402: cannot remove request header {name}: {e:?}");
+            }
         }
     }
 }
 
 /// Adds the who-paid headers for the upstream.
-fn set_identity_headers(headers: &[(&'static str, String)]) {
+fn set_identity_headers<'a>(headers: impl IntoIterator<Item = (&'static str, &'a str)>) {
     for (name, value) in headers {
         if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
             warn!("x402: cannot add request header {name}: {e:?}");
@@ -241,22 +309,34 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Method and authority, fetched from the host only when a route needs them.
-#[derive(Default)]
-struct HostAttrs {
-    method: Option<Option<String>>,
-    authority: Option<Option<String>>,
+/// Method and authority, read only when a route needs them.
+struct Attrs<'a> {
+    headers: &'a Headers,
+    method: Option<Option<Cow<'a, str>>>,
+    authority: Option<Option<Cow<'a, str>>>,
 }
 
-impl RequestAttrs for HostAttrs {
+impl<'a> Attrs<'a> {
+    fn new(headers: &'a Headers) -> Self {
+        Attrs {
+            headers,
+            method: None,
+            authority: None,
+        }
+    }
+}
+
+impl RequestAttrs for Attrs<'_> {
     fn method(&mut self) -> Option<&str> {
+        let h = self.headers;
         self.method
-            .get_or_insert_with(|| request_header(":method"))
+            .get_or_insert_with(|| h.get(":method"))
             .as_deref()
     }
     fn authority(&mut self) -> Option<&str> {
+        let h = self.headers;
         self.authority
-            .get_or_insert_with(|| request_header(":authority"))
+            .get_or_insert_with(|| h.get(":authority"))
             .as_deref()
     }
 }
@@ -342,9 +422,9 @@ impl Http {
         }
     }
 
-    fn resource_url(attrs: &mut HostAttrs, path: &str) -> String {
-        let proto = request_header("x-forwarded-proto");
-        let scheme = request_header(":scheme");
+    fn resource_url(headers: &Headers, attrs: &mut Attrs, path: &str) -> String {
+        let proto = headers.get("x-forwarded-proto");
+        let scheme = headers.get(":scheme");
         challenge::resource_url(proto.as_deref(), scheme.as_deref(), attrs.authority(), path)
     }
 
@@ -373,14 +453,15 @@ impl Http {
     fn token_endpoint_request(
         &mut self,
         shared: &Shared,
+        headers: &Headers,
         path: &str,
         end_of_stream: bool,
     ) -> Action {
         let cfg = &shared.cfg;
-        let method = request_header(":method");
+        let method = headers.get(":method");
         match token_endpoint::classify(cfg, method.as_deref(), path) {
             None => {
-                strip_identity_headers();
+                headers.strip_identity();
                 Action::Continue
             }
             Some(Endpoint::Reject(a)) => {
@@ -395,7 +476,7 @@ impl Http {
                     );
                     return Action::Pause;
                 }
-                let declared = request_header("content-length");
+                let declared = headers.get("content-length");
                 if let Err(a) =
                     token_endpoint::check_declared_length(declared.as_deref(), cfg.max_body_bytes)
                 {
@@ -471,7 +552,7 @@ impl Http {
                             why.code()
                         );
                     }
-                    set_identity_headers(&ids);
+                    set_identity_headers(ids.iter().map(|(n, v)| (*n, v.as_str())));
                 }
                 self.state = State::Paid {
                     headers: response_headers,
@@ -517,28 +598,29 @@ impl HttpContext for Http {
             let _ = hostcalls::send_http_response(a.status, headers, Some(&a.body));
             return Action::Pause;
         };
-        let Some(path) = request_header(":path") else {
-            strip_identity_headers();
+        let headers = Headers::fetch();
+        let Some(path) = headers.get(":path") else {
+            headers.strip_identity();
             return Action::Continue;
         };
         let cfg = &shared.cfg;
 
         if path.starts_with(cfg.token_endpoint_prefix.as_str()) {
-            return self.token_endpoint_request(&shared, &path, end_of_stream);
+            return self.token_endpoint_request(&shared, &headers, &path, end_of_stream);
         }
 
-        let mut attrs = HostAttrs::default();
+        let mut attrs = Attrs::new(&headers);
         let Some((idx, route)) = cfg
             .routes
             .find(&path, &mut attrs)
             .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
         else {
-            strip_identity_headers();
+            headers.strip_identity();
             return Action::Continue;
         };
-        strip_reserved_headers();
+        headers.strip_reserved();
 
-        let authorization = request_header("authorization");
+        let authorization = headers.get("authorization");
         let now = now_secs();
         let check = match shared.cache.try_borrow_mut() {
             Ok(mut cache) => auth::check_token(
@@ -568,16 +650,16 @@ impl HttpContext for Http {
         }
         if let Ok(grant) = &check.result {
             shared.metrics.inc(Counter::Accepted);
-            set_identity_headers(&identity::from_grant(&route.name, grant));
+            set_identity_headers(identity::grant_headers(&route.name, grant));
             return Action::Continue;
         }
 
-        let url = Self::resource_url(&mut attrs, &path);
-        let payment = request_header("payment-signature");
+        let url = Self::resource_url(&headers, &mut attrs, &path);
+        let payment = headers.get("payment-signature");
         match decision::decide_priced(cfg, route, check, payment.as_deref(), &url) {
             PricedAction::Allow(grant) => {
                 shared.metrics.inc(Counter::Accepted);
-                set_identity_headers(&identity::from_grant(&route.name, &grant));
+                set_identity_headers(identity::grant_headers(&route.name, &grant));
                 Action::Continue
             }
             PricedAction::Challenge(reason) => {

@@ -5,14 +5,15 @@
 //! for an x402 v2 `PAYMENT-SIGNATURE`) reaches the upstream with [`PAYER`] (EIP-55 checksummed
 //! address), [`ROUTE`] (the configured route name) and [`SETTLEMENT_ID`] (the token's `jti`).
 //!
-//! Anti-spoofing. The `x-x402-` prefix belongs to the filter:
+//! Anti-spoofing. The `x-x402-` prefix belongs to the filter. Every request's header map is
+//! listed once anyway (one host call, see [`crate::headers`]); then
 //! - on a request that matches a priced route, every client-supplied `x-x402-*` request
-//!   header is removed (one host call lists the headers, one removes each offender);
+//!   header is removed (one host call per offender);
 //! - on every other request (unpriced paths and methods) the three identity names
-//!   ([`IDENTITY`]) are removed by name: one host call each, the same cost as looking them
-//!   up, and no listing of all headers on the hot unpriced path. An upstream that trusts
-//!   `x-x402-payer` on a path the filter does not price therefore still never sees a forged
-//!   one; other `x-x402-*` names pass there untouched.
+//!   ([`IDENTITY`]) are removed, those present (no host call for a request without
+//!   them). An upstream that trusts `x-x402-payer` on a path the filter does not price
+//!   therefore still never sees a forged one; other `x-x402-*` names pass there untouched.
+//!   (If the host cannot list the headers, the three names are removed blindly.)
 
 use x402_protocol::Address;
 
@@ -51,16 +52,27 @@ fn header_safe(v: &str) -> bool {
     !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| (b' '..=b'~').contains(&b))
 }
 
-/// The identity headers for a request on `route` paid by `grant`.
+/// The identity headers for a request on `route` paid by `grant`, borrowed (the payer is
+/// checksummed once per token, in [`Grant::new`]).
+pub fn grant_headers<'a>(
+    route: &'a str,
+    grant: &'a Grant,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    let id = grant.settlement_id.as_str();
+    [
+        (PAYER, grant.payer_eip55.as_str()),
+        (ROUTE, route),
+        (SETTLEMENT_ID, id),
+    ]
+    .into_iter()
+    .filter(move |(n, _)| *n != SETTLEMENT_ID || header_safe(id))
+}
+
+/// [`grant_headers`], owned.
 pub fn from_grant(route: &str, grant: &Grant) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        (PAYER, grant.payer.to_checksum(None)),
-        (ROUTE, route.to_string()),
-    ];
-    if header_safe(&grant.settlement_id) {
-        h.push((SETTLEMENT_ID, grant.settlement_id.clone()));
-    }
-    h
+    grant_headers(route, grant)
+        .map(|(n, v)| (n, v.to_string()))
+        .collect()
 }
 
 /// Fallback when the settler's token cannot be verified at the edge (a key the filter does
@@ -89,15 +101,15 @@ mod tests {
     const PAYER_ADDR: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 
     fn grant(jti: &str) -> Grant {
-        Grant {
-            route: "weather".into(),
-            network: Network::eip155(84532),
-            asset: Address::ZERO,
-            amount: U256::from(1u64),
-            payer: PAYER_ADDR.to_lowercase().parse().unwrap(),
-            expires_at: 0,
-            settlement_id: jti.into(),
-        }
+        Grant::new(
+            "weather".into(),
+            Network::eip155(84532),
+            Address::ZERO,
+            U256::from(1u64),
+            PAYER_ADDR.to_lowercase().parse().unwrap(),
+            0,
+            jti.into(),
+        )
     }
 
     #[test]
