@@ -111,18 +111,32 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                 if !m.access_token.is_empty()
                     && !m.access_token.bytes().any(|b| b < b' ' || b == 0x7f) =>
             {
+                // Checksummed, as wallets print it and as `x-x402-payer` carries it.
+                let payer = m.payer.as_deref().map(|p| {
+                    p.parse::<x402_protocol::Address>()
+                        .map(|a| a.to_checksum(None))
+                        .unwrap_or_else(|_| p.to_string())
+                });
                 let receipt = serde_json::json!({
                     "success": true,
                     "transaction": m.transaction.unwrap_or_default(),
                     "network": m.network.unwrap_or_default(),
-                    "payer": m.payer.clone().unwrap_or_default(),
+                    "payer": payer.unwrap_or_default(),
                 });
                 let encoded = x402_protocol::b64::encode(receipt.to_string().as_bytes());
+                let mut response_headers = vec![
+                    ("payment-response", encoded),
+                    ("x-x402-access-token", m.access_token.clone()),
+                ];
+                // Settlement is asynchronous (`transaction` is empty): this id lets the
+                // client follow it.
+                if let Some(id) = m.settlement_id.as_deref().filter(|id| {
+                    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }) {
+                    response_headers.push(("x-x402-settlement-id", id.to_string()));
+                }
                 PaymentOutcome::Resume {
-                    response_headers: vec![
-                        ("payment-response", encoded),
-                        ("x-x402-access-token", m.access_token.clone()),
-                    ],
+                    response_headers,
                     settled: Settled {
                         access_token: m.access_token,
                         payer: m.payer,

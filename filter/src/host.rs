@@ -554,6 +554,13 @@ impl Http {
                     }
                     set_identity_headers(ids.iter().map(|(n, v)| (*n, v.as_str())));
                 }
+                // The signed payment is spent: the API behind has no use for it, and it
+                // should not end up in its logs.
+                if let Err(e) =
+                    hostcalls::set_map_value(MapType::HttpRequestHeaders, "payment-signature", None)
+                {
+                    warn!("x402: cannot remove payment-signature: {e:?}");
+                }
                 self.state = State::Paid {
                     headers: response_headers,
                 };

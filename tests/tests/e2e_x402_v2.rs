@@ -138,6 +138,13 @@ async fn x402_v2_payment_signature_is_single_use() {
     let seen = stack.upstream.requests();
     let paid = seen.iter().find(|r| r.path.starts_with("/api/weather")).unwrap();
     assert_eq!(paid.header("x-x402-payer").map(str::to_lowercase), Some(payer.address().to_checksum(None).to_lowercase()));
+    // The spent payment is not passed on to the API; the payer is, checksummed.
+    assert!(paid.header("payment-signature").is_none(), "the signed payment stays at the edge");
+    assert_eq!(receipt["payer"], payer.address().to_checksum(None));
+    // The client can follow the asynchronous settlement.
+    let id = first.header("x-x402-settlement-id").expect("x-x402-settlement-id header").to_string();
+    let settled = stack.wait_settled(&id, Duration::from_secs(60)).await.unwrap();
+    assert!(settled.transfer_tx.is_some());
 
     // The same header again: no second paid pass.
     let second: HttpResponse = stack.envoy.send(&pay());
