@@ -179,14 +179,13 @@ pub struct ChallengeInput<'a> {
     pub max_timeout_seconds: u64,
 }
 
-fn seed_component(p: &PricedMethod) -> SeedComponent {
+/// `None` only if the amount did not render as a JSON number, which `format_base_units`
+/// (digits with at most one dot) rules out; such a component is left out, never guessed.
+fn seed_component(p: &PricedMethod) -> Option<SeedComponent> {
     let m: &PaymentMethod = &p.method;
     let human = format_base_units(p.amount, m.asset.decimals);
-    // `human` is digits with at most one dot: always a valid JSON number.
-    let amount = RawValue::from_string(human).unwrap_or_else(|_| {
-        RawValue::from_string("0".to_string()).expect("literal JSON number")
-    });
-    SeedComponent {
+    let amount = RawValue::from_string(human).ok()?;
+    Some(SeedComponent {
         payment_type: "evm".to_string(),
         amount,
         amount_base_units: p.amount.to_string(),
@@ -207,13 +206,13 @@ fn seed_component(p: &PricedMethod) -> SeedComponent {
             version: m.asset.version.clone(),
             wallet_address: m.spender.unwrap_or(m.pay_to),
         },
-    }
+    })
 }
 
 /// The seed-compatible 402 body as JSON text.
 pub fn seed_body(input: &ChallengeInput<'_>) -> String {
-    let components: Vec<SeedComponent> = input.accepts.iter().map(seed_component).collect();
-    let methods: Vec<SeedComponent> = input.accepts.iter().map(seed_component).collect();
+    let components: Vec<SeedComponent> = input.accepts.iter().filter_map(seed_component).collect();
+    let methods: Vec<SeedComponent> = input.accepts.iter().filter_map(seed_component).collect();
     let body = SeedChallenge {
         reason: input.reason.message().to_string(),
         error: Some(input.reason.code().to_string()),
