@@ -273,19 +273,6 @@ mod tests {
     }
 
     #[test]
-    fn type_hashes_are_the_standard_ones() {
-        use alloy::primitives::keccak256;
-        assert_eq!(
-            Permit::default().eip712_type_hash(),
-            keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)")
-        );
-        assert_eq!(
-            TransferWithAuthorization::default().eip712_type_hash(),
-            keccak256("TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)")
-        );
-    }
-
-    #[test]
     fn permit_body_has_seed_shape_and_recovers_to_owner() {
         let signer: PrivateKeySigner = KEY1.parse().unwrap();
         let domain = TokenDomain::usdc(11155111, token());
