@@ -693,6 +693,11 @@ fn validate_route(
                 }
                 out.push(m.to_ascii_uppercase());
             }
+            // HEAD is GET without the body (RFC 9110): a priced GET must not be reachable
+            // unpriced through HEAD.
+            if out.iter().any(|m| m == "GET") && !out.iter().any(|m| m == "HEAD") {
+                out.push("HEAD".to_string());
+            }
             Some(out)
         }
     };
@@ -1288,5 +1293,22 @@ pub(crate) mod tests {
         let e = parse_value(&v).unwrap_err();
         assert_eq!(e.path, "routes[1].price");
         assert!(e.message.contains("usdc-base"), "{e}");
+    }
+
+    #[test]
+    fn a_priced_get_also_prices_head() {
+        struct M(&'static str);
+        impl crate::routes::RequestAttrs for M {
+            fn method(&mut self) -> Option<&str> {
+                Some(self.0)
+            }
+            fn authority(&mut self) -> Option<&str> {
+                None
+            }
+        }
+        let cfg = parse_value(&sample()).unwrap();
+        assert_eq!(cfg.routes.find("/api/weather", &mut M("GET")), Some(0));
+        assert_eq!(cfg.routes.find("/api/weather", &mut M("HEAD")), Some(0), "HEAD of a priced GET is priced");
+        assert_eq!(cfg.routes.find("/api/weather", &mut M("POST")), None);
     }
 }
