@@ -36,13 +36,7 @@ impl TokenDomain {
     }
 
     pub fn eip712(&self) -> Eip712Domain {
-        Eip712Domain::new(
-            Some(self.name.clone().into()),
-            Some(self.version.clone().into()),
-            Some(U256::from(self.chain_id)),
-            Some(self.verifying_contract),
-            None,
-        )
+        x402_protocol::eip712::domain(&self.name, &self.version, self.chain_id, self.verifying_contract)
     }
 }
 
