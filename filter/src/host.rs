@@ -21,7 +21,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use x402_protocol::challenge::Reason;
 
-use crate::auth;
+use crate::auth::{self, Grant};
 use crate::cache::TokenCache;
 use crate::challenge::{self, HttpAnswer};
 use crate::config::{self, FilterConfig};
@@ -30,7 +30,7 @@ use crate::headers::HeaderPairs;
 use crate::identity;
 use crate::metrics::Counter;
 use crate::pending::{self, PendingBodies};
-use crate::routes::RequestAttrs;
+use crate::routes::{RequestAttrs, Route};
 use crate::token_endpoint::{self, Endpoint, SettlerReply};
 
 proxy_wasm::main! {{
@@ -74,6 +74,17 @@ struct Shared {
     cache: RefCell<TokenCache>,
     /// Token-endpoint requests still reading their body (answered by `on_tick` when late).
     pending: RefCell<PendingBodies>,
+}
+
+impl Shared {
+    /// Runs `f` on the worker's token cache, or on an empty scratch cache (nothing kept)
+    /// in the unexpected case that the cache is already borrowed.
+    fn with_cache<R>(&self, f: impl FnOnce(&mut TokenCache) -> R) -> R {
+        match self.cache.try_borrow_mut() {
+            Ok(mut cache) => f(&mut cache),
+            Err(_) => f(&mut TokenCache::new(0)),
+        }
+    }
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -148,10 +159,7 @@ impl RootContext for Root {
             } else {
                 error!("x402: token endpoint: the request body never reached the filter; set allow_on_headers_stop_iteration: true on the Envoy wasm plugin");
             }
-            let a = pending::timeout_answer(&p);
-            let headers: Vec<(&str, &str)> =
-                a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            if let Err(e) = hostcalls::send_http_response(a.status, headers, Some(&a.body)) {
+            if let Err(e) = send_answer(&pending::timeout_answer(&p)) {
                 warn!("x402: cannot answer a timed-out request: {e:?}");
             }
         }
@@ -292,21 +300,34 @@ fn set_identity_headers<'a>(headers: impl IntoIterator<Item = (&'static str, &'a
     }
 }
 
-fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Lets a request through, paid by `grant`, with the who-paid headers for the upstream.
+fn allow(shared: &Shared, route: &Route, grant: &Grant) -> Action {
+    shared.metrics.inc(Counter::Accepted);
+    set_identity_headers(identity::grant_headers(&route.name, grant));
+    Action::Continue
 }
 
-fn now_secs() -> i64 {
+/// Sends a local answer instead of the upstream's.
+fn send_answer(a: &HttpAnswer) -> Result<(), Status> {
+    let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    hostcalls::send_http_response(a.status, headers, Some(&a.body))
+}
+
+/// Time since the epoch; zero when the host has no clock.
+fn since_epoch() -> Duration {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64)
-        // No clock means no token is valid yet: fail closed.
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+fn now_ms() -> u64 {
+    since_epoch().as_millis() as u64
+}
+
+/// No clock means time zero, when no token is valid yet: fail closed.
+fn now_secs() -> i64 {
+    since_epoch().as_secs() as i64
 }
 
 /// Method and authority, read only when a route needs them.
@@ -408,8 +429,7 @@ impl Http {
         if a.status == 402 {
             shared.metrics.inc(Counter::Challenges);
         }
-        let headers: Vec<(&str, &str)> = a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        if let Err(e) = hostcalls::send_http_response(a.status, headers, Some(&a.body)) {
+        if let Err(e) = send_answer(&a) {
             error!("x402: cannot send local response: {e:?}");
         }
         self.state = State::Done;
@@ -534,18 +554,9 @@ impl Http {
                 shared.metrics.inc(Counter::Accepted);
                 if let Some(r) = shared.cfg.routes.get(route) {
                     let now = now_secs();
-                    let (ids, why) = match shared.cache.try_borrow_mut() {
-                        Ok(mut cache) => {
-                            decision::settled_identity(&shared.cfg, &mut cache, r, &settled, now)
-                        }
-                        Err(_) => decision::settled_identity(
-                            &shared.cfg,
-                            &mut TokenCache::new(0),
-                            r,
-                            &settled,
-                            now,
-                        ),
-                    };
+                    let (ids, why) = shared.with_cache(|cache| {
+                        decision::settled_identity(&shared.cfg, cache, r, &settled, now)
+                    });
                     if let Some(why) = why {
                         warn!(
                             "x402: payment on {url}: the settler's token does not check out at the edge ({}); request let through (paid), token not cached; check token_keys",
@@ -595,14 +606,11 @@ impl HttpContext for Http {
         let Some(shared) = self.shared.clone() else {
             // No valid configuration on this worker: fail closed.
             self.state = State::Done;
-            let a = HttpAnswer::error(
+            let _ = send_answer(&HttpAnswer::error(
                 503,
                 "filter_unconfigured",
                 "the x402 filter has no valid configuration",
-            );
-            let headers: Vec<(&str, &str)> =
-                a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let _ = hostcalls::send_http_response(a.status, headers, Some(&a.body));
+            ));
             return Action::Pause;
         };
         let headers = Headers::fetch();
@@ -629,46 +637,30 @@ impl HttpContext for Http {
 
         let authorization = headers.get("authorization");
         let now = now_secs();
-        let check = match shared.cache.try_borrow_mut() {
-            Ok(mut cache) => auth::check_token(
+        let check = shared.with_cache(|cache| {
+            auth::check_token(
                 &cfg.keys,
                 cfg.clock_leeway_secs,
-                &mut cache,
+                cache,
                 route,
                 authorization.as_deref(),
                 now,
-            ),
-            Err(_) => {
-                let mut scratch = TokenCache::new(0);
-                auth::check_token(
-                    &cfg.keys,
-                    cfg.clock_leeway_secs,
-                    &mut scratch,
-                    route,
-                    authorization.as_deref(),
-                    now,
-                )
-            }
-        };
+            )
+        });
         match check.cache_hit {
             Some(true) => shared.metrics.inc(Counter::CacheHits),
             Some(false) => shared.metrics.inc(Counter::CacheMisses),
             None => {}
         }
+        // The common case first: no resource URL or payment header needed.
         if let Ok(grant) = &check.result {
-            shared.metrics.inc(Counter::Accepted);
-            set_identity_headers(identity::grant_headers(&route.name, grant));
-            return Action::Continue;
+            return allow(&shared, route, grant);
         }
 
         let url = Self::resource_url(&headers, &mut attrs, &path);
         let payment = headers.get("payment-signature");
         match decision::decide_priced(cfg, route, check, payment.as_deref(), &url) {
-            PricedAction::Allow(grant) => {
-                shared.metrics.inc(Counter::Accepted);
-                set_identity_headers(identity::grant_headers(&route.name, &grant));
-                Action::Continue
-            }
+            PricedAction::Allow(grant) => allow(&shared, route, &grant),
             PricedAction::Challenge(reason) => {
                 self.challenge(&shared, idx, reason, url);
                 Action::Pause
