@@ -96,10 +96,9 @@ impl HeaderPairs {
     }
 
     fn reserved(&self) -> impl Iterator<Item = &[u8]> {
-        let prefix = identity::RESERVED_PREFIX.as_bytes();
-        self.iter().map(|(n, _)| n).filter(move |n| {
-            n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix)
-        })
+        self.iter()
+            .map(|(n, _)| n)
+            .filter(|n| identity::is_reserved_bytes(n))
     }
 }
 

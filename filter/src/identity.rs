@@ -29,8 +29,13 @@ pub const IDENTITY: [&str; 3] = [PAYER, ROUTE, SETTLEMENT_ID];
 
 /// Is `name` in the filter's `x-x402-` namespace (ASCII case-insensitive)?
 pub fn is_reserved(name: &str) -> bool {
-    name.len() >= RESERVED_PREFIX.len()
-        && name.as_bytes()[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes())
+    is_reserved_bytes(name.as_bytes())
+}
+
+/// [`is_reserved`] for a raw header name.
+pub fn is_reserved_bytes(name: &[u8]) -> bool {
+    let prefix = RESERVED_PREFIX.as_bytes();
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// The reserved names among `names`, lower-cased, each once.
