@@ -198,14 +198,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn cfg() -> crate::config::FilterConfig {
-        crate::config::parse(
-            serde_json::to_string(&crate::config::tests::sample())
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap()
-    }
+    use crate::config::tests::sample_config as cfg;
 
     #[test]
     fn bearer_header_parsing() {
@@ -256,49 +249,31 @@ pub(crate) mod tests {
         // Cached, then expired.
         let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now + 306);
         assert_eq!(c.result, Err(Reason::Expired));
+        // Checks `token` as a bearer header on `route` at `now`.
+        let check = |cache: &mut TokenCache, token: &str| {
+            check_token(
+                &cfg.keys,
+                5,
+                cache,
+                route,
+                Some(&format!("Bearer {token}")),
+                now,
+            )
+        };
         // Too little paid.
         let cheap = mint(&signing_key(), "k1", claims("weather", 9_999), now, 300);
-        let c = check_token(
-            &cfg.keys,
-            5,
-            &mut cache,
-            route,
-            Some(&format!("Bearer {cheap}")),
-            now,
-        );
+        let c = check(&mut cache, &cheap);
         assert_eq!(c.result, Err(Reason::WrongRoute));
         // Wrong asset.
         let mut cl = claims("weather", 10_000);
         cl.asset = Address::repeat_byte(0x33);
         let t2 = mint(&signing_key(), "k1", cl, now, 300);
-        assert_eq!(
-            check_token(
-                &cfg.keys,
-                5,
-                &mut cache,
-                route,
-                Some(&format!("Bearer {t2}")),
-                now
-            )
-            .result,
-            Err(Reason::WrongRoute)
-        );
+        assert_eq!(check(&mut cache, &t2).result, Err(Reason::WrongRoute));
         // Wrong network.
         let mut cl = claims("weather", 10_000);
         cl.network = Network::eip155(1);
         let t3 = mint(&signing_key(), "k1", cl, now, 300);
-        assert_eq!(
-            check_token(
-                &cfg.keys,
-                5,
-                &mut cache,
-                route,
-                Some(&format!("Bearer {t3}")),
-                now
-            )
-            .result,
-            Err(Reason::WrongRoute)
-        );
+        assert_eq!(check(&mut cache, &t3).result, Err(Reason::WrongRoute));
         // Verification failures map to reasons.
         let forged = mint(
             &SigningKey::from_slice(&[9u8; 32]).unwrap(),
@@ -307,31 +282,9 @@ pub(crate) mod tests {
             now,
             300,
         );
-        assert_eq!(
-            check_token(
-                &cfg.keys,
-                5,
-                &mut cache,
-                route,
-                Some(&format!("Bearer {forged}")),
-                now
-            )
-            .result,
-            Err(Reason::BadSignature)
-        );
+        assert_eq!(check(&mut cache, &forged).result, Err(Reason::BadSignature));
         let unknown = mint(&signing_key(), "k9", claims("weather", 10_000), now, 300);
-        assert_eq!(
-            check_token(
-                &cfg.keys,
-                5,
-                &mut cache,
-                route,
-                Some(&format!("Bearer {unknown}")),
-                now
-            )
-            .result,
-            Err(Reason::UnknownKey)
-        );
+        assert_eq!(check(&mut cache, &unknown).result, Err(Reason::UnknownKey));
         let future = mint(
             &signing_key(),
             "k1",
@@ -339,18 +292,7 @@ pub(crate) mod tests {
             now + 600,
             300,
         );
-        assert_eq!(
-            check_token(
-                &cfg.keys,
-                5,
-                &mut cache,
-                route,
-                Some(&format!("Bearer {future}")),
-                now
-            )
-            .result,
-            Err(Reason::NotYetValid)
-        );
+        assert_eq!(check(&mut cache, &future).result, Err(Reason::NotYetValid));
         let old = mint(
             &signing_key(),
             "k1",
@@ -358,18 +300,7 @@ pub(crate) mod tests {
             now - 600,
             300,
         );
-        assert_eq!(
-            check_token(
-                &cfg.keys,
-                5,
-                &mut cache,
-                route,
-                Some(&format!("Bearer {old}")),
-                now
-            )
-            .result,
-            Err(Reason::Expired)
-        );
+        assert_eq!(check(&mut cache, &old).result, Err(Reason::Expired));
         assert_eq!(
             check_token(&cfg.keys, 5, &mut cache, route, Some("Bearer garbage"), now).result,
             Err(Reason::MalformedToken)

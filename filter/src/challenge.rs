@@ -175,14 +175,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn cfg() -> crate::config::FilterConfig {
-        crate::config::parse(
-            serde_json::to_string(&crate::config::tests::sample())
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap()
-    }
+    use crate::config::tests::sample_config as cfg;
 
     #[test]
     fn resource_url_prefers_forwarded_proto() {

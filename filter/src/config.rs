@@ -820,6 +820,11 @@ pub(crate) mod tests {
         })
     }
 
+    /// [`sample`], parsed.
+    pub fn sample_config() -> FilterConfig {
+        parse_value(&sample()).unwrap()
+    }
+
     fn parse_value(v: &Value) -> Result<FilterConfig, ConfigError> {
         parse(serde_json::to_string(v).unwrap().as_bytes())
     }
@@ -843,7 +848,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sample_parses_with_prices_in_base_units() {
-        let cfg = parse_value(&sample()).unwrap();
+        let cfg = sample_config();
         assert_eq!(cfg.routes.len(), 2);
         let r = cfg.routes.get(0).unwrap();
         assert_eq!(r.token_endpoint, "/x402/token/weather");
@@ -971,7 +976,7 @@ pub(crate) mod tests {
 
     #[test]
     fn settler_api_secret() {
-        assert_eq!(parse_value(&sample()).unwrap().settler.auth, None);
+        assert_eq!(sample_config().settler.auth, None);
         let secret = "s3cr3t-0123456789 with ~ symbols!";
         let mut v = sample();
         v["settler"]["api_secret"] = json!(secret);
@@ -1306,9 +1311,13 @@ pub(crate) mod tests {
                 None
             }
         }
-        let cfg = parse_value(&sample()).unwrap();
+        let cfg = sample_config();
         assert_eq!(cfg.routes.find("/api/weather", &mut M("GET")), Some(0));
-        assert_eq!(cfg.routes.find("/api/weather", &mut M("HEAD")), Some(0), "HEAD of a priced GET is priced");
+        assert_eq!(
+            cfg.routes.find("/api/weather", &mut M("HEAD")),
+            Some(0),
+            "HEAD of a priced GET is priced"
+        );
         assert_eq!(cfg.routes.find("/api/weather", &mut M("POST")), None);
     }
 }

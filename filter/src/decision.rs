@@ -209,14 +209,7 @@ mod tests {
     use serde_json::Value;
     use x402_protocol::settler_api::TokenRequest;
 
-    fn cfg() -> FilterConfig {
-        crate::config::parse(
-            serde_json::to_string(&crate::config::tests::sample())
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap()
-    }
+    use crate::config::tests::sample_config as cfg;
 
     fn grant() -> Rc<Grant> {
         Rc::new(Grant::new(

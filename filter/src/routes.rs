@@ -391,12 +391,7 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_unmatched_paths_do_not_fetch_headers() {
-        let cfg = crate::config::parse(
-            serde_json::to_string(&crate::config::tests::sample())
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap();
+        let cfg = crate::config::tests::sample_config();
         let table = &cfg.routes;
         let mut a = attrs("GET", "x");
         assert_eq!(table.find("/static/logo.png", &mut a), None);

@@ -191,14 +191,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn cfg() -> FilterConfig {
-        crate::config::parse(
-            serde_json::to_string(&crate::config::tests::sample())
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap()
-    }
+    use crate::config::tests::sample_config as cfg;
 
     fn code(a: &HttpAnswer) -> String {
         let v: Value = serde_json::from_slice(&a.body).unwrap();
