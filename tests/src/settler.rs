@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{paths, ports};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SettlerOptions {
     /// The binary; default `paths::settler_bin()` (tests of the settler crate pass
     /// `env!("CARGO_BIN_EXE_x402-settler")`).
@@ -50,6 +50,24 @@ impl SettlerOptions {
             log_file: None,
             start_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Everything but the signer key, which is never printed.
+impl std::fmt::Debug for SettlerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettlerOptions")
+            .field("bin", &self.bin)
+            .field("database_url", &self.database_url)
+            .field("rpcs", &self.rpcs)
+            .field("signer_key", &"<redacted>")
+            .field("token_key_file", &self.token_key_file)
+            .field("port", &self.port)
+            .field("extra_args", &self.extra_args)
+            .field("env", &self.env)
+            .field("log_file", &self.log_file)
+            .field("start_timeout", &self.start_timeout)
+            .finish()
     }
 }
 
