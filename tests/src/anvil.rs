@@ -9,11 +9,10 @@
 // The generated contract bindings mirror the ABI (permit and ERC-3009 take many arguments).
 #![allow(clippy::too_many_arguments)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, Bytes, B256, U256};
@@ -22,6 +21,8 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::child::{wait_started, Started};
+use crate::envoy::{request, HttpRequest};
 use crate::paths;
 
 /// Anvil's default chain id.
@@ -159,18 +160,12 @@ impl Anvil {
         }
         let child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
         let mut anvil = Anvil { child, port, chain_id: opts.chain_id, log };
-        let deadline = Instant::now() + opts.start_timeout;
-        loop {
-            if let Some(status) = anvil.child.try_wait()? {
-                bail!("anvil exited during start-up ({status}) on port {port}:\n{}", anvil.output());
+        match wait_started(&mut anvil.child, opts.start_timeout, || rpc_answers(port))? {
+            Started::Ready => Ok(anvil),
+            Started::Exited(status) => bail!("anvil exited during start-up ({status}) on port {port}:\n{}", anvil.output()),
+            Started::TimedOut => {
+                bail!("anvil did not answer on port {port} within {:?}:\n{}", opts.start_timeout, anvil.output())
             }
-            if rpc_answers(port) {
-                return Ok(anvil);
-            }
-            if Instant::now() > deadline {
-                bail!("anvil did not answer on port {port} within {:?}:\n{}", opts.start_timeout, anvil.output());
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -232,14 +227,7 @@ impl Anvil {
 
     /// Deploys contracts/build/TestUSDC.json from dev account 0; returns its address.
     pub async fn deploy_token(&self) -> Result<Address> {
-        let bytecode = token_bytecode()?;
-        let provider = self.dev_provider(0);
-        let tx = TransactionRequest::default().with_deploy_code(bytecode);
-        let receipt = provider.send_transaction(tx).await.context("deploying TestUSDC")?.get_receipt().await?;
-        if !receipt.status() {
-            bail!("TestUSDC deployment reverted (tx {})", receipt.transaction_hash);
-        }
-        receipt.contract_address.ok_or_else(|| anyhow!("deployment receipt has no contract address"))
+        deploy_token_with(&self.dev_provider(0)).await
     }
 
     /// Deploys the token, then copies its runtime code and name/symbol storage to a fixed
@@ -317,6 +305,17 @@ impl Drop for Anvil {
     }
 }
 
+/// Deploys contracts/build/TestUSDC.json with `provider` (which must send from a funded
+/// account); returns its address. Also used by `x402-devchain` on a running chain.
+pub async fn deploy_token_with<P: Provider>(provider: &P) -> Result<Address> {
+    let tx = TransactionRequest::default().with_deploy_code(token_bytecode()?);
+    let receipt = provider.send_transaction(tx).await.context("deploying TestUSDC")?.get_receipt().await?;
+    if !receipt.status() {
+        bail!("TestUSDC deployment reverted (tx {})", receipt.transaction_hash);
+    }
+    receipt.contract_address.ok_or_else(|| anyhow!("deployment receipt has no contract address"))
+}
+
 /// Creation bytecode of the test token from the committed artefact.
 pub fn token_bytecode() -> Result<Bytes> {
     artefact_field("bytecode")
@@ -337,19 +336,11 @@ fn artefact_field(field: &str) -> Result<Bytes> {
     hex.parse::<Bytes>().with_context(|| format!("{} `{field}` is not hex", path.display()))
 }
 
-/// One blocking JSON-RPC `eth_chainId` over a plain socket: true when anvil answers.
+/// One blocking JSON-RPC `eth_chainId` (the harness's plain HTTP client): true when anvil answers.
 fn rpc_answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
-    let req = format!(
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200") && out.contains("\"result\"")
+    let req = HttpRequest::new("POST", "/")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#)
+        .timeout(Duration::from_millis(500));
+    request(SocketAddr::from(([127, 0, 0, 1], port)), &req).is_ok_and(|r| r.status == 200 && r.text().contains("\"result\""))
 }

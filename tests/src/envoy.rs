@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
+use crate::child::{wait_started, Started};
 use crate::{paths, ports};
 
 /// Options of [`Envoy::start`].
@@ -265,36 +266,19 @@ impl Envoy {
         let settler_port = opts.settler_port.unwrap_or_else(ports::free_port);
         let yaml = bootstrap_yaml(filter_config_json, &opts, port, admin_port, settler_port);
         let mut child = spawn(dir.path(), &yaml, &opts)?;
-        let deadline = Instant::now() + opts.startup_timeout;
-        let read_log = |d: &Path| std::fs::read_to_string(d.join("envoy.log")).unwrap_or_default();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(FailedStart {
-                    exit_code: status.code(),
-                    became_ready: false,
-                    log: read_log(dir.path()),
-                });
-            }
-            if admin_get(admin_port, "/ready").is_ok_and(|(s, _)| s == 200) {
+        let outcome = wait_started(&mut child, opts.startup_timeout, || {
+            admin_get(admin_port, "/ready").is_ok_and(|(s, _)| s == 200)
+        })?;
+        let (exit_code, became_ready) = match outcome {
+            Started::Exited(status) => (status.code(), false),
+            Started::Ready | Started::TimedOut => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(FailedStart {
-                    exit_code: None,
-                    became_ready: true,
-                    log: read_log(dir.path()),
-                });
+                (None, matches!(outcome, Started::Ready))
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(FailedStart {
-                    exit_code: None,
-                    became_ready: false,
-                    log: read_log(dir.path()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+        Ok(FailedStart { exit_code, became_ready, log })
     }
 
     /// `envoy --mode validate` on a YAML text. Returns whether it passed and Envoy's output.
@@ -323,20 +307,15 @@ impl Envoy {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("Envoy exited during start-up with {status}");
-            }
-            let ready = admin_get(self.admin_port, "/ready").is_ok_and(|(s, _)| s == 200);
-            if ready && TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("Envoy not ready after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let (admin_port, addr) = (self.admin_port, self.addr());
+        let ready = || {
+            admin_get(admin_port, "/ready").is_ok_and(|(s, _)| s == 200)
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        };
+        match wait_started(&mut self.child, timeout, ready)? {
+            Started::Ready => Ok(()),
+            Started::Exited(status) => bail!("Envoy exited during start-up with {status}"),
+            Started::TimedOut => bail!("Envoy not ready after {timeout:?}"),
         }
     }
 

@@ -2,6 +2,7 @@
 //! 127.0.0.1 (anvil, Envoy, the settler), each stopped when its handle is dropped.
 
 pub mod anvil;
+mod child;
 pub mod envoy;
 pub mod paths;
 pub mod ports;

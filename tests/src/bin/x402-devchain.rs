@@ -2,14 +2,13 @@
 //! running anvil, fund payers, print balances. Sends from anvil's public dev account 0: only
 //! for local chains.
 
-use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, U256};
-use alloy::providers::{Provider, ProviderBuilder};
-use alloy::rpc::types::TransactionRequest;
+use alloy::providers::ProviderBuilder;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use x402_protocol::amount::{format_base_units, parse_decimal};
-use x402_testkit::anvil::{dev_signer, token_bytecode, TestUsdc};
+use x402_testkit::anvil::{deploy_token_with, dev_signer, TestUsdc};
 
 const DECIMALS: u8 = 6;
 
@@ -45,11 +44,7 @@ async fn main() -> Result<()> {
     let provider = ProviderBuilder::new().wallet(EthereumWallet::from(dev_signer(0))).connect_http(url);
     match cli.cmd {
         Cmd::Deploy { mint } => {
-            let tx = TransactionRequest::default().with_deploy_code(token_bytecode()?);
-            let receipt = provider.send_transaction(tx).await.context("deploying TestUSDC")?.get_receipt().await?;
-            let Some(token) = receipt.contract_address.filter(|_| receipt.status()) else {
-                bail!("TestUSDC deployment failed (tx {})", receipt.transaction_hash);
-            };
+            let token = deploy_token_with(&provider).await?;
             let usdc = TestUsdc::new(token, &provider);
             for spec in mint {
                 let (addr, amount) = spec.split_once('=').context("--mint wants ADDR=AMOUNT")?;
