@@ -714,16 +714,13 @@ impl HttpContext for Http {
         };
         let still_waiting = shared
             .pending
-            .try_borrow()
-            .map(|p| p.contains(self.context_id))
+            .try_borrow_mut()
+            .map(|mut p| p.saw_body(self.context_id))
             .unwrap_or(false);
         if !still_waiting {
             // The timer already answered this request.
             self.state = State::Done;
             return Action::Pause;
-        }
-        if let Ok(mut p) = shared.pending.try_borrow_mut() {
-            p.saw_body(self.context_id);
         }
         if let Err(a) = token_endpoint::check_size(body_size, shared.cfg.max_body_bytes) {
             self.stop_waiting_for_body();

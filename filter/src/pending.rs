@@ -32,9 +32,14 @@ impl PendingBodies {
         self.entries.iter().any(|p| p.context_id == context_id)
     }
 
-    pub fn saw_body(&mut self, context_id: u32) {
-        if let Some(p) = self.entries.iter_mut().find(|p| p.context_id == context_id) {
-            p.body_seen = true;
+    /// Marks that a body callback arrived; `false` if the request is not waiting (any more).
+    pub fn saw_body(&mut self, context_id: u32) -> bool {
+        match self.entries.iter_mut().find(|p| p.context_id == context_id) {
+            Some(p) => {
+                p.body_seen = true;
+                true
+            }
+            None => false,
         }
     }
 
@@ -84,7 +89,8 @@ mod tests {
         let mut p = PendingBodies::default();
         p.add(1, 100);
         p.add(2, 200);
-        p.saw_body(2);
+        assert!(p.saw_body(2));
+        assert!(!p.saw_body(9));
         assert!(p.take_expired(99).is_empty());
         let e = p.take_expired(150);
         assert_eq!(
