@@ -15,9 +15,10 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use x402_client::caps::Caps;
 use x402_client::select::SelectError;
-use x402_client::sign::{self, TokenDomain};
+use x402_client::sign::TokenDomain;
 use x402_client::{Config, PayError, Payer, Step};
 use x402_protocol::challenge::{seed_body, ChallengeInput, Reason, Resource};
+use x402_protocol::eip712;
 use x402_protocol::method::{Asset, PaymentMethod};
 use x402_protocol::payment::{parse_payment, ClientPayment};
 use x402_protocol::settler_api::PricedMethod;
@@ -88,23 +89,22 @@ async fn token_endpoint(State(s): State<S>, body: axum::body::Bytes) -> Response
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": e.code(), "message": e.to_string()}))).into_response(),
     };
-    let domain = TokenDomain::usdc(CHAIN, token());
     let price = g.accepts[0].amount;
-    let ok = match &p {
-        ClientPayment::Permit(pm) => {
-            let digest = sign::permit_signing_hash(&domain, &sign::Permit { owner: pm.owner, spender: pm.spender, value: pm.value, nonce: pm.nonce, deadline: pm.deadline });
-            let sig = Signature::from_raw(&pm.sig.to_bytes()).unwrap();
-            sig.recover_address_from_prehash(&digest).ok() == Some(pm.owner)
-                && pm.value == price
-                && pm.spender == SPENDER.parse::<Address>().unwrap()
-                && pm.nonce == U256::from(g.permit_nonce)
-        }
-        ClientPayment::Authorization(a) => {
-            let digest = sign::authorization_signing_hash(&domain, &sign::TransferWithAuthorization { from: a.from, to: a.to, value: a.value, validAfter: a.valid_after, validBefore: a.valid_before, nonce: a.nonce });
-            let sig = Signature::from_raw(&a.sig.to_bytes()).unwrap();
-            sig.recover_address_from_prehash(&digest).ok() == Some(a.from) && a.value == price && a.to == PAY_TO.parse::<Address>().unwrap()
-        }
+    // The settler's digest (x402_protocol::eip712), not the client's own signing path.
+    let digest = eip712::signing_hash(&p, &TokenDomain::usdc(CHAIN, token()).eip712());
+    let sig = match &p {
+        ClientPayment::Permit(pm) => &pm.sig,
+        ClientPayment::Authorization(a) => &a.sig,
     };
+    let signed_by_payer = Signature::from_raw(&sig.to_bytes()).ok().and_then(|s| s.recover_address_from_prehash(&digest).ok())
+        == Some(p.payer());
+    let ok = signed_by_payer
+        && match &p {
+            ClientPayment::Permit(pm) => {
+                pm.value == price && pm.spender == SPENDER.parse::<Address>().unwrap() && pm.nonce == U256::from(g.permit_nonce)
+            }
+            ClientPayment::Authorization(a) => a.value == price && a.to == PAY_TO.parse::<Address>().unwrap(),
+        };
     if !ok {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_signature", "message": "bad payment"}))).into_response();
     }
