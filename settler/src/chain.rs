@@ -39,6 +39,10 @@ sol! {
 pub struct Chain {
     pub network: Network,
     pub url: String,
+    /// The endpoint as the HTTP client prints it (normalised), and how it is shown instead
+    /// when it carries more than scheme, host and port (see [`Chain::scrub`]).
+    parsed_url: String,
+    shown_url: Option<String>,
     provider: RootProvider,
     wallet: EthereumWallet,
     signer: Address,
@@ -57,23 +61,34 @@ pub enum SendOutcome {
 
 impl Chain {
     pub fn new(network: Network, url: &str, key: PrivateKeySigner, timeout: Duration, poll: Duration, gas_limit: u64) -> anyhow::Result<Chain> {
-        let parsed: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| anyhow::anyhow!("rpc url {url:?}: {e}"))?;
+        let parsed: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| anyhow::anyhow!("rpc url {:?}: {e}", redact_url(url)))?;
+        let parsed_url = parsed.to_string();
+        let shown_url = Some(redact_url(url)).filter(|r| r.ends_with(REDACTED));
         let client = alloy::rpc::client::RpcClient::new_http(parsed);
         // A remote URL is not "local" to alloy, which would then poll every 7 s: set it.
         client.set_poll_interval(poll);
         let provider = RootProvider::new(client);
         let signer = key.address();
-        Ok(Chain { network, url: url.to_string(), provider, wallet: EthereumWallet::from(key), signer, timeout, gas_limit })
+        Ok(Chain { network, url: url.to_string(), parsed_url, shown_url, provider, wallet: EthereumWallet::from(key), signer, timeout, gas_limit })
     }
 
     pub fn signer(&self) -> Address {
         self.signer
     }
 
+    /// `msg` without the endpoint URL: HTTP client errors print it, and a provider's URL
+    /// often carries its API key. These messages reach logs, `/readyz` and 503 answers.
+    fn scrub(&self, msg: String) -> String {
+        match &self.shown_url {
+            Some(shown) => msg.replace(&self.parsed_url, shown).replace(&self.url, shown),
+            None => msg,
+        }
+    }
+
     async fn rpc<T, E: std::fmt::Display>(&self, what: &str, f: impl IntoFuture<Output = Result<T, E>>) -> Result<T, ChainError> {
         match tokio::time::timeout(self.timeout, f.into_future()).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(ChainError::Rpc { network: self.network.to_string(), message: format!("{what}: {e}") }),
+            Ok(Err(e)) => Err(ChainError::Rpc { network: self.network.to_string(), message: self.scrub(format!("{what}: {e}")) }),
             Err(_) => Err(ChainError::Timeout { network: self.network.to_string() }),
         }
     }
@@ -142,7 +157,7 @@ impl Chain {
         let env: TxEnvelope = req
             .build(&self.wallet)
             .await
-            .map_err(|e| ChainError::Rpc { network: self.network.to_string(), message: format!("signing: {e}") })?;
+            .map_err(|e| ChainError::Rpc { network: self.network.to_string(), message: self.scrub(format!("signing: {e}")) })?;
         Ok((*env.tx_hash(), env.encoded_2718()))
     }
 
@@ -150,7 +165,7 @@ impl Chain {
         match tokio::time::timeout(self.timeout, self.provider.send_raw_transaction(raw)).await {
             Ok(Ok(_)) => SendOutcome::Accepted,
             Ok(Err(e)) => {
-                let msg = e.to_string();
+                let msg = self.scrub(e.to_string());
                 let lower = msg.to_ascii_lowercase();
                 if lower.contains("already known") || lower.contains("nonce too low") || lower.contains("already imported") || lower.contains("known transaction") {
                     SendOutcome::AlreadyKnown(msg)
@@ -164,6 +179,22 @@ impl Chain {
 
     pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
         self.rpc("eth_getTransactionReceipt", self.provider.get_transaction_receipt(hash)).await
+    }
+}
+
+const REDACTED: &str = "/***";
+
+/// An RPC URL fit for logs: scheme, host and port only (providers put API keys in the path,
+/// the query or the user info).
+pub fn redact_url(url: &str) -> String {
+    match url.parse::<alloy::transports::http::reqwest::Url>() {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("");
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let hidden = !u.username().is_empty() || u.password().is_some() || u.path() != "/" || u.query().is_some() || u.fragment().is_some();
+            format!("{}://{host}{port}{}", u.scheme(), if hidden { REDACTED } else { "" })
+        }
+        Err(_) => "<unparsable url>".into(),
     }
 }
 
@@ -213,5 +244,23 @@ pub struct Chains {
 impl Chains {
     pub fn get(&self, n: Network) -> Result<&Arc<Chain>, ChainError> {
         self.by_network.get(&n).ok_or_else(|| ChainError::UnknownNetwork(n.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_urls_are_redacted() {
+        assert_eq!(redact_url("http://127.0.0.1:8545"), "http://127.0.0.1:8545");
+        assert_eq!(redact_url("https://base-mainnet.g.alchemy.com/v2/SECRETKEY"), "https://base-mainnet.g.alchemy.com/***");
+        assert_eq!(redact_url("https://rpc.example/?apikey=SECRETKEY"), "https://rpc.example/***");
+        assert_eq!(redact_url("https://user:SECRETKEY@rpc.example"), "https://rpc.example/***");
+        let chain = Chain::new(Network::eip155(1), "https://rpc.example/v2/SECRETKEY", PrivateKeySigner::random(), Duration::from_secs(1), Duration::from_secs(1), 1).unwrap();
+        let msg = chain.scrub("error sending request for url (https://rpc.example/v2/SECRETKEY)".into());
+        assert!(!msg.contains("SECRETKEY"), "{msg}");
+        let local = Chain::new(Network::eip155(1), "http://127.0.0.1:8545", PrivateKeySigner::random(), Duration::from_secs(1), Duration::from_secs(1), 1).unwrap();
+        assert_eq!(local.scrub("for url (http://127.0.0.1:8545/)".into()), "for url (http://127.0.0.1:8545/)");
     }
 }

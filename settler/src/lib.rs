@@ -50,7 +50,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!chains.by_network.contains_key(&spec.network), "network {} configured twice", spec.network);
         let chain = Chain::new(spec.network, &spec.url, signer.clone(), args.rpc_timeout(), args.poll_interval(), args.gas_limit)?;
         match chain.chain_id().await {
-            Ok(id) if id != spec.network.chain_id => anyhow::bail!("RPC {} serves chain id {id}, configured as {}", spec.url, spec.network),
+            Ok(id) if id != spec.network.chain_id => anyhow::bail!("RPC {} serves chain id {id}, configured as {}", chain::redact_url(&spec.url), spec.network),
             Ok(_) => tracing::info!(network = %spec.network, wallet = %chain.signer(), "chain ready"),
             Err(e) => tracing::warn!(network = %spec.network, error = %e, "chain not reachable at start; requests on it fail closed until it is"),
         }
