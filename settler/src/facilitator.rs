@@ -25,6 +25,7 @@ use x402_protocol::{Asset, Network, PaymentMethod, Scheme};
 use crate::error::Rejection;
 use crate::http::{check_api_secret, check_chain_and_store, check_static, AppState};
 use crate::metrics as m;
+use crate::store::NewPayment;
 
 /// The route facilitator payments are stored under.
 pub const ROUTE: &str = "x402-facilitator";
@@ -181,8 +182,9 @@ fn parse(st: &AppState, body: &[u8]) -> Result<Request, Invalid> {
 }
 
 /// Every check of `/v1/tokens`, plus `exact`'s value == amount; with `store` the payment is
-/// stored for settlement. Returns the settlement id (when stored) and the payer.
-async fn check(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>, store: bool) -> Result<(Request, Option<String>), Invalid> {
+/// stored for settlement. Returns the request and the payment (its id is a settlement id
+/// only when stored).
+async fn check(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>, store: bool) -> Result<(Request, NewPayment), Invalid> {
     check_api_secret(st, headers).map_err(|r| Invalid { status: StatusCode::UNAUTHORIZED, reason: "unauthorized", message: r.message, payer: None })?;
     let body = body.map_err(|e| Invalid { status: e.status(), reason: "invalid_payload", message: e.body_text(), payer: None })?;
     let req = parse(st, &body)?;
@@ -198,7 +200,7 @@ async fn check(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
     let new = check_chain_and_store(st, &req.payment, x402_protocol::payment::PaymentFormat::X402V2, &req.requirement, &checked, store)
         .await
         .map_err(|r| from_rejection(r, store).with_payer(payer))?;
-    Ok((req, store.then_some(new.id)))
+    Ok((req, new))
 }
 
 fn no_store(mut resp: Response) -> Response {
@@ -232,18 +234,15 @@ pub async fn post_verify(State(st): State<Arc<AppState>>, headers: HeaderMap, bo
 }
 
 pub async fn post_settle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let network_of = |body: &Result<Bytes, BytesRejection>| {
-        body.as_ref()
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-            .and_then(|v| v.pointer("/paymentRequirements/network").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_default()
-    };
-    let network = network_of(&body);
+    // For the refusal's `network` field only: parsed again on that path, not on success.
+    let raw = body.as_ref().ok().cloned();
     let (req, id) = match check(&st, &headers, body, true).await {
-        Ok((req, Some(id))) => (req, id),
-        Ok((_, None)) => unreachable!("stored payments have an id"),
+        Ok((req, new)) => (req, new.id),
         Err(e) => {
+            let network = raw
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v.pointer("/paymentRequirements/network").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
             tracing::info!(reason = e.reason, message = %e.message, "facilitator settle: refused");
             let body = obj(vec![("success", json!(false)), ("errorReason", json!(e.reason)), ("errorMessage", json!(e.message)), ("payer", addr(e.payer)), ("transaction", json!("")), ("network", json!(network))]);
             return no_store((e.status, Json(body)).into_response());
