@@ -210,15 +210,19 @@ impl Lane {
                 return Ok(());
             }
             let block = self.chain.block_number().await?;
+            let mut confirmed = false;
             if block != last_block || force {
                 self.confirm().await?;
+                confirmed = true;
                 last_block = block;
                 force = false;
             }
             if last_rebroadcast.elapsed() >= self.cfg.rebroadcast / 2 {
                 // Without a new block nothing above ran: catch transactions whose nonce was
                 // taken by a foreign transaction before re-sending them.
-                self.confirm().await?;
+                if !confirmed {
+                    self.confirm().await?;
+                }
                 self.rebroadcast_stale().await?;
                 last_rebroadcast = Instant::now();
             }
