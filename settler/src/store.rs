@@ -141,15 +141,6 @@ pub struct OpenPayment {
     pub transfer_tx: Option<B256>,
 }
 
-fn state_str(s: SettlementState) -> &'static str {
-    match s {
-        SettlementState::Pending => "pending",
-        SettlementState::Submitted => "submitted",
-        SettlementState::Settled => "settled",
-        SettlementState::Failed => "failed",
-    }
-}
-
 fn parse_state(s: &str) -> Result<SettlementState, StoreError> {
     Ok(match s {
         "pending" => SettlementState::Pending,
@@ -217,6 +208,8 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
         settled_ms: row.try_get("settled_ms")?,
     })
 }
+
+const TX_COLS: &str = "chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms";
 
 fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
     let chain_id: i64 = row.try_get("chain_id")?;
@@ -519,15 +512,6 @@ impl Store {
         rows.iter().map(payment_from_row).collect()
     }
 
-    /// Submitted payments of a chain, in submission order.
-    pub async fn submitted(&self, chain_id: u64) -> Result<Vec<PaymentRow>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'submitted' ORDER BY seq"))
-            .bind(chain_id as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(payment_from_row).collect()
-    }
-
     /// Permit nonces >= `from` of a payer's permits this settler has submitted (in flight or
     /// settled): they consume their nonces in order ahead of later ones.
     pub async fn submitted_permit_nonces(&self, chain_id: u64, asset: Address, payer: Address, from: U256) -> Result<Vec<U256>, StoreError> {
@@ -600,7 +584,7 @@ impl Store {
     }
 
     pub async fn txs_of(&self, payment_id: &str) -> Result<Vec<TxRow>, StoreError> {
-        let rows = sqlx::query("SELECT chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms FROM x402_txs WHERE payment_id = $1 ORDER BY nonce")
+        let rows = sqlx::query(&format!("SELECT {TX_COLS} FROM x402_txs WHERE payment_id = $1 ORDER BY nonce"))
             .bind(payment_id)
             .fetch_all(&self.pool)
             .await?;
@@ -609,7 +593,7 @@ impl Store {
 
     /// Transactions of a signer still waiting for a receipt, in nonce order.
     pub async fn unconfirmed_txs(&self, chain_id: u64, signer: Address) -> Result<Vec<TxRow>, StoreError> {
-        let rows = sqlx::query("SELECT chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms FROM x402_txs WHERE chain_id = $1 AND signer = $2 AND state = 'sent' ORDER BY nonce")
+        let rows = sqlx::query(&format!("SELECT {TX_COLS} FROM x402_txs WHERE chain_id = $1 AND signer = $2 AND state = 'sent' ORDER BY nonce"))
             .bind(chain_id as i64)
             .bind(hexa(signer))
             .fetch_all(&self.pool)
@@ -739,10 +723,6 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-pub fn state_name(s: SettlementState) -> &'static str {
-    state_str(s)
 }
 
 #[cfg(test)]
