@@ -149,7 +149,6 @@ fn check_deadline(field: &str, deadline: U256, now: u64, margin: u64) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use alloy::sol_types::SolStruct;
     use super::*;
     use alloy::signers::local::PrivateKeySigner;
     use alloy::signers::SignerSync;
@@ -234,15 +233,6 @@ mod tests {
 
     fn code(r: Result<(), Rejection>) -> &'static str {
         r.err().map(|e| e.code).unwrap_or("ok")
-    }
-
-    #[test]
-    fn type_hashes_are_the_standard_ones() {
-        use alloy::primitives::keccak256;
-        assert_eq!(typed::Permit::eip712_type_hash(&typed::Permit { owner: Address::ZERO, spender: Address::ZERO, value: U256::ZERO, nonce: U256::ZERO, deadline: U256::ZERO }),
-            keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"));
-        let t = typed::TransferWithAuthorization { from: Address::ZERO, to: Address::ZERO, value: U256::ZERO, validAfter: U256::ZERO, validBefore: U256::ZERO, nonce: B256::ZERO };
-        assert_eq!(t.eip712_type_hash(), keccak256("TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"));
     }
 
     #[test]
