@@ -10,7 +10,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ impl Anvil {
         Err(last_err.unwrap_or_else(|| anyhow!("anvil did not start")))
     }
 
-    fn try_start(bin: &PathBuf, opts: &AnvilOptions) -> Result<Anvil> {
+    fn try_start(bin: &Path, opts: &AnvilOptions) -> Result<Anvil> {
         let port = crate::ports::free_port();
         if port == 0 {
             bail!("no free TCP port on 127.0.0.1");
@@ -319,12 +319,6 @@ pub async fn deploy_token_with<P: Provider>(provider: &P) -> Result<Address> {
 /// Creation bytecode of the test token from the committed artefact.
 pub fn token_bytecode() -> Result<Bytes> {
     artefact_field("bytecode")
-}
-
-/// Runtime bytecode of the test token (immutables NOT filled in: use `deploy_token_at` to
-/// place a working copy at a fixed address).
-pub fn token_deployed_bytecode() -> Result<Bytes> {
-    artefact_field("deployedBytecode")
 }
 
 fn artefact_field(field: &str) -> Result<Bytes> {

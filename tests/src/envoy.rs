@@ -391,7 +391,7 @@ impl Envoy {
         self.send(&HttpRequest::new("GET", path))
     }
 
-    /// Panics with the log tail; for use in assertions' messages.
+    /// The last `lines` lines of Envoy's log, for assertions' messages.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log(), lines)
     }

@@ -3,7 +3,6 @@
 //! for `/healthz`. `kill9()` kills it without warning (SIGKILL); `restart()` starts it again
 //! with the same options (same database, same key files). Dropping the handle kills it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,10 +80,7 @@ pub struct SettlerProcess {
 impl SettlerProcess {
     /// Starts the settler and waits until `/healthz` answers 200.
     pub async fn start(mut opts: SettlerOptions) -> Result<SettlerProcess> {
-        let port = match opts.port {
-            Some(p) => p,
-            None => ports::free_port(),
-        };
+        let port = opts.port.unwrap_or_else(ports::free_port);
         if port == 0 {
             bail!("no free port");
         }
@@ -213,11 +209,7 @@ impl SettlerProcess {
 
     /// Everything the process logged so far (all runs).
     pub fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = File::open(&self.log_file) {
-            let _ = std::io::Read::read_to_string(&mut f, &mut s);
-        }
-        s
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     pub fn log_path(&self) -> &Path {
