@@ -224,17 +224,7 @@ impl Envoy {
         check_binaries(&opts)?;
         let mut last_err = anyhow!("not started");
         for _attempt in 0..3 {
-            let dir = tempfile::Builder::new().prefix("x402-envoy-").tempdir()?;
-            let (port, admin_port) = (ports::free_port(), ports::free_port());
-            let settler_port = opts.settler_port.unwrap_or_else(ports::free_port);
-            let yaml = bootstrap_yaml(filter_config_json, &opts, port, admin_port, settler_port);
-            let child = spawn(dir.path(), &yaml, &opts)?;
-            let mut envoy = Envoy {
-                child,
-                dir,
-                port,
-                admin_port,
-            };
+            let mut envoy = Self::launch(filter_config_json, &opts)?;
             match envoy.wait_ready(opts.startup_timeout) {
                 Ok(()) => return Ok(envoy),
                 Err(e) => {
@@ -261,24 +251,31 @@ impl Envoy {
         opts: EnvoyOpts,
     ) -> anyhow::Result<FailedStart> {
         check_binaries(&opts)?;
-        let dir = tempfile::Builder::new().prefix("x402-envoy-").tempdir()?;
-        let (port, admin_port) = (ports::free_port(), ports::free_port());
-        let settler_port = opts.settler_port.unwrap_or_else(ports::free_port);
-        let yaml = bootstrap_yaml(filter_config_json, &opts, port, admin_port, settler_port);
-        let mut child = spawn(dir.path(), &yaml, &opts)?;
-        let outcome = wait_started(&mut child, opts.startup_timeout, || {
+        let mut envoy = Self::launch(filter_config_json, &opts)?;
+        let admin_port = envoy.admin_port;
+        let outcome = wait_started(&mut envoy.child, opts.startup_timeout, || {
             admin_get(admin_port, "/ready").is_ok_and(|(s, _)| s == 200)
         })?;
         let (exit_code, became_ready) = match outcome {
             Started::Exited(status) => (status.code(), false),
             Started::Ready | Started::TimedOut => {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = envoy.child.kill();
+                let _ = envoy.child.wait();
                 (None, matches!(outcome, Started::Ready))
             }
         };
-        let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
-        Ok(FailedStart { exit_code, became_ready, log })
+        Ok(FailedStart { exit_code, became_ready, log: envoy.log() })
+    }
+
+    /// Writes the bootstrap into a fresh temp dir, on free ports, and runs Envoy (not yet
+    /// ready: the caller waits).
+    fn launch(filter_config_json: &str, opts: &EnvoyOpts) -> anyhow::Result<Envoy> {
+        let dir = tempfile::Builder::new().prefix("x402-envoy-").tempdir()?;
+        let (port, admin_port) = (ports::free_port(), ports::free_port());
+        let settler_port = opts.settler_port.unwrap_or_else(ports::free_port);
+        let yaml = bootstrap_yaml(filter_config_json, opts, port, admin_port, settler_port);
+        let child = spawn(dir.path(), &yaml, opts)?;
+        Ok(Envoy { child, dir, port, admin_port })
     }
 
     /// `envoy --mode validate` on a YAML text. Returns whether it passed and Envoy's output.
