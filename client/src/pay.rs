@@ -175,6 +175,8 @@ pub enum PayError {
     Url(String),
     #[error("HTTP request to {url} failed: {}", error_chain(.source))]
     Http { url: String, source: reqwest::Error },
+    #[error("cannot set up the HTTP client: {}", error_chain(.0))]
+    HttpClient(#[source] reqwest::Error),
     #[error("402 from {url} without a payment challenge this client understands: {detail}")]
     NotAChallenge { url: String, detail: String },
     #[error(transparent)]
@@ -281,7 +283,7 @@ impl Payer {
             .timeout(config.http_timeout)
             .user_agent(concat!("x402-pay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|source| PayError::Http { url: String::new(), source })?;
+            .map_err(PayError::HttpClient)?;
         let cache = match &config.cache_file {
             Some(p) => TokenCache::with_file(p),
             None => TokenCache::new(),
