@@ -172,6 +172,11 @@ impl Caps {
         self.decimals.get(&a).copied().or_else(|| known(n.chain_id, a).map(|k| k.decimals))
     }
 
+    /// The symbol of a built-in asset (for display only).
+    pub fn symbol(&self, n: Network, a: Address) -> Option<&'static str> {
+        known(n.chain_id, a).map(|k| k.symbol)
+    }
+
     /// The cap in base units for this asset, from trusted decimals only.
     pub fn cap_base_units(&self, n: Network, a: Address) -> Result<U256, CapsError> {
         let d = self.trusted_decimals(n, a).ok_or(CapsError::UnknownDecimals(a))?;

@@ -83,6 +83,10 @@ struct GetArgs {
     /// Validity of the signed permit / authorization, seconds.
     #[arg(long = "valid-for", default_value_t = 600, value_name = "SECS")]
     valid_for: u64,
+    /// Answer an x402 v2 PAYMENT-REQUIRED header even when the seed token-endpoint flow is
+    /// also offered (it is used anyway when it is the only challenge).
+    #[arg(long = "x402-v2")]
+    x402_v2: bool,
     /// Print each step of the exchange on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -147,6 +151,7 @@ fn build_config(a: &GetArgs) -> Result<Config, String> {
     config.rpc = rpc;
     config.permit_ttl_secs = a.valid_for;
     config.authorization_ttl_secs = a.valid_for;
+    config.prefer_x402_v2 = a.x402_v2;
     config.cache_file = if a.no_cache { None } else { a.cache_file.clone().or_else(x402_client::cache::default_path) };
     if a.verbose {
         config = config.on_step(|s| eprintln!("x402-pay: {s}"));

@@ -14,6 +14,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
+use x402_protocol::challenge::PaymentRequired;
 use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::cache::{self, CachedToken, TokenCache};
@@ -40,6 +41,12 @@ pub enum Step {
     TokenRequest { endpoint: String },
     TokenObtained { expires_in: u64, settlement_id: Option<String> },
     Retried { status: u16 },
+    /// An x402 v2 `PAYMENT-REQUIRED` challenge (header) is being answered.
+    X402V2Required { error: String, accepts: usize },
+    /// The same GET is retried with `PAYMENT-SIGNATURE`.
+    X402V2Retry { url: String },
+    /// The v2 retry's answer: status, `PAYMENT-RESPONSE` decoded, token and settlement seen.
+    X402V2Answered { status: u16, success: Option<bool>, transaction: Option<String>, token_cached: Option<u64>, settlement_id: Option<String> },
     Warning(String),
 }
 
@@ -71,6 +78,25 @@ impl fmt::Display for Step {
                 settlement_id.as_deref().unwrap_or("(not reported)")
             ),
             Step::Retried { status } => write!(f, "retried with token: HTTP {status}"),
+            Step::X402V2Required { error, accepts } => {
+                write!(f, "402 Payment Required (x402 v2 PAYMENT-REQUIRED header; {error}); {accepts} requirement(s) offered")
+            }
+            Step::X402V2Retry { url } => write!(f, "GET {url} with PAYMENT-SIGNATURE"),
+            Step::X402V2Answered { status, success, transaction, token_cached, settlement_id } => {
+                write!(f, "x402 v2 retry: HTTP {status}")?;
+                match success {
+                    Some(ok) => write!(f, "; PAYMENT-RESPONSE success={ok}")?,
+                    None => write!(f, "; no PAYMENT-RESPONSE")?,
+                }
+                if let Some(t) = transaction.as_deref().filter(|t| !t.is_empty()) {
+                    write!(f, ", transaction {t}")?;
+                }
+                match token_cached {
+                    Some(e) => write!(f, "; access token cached, expires in {e}s")?,
+                    None => write!(f, "; no access token")?,
+                }
+                write!(f, "; settlement {}", settlement_id.as_deref().unwrap_or("(not reported)"))
+            }
             Step::Warning(w) => write!(f, "warning: {w}"),
         }
     }
@@ -94,6 +120,9 @@ pub struct Config {
     pub http_timeout: Duration,
     /// Called for every step (the CLI prints them with `--verbose`).
     pub on_step: Option<StepFn>,
+    /// Answer an x402 v2 `PAYMENT-REQUIRED` header even when the 402 also offers the seed
+    /// token-endpoint flow (default: the seed flow is preferred).
+    pub prefer_x402_v2: bool,
 }
 
 impl Config {
@@ -107,11 +136,17 @@ impl Config {
             authorization_ttl_secs: 600,
             http_timeout: Duration::from_secs(30),
             on_step: None,
+            prefer_x402_v2: false,
         }
     }
 
     pub fn with_rpc(mut self, network: Network, url: impl Into<String>) -> Self {
         self.rpc.insert(network, url.into());
+        self
+    }
+
+    pub fn prefer_x402_v2(mut self, yes: bool) -> Self {
+        self.prefer_x402_v2 = yes;
         self
     }
 
@@ -196,6 +231,8 @@ pub enum PayError {
     #[error("paid {} {} (settlement {}), but the retry was refused again: HTTP {status} {reason}",
         .receipt.amount_human, .receipt.currency, .receipt.settlement_id.as_deref().unwrap_or("?"))]
     TokenRefused { status: u16, reason: String, receipt: Box<Receipt> },
+    #[error("x402 v2 payment of {} {} was refused: HTTP {status} {reason}", .receipt.amount_human, .receipt.currency)]
+    X402V2Refused { status: u16, reason: String, receipt: Box<Receipt> },
 }
 
 impl PayError {
@@ -245,6 +282,25 @@ struct ErrorAnswer {
     message: Option<String>,
     #[serde(default)]
     expected_nonce: Option<String>,
+}
+
+/// Lifetime assumed for an x402 v2 access token without a readable `exp` claim.
+pub const DEFAULT_V2_TOKEN_SECS: u64 = 60;
+
+/// The claims of a JWT, decoded WITHOUT verifying the signature (only to read `exp`/`route`
+/// for caching; the server verifies the token).
+pub fn jwt_claims(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    let mut b64: String = payload.chars().map(|c| match c {
+        '-' => '+',
+        '_' => '/',
+        c => c,
+    }).collect();
+    while !b64.len().is_multiple_of(4) {
+        b64.push('=');
+    }
+    let bytes = x402_protocol::b64::decode(&b64)?;
+    serde_json::from_slice::<Value>(&bytes).ok().filter(|v| v.is_object())
 }
 
 fn unix_now() -> i64 {
@@ -362,18 +418,20 @@ impl Payer {
     }
 
     async fn pay_and_retry(&self, url: &Url, key: &str, resp: reqwest::Response) -> Result<PaidResponse, PayError> {
-        let has_v2_header = resp.headers().contains_key("payment-required");
+        let v2_header = resp.headers().get("payment-required").and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = resp.bytes().await.map_err(|source| PayError::Http { url: url.to_string(), source })?;
-        let not_challenge = |detail: String| PayError::NotAChallenge {
-            url: url.to_string(),
-            detail: if has_v2_header { format!("{detail} (it has an x402 v2 PAYMENT-REQUIRED header; only the token-endpoint flow is implemented)") } else { detail },
-        };
-        let body: Value = serde_json::from_slice(&bytes).map_err(|e| not_challenge(format!("body is not JSON: {e}")))?;
-        let endpoint = body
-            .get("access_token_endpoint")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| not_challenge("no access_token_endpoint".into()))?
-            .to_string();
+        let body: Result<Value, String> = serde_json::from_slice(&bytes).map_err(|e| format!("body is not JSON: {e}"));
+        let seed_endpoint = body.as_ref().ok().and_then(|b| b.get("access_token_endpoint")).and_then(|v| v.as_str()).map(str::to_string);
+        // The seed token-endpoint flow is preferred when both are offered, unless configured
+        // otherwise; x402 v2 is used when it is the only usable challenge.
+        if let Some(h) = &v2_header {
+            if seed_endpoint.is_none() || self.config.prefer_x402_v2 {
+                return self.pay_v2(url, key, h).await;
+            }
+        }
+        let not_challenge = |detail: String| PayError::NotAChallenge { url: url.to_string(), detail };
+        let body = body.map_err(not_challenge)?;
+        let endpoint = seed_endpoint.ok_or_else(|| not_challenge("no access_token_endpoint".into()))?;
         let reason = body.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_string();
         self.step(Step::PaymentRequired { reason: reason.clone(), methods: select::components(&body).len() });
         let endpoint_url = token_endpoint(url, &endpoint)?;
@@ -457,6 +515,114 @@ impl Payer {
             return Err(PayError::TokenRefused { status: 402, reason, receipt: Box::new(receipt) });
         }
         self.finish(url, resp, true, Some(receipt)).await
+    }
+
+    /// x402 v2: pick an `accepts` entry within the caps, sign it, retry the same GET with
+    /// `PAYMENT-SIGNATURE`, read `PAYMENT-RESPONSE` and cache `x-x402-access-token` if given.
+    async fn pay_v2(&self, url: &Url, key: &str, header: &str) -> Result<PaidResponse, PayError> {
+        let not_challenge = |detail: String| PayError::NotAChallenge { url: url.to_string(), detail };
+        let raw = x402_protocol::b64::decode(header.trim())
+            .ok_or_else(|| not_challenge("PAYMENT-REQUIRED header is not base64".into()))?;
+        let pr: PaymentRequired = serde_json::from_slice(&raw)
+            .map_err(|e| not_challenge(format!("PAYMENT-REQUIRED header is not x402 v2 JSON: {e}")))?;
+        self.step(Step::X402V2Required { error: pr.error.clone().unwrap_or_default(), accepts: pr.accepts.len() });
+        let v2 = select::select_v2(&pr, &self.config.caps)?;
+        let choice = &v2.choice;
+        self.step(Step::Chosen {
+            scheme: choice.scheme,
+            network: choice.network,
+            amount: choice.human_amount(),
+            currency: choice.currency.clone(),
+            token: choice.token(),
+            pay_to: choice.pay_to,
+            cap: self.config.caps.max_text().to_string(),
+        });
+        let signer = &self.config.signer;
+        let valid_before = unix_now().max(0) as u64 + v2.max_timeout_seconds.min(self.config.authorization_ttl_secs);
+        let payload = sign::x402_v2_payment(signer, &v2.requirements, Some(&pr.resource), valid_before, sign::random_nonce())
+            .map_err(|e| match e {
+                sign::V2Error::Sign(s) => PayError::Sign(s),
+                other => PayError::Sign(SignError::Signer(other.to_string())),
+            })?;
+        self.step(Step::Signed { scheme: Scheme::Exact, payer: signer.address(), valid_until: valid_before });
+
+        self.step(Step::X402V2Retry { url: url.to_string() });
+        let resp = self
+            .http
+            .get(url.clone())
+            .header("PAYMENT-SIGNATURE", sign::x402_v2_header(&payload))
+            .send()
+            .await
+            .map_err(|source| PayError::Http { url: url.to_string(), source })?;
+        let status = resp.status().as_u16();
+        let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let payment_response: Option<Value> = h("payment-response")
+            .and_then(|v| x402_protocol::b64::decode(v.trim()))
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let success = payment_response.as_ref().and_then(|v| v.get("success")).and_then(|v| v.as_bool());
+        let transaction = payment_response.as_ref().and_then(|v| v.get("transaction")).and_then(|v| v.as_str()).map(String::from);
+        let settlement_id = h("x-x402-settlement-id").filter(|s| !s.is_empty());
+        let access_token = h("x-x402-access-token").filter(|t| !t.is_empty());
+        let now = unix_now();
+        let claims = access_token.as_deref().and_then(jwt_claims);
+        let expires_in = claims
+            .as_ref()
+            .and_then(|c| c.get("exp"))
+            .and_then(|e| e.as_i64())
+            .map(|exp| (exp - now).max(0) as u64)
+            .unwrap_or(DEFAULT_V2_TOKEN_SECS);
+        let route = claims.as_ref().and_then(|c| c.get("route")).and_then(|r| r.as_str()).map(String::from);
+        let receipt = Receipt {
+            scheme: Scheme::Exact,
+            network: choice.network,
+            asset: choice.token(),
+            currency: choice.currency.clone(),
+            payer: self.address(),
+            pay_to: choice.pay_to,
+            amount: choice.amount,
+            amount_human: choice.human_amount(),
+            settlement_id: settlement_id.clone(),
+            route,
+            expires_in: if access_token.is_some() { expires_in } else { 0 },
+            origin: origin_of(url),
+        };
+        let refused = status == StatusCode::PAYMENT_REQUIRED.as_u16() || success == Some(false);
+        let mut token_cached = None;
+        if let (Some(t), false) = (&access_token, refused) {
+            if expires_in > 0 {
+                let cached = CachedToken {
+                    access_token: t.clone(),
+                    expires_at: now + expires_in as i64,
+                    route: receipt.route.clone(),
+                    settlement_id: settlement_id.clone(),
+                };
+                match self.cache_lock().put(key, cached, now) {
+                    Ok(()) => token_cached = Some(expires_in),
+                    Err(e) => self.step(Step::Warning(e.to_string())),
+                }
+            }
+        }
+        self.step(Step::X402V2Answered { status, success, transaction, token_cached, settlement_id });
+        if refused {
+            let again = h("payment-required")
+                .and_then(|v| x402_protocol::b64::decode(v.trim()))
+                .and_then(|b| serde_json::from_slice::<PaymentRequired>(&b).ok())
+                .and_then(|p| p.error);
+            let from_response = payment_response
+                .as_ref()
+                .and_then(|v| v.get("errorReason").or_else(|| v.get("error")))
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            let text = resp.text().await.unwrap_or_default();
+            let from_body = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").or_else(|| v.get("reason")).or_else(|| v.get("error")).and_then(|r| r.as_str()).map(String::from));
+            let reason = from_response.or(again).or(from_body).unwrap_or_default();
+            return Err(PayError::X402V2Refused { status, reason, receipt: Box::new(receipt) });
+        }
+        // Paid only if the server says so: a 2xx, or a PAYMENT-RESPONSE reporting success.
+        let paid = ((200..300).contains(&status) || success == Some(true)).then_some(receipt);
+        self.finish(url, resp, false, paid).await
     }
 
     async fn sign_choice(&self, c: &Choice) -> Result<Value, PayError> {

@@ -12,7 +12,7 @@
 
 use alloy::primitives::{Address, U256};
 use serde_json::Value;
-use x402_protocol::challenge::{parse_human_amount, SeedComponent};
+use x402_protocol::challenge::{parse_human_amount, PaymentRequired, PaymentRequirements, SeedComponent};
 use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::caps::Caps;
@@ -55,7 +55,7 @@ pub struct Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
-    #[error("the 402 body lists no payment components")]
+    #[error("the 402 lists no payment components")]
     Empty,
     #[error("no payment method within your limits: {}", .0.iter().map(|r| format!("[{}] {}", r.index, r.reason)).collect::<Vec<_>>().join("; "))]
     NoneAcceptable(Vec<Refusal>),
@@ -164,6 +164,102 @@ pub fn select(body: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -
     let pref = |s: Scheme| caps.allowed_schemes().iter().position(|x| *x == s).unwrap_or(usize::MAX);
     ok.sort_by_key(|c| (pref(c.scheme), c.amount, c.index));
     ok.into_iter().next().ok_or(SelectError::NoneAcceptable(refused))
+}
+
+/// An x402 v2 `accepts` entry chosen within the caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Choice {
+    /// The requirement as the server sent it (echoed as `accepted`).
+    pub requirements: PaymentRequirements,
+    /// The same, checked: amount in base units, trusted decimals, EIP-712 domain from `extra`.
+    pub choice: Choice,
+    pub max_timeout_seconds: u64,
+}
+
+/// Checks one x402 v2 requirement against the caps. Only `exact` exists in v2; the amount is
+/// in base units and compared with the cap at the client's trusted decimals (the server states
+/// none, and any it might state elsewhere is ignored).
+pub fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Choice, String> {
+    if r.scheme != "exact" {
+        return Err(format!("x402 v2 scheme {:?} is not supported (only exact)", r.scheme));
+    }
+    if !caps.allowed_schemes().contains(&Scheme::Exact) {
+        return Err("scheme exact not allowed".into());
+    }
+    let network: Network = r.network.parse().map_err(|_| format!("network {:?} is not an EVM CAIP-2 network", r.network))?;
+    if !caps.network_allowed(network) {
+        return Err(format!("network {network} not allowed (add --network {network})"));
+    }
+    let asset: Address = r.asset.parse().map_err(|_| format!("asset {:?} is not an address", r.asset))?;
+    if !caps.asset_allowed(network, asset) {
+        return Err(format!("asset {asset} on {network} not allowed (add --asset {asset})"));
+    }
+    let decimals = caps
+        .trusted_decimals(network, asset)
+        .ok_or_else(|| format!("asset {asset} has no trusted decimals (add --asset-decimals {asset}=N)"))?;
+    let amount = x402_protocol::u256_serde::parse_str(&r.amount)
+        .filter(|_| !r.amount.is_empty() && r.amount.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("amount {:?} is not an integer in base units", r.amount))?;
+    let cap = caps.cap_base_units(network, asset).map_err(|e| e.to_string())?;
+    // For display only (like the seed body's `currency`): the table's symbol, else the
+    // EIP-712 name the server gives, else the address.
+    let currency = caps
+        .symbol(network, asset)
+        .map(String::from)
+        .or_else(|| r.extra.as_ref().map(|e| e.name.clone()).filter(|n| !n.is_empty() && n.len() <= 32))
+        .unwrap_or_else(|| asset.to_checksum(None));
+    if amount > cap {
+        return Err(format!(
+            "costs {} {currency}, above your cap of {}",
+            format_base_units(amount, decimals),
+            caps.max_text()
+        ));
+    }
+    let pay_to: Address = r.pay_to.parse().map_err(|_| format!("payTo {:?} is not an address", r.pay_to))?;
+    if pay_to == Address::ZERO {
+        return Err("payTo is the zero address".into());
+    }
+    if r.max_timeout_seconds == 0 {
+        return Err("maxTimeoutSeconds is 0".into());
+    }
+    let extra = r.extra.as_ref().ok_or("no extra {name, version}: the asset's EIP-712 domain is unknown")?;
+    Ok(Choice {
+        index,
+        scheme: Scheme::Exact,
+        network,
+        domain: TokenDomain::new(extra.name.clone(), extra.version.clone(), network.chain_id, asset),
+        pay_to,
+        spender: None,
+        amount,
+        decimals,
+        currency,
+    })
+}
+
+/// Chooses the `accepts` entry to pay from an x402 v2 `PAYMENT-REQUIRED`: the cheapest
+/// acceptable one, then the server's order.
+pub fn select_v2(pr: &PaymentRequired, caps: &Caps) -> Result<V2Choice, SelectError> {
+    if pr.accepts.is_empty() {
+        return Err(SelectError::Empty);
+    }
+    if pr.x402_version != 2 {
+        return Err(SelectError::NoneAcceptable(vec![Refusal {
+            index: 0,
+            reason: format!("x402Version {} is not 2", pr.x402_version),
+        }]));
+    }
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for (i, r) in pr.accepts.iter().enumerate() {
+        match check_v2(i, r, caps) {
+            Ok(c) => ok.push(c),
+            Err(reason) => refused.push(Refusal { index: i, reason }),
+        }
+    }
+    ok.sort_by_key(|c| (c.amount, c.index));
+    let choice = ok.into_iter().next().ok_or(SelectError::NoneAcceptable(refused))?;
+    let requirements = pr.accepts[choice.index].clone();
+    Ok(V2Choice { max_timeout_seconds: requirements.max_timeout_seconds, requirements, choice })
 }
 
 #[cfg(test)]
@@ -278,5 +374,83 @@ mod tests {
         let c = select(&b, &caps("1"), &yes).unwrap();
         assert_eq!(c.index, 2);
         assert_eq!(c.amount, U256::from(200_000u64));
+    }
+
+    fn req(amount: &str) -> PaymentRequirements {
+        PaymentRequirements {
+            scheme: "exact".into(),
+            network: "eip155:31337".into(),
+            amount: amount.into(),
+            asset: TOKEN.into(),
+            pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
+            max_timeout_seconds: 300,
+            extra: Some(x402_protocol::challenge::AssetExtra { name: "USDC".into(), version: "2".into() }),
+        }
+    }
+
+    fn pr(accepts: Vec<PaymentRequirements>) -> PaymentRequired {
+        PaymentRequired {
+            x402_version: 2,
+            error: None,
+            resource: x402_protocol::challenge::Resource { url: "http://h/r".into(), description: "".into(), mime_type: "".into() },
+            accepts,
+            extensions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn v2_picks_the_cheapest_exact_within_cap() {
+        let c = select_v2(&pr(vec![req("400000"), req("300000"), req("300000")]), &caps("0.5")).unwrap();
+        assert_eq!(c.choice.index, 1);
+        assert_eq!(c.choice.amount, U256::from(300_000u64));
+        assert_eq!(c.choice.human_amount(), "0.3");
+        assert_eq!(c.choice.domain, TokenDomain::new("USDC", "2", 31337, TOKEN.parse().unwrap()));
+        assert_eq!(c.requirements, req("300000"));
+        // Exactly the cap is fine.
+        assert!(select_v2(&pr(vec![req("500000")]), &caps("0.5")).is_ok());
+    }
+
+    #[test]
+    fn v2_refuses_over_cap_unknown_asset_network_and_odd_entries() {
+        let e = select_v2(&pr(vec![req("500001")]), &caps("0.5")).unwrap_err();
+        assert!(e.to_string().contains("above your cap of 0.5"), "{e}");
+        // 18-decimal reading of the same cap would allow it; trusted decimals are 6.
+        let e = select_v2(&pr(vec![req("500000000000000000")]), &caps("1")).unwrap_err();
+        assert!(e.to_string().contains("above your cap"), "{e}");
+        // Unknown asset (not allowed, and no trusted decimals).
+        let mut r = req("1");
+        r.asset = "0x0000000000000000000000000000000000000001".into();
+        assert!(select_v2(&pr(vec![r.clone()]), &caps("1")).unwrap_err().to_string().contains("not allowed"));
+        // Allowed but without trusted decimals: refused too.
+        let a: Address = "0x0000000000000000000000000000000000000001".parse().unwrap();
+        let e = select_v2(&pr(vec![r]), &caps("1").allow_asset(a)).unwrap_err();
+        assert!(e.to_string().contains("no trusted decimals"), "{e}");
+        // Default caps: an unknown chain is not allowed.
+        let e = select_v2(&pr(vec![req("1")]), &Caps::default()).unwrap_err();
+        assert!(e.to_string().contains("network eip155:31337 not allowed"), "{e}");
+        let mut r = req("1");
+        r.network = "eip155:8453".into();
+        assert!(select_v2(&pr(vec![r]), &caps("1")).unwrap_err().to_string().contains("not allowed"));
+        // Scheme, amount syntax, extra, timeout, version.
+        let mut r = req("1");
+        r.scheme = "upto".into();
+        assert!(select_v2(&pr(vec![r]), &caps("1")).is_err());
+        for bad in ["0x10", "-1", "1.5", ""] {
+            assert!(select_v2(&pr(vec![req(bad)]), &caps("1")).is_err(), "{bad}");
+        }
+        let mut r = req("1");
+        r.extra = None;
+        assert!(select_v2(&pr(vec![r]), &caps("1")).is_err());
+        let mut r = req("1");
+        r.max_timeout_seconds = 0;
+        assert!(select_v2(&pr(vec![r]), &caps("1")).is_err());
+        let mut p = pr(vec![req("1")]);
+        p.x402_version = 1;
+        assert!(select_v2(&p, &caps("1")).is_err());
+        assert!(select_v2(&pr(vec![req("1")]), &caps("1").schemes(vec![Scheme::Permit])).is_err());
+        assert_eq!(select_v2(&pr(vec![]), &caps("1")), Err(SelectError::Empty));
+        // One bad entry does not hide a good one.
+        let c = select_v2(&pr(vec![req("9999999"), req("1")]), &caps("1")).unwrap();
+        assert_eq!(c.choice.index, 1);
     }
 }

@@ -17,7 +17,7 @@ use x402_client::caps::Caps;
 use x402_client::select::SelectError;
 use x402_client::sign::TokenDomain;
 use x402_client::{Config, PayError, Payer, Step};
-use x402_protocol::challenge::{seed_body, ChallengeInput, Reason, Resource};
+use x402_protocol::challenge::{payment_required_header, seed_body, ChallengeInput, Reason, Resource};
 use x402_protocol::eip712;
 use x402_protocol::method::{Asset, PaymentMethod};
 use x402_protocol::payment::{parse_payment, ClientPayment};
@@ -39,6 +39,7 @@ struct Gw {
     permit_nonce: u64,
     rpc_chain: u64,
     last_payment: Option<ClientPayment>,
+    v2_paid: usize,
 }
 
 type S = Arc<Mutex<Gw>>;
@@ -119,6 +120,78 @@ async fn token_endpoint(State(s): State<S>, body: axum::body::Bytes) -> Response
     .into_response()
 }
 
+fn challenge_input<'a>(g: &'a Gw, reason: Reason) -> ChallengeInput<'a> {
+    ChallengeInput {
+        reason,
+        route: "weather",
+        token_endpoint: &g.endpoint,
+        resource: Resource { url: "http://x/api/weather".into(), description: "".into(), mime_type: "".into() },
+        accepts: &g.accepts,
+        max_timeout_seconds: 300,
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    x402_protocol::b64::encode(bytes).trim_end_matches('=').replace('+', "-").replace('/', "_")
+}
+
+/// An x402 v2 server: 402 with only a `PAYMENT-REQUIRED` header (unless `seed_too`), accepts a
+/// `PAYMENT-SIGNATURE` (checked like a settler would) and answers 200 with `PAYMENT-RESPONSE`,
+/// `x-x402-access-token` (a JWT-shaped token with `exp`) and `x-x402-settlement-id`.
+async fn v2_resource(s: S, headers: HeaderMap, seed_too: bool) -> Response {
+    let mut g = s.lock().unwrap();
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(t) = auth.strip_prefix("Bearer ") {
+        if g.issued.iter().any(|i| i == t) {
+            return (StatusCode::OK, "sunny").into_response();
+        }
+    }
+    if let Some(sig) = headers.get("payment-signature").and_then(|v| v.to_str().ok()) {
+        let raw = x402_protocol::b64::decode(sig).expect("base64 PAYMENT-SIGNATURE");
+        let (p, fmt) = parse_payment(&raw).expect("a payment");
+        assert_eq!(fmt, x402_protocol::payment::PaymentFormat::X402V2);
+        let ClientPayment::Authorization(a) = &p else { panic!("v2 is ERC-3009 only") };
+        let digest = eip712::signing_hash(&p, &TokenDomain::usdc(CHAIN, token()).eip712());
+        let signer_ok = Signature::from_raw(&a.sig.to_bytes()).ok().and_then(|s| s.recover_address_from_prehash(&digest).ok())
+            == Some(a.from);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let vb: u64 = a.valid_before.to();
+        assert!(vb > now && vb <= now + 301, "validBefore within maxTimeoutSeconds: {vb} vs {now}");
+        if !(signer_ok && a.value == g.accepts[0].amount && a.to == PAY_TO.parse::<Address>().unwrap()) {
+            return (StatusCode::PAYMENT_REQUIRED, [("payment-required", payment_required_header(&challenge_input(&g, Reason::BadSignature)))], "")
+                .into_response();
+        }
+        let claims = json!({"exp": now + 120, "route": "weather"}).to_string();
+        let t = format!("eyJhbGciOiJFZERTQSJ9.{}.c2ln", b64url(claims.as_bytes()));
+        g.issued.push(t.clone());
+        g.v2_paid += 1;
+        g.last_payment = Some(p.clone());
+        let receipt = json!({"success": true, "transaction": "", "network": "eip155:31337", "payer": a.from}).to_string();
+        return (
+            StatusCode::OK,
+            [
+                ("payment-response", x402_protocol::b64::encode(receipt.as_bytes())),
+                ("x-x402-access-token", t),
+                ("x-x402-settlement-id", format!("v2-{}", g.v2_paid)),
+            ],
+            "sunny v2",
+        )
+            .into_response();
+    }
+    let input = challenge_input(&g, Reason::MissingToken);
+    let header = payment_required_header(&input);
+    let body = if seed_too { seed_body(&input) } else { "{}".to_string() };
+    (StatusCode::PAYMENT_REQUIRED, [("payment-required", header), ("content-type", "application/json".into())], body).into_response()
+}
+
+async fn v2_only(State(s): State<S>, headers: HeaderMap) -> Response {
+    v2_resource(s, headers, false).await
+}
+
+async fn v2_and_seed(State(s): State<S>, headers: HeaderMap) -> Response {
+    v2_resource(s, headers, true).await
+}
+
 async fn rpc(State(s): State<S>, Json(req): Json<Value>) -> Json<Value> {
     let g = s.lock().unwrap();
     let result = match req["method"].as_str().unwrap_or("") {
@@ -133,6 +206,8 @@ async fn serve(gw: Gw) -> (SocketAddr, S) {
     let state: S = Arc::new(Mutex::new(gw));
     let app = Router::new()
         .route("/api/weather", get(resource))
+        .route("/api/v2", get(v2_only))
+        .route("/api/both", get(v2_and_seed))
         .route("/x402/token/weather", post(token_endpoint))
         .route("/rpc", post(rpc))
         .with_state(state.clone());
@@ -332,4 +407,68 @@ async fn cli_pays_once_caches_on_disk_and_follows_the_settlement() {
     assert!(stdout.contains("transfer_tx: 0x4f1c8e0d"), "{stdout}");
     let out = cli().args(["status", "nope", "--origin", &format!("http://{addr}"), "-q", "--timeout", "5", "--interval-ms", "200"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(4));
+}
+
+#[tokio::test]
+async fn x402_v2_only_server_is_paid_once_then_the_token_is_reused() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 400_000, 6), priced(Scheme::Permit, 100_000, 6)])).await;
+    let (config, steps) = recorder(Config::new(signer(), caps("0.5")));
+    let payer = Payer::new(config).unwrap();
+    let url = format!("http://{addr}/api/v2");
+    let r = payer.get(&url).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "sunny v2");
+    let paid = r.paid.expect("paid");
+    assert_eq!(paid.amount, U256::from(400_000u64));
+    assert_eq!(paid.amount_human, "0.4");
+    assert_eq!(paid.scheme, Scheme::Exact);
+    assert_eq!(paid.settlement_id.as_deref(), Some("v2-1"));
+    assert_eq!(paid.route.as_deref(), Some("weather"));
+    assert!(paid.expires_in > 100 && paid.expires_in <= 120, "{}", paid.expires_in);
+    let text = steps.lock().unwrap().join("\n");
+    assert!(text.contains("x402 v2 PAYMENT-REQUIRED"), "{text}");
+    assert!(text.contains("chose exact on eip155:31337: 0.4 USDC"), "{text}");
+    assert!(text.contains("with PAYMENT-SIGNATURE"), "{text}");
+    assert!(text.contains("PAYMENT-RESPONSE success=true"), "{text}");
+    assert!(text.contains("settlement v2-1"), "{text}");
+    let Some(ClientPayment::Authorization(a)) = state.lock().unwrap().last_payment.clone() else { panic!() };
+    assert_eq!(a.from, signer().address());
+
+    let r2 = payer.get(&url).await.unwrap();
+    assert_eq!(r2.status, 200);
+    assert!(r2.paid.is_none() && r2.token_used);
+    assert_eq!(state.lock().unwrap().v2_paid, 1, "the second call must pay nothing");
+}
+
+#[tokio::test]
+async fn x402_v2_never_signs_above_the_cap_or_an_unknown_asset() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_001, 6)])).await;
+    let payer = Payer::new(Config::new(signer(), caps("0.5"))).unwrap();
+    let e = payer.get(&format!("http://{addr}/api/v2")).await.unwrap_err();
+    assert!(matches!(e, PayError::Select(SelectError::NoneAcceptable(_))), "{e}");
+    assert!(e.to_string().contains("above your cap of 0.5"), "{e}");
+    assert_eq!(e.exit_code(), 3);
+    // Known USDC only by default: the test token is refused.
+    let (addr2, _) = serve(gw(vec![priced(Scheme::Exact, 1, 6)])).await;
+    let caps = Caps::default().with_max("1").unwrap().allow_network(Network::eip155(CHAIN));
+    let e = Payer::new(Config::new(signer(), caps)).unwrap().get(&format!("http://{addr2}/api/v2")).await.unwrap_err();
+    assert!(e.to_string().contains("not allowed"), "{e}");
+    assert_eq!(state.lock().unwrap().v2_paid, 0);
+}
+
+#[tokio::test]
+async fn seed_flow_is_preferred_unless_x402_v2_is_asked_for() {
+    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 300_000, 6)])).await;
+    let url = format!("http://{addr}/api/both");
+    let r = Payer::new(Config::new(signer(), caps("0.5"))).unwrap().get(&url).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.paid.unwrap().settlement_id.as_deref(), Some("s-1"));
+    { let g = state.lock().unwrap(); assert_eq!((g.token_posts, g.v2_paid), (1, 0)); }
+
+    let r = Payer::new(Config::new(signer(), caps("0.5")).prefer_x402_v2(true)).unwrap().get(&url).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "sunny v2");
+    assert_eq!(r.paid.unwrap().settlement_id.as_deref(), Some("v2-1"));
+    let g = state.lock().unwrap();
+    assert_eq!((g.token_posts, g.v2_paid), (1, 1));
 }
