@@ -50,6 +50,21 @@ pub enum Step {
     Warning(String),
 }
 
+impl Step {
+    /// The method picked from a 402, with the user's cap.
+    fn chosen(choice: &Choice, cap: &str) -> Step {
+        Step::Chosen {
+            scheme: choice.scheme,
+            network: choice.network,
+            amount: choice.human_amount(),
+            currency: choice.currency.clone(),
+            token: choice.token(),
+            pay_to: choice.pay_to,
+            cap: cap.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -438,15 +453,7 @@ impl Payer {
 
         let rpc = &self.config.rpc;
         let choice = select::select(&body, &self.config.caps, &|n| rpc.contains_key(&n))?;
-        self.step(Step::Chosen {
-            scheme: choice.scheme,
-            network: choice.network,
-            amount: choice.human_amount(),
-            currency: choice.currency.clone(),
-            token: choice.token(),
-            pay_to: choice.pay_to,
-            cap: self.config.caps.max_text().to_string(),
-        });
+        self.step(Step::chosen(&choice, self.config.caps.max_text()));
 
         let payload = self.sign_choice(&choice).await?;
 
@@ -528,15 +535,7 @@ impl Payer {
         self.step(Step::X402V2Required { error: pr.error.clone().unwrap_or_default(), accepts: pr.accepts.len() });
         let v2 = select::select_v2(&pr, &self.config.caps)?;
         let choice = &v2.choice;
-        self.step(Step::Chosen {
-            scheme: choice.scheme,
-            network: choice.network,
-            amount: choice.human_amount(),
-            currency: choice.currency.clone(),
-            token: choice.token(),
-            pay_to: choice.pay_to,
-            cap: self.config.caps.max_text().to_string(),
-        });
+        self.step(Step::chosen(choice, self.config.caps.max_text()));
         let signer = &self.config.signer;
         let valid_before = unix_now().max(0) as u64 + v2.max_timeout_seconds.min(self.config.authorization_ttl_secs);
         let payload = sign::x402_v2_payment(signer, &v2.requirements, Some(&pr.resource), valid_before, sign::random_nonce())
