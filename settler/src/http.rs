@@ -23,6 +23,7 @@ use x402_protocol::token::{self, AccessClaims};
 use x402_protocol::{Network, Scheme};
 
 use crate::chain::{Chain, Chains};
+use crate::clock::{now_ms, now_secs};
 use crate::error::{Rejection, StoreError};
 use crate::metrics as m;
 use crate::store::{NewPayment, OpenPayment, Store};
@@ -93,13 +94,6 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
     }
 }
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 /// One async mutex per payer and token, so one payer's checks and insert are serialised
 /// (balance minus open payments, next permit nonce). Entries are removed when unused.

@@ -2,6 +2,7 @@
 //! settles every accepted payment on chain, durably and exactly once.
 
 pub mod chain;
+mod clock;
 pub mod config;
 pub mod error;
 pub mod facilitator;

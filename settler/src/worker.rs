@@ -27,7 +27,7 @@ use x402_protocol::Scheme;
 
 use crate::chain::{self, Chain, SendOutcome};
 use crate::error::{ChainError, StoreError};
-use crate::http::now_ms;
+use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::store::{Backend, PaymentRow, Store, TxRow};
 
