@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup wasm build test unit e2e demo run bench contracts fmt clippy clean
+.PHONY: all setup wasm build test lint unit e2e demo run bench contracts fmt clippy clean
 
 all: build wasm
 
@@ -16,10 +16,18 @@ wasm: setup
 build: setup
 	$(CARGO) build --workspace --bins
 
-# Unit tests, then the Envoy / anvil / settler tests (they need the .wasm and the binaries).
-test: setup wasm build
+# Lint gate, unit tests, then the Envoy / anvil / settler tests (they need the .wasm and
+# the binaries).
+test: setup lint wasm build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	@bash tools/check-manifests.sh
+
+# Formatting, clippy with warnings as errors (unwrap/expect/panic denied outside tests by
+# the workspace lints), and no import cycle between the modules of any crate.
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 tools/check-module-cycles.py
 
 unit: setup
 	$(CARGO) test --workspace --lib --bins
@@ -39,7 +47,7 @@ contracts: setup
 	cd contracts && node compile.js
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

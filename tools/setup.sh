@@ -26,6 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# --- rustfmt and clippy: part of `make test` (lint) ------------------------------------------
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    log "rustup component add $comp"
+    rustup component add "$comp"
+  fi
+done
+
 # --- npm: anvil (local chain), solc + OpenZeppelin (test token) ---------------------------
 if [ ! -f node_modules/.stamp ] || [ package.json -nt node_modules/.stamp ]; then
   log "npm install (anvil, solc, openzeppelin)"
