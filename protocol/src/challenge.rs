@@ -92,7 +92,11 @@ pub struct SeedComponent {
     pub chain_id: u64,
     #[serde(serialize_with = "crate::addr::checksum")]
     pub pay_to: Address,
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "crate::addr::checksum_opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::addr::checksum_opt"
+    )]
     pub spender: Option<Address>,
     #[serde(serialize_with = "crate::addr::checksum")]
     pub token: Address,
@@ -128,6 +132,8 @@ pub struct SeedChallenge {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resource {
+    /// Defaults to empty: a facilitator reads the URL for its logs only.
+    #[serde(default)]
     pub url: String,
     #[serde(default)]
     pub description: String,
@@ -148,9 +154,14 @@ pub struct AssetExtra {
 pub struct PaymentRequirements {
     pub scheme: String,
     pub network: String,
+    /// Defaults to empty (then not a valid amount): the `accepted` echo inside a payment
+    /// payload is read for scheme, network and asset only, so it need not repeat the rest.
+    #[serde(default)]
     pub amount: String,
     pub asset: String,
+    #[serde(default)]
     pub pay_to: String,
+    #[serde(default)]
     pub max_timeout_seconds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<AssetExtra>,
@@ -252,7 +263,10 @@ pub fn v2_requirements(p: &PricedMethod, max_timeout_seconds: u64) -> PaymentReq
         asset: p.method.asset.address.to_checksum(None),
         pay_to: p.method.pay_to.to_checksum(None),
         max_timeout_seconds,
-        extra: Some(AssetExtra { name: p.method.asset.name.clone(), version: p.method.asset.version.clone() }),
+        extra: Some(AssetExtra {
+            name: p.method.asset.name.clone(),
+            version: p.method.asset.version.clone(),
+        }),
     }
 }
 
@@ -264,7 +278,10 @@ pub fn payment_required_header(input: &ChallengeInput<'_>) -> String {
 
 /// Parses an amount the way the 402 body carries it (a JSON number in human units) into
 /// base units, exactly: the number's text is used, never an f64.
-pub fn parse_human_amount(raw: &RawValue, decimals: u8) -> Result<U256, crate::amount::AmountError> {
+pub fn parse_human_amount(
+    raw: &RawValue,
+    decimals: u8,
+) -> Result<U256, crate::amount::AmountError> {
     crate::amount::parse_decimal(raw.get().trim().trim_matches('"'), decimals)
 }
 
@@ -280,15 +297,22 @@ mod tests {
                 scheme,
                 network: Network::eip155(84532),
                 asset: Asset {
-                    address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".parse().unwrap(),
+                    address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+                        .parse()
+                        .unwrap(),
                     decimals: 6,
                     name: "USDC".into(),
                     version: "2".into(),
                     symbol: "USDC".into(),
                 },
-                pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".parse().unwrap(),
-                spender: (scheme == Scheme::Permit)
-                    .then(|| "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap()),
+                pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+                    .parse()
+                    .unwrap(),
+                spender: (scheme == Scheme::Permit).then(|| {
+                    "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+                        .parse()
+                        .unwrap()
+                }),
             },
         }
     }
@@ -298,7 +322,11 @@ mod tests {
             reason: Reason::MissingToken,
             route: "weather",
             token_endpoint: "/x402/token/weather",
-            resource: Resource { url: "http://h/api/weather".into(), description: "w".into(), mime_type: "".into() },
+            resource: Resource {
+                url: "http://h/api/weather".into(),
+                description: "w".into(),
+                mime_type: "".into(),
+            },
             accepts,
             max_timeout_seconds: 300,
         }
@@ -317,7 +345,10 @@ mod tests {
         assert_eq!(c["token_decimals"], 6);
         assert_eq!(c["chain_id"], 84532);
         let p = &v["payment_methods"][1];
-        assert_eq!(p["metadata"]["wallet_address"], "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+        assert_eq!(
+            p["metadata"]["wallet_address"],
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+        );
         assert_eq!(p["scheme"], "permit");
     }
 
@@ -329,7 +360,10 @@ mod tests {
         assert_eq!(pr.x402_version, 2);
         assert_eq!(pr.accepts.len(), 1);
         assert_eq!(pr.accepts[0].amount, "500000");
-        assert_eq!(pr.accepts[0].asset, "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+        assert_eq!(
+            pr.accepts[0].asset,
+            "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+        );
         assert_eq!(pr.accepts[0].extra.as_ref().unwrap().version, "2");
     }
 }

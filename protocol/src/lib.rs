@@ -14,6 +14,7 @@ pub mod payment;
 pub mod settler_api;
 pub mod token;
 pub mod u256_serde;
+pub mod x402v2;
 
 pub use alloy_primitives::{Address, B256, U256};
 pub use amount::{format_base_units, parse_decimal, AmountError};

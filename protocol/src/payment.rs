@@ -116,7 +116,10 @@ pub enum PaymentError {
     #[error("payment type {0:?} is not supported (accepted: EIP2612, ERC3009, x402 v2 exact)")]
     Unsupported(String),
     #[error("payment field `{field}`: {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl PaymentError {
@@ -130,17 +133,25 @@ impl PaymentError {
 }
 
 fn field_err(field: &'static str, problem: impl Into<String>) -> PaymentError {
-    PaymentError::Field { field, problem: problem.into() }
+    PaymentError::Field {
+        field,
+        problem: problem.into(),
+    }
 }
 
 fn get<'a>(obj: &'a Value, field: &'static str) -> Result<&'a Value, PaymentError> {
-    obj.get(field).filter(|v| !v.is_null()).ok_or_else(|| field_err(field, "missing"))
+    obj.get(field)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| field_err(field, "missing"))
 }
 
 fn address(obj: &Value, field: &'static str) -> Result<Address, PaymentError> {
     let v = get(obj, field)?;
-    let s = v.as_str().ok_or_else(|| field_err(field, "must be a 0x address string"))?;
-    s.parse::<Address>().map_err(|_| field_err(field, format!("{s:?} is not an address")))
+    let s = v
+        .as_str()
+        .ok_or_else(|| field_err(field, "must be a 0x address string"))?;
+    s.parse::<Address>()
+        .map_err(|_| field_err(field, format!("{s:?} is not an address")))
 }
 
 fn uint(obj: &Value, field: &'static str) -> Result<U256, PaymentError> {
@@ -149,9 +160,11 @@ fn uint(obj: &Value, field: &'static str) -> Result<U256, PaymentError> {
         Value::Number(n) => {
             // Integers only; the number's own text is parsed, so no float ever rounds it.
             let text = n.to_string();
-            crate::u256_serde::parse_str(&text).ok_or_else(|| field_err(field, format!("{text} is not a non-negative integer")))
+            crate::u256_serde::parse_str(&text)
+                .ok_or_else(|| field_err(field, format!("{text} is not a non-negative integer")))
         }
-        Value::String(s) => crate::u256_serde::parse_str(s).ok_or_else(|| field_err(field, format!("{s:?} is not a non-negative integer"))),
+        Value::String(s) => crate::u256_serde::parse_str(s)
+            .ok_or_else(|| field_err(field, format!("{s:?} is not a non-negative integer"))),
         _ => Err(field_err(field, "must be an integer")),
     }
 }
@@ -161,16 +174,23 @@ fn word(obj: &Value, field: &'static str) -> Result<B256, PaymentError> {
     let v = get(obj, field)?;
     match v {
         Value::String(s) => {
-            let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
-            if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(field_err(field, "must be hex of at most 32 bytes"));
-            }
-            let padded = format!("{hex:0>64}");
-            padded.parse::<B256>().map_err(|_| field_err(field, "must be hex of at most 32 bytes"))
+            parse_word_str(s).ok_or_else(|| field_err(field, "must be hex of at most 32 bytes"))
         }
         Value::Number(_) => Ok(B256::from(uint(obj, field)?)),
         _ => Err(field_err(field, "must be a hex string")),
     }
+}
+
+/// A 32-byte word as hex (0x optional) of at most 64 digits, left-padded with zeros.
+pub fn parse_word_str(s: &str) -> Option<B256> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    format!("{hex:0>64}").parse::<B256>().ok()
 }
 
 fn v_byte(obj: &Value) -> Result<u8, PaymentError> {
@@ -195,22 +215,39 @@ fn seed_sig(obj: &Value) -> Result<Sig, PaymentError> {
     if !sig.is_object() {
         return Err(field_err("signature", "must be an object with v, r, s"));
     }
-    Ok(Sig { v: v_byte(sig)?, r: word(sig, "r")?, s: word(sig, "s")? })
+    Ok(Sig {
+        v: v_byte(sig)?,
+        r: word(sig, "r")?,
+        s: word(sig, "s")?,
+    })
 }
 
 /// Parses a 65-byte hex signature (r || s || v).
 pub fn parse_sig_hex(s: &str) -> Result<Sig, PaymentError> {
     let hex = s.strip_prefix("0x").unwrap_or(s);
-    let bytes = alloy_primitives::hex::decode(hex).map_err(|_| field_err("signature", "must be hex"))?;
+    let bytes =
+        alloy_primitives::hex::decode(hex).map_err(|_| field_err("signature", "must be hex"))?;
     if bytes.len() != 65 {
-        return Err(field_err("signature", format!("must be 65 bytes, got {}", bytes.len())));
+        return Err(field_err(
+            "signature",
+            format!("must be 65 bytes, got {}", bytes.len()),
+        ));
     }
     let v = match bytes[64] {
         0 | 1 => bytes[64] + 27,
         27 | 28 => bytes[64],
-        other => return Err(field_err("signature", format!("recovery byte {other} is not 27 or 28"))),
+        other => {
+            return Err(field_err(
+                "signature",
+                format!("recovery byte {other} is not 27 or 28"),
+            ))
+        }
     };
-    Ok(Sig { r: B256::from_slice(&bytes[..32]), s: B256::from_slice(&bytes[32..64]), v })
+    Ok(Sig {
+        r: B256::from_slice(&bytes[..32]),
+        s: B256::from_slice(&bytes[32..64]),
+        v,
+    })
 }
 
 fn parse_seed(permit: &Value) -> Result<ClientPayment, PaymentError> {
@@ -256,11 +293,19 @@ fn parse_v2(root: &Value) -> Result<ClientPayment, PaymentError> {
     if accepted.scheme != "exact" {
         return Err(PaymentError::Unsupported(accepted.scheme));
     }
-    let network: Network = accepted.network.parse().map_err(|e: crate::chain::NetworkError| field_err("accepted.network", e.to_string()))?;
-    let token: Address = accepted.asset.parse().map_err(|_| field_err("accepted.asset", "not an address"))?;
+    let network: Network = accepted
+        .network
+        .parse()
+        .map_err(|e: crate::chain::NetworkError| field_err("accepted.network", e.to_string()))?;
+    let token: Address = accepted
+        .asset
+        .parse()
+        .map_err(|_| field_err("accepted.asset", "not an address"))?;
     let payload = get(root, "payload")?;
     let auth = get(payload, "authorization")?;
-    let sig = get(payload, "signature")?.as_str().ok_or_else(|| field_err("signature", "must be a hex string"))?;
+    let sig = get(payload, "signature")?
+        .as_str()
+        .ok_or_else(|| field_err("signature", "must be a hex string"))?;
     Ok(ClientPayment::Authorization(Authorization {
         network,
         token,
@@ -276,7 +321,8 @@ fn parse_v2(root: &Value) -> Result<ClientPayment, PaymentError> {
 
 /// Parses a token-request body or a decoded `PAYMENT-SIGNATURE` payload.
 pub fn parse_payment(json: &[u8]) -> Result<(ClientPayment, PaymentFormat), PaymentError> {
-    let root: Value = serde_json::from_slice(json).map_err(|e| PaymentError::Json(e.to_string()))?;
+    let root: Value =
+        serde_json::from_slice(json).map_err(|e| PaymentError::Json(e.to_string()))?;
     parse_payment_value(&root)
 }
 
@@ -290,7 +336,10 @@ pub fn parse_payment_value(root: &Value) -> Result<(ClientPayment, PaymentFormat
     if let Some(permit) = root.get("permit") {
         return Ok((parse_seed(permit)?, PaymentFormat::Seed));
     }
-    Err(field_err("permit", "missing: expected a seed `permit` object or an x402 v2 payload"))
+    Err(field_err(
+        "permit",
+        "missing: expected a seed `permit` object or an x402 v2 payload",
+    ))
 }
 
 #[cfg(test)]
@@ -304,7 +353,9 @@ mod tests {
     fn parses_seed_permit_with_unpadded_s() {
         let (p, f) = parse_payment(SEED_2612.as_bytes()).unwrap();
         assert_eq!(f, PaymentFormat::Seed);
-        let ClientPayment::Permit(p) = p else { panic!() };
+        let ClientPayment::Permit(p) = p else {
+            panic!()
+        };
         assert_eq!(p.value, U256::from(500_000u64));
         assert_eq!(p.network.chain_id, 11155111);
         // s had 62 hex digits: left-padded with one zero byte.
@@ -316,9 +367,16 @@ mod tests {
     #[test]
     fn parses_seed_erc3009() {
         let (p, _) = parse_payment(SEED_3009.as_bytes()).unwrap();
-        let ClientPayment::Authorization(a) = p else { panic!() };
+        let ClientPayment::Authorization(a) = p else {
+            panic!()
+        };
         assert_eq!(a.valid_before, U256::from(1795497904u64));
-        assert_eq!(a.to, "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse::<Address>().unwrap());
+        assert_eq!(
+            a.to,
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+                .parse::<Address>()
+                .unwrap()
+        );
     }
 
     /// Captured from x402-mock 0.3.0's `Http402Client` paying our gateway on anvil (chain 31337)
@@ -331,11 +389,28 @@ mod tests {
         assert_eq!(f, PaymentFormat::Seed);
         assert_eq!(p.scheme(), Scheme::Exact);
         assert_eq!(p.network().chain_id, 31337);
-        assert_eq!(p.payer(), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".parse::<Address>().unwrap());
-        assert_eq!(p.token(), "0x5FbDB2315678afecb367f032d93F642f64180aa3".parse::<Address>().unwrap());
+        assert_eq!(
+            p.payer(),
+            "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+                .parse::<Address>()
+                .unwrap()
+        );
+        assert_eq!(
+            p.token(),
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+                .parse::<Address>()
+                .unwrap()
+        );
         assert_eq!(p.value(), U256::from(10_000u64));
-        let ClientPayment::Authorization(a) = p else { panic!() };
-        assert_eq!(a.to, "0x90F79Bf6eb2c4F870365e51DB0aE3EeAa9a2a7b6".parse::<Address>().unwrap());
+        let ClientPayment::Authorization(a) = p else {
+            panic!()
+        };
+        assert_eq!(
+            a.to,
+            "0x90F79Bf6eb2c4F870365e51DB0aE3EeAa9a2a7b6"
+                .parse::<Address>()
+                .unwrap()
+        );
         assert_eq!(a.valid_after, U256::ZERO);
         assert_eq!(a.valid_before, U256::from(1795504636u64));
         assert_eq!(a.nonce.0[0], 0x19);
@@ -350,19 +425,39 @@ mod tests {
         assert_eq!(f, PaymentFormat::X402V2);
         assert_eq!(p.network().chain_id, 84532);
         assert_eq!(p.value(), U256::from(10_000u64));
-        let ClientPayment::Authorization(a) = p else { panic!() };
+        let ClientPayment::Authorization(a) = p else {
+            panic!()
+        };
         assert_eq!(a.sig.v, 28);
     }
 
     #[test]
     fn errors_name_the_field() {
         let bad = SEED_2612.replace("\"value\":500000", "\"value\":0.5");
-        assert_eq!(parse_payment(bad.as_bytes()).unwrap_err(), PaymentError::Field { field: "value", problem: "0.5 is not a non-negative integer".into() });
+        assert_eq!(
+            parse_payment(bad.as_bytes()).unwrap_err(),
+            PaymentError::Field {
+                field: "value",
+                problem: "0.5 is not a non-negative integer".into()
+            }
+        );
         let bad = SEED_2612.replace("EIP2612\",\"signature", "Permit2\",\"signature");
-        assert!(matches!(parse_payment(bad.as_bytes()), Err(PaymentError::Unsupported(_))));
+        assert!(matches!(
+            parse_payment(bad.as_bytes()),
+            Err(PaymentError::Unsupported(_))
+        ));
         let bad = SEED_2612.replace("\"v\":27", "\"v\":29");
-        assert!(matches!(parse_payment(bad.as_bytes()), Err(PaymentError::Field { field: "v", .. })));
+        assert!(matches!(
+            parse_payment(bad.as_bytes()),
+            Err(PaymentError::Field { field: "v", .. })
+        ));
         assert!(matches!(parse_payment(b"{"), Err(PaymentError::Json(_))));
-        assert!(matches!(parse_payment(b"{}"), Err(PaymentError::Field { field: "permit", .. })));
+        assert!(matches!(
+            parse_payment(b"{}"),
+            Err(PaymentError::Field {
+                field: "permit",
+                ..
+            })
+        ));
     }
 }
