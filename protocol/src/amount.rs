@@ -36,7 +36,10 @@ pub fn parse_decimal(text: &str, decimals: u8) -> Result<U256, AmountError> {
     }
     let frac_trimmed = frac_part.trim_end_matches('0');
     if frac_trimmed.len() > decimals as usize {
-        return Err(AmountError::TooPrecise { amount: text.to_string(), decimals });
+        return Err(AmountError::TooPrecise {
+            amount: text.to_string(),
+            decimals,
+        });
     }
     let mut digits = String::with_capacity(int_part.len() + decimals as usize);
     digits.push_str(int_part);
@@ -59,7 +62,10 @@ pub fn format_base_units(value: U256, decimals: u8) -> String {
         let (i, f) = digits.split_at(digits.len() - d);
         (i.to_string(), f.to_string())
     } else {
-        ("0".to_string(), format!("{}{}", "0".repeat(d - digits.len()), digits))
+        (
+            "0".to_string(),
+            format!("{}{}", "0".repeat(d - digits.len()), digits),
+        )
     };
     let frac = frac_part.trim_end_matches('0');
     if frac.is_empty() {
@@ -78,26 +84,46 @@ mod tests {
         assert_eq!(parse_decimal("0.5", 6).unwrap(), U256::from(500_000u64));
         assert_eq!(parse_decimal("1", 6).unwrap(), U256::from(1_000_000u64));
         assert_eq!(parse_decimal("0.000001", 6).unwrap(), U256::from(1u64));
-        assert_eq!(parse_decimal("12.340000", 6).unwrap(), U256::from(12_340_000u64));
+        assert_eq!(
+            parse_decimal("12.340000", 6).unwrap(),
+            U256::from(12_340_000u64)
+        );
         assert_eq!(parse_decimal("0", 6).unwrap(), U256::ZERO);
         assert_eq!(parse_decimal("007", 0).unwrap(), U256::from(7u64));
         // 0.1 + 0.2 style float traps do not exist here.
-        assert_eq!(parse_decimal("0.3", 18).unwrap(), U256::from(300_000_000_000_000_000u64));
+        assert_eq!(
+            parse_decimal("0.3", 18).unwrap(),
+            U256::from(300_000_000_000_000_000u64)
+        );
     }
 
     #[test]
     fn rejects_inexact_or_malformed() {
-        assert!(matches!(parse_decimal("0.0000001", 6), Err(AmountError::TooPrecise { .. })));
-        for bad in ["", ".5", "5.", "-1", "+1", "1e3", "1,5", " 1", "0x10", "1.2.3", "NaN"] {
+        assert!(matches!(
+            parse_decimal("0.0000001", 6),
+            Err(AmountError::TooPrecise { .. })
+        ));
+        for bad in [
+            "", ".5", "5.", "-1", "+1", "1e3", "1,5", " 1", "0x10", "1.2.3", "NaN",
+        ] {
             assert!(parse_decimal(bad, 6).is_err(), "{bad:?} must be rejected");
         }
         let huge = "1".repeat(90);
-        assert!(matches!(parse_decimal(&huge, 6), Err(AmountError::Overflow(_))));
+        assert!(matches!(
+            parse_decimal(&huge, 6),
+            Err(AmountError::Overflow(_))
+        ));
     }
 
     #[test]
     fn formats_round_trip() {
-        for (text, d) in [("0.5", 6), ("1", 6), ("0.000001", 6), ("123.45", 2), ("10", 0)] {
+        for (text, d) in [
+            ("0.5", 6),
+            ("1", 6),
+            ("0.000001", 6),
+            ("123.45", 2),
+            ("10", 0),
+        ] {
             assert_eq!(format_base_units(parse_decimal(text, d).unwrap(), d), text);
         }
         assert_eq!(format_base_units(U256::ZERO, 6), "0");

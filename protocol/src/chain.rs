@@ -23,8 +23,13 @@ impl Network {
 impl FromStr for Network {
     type Err = NetworkError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let id = s.strip_prefix("eip155:").ok_or_else(|| NetworkError(s.to_string()))?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || (id.len() > 1 && id.starts_with('0')) {
+        let id = s
+            .strip_prefix("eip155:")
+            .ok_or_else(|| NetworkError(s.to_string()))?;
+        if id.is_empty()
+            || !id.bytes().all(|b| b.is_ascii_digit())
+            || (id.len() > 1 && id.starts_with('0'))
+        {
             return Err(NetworkError(s.to_string()));
         }
         let chain_id: u64 = id.parse().map_err(|_| NetworkError(s.to_string()))?;
@@ -62,7 +67,15 @@ mod tests {
     fn parses_caip2() {
         assert_eq!("eip155:8453".parse::<Network>().unwrap().chain_id, 8453);
         assert_eq!(Network::eip155(31337).to_string(), "eip155:31337");
-        for bad in ["8453", "eip155:", "eip155:0", "eip155:08", "solana:abc", "eip155:-1", "eip155:1 "] {
+        for bad in [
+            "8453",
+            "eip155:",
+            "eip155:0",
+            "eip155:08",
+            "solana:abc",
+            "eip155:-1",
+            "eip155:1 ",
+        ] {
             assert!(bad.parse::<Network>().is_err(), "{bad}");
         }
     }

@@ -31,7 +31,12 @@ alloy_sol_types::sol! {
 }
 
 /// A token's domain `{name, version, chainId, verifyingContract}` (no salt).
-pub fn domain(name: &str, version: &str, chain_id: u64, token: alloy_primitives::Address) -> Eip712Domain {
+pub fn domain(
+    name: &str,
+    version: &str,
+    chain_id: u64,
+    token: alloy_primitives::Address,
+) -> Eip712Domain {
     Eip712Domain::new(
         Some(name.to_string().into()),
         Some(version.to_string().into()),
@@ -43,14 +48,25 @@ pub fn domain(name: &str, version: &str, chain_id: u64, token: alloy_primitives:
 
 /// The domain of a configured payment method's asset.
 pub fn method_domain(method: &PaymentMethod) -> Eip712Domain {
-    domain(&method.asset.name, &method.asset.version, method.network.chain_id, method.asset.address)
+    domain(
+        &method.asset.name,
+        &method.asset.version,
+        method.network.chain_id,
+        method.asset.address,
+    )
 }
 
 /// The digest a parsed client payment was signed over, under `domain`.
 pub fn signing_hash(payment: &ClientPayment, domain: &Eip712Domain) -> B256 {
     match payment {
-        ClientPayment::Permit(p) => Permit { owner: p.owner, spender: p.spender, value: p.value, nonce: p.nonce, deadline: p.deadline }
-            .eip712_signing_hash(domain),
+        ClientPayment::Permit(p) => Permit {
+            owner: p.owner,
+            spender: p.spender,
+            value: p.value,
+            nonce: p.nonce,
+            deadline: p.deadline,
+        }
+        .eip712_signing_hash(domain),
         ClientPayment::Authorization(a) => TransferWithAuthorization {
             from: a.from,
             to: a.to,

@@ -65,10 +65,15 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError { error: error.into(), message: message.into(), expected_nonce: None }
+        ApiError {
+            error: error.into(),
+            message: message.into(),
+            expected_nonce: None,
+        }
     }
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"error\":\"internal\",\"message\":\"\"}"))
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from("{\"error\":\"internal\",\"message\":\"\"}"))
     }
 }
 

@@ -68,7 +68,9 @@ impl TokenError {
 }
 
 fn at(unix: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(unix, 0).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_opt(unix, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Signs `claims` valid from `now` for `ttl_secs`. Used by the settler and by tests.
@@ -79,7 +81,9 @@ pub fn mint(key: &SigningKey, kid: &str, claims: AccessClaims, now: i64, ttl_sec
     c.expiration = Some(at(now.saturating_add(ttl_secs as i64)));
     let header = Header::empty().with_key_id(kid);
     // Signing a serializable struct with a valid key cannot fail.
-    Es256k::<sha2::Sha256>::default().token(&header, &c, key).unwrap_or_default()
+    Es256k::<sha2::Sha256>::default()
+        .token(&header, &c, key)
+        .unwrap_or_default()
 }
 
 /// A token whose signature and time window have been checked.
@@ -112,7 +116,12 @@ impl KeySet {
 
     /// Checks size, header, algorithm, key, signature and `exp`/`nbf` against `now`
     /// (unix seconds from the host clock) with `leeway_secs` of tolerance.
-    pub fn verify(&self, token: &str, now: i64, leeway_secs: i64) -> Result<VerifiedToken, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        leeway_secs: i64,
+    ) -> Result<VerifiedToken, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Oversized);
         }
@@ -120,22 +129,39 @@ impl KeySet {
         if untrusted.algorithm() != ALGORITHM {
             return Err(TokenError::UnsupportedAlgorithm);
         }
-        let kid = untrusted.header().key_id.as_deref().ok_or(TokenError::UnknownKey)?;
+        let kid = untrusted
+            .header()
+            .key_id
+            .as_deref()
+            .ok_or(TokenError::UnknownKey)?;
         let key = self.keys.get(kid).ok_or(TokenError::UnknownKey)?;
         let alg = Es256k::<sha2::Sha256>::default();
-        let checked = alg.validator::<AccessClaims>(key).validate(&untrusted).map_err(|e| match e {
-            jwt_compact::ValidationError::InvalidSignature => TokenError::BadSignature,
-            jwt_compact::ValidationError::AlgorithmMismatch { .. } => TokenError::UnsupportedAlgorithm,
-            _ => TokenError::Malformed,
-        })?;
+        let checked = alg
+            .validator::<AccessClaims>(key)
+            .validate(&untrusted)
+            .map_err(|e| match e {
+                jwt_compact::ValidationError::InvalidSignature => TokenError::BadSignature,
+                jwt_compact::ValidationError::AlgorithmMismatch { .. } => {
+                    TokenError::UnsupportedAlgorithm
+                }
+                _ => TokenError::Malformed,
+            })?;
         let claims = checked.claims();
         let opts = TimeOptions::new(Duration::seconds(leeway_secs), move || at(now));
         let exp = claims.expiration.ok_or(TokenError::Malformed)?;
-        claims.validate_expiration(&opts).map_err(|_| TokenError::Expired)?;
+        claims
+            .validate_expiration(&opts)
+            .map_err(|_| TokenError::Expired)?;
         if claims.not_before.is_some() {
-            claims.validate_maturity(&opts).map_err(|_| TokenError::NotYetValid)?;
+            claims
+                .validate_maturity(&opts)
+                .map_err(|_| TokenError::NotYetValid)?;
         }
-        Ok(VerifiedToken { claims: claims.custom.clone(), expires_at: exp.timestamp(), kid: kid.to_string() })
+        Ok(VerifiedToken {
+            claims: claims.custom.clone(),
+            expires_at: exp.timestamp(),
+            kid: kid.to_string(),
+        })
     }
 }
 
@@ -147,7 +173,10 @@ pub fn verifying_key_from_hex(hex: &str) -> Option<VerifyingKey> {
 
 /// Compressed SEC1 hex of a public key, the form the filter config takes.
 pub fn verifying_key_to_hex(key: &VerifyingKey) -> String {
-    format!("0x{}", alloy_primitives::hex::encode(key.to_encoded_point(true).as_bytes()))
+    format!(
+        "0x{}",
+        alloy_primitives::hex::encode(key.to_encoded_point(true).as_bytes())
+    )
 }
 
 /// The `kid` the settler uses for a key: hex of the first 8 bytes of SHA-256 over the
@@ -226,7 +255,10 @@ mod tests {
         let now = 1_800_000_000;
         // Right kid, wrong key.
         let forged = mint(&key(9), "k1", claims(), now, 300);
-        assert_eq!(keys().verify(&forged, now, 5), Err(TokenError::BadSignature));
+        assert_eq!(
+            keys().verify(&forged, now, 5),
+            Err(TokenError::BadSignature)
+        );
         let unknown = mint(&key(1), "k9", claims(), now, 300);
         assert_eq!(keys().verify(&unknown, now, 5), Err(TokenError::UnknownKey));
         // Tampered payload.
@@ -236,16 +268,34 @@ mod tests {
         c.route = "other".into();
         let body = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, serde_json::to_vec(&serde_json::json!({"exp": now + 300, "iat": now, "iss": c.iss, "sub": c.sub, "route": c.route, "amount": "500000", "asset": c.asset, "network": "eip155:31337", "jti": "s-1"})).unwrap());
         let tampered = format!("{}.{}.{}", parts[0], body, parts[2]);
-        assert_eq!(keys().verify(&tampered, now, 5), Err(TokenError::BadSignature));
+        assert_eq!(
+            keys().verify(&tampered, now, 5),
+            Err(TokenError::BadSignature)
+        );
         // alg none.
-        let none_header = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, br#"{"alg":"none","kid":"k1"}"#);
+        let none_header = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"alg":"none","kid":"k1"}"#,
+        );
         let none = format!("{none_header}.{}.", parts[1]);
-        assert!(matches!(keys().verify(&none, now, 5), Err(TokenError::UnsupportedAlgorithm | TokenError::Malformed)));
+        assert!(matches!(
+            keys().verify(&none, now, 5),
+            Err(TokenError::UnsupportedAlgorithm | TokenError::Malformed)
+        ));
         // HS256 with the public key as secret (classic confusion).
-        let hs_header = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, br#"{"alg":"HS256","kid":"k1"}"#);
-        assert_eq!(keys().verify(&format!("{hs_header}.{}.{}", parts[1], parts[2]), now, 5), Err(TokenError::UnsupportedAlgorithm));
+        let hs_header = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"alg":"HS256","kid":"k1"}"#,
+        );
+        assert_eq!(
+            keys().verify(&format!("{hs_header}.{}.{}", parts[1], parts[2]), now, 5),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
         assert_eq!(keys().verify("garbage", now, 5), Err(TokenError::Malformed));
-        assert_eq!(keys().verify(&"a".repeat(MAX_TOKEN_LEN + 1), now, 5), Err(TokenError::Oversized));
+        assert_eq!(
+            keys().verify(&"a".repeat(MAX_TOKEN_LEN + 1), now, 5),
+            Err(TokenError::Oversized)
+        );
     }
 
     #[test]

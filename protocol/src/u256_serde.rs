@@ -44,10 +44,14 @@ impl<'de> Visitor<'de> for U256Visitor {
         Ok(U256::from(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<U256, E> {
-        u64::try_from(v).map(U256::from).map_err(|_| E::custom("negative integer"))
+        u64::try_from(v)
+            .map(U256::from)
+            .map_err(|_| E::custom("negative integer"))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<U256, E> {
-        Err(E::custom("expected an integer, got a fractional or too large number"))
+        Err(E::custom(
+            "expected an integer, got a fractional or too large number",
+        ))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<U256, E> {
         parse_str(v).ok_or_else(|| E::custom(format!("{v:?} is not an integer")))
