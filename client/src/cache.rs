@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Seconds before `exp` at which a token is no longer used (clock skew, request time).
-pub const EXPIRY_MARGIN_SECS: i64 = 5;
+pub(crate) const EXPIRY_MARGIN_SECS: i64 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedToken {
@@ -29,19 +29,19 @@ struct FileFormat {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub(crate) enum CacheError {
     #[error("token cache {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Default)]
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     tokens: BTreeMap<String, CachedToken>,
     file: Option<PathBuf>,
 }
 
 /// The cache key of a URL: `scheme://host:port/path` (query and fragment dropped).
-pub fn key(url: &reqwest::Url) -> String {
+pub(crate) fn key(url: &reqwest::Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     u.set_fragment(None);
@@ -59,13 +59,13 @@ pub fn default_path() -> Option<PathBuf> {
 
 impl TokenCache {
     /// An in-memory cache.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A cache mirrored to `path`. A missing file is an empty cache; an unreadable or corrupt
     /// one is ignored (and overwritten on the next save): a cache never blocks a payment.
-    pub fn with_file(path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn with_file(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         let tokens = std::fs::read(&path)
             .ok()
@@ -75,32 +75,25 @@ impl TokenCache {
         TokenCache { tokens, file: Some(path) }
     }
 
-    pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
-    }
-
     /// A token for `key` still valid at `now` (with [`EXPIRY_MARGIN_SECS`]).
-    pub fn get(&self, key: &str, now: i64) -> Option<&CachedToken> {
+    pub(crate) fn get(&self, key: &str, now: i64) -> Option<&CachedToken> {
         self.tokens.get(key).filter(|t| t.expires_at - EXPIRY_MARGIN_SECS > now)
     }
 
-    pub fn put(&mut self, key: &str, token: CachedToken, now: i64) -> Result<(), CacheError> {
+    pub(crate) fn put(&mut self, key: &str, token: CachedToken, now: i64) -> Result<(), CacheError> {
         self.tokens.insert(key.to_string(), token);
         self.save(now)
     }
 
-    pub fn remove(&mut self, key: &str, now: i64) -> Result<(), CacheError> {
+    pub(crate) fn remove(&mut self, key: &str, now: i64) -> Result<(), CacheError> {
         if self.tokens.remove(key).is_some() {
             self.save(now)?;
         }
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
 

@@ -28,15 +28,15 @@ use x402_protocol::{Network, Scheme};
 pub const DEFAULT_MAX: &str = "0.1";
 
 /// A known asset: chain id, address, symbol, decimals.
-pub struct KnownAsset {
-    pub chain_id: u64,
-    pub address: &'static str,
-    pub symbol: &'static str,
-    pub decimals: u8,
+pub(crate) struct KnownAsset {
+    pub(crate) chain_id: u64,
+    pub(crate) address: &'static str,
+    pub(crate) symbol: &'static str,
+    pub(crate) decimals: u8,
 }
 
 /// Circle USDC deployments (all 6 decimals).
-pub const KNOWN_ASSETS: &[KnownAsset] = &[
+pub(crate) const KNOWN_ASSETS: &[KnownAsset] = &[
     KnownAsset { chain_id: 1, address: "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", symbol: "USDC", decimals: 6 },
     KnownAsset { chain_id: 10, address: "0x0b2C639c533813f4Aa9D7837CAf62653d097Ff85", symbol: "USDC", decimals: 6 },
     KnownAsset { chain_id: 137, address: "0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359", symbol: "USDC", decimals: 6 },
@@ -69,7 +69,7 @@ pub enum CapsError {
     AssetSyntax(String),
     #[error("--network {0:?} is not a CAIP-2 EVM network like eip155:8453")]
     NetworkSyntax(String),
-    #[error("--scheme {0:?}: expected exact or permit")]
+    #[error("--scheme {0:?}: expected {names}", names = crate::scheme::names())]
     SchemeSyntax(String),
 }
 
@@ -92,7 +92,8 @@ impl Default for Caps {
             networks: None,
             assets: None,
             decimals: BTreeMap::new(),
-            schemes: vec![Scheme::Exact, Scheme::Permit],
+            // Every scheme the client implements, in the registry's order (exact, then permit).
+            schemes: crate::scheme::SCHEMES.iter().map(|m| m.scheme()).collect(),
         }
     }
 }
@@ -136,7 +137,7 @@ impl Caps {
         &self.max
     }
 
-    pub fn allowed_schemes(&self) -> &[Scheme] {
+    pub(crate) fn allowed_schemes(&self) -> &[Scheme] {
         &self.schemes
     }
 
@@ -152,14 +153,14 @@ impl Caps {
         Ok(())
     }
 
-    pub fn network_allowed(&self, n: Network) -> bool {
+    pub(crate) fn network_allowed(&self, n: Network) -> bool {
         match &self.networks {
             Some(set) => set.contains(&n),
             None => KNOWN_ASSETS.iter().any(|k| k.chain_id == n.chain_id),
         }
     }
 
-    pub fn asset_allowed(&self, n: Network, a: Address) -> bool {
+    pub(crate) fn asset_allowed(&self, n: Network, a: Address) -> bool {
         match &self.assets {
             Some(set) => set.contains(&a),
             None => known(n.chain_id, a).is_some(),
@@ -168,17 +169,17 @@ impl Caps {
 
     /// Decimals the client trusts for this asset: the user's, else the built-in table's.
     /// Never the server's.
-    pub fn trusted_decimals(&self, n: Network, a: Address) -> Option<u8> {
+    pub(crate) fn trusted_decimals(&self, n: Network, a: Address) -> Option<u8> {
         self.decimals.get(&a).copied().or_else(|| known(n.chain_id, a).map(|k| k.decimals))
     }
 
     /// The symbol of a built-in asset (for display only).
-    pub fn symbol(&self, n: Network, a: Address) -> Option<&'static str> {
+    pub(crate) fn symbol(&self, n: Network, a: Address) -> Option<&'static str> {
         known(n.chain_id, a).map(|k| k.symbol)
     }
 
     /// The cap in base units for this asset, from trusted decimals only.
-    pub fn cap_base_units(&self, n: Network, a: Address) -> Result<U256, CapsError> {
+    pub(crate) fn cap_base_units(&self, n: Network, a: Address) -> Result<U256, CapsError> {
         let d = self.trusted_decimals(n, a).ok_or(CapsError::UnknownDecimals(a))?;
         parse_decimal(&self.max, d).map_err(|source| CapsError::Max { text: self.max.clone(), source })
     }
@@ -196,12 +197,10 @@ pub fn parse_asset_decimals(s: &str) -> Result<(Address, u8), CapsError> {
     Ok((a, d))
 }
 
+/// Parses a `--scheme` value: a scheme's wire name or one of its aliases (`erc3009`,
+/// `eip2612`, ...), any case.
 pub fn parse_scheme(s: &str) -> Result<Scheme, CapsError> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "exact" | "erc3009" | "eip3009" => Ok(Scheme::Exact),
-        "permit" | "eip2612" => Ok(Scheme::Permit),
-        _ => Err(CapsError::SchemeSyntax(s.to_string())),
-    }
+    crate::scheme::parse_name(s).ok_or_else(|| CapsError::SchemeSyntax(s.to_string()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use alloy::signers::local::PrivateKeySigner;
 
-pub const KEY_ENV_VARS: [&str; 2] = ["X402_PRIVATE_KEY", "EVM_PRIVATE_KEY"];
+const KEY_ENV_VARS: [&str; 2] = ["X402_PRIVATE_KEY", "EVM_PRIVATE_KEY"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -19,7 +19,7 @@ pub enum KeyError {
 }
 
 /// Parses a hex private key; the error names only `origin`.
-pub fn parse_key(text: &str, origin: &str) -> Result<PrivateKeySigner, KeyError> {
+fn parse_key(text: &str, origin: &str) -> Result<PrivateKeySigner, KeyError> {
     let t = text.trim();
     let hex = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
-use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
@@ -19,15 +18,9 @@ use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::cache::{self, CachedToken, TokenCache};
 use crate::caps::Caps;
+use crate::scheme;
 use crate::select::{self, Choice, SelectError};
-use crate::sign::{self, SignError, TokenDomain};
-
-alloy::sol! {
-    #[sol(rpc)]
-    interface IErc2612 {
-        function nonces(address owner) external view returns (uint256);
-    }
-}
+use crate::sign::{self, SignError};
 
 /// One step of the exchange, for `--verbose`.
 #[derive(Debug, Clone)]
@@ -81,10 +74,7 @@ impl fmt::Display for Step {
             Step::Signed { scheme, payer, valid_until } => write!(
                 f,
                 "signed {} as {payer}, valid until {valid_until}",
-                match scheme {
-                    Scheme::Permit => "EIP-2612 permit",
-                    Scheme::Exact => "ERC-3009 transferWithAuthorization",
-                }
+                scheme::for_scheme(*scheme).map(|m| m.signed_what()).unwrap_or(scheme.as_str())
             ),
             Step::TokenRequest { endpoint } => write!(f, "POST {endpoint}"),
             Step::TokenObtained { expires_in, settlement_id } => write!(
@@ -168,6 +158,13 @@ impl Config {
     pub fn on_step(mut self, f: impl Fn(&Step) + Send + Sync + 'static) -> Self {
         self.on_step = Some(Arc::new(f));
         self
+    }
+
+    /// Reports a step to `on_step`, if set.
+    pub(crate) fn emit(&self, s: &Step) {
+        if let Some(f) = &self.on_step {
+            f(s);
+        }
     }
 }
 
@@ -261,7 +258,7 @@ impl PayError {
 }
 
 /// An error with its causes ("error sending request: connection refused").
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -300,11 +297,11 @@ struct ErrorAnswer {
 }
 
 /// Lifetime assumed for an x402 v2 access token without a readable `exp` claim.
-pub const DEFAULT_V2_TOKEN_SECS: u64 = 60;
+const DEFAULT_V2_TOKEN_SECS: u64 = 60;
 
 /// The claims of a JWT, decoded WITHOUT verifying the signature (only to read `exp`/`route`
 /// for caching; the server verifies the token).
-pub fn jwt_claims(token: &str) -> Option<Value> {
+fn jwt_claims(token: &str) -> Option<Value> {
     let payload = token.split('.').nth(1)?;
     let mut b64: String = payload.chars().map(|c| match c {
         '-' => '+',
@@ -331,7 +328,7 @@ fn origin_of(url: &Url) -> String {
 
 /// Resolves the token endpoint against the resource URL: a path replaces the resource's path
 /// (its query is kept as written); an absolute URL must be on the same origin.
-pub fn token_endpoint(resource: &Url, endpoint: &str) -> Result<Url, PayError> {
+fn token_endpoint(resource: &Url, endpoint: &str) -> Result<Url, PayError> {
     if endpoint.starts_with('/') && !endpoint.starts_with("//") {
         return resource.join(endpoint).map_err(|_| PayError::ForeignEndpoint(endpoint.to_string()));
     }
@@ -362,18 +359,12 @@ impl Payer {
         Ok(Payer { config, http, cache: Mutex::new(cache) })
     }
 
-    pub fn address(&self) -> Address {
+    pub(crate) fn address(&self) -> Address {
         self.config.signer.address()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     fn step(&self, s: Step) {
-        if let Some(f) = &self.config.on_step {
-            f(&s);
-        }
+        self.config.emit(&s);
     }
 
     fn cache_lock(&self) -> std::sync::MutexGuard<'_, TokenCache> {
@@ -538,12 +529,16 @@ impl Payer {
         self.step(Step::chosen(choice, self.config.caps.max_text()));
         let signer = &self.config.signer;
         let valid_before = unix_now().max(0) as u64 + v2.max_timeout_seconds.min(self.config.authorization_ttl_secs);
-        let payload = sign::x402_v2_payment(signer, &v2.requirements, Some(&pr.resource), valid_before, sign::random_nonce())
+        // select_v2 only chooses requirements a registered module answers.
+        let module = scheme::for_x402_v2(&v2.requirements.scheme)
+            .ok_or_else(|| SignError::Signer(format!("x402 v2 scheme {:?} is not supported", v2.requirements.scheme)))?;
+        let payload = module
+            .sign_x402_v2(signer, &v2.requirements, Some(&pr.resource), valid_before)
             .map_err(|e| match e {
                 sign::V2Error::Sign(s) => PayError::Sign(s),
                 other => PayError::Sign(SignError::Signer(other.to_string())),
             })?;
-        self.step(Step::Signed { scheme: Scheme::Exact, payer: signer.address(), valid_until: valid_before });
+        self.step(Step::Signed { scheme: choice.scheme, payer: signer.address(), valid_until: valid_before });
 
         self.step(Step::X402V2Retry { url: url.to_string() });
         let resp = self
@@ -572,7 +567,7 @@ impl Payer {
             .unwrap_or(DEFAULT_V2_TOKEN_SECS);
         let route = claims.as_ref().and_then(|c| c.get("route")).and_then(|r| r.as_str()).map(String::from);
         let receipt = Receipt {
-            scheme: Scheme::Exact,
+            scheme: choice.scheme,
             network: choice.network,
             asset: choice.token(),
             currency: choice.currency.clone(),
@@ -624,48 +619,13 @@ impl Payer {
         self.finish(url, resp, false, paid).await
     }
 
+    /// Signs the chosen component with its scheme's module (which may read the chain).
     async fn sign_choice(&self, c: &Choice) -> Result<Value, PayError> {
         let now = unix_now().max(0) as u64;
-        let signer = &self.config.signer;
-        match c.scheme {
-            Scheme::Exact => {
-                let valid_before = now + self.config.authorization_ttl_secs;
-                let v = sign::sign_authorization(
-                    signer,
-                    &c.domain,
-                    signer.address(),
-                    c.pay_to,
-                    c.amount,
-                    U256::ZERO,
-                    U256::from(valid_before),
-                    sign::random_nonce(),
-                )?;
-                self.step(Step::Signed { scheme: c.scheme, payer: signer.address(), valid_until: valid_before });
-                Ok(v)
-            }
-            Scheme::Permit => {
-                let spender = c.spender.ok_or_else(|| SignError::Signer("permit without spender".into()))?;
-                let nonce = self.permit_nonce(c.network, &c.domain).await?;
-                self.step(Step::NonceRead { network: c.network, nonce });
-                let deadline = now + self.config.permit_ttl_secs;
-                let v = sign::sign_permit(signer, &c.domain, signer.address(), spender, c.amount, nonce, U256::from(deadline))?;
-                self.step(Step::Signed { scheme: c.scheme, payer: signer.address(), valid_until: deadline });
-                Ok(v)
-            }
-        }
-    }
-
-    /// Reads `nonces(owner)` on the component's chain, after checking the RPC is that chain.
-    async fn permit_nonce(&self, network: Network, domain: &TokenDomain) -> Result<U256, PayError> {
-        let url = self.config.rpc.get(&network).cloned().unwrap_or_default();
-        let rpc_err = |detail: String| PayError::Rpc { network, url: url.clone(), detail };
-        let parsed: Url = url.parse().map_err(|_| rpc_err("not a URL".into()))?;
-        let provider = ProviderBuilder::new().connect_http(parsed);
-        let got = provider.get_chain_id().await.map_err(|e| rpc_err(e.to_string()))?;
-        if got != network.chain_id {
-            return Err(PayError::RpcChain { network, url, got });
-        }
-        let token = IErc2612::new(domain.verifying_contract, &provider);
-        token.nonces(self.address()).call().await.map_err(|e| rpc_err(format!("nonces(): {e}")))
+        let module = scheme::for_scheme(c.scheme)
+            .ok_or_else(|| SignError::Signer(format!("scheme {} is not supported", c.scheme.as_str())))?;
+        let signed = module.sign_seed(&self.config, c, now).await?;
+        self.step(Step::Signed { scheme: c.scheme, payer: self.address(), valid_until: signed.valid_until });
+        Ok(signed.body)
     }
 }

@@ -16,32 +16,33 @@ use x402_protocol::challenge::{parse_human_amount, PaymentRequired, PaymentRequi
 use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::caps::Caps;
+use crate::scheme;
 use crate::sign::TokenDomain;
 
 /// The component chosen, with everything needed to sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Choice {
+pub(crate) struct Choice {
     /// Index in the server's component list.
-    pub index: usize,
-    pub scheme: Scheme,
-    pub network: Network,
-    pub domain: TokenDomain,
-    pub pay_to: Address,
+    pub(crate) index: usize,
+    pub(crate) scheme: Scheme,
+    pub(crate) network: Network,
+    pub(crate) domain: TokenDomain,
+    pub(crate) pay_to: Address,
     /// Permit spender (the settler's wallet). `None` for `exact`.
-    pub spender: Option<Address>,
+    pub(crate) spender: Option<Address>,
     /// What will be signed, in base units.
-    pub amount: U256,
+    pub(crate) amount: U256,
     /// Trusted decimals of the asset.
-    pub decimals: u8,
-    pub currency: String,
+    pub(crate) decimals: u8,
+    pub(crate) currency: String,
 }
 
 impl Choice {
-    pub fn token(&self) -> Address {
+    pub(crate) fn token(&self) -> Address {
         self.domain.verifying_contract
     }
     /// Amount in human units, e.g. "0.5".
-    pub fn human_amount(&self) -> String {
+    pub(crate) fn human_amount(&self) -> String {
         format_base_units(self.amount, self.decimals)
     }
 }
@@ -63,7 +64,7 @@ pub enum SelectError {
 
 /// The component list of a seed 402 body (`payment_scheme.payment_components`, else
 /// `payment_methods`), as raw JSON so one odd component does not hide the others.
-pub fn components(body: &Value) -> Vec<Value> {
+pub(crate) fn components(body: &Value) -> Vec<Value> {
     body.pointer("/payment_scheme/payment_components")
         .or_else(|| body.get("payment_methods"))
         .and_then(|v| v.as_array())
@@ -71,8 +72,9 @@ pub fn components(body: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Checks one component against the caps.
-pub fn check(index: usize, raw: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -> Result<Choice, String> {
+/// Checks one component against the caps; `has_rpc` tells whether a chain can be read (a
+/// permit needs it for its nonce).
+fn check(index: usize, raw: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> bool) -> Result<Choice, String> {
     let c: SeedComponent =
         serde_json::from_value(raw.clone()).map_err(|e| format!("component not understood: {e}"))?;
     if !c.payment_type.eq_ignore_ascii_case("evm") {
@@ -81,6 +83,8 @@ pub fn check(index: usize, raw: &Value, caps: &Caps, can_permit: &dyn Fn(Network
     if !caps.allowed_schemes().contains(&c.scheme) {
         return Err(format!("scheme {} not allowed", c.scheme.as_str()));
     }
+    let module = scheme::for_scheme(c.scheme)
+        .ok_or_else(|| format!("scheme {} is not supported by this client", c.scheme.as_str()))?;
     if c.caip2.chain_id != c.chain_id {
         return Err(format!("caip2 {} and chain_id {} disagree", c.caip2, c.chain_id));
     }
@@ -121,19 +125,7 @@ pub fn check(index: usize, raw: &Value, caps: &Caps, can_permit: &dyn Fn(Network
             caps.max_text()
         ));
     }
-    let spender = match c.scheme {
-        Scheme::Permit => {
-            let s = c.spender.unwrap_or(c.metadata.wallet_address);
-            if s == Address::ZERO {
-                return Err("permit without a spender".into());
-            }
-            if !can_permit(network) {
-                return Err(format!("permit needs an RPC for {network} to read the nonce (add --rpc {network}=URL)"));
-            }
-            Some(s)
-        }
-        Scheme::Exact => None,
-    };
+    let spender = module.check_seed(&c, network, has_rpc)?;
     Ok(Choice {
         index,
         scheme: c.scheme,
@@ -147,8 +139,9 @@ pub fn check(index: usize, raw: &Value, caps: &Caps, can_permit: &dyn Fn(Network
     })
 }
 
-/// Chooses the component to pay from a seed 402 body.
-pub fn select(body: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -> Result<Choice, SelectError> {
+/// Chooses the component to pay from a seed 402 body; `has_rpc` tells whether a chain can be
+/// read (for schemes that need to, like permit's nonce).
+pub(crate) fn select(body: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> bool) -> Result<Choice, SelectError> {
     let list = components(body);
     if list.is_empty() {
         return Err(SelectError::Empty);
@@ -156,7 +149,7 @@ pub fn select(body: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -
     let mut ok = Vec::new();
     let mut refused = Vec::new();
     for (i, raw) in list.iter().enumerate() {
-        match check(i, raw, caps, can_permit) {
+        match check(i, raw, caps, has_rpc) {
             Ok(c) => ok.push(c),
             Err(reason) => refused.push(Refusal { index: i, reason }),
         }
@@ -168,23 +161,25 @@ pub fn select(body: &Value, caps: &Caps, can_permit: &dyn Fn(Network) -> bool) -
 
 /// An x402 v2 `accepts` entry chosen within the caps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct V2Choice {
+pub(crate) struct V2Choice {
     /// The requirement as the server sent it (echoed as `accepted`).
-    pub requirements: PaymentRequirements,
+    pub(crate) requirements: PaymentRequirements,
     /// The same, checked: amount in base units, trusted decimals, EIP-712 domain from `extra`.
-    pub choice: Choice,
-    pub max_timeout_seconds: u64,
+    pub(crate) choice: Choice,
+    pub(crate) max_timeout_seconds: u64,
 }
 
-/// Checks one x402 v2 requirement against the caps. Only `exact` exists in v2; the amount is
-/// in base units and compared with the cap at the client's trusted decimals (the server states
-/// none, and any it might state elsewhere is ignored).
-pub fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Choice, String> {
-    if r.scheme != "exact" {
-        return Err(format!("x402 v2 scheme {:?} is not supported (only exact)", r.scheme));
-    }
-    if !caps.allowed_schemes().contains(&Scheme::Exact) {
-        return Err("scheme exact not allowed".into());
+/// Checks one x402 v2 requirement against the caps. Only schemes with an x402 v2 form are
+/// answered (today `exact`); the amount is in base units and compared with the cap at the
+/// client's trusted decimals (the server states none, and any it might state elsewhere is
+/// ignored).
+fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Choice, String> {
+    let module = scheme::for_x402_v2(&r.scheme).ok_or_else(|| {
+        format!("x402 v2 scheme {:?} is not supported (only {})", r.scheme, scheme::x402_v2_names())
+    })?;
+    let scheme = module.scheme();
+    if !caps.allowed_schemes().contains(&scheme) {
+        return Err(format!("scheme {} not allowed", scheme.as_str()));
     }
     let network: Network = r.network.parse().map_err(|_| format!("network {:?} is not an EVM CAIP-2 network", r.network))?;
     if !caps.network_allowed(network) {
@@ -222,12 +217,12 @@ pub fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Ch
     if r.max_timeout_seconds == 0 {
         return Err("maxTimeoutSeconds is 0".into());
     }
-    let extra = r.extra.as_ref().ok_or("no extra {name, version}: the asset's EIP-712 domain is unknown")?;
+    let domain = module.x402_v2_domain(r, network, asset)?;
     Ok(Choice {
         index,
-        scheme: Scheme::Exact,
+        scheme,
         network,
-        domain: TokenDomain::new(extra.name.clone(), extra.version.clone(), network.chain_id, asset),
+        domain,
         pay_to,
         spender: None,
         amount,
@@ -238,7 +233,7 @@ pub fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Ch
 
 /// Chooses the `accepts` entry to pay from an x402 v2 `PAYMENT-REQUIRED`: the cheapest
 /// acceptable one, then the server's order.
-pub fn select_v2(pr: &PaymentRequired, caps: &Caps) -> Result<V2Choice, SelectError> {
+pub(crate) fn select_v2(pr: &PaymentRequired, caps: &Caps) -> Result<V2Choice, SelectError> {
     if pr.accepts.is_empty() {
         return Err(SelectError::Empty);
     }

@@ -32,7 +32,7 @@ pub enum StatusError {
 }
 
 /// The status URL of a settlement.
-pub fn status_url(source: &Source, id: &str) -> Result<Url, StatusError> {
+fn status_url(source: &Source, id: &str) -> Result<Url, StatusError> {
     if id.is_empty() || id.contains('/') {
         return Err(StatusError::Id(id.to_string()));
     }
@@ -51,7 +51,7 @@ pub fn status_url(source: &Source, id: &str) -> Result<Url, StatusError> {
 }
 
 /// One status read.
-pub async fn fetch(http: &reqwest::Client, url: &Url) -> Result<SettlementStatus, StatusError> {
+async fn fetch(http: &reqwest::Client, url: &Url) -> Result<SettlementStatus, StatusError> {
     let resp = http.get(url.clone()).send().await.map_err(|source| StatusError::Http { url: url.to_string(), source })?;
     let status = resp.status();
     let text = resp.text().await.map_err(|source| StatusError::Http { url: url.to_string(), source })?;
