@@ -4,67 +4,11 @@
 use std::rc::Rc;
 
 use x402_protocol::challenge::Reason;
-use x402_protocol::token::{KeySet, VerifiedToken};
-use x402_protocol::{Address, Network, U256};
+use x402_protocol::token::KeySet;
 
 use crate::cache::{Lookup, TokenCache};
+use crate::grant::Grant;
 use crate::routes::Route;
-
-/// What a verified token grants: the claims the edge needs, kept in the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    pub route: String,
-    pub network: Network,
-    pub asset: Address,
-    pub amount: U256,
-    pub payer: Address,
-    pub expires_at: i64,
-    /// The token's `jti`: the settler's settlement id.
-    pub settlement_id: String,
-    /// `payer` EIP-55 checksummed (a keccak), computed once per token for the
-    /// `x-x402-payer` header rather than once per request.
-    pub payer_eip55: String,
-}
-
-impl Grant {
-    pub fn new(
-        route: String,
-        network: Network,
-        asset: Address,
-        amount: U256,
-        payer: Address,
-        expires_at: i64,
-        settlement_id: String,
-    ) -> Self {
-        Grant {
-            route,
-            network,
-            asset,
-            amount,
-            payer,
-            expires_at,
-            settlement_id,
-            payer_eip55: payer.to_checksum(None),
-        }
-    }
-
-    pub fn from_verified(v: &VerifiedToken) -> Self {
-        Grant::new(
-            v.claims.route.clone(),
-            v.claims.network,
-            v.claims.asset,
-            v.claims.amount,
-            v.claims.sub,
-            v.expires_at,
-            v.claims.jti.clone(),
-        )
-    }
-
-    /// Same rule as verification: valid while `now <= exp + leeway`.
-    pub fn expired(&self, now: i64, leeway: i64) -> bool {
-        now > self.expires_at.saturating_add(leeway)
-    }
-}
 
 /// The token from `Authorization: Bearer <token>` (scheme case-insensitive).
 pub fn bearer(header: Option<&str>) -> Result<&str, Reason> {
@@ -177,28 +121,13 @@ pub fn check_raw_token(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use k256::ecdsa::SigningKey;
-    use x402_protocol::token::{mint, AccessClaims};
+    use x402_protocol::token::mint;
+    use x402_protocol::{Address, Network};
 
-    pub fn signing_key() -> SigningKey {
-        SigningKey::from_slice(&[7u8; 32]).unwrap()
-    }
-
-    pub fn claims(route: &str, amount: u64) -> AccessClaims {
-        AccessClaims {
-            iss: "settler".into(),
-            sub: Address::repeat_byte(0x11),
-            route: route.into(),
-            amount: U256::from(amount),
-            asset: crate::config::tests::USDC.parse().unwrap(),
-            network: Network::eip155(84532),
-            jti: "s-1".into(),
-        }
-    }
-
-    use crate::config::tests::sample_config as cfg;
+    use crate::test_fixtures::{claims, sample_config as cfg, signing_key};
 
     #[test]
     fn bearer_header_parsing() {

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
-use crate::auth::Grant;
+use crate::grant::Grant;
 
 struct Entry {
     grant: Rc<Grant>,
@@ -88,10 +88,12 @@ impl TokenCache {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

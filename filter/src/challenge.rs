@@ -1,107 +1,12 @@
-//! Building the filter's own answers: the 402 challenge (seed JSON body + x402 v2
-//! `PAYMENT-REQUIRED` header) and JSON errors. The per-route pieces that do not depend on the
-//! request (the seed body for each reason, the v2 `accepts` list) are computed once at
-//! configure time.
+//! The 402 challenge for a request: the route's precomputed seed JSON body (see
+//! [`crate::route_challenge`]) and the x402 v2 `PAYMENT-REQUIRED` header with the request's
+//! resource URL.
 
-use x402_protocol::challenge::{
-    seed_body, v2_requirements, ChallengeInput, PaymentRequired, PaymentRequirements, Reason,
-    Resource,
-};
-use x402_protocol::settler_api::{ApiError, PricedMethod};
+use x402_protocol::challenge::{PaymentRequired, Reason, Resource};
+use x402_protocol::settler_api::ApiError;
 
+use crate::answer::HttpAnswer;
 use crate::routes::Route;
-
-/// A response the filter sends itself (`send_http_response`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpAnswer {
-    pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpAnswer {
-    /// A JSON answer that no cache may store.
-    pub fn json(status: u32, body: Vec<u8>) -> Self {
-        HttpAnswer {
-            status,
-            headers: vec![
-                ("content-type", "application/json".to_string()),
-                ("cache-control", "no-store".to_string()),
-            ],
-            body,
-        }
-    }
-    /// `{"error": code, "message": message}`, the settler's error shape.
-    pub fn error(status: u32, code: &str, message: &str) -> Self {
-        HttpAnswer::json(status, ApiError::new(code, message).to_json().into_bytes())
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Per-route 402 pieces computed at configure time.
-#[derive(Debug, Clone)]
-pub struct RouteChallenge {
-    /// Seed JSON body for each reason, in `Reason::ALL` order.
-    seed_bodies: Vec<String>,
-    /// x402 v2 `accepts` (only `exact` methods).
-    v2_accepts: Vec<PaymentRequirements>,
-}
-
-fn reason_index(r: Reason) -> usize {
-    Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)
-}
-
-impl RouteChallenge {
-    pub fn precompute(
-        route: &str,
-        token_endpoint: &str,
-        accepts: &[PricedMethod],
-        max_timeout_seconds: u64,
-    ) -> Self {
-        let seed_bodies = Reason::ALL
-            .iter()
-            .map(|&reason| {
-                seed_body(&ChallengeInput {
-                    reason,
-                    route,
-                    token_endpoint,
-                    resource: Resource {
-                        url: String::new(),
-                        description: String::new(),
-                        mime_type: String::new(),
-                    },
-                    accepts,
-                    max_timeout_seconds,
-                })
-            })
-            .collect();
-        let v2_accepts = accepts
-            .iter()
-            .filter(|p| p.method.scheme == x402_protocol::Scheme::Exact)
-            .map(|p| v2_requirements(p, max_timeout_seconds))
-            .collect();
-        RouteChallenge {
-            seed_bodies,
-            v2_accepts,
-        }
-    }
-
-    pub fn seed_body(&self, reason: Reason) -> &str {
-        self.seed_bodies
-            .get(reason_index(reason))
-            .map(String::as_str)
-            .unwrap_or("{}")
-    }
-
-    pub fn v2_accepts(&self) -> &[PaymentRequirements] {
-        &self.v2_accepts
-    }
-}
 
 /// The absolute URL of the requested resource for x402 v2 `resource.url`.
 /// The scheme comes from `x-forwarded-proto` (first value), else `:scheme`, else `http`.
@@ -175,7 +80,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    use crate::config::tests::sample_config as cfg;
+    use crate::test_fixtures::sample_config as cfg;
 
     #[test]
     fn resource_url_prefers_forwarded_proto() {

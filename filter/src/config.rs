@@ -15,7 +15,7 @@ use x402_protocol::settler_api::PricedMethod;
 use x402_protocol::token::{verifying_key_from_hex, KeySet};
 use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Scheme, U256};
 
-use crate::challenge::RouteChallenge;
+use crate::route_challenge::RouteChallenge;
 use crate::routes::{HostPattern, PathMatch, Route, RouteTable};
 
 pub const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
@@ -783,47 +783,11 @@ fn validate_route(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    /// Public key of `auth::tests::signing_key()` (secret [7; 32]).
-    pub fn key_hex() -> String {
-        x402_protocol::token::verifying_key_to_hex(
-            crate::auth::tests::signing_key().verifying_key(),
-        )
-    }
-    pub const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
-    pub const PAY_TO: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
-    pub const SPENDER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
-
-    pub fn sample() -> Value {
-        json!({
-            "token_endpoint_prefix": "/x402/token/",
-            "settler": {"cluster": "x402_settler", "authority": "x402-settler", "path": "/v1/tokens", "timeout_ms": 3000, "failure_mode": "deny"},
-            "token_keys": [{"kid": "k1", "public_key": key_hex()}],
-            "clock_leeway_secs": 5, "token_ttl_secs": 300, "max_timeout_seconds": 300, "token_cache_size": 100, "max_body_bytes": 16384,
-            "payment_methods": {
-                "usdc-base": {"scheme": "exact", "network": "eip155:84532",
-                    "asset": {"address": USDC, "decimals": 6, "name": "USDC", "version": "2", "symbol": "USDC"},
-                    "pay_to": PAY_TO},
-                "usdc-permit": {"scheme": "permit", "network": "eip155:84532",
-                    "asset": {"address": USDC, "decimals": 6, "name": "USDC", "version": "2", "symbol": "USDC"},
-                    "pay_to": PAY_TO, "spender": SPENDER}
-            },
-            "routes": [
-                {"name": "weather", "match": {"prefix": "/api/weather"}, "methods": ["GET"], "price": "0.01",
-                 "description": "Weather", "mime_type": "application/json", "payment_methods": ["usdc-base", "usdc-permit"]},
-                {"name": "report", "match": {"template": "/api/users/{id}/report"}, "hosts": ["api.example.com", "*.example.org"],
-                 "price": "1.5", "payment_methods": ["usdc-base"]}
-            ]
-        })
-    }
-
-    /// [`sample`], parsed.
-    pub fn sample_config() -> FilterConfig {
-        parse_value(&sample()).unwrap()
-    }
+    use crate::test_fixtures::{key_hex, sample, sample_config, PAY_TO, SPENDER};
 
     fn parse_value(v: &Value) -> Result<FilterConfig, ConfigError> {
         parse(serde_json::to_string(v).unwrap().as_bytes())

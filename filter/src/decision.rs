@@ -7,10 +7,11 @@ use serde::Deserialize;
 use x402_protocol::challenge::Reason;
 use x402_protocol::settler_api::ApiError;
 
-use crate::auth::{self, Grant, TokenCheck};
+use crate::answer::HttpAnswer;
+use crate::auth::{self, TokenCheck};
 use crate::cache::TokenCache;
-use crate::challenge::HttpAnswer;
 use crate::config::{FailureMode, FilterConfig};
+use crate::grant::Grant;
 use crate::routes::Route;
 use crate::token_endpoint::{
     outage_message, settler_unavailable, token_request_body, SettlerReply,
@@ -209,7 +210,7 @@ mod tests {
     use serde_json::Value;
     use x402_protocol::settler_api::TokenRequest;
 
-    use crate::config::tests::sample_config as cfg;
+    use crate::test_fixtures::sample_config as cfg;
 
     fn grant() -> Rc<Grant> {
         Rc::new(Grant::new(
@@ -298,8 +299,8 @@ mod tests {
 
     #[test]
     fn settled_tokens_are_checked_once_and_cached() {
-        use crate::auth::tests::{claims, signing_key};
         use crate::identity::{PAYER, ROUTE, SETTLEMENT_ID};
+        use crate::test_fixtures::{claims, signing_key};
         use x402_protocol::token::mint;
         let cfg = cfg();
         let route = cfg.routes.get(0).unwrap();

@@ -45,10 +45,12 @@ impl HeaderPairs {
         Some(HeaderPairs { buf, count })
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -128,7 +130,8 @@ impl<'a> Iterator for Pairs<'a> {
     }
 }
 
-/// Serializes pairs as the host does (tests, and the native side of anything that needs it).
+/// Serializes pairs as the host does: local replies' headers (wasm), fake hosts (tests).
+#[cfg_attr(not(any(test, target_arch = "wasm32")), allow(dead_code))]
 pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
     let pairs: Vec<(&str, &[u8])> = pairs.into_iter().collect();
     let mut out = (pairs.len() as u32).to_le_bytes().to_vec();

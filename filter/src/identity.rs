@@ -17,7 +17,7 @@
 
 use x402_protocol::Address;
 
-use crate::auth::Grant;
+use crate::grant::Grant;
 
 /// Request headers with this prefix (lower case) are the filter's.
 pub const RESERVED_PREFIX: &str = "x-x402-";

@@ -1,24 +1,40 @@
 //! x402 edge filter: pay-per-request HTTP enforced inside Envoy (proxy-wasm).
 //!
-//! Host-agnostic modules hold all the logic and are unit-tested natively:
-//! [`config`] (plugin configuration), [`routes`] (matching), [`auth`] + [`cache`] (token
-//! checks), [`challenge`] (402 and error answers), [`token_endpoint`] (the filter-served
-//! token endpoint), [`decision`] (what to do with a priced request and with the settler's
-//! answer), [`identity`] (who-paid headers for the upstream, anti-spoofing), [`metrics`]
-//! (counter names), [`headers`] (the serialized request header map, read in place). The
-//! proxy-wasm glue is `host.rs`, built for wasm only.
+//! Everything but the wasm glue is host-agnostic and tested natively:
+//! - [`flow`]: the per-request state machine and every policy (what to strip, answer, call,
+//!   count, when to time out), written against its `Host` trait; `Worker` is what a worker
+//!   keeps between requests (config, counter ids, token cache, pending bodies).
+//! - the pure pieces it calls: [`config`] (plugin configuration), `routes` (matching),
+//!   `auth` + `cache` + `grant` (token checks), `challenge` + `route_challenge` (the 402),
+//!   `answer` (local replies), `token_endpoint` (the filter-served token endpoint),
+//!   `decision` (priced requests and the settler's answers), `identity` (who-paid headers,
+//!   anti-spoofing), `metrics` (counter names), `headers` (the serialized request header
+//!   map, read in place), `pending` (token-endpoint bodies still being read).
+//!
+//! `host.rs` (wasm only) implements `Host` over proxy-wasm and forwards the callbacks to
+//! `flow`; `abi.rs` (wasm only) wraps the raw host imports so no host status can panic.
+//! Only [`config`] is public: `examples/check_config.rs` checks files with its parser.
 
-pub mod auth;
-pub mod cache;
-pub mod challenge;
+mod answer;
+mod auth;
+mod cache;
+mod challenge;
 pub mod config;
-pub mod decision;
-pub mod headers;
-pub mod identity;
-pub mod metrics;
-pub mod pending;
-pub mod routes;
-pub mod token_endpoint;
+mod decision;
+mod flow;
+mod grant;
+mod headers;
+mod identity;
+mod metrics;
+mod pending;
+mod route_challenge;
+mod routes;
+mod token_endpoint;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod host;
+
+#[cfg(test)]
+mod test_fixtures;

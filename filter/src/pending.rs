@@ -3,7 +3,7 @@
 //! a client that stops sending, nor on an Envoy whose wasm plugin lacks
 //! `allow_on_headers_stop_iteration: true` (then the body never reaches the filter at all).
 
-use crate::challenge::HttpAnswer;
+use crate::answer::HttpAnswer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
@@ -28,6 +28,7 @@ impl PendingBodies {
         });
     }
 
+    #[cfg(test)]
     pub fn contains(&self, context_id: u32) -> bool {
         self.entries.iter().any(|p| p.context_id == context_id)
     }

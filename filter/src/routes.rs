@@ -3,7 +3,7 @@
 
 use x402_protocol::settler_api::PricedMethod;
 
-use crate::challenge::RouteChallenge;
+use crate::route_challenge::RouteChallenge;
 
 /// How a route matches the request path (query string and fragment excluded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_unmatched_paths_do_not_fetch_headers() {
-        let cfg = crate::config::tests::sample_config();
+        let cfg = crate::test_fixtures::sample_config();
         let table = &cfg.routes;
         let mut a = attrs("GET", "x");
         assert_eq!(table.find("/static/logo.png", &mut a), None);

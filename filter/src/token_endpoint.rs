@@ -5,7 +5,7 @@
 use serde_json::value::RawValue;
 use x402_protocol::settler_api::{ApiError, Requirement, TokenRequest};
 
-use crate::challenge::HttpAnswer;
+use crate::answer::HttpAnswer;
 use crate::config::FilterConfig;
 use crate::routes::{path_only, Route};
 
@@ -191,7 +191,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    use crate::config::tests::sample_config as cfg;
+    use crate::test_fixtures::sample_config as cfg;
 
     fn code(a: &HttpAnswer) -> String {
         let v: Value = serde_json::from_slice(&a.body).unwrap();
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn settler_calls_carry_the_api_secret() {
-        let mut v = crate::config::tests::sample();
+        let mut v = crate::test_fixtures::sample();
         v["settler"]["api_secret"] = serde_json::json!("0123456789abcdef-secret");
         let cfg = crate::config::parse(serde_json::to_string(&v).unwrap().as_bytes()).unwrap();
         let h = settler_headers(&cfg);

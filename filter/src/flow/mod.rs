@@ -1,0 +1,40 @@
+//! The per-request flow, written against the [`Host`] trait so it runs (and is tested)
+//! natively: the state machine of every request ([`request`]), what the worker keeps
+//! between requests ([`worker`]), the root's timer ([`tick`]). `host.rs` only forwards the
+//! proxy-wasm callbacks here and implements [`Host`].
+
+pub(crate) mod host_api;
+pub(crate) mod request;
+mod request_headers;
+pub(crate) mod tick;
+pub(crate) mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use host_api::Host;
+pub(crate) use worker::Worker;
+
+/// What a request callback tells the host: go on with the request, or hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Continue,
+    Pause,
+}
+
+fn now_ms(host: &impl Host) -> u64 {
+    host.now().as_millis() as u64
+}
+
+/// No clock means time zero, when no token is valid yet: fail closed.
+fn now_secs(host: &impl Host) -> i64 {
+    host.now().as_secs() as i64
+}
+
+/// `log` through the host: `log!(host, Warn, "...", args)`.
+macro_rules! log {
+    ($host:expr, $level:ident, $($arg:tt)+) => {
+        $host.log(log::Level::$level, format_args!($($arg)+))
+    };
+}
+pub(crate) use log;

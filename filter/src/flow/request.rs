@@ -1,0 +1,519 @@
+//! One request's way through the filter, as a state machine:
+//!
+//! ```text
+//! Idle ──priced, token ok / unpriced──▶ (forwarded)
+//!   │ ──no usable token──▶ 402 ──▶ Done
+//!   │ ──PAYMENT-SIGNATURE──▶ AwaitPayment ──settler──▶ Paid (response headers added) / Done
+//!   └ ──POST token endpoint──▶ Buffering ──body──▶ AwaitToken ──settler──▶ Done (relayed)
+//! ```
+//!
+//! Every callback takes the [`Host`] to act on; the per-request host calls are the filter's
+//! main cost in Envoy's V8, so the hot paths keep them few: an unpriced request makes one
+//! (the header list) unless it carries `x-x402-*` names; a request with a cached token
+//! makes seven (header list, clock, two counters, three identity headers).
+
+use std::rc::Rc;
+
+use x402_protocol::challenge::Reason;
+
+use super::request_headers::{Attrs, RequestHeaders};
+use super::{log, now_ms, now_secs, Action, Host, Worker};
+use crate::answer::HttpAnswer;
+use crate::auth;
+use crate::challenge;
+use crate::decision::{self, PaymentOutcome, PricedAction};
+use crate::grant::Grant;
+use crate::headers::HeaderPairs;
+use crate::identity;
+use crate::metrics::Counter;
+use crate::routes::{RequestAttrs, Route};
+use crate::token_endpoint::{self, Endpoint, SettlerReply};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Idle,
+    /// Token endpoint: buffering the client's payment body.
+    Buffering {
+        route: usize,
+        size: usize,
+    },
+    /// Token endpoint: waiting for the settler.
+    AwaitToken,
+    /// x402 v2 payment: request held until the settler answers.
+    AwaitPayment {
+        route: usize,
+        url: String,
+    },
+    /// x402 v2 payment settled: headers to add to the upstream's response.
+    Paid {
+        headers: Vec<(&'static str, String)>,
+    },
+    /// A local answer was sent, or nothing more to do.
+    Done,
+}
+
+/// One HTTP request (proxy-wasm HTTP context).
+pub(crate) struct Request {
+    context_id: u32,
+    /// `None`: the worker has no valid configuration.
+    worker: Option<Rc<Worker>>,
+    state: State,
+}
+
+// Natively only the tests call these (host.rs is wasm only): they are the flow's roots.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+impl Request {
+    pub(crate) fn new(context_id: u32, worker: Option<Rc<Worker>>) -> Self {
+        Request {
+            context_id,
+            worker,
+            state: State::Idle,
+        }
+    }
+
+    pub(crate) fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            // No valid configuration on this worker: fail closed.
+            self.state = State::Done;
+            let _ = host.send_reply(&HttpAnswer::error(
+                503,
+                "filter_unconfigured",
+                "the x402 filter has no valid configuration",
+            ));
+            return Action::Pause;
+        };
+        let headers = RequestHeaders::fetch(host);
+        let Some(path) = headers.get(":path") else {
+            headers.strip_identity();
+            return Action::Continue;
+        };
+        let cfg = &worker.cfg;
+
+        if path.starts_with(cfg.token_endpoint_prefix.as_str()) {
+            return self.token_endpoint_request(&worker, host, &headers, &path, end_of_stream);
+        }
+
+        let mut attrs = Attrs::new(&headers);
+        let Some((idx, route)) = cfg
+            .routes
+            .find(&path, &mut attrs)
+            .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
+        else {
+            headers.strip_identity();
+            return Action::Continue;
+        };
+        headers.strip_reserved();
+
+        let authorization = headers.get("authorization");
+        let now = now_secs(host);
+        let check = worker.with_cache(|cache| {
+            auth::check_token(
+                &cfg.keys,
+                cfg.clock_leeway_secs,
+                cache,
+                route,
+                authorization.as_deref(),
+                now,
+            )
+        });
+        match check.cache_hit {
+            Some(true) => worker.count(host, Counter::CacheHits),
+            Some(false) => worker.count(host, Counter::CacheMisses),
+            None => {}
+        }
+        // The common case first: no resource URL or payment header needed.
+        if let Ok(grant) = &check.result {
+            return allow(&worker, host, route, grant);
+        }
+
+        let url = {
+            let proto = headers.get("x-forwarded-proto");
+            let scheme = headers.get(":scheme");
+            challenge::resource_url(
+                proto.as_deref(),
+                scheme.as_deref(),
+                attrs.authority(),
+                &path,
+            )
+        };
+        let payment = headers.get("payment-signature");
+        match decision::decide_priced(cfg, route, check, payment.as_deref(), &url) {
+            PricedAction::Allow(grant) => allow(&worker, host, route, &grant),
+            PricedAction::Challenge(reason) => {
+                self.challenge(&worker, host, idx, reason, url);
+                Action::Pause
+            }
+            PricedAction::RefusePayment { code, message } => {
+                let a = challenge::payment_refused(route, &code, &message, url);
+                self.answer(&worker, host, a);
+                Action::Pause
+            }
+            PricedAction::Pay(body) => {
+                if dispatch_settler(&worker, host, &body) {
+                    self.state = State::AwaitPayment { route: idx, url };
+                    return Action::Pause;
+                }
+                // Still inside the headers callback: continue or answer directly.
+                match decision::payment_outcome(&SettlerReply::default(), cfg.settler.failure_mode)
+                {
+                    PaymentOutcome::FailOpen(why) => {
+                        log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                        Action::Continue
+                    }
+                    PaymentOutcome::Unavailable(a) => {
+                        self.answer(&worker, host, a);
+                        Action::Pause
+                    }
+                    _ => {
+                        self.answer(
+                            &worker,
+                            host,
+                            token_endpoint::settler_unavailable(
+                                "the settler cluster cannot be called",
+                            ),
+                        );
+                        Action::Pause
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_request_body(
+        &mut self,
+        host: &impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let State::Buffering { route, .. } = self.state else {
+            return self.pass_or_hold();
+        };
+        let Some(worker) = self.worker.clone() else {
+            return Action::Pause;
+        };
+        let still_waiting = worker
+            .pending
+            .try_borrow_mut()
+            .map(|mut p| p.saw_body(self.context_id))
+            .unwrap_or(false);
+        if !still_waiting {
+            // The timer already answered this request.
+            self.state = State::Done;
+            return Action::Pause;
+        }
+        if let Err(a) = token_endpoint::check_size(body_size, worker.cfg.max_body_bytes) {
+            self.stop_waiting_for_body();
+            self.answer(&worker, host, a);
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            self.state = State::Buffering {
+                route,
+                size: body_size,
+            };
+            return Action::Pause;
+        }
+        self.stop_waiting_for_body();
+        self.finish_token_request(&worker, host, route, body_size)
+    }
+
+    pub(crate) fn on_request_trailers(&mut self, host: &impl Host) -> Action {
+        let State::Buffering { route, size } = self.state else {
+            return self.pass_or_hold();
+        };
+        let Some(worker) = self.worker.clone() else {
+            return Action::Pause;
+        };
+        if !self.stop_waiting_for_body() {
+            // The timer already answered this request.
+            self.state = State::Done;
+            return Action::Pause;
+        }
+        self.finish_token_request(&worker, host, route, size)
+    }
+
+    /// The settler's answer to this request's callout.
+    pub(crate) fn on_callout_response(&mut self, host: &impl Host, body_size: usize) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let headers = callout_headers(host);
+        let body = if body_size > 0 {
+            host.callout_response_body(body_size)
+        } else {
+            Vec::new()
+        };
+        let reply = SettlerReply::from_headers(&headers, body);
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitToken => {
+                if reply.is_outage() {
+                    worker.count(host, Counter::SettlerErrors);
+                    log!(
+                        host,
+                        Warn,
+                        "x402: token endpoint: {}",
+                        token_endpoint::outage_message(&reply)
+                    );
+                }
+                self.answer(&worker, host, token_endpoint::relay(&reply));
+            }
+            State::AwaitPayment { route, url } => {
+                self.payment_answered(&worker, host, route, url, &reply)
+            }
+            other => self.state = other,
+        }
+    }
+
+    pub(crate) fn on_response_headers(&mut self, host: &impl Host) -> Action {
+        if let State::Paid { headers } = &self.state {
+            for (name, value) in headers {
+                if let Err(e) = host.set_response_header(name, value) {
+                    log!(host, Warn, "x402: cannot add response header {name}: {e}");
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    pub(crate) fn on_done(&mut self) {
+        self.stop_waiting_for_body();
+    }
+
+    /// Body and trailers outside the token endpoint: a request that was let through goes
+    /// on; one that was answered (or is waiting for the settler) stays held.
+    fn pass_or_hold(&self) -> Action {
+        match self.state {
+            State::Idle | State::Paid { .. } => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+
+    /// Leaves the pending-body list; `false` if the timer already answered this request.
+    fn stop_waiting_for_body(&self) -> bool {
+        match &self.worker {
+            Some(worker) => worker
+                .pending
+                .try_borrow_mut()
+                .map(|mut p| p.remove(self.context_id))
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    fn answer(&mut self, worker: &Worker, host: &impl Host, a: HttpAnswer) {
+        if a.status == 402 {
+            worker.count(host, Counter::Challenges);
+        }
+        if let Err(e) = host.send_reply(&a) {
+            log!(host, Error, "x402: cannot send local response: {e}");
+        }
+        self.state = State::Done;
+    }
+
+    fn challenge(
+        &mut self,
+        worker: &Worker,
+        host: &impl Host,
+        route: usize,
+        reason: Reason,
+        url: String,
+    ) {
+        worker.count(host, Counter::Rejected(reason));
+        if let Some(r) = worker.cfg.routes.get(route) {
+            self.answer(worker, host, challenge::challenge(r, reason, url));
+        }
+    }
+
+    fn token_endpoint_request<H: Host>(
+        &mut self,
+        worker: &Worker,
+        host: &H,
+        headers: &RequestHeaders<'_, H>,
+        path: &str,
+        end_of_stream: bool,
+    ) -> Action {
+        let cfg = &worker.cfg;
+        let method = headers.get(":method");
+        match token_endpoint::classify(cfg, method.as_deref(), path) {
+            None => {
+                headers.strip_identity();
+                Action::Continue
+            }
+            Some(Endpoint::Reject(a)) => {
+                self.answer(worker, host, a);
+                Action::Pause
+            }
+            Some(Endpoint::Route(route)) => {
+                if end_of_stream {
+                    let a = token_endpoint::invalid_json("request body is empty");
+                    self.answer(worker, host, a);
+                    return Action::Pause;
+                }
+                let declared = headers.get("content-length");
+                if let Err(a) =
+                    token_endpoint::check_declared_length(declared.as_deref(), cfg.max_body_bytes)
+                {
+                    self.answer(worker, host, a);
+                    return Action::Pause;
+                }
+                self.state = State::Buffering { route, size: 0 };
+                let deadline = now_ms(host).saturating_add(cfg.body_timeout.as_millis() as u64);
+                if let Ok(mut p) = worker.pending.try_borrow_mut() {
+                    p.add(self.context_id, deadline);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn finish_token_request(
+        &mut self,
+        worker: &Worker,
+        host: &impl Host,
+        route: usize,
+        size: usize,
+    ) -> Action {
+        let cfg = &worker.cfg;
+        let Some(r) = cfg.routes.get(route) else {
+            self.answer(
+                worker,
+                host,
+                HttpAnswer::error(500, "internal", "route vanished"),
+            );
+            return Action::Pause;
+        };
+        let body = host.request_body(size);
+        match token_endpoint::token_request_body(cfg, r, &body, None) {
+            Err(a) => self.answer(worker, host, a),
+            Ok(req) => {
+                if dispatch_settler(worker, host, &req) {
+                    self.state = State::AwaitToken;
+                } else {
+                    let a =
+                        token_endpoint::settler_unavailable("the settler cluster cannot be called");
+                    self.answer(worker, host, a);
+                }
+            }
+        }
+        Action::Pause
+    }
+
+    fn payment_answered(
+        &mut self,
+        worker: &Worker,
+        host: &impl Host,
+        route: usize,
+        url: String,
+        reply: &SettlerReply,
+    ) {
+        match decision::payment_outcome(reply, worker.cfg.settler.failure_mode) {
+            PaymentOutcome::Resume {
+                response_headers,
+                settled,
+            } => {
+                worker.count(host, Counter::Accepted);
+                if let Some(r) = worker.cfg.routes.get(route) {
+                    let now = now_secs(host);
+                    let (ids, why) = worker.with_cache(|cache| {
+                        decision::settled_identity(&worker.cfg, cache, r, &settled, now)
+                    });
+                    if let Some(why) = why {
+                        log!(
+                            host,
+                            Warn,
+                            "x402: payment on {url}: the settler's token does not check out at the edge ({}); request let through (paid), token not cached; check token_keys",
+                            why.code()
+                        );
+                    }
+                    set_identity_headers(host, ids.iter().map(|(n, v)| (*n, v.as_str())));
+                }
+                // The signed payment is spent: the API behind has no use for it, and it
+                // should not end up in its logs.
+                if let Err(e) = host.remove_request_header("payment-signature") {
+                    log!(host, Warn, "x402: cannot remove payment-signature: {e}");
+                }
+                self.state = State::Paid {
+                    headers: response_headers,
+                };
+                if let Err(e) = host.resume_request() {
+                    log!(host, Error, "x402: cannot resume request: {e}");
+                }
+            }
+            PaymentOutcome::Refuse { code, message } => {
+                if let Some(r) = worker.cfg.routes.get(route) {
+                    let a = challenge::payment_refused(r, &code, &message, url);
+                    self.answer(worker, host, a);
+                }
+            }
+            PaymentOutcome::Unavailable(a) => {
+                worker.count(host, Counter::SettlerErrors);
+                log!(
+                    host,
+                    Warn,
+                    "x402: payment on {url}: settler unavailable, denying"
+                );
+                self.answer(worker, host, a);
+            }
+            PaymentOutcome::FailOpen(why) => {
+                worker.count(host, Counter::SettlerErrors);
+                log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                self.state = State::Done;
+                if let Err(e) = host.resume_request() {
+                    log!(host, Error, "x402: cannot resume request: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The callout answer's headers, as text (bytes that are not UTF-8 as U+FFFD).
+fn callout_headers(host: &impl Host) -> Vec<(String, String)> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    HeaderPairs::parse(host.callout_response_headers())
+        .map(|m| m.iter().map(|(n, v)| (text(n), text(v))).collect())
+        .unwrap_or_default()
+}
+
+/// Calls the settler with `body`; `false` (counted as a settler error) if the call cannot
+/// be made at all.
+fn dispatch_settler(worker: &Worker, host: &impl Host, body: &[u8]) -> bool {
+    let cfg = &worker.cfg;
+    worker.count(host, Counter::TokenRequests);
+    match host.dispatch_callout(
+        &cfg.settler.cluster,
+        token_endpoint::settler_headers(cfg),
+        body,
+        cfg.settler.timeout,
+    ) {
+        Ok(_) => true,
+        Err(e) => {
+            worker.count(host, Counter::SettlerErrors);
+            log!(
+                host,
+                Warn,
+                "x402: cannot call settler cluster {:?}: {e}",
+                cfg.settler.cluster
+            );
+            false
+        }
+    }
+}
+
+/// Lets a request through, paid by `grant`, with the who-paid headers for the upstream.
+fn allow(worker: &Worker, host: &impl Host, route: &Route, grant: &Grant) -> Action {
+    worker.count(host, Counter::Accepted);
+    set_identity_headers(host, identity::grant_headers(&route.name, grant));
+    Action::Continue
+}
+
+/// Adds the who-paid headers for the upstream.
+fn set_identity_headers<'a>(
+    host: &impl Host,
+    headers: impl IntoIterator<Item = (&'static str, &'a str)>,
+) {
+    for (name, value) in headers {
+        if let Err(e) = host.set_request_header(name, value) {
+            log!(host, Warn, "x402: cannot add request header {name}: {e}");
+        }
+    }
+}
