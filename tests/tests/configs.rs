@@ -1,6 +1,9 @@
 //! The configs we ship must load in the real Envoy: envoy/envoy.yaml once rendered, and never
 //! with its placeholders left in.
 
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::expect_used)]
+
 use k256::ecdsa::SigningKey;
 use x402_protocol::token::{key_id, verifying_key_to_hex};
 use x402_testkit::envoy::Envoy;

@@ -13,6 +13,9 @@
 //! Postgres: `X402_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`); a
 //! fresh `x402_e2e_<random>` database is created and dropped.
 
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256};

@@ -2,6 +2,9 @@
 //! filter, an upstream. Payments come from real clients: the seed SDK's own Python client and
 //! our `x402-client` library.
 
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,9 @@
 //! answer with `PAYMENT-RESPONSE`, the funds at pay_to. Payments come from the official x402 v2
 //! Python client (PyPI `x402`, unchanged) and from our `x402-client` signer.
 
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -3,6 +3,9 @@
 //! Needs `target/x402_filter.wasm` (`make wasm` / `bash tools/build-wasm.sh`) and
 //! `tools/bin/envoy` (`make setup`).
 
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use k256::ecdsa::SigningKey;
