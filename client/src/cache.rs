@@ -31,7 +31,10 @@ struct FileFormat {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CacheError {
     #[error("token cache {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +56,11 @@ pub fn default_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
     Some(base.join("x402-pay").join("tokens.json"))
 }
 
@@ -72,15 +79,25 @@ impl TokenCache {
             .and_then(|b| serde_json::from_slice::<FileFormat>(&b).ok())
             .map(|f| f.tokens)
             .unwrap_or_default();
-        TokenCache { tokens, file: Some(path) }
+        TokenCache {
+            tokens,
+            file: Some(path),
+        }
     }
 
     /// A token for `key` still valid at `now` (with [`EXPIRY_MARGIN_SECS`]).
     pub(crate) fn get(&self, key: &str, now: i64) -> Option<&CachedToken> {
-        self.tokens.get(key).filter(|t| t.expires_at - EXPIRY_MARGIN_SECS > now)
+        self.tokens
+            .get(key)
+            .filter(|t| t.expires_at - EXPIRY_MARGIN_SECS > now)
     }
 
-    pub(crate) fn put(&mut self, key: &str, token: CachedToken, now: i64) -> Result<(), CacheError> {
+    pub(crate) fn put(
+        &mut self,
+        key: &str,
+        token: CachedToken,
+        now: i64,
+    ) -> Result<(), CacheError> {
         self.tokens.insert(key.to_string(), token);
         self.save(now)
     }
@@ -100,13 +117,21 @@ impl TokenCache {
     /// Writes the file (if any) atomically with mode 0600; drops expired tokens first.
     fn save(&mut self, now: i64) -> Result<(), CacheError> {
         self.tokens.retain(|_, t| t.expires_at > now);
-        let Some(path) = self.file.clone() else { return Ok(()) };
-        let io = |source| CacheError::Io { path: path.clone(), source };
+        let Some(path) = self.file.clone() else {
+            return Ok(());
+        };
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             create_private_dir(dir).map_err(io)?;
         }
-        let body = serde_json::to_vec_pretty(&FileFormat { version: 1, tokens: self.tokens.clone() })
-            .unwrap_or_default();
+        let body = serde_json::to_vec_pretty(&FileFormat {
+            version: 1,
+            tokens: self.tokens.clone(),
+        })
+        .unwrap_or_default();
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         {
             let mut f = open_private(&tmp).map_err(io)?;
@@ -123,7 +148,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(not(unix))]
@@ -134,12 +162,21 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(unix)]
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(not(unix))]
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -147,7 +184,12 @@ mod tests {
     use super::*;
 
     fn tok(exp: i64) -> CachedToken {
-        CachedToken { access_token: "t".into(), expires_at: exp, route: Some("r".into()), settlement_id: None }
+        CachedToken {
+            access_token: "t".into(),
+            expires_at: exp,
+            route: Some("r".into()),
+            settlement_id: None,
+        }
     }
 
     #[test]
@@ -180,8 +222,18 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::metadata(path.parent().unwrap())
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o700
+            );
         }
         // A corrupt file is an empty cache.
         std::fs::write(&path, b"not json").unwrap();

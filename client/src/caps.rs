@@ -37,14 +37,54 @@ pub(crate) struct KnownAsset {
 
 /// Circle USDC deployments (all 6 decimals).
 pub(crate) const KNOWN_ASSETS: &[KnownAsset] = &[
-    KnownAsset { chain_id: 1, address: "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 10, address: "0x0b2C639c533813f4Aa9D7837CAf62653d097Ff85", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 137, address: "0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 8453, address: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 42161, address: "0xaf88d065e77c8cC2239327C5EDb3A432268e5831", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 43114, address: "0xB97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 84532, address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", symbol: "USDC", decimals: 6 },
-    KnownAsset { chain_id: 11155111, address: "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238", symbol: "USDC", decimals: 6 },
+    KnownAsset {
+        chain_id: 1,
+        address: "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 10,
+        address: "0x0b2C639c533813f4Aa9D7837CAf62653d097Ff85",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 137,
+        address: "0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 8453,
+        address: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 42161,
+        address: "0xaf88d065e77c8cC2239327C5EDb3A432268e5831",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 43114,
+        address: "0xB97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 84532,
+        address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        symbol: "USDC",
+        decimals: 6,
+    },
+    KnownAsset {
+        chain_id: 11155111,
+        address: "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238",
+        symbol: "USDC",
+        decimals: 6,
+    },
 ];
 
 fn known(chain_id: u64, address: Address) -> Option<&'static KnownAsset> {
@@ -54,7 +94,9 @@ fn known(chain_id: u64, address: Address) -> Option<&'static KnownAsset> {
 }
 
 fn known_anywhere(address: Address) -> bool {
-    KNOWN_ASSETS.iter().any(|k| k.address.parse::<Address>().ok() == Some(address))
+    KNOWN_ASSETS
+        .iter()
+        .any(|k| k.address.parse::<Address>().ok() == Some(address))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,7 +144,10 @@ impl Caps {
     /// Sets the per-request maximum (human units, e.g. "0.5"). Checked for syntax now.
     pub fn with_max(mut self, max: &str) -> Result<Self, CapsError> {
         // Any decimals up to 77 digits would do for syntax; 36 covers every real token.
-        parse_decimal(max, 36).map_err(|source| CapsError::Max { text: max.to_string(), source })?;
+        parse_decimal(max, 36).map_err(|source| CapsError::Max {
+            text: max.to_string(),
+            source,
+        })?;
         self.max = max.to_string();
         Ok(self)
     }
@@ -170,7 +215,10 @@ impl Caps {
     /// Decimals the client trusts for this asset: the user's, else the built-in table's.
     /// Never the server's.
     pub(crate) fn trusted_decimals(&self, n: Network, a: Address) -> Option<u8> {
-        self.decimals.get(&a).copied().or_else(|| known(n.chain_id, a).map(|k| k.decimals))
+        self.decimals
+            .get(&a)
+            .copied()
+            .or_else(|| known(n.chain_id, a).map(|k| k.decimals))
     }
 
     /// The symbol of a built-in asset (for display only).
@@ -180,8 +228,13 @@ impl Caps {
 
     /// The cap in base units for this asset, from trusted decimals only.
     pub(crate) fn cap_base_units(&self, n: Network, a: Address) -> Result<U256, CapsError> {
-        let d = self.trusted_decimals(n, a).ok_or(CapsError::UnknownDecimals(a))?;
-        parse_decimal(&self.max, d).map_err(|source| CapsError::Max { text: self.max.clone(), source })
+        let d = self
+            .trusted_decimals(n, a)
+            .ok_or(CapsError::UnknownDecimals(a))?;
+        parse_decimal(&self.max, d).map_err(|source| CapsError::Max {
+            text: self.max.clone(),
+            source,
+        })
     }
 }
 
@@ -208,7 +261,9 @@ mod tests {
     use super::*;
 
     fn base_sepolia_usdc() -> Address {
-        "0x036CbD53842c5426634e7929541eC2318f3dCF7e".parse().unwrap()
+        "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+            .parse()
+            .unwrap()
     }
 
     #[test]
@@ -220,32 +275,57 @@ mod tests {
         assert!(!c.network_allowed(Network::eip155(31337)));
         // A known address on the wrong network is not "known".
         assert!(!c.asset_allowed(Network::eip155(1), base_sepolia_usdc()));
-        assert_eq!(c.cap_base_units(n, base_sepolia_usdc()).unwrap(), U256::from(100_000u64));
+        assert_eq!(
+            c.cap_base_units(n, base_sepolia_usdc()).unwrap(),
+            U256::from(100_000u64)
+        );
     }
 
     #[test]
     fn cap_uses_trusted_decimals_exactly() {
         let t: Address = Address::repeat_byte(0x42);
         let n = Network::eip155(31337);
-        let c = Caps::default().with_max("0.5").unwrap().allow_network(n).allow_asset(t);
+        let c = Caps::default()
+            .with_max("0.5")
+            .unwrap()
+            .allow_network(n)
+            .allow_asset(t);
         assert_eq!(c.validate(), Err(CapsError::UnknownDecimals(t)));
-        assert!(matches!(c.cap_base_units(n, t), Err(CapsError::UnknownDecimals(_))));
+        assert!(matches!(
+            c.cap_base_units(n, t),
+            Err(CapsError::UnknownDecimals(_))
+        ));
         let c = c.asset_decimals(t, 6);
         c.validate().unwrap();
         assert_eq!(c.cap_base_units(n, t).unwrap(), U256::from(500_000u64));
-        let c18 = Caps::default().with_max("0.5").unwrap().asset_decimals(t, 18);
-        assert_eq!(c18.cap_base_units(n, t).unwrap(), U256::from(500_000_000_000_000_000u64));
+        let c18 = Caps::default()
+            .with_max("0.5")
+            .unwrap()
+            .asset_decimals(t, 18);
+        assert_eq!(
+            c18.cap_base_units(n, t).unwrap(),
+            U256::from(500_000_000_000_000_000u64)
+        );
         // A cap more precise than the asset cannot be honoured exactly: refused, not rounded.
-        let c = Caps::default().with_max("0.0000001").unwrap().asset_decimals(t, 6);
+        let c = Caps::default()
+            .with_max("0.0000001")
+            .unwrap()
+            .asset_decimals(t, 6);
         assert!(matches!(c.cap_base_units(n, t), Err(CapsError::Max { .. })));
     }
 
     #[test]
     fn user_decimals_override_the_table() {
         let n = Network::eip155(84532);
-        let c = Caps::default().with_max("1").unwrap().asset_decimals(base_sepolia_usdc(), 2);
+        let c = Caps::default()
+            .with_max("1")
+            .unwrap()
+            .asset_decimals(base_sepolia_usdc(), 2);
         assert_eq!(c.trusted_decimals(n, base_sepolia_usdc()), Some(2));
-        assert_eq!(c.cap_base_units(n, base_sepolia_usdc()).unwrap(), U256::from(100u64));
+        assert_eq!(
+            c.cap_base_units(n, base_sepolia_usdc()).unwrap(),
+            U256::from(100u64)
+        );
     }
 
     #[test]

@@ -69,7 +69,12 @@ struct GetArgs {
     schemes: Vec<String>,
     /// JSON-RPC endpoint per network, to read permit nonces (repeatable; env X402_RPC,
     /// comma-separated).
-    #[arg(long = "rpc", value_name = "eip155:ID=URL", env = "X402_RPC", value_delimiter = ',')]
+    #[arg(
+        long = "rpc",
+        value_name = "eip155:ID=URL",
+        env = "X402_RPC",
+        value_delimiter = ','
+    )]
     rpc: Vec<String>,
     /// File with the hex private key (else env X402_PRIVATE_KEY / EVM_PRIVATE_KEY).
     #[arg(long = "key-file", value_name = "PATH")]
@@ -97,7 +102,12 @@ struct StatusArgs {
     /// Settlement id (printed by `x402-pay -v` after paying).
     id: String,
     /// Gateway origin: asks <origin>/x402/settlements/<id>.
-    #[arg(long, value_name = "URL", conflicts_with = "settler", required_unless_present = "settler")]
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "settler",
+        required_unless_present = "settler"
+    )]
     origin: Option<String>,
     /// Settler base URL: asks <settler>/v1/settlements/<id>.
     #[arg(long, value_name = "URL")]
@@ -122,26 +132,43 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn build_config(a: &GetArgs) -> Result<Config, String> {
-    let mut c = Caps::default().with_max(&a.max).map_err(|e| e.to_string())?;
+    let mut c = Caps::default()
+        .with_max(&a.max)
+        .map_err(|e| e.to_string())?;
     for n in &a.networks {
-        let n: Network = n.parse().map_err(|_| caps::CapsError::NetworkSyntax(n.clone()).to_string())?;
+        let n: Network = n
+            .parse()
+            .map_err(|_| caps::CapsError::NetworkSyntax(n.clone()).to_string())?;
         c = c.allow_network(n);
     }
     for s in &a.assets {
-        let addr = s.trim().parse().map_err(|_| caps::CapsError::AssetSyntax(s.clone()).to_string())?;
+        let addr = s
+            .trim()
+            .parse()
+            .map_err(|_| caps::CapsError::AssetSyntax(s.clone()).to_string())?;
         c = c.allow_asset(addr);
     }
     for s in &a.asset_decimals {
         let (addr, d) = caps::parse_asset_decimals(s).map_err(|e| e.to_string())?;
         c = c.asset_decimals(addr, d);
     }
-    let schemes = a.schemes.iter().map(|s| caps::parse_scheme(s)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let schemes = a
+        .schemes
+        .iter()
+        .map(|s| caps::parse_scheme(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     c = c.schemes(schemes);
     c.validate().map_err(|e| e.to_string())?;
     let mut rpc = BTreeMap::new();
     for r in a.rpc.iter().filter(|r| !r.trim().is_empty()) {
-        let (n, u) = r.split_once('=').ok_or_else(|| format!("--rpc {r:?}: expected eip155:ID=URL"))?;
-        let n: Network = n.trim().parse().map_err(|_| format!("--rpc {r:?}: {n:?} is not eip155:ID"))?;
+        let (n, u) = r
+            .split_once('=')
+            .ok_or_else(|| format!("--rpc {r:?}: expected eip155:ID=URL"))?;
+        let n: Network = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--rpc {r:?}: {n:?} is not eip155:ID"))?;
         let u = u.trim();
         reqwest::Url::parse(u).map_err(|_| format!("--rpc {r:?}: {u:?} is not a URL"))?;
         rpc.insert(n, u.to_string());
@@ -152,7 +179,13 @@ fn build_config(a: &GetArgs) -> Result<Config, String> {
     config.permit_ttl_secs = a.valid_for;
     config.authorization_ttl_secs = a.valid_for;
     config.prefer_x402_v2 = a.x402_v2;
-    config.cache_file = if a.no_cache { None } else { a.cache_file.clone().or_else(x402_client::cache::default_path) };
+    config.cache_file = if a.no_cache {
+        None
+    } else {
+        a.cache_file
+            .clone()
+            .or_else(x402_client::cache::default_path)
+    };
     if a.verbose {
         config = config.on_step(|s| eprintln!("x402-pay: {s}"));
     }
@@ -160,13 +193,19 @@ fn build_config(a: &GetArgs) -> Result<Config, String> {
 }
 
 async fn run_get(a: GetArgs) -> ExitCode {
-    let Some(url) = a.url.clone() else { return usage("a URL is required") };
+    let Some(url) = a.url.clone() else {
+        return usage("a URL is required");
+    };
     let config = match build_config(&a) {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
     if a.verbose {
-        eprintln!("x402-pay: payer {}, cap {} per request", config.signer.address(), config.caps.max_text());
+        eprintln!(
+            "x402-pay: payer {}, cap {} per request",
+            config.signer.address(),
+            config.caps.max_text()
+        );
     }
     let payer = match Payer::new(config) {
         Ok(p) => p,
@@ -187,7 +226,15 @@ async fn run_get(a: GetArgs) -> ExitCode {
                     );
                 }
             } else if a.verbose {
-                eprintln!("x402-pay: HTTP {} ({})", r.status, if r.token_used { "cached token, nothing paid" } else { "nothing paid" });
+                eprintln!(
+                    "x402-pay: HTTP {} ({})",
+                    r.status,
+                    if r.token_used {
+                        "cached token, nothing paid"
+                    } else {
+                        "nothing paid"
+                    }
+                );
             }
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&r.body);
@@ -216,7 +263,10 @@ async fn run_status(a: StatusArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(format!("invalid URL: {e}")),
     };
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
         Ok(h) => h,
         Err(e) => return usage(e),
     };

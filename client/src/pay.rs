@@ -25,21 +25,62 @@ use crate::sign::{self, SignError};
 /// One step of the exchange, for `--verbose`.
 #[derive(Debug, Clone)]
 pub enum Step {
-    Request { url: String, with_token: bool },
-    PaymentRequired { reason: String, methods: usize },
-    CachedTokenRejected { reason: String },
-    Chosen { scheme: Scheme, network: Network, amount: String, currency: String, token: Address, pay_to: Address, cap: String },
-    NonceRead { network: Network, nonce: U256 },
-    Signed { scheme: Scheme, payer: Address, valid_until: u64 },
-    TokenRequest { endpoint: String },
-    TokenObtained { expires_in: u64, settlement_id: Option<String> },
-    Retried { status: u16 },
+    Request {
+        url: String,
+        with_token: bool,
+    },
+    PaymentRequired {
+        reason: String,
+        methods: usize,
+    },
+    CachedTokenRejected {
+        reason: String,
+    },
+    Chosen {
+        scheme: Scheme,
+        network: Network,
+        amount: String,
+        currency: String,
+        token: Address,
+        pay_to: Address,
+        cap: String,
+    },
+    NonceRead {
+        network: Network,
+        nonce: U256,
+    },
+    Signed {
+        scheme: Scheme,
+        payer: Address,
+        valid_until: u64,
+    },
+    TokenRequest {
+        endpoint: String,
+    },
+    TokenObtained {
+        expires_in: u64,
+        settlement_id: Option<String>,
+    },
+    Retried {
+        status: u16,
+    },
     /// An x402 v2 `PAYMENT-REQUIRED` challenge (header) is being answered.
-    X402V2Required { error: String, accepts: usize },
+    X402V2Required {
+        error: String,
+        accepts: usize,
+    },
     /// The same GET is retried with `PAYMENT-SIGNATURE`.
-    X402V2Retry { url: String },
+    X402V2Retry {
+        url: String,
+    },
     /// The v2 retry's answer: status, `PAYMENT-RESPONSE` decoded, token and settlement seen.
-    X402V2Answered { status: u16, success: Option<bool>, transaction: Option<String>, token_cached: Option<u64>, settlement_id: Option<String> },
+    X402V2Answered {
+        status: u16,
+        success: Option<bool>,
+        transaction: Option<String>,
+        token_cached: Option<u64>,
+        settlement_id: Option<String>,
+    },
     Warning(String),
 }
 
@@ -61,23 +102,53 @@ impl Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Request { url, with_token: true } => write!(f, "GET {url} with cached token"),
-            Step::Request { url, with_token: false } => write!(f, "GET {url}"),
-            Step::PaymentRequired { reason, methods } => write!(f, "402 Payment Required ({reason}); {methods} payment method(s) offered"),
-            Step::CachedTokenRejected { reason } => write!(f, "cached token refused ({reason}); paying again"),
-            Step::Chosen { scheme, network, amount, currency, token, pay_to, cap } => write!(
+            Step::Request {
+                url,
+                with_token: true,
+            } => write!(f, "GET {url} with cached token"),
+            Step::Request {
+                url,
+                with_token: false,
+            } => write!(f, "GET {url}"),
+            Step::PaymentRequired { reason, methods } => write!(
+                f,
+                "402 Payment Required ({reason}); {methods} payment method(s) offered"
+            ),
+            Step::CachedTokenRejected { reason } => {
+                write!(f, "cached token refused ({reason}); paying again")
+            }
+            Step::Chosen {
+                scheme,
+                network,
+                amount,
+                currency,
+                token,
+                pay_to,
+                cap,
+            } => write!(
                 f,
                 "chose {} on {network}: {amount} {currency} (token {token}) to {pay_to}; cap {cap}",
                 scheme.as_str()
             ),
-            Step::NonceRead { network, nonce } => write!(f, "read permit nonce {nonce} on {network}"),
-            Step::Signed { scheme, payer, valid_until } => write!(
+            Step::NonceRead { network, nonce } => {
+                write!(f, "read permit nonce {nonce} on {network}")
+            }
+            Step::Signed {
+                scheme,
+                payer,
+                valid_until,
+            } => write!(
                 f,
                 "signed {} as {payer}, valid until {valid_until}",
-                scheme::for_scheme(*scheme).map(|m| m.signed_what()).unwrap_or(scheme.as_str())
+                scheme::for_scheme(*scheme)
+                    .map(|m| m.signed_what())
+                    .unwrap_or(scheme.as_str())
             ),
             Step::TokenRequest { endpoint } => write!(f, "POST {endpoint}"),
-            Step::TokenObtained { expires_in, settlement_id } => write!(
+            Step::TokenObtained {
+                expires_in,
+                settlement_id,
+            } => write!(
                 f,
                 "token obtained, expires in {expires_in}s; settlement {}",
                 settlement_id.as_deref().unwrap_or("(not reported)")
@@ -87,7 +158,13 @@ impl fmt::Display for Step {
                 write!(f, "402 Payment Required (x402 v2 PAYMENT-REQUIRED header; {error}); {accepts} requirement(s) offered")
             }
             Step::X402V2Retry { url } => write!(f, "GET {url} with PAYMENT-SIGNATURE"),
-            Step::X402V2Answered { status, success, transaction, token_cached, settlement_id } => {
+            Step::X402V2Answered {
+                status,
+                success,
+                transaction,
+                token_cached,
+                settlement_id,
+            } => {
                 write!(f, "x402 v2 retry: HTTP {status}")?;
                 match success {
                     Some(ok) => write!(f, "; PAYMENT-RESPONSE success={ok}")?,
@@ -100,7 +177,11 @@ impl fmt::Display for Step {
                     Some(e) => write!(f, "; access token cached, expires in {e}s")?,
                     None => write!(f, "; no access token")?,
                 }
-                write!(f, "; settlement {}", settlement_id.as_deref().unwrap_or("(not reported)"))
+                write!(
+                    f,
+                    "; settlement {}",
+                    settlement_id.as_deref().unwrap_or("(not reported)")
+                )
             }
             Step::Warning(w) => write!(f, "warning: {w}"),
         }
@@ -231,20 +312,41 @@ pub enum PayError {
     #[error("access_token_endpoint {0:?} is not on the resource's origin: refused")]
     ForeignEndpoint(String),
     #[error("RPC {url} for {network}: {detail}")]
-    Rpc { network: Network, url: String, detail: String },
+    Rpc {
+        network: Network,
+        url: String,
+        detail: String,
+    },
     #[error("RPC {url} serves chain {got}, not {network}: refused")]
-    RpcChain { network: Network, url: String, got: u64 },
+    RpcChain {
+        network: Network,
+        url: String,
+        got: u64,
+    },
     #[error(transparent)]
     Sign(#[from] SignError),
     #[error("token endpoint answered HTTP {status}: {code}: {message}{}", .expected_nonce.as_ref().map(|n| format!(" (expected permit nonce {n})")).unwrap_or_default())]
-    TokenEndpoint { status: u16, code: String, message: String, expected_nonce: Option<String> },
+    TokenEndpoint {
+        status: u16,
+        code: String,
+        message: String,
+        expected_nonce: Option<String>,
+    },
     #[error("token endpoint answer is not a token: {0}")]
     TokenAnswer(String),
     #[error("paid {} {} (settlement {}), but the retry was refused again: HTTP {status} {reason}",
         .receipt.amount_human, .receipt.currency, .receipt.settlement_id.as_deref().unwrap_or("?"))]
-    TokenRefused { status: u16, reason: String, receipt: Box<Receipt> },
+    TokenRefused {
+        status: u16,
+        reason: String,
+        receipt: Box<Receipt>,
+    },
     #[error("x402 v2 payment of {} {} was refused: HTTP {status} {reason}", .receipt.amount_human, .receipt.currency)]
-    X402V2Refused { status: u16, reason: String, receipt: Box<Receipt> },
+    X402V2Refused {
+        status: u16,
+        reason: String,
+        receipt: Box<Receipt>,
+    },
 }
 
 impl PayError {
@@ -303,16 +405,21 @@ const DEFAULT_V2_TOKEN_SECS: u64 = 60;
 /// for caching; the server verifies the token).
 fn jwt_claims(token: &str) -> Option<Value> {
     let payload = token.split('.').nth(1)?;
-    let mut b64: String = payload.chars().map(|c| match c {
-        '-' => '+',
-        '_' => '/',
-        c => c,
-    }).collect();
+    let mut b64: String = payload
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
     while !b64.len().is_multiple_of(4) {
         b64.push('=');
     }
     let bytes = x402_protocol::b64::decode(&b64)?;
-    serde_json::from_slice::<Value>(&bytes).ok().filter(|v| v.is_object())
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(|v| v.is_object())
 }
 
 fn unix_now() -> i64 {
@@ -330,7 +437,9 @@ fn origin_of(url: &Url) -> String {
 /// (its query is kept as written); an absolute URL must be on the same origin.
 fn token_endpoint(resource: &Url, endpoint: &str) -> Result<Url, PayError> {
     if endpoint.starts_with('/') && !endpoint.starts_with("//") {
-        return resource.join(endpoint).map_err(|_| PayError::ForeignEndpoint(endpoint.to_string()));
+        return resource
+            .join(endpoint)
+            .map_err(|_| PayError::ForeignEndpoint(endpoint.to_string()));
     }
     match Url::parse(endpoint) {
         Ok(u) if u.origin() == resource.origin() => Ok(u),
@@ -356,7 +465,11 @@ impl Payer {
             Some(p) => TokenCache::with_file(p),
             None => TokenCache::new(),
         };
-        Ok(Payer { config, http, cache: Mutex::new(cache) })
+        Ok(Payer {
+            config,
+            http,
+            cache: Mutex::new(cache),
+        })
     }
 
     pub(crate) fn address(&self) -> Address {
@@ -378,19 +491,44 @@ impl Payer {
     }
 
     async fn send(&self, url: &Url, token: Option<&str>) -> Result<reqwest::Response, PayError> {
-        self.step(Step::Request { url: url.to_string(), with_token: token.is_some() });
+        self.step(Step::Request {
+            url: url.to_string(),
+            with_token: token.is_some(),
+        });
         let mut req = self.http.get(url.clone());
         if let Some(t) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }
-        req.send().await.map_err(|source| PayError::Http { url: url.to_string(), source })
+        req.send().await.map_err(|source| PayError::Http {
+            url: url.to_string(),
+            source,
+        })
     }
 
-    async fn finish(&self, url: &Url, resp: reqwest::Response, token_used: bool, paid: Option<Receipt>) -> Result<PaidResponse, PayError> {
+    async fn finish(
+        &self,
+        url: &Url,
+        resp: reqwest::Response,
+        token_used: bool,
+        paid: Option<Receipt>,
+    ) -> Result<PaidResponse, PayError> {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|source| PayError::Http { url: url.to_string(), source })?.to_vec();
-        Ok(PaidResponse { status, headers, body, token_used, paid })
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| PayError::Http {
+                url: url.to_string(),
+                source,
+            })?
+            .to_vec();
+        Ok(PaidResponse {
+            status,
+            headers,
+            body,
+            token_used,
+            paid,
+        })
     }
 
     /// GET `url`, paying at most once (within the caps) if the server answers 402.
@@ -423,11 +561,29 @@ impl Payer {
         self.pay_and_retry(&url, &key, resp).await
     }
 
-    async fn pay_and_retry(&self, url: &Url, key: &str, resp: reqwest::Response) -> Result<PaidResponse, PayError> {
-        let v2_header = resp.headers().get("payment-required").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|source| PayError::Http { url: url.to_string(), source })?;
-        let body: Result<Value, String> = serde_json::from_slice(&bytes).map_err(|e| format!("body is not JSON: {e}"));
-        let seed_endpoint = body.as_ref().ok().and_then(|b| b.get("access_token_endpoint")).and_then(|v| v.as_str()).map(str::to_string);
+    async fn pay_and_retry(
+        &self,
+        url: &Url,
+        key: &str,
+        resp: reqwest::Response,
+    ) -> Result<PaidResponse, PayError> {
+        let v2_header = resp
+            .headers()
+            .get("payment-required")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp.bytes().await.map_err(|source| PayError::Http {
+            url: url.to_string(),
+            source,
+        })?;
+        let body: Result<Value, String> =
+            serde_json::from_slice(&bytes).map_err(|e| format!("body is not JSON: {e}"));
+        let seed_endpoint = body
+            .as_ref()
+            .ok()
+            .and_then(|b| b.get("access_token_endpoint"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         // The seed token-endpoint flow is preferred when both are offered, unless configured
         // otherwise; x402 v2 is used when it is the only usable challenge.
         if let Some(h) = &v2_header {
@@ -435,11 +591,22 @@ impl Payer {
                 return self.pay_v2(url, key, h).await;
             }
         }
-        let not_challenge = |detail: String| PayError::NotAChallenge { url: url.to_string(), detail };
+        let not_challenge = |detail: String| PayError::NotAChallenge {
+            url: url.to_string(),
+            detail,
+        };
         let body = body.map_err(not_challenge)?;
-        let endpoint = seed_endpoint.ok_or_else(|| not_challenge("no access_token_endpoint".into()))?;
-        let reason = body.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        self.step(Step::PaymentRequired { reason: reason.clone(), methods: select::components(&body).len() });
+        let endpoint =
+            seed_endpoint.ok_or_else(|| not_challenge("no access_token_endpoint".into()))?;
+        let reason = body
+            .get("reason")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        self.step(Step::PaymentRequired {
+            reason: reason.clone(),
+            methods: select::components(&body).len(),
+        });
         let endpoint_url = token_endpoint(url, &endpoint)?;
 
         let rpc = &self.config.rpc;
@@ -448,7 +615,9 @@ impl Payer {
 
         let payload = self.sign_choice(&choice).await?;
 
-        self.step(Step::TokenRequest { endpoint: endpoint_url.to_string() });
+        self.step(Step::TokenRequest {
+            endpoint: endpoint_url.to_string(),
+        });
         let resp = self
             .http
             .post(endpoint_url.clone())
@@ -456,26 +625,41 @@ impl Payer {
             .body(payload.to_string())
             .send()
             .await
-            .map_err(|source| PayError::Http { url: endpoint_url.to_string(), source })?;
+            .map_err(|source| PayError::Http {
+                url: endpoint_url.to_string(),
+                source,
+            })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| PayError::Http { url: endpoint_url.to_string(), source })?;
+        let text = resp.text().await.map_err(|source| PayError::Http {
+            url: endpoint_url.to_string(),
+            source,
+        })?;
         if !status.is_success() {
             let e: Option<ErrorAnswer> = serde_json::from_str(&text).ok();
             let short: String = text.chars().take(300).collect();
             return Err(PayError::TokenEndpoint {
                 status: status.as_u16(),
-                code: e.as_ref().and_then(|e| e.error.clone()).unwrap_or_else(|| "error".into()),
+                code: e
+                    .as_ref()
+                    .and_then(|e| e.error.clone())
+                    .unwrap_or_else(|| "error".into()),
                 message: e.as_ref().and_then(|e| e.message.clone()).unwrap_or(short),
                 expected_nonce: e.and_then(|e| e.expected_nonce),
             });
         }
-        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|e| PayError::TokenAnswer(e.to_string()))?;
+        let answer: TokenAnswer =
+            serde_json::from_str(&text).map_err(|e| PayError::TokenAnswer(e.to_string()))?;
         if let Some(tt) = &answer.token_type {
             if !tt.eq_ignore_ascii_case("bearer") {
-                return Err(PayError::TokenAnswer(format!("token_type {tt:?} is not Bearer")));
+                return Err(PayError::TokenAnswer(format!(
+                    "token_type {tt:?} is not Bearer"
+                )));
             }
         }
-        self.step(Step::TokenObtained { expires_in: answer.expires_in, settlement_id: answer.settlement_id.clone() });
+        self.step(Step::TokenObtained {
+            expires_in: answer.expires_in,
+            settlement_id: answer.settlement_id.clone(),
+        });
         let receipt = Receipt {
             scheme: choice.scheme,
             network: choice.network,
@@ -486,7 +670,10 @@ impl Payer {
             amount: choice.amount,
             amount_human: format_base_units(choice.amount, choice.decimals),
             settlement_id: answer.settlement_id.clone(),
-            route: answer.route.clone().or_else(|| body.get("route").and_then(|v| v.as_str()).map(String::from)),
+            route: answer
+                .route
+                .clone()
+                .or_else(|| body.get("route").and_then(|v| v.as_str()).map(String::from)),
             expires_in: answer.expires_in,
             origin: origin_of(url),
         };
@@ -502,7 +689,9 @@ impl Payer {
         }
 
         let resp = self.send(url, Some(&answer.access_token)).await?;
-        self.step(Step::Retried { status: resp.status().as_u16() });
+        self.step(Step::Retried {
+            status: resp.status().as_u16(),
+        });
         if resp.status() == StatusCode::PAYMENT_REQUIRED {
             let _ = self.cache_lock().remove(key, unix_now());
             let text = resp.text().await.unwrap_or_default();
@@ -510,7 +699,11 @@ impl Payer {
                 .ok()
                 .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(String::from))
                 .unwrap_or_default();
-            return Err(PayError::TokenRefused { status: 402, reason, receipt: Box::new(receipt) });
+            return Err(PayError::TokenRefused {
+                status: 402,
+                reason,
+                receipt: Box::new(receipt),
+            });
         }
         self.finish(url, resp, true, Some(receipt)).await
     }
@@ -518,43 +711,77 @@ impl Payer {
     /// x402 v2: pick an `accepts` entry within the caps, sign it, retry the same GET with
     /// `PAYMENT-SIGNATURE`, read `PAYMENT-RESPONSE` and cache `x-x402-access-token` if given.
     async fn pay_v2(&self, url: &Url, key: &str, header: &str) -> Result<PaidResponse, PayError> {
-        let not_challenge = |detail: String| PayError::NotAChallenge { url: url.to_string(), detail };
+        let not_challenge = |detail: String| PayError::NotAChallenge {
+            url: url.to_string(),
+            detail,
+        };
         let raw = x402_protocol::b64::decode(header.trim())
             .ok_or_else(|| not_challenge("PAYMENT-REQUIRED header is not base64".into()))?;
-        let pr: PaymentRequired = serde_json::from_slice(&raw)
-            .map_err(|e| not_challenge(format!("PAYMENT-REQUIRED header is not x402 v2 JSON: {e}")))?;
-        self.step(Step::X402V2Required { error: pr.error.clone().unwrap_or_default(), accepts: pr.accepts.len() });
+        let pr: PaymentRequired = serde_json::from_slice(&raw).map_err(|e| {
+            not_challenge(format!("PAYMENT-REQUIRED header is not x402 v2 JSON: {e}"))
+        })?;
+        self.step(Step::X402V2Required {
+            error: pr.error.clone().unwrap_or_default(),
+            accepts: pr.accepts.len(),
+        });
         let v2 = select::select_v2(&pr, &self.config.caps)?;
         let choice = &v2.choice;
         self.step(Step::chosen(choice, self.config.caps.max_text()));
         let signer = &self.config.signer;
-        let valid_before = unix_now().max(0) as u64 + v2.max_timeout_seconds.min(self.config.authorization_ttl_secs);
+        let valid_before = unix_now().max(0) as u64
+            + v2.max_timeout_seconds
+                .min(self.config.authorization_ttl_secs);
         // select_v2 only chooses requirements a registered module answers.
-        let module = scheme::for_x402_v2(&v2.requirements.scheme)
-            .ok_or_else(|| SignError::Signer(format!("x402 v2 scheme {:?} is not supported", v2.requirements.scheme)))?;
+        let module = scheme::for_x402_v2(&v2.requirements.scheme).ok_or_else(|| {
+            SignError::Signer(format!(
+                "x402 v2 scheme {:?} is not supported",
+                v2.requirements.scheme
+            ))
+        })?;
         let payload = module
             .sign_x402_v2(signer, &v2.requirements, Some(&pr.resource), valid_before)
             .map_err(|e| match e {
                 sign::V2Error::Sign(s) => PayError::Sign(s),
                 other => PayError::Sign(SignError::Signer(other.to_string())),
             })?;
-        self.step(Step::Signed { scheme: choice.scheme, payer: signer.address(), valid_until: valid_before });
+        self.step(Step::Signed {
+            scheme: choice.scheme,
+            payer: signer.address(),
+            valid_until: valid_before,
+        });
 
-        self.step(Step::X402V2Retry { url: url.to_string() });
+        self.step(Step::X402V2Retry {
+            url: url.to_string(),
+        });
         let resp = self
             .http
             .get(url.clone())
             .header("PAYMENT-SIGNATURE", sign::x402_v2_header(&payload))
             .send()
             .await
-            .map_err(|source| PayError::Http { url: url.to_string(), source })?;
+            .map_err(|source| PayError::Http {
+                url: url.to_string(),
+                source,
+            })?;
         let status = resp.status().as_u16();
-        let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let payment_response: Option<Value> = h("payment-response")
             .and_then(|v| x402_protocol::b64::decode(v.trim()))
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let success = payment_response.as_ref().and_then(|v| v.get("success")).and_then(|v| v.as_bool());
-        let transaction = payment_response.as_ref().and_then(|v| v.get("transaction")).and_then(|v| v.as_str()).map(String::from);
+        let success = payment_response
+            .as_ref()
+            .and_then(|v| v.get("success"))
+            .and_then(|v| v.as_bool());
+        let transaction = payment_response
+            .as_ref()
+            .and_then(|v| v.get("transaction"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
         let settlement_id = h("x-x402-settlement-id").filter(|s| !s.is_empty());
         let access_token = h("x-x402-access-token").filter(|t| !t.is_empty());
         let now = unix_now();
@@ -565,7 +792,11 @@ impl Payer {
             .and_then(|e| e.as_i64())
             .map(|exp| (exp - now).max(0) as u64)
             .unwrap_or(DEFAULT_V2_TOKEN_SECS);
-        let route = claims.as_ref().and_then(|c| c.get("route")).and_then(|r| r.as_str()).map(String::from);
+        let route = claims
+            .as_ref()
+            .and_then(|c| c.get("route"))
+            .and_then(|r| r.as_str())
+            .map(String::from);
         let receipt = Receipt {
             scheme: choice.scheme,
             network: choice.network,
@@ -577,7 +808,11 @@ impl Payer {
             amount_human: choice.human_amount(),
             settlement_id: settlement_id.clone(),
             route,
-            expires_in: if access_token.is_some() { expires_in } else { 0 },
+            expires_in: if access_token.is_some() {
+                expires_in
+            } else {
+                0
+            },
             origin: origin_of(url),
         };
         let refused = status == StatusCode::PAYMENT_REQUIRED.as_u16() || success == Some(false);
@@ -596,7 +831,13 @@ impl Payer {
                 }
             }
         }
-        self.step(Step::X402V2Answered { status, success, transaction, token_cached, settlement_id });
+        self.step(Step::X402V2Answered {
+            status,
+            success,
+            transaction,
+            token_cached,
+            settlement_id,
+        });
         if refused {
             let again = h("payment-required")
                 .and_then(|v| x402_protocol::b64::decode(v.trim()))
@@ -608,11 +849,19 @@ impl Payer {
                 .and_then(|v| v.as_str())
                 .map(String::from);
             let text = resp.text().await.unwrap_or_default();
-            let from_body = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message").or_else(|| v.get("reason")).or_else(|| v.get("error")).and_then(|r| r.as_str()).map(String::from));
+            let from_body = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                v.get("message")
+                    .or_else(|| v.get("reason"))
+                    .or_else(|| v.get("error"))
+                    .and_then(|r| r.as_str())
+                    .map(String::from)
+            });
             let reason = from_response.or(again).or(from_body).unwrap_or_default();
-            return Err(PayError::X402V2Refused { status, reason, receipt: Box::new(receipt) });
+            return Err(PayError::X402V2Refused {
+                status,
+                reason,
+                receipt: Box::new(receipt),
+            });
         }
         // Paid only if the server says so: a 2xx, or a PAYMENT-RESPONSE reporting success.
         let paid = ((200..300).contains(&status) || success == Some(true)).then_some(receipt);
@@ -622,10 +871,15 @@ impl Payer {
     /// Signs the chosen component with its scheme's module (which may read the chain).
     async fn sign_choice(&self, c: &Choice) -> Result<Value, PayError> {
         let now = unix_now().max(0) as u64;
-        let module = scheme::for_scheme(c.scheme)
-            .ok_or_else(|| SignError::Signer(format!("scheme {} is not supported", c.scheme.as_str())))?;
+        let module = scheme::for_scheme(c.scheme).ok_or_else(|| {
+            SignError::Signer(format!("scheme {} is not supported", c.scheme.as_str()))
+        })?;
         let signed = module.sign_seed(&self.config, c, now).await?;
-        self.step(Step::Signed { scheme: c.scheme, payer: self.address(), valid_until: signed.valid_until });
+        self.step(Step::Signed {
+            scheme: c.scheme,
+            payer: self.address(),
+            valid_until: signed.valid_until,
+        });
         Ok(signed.body)
     }
 }

@@ -4,15 +4,18 @@
 //! `payment_type` is `evm`; its scheme is allowed; `caip2` and `chain_id` name the same chain and
 //! that chain is allowed; the asset is allowed and has trusted decimals (see [`crate::caps`]);
 //! the server's stated decimals equal the trusted ones; the human `amount` at those decimals
-//! equals `amount_base_units` exactly; that amount is within the cap; a permit names a spender
-//! and the client can read the permit nonce on that chain.
+//! equals `amount_base_units` exactly; that amount is within the cap; and the scheme's own
+//! checks hold (`crate::scheme`: a permit names a spender and the client can read the permit
+//! nonce on that chain).
 //!
 //! Among acceptable components the user's scheme order wins, then the lower amount, then the
 //! server's order.
 
 use alloy::primitives::{Address, U256};
 use serde_json::Value;
-use x402_protocol::challenge::{parse_human_amount, PaymentRequired, PaymentRequirements, SeedComponent};
+use x402_protocol::challenge::{
+    parse_human_amount, PaymentRequired, PaymentRequirements, SeedComponent,
+};
 use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::caps::Caps;
@@ -74,49 +77,84 @@ pub(crate) fn components(body: &Value) -> Vec<Value> {
 
 /// Checks one component against the caps; `has_rpc` tells whether a chain can be read (a
 /// permit needs it for its nonce).
-fn check(index: usize, raw: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> bool) -> Result<Choice, String> {
-    let c: SeedComponent =
-        serde_json::from_value(raw.clone()).map_err(|e| format!("component not understood: {e}"))?;
+fn check(
+    index: usize,
+    raw: &Value,
+    caps: &Caps,
+    has_rpc: &dyn Fn(Network) -> bool,
+) -> Result<Choice, String> {
+    let c: SeedComponent = serde_json::from_value(raw.clone())
+        .map_err(|e| format!("component not understood: {e}"))?;
     if !c.payment_type.eq_ignore_ascii_case("evm") {
         return Err(format!("payment_type {:?} is not evm", c.payment_type));
     }
     if !caps.allowed_schemes().contains(&c.scheme) {
         return Err(format!("scheme {} not allowed", c.scheme.as_str()));
     }
-    let module = scheme::for_scheme(c.scheme)
-        .ok_or_else(|| format!("scheme {} is not supported by this client", c.scheme.as_str()))?;
+    let module = scheme::for_scheme(c.scheme).ok_or_else(|| {
+        format!(
+            "scheme {} is not supported by this client",
+            c.scheme.as_str()
+        )
+    })?;
     if c.caip2.chain_id != c.chain_id {
-        return Err(format!("caip2 {} and chain_id {} disagree", c.caip2, c.chain_id));
+        return Err(format!(
+            "caip2 {} and chain_id {} disagree",
+            c.caip2, c.chain_id
+        ));
     }
     let network = c.caip2;
     if !caps.network_allowed(network) {
-        return Err(format!("network {network} not allowed (add --network {network})"));
+        return Err(format!(
+            "network {network} not allowed (add --network {network})"
+        ));
     }
     if !caps.asset_allowed(network, c.token) {
-        return Err(format!("asset {} on {network} not allowed (add --asset {})", c.token, c.token));
+        return Err(format!(
+            "asset {} on {network} not allowed (add --asset {})",
+            c.token, c.token
+        ));
     }
-    let decimals = caps
-        .trusted_decimals(network, c.token)
-        .ok_or_else(|| format!("asset {} has no trusted decimals (add --asset-decimals {}=N)", c.token, c.token))?;
+    let decimals = caps.trusted_decimals(network, c.token).ok_or_else(|| {
+        format!(
+            "asset {} has no trusted decimals (add --asset-decimals {}=N)",
+            c.token, c.token
+        )
+    })?;
     if c.token_decimals != decimals || c.metadata.decimals != decimals {
         return Err(format!(
             "server states {} decimals for {}, the trusted value is {decimals}: refused",
-            if c.token_decimals != decimals { c.token_decimals } else { c.metadata.decimals },
+            if c.token_decimals != decimals {
+                c.token_decimals
+            } else {
+                c.metadata.decimals
+            },
             c.token
         ));
     }
     let base = x402_protocol::u256_serde::parse_str(&c.amount_base_units)
         .filter(|_| c.amount_base_units.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| format!("amount_base_units {:?} is not an integer", c.amount_base_units))?;
-    let human = parse_human_amount(&c.amount, decimals)
-        .map_err(|e| format!("amount {} is not exact at {decimals} decimals: {e}", c.amount.get()))?;
+        .ok_or_else(|| {
+            format!(
+                "amount_base_units {:?} is not an integer",
+                c.amount_base_units
+            )
+        })?;
+    let human = parse_human_amount(&c.amount, decimals).map_err(|e| {
+        format!(
+            "amount {} is not exact at {decimals} decimals: {e}",
+            c.amount.get()
+        )
+    })?;
     if human != base {
         return Err(format!(
             "amount {} at {decimals} decimals is {human} base units, but amount_base_units says {base}",
             c.amount.get()
         ));
     }
-    let cap = caps.cap_base_units(network, c.token).map_err(|e| e.to_string())?;
+    let cap = caps
+        .cap_base_units(network, c.token)
+        .map_err(|e| e.to_string())?;
     if base > cap {
         return Err(format!(
             "costs {} {}, above your cap of {}",
@@ -130,7 +168,12 @@ fn check(index: usize, raw: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> bo
         index,
         scheme: c.scheme,
         network,
-        domain: TokenDomain::new(c.token_name.clone(), c.token_version.clone(), network.chain_id, c.token),
+        domain: TokenDomain::new(
+            c.token_name.clone(),
+            c.token_version.clone(),
+            network.chain_id,
+            c.token,
+        ),
         pay_to: c.pay_to,
         spender,
         amount: base,
@@ -141,7 +184,11 @@ fn check(index: usize, raw: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> bo
 
 /// Chooses the component to pay from a seed 402 body; `has_rpc` tells whether a chain can be
 /// read (for schemes that need to, like permit's nonce).
-pub(crate) fn select(body: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> bool) -> Result<Choice, SelectError> {
+pub(crate) fn select(
+    body: &Value,
+    caps: &Caps,
+    has_rpc: &dyn Fn(Network) -> bool,
+) -> Result<Choice, SelectError> {
     let list = components(body);
     if list.is_empty() {
         return Err(SelectError::Empty);
@@ -154,9 +201,16 @@ pub(crate) fn select(body: &Value, caps: &Caps, has_rpc: &dyn Fn(Network) -> boo
             Err(reason) => refused.push(Refusal { index: i, reason }),
         }
     }
-    let pref = |s: Scheme| caps.allowed_schemes().iter().position(|x| *x == s).unwrap_or(usize::MAX);
+    let pref = |s: Scheme| {
+        caps.allowed_schemes()
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or(usize::MAX)
+    };
     ok.sort_by_key(|c| (pref(c.scheme), c.amount, c.index));
-    ok.into_iter().next().ok_or(SelectError::NoneAcceptable(refused))
+    ok.into_iter()
+        .next()
+        .ok_or(SelectError::NoneAcceptable(refused))
 }
 
 /// An x402 v2 `accepts` entry chosen within the caps.
@@ -175,33 +229,54 @@ pub(crate) struct V2Choice {
 /// ignored).
 fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Choice, String> {
     let module = scheme::for_x402_v2(&r.scheme).ok_or_else(|| {
-        format!("x402 v2 scheme {:?} is not supported (only {})", r.scheme, scheme::x402_v2_names())
+        format!(
+            "x402 v2 scheme {:?} is not supported (only {})",
+            r.scheme,
+            scheme::x402_v2_names()
+        )
     })?;
     let scheme = module.scheme();
     if !caps.allowed_schemes().contains(&scheme) {
         return Err(format!("scheme {} not allowed", scheme.as_str()));
     }
-    let network: Network = r.network.parse().map_err(|_| format!("network {:?} is not an EVM CAIP-2 network", r.network))?;
+    let network: Network = r
+        .network
+        .parse()
+        .map_err(|_| format!("network {:?} is not an EVM CAIP-2 network", r.network))?;
     if !caps.network_allowed(network) {
-        return Err(format!("network {network} not allowed (add --network {network})"));
+        return Err(format!(
+            "network {network} not allowed (add --network {network})"
+        ));
     }
-    let asset: Address = r.asset.parse().map_err(|_| format!("asset {:?} is not an address", r.asset))?;
+    let asset: Address = r
+        .asset
+        .parse()
+        .map_err(|_| format!("asset {:?} is not an address", r.asset))?;
     if !caps.asset_allowed(network, asset) {
-        return Err(format!("asset {asset} on {network} not allowed (add --asset {asset})"));
+        return Err(format!(
+            "asset {asset} on {network} not allowed (add --asset {asset})"
+        ));
     }
-    let decimals = caps
-        .trusted_decimals(network, asset)
-        .ok_or_else(|| format!("asset {asset} has no trusted decimals (add --asset-decimals {asset}=N)"))?;
+    let decimals = caps.trusted_decimals(network, asset).ok_or_else(|| {
+        format!("asset {asset} has no trusted decimals (add --asset-decimals {asset}=N)")
+    })?;
     let amount = x402_protocol::u256_serde::parse_str(&r.amount)
         .filter(|_| !r.amount.is_empty() && r.amount.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| format!("amount {:?} is not an integer in base units", r.amount))?;
-    let cap = caps.cap_base_units(network, asset).map_err(|e| e.to_string())?;
+    let cap = caps
+        .cap_base_units(network, asset)
+        .map_err(|e| e.to_string())?;
     // For display only (like the seed body's `currency`): the table's symbol, else the
     // EIP-712 name the server gives, else the address.
     let currency = caps
         .symbol(network, asset)
         .map(String::from)
-        .or_else(|| r.extra.as_ref().map(|e| e.name.clone()).filter(|n| !n.is_empty() && n.len() <= 32))
+        .or_else(|| {
+            r.extra
+                .as_ref()
+                .map(|e| e.name.clone())
+                .filter(|n| !n.is_empty() && n.len() <= 32)
+        })
         .unwrap_or_else(|| asset.to_checksum(None));
     if amount > cap {
         return Err(format!(
@@ -210,7 +285,10 @@ fn check_v2(index: usize, r: &PaymentRequirements, caps: &Caps) -> Result<Choice
             caps.max_text()
         ));
     }
-    let pay_to: Address = r.pay_to.parse().map_err(|_| format!("payTo {:?} is not an address", r.pay_to))?;
+    let pay_to: Address = r
+        .pay_to
+        .parse()
+        .map_err(|_| format!("payTo {:?} is not an address", r.pay_to))?;
     if pay_to == Address::ZERO {
         return Err("payTo is the zero address".into());
     }
@@ -252,9 +330,16 @@ pub(crate) fn select_v2(pr: &PaymentRequired, caps: &Caps) -> Result<V2Choice, S
         }
     }
     ok.sort_by_key(|c| (c.amount, c.index));
-    let choice = ok.into_iter().next().ok_or(SelectError::NoneAcceptable(refused))?;
+    let choice = ok
+        .into_iter()
+        .next()
+        .ok_or(SelectError::NoneAcceptable(refused))?;
     let requirements = pr.accepts[choice.index].clone();
-    Ok(V2Choice { max_timeout_seconds: requirements.max_timeout_seconds, requirements, choice })
+    Ok(V2Choice {
+        max_timeout_seconds: requirements.max_timeout_seconds,
+        requirements,
+        choice,
+    })
 }
 
 #[cfg(test)]
@@ -285,7 +370,12 @@ mod tests {
 
     fn caps(max: &str) -> Caps {
         let t: Address = TOKEN.parse().unwrap();
-        Caps::default().with_max(max).unwrap().allow_network(Network::eip155(31337)).allow_asset(t).asset_decimals(t, 6)
+        Caps::default()
+            .with_max(max)
+            .unwrap()
+            .allow_network(Network::eip155(31337))
+            .allow_asset(t)
+            .asset_decimals(t, 6)
     }
 
     fn yes(_: Network) -> bool {
@@ -294,16 +384,36 @@ mod tests {
 
     #[test]
     fn picks_within_cap_with_preference() {
-        let b = body(vec![comp("permit", "0.5", "500000", 6), comp("exact", "0.5", "500000", 6)]);
+        let b = body(vec![
+            comp("permit", "0.5", "500000", 6),
+            comp("exact", "0.5", "500000", 6),
+        ]);
         let c = select(&b, &caps("0.5"), &yes).unwrap();
         assert_eq!(c.scheme, Scheme::Exact);
         assert_eq!(c.amount, U256::from(500_000u64));
         assert_eq!(c.human_amount(), "0.5");
-        let c = select(&b, &caps("0.5").schemes(vec![Scheme::Permit, Scheme::Exact]), &yes).unwrap();
+        let c = select(
+            &b,
+            &caps("0.5").schemes(vec![Scheme::Permit, Scheme::Exact]),
+            &yes,
+        )
+        .unwrap();
         assert_eq!(c.scheme, Scheme::Permit);
-        assert_eq!(c.spender, Some("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap()));
+        assert_eq!(
+            c.spender,
+            Some(
+                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+                    .parse()
+                    .unwrap()
+            )
+        );
         // Permit impossible without an RPC: falls back to exact, or refuses if only permit.
-        let c = select(&b, &caps("0.5").schemes(vec![Scheme::Permit, Scheme::Exact]), &|_| false).unwrap();
+        let c = select(
+            &b,
+            &caps("0.5").schemes(vec![Scheme::Permit, Scheme::Exact]),
+            &|_| false,
+        )
+        .unwrap();
         assert_eq!(c.scheme, Scheme::Exact);
     }
 
@@ -336,7 +446,10 @@ mod tests {
         // Human amount says 0.5, base units say 5 USDC: refused whatever the cap.
         let b = body(vec![comp("exact", "0.5", "5000000", 6)]);
         let e = select(&b, &caps("100"), &yes).unwrap_err();
-        assert!(e.to_string().contains("amount_base_units says 5000000"), "{e}");
+        assert!(
+            e.to_string().contains("amount_base_units says 5000000"),
+            "{e}"
+        );
         // Too precise for the trusted decimals.
         let b = body(vec![comp("exact", "0.0000005", "0", 6)]);
         assert!(select(&b, &caps("100"), &yes).is_err());
@@ -349,23 +462,39 @@ mod tests {
     fn chain_network_and_asset_are_checked() {
         let mut c = comp("exact", "0.5", "500000", 6);
         c["chain_id"] = json!(1);
-        assert!(select(&body(vec![c]), &caps("1"), &yes).unwrap_err().to_string().contains("disagree"));
+        assert!(select(&body(vec![c]), &caps("1"), &yes)
+            .unwrap_err()
+            .to_string()
+            .contains("disagree"));
         let mut c = comp("exact", "0.5", "500000", 6);
         c["caip2"] = json!("eip155:8453");
         c["chain_id"] = json!(8453);
-        assert!(select(&body(vec![c]), &caps("1"), &yes).unwrap_err().to_string().contains("not allowed"));
+        assert!(select(&body(vec![c]), &caps("1"), &yes)
+            .unwrap_err()
+            .to_string()
+            .contains("not allowed"));
         let mut c = comp("exact", "0.5", "500000", 6);
         c["token"] = json!("0x0000000000000000000000000000000000000001");
-        assert!(select(&body(vec![c]), &caps("1"), &yes).unwrap_err().to_string().contains("not allowed"));
+        assert!(select(&body(vec![c]), &caps("1"), &yes)
+            .unwrap_err()
+            .to_string()
+            .contains("not allowed"));
         let mut c = comp("exact", "0.5", "500000", 6);
         c["payment_type"] = json!("solana");
         assert!(select(&body(vec![c]), &caps("1"), &yes).is_err());
-        assert_eq!(select(&body(vec![]), &caps("1"), &yes), Err(SelectError::Empty));
+        assert_eq!(
+            select(&body(vec![]), &caps("1"), &yes),
+            Err(SelectError::Empty)
+        );
     }
 
     #[test]
     fn cheapest_of_same_scheme_and_odd_components_do_not_hide_others() {
-        let b = body(vec![json!({"payment_type": "evm"}), comp("exact", "0.3", "300000", 6), comp("exact", "0.2", "200000", 6)]);
+        let b = body(vec![
+            json!({"payment_type": "evm"}),
+            comp("exact", "0.3", "300000", 6),
+            comp("exact", "0.2", "200000", 6),
+        ]);
         let c = select(&b, &caps("1"), &yes).unwrap();
         assert_eq!(c.index, 2);
         assert_eq!(c.amount, U256::from(200_000u64));
@@ -379,7 +508,10 @@ mod tests {
             asset: TOKEN.into(),
             pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
             max_timeout_seconds: 300,
-            extra: Some(x402_protocol::challenge::AssetExtra { name: "USDC".into(), version: "2".into() }),
+            extra: Some(x402_protocol::challenge::AssetExtra {
+                name: "USDC".into(),
+                version: "2".into(),
+            }),
         }
     }
 
@@ -387,7 +519,11 @@ mod tests {
         PaymentRequired {
             x402_version: 2,
             error: None,
-            resource: x402_protocol::challenge::Resource { url: "http://h/r".into(), description: "".into(), mime_type: "".into() },
+            resource: x402_protocol::challenge::Resource {
+                url: "http://h/r".into(),
+                description: "".into(),
+                mime_type: "".into(),
+            },
             accepts,
             extensions: Default::default(),
         }
@@ -395,11 +531,18 @@ mod tests {
 
     #[test]
     fn v2_picks_the_cheapest_exact_within_cap() {
-        let c = select_v2(&pr(vec![req("400000"), req("300000"), req("300000")]), &caps("0.5")).unwrap();
+        let c = select_v2(
+            &pr(vec![req("400000"), req("300000"), req("300000")]),
+            &caps("0.5"),
+        )
+        .unwrap();
         assert_eq!(c.choice.index, 1);
         assert_eq!(c.choice.amount, U256::from(300_000u64));
         assert_eq!(c.choice.human_amount(), "0.3");
-        assert_eq!(c.choice.domain, TokenDomain::new("USDC", "2", 31337, TOKEN.parse().unwrap()));
+        assert_eq!(
+            c.choice.domain,
+            TokenDomain::new("USDC", "2", 31337, TOKEN.parse().unwrap())
+        );
         assert_eq!(c.requirements, req("300000"));
         // Exactly the cap is fine.
         assert!(select_v2(&pr(vec![req("500000")]), &caps("0.5")).is_ok());
@@ -415,17 +558,28 @@ mod tests {
         // Unknown asset (not allowed, and no trusted decimals).
         let mut r = req("1");
         r.asset = "0x0000000000000000000000000000000000000001".into();
-        assert!(select_v2(&pr(vec![r.clone()]), &caps("1")).unwrap_err().to_string().contains("not allowed"));
+        assert!(select_v2(&pr(vec![r.clone()]), &caps("1"))
+            .unwrap_err()
+            .to_string()
+            .contains("not allowed"));
         // Allowed but without trusted decimals: refused too.
-        let a: Address = "0x0000000000000000000000000000000000000001".parse().unwrap();
+        let a: Address = "0x0000000000000000000000000000000000000001"
+            .parse()
+            .unwrap();
         let e = select_v2(&pr(vec![r]), &caps("1").allow_asset(a)).unwrap_err();
         assert!(e.to_string().contains("no trusted decimals"), "{e}");
         // Default caps: an unknown chain is not allowed.
         let e = select_v2(&pr(vec![req("1")]), &Caps::default()).unwrap_err();
-        assert!(e.to_string().contains("network eip155:31337 not allowed"), "{e}");
+        assert!(
+            e.to_string().contains("network eip155:31337 not allowed"),
+            "{e}"
+        );
         let mut r = req("1");
         r.network = "eip155:8453".into();
-        assert!(select_v2(&pr(vec![r]), &caps("1")).unwrap_err().to_string().contains("not allowed"));
+        assert!(select_v2(&pr(vec![r]), &caps("1"))
+            .unwrap_err()
+            .to_string()
+            .contains("not allowed"));
         // Scheme, amount syntax, extra, timeout, version.
         let mut r = req("1");
         r.scheme = "upto".into();
@@ -442,7 +596,11 @@ mod tests {
         let mut p = pr(vec![req("1")]);
         p.x402_version = 1;
         assert!(select_v2(&p, &caps("1")).is_err());
-        assert!(select_v2(&pr(vec![req("1")]), &caps("1").schemes(vec![Scheme::Permit])).is_err());
+        assert!(select_v2(
+            &pr(vec![req("1")]),
+            &caps("1").schemes(vec![Scheme::Permit])
+        )
+        .is_err());
         assert_eq!(select_v2(&pr(vec![]), &caps("1")), Err(SelectError::Empty));
         // One bad entry does not hide a good one.
         let c = select_v2(&pr(vec![req("9999999"), req("1")]), &caps("1")).unwrap();

@@ -25,8 +25,18 @@ pub struct TokenDomain {
 }
 
 impl TokenDomain {
-    pub fn new(name: impl Into<String>, version: impl Into<String>, chain_id: u64, token: Address) -> Self {
-        TokenDomain { name: name.into(), version: version.into(), chain_id, verifying_contract: token }
+    pub fn new(
+        name: impl Into<String>,
+        version: impl Into<String>,
+        chain_id: u64,
+        token: Address,
+    ) -> Self {
+        TokenDomain {
+            name: name.into(),
+            version: version.into(),
+            chain_id,
+            verifying_contract: token,
+        }
     }
 
     /// Real USDC (and the test token): name "USDC", version "2".
@@ -35,14 +45,23 @@ impl TokenDomain {
     }
 
     pub fn eip712(&self) -> Eip712Domain {
-        x402_protocol::eip712::domain(&self.name, &self.version, self.chain_id, self.verifying_contract)
+        x402_protocol::eip712::domain(
+            &self.name,
+            &self.version,
+            self.chain_id,
+            self.verifying_contract,
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     #[error("the key's address {key} is not the {role} {expected} the payment names")]
-    WrongSigner { key: Address, expected: Address, role: &'static str },
+    WrongSigner {
+        key: Address,
+        expected: Address,
+        role: &'static str,
+    },
     #[error("signing failed: {0}")]
     Signer(String),
 }
@@ -57,14 +76,27 @@ pub enum V2Error {
     Sign(#[from] SignError),
 }
 
-pub(crate) fn sign_digest(signer: &PrivateKeySigner, digest: &B256) -> Result<Signature, SignError> {
-    signer.sign_hash_sync(digest).map_err(|e| SignError::Signer(e.to_string()))
+pub(crate) fn sign_digest(
+    signer: &PrivateKeySigner,
+    digest: &B256,
+) -> Result<Signature, SignError> {
+    signer
+        .sign_hash_sync(digest)
+        .map_err(|e| SignError::Signer(e.to_string()))
 }
 
 /// A key must sign only for itself: the payment's owner/authorizer must be the key's address.
-pub(crate) fn check_signer(signer: &PrivateKeySigner, expected: Address, role: &'static str) -> Result<(), SignError> {
+pub(crate) fn check_signer(
+    signer: &PrivateKeySigner,
+    expected: Address,
+    role: &'static str,
+) -> Result<(), SignError> {
     if signer.address() != expected {
-        return Err(SignError::WrongSigner { key: signer.address(), expected, role });
+        return Err(SignError::WrongSigner {
+            key: signer.address(),
+            expected,
+            role,
+        });
     }
     Ok(())
 }
@@ -80,12 +112,17 @@ pub(crate) fn json_uint(v: U256) -> Value {
 }
 
 fn hex32(v: U256) -> String {
-    format!("0x{}", alloy::primitives::hex::encode(v.to_be_bytes::<32>()))
+    format!(
+        "0x{}",
+        alloy::primitives::hex::encode(v.to_be_bytes::<32>())
+    )
 }
 
 /// The seed SDK's `created_at`: naive UTC with microseconds.
 pub(crate) fn now_naive() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     chrono::DateTime::from_timestamp(d.as_secs() as i64, d.subsec_nanos())
         .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string())
         .unwrap_or_default()

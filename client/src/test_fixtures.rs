@@ -9,6 +9,7 @@ pub(crate) const KEY1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8
 
 /// Circle USDC on Sepolia.
 pub(crate) fn sepolia_usdc() -> Address {
-    "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238".parse().unwrap()
+    "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238"
+        .parse()
+        .unwrap()
 }
-

@@ -21,7 +21,9 @@ use x402_client::caps::Caps;
 use x402_client::select::SelectError;
 use x402_client::sign::TokenDomain;
 use x402_client::{Config, PayError, Payer, Step};
-use x402_protocol::challenge::{payment_required_header, seed_body, ChallengeInput, Reason, Resource};
+use x402_protocol::challenge::{
+    payment_required_header, seed_body, ChallengeInput, Reason, Resource,
+};
 use x402_protocol::eip712;
 use x402_protocol::method::{Asset, PaymentMethod};
 use x402_protocol::payment::{parse_payment, ClientPayment};
@@ -56,33 +58,58 @@ fn method(scheme: Scheme, decimals: u8) -> PaymentMethod {
     PaymentMethod {
         scheme,
         network: Network::eip155(CHAIN),
-        asset: Asset { address: token(), decimals, name: "USDC".into(), version: "2".into(), symbol: "USDC".into() },
+        asset: Asset {
+            address: token(),
+            decimals,
+            name: "USDC".into(),
+            version: "2".into(),
+            symbol: "USDC".into(),
+        },
         pay_to: PAY_TO.parse().unwrap(),
         spender: (scheme == Scheme::Permit).then(|| SPENDER.parse().unwrap()),
     }
 }
 
 fn priced(scheme: Scheme, amount: u64, decimals: u8) -> PricedMethod {
-    PricedMethod { amount: U256::from(amount), method: method(scheme, decimals) }
+    PricedMethod {
+        amount: U256::from(amount),
+        method: method(scheme, decimals),
+    }
 }
 
 async fn resource(State(s): State<S>, headers: HeaderMap) -> Response {
     let g = s.lock().unwrap();
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if let Some(t) = auth.strip_prefix("Bearer ") {
         if g.issued.iter().any(|i| i == t) {
             return (StatusCode::OK, "sunny").into_response();
         }
     }
     let body = seed_body(&ChallengeInput {
-        reason: if auth.is_empty() { Reason::MissingToken } else { Reason::BadSignature },
+        reason: if auth.is_empty() {
+            Reason::MissingToken
+        } else {
+            Reason::BadSignature
+        },
         route: "weather",
         token_endpoint: &g.endpoint,
-        resource: Resource { url: "http://x/api/weather".into(), description: "".into(), mime_type: "".into() },
+        resource: Resource {
+            url: "http://x/api/weather".into(),
+            description: "".into(),
+            mime_type: "".into(),
+        },
         accepts: &g.accepts,
         max_timeout_seconds: 300,
     });
-    (StatusCode::PAYMENT_REQUIRED, [("content-type", "application/json")], body).into_response()
+    (
+        StatusCode::PAYMENT_REQUIRED,
+        [("content-type", "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Checks the payment like a settler would: parse, recover the signer over the EIP-712 digest,
@@ -92,7 +119,13 @@ async fn token_endpoint(State(s): State<S>, body: axum::body::Bytes) -> Response
     g.token_posts += 1;
     let (p, _) = match parse_payment(&body) {
         Ok(p) => p,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": e.code(), "message": e.to_string()}))).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.code(), "message": e.to_string()})),
+            )
+                .into_response()
+        }
     };
     let price = g.accepts[0].amount;
     // The settler's digest (x402_protocol::eip712), not the client's own signing path.
@@ -101,17 +134,27 @@ async fn token_endpoint(State(s): State<S>, body: axum::body::Bytes) -> Response
         ClientPayment::Permit(pm) => &pm.sig,
         ClientPayment::Authorization(a) => &a.sig,
     };
-    let signed_by_payer = Signature::from_raw(&sig.to_bytes()).ok().and_then(|s| s.recover_address_from_prehash(&digest).ok())
+    let signed_by_payer = Signature::from_raw(&sig.to_bytes())
+        .ok()
+        .and_then(|s| s.recover_address_from_prehash(&digest).ok())
         == Some(p.payer());
     let ok = signed_by_payer
         && match &p {
             ClientPayment::Permit(pm) => {
-                pm.value == price && pm.spender == SPENDER.parse::<Address>().unwrap() && pm.nonce == U256::from(g.permit_nonce)
+                pm.value == price
+                    && pm.spender == SPENDER.parse::<Address>().unwrap()
+                    && pm.nonce == U256::from(g.permit_nonce)
             }
-            ClientPayment::Authorization(a) => a.value == price && a.to == PAY_TO.parse::<Address>().unwrap(),
+            ClientPayment::Authorization(a) => {
+                a.value == price && a.to == PAY_TO.parse::<Address>().unwrap()
+            }
         };
     if !ok {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_signature", "message": "bad payment"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_signature", "message": "bad payment"})),
+        )
+            .into_response();
     }
     let t = format!("tok-{}", g.issued.len() + 1);
     g.issued.push(t.clone());
@@ -129,14 +172,21 @@ fn challenge_input<'a>(g: &'a Gw, reason: Reason) -> ChallengeInput<'a> {
         reason,
         route: "weather",
         token_endpoint: &g.endpoint,
-        resource: Resource { url: "http://x/api/weather".into(), description: "".into(), mime_type: "".into() },
+        resource: Resource {
+            url: "http://x/api/weather".into(),
+            description: "".into(),
+            mime_type: "".into(),
+        },
         accepts: &g.accepts,
         max_timeout_seconds: 300,
     }
 }
 
 fn b64url(bytes: &[u8]) -> String {
-    x402_protocol::b64::encode(bytes).trim_end_matches('=').replace('+', "-").replace('/', "_")
+    x402_protocol::b64::encode(bytes)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
 }
 
 /// An x402 v2 server: 402 with only a `PAYMENT-REQUIRED` header (unless `seed_too`), accepts a
@@ -144,25 +194,51 @@ fn b64url(bytes: &[u8]) -> String {
 /// `x-x402-access-token` (a JWT-shaped token with `exp`) and `x-x402-settlement-id`.
 async fn v2_resource(s: S, headers: HeaderMap, seed_too: bool) -> Response {
     let mut g = s.lock().unwrap();
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if let Some(t) = auth.strip_prefix("Bearer ") {
         if g.issued.iter().any(|i| i == t) {
             return (StatusCode::OK, "sunny").into_response();
         }
     }
-    if let Some(sig) = headers.get("payment-signature").and_then(|v| v.to_str().ok()) {
+    if let Some(sig) = headers
+        .get("payment-signature")
+        .and_then(|v| v.to_str().ok())
+    {
         let raw = x402_protocol::b64::decode(sig).expect("base64 PAYMENT-SIGNATURE");
         let (p, fmt) = parse_payment(&raw).expect("a payment");
         assert_eq!(fmt, x402_protocol::payment::PaymentFormat::X402V2);
-        let ClientPayment::Authorization(a) = &p else { panic!("v2 is ERC-3009 only") };
+        let ClientPayment::Authorization(a) = &p else {
+            panic!("v2 is ERC-3009 only")
+        };
         let digest = eip712::signing_hash(&p, &TokenDomain::usdc(CHAIN, token()).eip712());
-        let signer_ok = Signature::from_raw(&a.sig.to_bytes()).ok().and_then(|s| s.recover_address_from_prehash(&digest).ok())
+        let signer_ok = Signature::from_raw(&a.sig.to_bytes())
+            .ok()
+            .and_then(|s| s.recover_address_from_prehash(&digest).ok())
             == Some(a.from);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let vb: u64 = a.valid_before.to();
-        assert!(vb > now && vb <= now + 301, "validBefore within maxTimeoutSeconds: {vb} vs {now}");
-        if !(signer_ok && a.value == g.accepts[0].amount && a.to == PAY_TO.parse::<Address>().unwrap()) {
-            return (StatusCode::PAYMENT_REQUIRED, [("payment-required", payment_required_header(&challenge_input(&g, Reason::BadSignature)))], "")
+        assert!(
+            vb > now && vb <= now + 301,
+            "validBefore within maxTimeoutSeconds: {vb} vs {now}"
+        );
+        if !(signer_ok
+            && a.value == g.accepts[0].amount
+            && a.to == PAY_TO.parse::<Address>().unwrap())
+        {
+            return (
+                StatusCode::PAYMENT_REQUIRED,
+                [(
+                    "payment-required",
+                    payment_required_header(&challenge_input(&g, Reason::BadSignature)),
+                )],
+                "",
+            )
                 .into_response();
         }
         let claims = json!({"exp": now + 120, "route": "weather"}).to_string();
@@ -170,11 +246,16 @@ async fn v2_resource(s: S, headers: HeaderMap, seed_too: bool) -> Response {
         g.issued.push(t.clone());
         g.v2_paid += 1;
         g.last_payment = Some(p.clone());
-        let receipt = json!({"success": true, "transaction": "", "network": "eip155:31337", "payer": a.from}).to_string();
+        let receipt =
+            json!({"success": true, "transaction": "", "network": "eip155:31337", "payer": a.from})
+                .to_string();
         return (
             StatusCode::OK,
             [
-                ("payment-response", x402_protocol::b64::encode(receipt.as_bytes())),
+                (
+                    "payment-response",
+                    x402_protocol::b64::encode(receipt.as_bytes()),
+                ),
                 ("x-x402-access-token", t),
                 ("x-x402-settlement-id", format!("v2-{}", g.v2_paid)),
             ],
@@ -184,8 +265,20 @@ async fn v2_resource(s: S, headers: HeaderMap, seed_too: bool) -> Response {
     }
     let input = challenge_input(&g, Reason::MissingToken);
     let header = payment_required_header(&input);
-    let body = if seed_too { seed_body(&input) } else { "{}".to_string() };
-    (StatusCode::PAYMENT_REQUIRED, [("payment-required", header), ("content-type", "application/json".into())], body).into_response()
+    let body = if seed_too {
+        seed_body(&input)
+    } else {
+        "{}".to_string()
+    };
+    (
+        StatusCode::PAYMENT_REQUIRED,
+        [
+            ("payment-required", header),
+            ("content-type", "application/json".into()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn v2_only(State(s): State<S>, headers: HeaderMap) -> Response {
@@ -222,11 +315,22 @@ async fn serve(gw: Gw) -> (SocketAddr, S) {
 }
 
 fn gw(accepts: Vec<PricedMethod>) -> Gw {
-    Gw { accepts, endpoint: "/x402/token/weather".into(), permit_nonce: 7, rpc_chain: CHAIN, ..Default::default() }
+    Gw {
+        accepts,
+        endpoint: "/x402/token/weather".into(),
+        permit_nonce: 7,
+        rpc_chain: CHAIN,
+        ..Default::default()
+    }
 }
 
 fn caps(max: &str) -> Caps {
-    Caps::default().with_max(max).unwrap().allow_network(Network::eip155(CHAIN)).allow_asset(token()).asset_decimals(token(), 6)
+    Caps::default()
+        .with_max(max)
+        .unwrap()
+        .allow_network(Network::eip155(CHAIN))
+        .allow_asset(token())
+        .asset_decimals(token(), 6)
 }
 
 fn signer() -> PrivateKeySigner {
@@ -236,7 +340,10 @@ fn signer() -> PrivateKeySigner {
 fn recorder(c: Config) -> (Config, Arc<Mutex<Vec<String>>>) {
     let steps = Arc::new(Mutex::new(Vec::new()));
     let s2 = steps.clone();
-    (c.on_step(move |s: &Step| s2.lock().unwrap().push(s.to_string())), steps)
+    (
+        c.on_step(move |s: &Step| s2.lock().unwrap().push(s.to_string())),
+        steps,
+    )
 }
 
 #[tokio::test]
@@ -255,8 +362,14 @@ async fn exact_pays_once_then_uses_the_cached_token() {
     assert_eq!(paid.settlement_id.as_deref(), Some("s-1"));
     assert_eq!(paid.payer, signer().address());
     let text = steps.lock().unwrap().join("\n");
-    assert!(text.contains("402 Payment Required (Missing authorization token)"), "{text}");
-    assert!(text.contains("chose exact on eip155:31337: 0.5 USDC"), "{text}");
+    assert!(
+        text.contains("402 Payment Required (Missing authorization token)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chose exact on eip155:31337: 0.5 USDC"),
+        "{text}"
+    );
     assert!(text.contains("settlement s-1"), "{text}");
     assert!(text.contains("retried with token: HTTP 200"), "{text}");
 
@@ -264,17 +377,27 @@ async fn exact_pays_once_then_uses_the_cached_token() {
     assert_eq!(r2.status, 200);
     assert!(r2.paid.is_none());
     assert!(r2.token_used);
-    assert_eq!(state.lock().unwrap().token_posts, 1, "the second call must pay nothing");
+    assert_eq!(
+        state.lock().unwrap().token_posts,
+        1,
+        "the second call must pay nothing"
+    );
 }
 
 #[tokio::test]
 async fn permit_reads_the_nonce_over_rpc() {
     let (addr, state) = serve(gw(vec![priced(Scheme::Permit, 250_000, 6)])).await;
-    let config = Config::new(signer(), caps("0.5")).with_rpc(Network::eip155(CHAIN), format!("http://{addr}/rpc"));
+    let config = Config::new(signer(), caps("0.5"))
+        .with_rpc(Network::eip155(CHAIN), format!("http://{addr}/rpc"));
     let payer = Payer::new(config).unwrap();
-    let r = payer.get(&format!("http://{addr}/api/weather")).await.unwrap();
+    let r = payer
+        .get(&format!("http://{addr}/api/weather"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    let Some(ClientPayment::Permit(p)) = state.lock().unwrap().last_payment.clone() else { panic!("no permit") };
+    let Some(ClientPayment::Permit(p)) = state.lock().unwrap().last_payment.clone() else {
+        panic!("no permit")
+    };
     assert_eq!(p.nonce, U256::from(7u64));
     assert_eq!(p.owner, signer().address());
 }
@@ -283,11 +406,19 @@ async fn permit_reads_the_nonce_over_rpc() {
 async fn permit_without_rpc_or_on_a_wrong_chain_is_refused() {
     let (addr, state) = serve(gw(vec![priced(Scheme::Permit, 250_000, 6)])).await;
     let payer = Payer::new(Config::new(signer(), caps("0.5"))).unwrap();
-    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    let e = payer
+        .get(&format!("http://{addr}/api/weather"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("needs an RPC"), "{e}");
     state.lock().unwrap().rpc_chain = 1;
-    let config = Config::new(signer(), caps("0.5")).with_rpc(Network::eip155(CHAIN), format!("http://{addr}/rpc"));
-    let e = Payer::new(config).unwrap().get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    let config = Config::new(signer(), caps("0.5"))
+        .with_rpc(Network::eip155(CHAIN), format!("http://{addr}/rpc"));
+    let e = Payer::new(config)
+        .unwrap()
+        .get(&format!("http://{addr}/api/weather"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, PayError::RpcChain { got: 1, .. }), "{e}");
     assert_eq!(state.lock().unwrap().token_posts, 0);
 }
@@ -296,8 +427,14 @@ async fn permit_without_rpc_or_on_a_wrong_chain_is_refused() {
 async fn never_signs_above_the_cap() {
     let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_001, 6)])).await;
     let payer = Payer::new(Config::new(signer(), caps("0.5"))).unwrap();
-    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
-    assert!(matches!(e, PayError::Select(SelectError::NoneAcceptable(_))), "{e}");
+    let e = payer
+        .get(&format!("http://{addr}/api/weather"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, PayError::Select(SelectError::NoneAcceptable(_))),
+        "{e}"
+    );
     assert_eq!(e.exit_code(), 3);
     assert_eq!(state.lock().unwrap().token_posts, 0);
 }
@@ -308,7 +445,10 @@ async fn a_server_lying_about_decimals_gets_nothing() {
     // is 1 (USDC, 6 decimals). Trusting the server would sign 500 billion USDC.
     let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_000_000_000_000_000, 18)])).await;
     let payer = Payer::new(Config::new(signer(), caps("1"))).unwrap();
-    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    let e = payer
+        .get(&format!("http://{addr}/api/weather"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("server states 18 decimals"), "{e}");
     assert_eq!(state.lock().unwrap().token_posts, 0);
 }
@@ -319,7 +459,10 @@ async fn foreign_token_endpoint_is_refused() {
     g.endpoint = "http://evil.example/steal".into();
     let (addr, _state) = serve(g).await;
     let payer = Payer::new(Config::new(signer(), caps("1"))).unwrap();
-    let e = payer.get(&format!("http://{addr}/api/weather")).await.unwrap_err();
+    let e = payer
+        .get(&format!("http://{addr}/api/weather"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, PayError::ForeignEndpoint(_)), "{e}");
 }
 
@@ -346,9 +489,16 @@ async fn disk_cache_survives_a_new_payer() {
     assert_eq!(state.lock().unwrap().token_posts, 2);
 }
 
-async fn settlements(State(_s): State<S>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+async fn settlements(
+    State(_s): State<S>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
     if id != "s-1" {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": "no such settlement"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not_found", "message": "no such settlement"})),
+        )
+            .into_response();
     }
     Json(json!({
         "settlement_id": "s-1", "state": "settled", "scheme": "exact", "network": "eip155:31337",
@@ -375,7 +525,9 @@ async fn serve_with_status(g: Gw) -> (SocketAddr, S) {
 
 fn cli() -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402-pay"));
-    c.env_remove("EVM_PRIVATE_KEY").env_remove("X402_RPC").env("X402_PRIVATE_KEY", KEY);
+    c.env_remove("EVM_PRIVATE_KEY")
+        .env_remove("X402_RPC")
+        .env("X402_PRIVATE_KEY", KEY);
     c
 }
 
@@ -385,37 +537,105 @@ async fn cli_pays_once_caches_on_disk_and_follows_the_settlement() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("tokens.json");
     let url = format!("http://{addr}/api/weather");
-    let args = ["--max", "0.1", "--network", "eip155:31337", "--asset", TOKEN, "--asset-decimals", &format!("{TOKEN}=6")];
-    let out = cli().args(args).args(["-v", "--cache-file", cache.to_str().unwrap(), &url]).output().await.unwrap();
+    let args = [
+        "--max",
+        "0.1",
+        "--network",
+        "eip155:31337",
+        "--asset",
+        TOKEN,
+        "--asset-decimals",
+        &format!("{TOKEN}=6"),
+    ];
+    let out = cli()
+        .args(args)
+        .args(["-v", "--cache-file", cache.to_str().unwrap(), &url])
+        .output()
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sunny");
     assert!(stderr.contains("402 Payment Required"), "{stderr}");
-    assert!(stderr.contains("signed ERC-3009 transferWithAuthorization"), "{stderr}");
+    assert!(
+        stderr.contains("signed ERC-3009 transferWithAuthorization"),
+        "{stderr}"
+    );
     assert!(stderr.contains("settlement s-1"), "{stderr}");
     assert!(!stderr.contains(&KEY[2..]), "the key must never be printed");
     // Second process: the disk cache means nothing is paid.
-    let out = cli().args(args).args(["-v", "--cache-file", cache.to_str().unwrap(), &url]).output().await.unwrap();
+    let out = cli()
+        .args(args)
+        .args(["-v", "--cache-file", cache.to_str().unwrap(), &url])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing paid"));
     assert_eq!(state.lock().unwrap().token_posts, 1);
     // Over the cap: exit code 3, nothing posted.
-    let out = cli().args(["--max", "0.05", "--network", "eip155:31337", "--asset", TOKEN, "--asset-decimals", &format!("{TOKEN}=6"), "--no-cache", &url]).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli()
+        .args([
+            "--max",
+            "0.05",
+            "--network",
+            "eip155:31337",
+            "--asset",
+            TOKEN,
+            "--asset-decimals",
+            &format!("{TOKEN}=6"),
+            "--no-cache",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(state.lock().unwrap().token_posts, 1);
     // status follows to the tx hash.
-    let out = cli().args(["status", "s-1", "--origin", &format!("http://{addr}"), "-q"]).output().await.unwrap();
+    let out = cli()
+        .args(["status", "s-1", "--origin", &format!("http://{addr}"), "-q"])
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("state: settled"), "{stdout}");
     assert!(stdout.contains("transfer_tx: 0x4f1c8e0d"), "{stdout}");
-    let out = cli().args(["status", "nope", "--origin", &format!("http://{addr}"), "-q", "--timeout", "5", "--interval-ms", "200"]).output().await.unwrap();
+    let out = cli()
+        .args([
+            "status",
+            "nope",
+            "--origin",
+            &format!("http://{addr}"),
+            "-q",
+            "--timeout",
+            "5",
+            "--interval-ms",
+            "200",
+        ])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(4));
 }
 
 #[tokio::test]
 async fn x402_v2_only_server_is_paid_once_then_the_token_is_reused() {
-    let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 400_000, 6), priced(Scheme::Permit, 100_000, 6)])).await;
+    let (addr, state) = serve(gw(vec![
+        priced(Scheme::Exact, 400_000, 6),
+        priced(Scheme::Permit, 100_000, 6),
+    ]))
+    .await;
     let (config, steps) = recorder(Config::new(signer(), caps("0.5")));
     let payer = Payer::new(config).unwrap();
     let url = format!("http://{addr}/api/v2");
@@ -428,34 +648,60 @@ async fn x402_v2_only_server_is_paid_once_then_the_token_is_reused() {
     assert_eq!(paid.scheme, Scheme::Exact);
     assert_eq!(paid.settlement_id.as_deref(), Some("v2-1"));
     assert_eq!(paid.route.as_deref(), Some("weather"));
-    assert!(paid.expires_in > 100 && paid.expires_in <= 120, "{}", paid.expires_in);
+    assert!(
+        paid.expires_in > 100 && paid.expires_in <= 120,
+        "{}",
+        paid.expires_in
+    );
     let text = steps.lock().unwrap().join("\n");
     assert!(text.contains("x402 v2 PAYMENT-REQUIRED"), "{text}");
-    assert!(text.contains("chose exact on eip155:31337: 0.4 USDC"), "{text}");
+    assert!(
+        text.contains("chose exact on eip155:31337: 0.4 USDC"),
+        "{text}"
+    );
     assert!(text.contains("with PAYMENT-SIGNATURE"), "{text}");
     assert!(text.contains("PAYMENT-RESPONSE success=true"), "{text}");
     assert!(text.contains("settlement v2-1"), "{text}");
-    let Some(ClientPayment::Authorization(a)) = state.lock().unwrap().last_payment.clone() else { panic!() };
+    let Some(ClientPayment::Authorization(a)) = state.lock().unwrap().last_payment.clone() else {
+        panic!()
+    };
     assert_eq!(a.from, signer().address());
 
     let r2 = payer.get(&url).await.unwrap();
     assert_eq!(r2.status, 200);
     assert!(r2.paid.is_none() && r2.token_used);
-    assert_eq!(state.lock().unwrap().v2_paid, 1, "the second call must pay nothing");
+    assert_eq!(
+        state.lock().unwrap().v2_paid,
+        1,
+        "the second call must pay nothing"
+    );
 }
 
 #[tokio::test]
 async fn x402_v2_never_signs_above_the_cap_or_an_unknown_asset() {
     let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 500_001, 6)])).await;
     let payer = Payer::new(Config::new(signer(), caps("0.5"))).unwrap();
-    let e = payer.get(&format!("http://{addr}/api/v2")).await.unwrap_err();
-    assert!(matches!(e, PayError::Select(SelectError::NoneAcceptable(_))), "{e}");
+    let e = payer
+        .get(&format!("http://{addr}/api/v2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, PayError::Select(SelectError::NoneAcceptable(_))),
+        "{e}"
+    );
     assert!(e.to_string().contains("above your cap of 0.5"), "{e}");
     assert_eq!(e.exit_code(), 3);
     // Known USDC only by default: the test token is refused.
     let (addr2, _) = serve(gw(vec![priced(Scheme::Exact, 1, 6)])).await;
-    let caps = Caps::default().with_max("1").unwrap().allow_network(Network::eip155(CHAIN));
-    let e = Payer::new(Config::new(signer(), caps)).unwrap().get(&format!("http://{addr2}/api/v2")).await.unwrap_err();
+    let caps = Caps::default()
+        .with_max("1")
+        .unwrap()
+        .allow_network(Network::eip155(CHAIN));
+    let e = Payer::new(Config::new(signer(), caps))
+        .unwrap()
+        .get(&format!("http://{addr2}/api/v2"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not allowed"), "{e}");
     assert_eq!(state.lock().unwrap().v2_paid, 0);
 }
@@ -464,12 +710,23 @@ async fn x402_v2_never_signs_above_the_cap_or_an_unknown_asset() {
 async fn seed_flow_is_preferred_unless_x402_v2_is_asked_for() {
     let (addr, state) = serve(gw(vec![priced(Scheme::Exact, 300_000, 6)])).await;
     let url = format!("http://{addr}/api/both");
-    let r = Payer::new(Config::new(signer(), caps("0.5"))).unwrap().get(&url).await.unwrap();
+    let r = Payer::new(Config::new(signer(), caps("0.5")))
+        .unwrap()
+        .get(&url)
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.paid.unwrap().settlement_id.as_deref(), Some("s-1"));
-    { let g = state.lock().unwrap(); assert_eq!((g.token_posts, g.v2_paid), (1, 0)); }
+    {
+        let g = state.lock().unwrap();
+        assert_eq!((g.token_posts, g.v2_paid), (1, 0));
+    }
 
-    let r = Payer::new(Config::new(signer(), caps("0.5")).prefer_x402_v2(true)).unwrap().get(&url).await.unwrap();
+    let r = Payer::new(Config::new(signer(), caps("0.5")).prefer_x402_v2(true))
+        .unwrap()
+        .get(&url)
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "sunny v2");
     assert_eq!(r.paid.unwrap().settlement_id.as_deref(), Some("v2-1"));

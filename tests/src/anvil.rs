@@ -104,7 +104,11 @@ pub struct AnvilOptions {
 
 impl Default for AnvilOptions {
     fn default() -> Self {
-        AnvilOptions { chain_id: CHAIN_ID, block_time_secs: None, start_timeout: Duration::from_secs(20) }
+        AnvilOptions {
+            chain_id: CHAIN_ID,
+            block_time_secs: None,
+            start_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -124,14 +128,20 @@ impl Anvil {
 
     /// Starts anvil with a block time in seconds (transactions wait for the next block).
     pub fn start_with_block_time(secs: u64) -> Result<Anvil> {
-        Self::start_with(AnvilOptions { block_time_secs: Some(secs), ..Default::default() })
+        Self::start_with(AnvilOptions {
+            block_time_secs: Some(secs),
+            ..Default::default()
+        })
     }
 
     /// Starts anvil; retries on another port if the chosen one was taken meanwhile.
     pub fn start_with(opts: AnvilOptions) -> Result<Anvil> {
         let bin = paths::anvil_bin();
         if !bin.exists() {
-            bail!("anvil not found at {} (run `make setup`, or set X402_ANVIL_BIN)", bin.display());
+            bail!(
+                "anvil not found at {} (run `make setup`, or set X402_ANVIL_BIN)",
+                bin.display()
+            );
         }
         let mut last_err = None;
         for _ in 0..3 {
@@ -148,23 +158,47 @@ impl Anvil {
         if port == 0 {
             bail!("no free TCP port on 127.0.0.1");
         }
-        let log = tempfile::Builder::new().prefix("anvil-").suffix(".log").tempfile()?;
+        let log = tempfile::Builder::new()
+            .prefix("anvil-")
+            .suffix(".log")
+            .tempfile()?;
         let mut cmd = Command::new(bin);
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &opts.chain_id.to_string()])
-            .arg("--quiet")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.reopen()?))
-            .stderr(Stdio::from(log.reopen()?));
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--chain-id",
+            &opts.chain_id.to_string(),
+        ])
+        .arg("--quiet")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.reopen()?))
+        .stderr(Stdio::from(log.reopen()?));
         if let Some(b) = opts.block_time_secs {
             cmd.args(["--block-time", &b.to_string()]);
         }
-        let child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
-        let mut anvil = Anvil { child, port, chain_id: opts.chain_id, log };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut anvil = Anvil {
+            child,
+            port,
+            chain_id: opts.chain_id,
+            log,
+        };
         match wait_started(&mut anvil.child, opts.start_timeout, || rpc_answers(port))? {
             Started::Ready => Ok(anvil),
-            Started::Exited(status) => bail!("anvil exited during start-up ({status}) on port {port}:\n{}", anvil.output()),
+            Started::Exited(status) => bail!(
+                "anvil exited during start-up ({status}) on port {port}:\n{}",
+                anvil.output()
+            ),
             Started::TimedOut => {
-                bail!("anvil did not answer on port {port} within {:?}:\n{}", opts.start_timeout, anvil.output())
+                bail!(
+                    "anvil did not answer on port {port} within {:?}:\n{}",
+                    opts.start_timeout,
+                    anvil.output()
+                )
             }
         }
     }
@@ -242,7 +276,10 @@ impl Anvil {
         for slot in [3u64, 4] {
             let value = provider.get_storage_at(deployed, U256::from(slot)).await?;
             let _: serde_json::Value = provider
-                .raw_request("anvil_setStorageAt".into(), (at, B256::from(U256::from(slot)), B256::from(value)))
+                .raw_request(
+                    "anvil_setStorageAt".into(),
+                    (at, B256::from(U256::from(slot)), B256::from(value)),
+                )
                 .await
                 .context("anvil_setStorageAt")?;
         }
@@ -251,14 +288,24 @@ impl Anvil {
 
     /// `anvil_setCode`: places runtime bytecode at an address.
     pub async fn set_code(&self, at: Address, code: Bytes) -> Result<()> {
-        let _: serde_json::Value =
-            self.provider().raw_request("anvil_setCode".into(), (at, code)).await.context("anvil_setCode")?;
+        let _: serde_json::Value = self
+            .provider()
+            .raw_request("anvil_setCode".into(), (at, code))
+            .await
+            .context("anvil_setCode")?;
         Ok(())
     }
 
     /// Mints `amount` base units of `token` to `to` (the token's mint is open to anyone).
     pub async fn mint(&self, token: Address, to: Address, amount: U256) -> Result<()> {
-        let receipt = self.token(token).mint(to, amount).send().await.context("mint")?.get_receipt().await?;
+        let receipt = self
+            .token(token)
+            .mint(to, amount)
+            .send()
+            .await
+            .context("mint")?
+            .get_receipt()
+            .await?;
         if !receipt.status() {
             bail!("mint reverted (tx {})", receipt.transaction_hash);
         }
@@ -266,20 +313,42 @@ impl Anvil {
     }
 
     pub async fn balance_of(&self, token: Address, who: Address) -> Result<U256> {
-        TestUsdc::new(token, self.provider()).balanceOf(who).call().await.context("balanceOf")
+        TestUsdc::new(token, self.provider())
+            .balanceOf(who)
+            .call()
+            .await
+            .context("balanceOf")
     }
 
-    pub async fn allowance(&self, token: Address, owner: Address, spender: Address) -> Result<U256> {
-        TestUsdc::new(token, self.provider()).allowance(owner, spender).call().await.context("allowance")
+    pub async fn allowance(
+        &self,
+        token: Address,
+        owner: Address,
+        spender: Address,
+    ) -> Result<U256> {
+        TestUsdc::new(token, self.provider())
+            .allowance(owner, spender)
+            .call()
+            .await
+            .context("allowance")
     }
 
     /// EIP-2612 `nonces(owner)`.
     pub async fn nonces(&self, token: Address, owner: Address) -> Result<U256> {
-        TestUsdc::new(token, self.provider()).nonces(owner).call().await.context("nonces")
+        TestUsdc::new(token, self.provider())
+            .nonces(owner)
+            .call()
+            .await
+            .context("nonces")
     }
 
     /// ERC-3009 `authorizationState(authorizer, nonce)`: true once used or cancelled.
-    pub async fn authorization_state(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool> {
+    pub async fn authorization_state(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool> {
         TestUsdc::new(token, self.provider())
             .authorizationState(authorizer, nonce)
             .call()
@@ -309,11 +378,21 @@ impl Drop for Anvil {
 /// account); returns its address. Also used by `x402-devchain` on a running chain.
 pub async fn deploy_token_with<P: Provider>(provider: &P) -> Result<Address> {
     let tx = TransactionRequest::default().with_deploy_code(token_bytecode()?);
-    let receipt = provider.send_transaction(tx).await.context("deploying TestUSDC")?.get_receipt().await?;
+    let receipt = provider
+        .send_transaction(tx)
+        .await
+        .context("deploying TestUSDC")?
+        .get_receipt()
+        .await?;
     if !receipt.status() {
-        bail!("TestUSDC deployment reverted (tx {})", receipt.transaction_hash);
+        bail!(
+            "TestUSDC deployment reverted (tx {})",
+            receipt.transaction_hash
+        );
     }
-    receipt.contract_address.ok_or_else(|| anyhow!("deployment receipt has no contract address"))
+    receipt
+        .contract_address
+        .ok_or_else(|| anyhow!("deployment receipt has no contract address"))
 }
 
 /// Creation bytecode of the test token from the committed artefact.
@@ -325,9 +404,13 @@ fn artefact_field(field: &str) -> Result<Bytes> {
     let path = paths::token_artifact();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading {} (rebuild with `make contracts`)", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let hex = json[field].as_str().ok_or_else(|| anyhow!("{} has no `{field}`", path.display()))?;
-    hex.parse::<Bytes>().with_context(|| format!("{} `{field}` is not hex", path.display()))
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let hex = json[field]
+        .as_str()
+        .ok_or_else(|| anyhow!("{} has no `{field}`", path.display()))?;
+    hex.parse::<Bytes>()
+        .with_context(|| format!("{} `{field}` is not hex", path.display()))
 }
 
 /// One blocking JSON-RPC `eth_chainId` (the harness's plain HTTP client): true when anvil answers.
@@ -336,5 +419,6 @@ fn rpc_answers(port: u16) -> bool {
         .header("content-type", "application/json")
         .body(r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#)
         .timeout(Duration::from_millis(500));
-    request(SocketAddr::from(([127, 0, 0, 1], port)), &req).is_ok_and(|r| r.status == 200 && r.text().contains("\"result\""))
+    request(SocketAddr::from(([127, 0, 0, 1], port)), &req)
+        .is_ok_and(|r| r.status == 200 && r.text().contains("\"result\""))
 }

@@ -12,7 +12,11 @@ pub(crate) enum Started {
 
 /// Polls every 50 ms until `ready()` holds, the child exits, or `timeout` has passed (checked in
 /// that order each round). Does not kill the child.
-pub(crate) fn wait_started(child: &mut Child, timeout: Duration, mut ready: impl FnMut() -> bool) -> std::io::Result<Started> {
+pub(crate) fn wait_started(
+    child: &mut Child,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> std::io::Result<Started> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {

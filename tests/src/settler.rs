@@ -36,7 +36,13 @@ pub struct SettlerOptions {
 }
 
 impl SettlerOptions {
-    pub fn new(database_url: impl Into<String>, network: impl Into<String>, rpc_url: impl Into<String>, signer_key: impl Into<String>, token_key_file: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        database_url: impl Into<String>,
+        network: impl Into<String>,
+        rpc_url: impl Into<String>,
+        signer_key: impl Into<String>,
+        token_key_file: impl Into<PathBuf>,
+    ) -> Self {
         SettlerOptions {
             bin: None,
             database_url: database_url.into(),
@@ -86,10 +92,19 @@ impl SettlerProcess {
         }
         opts.port = Some(port);
         let log_file = opts.log_file.clone().unwrap_or_else(|| {
-            let dir = opts.token_key_file.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+            let dir = opts
+                .token_key_file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(std::env::temp_dir);
             dir.join(format!("settler-{port}.log"))
         });
-        let mut s = SettlerProcess { child: None, opts, port, log_file };
+        let mut s = SettlerProcess {
+            child: None,
+            opts,
+            port,
+            log_file,
+        };
         s.spawn().await?;
         Ok(s)
     }
@@ -103,8 +118,18 @@ impl SettlerProcess {
         if !bin.exists() {
             bail!("settler binary not found at {} (cargo build -p x402-settler, or set X402_SETTLER_BIN)", bin.display());
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_file).with_context(|| format!("log file {}", self.log_file.display()))?;
-        let rpc = self.opts.rpcs.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .with_context(|| format!("log file {}", self.log_file.display()))?;
+        let rpc = self
+            .opts
+            .rpcs
+            .iter()
+            .map(|(n, u)| format!("{n}={u}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut cmd = Command::new(&bin);
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -124,15 +149,22 @@ impl SettlerProcess {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + self.opts.start_timeout;
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
                     self.child = None;
-                    bail!("settler exited during start-up ({status}); log:\n{}", self.log());
+                    bail!(
+                        "settler exited during start-up ({status}); log:\n{}",
+                        self.log()
+                    );
                 }
             }
             if let Ok(r) = client.get(format!("{}/healthz", self.url())).send().await {
@@ -142,7 +174,11 @@ impl SettlerProcess {
             }
             if Instant::now() > deadline {
                 self.kill9();
-                bail!("settler did not answer /healthz within {:?}; log:\n{}", self.opts.start_timeout, self.log());
+                bail!(
+                    "settler did not answer /healthz within {:?}; log:\n{}",
+                    self.opts.start_timeout,
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -181,7 +217,10 @@ impl SettlerProcess {
     /// SIGTERM (graceful shutdown) and wait up to `timeout`; SIGKILL after.
     pub fn terminate(&mut self, timeout: Duration) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {

@@ -41,8 +41,17 @@ impl Stack {
         let anvil = Anvil::start()?;
         let token = anvil.deploy_token().await?;
         let key_file = dir.path().join("token.key");
-        let db = format!("sqlite://{}?mode=rwc", dir.path().join("settler.db").display());
-        let mut opts = SettlerOptions::new(db, anvil.network().to_string(), anvil.rpc_url(), DEV_KEYS[8], &key_file);
+        let db = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("settler.db").display()
+        );
+        let mut opts = SettlerOptions::new(
+            db,
+            anvil.network().to_string(),
+            anvil.rpc_url(),
+            DEV_KEYS[8],
+            &key_file,
+        );
         opts.env.push(("RUST_LOG".into(), "info".into()));
         let settler = SettlerProcess::start(opts).await?;
         let upstream = Upstream::start()?;
@@ -53,13 +62,32 @@ impl Stack {
         let config = Self::filter_config(&key, token, anvil.network().to_string(), spender, pay_to);
         let envoy = Envoy::start(
             &config.to_string(),
-            EnvoyOpts { upstream_port: Some(upstream.port()), settler_port: Some(settler.port()), ..EnvoyOpts::default() },
+            EnvoyOpts {
+                upstream_port: Some(upstream.port()),
+                settler_port: Some(settler.port()),
+                ..EnvoyOpts::default()
+            },
         )?;
-        Ok(Stack { anvil, token, spender, pay_to, settler, upstream, envoy, _dir: dir })
+        Ok(Stack {
+            anvil,
+            token,
+            spender,
+            pay_to,
+            settler,
+            upstream,
+            envoy,
+            _dir: dir,
+        })
     }
 
     /// The filter config of the stack: two priced routes, one free.
-    pub fn filter_config(key: &k256::ecdsa::SigningKey, token: Address, network: String, spender: Address, pay_to: Address) -> Value {
+    pub fn filter_config(
+        key: &k256::ecdsa::SigningKey,
+        token: Address,
+        network: String,
+        spender: Address,
+        pay_to: Address,
+    ) -> Value {
         let vk = *key.verifying_key();
         let asset = json!({"address": token.to_checksum(None), "decimals": 6, "name": "USDC", "version": "2", "symbol": "USDC"});
         json!({
@@ -87,7 +115,13 @@ impl Stack {
     /// A new payer with `usdc` whole USDC minted to it (it needs no ETH: it only signs).
     pub async fn funded_payer(&self, usdc: u64) -> Result<PrivateKeySigner> {
         let signer = PrivateKeySigner::random();
-        self.anvil.mint(self.token, signer.address(), U256::from(usdc) * U256::from(1_000_000u64)).await?;
+        self.anvil
+            .mint(
+                self.token,
+                signer.address(),
+                U256::from(usdc) * U256::from(1_000_000u64),
+            )
+            .await?;
         Ok(signer)
     }
 
@@ -111,7 +145,9 @@ impl Stack {
             match s.state {
                 SettlementState::Settled => return Ok(s),
                 SettlementState::Failed => bail!("settlement {id} failed: {:?}", s.error),
-                _ if Instant::now() > deadline => bail!("settlement {id} still {:?} after {timeout:?}", s.state),
+                _ if Instant::now() > deadline => {
+                    bail!("settlement {id} still {:?} after {timeout:?}", s.state)
+                }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }

@@ -190,7 +190,9 @@ fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
 
 /// Reads header lines up to the blank line: lower-case names, repeated names joined with
 /// ", ". `None` when the peer closed before the blank line.
-pub(crate) fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<Option<BTreeMap<String, String>>> {
+pub(crate) fn read_headers<R: BufRead>(
+    r: &mut R,
+) -> std::io::Result<Option<BTreeMap<String, String>>> {
     let mut headers = BTreeMap::new();
     loop {
         let Some(line) = read_line(r)? else {

@@ -31,19 +31,34 @@ fn rendered_local_envoy_config_validates() {
         &[
             ("X402_KID", key_id(&vk)),
             ("X402_PUBLIC_KEY", verifying_key_to_hex(&vk)),
-            ("X402_TOKEN_ADDRESS", "0x5FbDB2315678afecb367f032d93F642f64180aa3".into()),
-            ("X402_PAY_TO", "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into()),
-            ("X402_SPENDER", "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into()),
+            (
+                "X402_TOKEN_ADDRESS",
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
+            ),
+            (
+                "X402_PAY_TO",
+                "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into(),
+            ),
+            (
+                "X402_SPENDER",
+                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into(),
+            ),
         ],
     );
     assert!(!yaml.contains("${X402_"), "every placeholder is filled");
     let (ok, out) = Envoy::validate(&yaml).unwrap();
-    assert!(ok, "rendered envoy/envoy.yaml must pass --mode validate:\n{out}");
+    assert!(
+        ok,
+        "rendered envoy/envoy.yaml must pass --mode validate:\n{out}"
+    );
 }
 
 #[test]
 fn unrendered_template_is_refused_naming_the_field() {
     let (ok, out) = Envoy::validate(&template()).unwrap();
     assert!(!ok, "a template with placeholders must never load");
-    assert!(out.contains("x402 config: token_keys[0]"), "log names the field:\n{out}");
+    assert!(
+        out.contains("x402 config: token_keys[0]"),
+        "log names the field:\n{out}"
+    );
 }

@@ -27,7 +27,9 @@ async fn client_pays_over_x402_v2_then_reuses_the_token() {
         .asset_decimals(stack.token, 6);
     let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let s2 = steps.clone();
-    let config = Config::new(signer, caps).prefer_x402_v2(true).on_step(move |s| s2.lock().unwrap().push(s.to_string()));
+    let config = Config::new(signer, caps)
+        .prefer_x402_v2(true)
+        .on_step(move |s| s2.lock().unwrap().push(s.to_string()));
     let payer = Payer::new(config).unwrap();
     let url = format!("{}/api/weather", stack.base_url());
 
@@ -35,19 +37,32 @@ async fn client_pays_over_x402_v2_then_reuses_the_token() {
     let text = steps.lock().unwrap().join("\n");
     assert_eq!(r.status, 200, "{}\n{text}", r.text());
     assert!(text.contains("with PAYMENT-SIGNATURE"), "{text}");
-    assert!(!text.contains("POST "), "the token endpoint must not be used: {text}");
+    assert!(
+        !text.contains("POST "),
+        "the token endpoint must not be used: {text}"
+    );
     let receipt = r.paid.expect("this call paid");
     assert_eq!(receipt.scheme, Scheme::Exact);
     assert_eq!(receipt.amount, U256::from(WEATHER_PRICE));
     assert_eq!(receipt.payer, payer_addr);
-    assert!(payer.cached_token(&url).is_some(), "x-x402-access-token cached:\n{text}");
+    assert!(
+        payer.cached_token(&url).is_some(),
+        "x-x402-access-token cached:\n{text}"
+    );
 
     let again = payer.get(&url).await.unwrap();
     assert_eq!(again.status, 200);
-    assert!(again.paid.is_none() && again.token_used, "the second call pays nothing");
+    assert!(
+        again.paid.is_none() && again.token_used,
+        "the second call pays nothing"
+    );
 
     let id = receipt.settlement_id.expect("x-x402-settlement-id");
     let s = stack.wait_settled(&id, SETTLE_TIMEOUT).await.unwrap();
     assert!(s.transfer_tx.is_some());
-    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(WEATHER_PRICE), "funds arrived at pay_to");
+    assert_eq!(
+        stack.balance(stack.pay_to).await.unwrap(),
+        U256::from(WEATHER_PRICE),
+        "funds arrived at pay_to"
+    );
 }

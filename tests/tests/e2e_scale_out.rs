@@ -45,7 +45,8 @@ const SETTLER_RQ: &str = "cluster.x402_settler.upstream_rq_total";
 // ---- a fresh Postgres database ---------------------------------------------------------
 
 fn admin_url() -> String {
-    std::env::var("X402_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("X402_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 struct TestDb {
@@ -54,20 +55,35 @@ struct TestDb {
 
 impl TestDb {
     async fn create() -> TestDb {
-        let name = format!("x402_e2e_{}", alloy::hex::encode(&PrivateKeySigner::random().to_bytes()[..6]));
-        let mut c = PgConnection::connect(&admin_url()).await.unwrap_or_else(|e| panic!("Postgres at {} is required for this test: {e}", admin_url()));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+        let name = format!(
+            "x402_e2e_{}",
+            alloy::hex::encode(&PrivateKeySigner::random().to_bytes()[..6])
+        );
+        let mut c = PgConnection::connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Postgres at {} is required for this test: {e}", admin_url())
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
         TestDb { name }
     }
 
     fn url(&self) -> String {
         let admin = admin_url();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin);
         format!("{base}/{}", self.name)
     }
 
     async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url()).await.expect("connect to the test database")
+        PgConnection::connect(&self.url())
+            .await
+            .expect("connect to the test database")
     }
 }
 
@@ -77,10 +93,16 @@ impl Drop for TestDb {
         // in order and the database is the last one).
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(async {
                     if let Ok(mut c) = PgConnection::connect(&admin_url()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut c)
+                                .await;
                     }
                 });
             }
@@ -113,15 +135,31 @@ impl ScaleOut {
     /// `wallets`: anvil dev account of each replica's settler wallet.
     async fn start_with(wallets: [usize; 2]) -> ScaleOut {
         let db = TestDb::create().await;
-        let dir = tempfile::Builder::new().prefix("x402-scale-out-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("x402-scale-out-")
+            .tempdir()
+            .unwrap();
         let anvil = Anvil::start().unwrap();
         let token = anvil.deploy_token().await.unwrap();
         let key_file = dir.path().join("token.key");
         let mut settlers = Vec::new();
         // One after the other: the first creates the shared token key file, the second reads it.
         for w in wallets {
-            let mut opts = SettlerOptions::new(db.url(), anvil.network().to_string(), anvil.rpc_url(), DEV_KEYS[w], &key_file);
-            opts.extra_args = ["--lease-secs", &LEASE_SECS.to_string(), "--rebroadcast-secs", "2"].map(String::from).to_vec();
+            let mut opts = SettlerOptions::new(
+                db.url(),
+                anvil.network().to_string(),
+                anvil.rpc_url(),
+                DEV_KEYS[w],
+                &key_file,
+            );
+            opts.extra_args = [
+                "--lease-secs",
+                &LEASE_SECS.to_string(),
+                "--rebroadcast-secs",
+                "2",
+            ]
+            .map(String::from)
+            .to_vec();
             opts.env.push(("RUST_LOG".into(), "info".into()));
             settlers.push(SettlerProcess::start(opts).await.unwrap());
         }
@@ -132,11 +170,31 @@ impl ScaleOut {
         let upstream = Upstream::start().unwrap();
         // Each Envoy's permit spender is its settler's wallet (the same one when shared).
         let envoy = |i: usize| {
-            let config = Stack::filter_config(&key, token, anvil.network().to_string(), wallets[i], pay_to).to_string();
-            Envoy::start(&config, EnvoyOpts { upstream_port: Some(upstream.port()), settler_port: Some(settlers[i].port()), ..EnvoyOpts::default() }).unwrap()
+            let config =
+                Stack::filter_config(&key, token, anvil.network().to_string(), wallets[i], pay_to)
+                    .to_string();
+            Envoy::start(
+                &config,
+                EnvoyOpts {
+                    upstream_port: Some(upstream.port()),
+                    settler_port: Some(settlers[i].port()),
+                    ..EnvoyOpts::default()
+                },
+            )
+            .unwrap()
         };
         let envoys = [envoy(0), envoy(1)];
-        ScaleOut { envoys, settlers, upstream, anvil, token, pay_to, wallets, _dir: dir, db }
+        ScaleOut {
+            envoys,
+            settlers,
+            upstream,
+            anvil,
+            token,
+            pay_to,
+            wallets,
+            _dir: dir,
+            db,
+        }
     }
 
     fn network(&self) -> Network {
@@ -151,15 +209,25 @@ impl ScaleOut {
         let mut out = Vec::new();
         for _ in 0..n {
             let s = PrivateKeySigner::random();
-            self.anvil.mint(self.token, s.address(), U256::from(FUNDING)).await.unwrap();
+            self.anvil
+                .mint(self.token, s.address(), U256::from(FUNDING))
+                .await
+                .unwrap();
             out.push(s);
         }
         out
     }
 
     fn payer(&self, signer: PrivateKeySigner, scheme: Scheme) -> Payer {
-        let caps = Caps::default().with_max("0.5").unwrap().allow_network(self.network()).allow_asset(self.token).asset_decimals(self.token, 6).schemes(vec![scheme]);
-        Payer::new(Config::new(signer, caps).with_rpc(self.network(), self.anvil.rpc_url())).unwrap()
+        let caps = Caps::default()
+            .with_max("0.5")
+            .unwrap()
+            .allow_network(self.network())
+            .allow_asset(self.token)
+            .asset_decimals(self.token, 6)
+            .schemes(vec![scheme]);
+        Payer::new(Config::new(signer, caps).with_rpc(self.network(), self.anvil.rpc_url()))
+            .unwrap()
     }
 
     async fn balance(&self, who: Address) -> U256 {
@@ -170,7 +238,13 @@ impl ScaleOut {
     fn logs(&self) -> String {
         let mut s = String::new();
         for (i, st) in self.settlers.iter().enumerate() {
-            s += &format!("\n---- settler {} (pid {:?}, {}) ----\n{}", i + 1, st.pid(), st.log_path().display(), tail(&st.log(), 60));
+            s += &format!(
+                "\n---- settler {} (pid {:?}, {}) ----\n{}",
+                i + 1,
+                st.pid(),
+                st.log_path().display(),
+                tail(&st.log(), 60)
+            );
         }
         for (i, e) in self.envoys.iter().enumerate() {
             s += &format!("\n---- Envoy {} ----\n{}", ["A", "B"][i], e.log_tail(20));
@@ -179,7 +253,9 @@ impl ScaleOut {
     }
 
     async fn settlement(&self, via: usize, id: &str) -> Result<SettlementStatus, String> {
-        let r = reqwest::get(format!("{}/v1/settlements/{id}", self.settlers[via].url())).await.map_err(|e| e.to_string())?;
+        let r = reqwest::get(format!("{}/v1/settlements/{id}", self.settlers[via].url()))
+            .await
+            .map_err(|e| e.to_string())?;
         if !r.status().is_success() {
             return Err(format!("GET /v1/settlements/{id}: {}", r.status()));
         }
@@ -196,14 +272,26 @@ impl ScaleOut {
             for id in left {
                 match self.settlement(via, id).await {
                     Ok(s) if s.state == SettlementState::Settled => {}
-                    Ok(s) if s.state == SettlementState::Failed => panic!("settlement {id} failed: {:?}\n{}", s.error, self.logs()),
+                    Ok(s) if s.state == SettlementState::Failed => {
+                        panic!("settlement {id} failed: {:?}\n{}", s.error, self.logs())
+                    }
                     Ok(_) => still.push(id),
-                    Err(e) => panic!("settlement {id} via settler {}: {e}\n{}", via + 1, self.logs()),
+                    Err(e) => panic!(
+                        "settlement {id} via settler {}: {e}\n{}",
+                        via + 1,
+                        self.logs()
+                    ),
                 }
             }
             left = still;
             if !left.is_empty() {
-                assert!(Instant::now() < deadline, "{} settlement(s) not settled after {SETTLE_TIMEOUT:?}: {left:?}\ndb: {:?}\n{}", left.len(), self.states().await, self.logs());
+                assert!(
+                    Instant::now() < deadline,
+                    "{} settlement(s) not settled after {SETTLE_TIMEOUT:?}: {left:?}\ndb: {:?}\n{}",
+                    left.len(),
+                    self.states().await,
+                    self.logs()
+                );
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         }
@@ -212,20 +300,37 @@ impl ScaleOut {
     /// Payments per state, straight from the shared database.
     async fn states(&self) -> Vec<(String, i64)> {
         let mut c = self.db.connect().await;
-        sqlx::query_as("SELECT state, COUNT(*) FROM x402_payments GROUP BY state ORDER BY state").fetch_all(&mut c).await.unwrap()
+        sqlx::query_as("SELECT state, COUNT(*) FROM x402_payments GROUP BY state ORDER BY state")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
     }
 
     async fn count_in(&self, state: &str) -> i64 {
-        self.states().await.iter().find(|(s, _)| s == state).map(|(_, n)| *n).unwrap_or(0)
+        self.states()
+            .await
+            .iter()
+            .find(|(s, _)| s == state)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
     }
 
     /// Which replica (0/1) holds the settlement lane's lease right now, if any.
     async fn lease_holder(&self) -> Option<usize> {
         let mut c = self.db.connect().await;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT name, owner, until_ms FROM x402_leases").fetch_all(&mut c).await.unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT name, owner, until_ms FROM x402_leases")
+                .fetch_all(&mut c)
+                .await
+                .unwrap_or_default();
         let lane = format!("{:#x}", self.wallets[0]);
-        let (_, owner, _) = rows.into_iter().find(|(name, _, until)| *until > now && name.to_lowercase().ends_with(&lane))?;
+        let (_, owner, _) = rows
+            .into_iter()
+            .find(|(name, _, until)| *until > now && name.to_lowercase().ends_with(&lane))?;
         // The settler's lease owner is "<pid>-<uuid>".
         let pid: u32 = owner.split('-').next()?.parse().ok()?;
         self.settlers.iter().position(|s| s.pid() == Some(pid))
@@ -239,7 +344,11 @@ impl ScaleOut {
                     return h;
                 }
             }
-            assert!(Instant::now() < deadline, "lease holder is not {want:?} after {timeout:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "lease holder is not {want:?} after {timeout:?}\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -247,16 +356,29 @@ impl ScaleOut {
     /// Settlement transactions in the database: (kind, state, status, signer).
     async fn txs(&self) -> Vec<(String, String, Option<i64>, String)> {
         let mut c = self.db.connect().await;
-        sqlx::query_as("SELECT kind, state, status, signer FROM x402_txs ORDER BY nonce").fetch_all(&mut c).await.unwrap()
+        sqlx::query_as("SELECT kind, state, status, signer FROM x402_txs ORDER BY nonce")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
     }
 
     async fn rpc(&self, method: &str, params: serde_json::Value) {
-        let _: serde_json::Value = self.anvil.provider().raw_request(method.to_string().into(), params).await.unwrap_or_else(|e| panic!("{method}: {e}"));
+        let _: serde_json::Value = self
+            .anvil
+            .provider()
+            .raw_request(method.to_string().into(), params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
     }
 
     /// GET /api/weather on Envoy `envoy` with a bearer token and nothing else.
     fn get_with_token(&self, envoy: usize, token: &str) -> u16 {
-        self.envoys[envoy].send(&HttpRequest::new("GET", "/api/weather").header("authorization", &format!("Bearer {token}"))).status
+        self.envoys[envoy]
+            .send(
+                &HttpRequest::new("GET", "/api/weather")
+                    .header("authorization", &format!("Bearer {token}")),
+            )
+            .status
     }
 }
 
@@ -267,7 +389,12 @@ fn tail(s: &str, n: usize) -> String {
 
 /// One paid GET per payer, all at once; payer `i` goes through Envoy `envoys[i]`, pays by
 /// `schemes[i]`. Returns the payers (their token caches) and the responses, in order.
-async fn pay_concurrently(s: &ScaleOut, signers: Vec<PrivateKeySigner>, envoys: &[usize], schemes: &[Scheme]) -> Vec<(std::sync::Arc<Payer>, Result<PaidResponse, String>)> {
+async fn pay_concurrently(
+    s: &ScaleOut,
+    signers: Vec<PrivateKeySigner>,
+    envoys: &[usize],
+    schemes: &[Scheme],
+) -> Vec<(std::sync::Arc<Payer>, Result<PaidResponse, String>)> {
     let mut tasks = Vec::new();
     for (i, signer) in signers.into_iter().enumerate() {
         let payer = std::sync::Arc::new(s.payer(signer, schemes[i]));
@@ -275,7 +402,11 @@ async fn pay_concurrently(s: &ScaleOut, signers: Vec<PrivateKeySigner>, envoys: 
         let p = payer.clone();
         tasks.push(tokio::spawn(async move {
             let r = tokio::time::timeout(Duration::from_secs(20), p.get(&url)).await;
-            (p, r.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| format!("{e:#}"))))
+            (
+                p,
+                r.map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| format!("{e:#}"))),
+            )
         }));
     }
     let mut out = Vec::new();
@@ -291,9 +422,14 @@ fn expect_paid(s: &ScaleOut, i: usize, r: &Result<PaidResponse, String>) -> Stri
         Err(e) => panic!("payer {i}: {e}\n{}", s.logs()),
     };
     assert_eq!(r.status, 200, "payer {i}: {}\n{}", r.text(), s.logs());
-    let paid = r.paid.as_ref().unwrap_or_else(|| panic!("payer {i} did not pay"));
+    let paid = r
+        .paid
+        .as_ref()
+        .unwrap_or_else(|| panic!("payer {i} did not pay"));
     assert_eq!(paid.amount, U256::from(WEATHER_PRICE));
-    paid.settlement_id.clone().expect("the token response names the settlement")
+    paid.settlement_id
+        .clone()
+        .expect("the token response names the settlement")
 }
 
 /// 20 payers at once, half through each Envoy (both schemes on both): all served, every
@@ -305,39 +441,99 @@ async fn two_envoys_two_replicas_one_database_settle_every_payment_once() {
     let signers = s.funded_payers(20).await;
     let addrs: Vec<Address> = signers.iter().map(|p| p.address()).collect();
     let envoys: Vec<usize> = (0..20).map(|i| i % 2).collect();
-    let schemes: Vec<Scheme> = (0..20).map(|i| if i % 4 < 2 { Scheme::Permit } else { Scheme::Exact }).collect();
+    let schemes: Vec<Scheme> = (0..20)
+        .map(|i| {
+            if i % 4 < 2 {
+                Scheme::Permit
+            } else {
+                Scheme::Exact
+            }
+        })
+        .collect();
 
     let results = pay_concurrently(&s, signers, &envoys, &schemes).await;
-    let ids: Vec<String> = results.iter().enumerate().map(|(i, (_, r))| expect_paid(&s, i, r)).collect();
+    let ids: Vec<String> = results
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r))| expect_paid(&s, i, r))
+        .collect();
     // Each Envoy's filter asked its own settler.
     for e in 0..2 {
-        assert!(s.envoys[e].stat(SETTLER_RQ) >= 10, "Envoy {} sent {} requests to its settler", ["A", "B"][e], s.envoys[e].stat(SETTLER_RQ));
+        assert!(
+            s.envoys[e].stat(SETTLER_RQ) >= 10,
+            "Envoy {} sent {} requests to its settler",
+            ["A", "B"][e],
+            s.envoys[e].stat(SETTLER_RQ)
+        );
     }
 
     // Ask the OTHER replica than the one that minted: one shared database.
-    s.wait_all_settled(1, &ids[0..20].iter().step_by(2).cloned().collect::<Vec<_>>()).await;
-    s.wait_all_settled(0, &ids[1..20].iter().step_by(2).cloned().collect::<Vec<_>>()).await;
+    s.wait_all_settled(
+        1,
+        &ids[0..20].iter().step_by(2).cloned().collect::<Vec<_>>(),
+    )
+    .await;
+    s.wait_all_settled(
+        0,
+        &ids[1..20].iter().step_by(2).cloned().collect::<Vec<_>>(),
+    )
+    .await;
 
-    assert_eq!(s.balance(s.pay_to).await, U256::from(20 * WEATHER_PRICE), "pay_to got exactly 20 x price\n{}", s.logs());
+    assert_eq!(
+        s.balance(s.pay_to).await,
+        U256::from(20 * WEATHER_PRICE),
+        "pay_to got exactly 20 x price\n{}",
+        s.logs()
+    );
     for (i, a) in addrs.iter().enumerate() {
-        assert_eq!(s.balance(*a).await, U256::from(FUNDING - WEATHER_PRICE), "payer {i} ({:?}, via Envoy {}) debited exactly once", schemes[i], ["A", "B"][envoys[i]]);
+        assert_eq!(
+            s.balance(*a).await,
+            U256::from(FUNDING - WEATHER_PRICE),
+            "payer {i} ({:?}, via Envoy {}) debited exactly once",
+            schemes[i],
+            ["A", "B"][envoys[i]]
+        );
     }
     assert_eq!(s.states().await, vec![("settled".to_string(), 20)]);
     // 10 permits (permit + transferFrom) and 10 ERC-3009 transfers, each signed once, all mined
     // successfully, all from the one shared wallet.
     let txs = s.txs().await;
     assert_eq!(txs.len(), 30, "{txs:?}");
-    assert!(txs.iter().all(|(_, state, status, signer)| state == "mined" && *status == Some(1) && signer.eq_ignore_ascii_case(&format!("{:#x}", s.wallets[0]))), "{txs:?}");
+    assert!(
+        txs.iter().all(|(_, state, status, signer)| state == "mined"
+            && *status == Some(1)
+            && signer.eq_ignore_ascii_case(&format!("{:#x}", s.wallets[0]))),
+        "{txs:?}"
+    );
 
     // Edge validation: a token minted by settler 1 (through Envoy A) opens Envoy B, and one
     // minted by settler 2 opens Envoy A, without the filter calling any settler.
     for (payer_idx, minted_via, used_at) in [(0usize, 0usize, 1usize), (1, 1, 0)] {
-        let token = results[payer_idx].0.cached_token(&s.url(minted_via)).expect("token cached").access_token;
+        let token = results[payer_idx]
+            .0
+            .cached_token(&s.url(minted_via))
+            .expect("token cached")
+            .access_token;
         let calls = s.envoys[used_at].stat(SETTLER_RQ);
         let upstream_before = s.upstream.requests().len();
-        assert_eq!(s.get_with_token(used_at, &token), 200, "token from Envoy {} refused at Envoy {}\n{}", ["A", "B"][minted_via], ["A", "B"][used_at], s.logs());
-        assert_eq!(s.envoys[used_at].stat(SETTLER_RQ), calls, "the filter validated the token without calling the settler");
-        assert_eq!(s.upstream.requests().len(), upstream_before + 1, "the upstream served it");
+        assert_eq!(
+            s.get_with_token(used_at, &token),
+            200,
+            "token from Envoy {} refused at Envoy {}\n{}",
+            ["A", "B"][minted_via],
+            ["A", "B"][used_at],
+            s.logs()
+        );
+        assert_eq!(
+            s.envoys[used_at].stat(SETTLER_RQ),
+            calls,
+            "the filter validated the token without calling the settler"
+        );
+        assert_eq!(
+            s.upstream.requests().len(),
+            upstream_before + 1,
+            "the upstream served it"
+        );
     }
 }
 
@@ -360,25 +556,53 @@ async fn killed_lane_holder_is_taken_over_by_the_surviving_replica() {
     s.rpc("evm_setAutomine", serde_json::json!([false])).await;
     let first: Vec<PrivateKeySigner> = signers.by_ref().take(20).collect();
     let envoys: Vec<usize> = (0..20).map(|i| i % 2).collect();
-    let schemes: Vec<Scheme> = (0..20).map(|i| if i % 4 < 2 { Scheme::Permit } else { Scheme::Exact }).collect();
+    let schemes: Vec<Scheme> = (0..20)
+        .map(|i| {
+            if i % 4 < 2 {
+                Scheme::Permit
+            } else {
+                Scheme::Exact
+            }
+        })
+        .collect();
     let results = pay_concurrently(&s, first, &envoys, &schemes).await;
-    let mut ids: Vec<String> = results.iter().enumerate().map(|(i, (_, r))| expect_paid(&s, i, r)).collect();
+    let mut ids: Vec<String> = results
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r))| expect_paid(&s, i, r))
+        .collect();
 
     // The lane holder signs, stores and broadcasts all 20 (30 transactions).
     let deadline = Instant::now() + Duration::from_secs(15);
     while s.count_in("submitted").await < 20 {
-        assert!(Instant::now() < deadline, "the lane did not submit the 20 payments: {:?}\n{}", s.states().await, s.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the lane did not submit the 20 payments: {:?}\n{}",
+            s.states().await,
+            s.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(s.states().await, vec![("submitted".to_string(), 20)], "minted, in flight, none settled");
+    assert_eq!(
+        s.states().await,
+        vec![("submitted".to_string(), 20)],
+        "minted, in flight, none settled"
+    );
 
     // Exactly one replica drives the wallet: the other one never started the lane.
-    assert!(!s.settlers[survivor].log().contains("settlement lane started"), "both replicas drive the wallet\n{}", s.logs());
+    assert!(
+        !s.settlers[survivor]
+            .log()
+            .contains("settlement lane started"),
+        "both replicas drive the wallet\n{}",
+        s.logs()
+    );
     // kill -9 the lane holder, mid-flight; its lease is still valid for up to LEASE_SECS.
     s.settlers[holder].kill9();
     let killed_at = Instant::now();
     // Lose the mempool too: the signed transactions now exist only in the shared database.
-    s.rpc("anvil_dropAllTransactions", serde_json::json!([])).await;
+    s.rpc("anvil_dropAllTransactions", serde_json::json!([]))
+        .await;
     s.rpc("evm_setAutomine", serde_json::json!([true])).await;
 
     // Meanwhile: a payment through the dead replica's Envoy fails closed (nothing charged);
@@ -387,45 +611,97 @@ async fn killed_lane_holder_is_taken_over_by_the_surviving_replica() {
     let refused_addr = refused.address();
     let r = pay_concurrently(&s, vec![refused], &[holder], &[Scheme::Exact]).await;
     match &r[0].1 {
-        Ok(resp) => assert_ne!(resp.status, 200, "a payment through the dead settler's Envoy cannot be served"),
-        Err(e) => assert!(e.contains("503") || e.contains("settler_unavailable") || e.contains("unavailable"), "unexpected refusal: {e}"),
+        Ok(resp) => assert_ne!(
+            resp.status, 200,
+            "a payment through the dead settler's Envoy cannot be served"
+        ),
+        Err(e) => assert!(
+            e.contains("503") || e.contains("settler_unavailable") || e.contains("unavailable"),
+            "unexpected refusal: {e}"
+        ),
     }
     let later: Vec<PrivateKeySigner> = signers.collect();
     assert_eq!(later.len(), 4);
-    let later_results = pay_concurrently(&s, later, &[survivor; 4], &[Scheme::Permit, Scheme::Exact, Scheme::Permit, Scheme::Exact]).await;
+    let later_results = pay_concurrently(
+        &s,
+        later,
+        &[survivor; 4],
+        &[Scheme::Permit, Scheme::Exact, Scheme::Permit, Scheme::Exact],
+    )
+    .await;
     for (i, (_, r)) in later_results.iter().enumerate() {
         ids.push(expect_paid(&s, 20 + i, r));
     }
 
     // The survivor takes over the lane after the lease expires, and settles everything.
-    s.wait_lease_holder(Some(survivor), Duration::from_secs(LEASE_SECS + 10)).await;
+    s.wait_lease_holder(Some(survivor), Duration::from_secs(LEASE_SECS + 10))
+        .await;
     let took_over = killed_at.elapsed();
     s.wait_all_settled(survivor, &ids).await;
-    eprintln!("lane taken over {took_over:?} after the kill; all 24 settled {:?} after it", killed_at.elapsed());
+    eprintln!(
+        "lane taken over {took_over:?} after the kill; all 24 settled {:?} after it",
+        killed_at.elapsed()
+    );
     // The survivor's lane started once, and with the dead replica's 30 stored transactions.
-    let started: Vec<String> = s.settlers[survivor].log().lines().filter(|l| l.contains("settlement lane started")).map(String::from).collect();
-    assert!(started.len() == 1 && started[0].contains("rebroadcast=30"), "{started:?}\n{}", s.logs());
+    let started: Vec<String> = s.settlers[survivor]
+        .log()
+        .lines()
+        .filter(|l| l.contains("settlement lane started"))
+        .map(String::from)
+        .collect();
+    assert!(
+        started.len() == 1 && started[0].contains("rebroadcast=30"),
+        "{started:?}\n{}",
+        s.logs()
+    );
 
     // Exactly once: balances.
-    assert_eq!(s.balance(s.pay_to).await, U256::from(24 * WEATHER_PRICE), "pay_to got exactly 24 x price\n{}", s.logs());
+    assert_eq!(
+        s.balance(s.pay_to).await,
+        U256::from(24 * WEATHER_PRICE),
+        "pay_to got exactly 24 x price\n{}",
+        s.logs()
+    );
     for (i, a) in addrs.iter().enumerate().filter(|(i, _)| *i != 20) {
-        assert_eq!(s.balance(*a).await, U256::from(FUNDING - WEATHER_PRICE), "payer {i} debited exactly once");
+        assert_eq!(
+            s.balance(*a).await,
+            U256::from(FUNDING - WEATHER_PRICE),
+            "payer {i} debited exactly once"
+        );
     }
-    assert_eq!(s.balance(refused_addr).await, U256::from(FUNDING), "the refused payer is not charged");
+    assert_eq!(
+        s.balance(refused_addr).await,
+        U256::from(FUNDING),
+        "the refused payer is not charged"
+    );
     assert_eq!(s.states().await, vec![("settled".to_string(), 24)]);
     // The 30 transactions the dead replica signed were mined as stored (nothing re-signed,
     // nothing dropped), plus 6 for the 4 later payments (2 permits, 2 ERC-3009).
     let txs = s.txs().await;
     assert_eq!(txs.len(), 36, "{txs:?}");
-    assert!(txs.iter().all(|(_, state, status, _)| state == "mined" && *status == Some(1)), "{txs:?}");
+    assert!(
+        txs.iter()
+            .all(|(_, state, status, _)| state == "mined" && *status == Some(1)),
+        "{txs:?}"
+    );
 
     // Tokens minted by the dead replica still open its own Envoy (whose settler is gone) and
     // the other one: the filter validates them at the edge.
     let minted_by_dead = (0..20).find(|i| envoys[*i] == holder).unwrap();
-    let token = results[minted_by_dead].0.cached_token(&s.url(holder)).expect("token cached").access_token;
+    let token = results[minted_by_dead]
+        .0
+        .cached_token(&s.url(holder))
+        .expect("token cached")
+        .access_token;
     for e in [holder, survivor] {
         let calls = s.envoys[e].stat(SETTLER_RQ);
-        assert_eq!(s.get_with_token(e, &token), 200, "token minted by the dead replica refused at Envoy {}\n{}", ["A", "B"][e], s.logs());
+        assert_eq!(
+            s.get_with_token(e, &token),
+            200,
+            "token minted by the dead replica refused at Envoy {}\n{}",
+            ["A", "B"][e],
+            s.logs()
+        );
         assert_eq!(s.envoys[e].stat(SETTLER_RQ), calls, "no settler call");
     }
 }
@@ -450,58 +726,121 @@ async fn distinct_wallets_settle_own_permits_and_a_dead_wallet_waits_for_its_rep
     let mut signers = signers.into_iter();
 
     let envoys: Vec<usize> = (0..20).map(|i| i % 2).collect();
-    let schemes: Vec<Scheme> = (0..20).map(|i| if i % 4 < 2 { Scheme::Permit } else { Scheme::Exact }).collect();
-    let results = pay_concurrently(&s, signers.by_ref().take(20).collect(), &envoys, &schemes).await;
-    let ids: Vec<String> = results.iter().enumerate().map(|(i, (_, r))| expect_paid(&s, i, r)).collect();
+    let schemes: Vec<Scheme> = (0..20)
+        .map(|i| {
+            if i % 4 < 2 {
+                Scheme::Permit
+            } else {
+                Scheme::Exact
+            }
+        })
+        .collect();
+    let results =
+        pay_concurrently(&s, signers.by_ref().take(20).collect(), &envoys, &schemes).await;
+    let ids: Vec<String> = results
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r))| expect_paid(&s, i, r))
+        .collect();
     s.wait_all_settled(0, &ids).await;
-    assert_eq!(s.balance(s.pay_to).await, U256::from(20 * WEATHER_PRICE), "pay_to got exactly 20 x price\n{}", s.logs());
+    assert_eq!(
+        s.balance(s.pay_to).await,
+        U256::from(20 * WEATHER_PRICE),
+        "pay_to got exactly 20 x price\n{}",
+        s.logs()
+    );
     let mut c = s.db.connect().await;
     let (foreign,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM x402_txs t JOIN x402_payments p ON p.id = t.payment_id WHERE p.scheme = 'permit' AND t.signer <> p.spender")
         .fetch_one(&mut c)
         .await
         .unwrap();
-    assert_eq!(foreign, 0, "every permit is settled by its spender's wallet");
+    assert_eq!(
+        foreign, 0,
+        "every permit is settled by its spender's wallet"
+    );
 
     // Mining paused; 8 payments through Envoy A (replica 1, wallet 7), both schemes.
     s.rpc("evm_setAutomine", serde_json::json!([false])).await;
     let schemes2 = [Scheme::Permit, Scheme::Exact].repeat(4);
-    let results2 = pay_concurrently(&s, signers.by_ref().take(8).collect(), &[0; 8], &schemes2).await;
-    let ids2: Vec<String> = results2.iter().enumerate().map(|(i, (_, r))| expect_paid(&s, 20 + i, r)).collect();
+    let results2 =
+        pay_concurrently(&s, signers.by_ref().take(8).collect(), &[0; 8], &schemes2).await;
+    let ids2: Vec<String> = results2
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r))| expect_paid(&s, 20 + i, r))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(15);
     while s.count_in("submitted").await < 8 {
-        assert!(Instant::now() < deadline, "the 8 payments were not submitted: {:?}\n{}", s.states().await, s.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the 8 payments were not submitted: {:?}\n{}",
+            s.states().await,
+            s.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut by_wallet7 = Vec::new();
     for id in &ids2 {
-        let (signer,): (String,) = sqlx::query_as("SELECT DISTINCT signer FROM x402_txs WHERE payment_id = $1").bind(id).fetch_one(&mut c).await.unwrap();
+        let (signer,): (String,) =
+            sqlx::query_as("SELECT DISTINCT signer FROM x402_txs WHERE payment_id = $1")
+                .bind(id)
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
         if signer.eq_ignore_ascii_case(&format!("{:#x}", s.wallets[0])) {
             by_wallet7.push(id.clone());
         }
     }
-    assert!(by_wallet7.len() >= 4, "the 4 permits name wallet 7 as spender: only its lane submits them ({} did)", by_wallet7.len());
+    assert!(
+        by_wallet7.len() >= 4,
+        "the 4 permits name wallet 7 as spender: only its lane submits them ({} did)",
+        by_wallet7.len()
+    );
 
     // kill -9 replica 1 (wallet 7); the mempool is lost too; replica 2 keeps running.
     s.settlers[0].kill9();
-    s.rpc("anvil_dropAllTransactions", serde_json::json!([])).await;
+    s.rpc("anvil_dropAllTransactions", serde_json::json!([]))
+        .await;
     s.rpc("evm_setAutomine", serde_json::json!([true])).await;
-    let others: Vec<String> = ids2.iter().filter(|id| !by_wallet7.contains(id)).cloned().collect();
+    let others: Vec<String> = ids2
+        .iter()
+        .filter(|id| !by_wallet7.contains(id))
+        .cloned()
+        .collect();
     s.wait_all_settled(1, &others).await;
     // Well past wallet 7's lease: replica 2 does not take over wallet 7's stored transactions.
     tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
     for id in &by_wallet7 {
         let st = s.settlement(1, id).await.unwrap();
-        assert_eq!(st.state, SettlementState::Submitted, "{id}: wallet 7's settlement waits for wallet 7\n{}", s.logs());
+        assert_eq!(
+            st.state,
+            SettlementState::Submitted,
+            "{id}: wallet 7's settlement waits for wallet 7\n{}",
+            s.logs()
+        );
     }
     let charged = U256::from((20 + others.len()) as u64 * WEATHER_PRICE);
-    assert_eq!(s.balance(s.pay_to).await, charged, "nothing of wallet 7's moved while it is down");
+    assert_eq!(
+        s.balance(s.pay_to).await,
+        charged,
+        "nothing of wallet 7's moved while it is down"
+    );
 
     // Replica 1 back (same wallet, same database): re-broadcasts and settles them, once.
     s.settlers[0].restart().await.unwrap();
     s.wait_all_settled(1, &by_wallet7).await;
-    assert_eq!(s.balance(s.pay_to).await, U256::from(28 * WEATHER_PRICE), "pay_to got exactly 28 x price\n{}", s.logs());
+    assert_eq!(
+        s.balance(s.pay_to).await,
+        U256::from(28 * WEATHER_PRICE),
+        "pay_to got exactly 28 x price\n{}",
+        s.logs()
+    );
     for (i, a) in addrs.iter().enumerate() {
-        assert_eq!(s.balance(*a).await, U256::from(FUNDING - WEATHER_PRICE), "payer {i} debited exactly once");
+        assert_eq!(
+            s.balance(*a).await,
+            U256::from(FUNDING - WEATHER_PRICE),
+            "payer {i} debited exactly once"
+        );
     }
     assert_eq!(s.states().await, vec![("settled".to_string(), 28)]);
 }

@@ -30,17 +30,31 @@ async fn seed_sdk_client_pays_through_envoy() {
         .args(["--rpc-url", &stack.anvil.rpc_url()])
         .args(["--token", &stack.token.to_checksum(None)])
         .args(["--amount", "0.5"])
-        .env("X402_SEED_PRIVATE_KEY", format!("0x{}", alloy::hex::encode(payer.to_bytes())))
+        .env(
+            "X402_SEED_PRIVATE_KEY",
+            format!("0x{}", alloy::hex::encode(payer.to_bytes())),
+        )
         .env_remove("EVM_PRIVATE_KEY")
         .output()
         .expect("run tests/python/seed_pay.py (make setup installs tools/.venv)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "seed client failed:\n{stdout}\n{}\nenvoy:\n{}\nsettler:\n{}", String::from_utf8_lossy(&out.stderr), stack.envoy.log_tail(30), stack.settler.log());
-    let line: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    assert!(
+        out.status.success(),
+        "seed client failed:\n{stdout}\n{}\nenvoy:\n{}\nsettler:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stack.envoy.log_tail(30),
+        stack.settler.log()
+    );
+    let line: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
     assert_eq!(line["status"], 200);
     assert_eq!(line["token_requests"], 1);
     // The upstream saw the paid request.
-    assert!(stack.upstream.requests().iter().any(|r| r.path.starts_with("/api/weather")));
+    assert!(stack
+        .upstream
+        .requests()
+        .iter()
+        .any(|r| r.path.starts_with("/api/weather")));
 
     // Settlement: the x402 access token's jti is the settlement id; follow it through the
     // settler's list of this payer's settlements by waiting on the balance instead.
@@ -50,10 +64,17 @@ async fn seed_sdk_client_pays_through_envoy() {
         if after == before + U256::from(WEATHER_PRICE) {
             break;
         }
-        assert!(Instant::now() < deadline, "pay_to never received the payment: {before} -> {after}\n{}", stack.settler.log());
+        assert!(
+            Instant::now() < deadline,
+            "pay_to never received the payment: {before} -> {after}\n{}",
+            stack.settler.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(stack.balance(payer.address()).await.unwrap(), U256::from(5_000_000u64 - WEATHER_PRICE));
+    assert_eq!(
+        stack.balance(payer.address()).await.unwrap(),
+        U256::from(5_000_000u64 - WEATHER_PRICE)
+    );
 }
 
 /// Settler down: the token endpoint answers 503 with a JSON error at once (fail closed, no
@@ -61,7 +82,11 @@ async fn seed_sdk_client_pays_through_envoy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn settler_outage_is_503_and_recovers() {
     let mut stack = Stack::start().await.unwrap();
-    let post = || HttpRequest::new("POST", "/x402/token/weather").header("content-type", "application/json").body(br#"{"version":"Version 0.1","permit":{}}"#.to_vec());
+    let post = || {
+        HttpRequest::new("POST", "/x402/token/weather")
+            .header("content-type", "application/json")
+            .body(br#"{"version":"Version 0.1","permit":{}}"#.to_vec())
+    };
 
     stack.settler.kill9();
     let started = Instant::now();
@@ -69,7 +94,10 @@ async fn settler_outage_is_503_and_recovers() {
     assert_eq!(r.status, 503, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["error"], "settler_unavailable");
-    assert!(started.elapsed() < Duration::from_secs(6), "answered within the callout timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "answered within the callout timeout"
+    );
 
     stack.settler.restart().await.unwrap();
     let r = stack.envoy.send(&post());
@@ -115,7 +143,10 @@ async fn pay_and_settle(scheme: Scheme) {
     // The API saw who paid (identity headers set by the filter).
     let seen = stack.upstream.requests();
     let last = seen.last().expect("upstream reached");
-    assert_eq!(last.header("x-x402-payer").map(str::to_lowercase), Some(payer_addr.to_checksum(None).to_lowercase()));
+    assert_eq!(
+        last.header("x-x402-payer").map(str::to_lowercase),
+        Some(payer_addr.to_checksum(None).to_lowercase())
+    );
 
     // A second call uses the cached token: nothing is paid, the upstream answers.
     let again = payer.get(&url).await.unwrap();
@@ -126,10 +157,20 @@ async fn pay_and_settle(scheme: Scheme) {
     let s = stack.wait_settled(&id, SETTLE_TIMEOUT).await.unwrap();
     assert!(s.transfer_tx.is_some());
     if scheme == Scheme::Permit {
-        assert!(s.permit_tx.is_some(), "EIP-2612 settles with permit() then transferFrom()");
+        assert!(
+            s.permit_tx.is_some(),
+            "EIP-2612 settles with permit() then transferFrom()"
+        );
     }
-    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(WEATHER_PRICE), "funds arrived at pay_to");
-    assert_eq!(stack.balance(payer_addr).await.unwrap(), U256::from(1_000_000 - WEATHER_PRICE));
+    assert_eq!(
+        stack.balance(stack.pay_to).await.unwrap(),
+        U256::from(WEATHER_PRICE),
+        "funds arrived at pay_to"
+    );
+    assert_eq!(
+        stack.balance(payer_addr).await.unwrap(),
+        U256::from(1_000_000 - WEATHER_PRICE)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -148,17 +189,28 @@ async fn token_for_one_route_is_refused_on_another() {
     let stack = Stack::start().await.unwrap();
     let signer = stack.funded_payer(1).await.unwrap();
     let payer = payer_for(&stack, signer, vec![Scheme::Exact]);
-    let weather = payer.get(&format!("{}/api/weather", stack.base_url())).await.unwrap();
+    let weather = payer
+        .get(&format!("{}/api/weather", stack.base_url()))
+        .await
+        .unwrap();
     assert_eq!(weather.status, 200);
-    let token = payer.cached_token(&format!("{}/api/weather", stack.base_url())).expect("cached").access_token;
+    let token = payer
+        .cached_token(&format!("{}/api/weather", stack.base_url()))
+        .expect("cached")
+        .access_token;
 
-    let r = stack.envoy.send(&HttpRequest::new("GET", "/api/report").header("authorization", &format!("Bearer {token}")));
+    let r = stack.envoy.send(
+        &HttpRequest::new("GET", "/api/report").header("authorization", &format!("Bearer {token}")),
+    );
     assert_eq!(r.status, 402, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["reason"], "Token was issued for another route");
 
     // Paying for the report route itself works (a different, higher price).
-    let report = payer.get(&format!("{}/api/report", stack.base_url())).await.unwrap();
+    let report = payer
+        .get(&format!("{}/api/report", stack.base_url()))
+        .await
+        .unwrap();
     assert_eq!(report.status, 200, "{}", report.text());
     assert_eq!(report.paid.unwrap().amount, U256::from(REPORT_PRICE));
 }
@@ -169,8 +221,12 @@ async fn replayed_token_request_never_mints_twice() {
     let stack = Stack::start().await.unwrap();
     let signer = stack.funded_payer(1).await.unwrap();
     let from = signer.address();
-    let domain = x402_client::sign::TokenDomain::new("USDC", "2", stack.anvil.chain_id(), stack.token);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let domain =
+        x402_client::sign::TokenDomain::new("USDC", "2", stack.anvil.chain_id(), stack.token);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let body = x402_client::sign::sign_authorization(
         &signer,
         &domain,
@@ -182,7 +238,11 @@ async fn replayed_token_request_never_mints_twice() {
         x402_client::sign::random_nonce(),
     )
     .unwrap();
-    let post = || HttpRequest::new("POST", "/x402/token/weather").header("content-type", "application/json").body(body.to_string().into_bytes());
+    let post = || {
+        HttpRequest::new("POST", "/x402/token/weather")
+            .header("content-type", "application/json")
+            .body(body.to_string().into_bytes())
+    };
 
     let first = stack.envoy.send(&post());
     assert_eq!(first.status, 200, "{}", first.text());
@@ -192,9 +252,16 @@ async fn replayed_token_request_never_mints_twice() {
     assert_eq!(v["error"], "payment_already_used");
     assert!(v.get("access_token").is_none());
 
-    let id = serde_json::from_slice::<Value>(&first.body).unwrap()["settlement_id"].as_str().unwrap().to_string();
+    let id = serde_json::from_slice::<Value>(&first.body).unwrap()["settlement_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     stack.wait_settled(&id, SETTLE_TIMEOUT).await.unwrap();
-    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(WEATHER_PRICE), "paid once");
+    assert_eq!(
+        stack.balance(stack.pay_to).await.unwrap(),
+        U256::from(WEATHER_PRICE),
+        "paid once"
+    );
 }
 
 /// 20 payers at once through Envoy: all get their response, all payments settle.
@@ -209,7 +276,11 @@ async fn twenty_concurrent_payers_are_served_and_settled() {
     let mut tasks = Vec::new();
     for (i, signer) in signers.into_iter().enumerate() {
         // Half pay by permit, half by ERC-3009.
-        let scheme = if i % 2 == 0 { Scheme::Permit } else { Scheme::Exact };
+        let scheme = if i % 2 == 0 {
+            Scheme::Permit
+        } else {
+            Scheme::Exact
+        };
         let payer = payer_for(&stack, signer, vec![scheme]);
         let url = url.clone();
         tasks.push(tokio::spawn(async move { payer.get(&url).await }));
@@ -223,5 +294,8 @@ async fn twenty_concurrent_payers_are_served_and_settled() {
     for id in &ids {
         stack.wait_settled(id, SETTLE_TIMEOUT).await.unwrap();
     }
-    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), U256::from(20 * WEATHER_PRICE));
+    assert_eq!(
+        stack.balance(stack.pay_to).await.unwrap(),
+        U256::from(20 * WEATHER_PRICE)
+    );
 }

@@ -26,7 +26,11 @@ async fn wait_balance(stack: &Stack, who: Address, expected: U256) {
         if now == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "balance of {who} is {now}, expected {expected}\nsettler:\n{}", stack.settler.log());
+        assert!(
+            Instant::now() < deadline,
+            "balance of {who} is {now}, expected {expected}\nsettler:\n{}",
+            stack.settler.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -54,7 +58,10 @@ async fn official_x402_v2_python_client_pays_through_envoy() {
         .args(["--asset", &stack.token.to_checksum(None)])
         .args(["--network", &stack.anvil.network().to_string()])
         .args(["--max-amount", "500000"])
-        .env("X402_V2_PRIVATE_KEY", format!("0x{}", alloy::hex::encode(payer.to_bytes())))
+        .env(
+            "X402_V2_PRIVATE_KEY",
+            format!("0x{}", alloy::hex::encode(payer.to_bytes())),
+        )
         .env("X402_V2_PAY_TRACEBACK", "1")
         .output()
         .expect("run tests/python/x402_v2_pay.py (make setup installs tools/.venv with x402)");
@@ -66,7 +73,8 @@ async fn official_x402_v2_python_client_pays_through_envoy() {
         stack.envoy.log_tail(30),
         stack.settler.log()
     );
-    let line: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    let line: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
     eprintln!("x402_v2_pay.py: {line}");
     assert_eq!(line["status"], 200, "{line}");
 
@@ -87,17 +95,29 @@ async fn official_x402_v2_python_client_pays_through_envoy() {
     // PAYMENT-RESPONSE: success, by this payer; the SDK's own parser accepts it.
     let receipt = &line["payment_response"];
     assert_eq!(receipt["success"], true, "{line}");
-    assert!(same_address(&receipt["payer"], payer.address()), "{receipt}");
+    assert!(
+        same_address(&receipt["payer"], payer.address()),
+        "{receipt}"
+    );
     assert_eq!(receipt["network"], stack.anvil.network().to_string());
     assert_eq!(line["payment_response_sdk_ok"], true, "{line}");
 
     // The upstream saw the paid request, with the payer named by the filter.
     let seen = stack.upstream.requests();
-    let paid = seen.iter().find(|r| r.path.starts_with("/api/weather")).expect("upstream reached");
-    assert_eq!(paid.header("x-x402-payer").map(str::to_lowercase), Some(payer.address().to_checksum(None).to_lowercase()));
+    let paid = seen
+        .iter()
+        .find(|r| r.path.starts_with("/api/weather"))
+        .expect("upstream reached");
+    assert_eq!(
+        paid.header("x-x402-payer").map(str::to_lowercase),
+        Some(payer.address().to_checksum(None).to_lowercase())
+    );
 
     wait_balance(&stack, stack.pay_to, before + U256::from(WEATHER_PRICE)).await;
-    assert_eq!(stack.balance(payer.address()).await.unwrap(), U256::from(5_000_000u64 - WEATHER_PRICE));
+    assert_eq!(
+        stack.balance(payer.address()).await.unwrap(),
+        U256::from(5_000_000u64 - WEATHER_PRICE)
+    );
 }
 
 /// The v2 flow from Rust (`x402_client::sign::x402_v2_payment`): one signed `PAYMENT-SIGNATURE`
@@ -112,14 +132,26 @@ async fn x402_v2_payment_signature_is_single_use() {
     // The challenge, as a v2 client reads it.
     let challenge = stack.envoy.get("/api/weather");
     assert_eq!(challenge.status, 402, "{}", challenge.text());
-    let required: PaymentRequired =
-        serde_json::from_value(decode_b64_json(challenge.header("payment-required").expect("PAYMENT-REQUIRED header"))).unwrap();
+    let required: PaymentRequired = serde_json::from_value(decode_b64_json(
+        challenge
+            .header("payment-required")
+            .expect("PAYMENT-REQUIRED header"),
+    ))
+    .unwrap();
     assert_eq!(required.x402_version, 2);
-    let accepted = required.accepts.iter().find(|a| a.scheme == "exact").expect("an exact accept").clone();
+    let accepted = required
+        .accepts
+        .iter()
+        .find(|a| a.scheme == "exact")
+        .expect("an exact accept")
+        .clone();
     assert_eq!(accepted.network, stack.anvil.network().to_string());
     assert_eq!(accepted.amount, WEATHER_PRICE.to_string());
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let payload = x402_client::sign::x402_v2_payment(
         &payer,
         &accepted,
@@ -132,36 +164,89 @@ async fn x402_v2_payment_signature_is_single_use() {
     let pay = || HttpRequest::new("GET", "/api/weather").header("payment-signature", &header);
 
     let first = stack.envoy.send(&pay());
-    assert_eq!(first.status, 200, "{}\nsettler:\n{}", first.text(), stack.settler.log());
-    let receipt = decode_b64_json(first.header("payment-response").expect("PAYMENT-RESPONSE header"));
+    assert_eq!(
+        first.status,
+        200,
+        "{}\nsettler:\n{}",
+        first.text(),
+        stack.settler.log()
+    );
+    let receipt = decode_b64_json(
+        first
+            .header("payment-response")
+            .expect("PAYMENT-RESPONSE header"),
+    );
     assert_eq!(receipt["success"], true, "{receipt}");
-    assert!(same_address(&receipt["payer"], payer.address()), "{receipt}");
-    let upstream_hits = || stack.upstream.requests().iter().filter(|r| r.path.starts_with("/api/weather")).count();
+    assert!(
+        same_address(&receipt["payer"], payer.address()),
+        "{receipt}"
+    );
+    let upstream_hits = || {
+        stack
+            .upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/api/weather"))
+            .count()
+    };
     assert_eq!(upstream_hits(), 1);
     let seen = stack.upstream.requests();
-    let paid = seen.iter().find(|r| r.path.starts_with("/api/weather")).unwrap();
-    assert_eq!(paid.header("x-x402-payer").map(str::to_lowercase), Some(payer.address().to_checksum(None).to_lowercase()));
+    let paid = seen
+        .iter()
+        .find(|r| r.path.starts_with("/api/weather"))
+        .unwrap();
+    assert_eq!(
+        paid.header("x-x402-payer").map(str::to_lowercase),
+        Some(payer.address().to_checksum(None).to_lowercase())
+    );
     // The spent payment is not passed on to the API; the payer is, checksummed.
-    assert!(paid.header("payment-signature").is_none(), "the signed payment stays at the edge");
+    assert!(
+        paid.header("payment-signature").is_none(),
+        "the signed payment stays at the edge"
+    );
     assert_eq!(receipt["payer"], payer.address().to_checksum(None));
     // The client can follow the asynchronous settlement.
-    let id = first.header("x-x402-settlement-id").expect("x-x402-settlement-id header").to_string();
-    let settled = stack.wait_settled(&id, Duration::from_secs(60)).await.unwrap();
+    let id = first
+        .header("x-x402-settlement-id")
+        .expect("x-x402-settlement-id header")
+        .to_string();
+    let settled = stack
+        .wait_settled(&id, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(settled.transfer_tx.is_some());
 
     // The same header again: no second paid pass.
     let second: HttpResponse = stack.envoy.send(&pay());
     assert_eq!(second.status, 402, "{}", second.text());
-    assert!(second.header("payment-response").is_none(), "a replay carries no receipt");
+    assert!(
+        second.header("payment-response").is_none(),
+        "a replay carries no receipt"
+    );
     let body = second.json();
     assert_eq!(body["error"], "payment_already_used", "{body}");
-    let again = decode_b64_json(second.header("payment-required").expect("a replay is answered with a new challenge"));
+    let again = decode_b64_json(
+        second
+            .header("payment-required")
+            .expect("a replay is answered with a new challenge"),
+    );
     assert_eq!(again["x402Version"], 2);
-    assert_eq!(upstream_hits(), 1, "the upstream was not reached by the replay");
+    assert_eq!(
+        upstream_hits(),
+        1,
+        "the upstream was not reached by the replay"
+    );
 
     wait_balance(&stack, stack.pay_to, before + U256::from(WEATHER_PRICE)).await;
     // Still one payment after the replay had every chance to settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stack.balance(stack.pay_to).await.unwrap(), before + U256::from(WEATHER_PRICE), "paid once");
-    assert_eq!(stack.balance(payer.address()).await.unwrap(), U256::from(5_000_000u64 - WEATHER_PRICE));
+    assert_eq!(
+        stack.balance(stack.pay_to).await.unwrap(),
+        before + U256::from(WEATHER_PRICE),
+        "paid once"
+    );
+    assert_eq!(
+        stack.balance(payer.address()).await.unwrap(),
+        U256::from(5_000_000u64 - WEATHER_PRICE)
+    );
 }

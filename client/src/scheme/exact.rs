@@ -7,14 +7,19 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signature;
 use alloy::sol_types::SolStruct;
 use serde_json::{json, Value};
-use x402_protocol::challenge::{PaymentRequirements, Resource, SeedComponent, SEED_PROTOCOL_VERSION};
+use x402_protocol::challenge::{
+    PaymentRequirements, Resource, SeedComponent, SEED_PROTOCOL_VERSION,
+};
 use x402_protocol::eip712::TransferWithAuthorization;
 use x402_protocol::{Network, Scheme};
 
 use super::{BoxFuture, PaymentScheme, Signed};
 use crate::pay::{Config, PayError};
 use crate::select::Choice;
-use crate::sign::{check_signer, json_uint, now_naive, random_nonce, seed_signature, sign_digest, SignError, TokenDomain, V2Error};
+use crate::sign::{
+    check_signer, json_uint, now_naive, random_nonce, seed_signature, sign_digest, SignError,
+    TokenDomain, V2Error,
+};
 
 /// The `exact` scheme module.
 pub(crate) struct Exact;
@@ -32,12 +37,22 @@ impl PaymentScheme for Exact {
         "ERC-3009 transferWithAuthorization"
     }
 
-    fn check_seed(&self, _: &SeedComponent, _: Network, _: &dyn Fn(Network) -> bool) -> Result<Option<Address>, String> {
+    fn check_seed(
+        &self,
+        _: &SeedComponent,
+        _: Network,
+        _: &dyn Fn(Network) -> bool,
+    ) -> Result<Option<Address>, String> {
         // Paid straight to pay_to: no spender, nothing to read on chain.
         Ok(None)
     }
 
-    fn sign_seed<'a>(&'a self, config: &'a Config, c: &'a Choice, now: u64) -> BoxFuture<'a, Result<Signed, PayError>> {
+    fn sign_seed<'a>(
+        &'a self,
+        config: &'a Config,
+        c: &'a Choice,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Signed, PayError>> {
         let signer = &config.signer;
         let valid_before = now + config.authorization_ttl_secs;
         let signed = sign_authorization(
@@ -50,7 +65,10 @@ impl PaymentScheme for Exact {
             U256::from(valid_before),
             random_nonce(),
         )
-        .map(|body| Signed { body, valid_until: valid_before })
+        .map(|body| Signed {
+            body,
+            valid_until: valid_before,
+        })
         .map_err(PayError::from);
         Box::pin(std::future::ready(signed))
     }
@@ -59,8 +77,14 @@ impl PaymentScheme for Exact {
         Some("exact")
     }
 
-    fn x402_v2_domain(&self, r: &PaymentRequirements, network: Network, asset: Address) -> Result<TokenDomain, String> {
-        v2_domain(r, network, asset).ok_or_else(|| "no extra {name, version}: the asset's EIP-712 domain is unknown".into())
+    fn x402_v2_domain(
+        &self,
+        r: &PaymentRequirements,
+        network: Network,
+        asset: Address,
+    ) -> Result<TokenDomain, String> {
+        v2_domain(r, network, asset)
+            .ok_or_else(|| "no extra {name, version}: the asset's EIP-712 domain is unknown".into())
     }
 
     fn sign_x402_v2(
@@ -77,11 +101,19 @@ impl PaymentScheme for Exact {
 /// The token's EIP-712 domain from an x402 v2 requirement's `extra {name, version}`.
 fn v2_domain(r: &PaymentRequirements, network: Network, asset: Address) -> Option<TokenDomain> {
     let extra = r.extra.as_ref()?;
-    Some(TokenDomain::new(extra.name.clone(), extra.version.clone(), network.chain_id, asset))
+    Some(TokenDomain::new(
+        extra.name.clone(),
+        extra.version.clone(),
+        network.chain_id,
+        asset,
+    ))
 }
 
 /// The EIP-712 digest the token checks for a transferWithAuthorization.
-pub(crate) fn authorization_signing_hash(domain: &TokenDomain, auth: &TransferWithAuthorization) -> B256 {
+pub(crate) fn authorization_signing_hash(
+    domain: &TokenDomain,
+    auth: &TransferWithAuthorization,
+) -> B256 {
     auth.eip712_signing_hash(&domain.eip712())
 }
 
@@ -108,7 +140,14 @@ pub fn sign_authorization(
     valid_before: U256,
     nonce: B256,
 ) -> Result<Value, SignError> {
-    let auth = TransferWithAuthorization { from, to, value, validAfter: valid_after, validBefore: valid_before, nonce };
+    let auth = TransferWithAuthorization {
+        from,
+        to,
+        value,
+        validAfter: valid_after,
+        validBefore: valid_before,
+        nonce,
+    };
     let sig = authorization_signature(signer, domain, &auth)?;
     Ok(json!({
         "version": SEED_PROTOCOL_VERSION,
@@ -143,15 +182,25 @@ pub fn x402_v2_payment(
     if accepted.scheme != "exact" {
         return Err(V2Error::Scheme(accepted.scheme.clone()));
     }
-    let network: Network = accepted
-        .network
+    let network: Network =
+        accepted
+            .network
+            .parse()
+            .map_err(|e: x402_protocol::chain::NetworkError| {
+                V2Error::Field("network", e.to_string())
+            })?;
+    let asset: Address = accepted
+        .asset
         .parse()
-        .map_err(|e: x402_protocol::chain::NetworkError| V2Error::Field("network", e.to_string()))?;
-    let asset: Address = accepted.asset.parse().map_err(|_| V2Error::Field("asset", accepted.asset.clone()))?;
-    let pay_to: Address = accepted.pay_to.parse().map_err(|_| V2Error::Field("payTo", accepted.pay_to.clone()))?;
+        .map_err(|_| V2Error::Field("asset", accepted.asset.clone()))?;
+    let pay_to: Address = accepted
+        .pay_to
+        .parse()
+        .map_err(|_| V2Error::Field("payTo", accepted.pay_to.clone()))?;
     let value = x402_protocol::u256_serde::parse_str(&accepted.amount)
         .ok_or_else(|| V2Error::Field("amount", accepted.amount.clone()))?;
-    let domain = v2_domain(accepted, network, asset).ok_or_else(|| V2Error::Field("extra", "missing name/version".into()))?;
+    let domain = v2_domain(accepted, network, asset)
+        .ok_or_else(|| V2Error::Field("extra", "missing name/version".into()))?;
     let auth = TransferWithAuthorization {
         from: signer.address(),
         to: pay_to,
@@ -193,23 +242,50 @@ mod tests {
     fn authorization_body_has_seed_shape_and_recovers() {
         let signer: PrivateKeySigner = KEY1.parse().unwrap();
         let domain = TokenDomain::usdc(11155111, token());
-        let to: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap();
+        let to: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+            .parse()
+            .unwrap();
         let nonce = random_nonce();
-        let body = sign_authorization(&signer, &domain, signer.address(), to, U256::from(500_000u64), U256::ZERO, U256::from(1795497904u64), nonce).unwrap();
+        let body = sign_authorization(
+            &signer,
+            &domain,
+            signer.address(),
+            to,
+            U256::from(500_000u64),
+            U256::ZERO,
+            U256::from(1795497904u64),
+            nonce,
+        )
+        .unwrap();
         let p = &body["permit"];
         assert_eq!(p["permit_type"], "ERC3009");
-        assert_eq!(p["authorizer"], "0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+        assert_eq!(
+            p["authorizer"],
+            "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+        );
         assert_eq!(p["recipient"], "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
         assert_eq!(p["validAfter"], 0);
         assert_eq!(p["nonce"], nonce.to_string());
         let (parsed, _) = parse_payment_value(&body).unwrap();
-        let ClientPayment::Authorization(a) = parsed else { panic!("not an authorization") };
+        let ClientPayment::Authorization(a) = parsed else {
+            panic!("not an authorization")
+        };
         let digest = authorization_signing_hash(
             &domain,
-            &TransferWithAuthorization { from: a.from, to: a.to, value: a.value, validAfter: a.valid_after, validBefore: a.valid_before, nonce: a.nonce },
+            &TransferWithAuthorization {
+                from: a.from,
+                to: a.to,
+                value: a.value,
+                validAfter: a.valid_after,
+                validBefore: a.valid_before,
+                nonce: a.nonce,
+            },
         );
         let sig = Signature::from_raw(&a.sig.to_bytes()).unwrap();
-        assert_eq!(sig.recover_address_from_prehash(&digest).unwrap(), signer.address());
+        assert_eq!(
+            sig.recover_address_from_prehash(&digest).unwrap(),
+            signer.address()
+        );
     }
 
     #[test]
@@ -222,24 +298,42 @@ mod tests {
             asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
             pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
             max_timeout_seconds: 300,
-            extra: Some(x402_protocol::challenge::AssetExtra { name: "USDC".into(), version: "2".into() }),
+            extra: Some(x402_protocol::challenge::AssetExtra {
+                name: "USDC".into(),
+                version: "2".into(),
+            }),
         };
         let nonce = random_nonce();
         let payload = x402_v2_payment(&signer, &req, None, 1795497581, nonce).unwrap();
-        assert_eq!(payload["accepted"]["payTo"], "0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+        assert_eq!(
+            payload["accepted"]["payTo"],
+            "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+        );
         assert_eq!(payload["payload"]["authorization"]["validAfter"], "0");
         let header = x402_v2_header(&payload);
         let decoded = x402_protocol::b64::decode(&header).unwrap();
         let (p, fmt) = x402_protocol::payment::parse_payment(&decoded).unwrap();
         assert_eq!(fmt, PaymentFormat::X402V2);
-        let ClientPayment::Authorization(a) = p else { panic!() };
+        let ClientPayment::Authorization(a) = p else {
+            panic!()
+        };
         assert_eq!(a.nonce, nonce);
         let domain = TokenDomain::usdc(84532, a.token);
         let digest = authorization_signing_hash(
             &domain,
-            &TransferWithAuthorization { from: a.from, to: a.to, value: a.value, validAfter: a.valid_after, validBefore: a.valid_before, nonce: a.nonce },
+            &TransferWithAuthorization {
+                from: a.from,
+                to: a.to,
+                value: a.value,
+                validAfter: a.valid_after,
+                validBefore: a.valid_before,
+                nonce: a.nonce,
+            },
         );
         let sig = Signature::from_raw(&a.sig.to_bytes()).unwrap();
-        assert_eq!(sig.recover_address_from_prehash(&digest).unwrap(), signer.address());
+        assert_eq!(
+            sig.recover_address_from_prehash(&digest).unwrap(),
+            signer.address()
+        );
     }
 }

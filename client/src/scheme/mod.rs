@@ -60,7 +60,12 @@ pub(crate) trait PaymentScheme: Sync {
 
     /// Signs the chosen seed component at `now` (unix seconds) and returns the token-endpoint
     /// request body.
-    fn sign_seed<'a>(&'a self, config: &'a Config, choice: &'a Choice, now: u64) -> BoxFuture<'a, Result<Signed, PayError>>;
+    fn sign_seed<'a>(
+        &'a self,
+        config: &'a Config,
+        choice: &'a Choice,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Signed, PayError>>;
 
     /// The x402 v2 `scheme` name this module answers, if it speaks x402 v2.
     fn x402_v2_name(&self) -> Option<&'static str> {
@@ -69,8 +74,16 @@ pub(crate) trait PaymentScheme: Sync {
 
     /// The EIP-712 domain to sign an x402 v2 requirement under, from its `extra` (checked
     /// after the common checks of the requirement).
-    fn x402_v2_domain(&self, requirement: &PaymentRequirements, _network: Network, _asset: Address) -> Result<TokenDomain, String> {
-        Err(format!("x402 v2 scheme {:?} is not supported", requirement.scheme))
+    fn x402_v2_domain(
+        &self,
+        requirement: &PaymentRequirements,
+        _network: Network,
+        _asset: Address,
+    ) -> Result<TokenDomain, String> {
+        Err(format!(
+            "x402 v2 scheme {:?} is not supported",
+            requirement.scheme
+        ))
     }
 
     /// Signs the `PAYMENT-SIGNATURE` payload for `accepted`, valid until `valid_before`.
@@ -92,13 +105,19 @@ pub(crate) fn for_scheme(s: Scheme) -> Option<&'static dyn PaymentScheme> {
 
 /// The module answering an x402 v2 `scheme` name.
 pub(crate) fn for_x402_v2(name: &str) -> Option<&'static dyn PaymentScheme> {
-    SCHEMES.iter().copied().find(|m| m.x402_v2_name() == Some(name))
+    SCHEMES
+        .iter()
+        .copied()
+        .find(|m| m.x402_v2_name() == Some(name))
 }
 
 /// The scheme a `--scheme` value names (its wire name or an alias, any case).
 pub(crate) fn parse_name(s: &str) -> Option<Scheme> {
     let s = s.trim().to_ascii_lowercase();
-    SCHEMES.iter().find(|m| m.scheme().as_str() == s || m.aliases().contains(&s.as_str())).map(|m| m.scheme())
+    SCHEMES
+        .iter()
+        .find(|m| m.scheme().as_str() == s || m.aliases().contains(&s.as_str()))
+        .map(|m| m.scheme())
 }
 
 /// The wire names, for messages: "exact or permit".
@@ -113,5 +132,9 @@ pub(crate) fn names() -> String {
 
 /// The x402 v2 names, for messages: "exact".
 pub(crate) fn x402_v2_names() -> String {
-    SCHEMES.iter().filter_map(|m| m.x402_v2_name()).collect::<Vec<_>>().join(", ")
+    SCHEMES
+        .iter()
+        .filter_map(|m| m.x402_v2_name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -16,7 +16,9 @@ use x402_protocol::{Network, Scheme};
 use super::{BoxFuture, PaymentScheme, Signed};
 use crate::pay::{Config, PayError, Step};
 use crate::select::Choice;
-use crate::sign::{check_signer, json_uint, now_naive, seed_signature, sign_digest, SignError, TokenDomain};
+use crate::sign::{
+    check_signer, json_uint, now_naive, seed_signature, sign_digest, SignError, TokenDomain,
+};
 
 alloy::sol! {
     #[sol(rpc)]
@@ -41,42 +43,85 @@ impl PaymentScheme for Permit {
         "EIP-2612 permit"
     }
 
-    fn check_seed(&self, c: &SeedComponent, network: Network, has_rpc: &dyn Fn(Network) -> bool) -> Result<Option<Address>, String> {
+    fn check_seed(
+        &self,
+        c: &SeedComponent,
+        network: Network,
+        has_rpc: &dyn Fn(Network) -> bool,
+    ) -> Result<Option<Address>, String> {
         let spender = c.spender.unwrap_or(c.metadata.wallet_address);
         if spender == Address::ZERO {
             return Err("permit without a spender".into());
         }
         if !has_rpc(network) {
-            return Err(format!("permit needs an RPC for {network} to read the nonce (add --rpc {network}=URL)"));
+            return Err(format!(
+                "permit needs an RPC for {network} to read the nonce (add --rpc {network}=URL)"
+            ));
         }
         Ok(Some(spender))
     }
 
-    fn sign_seed<'a>(&'a self, config: &'a Config, c: &'a Choice, now: u64) -> BoxFuture<'a, Result<Signed, PayError>> {
+    fn sign_seed<'a>(
+        &'a self,
+        config: &'a Config,
+        c: &'a Choice,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Signed, PayError>> {
         Box::pin(async move {
             let signer = &config.signer;
-            let spender = c.spender.ok_or_else(|| SignError::Signer("permit without spender".into()))?;
+            let spender = c
+                .spender
+                .ok_or_else(|| SignError::Signer("permit without spender".into()))?;
             let nonce = read_nonce(config, c.network, &c.domain).await?;
-            config.emit(&Step::NonceRead { network: c.network, nonce });
+            config.emit(&Step::NonceRead {
+                network: c.network,
+                nonce,
+            });
             let deadline = now + config.permit_ttl_secs;
-            let body = sign_permit(signer, &c.domain, signer.address(), spender, c.amount, nonce, U256::from(deadline))?;
-            Ok(Signed { body, valid_until: deadline })
+            let body = sign_permit(
+                signer,
+                &c.domain,
+                signer.address(),
+                spender,
+                c.amount,
+                nonce,
+                U256::from(deadline),
+            )?;
+            Ok(Signed {
+                body,
+                valid_until: deadline,
+            })
         })
     }
 }
 
 /// Reads `nonces(owner)` on the component's chain, after checking the RPC is that chain.
-async fn read_nonce(config: &Config, network: Network, domain: &TokenDomain) -> Result<U256, PayError> {
+async fn read_nonce(
+    config: &Config,
+    network: Network,
+    domain: &TokenDomain,
+) -> Result<U256, PayError> {
     let url = config.rpc.get(&network).cloned().unwrap_or_default();
-    let rpc_err = |detail: String| PayError::Rpc { network, url: url.clone(), detail };
+    let rpc_err = |detail: String| PayError::Rpc {
+        network,
+        url: url.clone(),
+        detail,
+    };
     let parsed: Url = url.parse().map_err(|_| rpc_err("not a URL".into()))?;
     let provider = ProviderBuilder::new().connect_http(parsed);
-    let got = provider.get_chain_id().await.map_err(|e| rpc_err(e.to_string()))?;
+    let got = provider
+        .get_chain_id()
+        .await
+        .map_err(|e| rpc_err(e.to_string()))?;
     if got != network.chain_id {
         return Err(PayError::RpcChain { network, url, got });
     }
     let token = IErc2612::new(domain.verifying_contract, &provider);
-    token.nonces(config.signer.address()).call().await.map_err(|e| rpc_err(format!("nonces(): {e}")))
+    token
+        .nonces(config.signer.address())
+        .call()
+        .await
+        .map_err(|e| rpc_err(format!("nonces(): {e}")))
 }
 
 /// The EIP-712 digest the token checks for a permit.
@@ -85,7 +130,11 @@ pub(crate) fn permit_signing_hash(domain: &TokenDomain, permit: &PermitMessage) 
 }
 
 /// Signs a permit, refusing if the key is not its owner (v is 27/28 via `v_byte()`).
-fn permit_signature(signer: &PrivateKeySigner, domain: &TokenDomain, permit: &PermitMessage) -> Result<Signature, SignError> {
+fn permit_signature(
+    signer: &PrivateKeySigner,
+    domain: &TokenDomain,
+    permit: &PermitMessage,
+) -> Result<Signature, SignError> {
     check_signer(signer, permit.owner, "owner")?;
     sign_digest(signer, &permit_signing_hash(domain, permit))
 }
@@ -101,7 +150,13 @@ pub fn sign_permit(
     nonce: U256,
     deadline: U256,
 ) -> Result<Value, SignError> {
-    let permit = PermitMessage { owner, spender, value, nonce, deadline };
+    let permit = PermitMessage {
+        owner,
+        spender,
+        value,
+        nonce,
+        deadline,
+    };
     let sig = permit_signature(signer, domain, &permit)?;
     Ok(json!({
         "version": SEED_PROTOCOL_VERSION,
@@ -130,8 +185,19 @@ mod tests {
     fn permit_body_has_seed_shape_and_recovers_to_owner() {
         let signer: PrivateKeySigner = KEY1.parse().unwrap();
         let domain = TokenDomain::usdc(11155111, token());
-        let spender: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap();
-        let body = sign_permit(&signer, &domain, signer.address(), spender, U256::from(500_000u64), U256::from(3u64), U256::from(1795497709u64)).unwrap();
+        let spender: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+            .parse()
+            .unwrap();
+        let body = sign_permit(
+            &signer,
+            &domain,
+            signer.address(),
+            spender,
+            U256::from(500_000u64),
+            U256::from(3u64),
+            U256::from(1795497709u64),
+        )
+        .unwrap();
         assert_eq!(body["version"], "Version 0.1");
         let p = &body["permit"];
         assert_eq!(p["permit_type"], "EIP2612");
@@ -145,26 +211,56 @@ mod tests {
         // the EIP-712 digest computed independently.
         let (parsed, fmt) = parse_payment_value(&body).unwrap();
         assert_eq!(fmt, PaymentFormat::Seed);
-        let ClientPayment::Permit(pp) = parsed else { panic!("not a permit") };
+        let ClientPayment::Permit(pp) = parsed else {
+            panic!("not a permit")
+        };
         let digest = permit_signing_hash(
             &domain,
-            &PermitMessage { owner: pp.owner, spender: pp.spender, value: pp.value, nonce: pp.nonce, deadline: pp.deadline },
+            &PermitMessage {
+                owner: pp.owner,
+                spender: pp.spender,
+                value: pp.value,
+                nonce: pp.nonce,
+                deadline: pp.deadline,
+            },
         );
         let sig = Signature::from_raw(&pp.sig.to_bytes()).unwrap();
-        assert_eq!(sig.recover_address_from_prehash(&digest).unwrap(), signer.address());
+        assert_eq!(
+            sig.recover_address_from_prehash(&digest).unwrap(),
+            signer.address()
+        );
         // A different domain (version "1") does not recover to the owner.
         let other = permit_signing_hash(
             &TokenDomain::new("USDC", "1", 11155111, token()),
-            &PermitMessage { owner: pp.owner, spender: pp.spender, value: pp.value, nonce: pp.nonce, deadline: pp.deadline },
+            &PermitMessage {
+                owner: pp.owner,
+                spender: pp.spender,
+                value: pp.value,
+                nonce: pp.nonce,
+                deadline: pp.deadline,
+            },
         );
-        assert_ne!(sig.recover_address_from_prehash(&other).unwrap(), signer.address());
+        assert_ne!(
+            sig.recover_address_from_prehash(&other).unwrap(),
+            signer.address()
+        );
     }
 
     #[test]
     fn refuses_to_sign_for_someone_else() {
         let signer: PrivateKeySigner = KEY0.parse().unwrap();
-        let other: Address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".parse().unwrap();
-        let r = sign_permit(&signer, &TokenDomain::usdc(1, token()), other, other, U256::from(1u8), U256::ZERO, U256::from(1u8));
+        let other: Address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+            .parse()
+            .unwrap();
+        let r = sign_permit(
+            &signer,
+            &TokenDomain::usdc(1, token()),
+            other,
+            other,
+            U256::from(1u8),
+            U256::ZERO,
+            U256::from(1u8),
+        );
         assert!(matches!(r, Err(SignError::WrongSigner { .. })));
     }
 }

@@ -13,7 +13,10 @@ use x402_testkit::anvil::{deploy_token_with, dev_signer, TestUsdc};
 const DECIMALS: u8 = 6;
 
 #[derive(Parser)]
-#[command(name = "x402-devchain", about = "Deploy and fund the test USDC on a local anvil chain")]
+#[command(
+    name = "x402-devchain",
+    about = "Deploy and fund the test USDC on a local anvil chain"
+)]
 struct Cli {
     /// JSON-RPC URL of the local chain.
     #[arg(long, default_value = "http://127.0.0.1:8545")]
@@ -41,7 +44,9 @@ enum Cmd {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let url = cli.rpc.parse().context("--rpc is not a URL")?;
-    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(dev_signer(0))).connect_http(url);
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(dev_signer(0)))
+        .connect_http(url);
     match cli.cmd {
         Cmd::Deploy { mint } => {
             let token = deploy_token_with(&provider).await?;
