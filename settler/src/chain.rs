@@ -38,7 +38,7 @@ sol! {
 /// One network: its RPC endpoint and the settler's wallet there.
 pub struct Chain {
     pub network: Network,
-    pub url: String,
+    url: String,
     /// The endpoint as the HTTP client prints it (normalised), and how it is shown instead
     /// when it carries more than scheme, host and port (see [`Chain::scrub`]).
     parsed_url: String,
@@ -47,12 +47,12 @@ pub struct Chain {
     wallet: EthereumWallet,
     signer: Address,
     timeout: Duration,
-    pub gas_limit: u64,
+    gas_limit: u64,
 }
 
 /// What `eth_sendRawTransaction` said.
 #[derive(Debug)]
-pub enum SendOutcome {
+pub(crate) enum SendOutcome {
     Accepted,
     /// The node has it already or its nonce is used: nothing to do but wait for the receipt.
     AlreadyKnown(String),
@@ -60,8 +60,17 @@ pub enum SendOutcome {
 }
 
 impl Chain {
-    pub fn new(network: Network, url: &str, key: PrivateKeySigner, timeout: Duration, poll: Duration, gas_limit: u64) -> anyhow::Result<Chain> {
-        let parsed: alloy::transports::http::reqwest::Url = url.parse().map_err(|e| anyhow::anyhow!("rpc url {:?}: {e}", redact_url(url)))?;
+    pub fn new(
+        network: Network,
+        url: &str,
+        key: PrivateKeySigner,
+        timeout: Duration,
+        poll: Duration,
+        gas_limit: u64,
+    ) -> anyhow::Result<Chain> {
+        let parsed: alloy::transports::http::reqwest::Url = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("rpc url {:?}: {e}", redact_url(url)))?;
         let parsed_url = parsed.to_string();
         let shown_url = Some(redact_url(url)).filter(|r| r.ends_with(REDACTED));
         let client = alloy::rpc::client::RpcClient::new_http(parsed);
@@ -69,7 +78,17 @@ impl Chain {
         client.set_poll_interval(poll);
         let provider = RootProvider::new(client);
         let signer = key.address();
-        Ok(Chain { network, url: url.to_string(), parsed_url, shown_url, provider, wallet: EthereumWallet::from(key), signer, timeout, gas_limit })
+        Ok(Chain {
+            network,
+            url: url.to_string(),
+            parsed_url,
+            shown_url,
+            provider,
+            wallet: EthereumWallet::from(key),
+            signer,
+            timeout,
+            gas_limit,
+        })
     }
 
     pub fn signer(&self) -> Address {
@@ -80,16 +99,27 @@ impl Chain {
     /// often carries its API key. These messages reach logs, `/readyz` and 503 answers.
     fn scrub(&self, msg: String) -> String {
         match &self.shown_url {
-            Some(shown) => msg.replace(&self.parsed_url, shown).replace(&self.url, shown),
+            Some(shown) => msg
+                .replace(&self.parsed_url, shown)
+                .replace(&self.url, shown),
             None => msg,
         }
     }
 
-    async fn rpc<T, E: std::fmt::Display>(&self, what: &str, f: impl IntoFuture<Output = Result<T, E>>) -> Result<T, ChainError> {
+    async fn rpc<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        f: impl IntoFuture<Output = Result<T, E>>,
+    ) -> Result<T, ChainError> {
         match tokio::time::timeout(self.timeout, f.into_future()).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(ChainError::Rpc { network: self.network.to_string(), message: self.scrub(format!("{what}: {e}")) }),
-            Err(_) => Err(ChainError::Timeout { network: self.network.to_string() }),
+            Ok(Err(e)) => Err(ChainError::Rpc {
+                network: self.network.to_string(),
+                message: self.scrub(format!("{what}: {e}")),
+            }),
+            Err(_) => Err(ChainError::Timeout {
+                network: self.network.to_string(),
+            }),
         }
     }
 
@@ -101,8 +131,9 @@ impl Chain {
         self.rpc("eth_chainId", self.provider.get_chain_id()).await
     }
 
-    pub async fn block_number(&self) -> Result<u64, ChainError> {
-        self.rpc("eth_blockNumber", self.provider.get_block_number()).await
+    pub(crate) async fn block_number(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_blockNumber", self.provider.get_block_number())
+            .await
     }
 
     pub async fn balance_of(&self, token: Address, owner: Address) -> Result<U256, ChainError> {
@@ -115,35 +146,69 @@ impl Chain {
         self.rpc("nonces", t.nonces(owner).call()).await
     }
 
-    pub async fn allowance(&self, token: Address, owner: Address, spender: Address) -> Result<U256, ChainError> {
+    pub(crate) async fn allowance(
+        &self,
+        token: Address,
+        owner: Address,
+        spender: Address,
+    ) -> Result<U256, ChainError> {
         let t = self.token(token);
-        self.rpc("allowance", t.allowance(owner, spender).call()).await
+        self.rpc("allowance", t.allowance(owner, spender).call())
+            .await
     }
 
-    pub async fn authorization_used(&self, token: Address, from: Address, nonce: B256) -> Result<bool, ChainError> {
+    pub async fn authorization_used(
+        &self,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> Result<bool, ChainError> {
         let t = self.token(token);
-        self.rpc("authorizationState", t.authorizationState(from, nonce).call()).await
+        self.rpc(
+            "authorizationState",
+            t.authorizationState(from, nonce).call(),
+        )
+        .await
     }
 
     /// The signer's next nonce counting the node's pending pool.
-    pub async fn pending_nonce(&self) -> Result<u64, ChainError> {
-        self.rpc("eth_getTransactionCount", self.provider.get_transaction_count(self.signer).pending()).await
+    pub(crate) async fn pending_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc(
+            "eth_getTransactionCount",
+            self.provider.get_transaction_count(self.signer).pending(),
+        )
+        .await
     }
 
     /// The signer's confirmed transaction count: every nonce below it is used by a mined transaction.
-    pub async fn latest_nonce(&self) -> Result<u64, ChainError> {
-        self.rpc("eth_getTransactionCount", self.provider.get_transaction_count(self.signer).latest()).await
+    pub(crate) async fn latest_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc(
+            "eth_getTransactionCount",
+            self.provider.get_transaction_count(self.signer).latest(),
+        )
+        .await
     }
 
     /// (max fee per gas, max priority fee per gas).
-    pub async fn fees(&self) -> Result<(u128, u128), ChainError> {
-        let est = self.rpc("fee estimate", self.provider.estimate_eip1559_fees()).await?;
+    pub(crate) async fn fees(&self) -> Result<(u128, u128), ChainError> {
+        let est = self
+            .rpc("fee estimate", self.provider.estimate_eip1559_fees())
+            .await?;
         // Headroom so a stored raw transaction stays includable if the base fee rises a bit.
-        Ok((est.max_fee_per_gas.saturating_mul(2), est.max_priority_fee_per_gas))
+        Ok((
+            est.max_fee_per_gas.saturating_mul(2),
+            est.max_priority_fee_per_gas,
+        ))
     }
 
     /// Signs a call to `to` with an explicit nonce and fees: (hash, raw EIP-2718 bytes).
-    pub async fn sign(&self, to: Address, input: Bytes, nonce: u64, fees: (u128, u128)) -> Result<(B256, Vec<u8>), ChainError> {
+    pub(crate) async fn sign(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        fees: (u128, u128),
+    ) -> Result<(B256, Vec<u8>), ChainError> {
         let req = TransactionRequest::default()
             .with_from(self.signer)
             .with_to(to)
@@ -154,20 +219,24 @@ impl Chain {
             .with_max_fee_per_gas(fees.0)
             .with_max_priority_fee_per_gas(fees.1)
             .with_value(U256::ZERO);
-        let env: TxEnvelope = req
-            .build(&self.wallet)
-            .await
-            .map_err(|e| ChainError::Rpc { network: self.network.to_string(), message: self.scrub(format!("signing: {e}")) })?;
+        let env: TxEnvelope = req.build(&self.wallet).await.map_err(|e| ChainError::Rpc {
+            network: self.network.to_string(),
+            message: self.scrub(format!("signing: {e}")),
+        })?;
         Ok((*env.tx_hash(), env.encoded_2718()))
     }
 
-    pub async fn broadcast(&self, raw: &[u8]) -> SendOutcome {
+    pub(crate) async fn broadcast(&self, raw: &[u8]) -> SendOutcome {
         match tokio::time::timeout(self.timeout, self.provider.send_raw_transaction(raw)).await {
             Ok(Ok(_)) => SendOutcome::Accepted,
             Ok(Err(e)) => {
                 let msg = self.scrub(e.to_string());
                 let lower = msg.to_ascii_lowercase();
-                if lower.contains("already known") || lower.contains("nonce too low") || lower.contains("already imported") || lower.contains("known transaction") {
+                if lower.contains("already known")
+                    || lower.contains("nonce too low")
+                    || lower.contains("already imported")
+                    || lower.contains("known transaction")
+                {
                     SendOutcome::AlreadyKnown(msg)
                 } else {
                     SendOutcome::Error(msg)
@@ -178,7 +247,11 @@ impl Chain {
     }
 
     pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
-        self.rpc("eth_getTransactionReceipt", self.provider.get_transaction_receipt(hash)).await
+        self.rpc(
+            "eth_getTransactionReceipt",
+            self.provider.get_transaction_receipt(hash),
+        )
+        .await
     }
 }
 
@@ -191,24 +264,42 @@ pub fn redact_url(url: &str) -> String {
         Ok(u) => {
             let host = u.host_str().unwrap_or("");
             let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            let hidden = !u.username().is_empty() || u.password().is_some() || u.path() != "/" || u.query().is_some() || u.fragment().is_some();
-            format!("{}://{host}{port}{}", u.scheme(), if hidden { REDACTED } else { "" })
+            let hidden = !u.username().is_empty()
+                || u.password().is_some()
+                || u.path() != "/"
+                || u.query().is_some()
+                || u.fragment().is_some();
+            format!(
+                "{}://{host}{port}{}",
+                u.scheme(),
+                if hidden { REDACTED } else { "" }
+            )
         }
         Err(_) => "<unparsable url>".into(),
     }
 }
 
-pub fn permit_call(p: &Permit) -> Bytes {
-    IToken::permitCall { owner: p.owner, spender: p.spender, value: p.value, deadline: p.deadline, v: p.sig.v, r: p.sig.r, s: p.sig.s }
+pub(crate) fn permit_call(p: &Permit) -> Bytes {
+    IToken::permitCall {
+        owner: p.owner,
+        spender: p.spender,
+        value: p.value,
+        deadline: p.deadline,
+        v: p.sig.v,
+        r: p.sig.r,
+        s: p.sig.s,
+    }
+    .abi_encode()
+    .into()
+}
+
+pub(crate) fn transfer_from_call(from: Address, to: Address, value: U256) -> Bytes {
+    IToken::transferFromCall { from, to, value }
         .abi_encode()
         .into()
 }
 
-pub fn transfer_from_call(from: Address, to: Address, value: U256) -> Bytes {
-    IToken::transferFromCall { from, to, value }.abi_encode().into()
-}
-
-pub fn transfer_with_authorization_call(a: &Authorization) -> Bytes {
+pub(crate) fn transfer_with_authorization_call(a: &Authorization) -> Bytes {
     IToken::transferWithAuthorizationCall {
         from: a.from,
         to: a.to,
@@ -224,15 +315,44 @@ pub fn transfer_with_authorization_call(a: &Authorization) -> Bytes {
     .into()
 }
 
+/// A `Transfer(from, to, value)` log and the token contract that emitted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransferLog {
+    pub token: Address,
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+}
+
+/// The `Transfer` logs of `receipt` (logs that do not decode as one are left out).
+pub(crate) fn transfer_logs(receipt: &TransactionReceipt) -> Vec<TransferLog> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter_map(|log| {
+            let t = log.log_decode::<IToken::Transfer>().ok()?;
+            Some(TransferLog {
+                token: log.address(),
+                from: t.inner.data.from,
+                to: t.inner.data.to,
+                value: t.inner.data.value,
+            })
+        })
+        .collect()
+}
+
 /// True if `receipt` carries `Transfer(from, to, value)` emitted by `token`.
-pub fn has_transfer(receipt: &TransactionReceipt, token: Address, from: Address, to: Address, value: U256) -> bool {
-    receipt.inner.logs().iter().any(|log| {
-        log.address() == token
-            && log
-                .log_decode::<IToken::Transfer>()
-                .map(|t| t.inner.data.from == from && t.inner.data.to == to && t.inner.data.value == value)
-                .unwrap_or(false)
-    })
+pub fn has_transfer(
+    receipt: &TransactionReceipt,
+    token: Address,
+    from: Address,
+    to: Address,
+    value: U256,
+) -> bool {
+    transfer_logs(receipt)
+        .iter()
+        .any(|t| t.token == token && t.from == from && t.to == to && t.value == value)
 }
 
 /// All configured networks.
@@ -243,7 +363,9 @@ pub struct Chains {
 
 impl Chains {
     pub fn get(&self, n: Network) -> Result<&Arc<Chain>, ChainError> {
-        self.by_network.get(&n).ok_or_else(|| ChainError::UnknownNetwork(n.to_string()))
+        self.by_network
+            .get(&n)
+            .ok_or_else(|| ChainError::UnknownNetwork(n.to_string()))
     }
 }
 
@@ -254,13 +376,42 @@ mod tests {
     #[test]
     fn rpc_urls_are_redacted() {
         assert_eq!(redact_url("http://127.0.0.1:8545"), "http://127.0.0.1:8545");
-        assert_eq!(redact_url("https://base-mainnet.g.alchemy.com/v2/SECRETKEY"), "https://base-mainnet.g.alchemy.com/***");
-        assert_eq!(redact_url("https://rpc.example/?apikey=SECRETKEY"), "https://rpc.example/***");
-        assert_eq!(redact_url("https://user:SECRETKEY@rpc.example"), "https://rpc.example/***");
-        let chain = Chain::new(Network::eip155(1), "https://rpc.example/v2/SECRETKEY", PrivateKeySigner::random(), Duration::from_secs(1), Duration::from_secs(1), 1).unwrap();
-        let msg = chain.scrub("error sending request for url (https://rpc.example/v2/SECRETKEY)".into());
+        assert_eq!(
+            redact_url("https://base-mainnet.g.alchemy.com/v2/SECRETKEY"),
+            "https://base-mainnet.g.alchemy.com/***"
+        );
+        assert_eq!(
+            redact_url("https://rpc.example/?apikey=SECRETKEY"),
+            "https://rpc.example/***"
+        );
+        assert_eq!(
+            redact_url("https://user:SECRETKEY@rpc.example"),
+            "https://rpc.example/***"
+        );
+        let chain = Chain::new(
+            Network::eip155(1),
+            "https://rpc.example/v2/SECRETKEY",
+            PrivateKeySigner::random(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap();
+        let msg =
+            chain.scrub("error sending request for url (https://rpc.example/v2/SECRETKEY)".into());
         assert!(!msg.contains("SECRETKEY"), "{msg}");
-        let local = Chain::new(Network::eip155(1), "http://127.0.0.1:8545", PrivateKeySigner::random(), Duration::from_secs(1), Duration::from_secs(1), 1).unwrap();
-        assert_eq!(local.scrub("for url (http://127.0.0.1:8545/)".into()), "for url (http://127.0.0.1:8545/)");
+        let local = Chain::new(
+            Network::eip155(1),
+            "http://127.0.0.1:8545",
+            PrivateKeySigner::random(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            local.scrub("for url (http://127.0.0.1:8545/)".into()),
+            "for url (http://127.0.0.1:8545/)"
+        );
     }
 }

@@ -10,7 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod store;
 pub mod verify;
-pub mod worker;
+mod lane;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,14 +80,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.no_worker {
         let instance = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
         for (network, chain) in &chains.by_network {
-            let cfg = worker::WorkerConfig {
+            let cfg = lane::WorkerConfig {
                 poll: args.poll_interval(),
                 rebroadcast: Duration::from_secs(args.rebroadcast_secs.max(1)),
                 lease: Duration::from_secs(args.lease_secs.max(3)),
                 instance: instance.clone(),
                 batch: 64,
             };
-            let lane = worker::Lane::new(store.clone(), chain.clone(), wake[network].clone(), cfg);
+            let lane = lane::Lane::new(store.clone(), chain.clone(), wake[network].clone(), cfg);
             workers.spawn(lane.run(stop_rx.clone()));
         }
     }

@@ -64,7 +64,13 @@ impl NewPayment {
 
 /// The single-use key: one token per (chain, token, payer, nonce), ever.
 pub fn use_key(network: Network, asset: Address, payer: Address, nonce: B256) -> String {
-    format!("{}:{}:{}:{}", network.chain_id, hexa(asset), hexa(payer), hex32(nonce))
+    format!(
+        "{}:{}:{}:{}",
+        network.chain_id,
+        hexa(asset),
+        hexa(payer),
+        hex32(nonce)
+    )
 }
 
 fn hexa(a: Address) -> String {
@@ -116,7 +122,7 @@ impl PaymentRow {
 
 /// A signed settlement transaction.
 #[derive(Debug, Clone)]
-pub struct TxRow {
+pub(crate) struct TxRow {
     pub chain_id: u64,
     pub signer: Address,
     pub nonce: u64,
@@ -125,6 +131,9 @@ pub struct TxRow {
     pub kind: String,
     pub hash: B256,
     pub raw: Vec<u8>,
+    /// `sent`, `mined` or `dropped`. The lane selects by state in SQL and never reads it back;
+    /// it is loaded so a row read is the whole row (tests check it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub state: String,
     pub last_broadcast_ms: i64,
 }
@@ -161,7 +170,8 @@ fn parse_scheme(s: &str) -> Result<Scheme, StoreError> {
 
 fn col<T: FromStr>(row: &AnyRow, name: &str) -> Result<T, StoreError> {
     let s: String = row.try_get(name)?;
-    s.parse::<T>().map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
+    s.parse::<T>()
+        .map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
 }
 
 fn col_u256(row: &AnyRow, name: &str) -> Result<U256, StoreError> {
@@ -186,13 +196,19 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
             asset: col(row, "asset")?,
             payer: col(row, "payer")?,
             pay_to: col(row, "pay_to")?,
-            spender: spender.map(|s| s.parse().map_err(|_| StoreError::Corrupt("spender".into()))).transpose()?,
+            spender: spender
+                .map(|s| s.parse().map_err(|_| StoreError::Corrupt("spender".into())))
+                .transpose()?,
             value: col_u256(row, "value")?,
             price: col_u256(row, "price")?,
             nonce: col(row, "nonce")?,
             valid_after: col_u256(row, "valid_after")?,
             deadline: col_u256(row, "deadline")?,
-            sig: Sig { v: sig_v as u8, r: col(row, "sig_r")?, s: col(row, "sig_s")? },
+            sig: Sig {
+                v: sig_v as u8,
+                r: col(row, "sig_r")?,
+                s: col(row, "sig_s")?,
+            },
             route: row.try_get("route")?,
             resource: row.try_get("resource")?,
             format: row.try_get("format")?,
@@ -209,7 +225,8 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
     })
 }
 
-const TX_COLS: &str = "chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms";
+const TX_COLS: &str =
+    "chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms";
 
 fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
     let chain_id: i64 = row.try_get("chain_id")?;
@@ -222,7 +239,8 @@ fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
         payment_id: row.try_get("payment_id")?,
         kind: row.try_get("kind")?,
         hash: col(row, "hash")?,
-        raw: alloy::primitives::hex::decode(&raw).map_err(|_| StoreError::Corrupt("raw tx".into()))?,
+        raw: alloy::primitives::hex::decode(&raw)
+            .map_err(|_| StoreError::Corrupt("raw tx".into()))?,
         state: row.try_get("state")?,
         last_broadcast_ms: row.try_get("last_broadcast_ms")?,
     })
@@ -231,7 +249,11 @@ fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            db.is_unique_violation() || matches!(db.code().as_deref(), Some("23505") | Some("2067") | Some("1555"))
+            db.is_unique_violation()
+                || matches!(
+                    db.code().as_deref(),
+                    Some("23505") | Some("2067") | Some("1555")
+                )
         }
         _ => false,
     }
@@ -327,12 +349,20 @@ impl Session {
     }
 
     pub async fn use_key_exists(&mut self, key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT id FROM x402_payments WHERE use_key = $1").bind(key).fetch_optional(self.conn()).await?;
+        let row = sqlx::query("SELECT id FROM x402_payments WHERE use_key = $1")
+            .bind(key)
+            .fetch_optional(self.conn())
+            .await?;
         Ok(row.is_some())
     }
 
     /// Pending or submitted payments of `payer` in `asset`.
-    pub async fn open_payments(&mut self, network: Network, asset: Address, payer: Address) -> Result<Vec<OpenPayment>, StoreError> {
+    pub async fn open_payments(
+        &mut self,
+        network: Network,
+        asset: Address,
+        payer: Address,
+    ) -> Result<Vec<OpenPayment>, StoreError> {
         let rows = sqlx::query("SELECT scheme, state, value, nonce, pay_to, transfer_tx FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND state IN ('pending', 'submitted')")
             .bind(network.chain_id as i64)
             .bind(hexa(asset))
@@ -350,7 +380,12 @@ impl Session {
                     value: col_u256(r, "value")?,
                     nonce: col(r, "nonce")?,
                     pay_to: col(r, "pay_to")?,
-                    transfer_tx: transfer_tx.map(|h| h.parse().map_err(|_| StoreError::Corrupt("transfer_tx".into()))).transpose()?,
+                    transfer_tx: transfer_tx
+                        .map(|h| {
+                            h.parse()
+                                .map_err(|_| StoreError::Corrupt("transfer_tx".into()))
+                        })
+                        .transpose()?,
                 })
             })
             .collect()
@@ -407,7 +442,10 @@ impl Store {
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
-            return Err(StoreError::Corrupt(format!("unsupported database url (sqlite:// or postgres://): {}", redact(url))));
+            return Err(StoreError::Corrupt(format!(
+                "unsupported database url (sqlite:// or postgres://): {}",
+                redact(url)
+            )));
         };
         let opts = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
@@ -441,10 +479,13 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         if self.backend == Backend::Postgres {
             // Replicas starting together migrate one at a time.
-            sqlx::query("SELECT pg_advisory_lock(4020402)").execute(&mut *conn).await?;
+            sqlx::query("SELECT pg_advisory_lock(4020402)")
+                .execute(&mut *conn)
+                .await?;
         }
         let result = async {
-            conn.execute("CREATE TABLE IF NOT EXISTS x402_schema (version BIGINT PRIMARY KEY)").await?;
+            conn.execute("CREATE TABLE IF NOT EXISTS x402_schema (version BIGINT PRIMARY KEY)")
+                .await?;
             let done: Vec<i64> = sqlx::query("SELECT version FROM x402_schema")
                 .fetch_all(&mut *conn)
                 .await?
@@ -459,7 +500,10 @@ impl Store {
                 for s in stmts {
                     tx.execute(s.as_str()).await?;
                 }
-                sqlx::query("INSERT INTO x402_schema (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO x402_schema (version) VALUES ($1)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 tracing::info!(version, "database migrated");
             }
@@ -467,7 +511,9 @@ impl Store {
         }
         .await;
         if self.backend == Backend::Postgres {
-            let _ = sqlx::query("SELECT pg_advisory_unlock(4020402)").execute(&mut *conn).await;
+            let _ = sqlx::query("SELECT pg_advisory_unlock(4020402)")
+                .execute(&mut *conn)
+                .await;
         }
         result.map_err(Into::into)
     }
@@ -482,7 +528,10 @@ impl Store {
         match self.backend {
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key).execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(lock_key)
+                    .execute(&mut *tx)
+                    .await?;
                 Ok(Session::Pg(tx))
             }
             Backend::Sqlite => Ok(Session::Lite(self.pool.acquire().await?)),
@@ -490,7 +539,12 @@ impl Store {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<PaymentRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {PAYMENT_COLS} FROM x402_payments WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLS} FROM x402_payments WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
 
@@ -498,7 +552,13 @@ impl Store {
     /// payer's permits come in nonce order: they were accepted in that order). A permit is only
     /// for the lane of its spender: another wallet's `transferFrom` has no allowance (replicas
     /// with different wallets on one database). ERC-3009 can be submitted by any wallet.
-    pub async fn due_pending(&self, chain_id: u64, signer: Address, now_ms: i64, limit: i64) -> Result<Vec<PaymentRow>, StoreError> {
+    pub(crate) async fn due_pending(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<PaymentRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2
              AND (scheme <> 'permit' OR spender IS NULL OR spender = $4) ORDER BY seq LIMIT $3"
@@ -514,7 +574,13 @@ impl Store {
 
     /// Permit nonces >= `from` of a payer's permits this settler has submitted (in flight or
     /// settled): they consume their nonces in order ahead of later ones.
-    pub async fn submitted_permit_nonces(&self, chain_id: u64, asset: Address, payer: Address, from: U256) -> Result<Vec<U256>, StoreError> {
+    pub(crate) async fn submitted_permit_nonces(
+        &self,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        from: U256,
+    ) -> Result<Vec<U256>, StoreError> {
         // Nonces are stored as fixed-width lowercase hex: text order is numeric order.
         let rows = sqlx::query("SELECT nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND scheme = 'permit' AND state IN ('submitted', 'settled') AND nonce >= $4")
             .bind(chain_id as i64)
@@ -523,10 +589,18 @@ impl Store {
             .bind(hex32(B256::from(from)))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| col::<B256>(r, "nonce").map(|b| U256::from_be_bytes(b.0))).collect()
+        rows.iter()
+            .map(|r| col::<B256>(r, "nonce").map(|b| U256::from_be_bytes(b.0)))
+            .collect()
     }
 
-    pub async fn defer(&self, id: &str, next_attempt_ms: i64, note: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub(crate) async fn defer(
+        &self,
+        id: &str,
+        next_attempt_ms: i64,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE x402_payments SET attempts = attempts + 1, next_attempt_ms = $2, error = $3, updated_ms = $4 WHERE id = $1 AND state = 'pending'")
             .bind(id)
             .bind(next_attempt_ms)
@@ -540,19 +614,37 @@ impl Store {
     /// Ends a payment that never reached the chain as `failed`. `release_key` frees its
     /// single-use key when the signature can never be used again (deadline passed), so the
     /// payer can sign that permit nonce anew.
-    pub async fn fail_pending(&self, id: &str, reason: &str, release_key: bool, now_ms: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn fail_pending(
+        &self,
+        id: &str,
+        reason: &str,
+        release_key: bool,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let q = if release_key {
             "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3, use_key = 'released:' || id WHERE id = $1 AND state = 'pending'"
         } else {
             "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3 WHERE id = $1 AND state = 'pending'"
         };
-        let r = sqlx::query(q).bind(id).bind(reason).bind(now_ms).execute(&self.pool).await?;
+        let r = sqlx::query(q)
+            .bind(id)
+            .bind(reason)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Stores signed transactions and moves the payment to `submitted`, atomically.
     /// Returns false (and stores nothing) if the payment was no longer pending.
-    pub async fn record_submission(&self, payment_id: &str, txs: &[TxRow], permit_tx: Option<B256>, transfer_tx: B256, now_ms: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn record_submission(
+        &self,
+        payment_id: &str,
+        txs: &[TxRow],
+        permit_tx: Option<B256>,
+        transfer_tx: B256,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Write first: SQLite takes the write lock at once (no read-to-write upgrade).
         let moved = sqlx::query("UPDATE x402_payments SET state = 'submitted', permit_tx = $2, transfer_tx = $3, error = NULL, updated_ms = $4 WHERE id = $1 AND state = 'pending'")
@@ -583,16 +675,23 @@ impl Store {
         Ok(true)
     }
 
-    pub async fn txs_of(&self, payment_id: &str) -> Result<Vec<TxRow>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {TX_COLS} FROM x402_txs WHERE payment_id = $1 ORDER BY nonce"))
-            .bind(payment_id)
-            .fetch_all(&self.pool)
-            .await?;
+    #[cfg(test)]
+    pub(crate) async fn txs_of(&self, payment_id: &str) -> Result<Vec<TxRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TX_COLS} FROM x402_txs WHERE payment_id = $1 ORDER BY nonce"
+        ))
+        .bind(payment_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(tx_from_row).collect()
     }
 
     /// Transactions of a signer still waiting for a receipt, in nonce order.
-    pub async fn unconfirmed_txs(&self, chain_id: u64, signer: Address) -> Result<Vec<TxRow>, StoreError> {
+    pub(crate) async fn unconfirmed_txs(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> Result<Vec<TxRow>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {TX_COLS} FROM x402_txs WHERE chain_id = $1 AND signer = $2 AND state = 'sent' ORDER BY nonce"))
             .bind(chain_id as i64)
             .bind(hexa(signer))
@@ -601,18 +700,27 @@ impl Store {
         rows.iter().map(tx_from_row).collect()
     }
 
-    pub async fn max_tx_nonce(&self, chain_id: u64, signer: Address) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query("SELECT MAX(nonce) AS n FROM x402_txs WHERE chain_id = $1 AND signer = $2")
-            .bind(chain_id as i64)
-            .bind(hexa(signer))
-            .fetch_one(&self.pool)
-            .await?;
+    pub(crate) async fn max_tx_nonce(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> Result<Option<u64>, StoreError> {
+        let row =
+            sqlx::query("SELECT MAX(nonce) AS n FROM x402_txs WHERE chain_id = $1 AND signer = $2")
+                .bind(chain_id as i64)
+                .bind(hexa(signer))
+                .fetch_one(&self.pool)
+                .await?;
         let n: Option<i64> = row.try_get("n")?;
         Ok(n.map(|n| n as u64))
     }
 
-    pub async fn mark_broadcast(&self, hash: B256, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE x402_txs SET last_broadcast_ms = $2 WHERE hash = $1").bind(hex32(hash)).bind(now_ms).execute(&self.pool).await?;
+    pub(crate) async fn mark_broadcast(&self, hash: B256, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE x402_txs SET last_broadcast_ms = $2 WHERE hash = $1")
+            .bind(hex32(hash))
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -620,7 +728,16 @@ impl Store {
     /// `receipts`: (tx hash, success, block); `dropped`: transactions that can never be mined
     /// (their wallet nonce was used by another transaction). Returns false if it was not `submitted`.
     #[allow(clippy::too_many_arguments)]
-    pub async fn finish(&self, payment_id: &str, receipts: &[(B256, bool, u64)], dropped: &[B256], settled: bool, block: Option<u64>, error: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn finish(
+        &self,
+        payment_id: &str,
+        receipts: &[(B256, bool, u64)],
+        dropped: &[B256],
+        settled: bool,
+        block: Option<u64>,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query("UPDATE x402_payments SET state = $2, block_number = $3, error = $4, updated_ms = $5, settled_ms = $6 WHERE id = $1 AND state = 'submitted'")
             .bind(payment_id)
@@ -645,7 +762,14 @@ impl Store {
     /// transactions can no longer move the funds: some were `dropped` (nonce used by another
     /// transaction), the others are mined (`receipts`) and did not transfer. Atomic; returns
     /// false if the payment was not `submitted`.
-    pub async fn requeue(&self, payment_id: &str, receipts: &[(B256, bool, u64)], dropped: &[B256], note: &str, now_ms: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn requeue(
+        &self,
+        payment_id: &str,
+        receipts: &[(B256, bool, u64)],
+        dropped: &[B256],
+        note: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query("UPDATE x402_payments SET state = 'pending', permit_tx = NULL, transfer_tx = NULL, error = $2, attempts = attempts + 1, next_attempt_ms = $3, updated_ms = $3 WHERE id = $1 AND state = 'submitted'")
             .bind(payment_id)
@@ -663,7 +787,13 @@ impl Store {
     }
 
     /// Takes or renews the lease `name` for `owner`; true if `owner` holds it now.
-    pub async fn lease(&self, name: &str, owner: &str, ttl_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         sqlx::query("INSERT INTO x402_leases (name, owner, until_ms) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(owner)
@@ -679,15 +809,23 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE x402_leases SET until_ms = 0 WHERE name = $1 AND owner = $2").bind(name).bind(owner).execute(&self.pool).await?;
+    pub(crate) async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE x402_leases SET until_ms = 0 WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Number of payments per state (for the metrics gauge).
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM x402_payments GROUP BY state").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?))).collect()
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM x402_payments GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?)))
+            .collect()
     }
 
     pub async fn close(&self) {
@@ -695,7 +833,12 @@ impl Store {
     }
 }
 
-async fn record_receipts(tx: &mut Transaction<'static, Any>, receipts: &[(B256, bool, u64)], dropped: &[B256], now_ms: i64) -> Result<(), StoreError> {
+async fn record_receipts(
+    tx: &mut Transaction<'static, Any>,
+    receipts: &[(B256, bool, u64)],
+    dropped: &[B256],
+    now_ms: i64,
+) -> Result<(), StoreError> {
     for (hash, ok, b) in receipts {
         sqlx::query("UPDATE x402_txs SET state = 'mined', status = $2, block_number = $3, updated_ms = $4 WHERE hash = $1")
             .bind(hex32(*hash))
@@ -706,7 +849,11 @@ async fn record_receipts(tx: &mut Transaction<'static, Any>, receipts: &[(B256, 
             .await?;
     }
     for hash in dropped {
-        sqlx::query("UPDATE x402_txs SET state = 'dropped', updated_ms = $2 WHERE hash = $1").bind(hex32(*hash)).bind(now_ms).execute(&mut **tx).await?;
+        sqlx::query("UPDATE x402_txs SET state = 'dropped', updated_ms = $2 WHERE hash = $1")
+            .bind(hex32(*hash))
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -743,7 +890,11 @@ mod tests {
             nonce: B256::from(U256::from(nonce)),
             valid_after: U256::ZERO,
             deadline: U256::from(1_900_000_000u64),
-            sig: Sig { r: B256::repeat_byte(1), s: B256::repeat_byte(2), v: 27 },
+            sig: Sig {
+                r: B256::repeat_byte(1),
+                s: B256::repeat_byte(2),
+                v: 27,
+            },
             route: "weather".into(),
             resource: None,
             format: "seed".into(),
@@ -760,33 +911,121 @@ mod tests {
         let store2 = Store::connect(&url).await.unwrap();
         let mut s = store.session(1).await.unwrap();
         s.insert(&sample("a", 0)).await.unwrap();
-        assert!(matches!(s.insert(&sample("b", 0)).await, Err(StoreError::Duplicate)));
+        assert!(matches!(
+            s.insert(&sample("b", 0)).await,
+            Err(StoreError::Duplicate)
+        ));
         s.insert(&sample("c", 1)).await.unwrap();
         assert!(s.use_key_exists(&sample("x", 1).use_key()).await.unwrap());
-        assert_eq!(s.open_payments(Network::eip155(31337), Address::repeat_byte(0xaa), Address::repeat_byte(0x11)).await.unwrap().len(), 2);
+        assert_eq!(
+            s.open_payments(
+                Network::eip155(31337),
+                Address::repeat_byte(0xaa),
+                Address::repeat_byte(0x11)
+            )
+            .await
+            .unwrap()
+            .len(),
+            2
+        );
         s.commit().await.unwrap();
         let row = store2.get("a").await.unwrap().unwrap();
         assert_eq!(row.state, SettlementState::Pending);
         assert_eq!(row.p.value, U256::from(500_000u64));
         assert_eq!(row.p.sig.s, B256::repeat_byte(2));
-        let due = store.due_pending(31337, Address::repeat_byte(0x33), 10, 10).await.unwrap();
-        assert!(store.due_pending(31337, Address::repeat_byte(0x44), 10, 10).await.unwrap().is_empty(), "another wallet's lane takes no permit naming 0x33..");
-        assert_eq!(due.iter().map(|r| r.p.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
-        let tx = TxRow { chain_id: 31337, signer: Address::repeat_byte(5), nonce: 7, payment_id: "a".into(), kind: "transfer_from".into(), hash: B256::repeat_byte(9), raw: vec![1, 2, 3], state: "sent".into(), last_broadcast_ms: 0 };
-        assert!(store.record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5).await.unwrap());
-        assert!(!store.record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5).await.unwrap());
-        assert_eq!(store.max_tx_nonce(31337, Address::repeat_byte(5)).await.unwrap(), Some(7));
-        assert_eq!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap()[0].raw, vec![1, 2, 3]);
-        assert_eq!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::ZERO).await.unwrap(), vec![U256::ZERO]);
-        assert!(store.submitted_permit_nonces(31337, Address::repeat_byte(0xaa), Address::repeat_byte(0x11), U256::from(1)).await.unwrap().is_empty());
-        assert!(store.finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9).await.unwrap());
-        assert!(!store.finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9).await.unwrap());
+        let due = store
+            .due_pending(31337, Address::repeat_byte(0x33), 10, 10)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .due_pending(31337, Address::repeat_byte(0x44), 10, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "another wallet's lane takes no permit naming 0x33.."
+        );
+        assert_eq!(
+            due.iter().map(|r| r.p.id.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        let tx = TxRow {
+            chain_id: 31337,
+            signer: Address::repeat_byte(5),
+            nonce: 7,
+            payment_id: "a".into(),
+            kind: "transfer_from".into(),
+            hash: B256::repeat_byte(9),
+            raw: vec![1, 2, 3],
+            state: "sent".into(),
+            last_broadcast_ms: 0,
+        };
+        assert!(store
+            .record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5)
+            .await
+            .unwrap());
+        assert!(!store
+            .record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5)
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .max_tx_nonce(31337, Address::repeat_byte(5))
+                .await
+                .unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            store
+                .unconfirmed_txs(31337, Address::repeat_byte(5))
+                .await
+                .unwrap()[0]
+                .raw,
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            store
+                .submitted_permit_nonces(
+                    31337,
+                    Address::repeat_byte(0xaa),
+                    Address::repeat_byte(0x11),
+                    U256::ZERO
+                )
+                .await
+                .unwrap(),
+            vec![U256::ZERO]
+        );
+        assert!(store
+            .submitted_permit_nonces(
+                31337,
+                Address::repeat_byte(0xaa),
+                Address::repeat_byte(0x11),
+                U256::from(1)
+            )
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9)
+            .await
+            .unwrap());
+        assert!(!store
+            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9)
+            .await
+            .unwrap());
         let st = store.get("a").await.unwrap().unwrap().status();
         assert_eq!(st.state, SettlementState::Settled);
         assert_eq!(st.block_number, Some(12));
-        assert!(store.unconfirmed_txs(31337, Address::repeat_byte(5)).await.unwrap().is_empty());
+        assert!(store
+            .unconfirmed_txs(31337, Address::repeat_byte(5))
+            .await
+            .unwrap()
+            .is_empty());
         // Released key: the nonce can be used again.
-        assert!(store.fail_pending("c", "deadline passed", true, 10).await.unwrap());
+        assert!(store
+            .fail_pending("c", "deadline passed", true, 10)
+            .await
+            .unwrap());
         let mut s = store.session(1).await.unwrap();
         s.insert(&sample("d", 1)).await.unwrap();
         // Leases.
@@ -798,25 +1037,81 @@ mod tests {
     #[tokio::test]
     async fn requeue_returns_a_submitted_payment_to_pending_and_drops_its_dead_txs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
+        let store = Store::connect(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("t.db").display()
+        ))
+        .await
+        .unwrap();
         let mut s = store.session(1).await.unwrap();
         s.insert(&sample("a", 0)).await.unwrap();
         let signer = Address::repeat_byte(5);
-        let tx = |nonce: u64, kind: &str, h: u8| TxRow { chain_id: 31337, signer, nonce, payment_id: "a".into(), kind: kind.into(), hash: B256::repeat_byte(h), raw: vec![h], state: "sent".into(), last_broadcast_ms: 0 };
+        let tx = |nonce: u64, kind: &str, h: u8| TxRow {
+            chain_id: 31337,
+            signer,
+            nonce,
+            payment_id: "a".into(),
+            kind: kind.into(),
+            hash: B256::repeat_byte(h),
+            raw: vec![h],
+            state: "sent".into(),
+            last_broadcast_ms: 0,
+        };
         let txs = [tx(0, "permit", 1), tx(1, "transfer_from", 2)];
-        assert!(store.record_submission("a", &txs, Some(txs[0].hash), txs[1].hash, 5).await.unwrap());
+        assert!(store
+            .record_submission("a", &txs, Some(txs[0].hash), txs[1].hash, 5)
+            .await
+            .unwrap());
         // The permit lost its nonce; the transfer reverted.
-        assert!(store.requeue("a", &[(txs[1].hash, false, 3)], &[txs[0].hash], "nonce taken", 6).await.unwrap());
-        assert!(!store.requeue("a", &[], &[], "again", 7).await.unwrap(), "only a submitted payment");
+        assert!(store
+            .requeue(
+                "a",
+                &[(txs[1].hash, false, 3)],
+                &[txs[0].hash],
+                "nonce taken",
+                6
+            )
+            .await
+            .unwrap());
+        assert!(
+            !store.requeue("a", &[], &[], "again", 7).await.unwrap(),
+            "only a submitted payment"
+        );
         let row = store.get("a").await.unwrap().unwrap();
         assert_eq!(row.state, SettlementState::Pending);
-        assert_eq!((row.permit_tx, row.transfer_tx, row.attempts), (None, None, 1));
-        assert!(store.unconfirmed_txs(31337, signer).await.unwrap().is_empty());
-        assert_eq!(store.due_pending(31337, Address::repeat_byte(0x33), 6, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            (row.permit_tx, row.transfer_tx, row.attempts),
+            (None, None, 1)
+        );
+        assert!(store
+            .unconfirmed_txs(31337, signer)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .due_pending(31337, Address::repeat_byte(0x33), 6, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         // Signed again at fresh nonces; the old rows stay (dropped / mined).
         let again = [tx(2, "permit", 3), tx(3, "transfer_from", 4)];
-        assert!(store.record_submission("a", &again, Some(again[0].hash), again[1].hash, 8).await.unwrap());
-        assert_eq!(store.txs_of("a").await.unwrap().iter().map(|t| t.state.as_str()).collect::<Vec<_>>(), ["dropped", "mined", "sent", "sent"]);
+        assert!(store
+            .record_submission("a", &again, Some(again[0].hash), again[1].hash, 8)
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .txs_of("a")
+                .await
+                .unwrap()
+                .iter()
+                .map(|t| t.state.as_str())
+                .collect::<Vec<_>>(),
+            ["dropped", "mined", "sent", "sent"]
+        );
         assert_eq!(store.max_tx_nonce(31337, signer).await.unwrap(), Some(3));
     }
 

@@ -1,0 +1,674 @@
+//! In-process fakes of the lane's chain and store, for its unit tests.
+//!
+//! [`FakeChain`] is a one-token chain: a mempool by wallet nonce, blocks mined on demand
+//! ([`FakeChain::mine`]), and a token executing `permit`, `transferFrom` and
+//! `transferWithAuthorization` with real balances, allowances and nonces. It checks no
+//! signature: a permit's `r` carries the permit nonce it was "signed" for (see [`payment`]).
+//! [`FakeStore`] keeps rows in memory with the conditional state changes of the real store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use alloy::primitives::{keccak256, Address, Bytes, B256, U256};
+use alloy::sol_types::SolCall;
+use x402_protocol::payment::Sig;
+use x402_protocol::settler_api::SettlementState;
+use x402_protocol::{Network, Scheme};
+
+use super::io::{BoxFuture, LaneChain, LaneStore, Receipt, TransferLog};
+use crate::chain::{IToken, SendOutcome};
+use crate::error::{ChainError, StoreError};
+use crate::store::{NewPayment, PaymentRow, TxRow};
+
+pub(crate) const CHAIN_ID: u64 = 31337;
+pub(crate) const TOKEN: Address = Address::repeat_byte(0xaa);
+pub(crate) const PAYER: Address = Address::repeat_byte(0x11);
+pub(crate) const PAY_TO: Address = Address::repeat_byte(0x22);
+/// The lane's wallet (and the permits' spender).
+pub(crate) const SIGNER: Address = Address::repeat_byte(0x33);
+pub(crate) const VALUE: u64 = 500_000;
+
+/// A pending payment of [`VALUE`] from [`PAYER`] to [`PAY_TO`], accepted as number `seq`.
+/// Permit: EIP-2612 nonce `nonce`, signature `r` = that nonce (what [`FakeChain`] checks).
+/// Exact: a random-looking ERC-3009 nonce derived from `seq`.
+pub(crate) fn payment(id: &str, seq: i64, scheme: Scheme, nonce: u64) -> PaymentRow {
+    let n = match scheme {
+        Scheme::Permit => B256::from(U256::from(nonce)),
+        Scheme::Exact => keccak256(seq.to_be_bytes()),
+    };
+    PaymentRow {
+        seq,
+        p: NewPayment {
+            id: id.into(),
+            scheme,
+            network: Network::eip155(CHAIN_ID),
+            asset: TOKEN,
+            payer: PAYER,
+            pay_to: PAY_TO,
+            spender: (scheme == Scheme::Permit).then_some(SIGNER),
+            value: U256::from(VALUE),
+            price: U256::from(VALUE),
+            nonce: n,
+            valid_after: U256::ZERO,
+            deadline: U256::from(4_000_000_000u64),
+            sig: Sig {
+                r: n,
+                s: B256::repeat_byte(2),
+                v: 27,
+            },
+            route: "weather".into(),
+            resource: None,
+            format: "seed".into(),
+            created_ms: 1_000,
+        },
+        state: SettlementState::Pending,
+        error: None,
+        permit_tx: None,
+        transfer_tx: None,
+        block_number: None,
+        attempts: 0,
+        updated_ms: 1_000,
+        settled_ms: None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+pub(crate) struct ChainState {
+    /// What `eth_chainId` answers (the configured one unless a test changes it).
+    pub chain_id: u64,
+    pub block: u64,
+    /// The wallet's confirmed nonce: every nonce below is used by a mined transaction.
+    pub confirmed: u64,
+    pub mempool: BTreeMap<u64, Vec<u8>>,
+    pub receipts: HashMap<B256, Receipt>,
+    pub balances: HashMap<Address, U256>,
+    pub permit_nonces: HashMap<Address, U256>,
+    pub allowances: HashMap<(Address, Address), U256>,
+    pub auth_used: HashSet<(Address, B256)>,
+    /// Every raw transaction the lane broadcast, in order.
+    pub broadcasts: Vec<Vec<u8>>,
+    /// Every (wallet nonce, hash) the lane had signed.
+    pub signed: Vec<(u64, B256)>,
+    /// The node refuses broadcasts (an RPC error).
+    pub refuse_broadcasts: bool,
+    /// Transfers succeed without emitting their `Transfer` log (a non-standard token).
+    pub no_transfer_logs: bool,
+}
+
+#[derive(Clone)]
+pub(crate) struct FakeChain(pub Arc<Mutex<ChainState>>);
+
+impl FakeChain {
+    /// A chain where [`PAYER`] holds `balance`.
+    pub(crate) fn new(balance: u64) -> FakeChain {
+        let mut s = ChainState {
+            chain_id: CHAIN_ID,
+            ..Default::default()
+        };
+        s.balances.insert(PAYER, U256::from(balance));
+        FakeChain(Arc::new(Mutex::new(s)))
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, ChainState> {
+        lock(&self.0)
+    }
+
+    pub(crate) fn balance(&self, a: Address) -> U256 {
+        self.state().balances.get(&a).copied().unwrap_or_default()
+    }
+
+    /// Mines one block: the mempool's transactions from the confirmed nonce on, in order.
+    pub(crate) fn mine(&self) {
+        let mut s = self.state();
+        s.block += 1;
+        loop {
+            let n = s.confirmed;
+            let Some(raw) = s.mempool.remove(&n) else {
+                break;
+            };
+            let receipt = s.execute(&raw);
+            s.receipts.insert(keccak256(&raw), receipt);
+            s.confirmed += 1;
+        }
+    }
+
+    /// A transaction this settler did not send takes the wallet's next nonce (and is mined),
+    /// replacing whatever the mempool had at that nonce.
+    pub(crate) fn foreign_transaction(&self) {
+        let mut s = self.state();
+        s.block += 1;
+        let n = s.confirmed;
+        s.mempool.remove(&n);
+        s.confirmed += 1;
+    }
+}
+
+/// The fake's raw transaction: wallet nonce (8 bytes) ‖ to (20 bytes) ‖ call data.
+fn encode_raw(nonce: u64, to: Address, input: &[u8]) -> Vec<u8> {
+    let mut raw = nonce.to_be_bytes().to_vec();
+    raw.extend_from_slice(to.as_slice());
+    raw.extend_from_slice(input);
+    raw
+}
+
+fn raw_nonce(raw: &[u8]) -> u64 {
+    raw.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(u64::MAX)
+}
+
+impl ChainState {
+    fn execute(&mut self, raw: &[u8]) -> Receipt {
+        let block_number = Some(self.block);
+        let reverted = Receipt {
+            success: false,
+            block_number,
+            transfers: vec![],
+        };
+        if raw.len() < 28 || Address::from_slice(&raw[8..28]) != TOKEN {
+            return reverted;
+        }
+        let input = &raw[28..];
+        let moved = if let Ok(c) = IToken::permitCall::abi_decode(input) {
+            let nonce = self
+                .permit_nonces
+                .get(&c.owner)
+                .copied()
+                .unwrap_or_default();
+            if c.r != B256::from(nonce) {
+                return reverted;
+            }
+            self.permit_nonces.insert(c.owner, nonce + U256::from(1));
+            self.allowances.insert((c.owner, c.spender), c.value);
+            None
+        } else if let Ok(c) = IToken::transferFromCall::abi_decode(input) {
+            let allowance = self
+                .allowances
+                .get(&(c.from, SIGNER))
+                .copied()
+                .unwrap_or_default();
+            if allowance < c.value || !self.take(c.from, c.value) {
+                return reverted;
+            }
+            self.allowances
+                .insert((c.from, SIGNER), allowance - c.value);
+            Some((c.from, c.to, c.value))
+        } else if let Ok(c) = IToken::transferWithAuthorizationCall::abi_decode(input) {
+            if self.auth_used.contains(&(c.from, c.nonce)) || !self.take(c.from, c.value) {
+                return reverted;
+            }
+            self.auth_used.insert((c.from, c.nonce));
+            Some((c.from, c.to, c.value))
+        } else {
+            return reverted;
+        };
+        let mut transfers = vec![];
+        if let Some((from, to, value)) = moved {
+            *self.balances.entry(to).or_default() += value;
+            if !self.no_transfer_logs {
+                transfers.push(TransferLog {
+                    token: TOKEN,
+                    from,
+                    to,
+                    value,
+                });
+            }
+        }
+        Receipt {
+            success: true,
+            block_number,
+            transfers,
+        }
+    }
+
+    fn take(&mut self, from: Address, value: U256) -> bool {
+        let b = self.balances.entry(from).or_default();
+        if *b < value {
+            return false;
+        }
+        *b -= value;
+        true
+    }
+
+    fn pending_nonce(&self) -> u64 {
+        let mut n = self.confirmed;
+        while self.mempool.contains_key(&n) {
+            n += 1;
+        }
+        n
+    }
+}
+
+fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(v))
+}
+
+impl LaneChain for FakeChain {
+    fn network(&self) -> Network {
+        Network::eip155(CHAIN_ID)
+    }
+    fn signer(&self) -> Address {
+        SIGNER
+    }
+    fn chain_id(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        ready(Ok(self.state().chain_id))
+    }
+    fn block_number(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        ready(Ok(self.state().block))
+    }
+    fn balance_of(
+        &self,
+        _token: Address,
+        owner: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>> {
+        ready(Ok(self.balance(owner)))
+    }
+    fn permit_nonce(
+        &self,
+        _token: Address,
+        owner: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>> {
+        ready(Ok(self
+            .state()
+            .permit_nonces
+            .get(&owner)
+            .copied()
+            .unwrap_or_default()))
+    }
+    fn allowance(
+        &self,
+        _token: Address,
+        owner: Address,
+        spender: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>> {
+        ready(Ok(self
+            .state()
+            .allowances
+            .get(&(owner, spender))
+            .copied()
+            .unwrap_or_default()))
+    }
+    fn authorization_used(
+        &self,
+        _token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> BoxFuture<'_, Result<bool, ChainError>> {
+        ready(Ok(self.state().auth_used.contains(&(from, nonce))))
+    }
+    fn pending_nonce(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        ready(Ok(self.state().pending_nonce()))
+    }
+    fn latest_nonce(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        ready(Ok(self.state().confirmed))
+    }
+    fn fees(&self) -> BoxFuture<'_, Result<(u128, u128), ChainError>> {
+        ready(Ok((2_000_000_000, 1_000_000)))
+    }
+    fn sign(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        _fees: (u128, u128),
+    ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>> {
+        let raw = encode_raw(nonce, to, &input);
+        let hash = keccak256(&raw);
+        self.state().signed.push((nonce, hash));
+        ready(Ok((hash, raw)))
+    }
+    fn broadcast<'a>(&'a self, raw: &'a [u8]) -> BoxFuture<'a, SendOutcome> {
+        let mut s = self.state();
+        s.broadcasts.push(raw.to_vec());
+        let nonce = raw_nonce(raw);
+        let outcome = if s.refuse_broadcasts {
+            SendOutcome::Error("connection refused".into())
+        } else if nonce < s.confirmed {
+            SendOutcome::AlreadyKnown("nonce too low".into())
+        } else if s.mempool.get(&nonce).is_some_and(|r| r == raw) {
+            SendOutcome::AlreadyKnown("already known".into())
+        } else {
+            s.mempool.insert(nonce, raw.to_vec());
+            SendOutcome::Accepted
+        };
+        ready(outcome)
+    }
+    fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>> {
+        ready(Ok(self.state().receipts.get(&hash).cloned()))
+    }
+}
+
+pub(crate) struct StoredPayment {
+    pub row: PaymentRow,
+    pub next_attempt_ms: i64,
+    /// The single-use key was released (`fail_pending(release_key = true)`).
+    pub key_released: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct StoreState {
+    pub payments: Vec<StoredPayment>,
+    pub txs: Vec<TxRow>,
+    /// (owner, until ms) of the lane's lease.
+    pub lease: Option<(String, i64)>,
+}
+
+impl StoreState {
+    fn payment(&mut self, id: &str) -> Option<&mut StoredPayment> {
+        self.payments.iter_mut().find(|p| p.row.p.id == id)
+    }
+
+    /// Moves `id` from state `from` (false if it was not there), the rest like the SQL.
+    fn transition(
+        &mut self,
+        id: &str,
+        from: SettlementState,
+        f: impl FnOnce(&mut StoredPayment),
+    ) -> bool {
+        match self.payment(id) {
+            Some(p) if p.row.state == from => {
+                f(p);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn record_receipts(&mut self, receipts: &[(B256, bool, u64)], dropped: &[B256]) {
+        for t in &mut self.txs {
+            if receipts.iter().any(|r| r.0 == t.hash) {
+                t.state = "mined".into();
+            }
+            if dropped.contains(&t.hash) {
+                t.state = "dropped".into();
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct FakeStore(pub Arc<Mutex<StoreState>>);
+
+impl FakeStore {
+    pub(crate) fn with(payments: impl IntoIterator<Item = PaymentRow>) -> FakeStore {
+        let s = FakeStore::default();
+        for p in payments {
+            s.add(p);
+        }
+        s
+    }
+
+    pub(crate) fn add(&self, row: PaymentRow) {
+        self.state().payments.push(StoredPayment {
+            row,
+            next_attempt_ms: 0,
+            key_released: false,
+        });
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, StoreState> {
+        lock(&self.0)
+    }
+
+    pub(crate) fn row(&self, id: &str) -> PaymentRow {
+        self.state()
+            .payment(id)
+            .map(|p| p.row.clone())
+            .unwrap_or_else(|| panic!("no payment {id}"))
+    }
+
+    pub(crate) fn txs_of(&self, id: &str) -> Vec<TxRow> {
+        self.state()
+            .txs
+            .iter()
+            .filter(|t| t.payment_id == id)
+            .cloned()
+            .collect()
+    }
+}
+
+impl LaneStore for FakeStore {
+    fn hold_lease<'a>(
+        &'a self,
+        _name: &'a str,
+        owner: &'a str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        let free = match &s.lease {
+            None => true,
+            Some((o, until)) => o == owner || *until < now_ms,
+        };
+        if free {
+            s.lease = Some((owner.to_string(), now_ms + ttl_ms));
+        }
+        ready(Ok(free))
+    }
+    fn release_lease<'a>(
+        &'a self,
+        _name: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut s = self.state();
+        if let Some((o, until)) = &mut s.lease {
+            if o == owner {
+                *until = 0;
+            }
+        }
+        ready(Ok(()))
+    }
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PaymentRow>, StoreError>> {
+        ready(Ok(self.state().payment(id).map(|p| p.row.clone())))
+    }
+    fn due_pending(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        now_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>> {
+        let s = self.state();
+        let mut due: Vec<PaymentRow> = s
+            .payments
+            .iter()
+            .filter(|p| {
+                p.row.p.network.chain_id == chain_id
+                    && p.row.state == SettlementState::Pending
+                    && p.next_attempt_ms <= now_ms
+            })
+            .filter(|p| {
+                p.row.p.scheme != Scheme::Permit || p.row.p.spender.is_none_or(|s| s == signer)
+            })
+            .map(|p| p.row.clone())
+            .collect();
+        due.sort_by_key(|p| p.seq);
+        due.truncate(limit.max(0) as usize);
+        ready(Ok(due))
+    }
+    fn submitted_permit_nonces(
+        &self,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        from: U256,
+    ) -> BoxFuture<'_, Result<Vec<U256>, StoreError>> {
+        let s = self.state();
+        let nonces = s
+            .payments
+            .iter()
+            .map(|p| &p.row)
+            .filter(|r| {
+                r.p.network.chain_id == chain_id
+                    && r.p.asset == asset
+                    && r.p.payer == payer
+                    && r.p.scheme == Scheme::Permit
+            })
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    SettlementState::Submitted | SettlementState::Settled
+                ) && r.permit_nonce() >= from
+            })
+            .map(|r| r.permit_nonce())
+            .collect();
+        ready(Ok(nonces))
+    }
+    fn defer<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+        note: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.state().transition(id, SettlementState::Pending, |p| {
+            p.row.attempts += 1;
+            p.next_attempt_ms = next_attempt_ms;
+            p.row.error = Some(note.into());
+            p.row.updated_ms = now_ms;
+        });
+        ready(Ok(()))
+    }
+    fn fail_pending<'a>(
+        &'a self,
+        id: &'a str,
+        reason: &'a str,
+        release_key: bool,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        ready(Ok(self.state().transition(
+            id,
+            SettlementState::Pending,
+            |p| {
+                p.row.state = SettlementState::Failed;
+                p.row.error = Some(reason.into());
+                p.row.updated_ms = now_ms;
+                p.key_released = release_key;
+            },
+        )))
+    }
+    fn record_submission<'a>(
+        &'a self,
+        payment_id: &'a str,
+        txs: &'a [TxRow],
+        permit_tx: Option<B256>,
+        transfer_tx: B256,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        let taken = |t: &TxRow| {
+            s.txs.iter().any(|o| {
+                (o.chain_id, o.signer, o.nonce) == (t.chain_id, t.signer, t.nonce)
+                    || o.hash == t.hash
+            })
+        };
+        // The real store's primary key (chain, signer, nonce) and UNIQUE hash.
+        if txs.iter().any(taken) {
+            return ready(Err(StoreError::Corrupt("duplicate transaction".into())));
+        }
+        let moved = s.transition(payment_id, SettlementState::Pending, |p| {
+            p.row.state = SettlementState::Submitted;
+            p.row.permit_tx = permit_tx.map(|h| h.to_string());
+            p.row.transfer_tx = Some(transfer_tx.to_string());
+            p.row.error = None;
+            p.row.updated_ms = now_ms;
+        });
+        if moved {
+            s.txs.extend(txs.iter().cloned().map(|t| TxRow {
+                state: "sent".into(),
+                last_broadcast_ms: now_ms,
+                ..t
+            }));
+        }
+        ready(Ok(moved))
+    }
+    fn unconfirmed_txs(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> BoxFuture<'_, Result<Vec<TxRow>, StoreError>> {
+        let mut txs: Vec<TxRow> = self
+            .state()
+            .txs
+            .iter()
+            .filter(|t| t.chain_id == chain_id && t.signer == signer && t.state == "sent")
+            .cloned()
+            .collect();
+        txs.sort_by_key(|t| t.nonce);
+        ready(Ok(txs))
+    }
+    fn max_tx_nonce(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        ready(Ok(self
+            .state()
+            .txs
+            .iter()
+            .filter(|t| t.chain_id == chain_id && t.signer == signer)
+            .map(|t| t.nonce)
+            .max()))
+    }
+    fn mark_broadcast(&self, hash: B256, now_ms: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        for t in self.state().txs.iter_mut().filter(|t| t.hash == hash) {
+            t.last_broadcast_ms = now_ms;
+        }
+        ready(Ok(()))
+    }
+    fn finish<'a>(
+        &'a self,
+        payment_id: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        settled: bool,
+        block: Option<u64>,
+        error: Option<&'a str>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        let moved = s.transition(payment_id, SettlementState::Submitted, |p| {
+            p.row.state = if settled {
+                SettlementState::Settled
+            } else {
+                SettlementState::Failed
+            };
+            p.row.block_number = block.map(|b| b as i64);
+            p.row.error = error.map(str::to_string);
+            p.row.updated_ms = now_ms;
+            p.row.settled_ms = settled.then_some(now_ms);
+        });
+        if moved {
+            s.record_receipts(receipts, dropped);
+        }
+        ready(Ok(moved))
+    }
+    fn requeue<'a>(
+        &'a self,
+        payment_id: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        note: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        let moved = s.transition(payment_id, SettlementState::Submitted, |p| {
+            p.row.state = SettlementState::Pending;
+            p.row.permit_tx = None;
+            p.row.transfer_tx = None;
+            p.row.error = Some(note.into());
+            p.row.attempts += 1;
+            p.next_attempt_ms = now_ms;
+            p.row.updated_ms = now_ms;
+        });
+        if moved {
+            s.record_receipts(receipts, dropped);
+        }
+        ready(Ok(moved))
+    }
+}

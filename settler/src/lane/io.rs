@@ -1,0 +1,368 @@
+//! What the lane needs from the chain and from the store, as object-safe traits, and their
+//! implementations for the real [`Chain`] (alloy RPC) and [`Store`] (sqlx). The lane holds
+//! `Arc<dyn LaneChain>` / `Arc<dyn LaneStore>`, so its unit tests run it on in-process fakes.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use alloy::primitives::{Address, Bytes, B256, U256};
+use x402_protocol::Network;
+
+pub(crate) use crate::chain::TransferLog;
+use crate::chain::{self, Chain, SendOutcome};
+use crate::error::{ChainError, StoreError};
+use crate::store::{Backend, PaymentRow, Store, TxRow};
+
+/// A boxed `Send` future: what the traits' async methods return (object safe, no macro crate).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the lane reads from a transaction receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Receipt {
+    /// Execution succeeded (status 1).
+    pub success: bool,
+    pub block_number: Option<u64>,
+    /// The `Transfer` logs it carries (logs that do not decode as one are left out).
+    pub transfers: Vec<TransferLog>,
+}
+
+/// The chain side of one lane: one network, one signer wallet.
+pub(crate) trait LaneChain: Send + Sync {
+    fn network(&self) -> Network;
+    fn signer(&self) -> Address;
+    fn chain_id(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
+    fn block_number(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
+    fn balance_of(&self, token: Address, owner: Address)
+        -> BoxFuture<'_, Result<U256, ChainError>>;
+    /// EIP-2612 `nonces(owner)`.
+    fn permit_nonce(
+        &self,
+        token: Address,
+        owner: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>>;
+    fn allowance(
+        &self,
+        token: Address,
+        owner: Address,
+        spender: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>>;
+    /// ERC-3009 `authorizationState(from, nonce)`.
+    fn authorization_used(
+        &self,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> BoxFuture<'_, Result<bool, ChainError>>;
+    /// The signer's next nonce counting the node's pending pool.
+    fn pending_nonce(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
+    /// The signer's confirmed transaction count.
+    fn latest_nonce(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
+    /// (max fee per gas, max priority fee per gas).
+    fn fees(&self) -> BoxFuture<'_, Result<(u128, u128), ChainError>>;
+    /// Signs a call to `to` with an explicit wallet nonce: (hash, raw bytes). No I/O to the node
+    /// is required, but it stays async (a remote signer would need it).
+    fn sign(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        fees: (u128, u128),
+    ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>>;
+    fn broadcast<'a>(&'a self, raw: &'a [u8]) -> BoxFuture<'a, SendOutcome>;
+    fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>>;
+}
+
+/// The store side of one lane. Every state change is conditional on the payment's current
+/// state (returns false when it no longer was), so a stale decision changes nothing.
+pub(crate) trait LaneStore: Send + Sync {
+    /// Takes or renews the lane's lease; true if `owner` holds it now.
+    fn hold_lease<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn release_lease<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PaymentRow>, StoreError>>;
+    /// Pending payments due for `signer`'s lane, in acceptance order.
+    fn due_pending(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        now_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>>;
+    fn submitted_permit_nonces(
+        &self,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        from: U256,
+    ) -> BoxFuture<'_, Result<Vec<U256>, StoreError>>;
+    fn defer<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+        note: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn fail_pending<'a>(
+        &'a self,
+        id: &'a str,
+        reason: &'a str,
+        release_key: bool,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Stores signed transactions and moves the payment to `submitted`, atomically.
+    fn record_submission<'a>(
+        &'a self,
+        payment_id: &'a str,
+        txs: &'a [TxRow],
+        permit_tx: Option<B256>,
+        transfer_tx: B256,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Transactions of a signer still waiting for a receipt, in nonce order.
+    fn unconfirmed_txs(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> BoxFuture<'_, Result<Vec<TxRow>, StoreError>>;
+    fn max_tx_nonce(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    fn mark_broadcast(&self, hash: B256, now_ms: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    #[allow(clippy::too_many_arguments)]
+    fn finish<'a>(
+        &'a self,
+        payment_id: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        settled: bool,
+        block: Option<u64>,
+        error: Option<&'a str>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn requeue<'a>(
+        &'a self,
+        payment_id: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        note: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+impl LaneChain for Chain {
+    fn network(&self) -> Network {
+        self.network
+    }
+    fn signer(&self) -> Address {
+        Chain::signer(self)
+    }
+    fn chain_id(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        Box::pin(Chain::chain_id(self))
+    }
+    fn block_number(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        Box::pin(Chain::block_number(self))
+    }
+    fn balance_of(
+        &self,
+        token: Address,
+        owner: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>> {
+        Box::pin(Chain::balance_of(self, token, owner))
+    }
+    fn permit_nonce(
+        &self,
+        token: Address,
+        owner: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>> {
+        Box::pin(Chain::permit_nonce(self, token, owner))
+    }
+    fn allowance(
+        &self,
+        token: Address,
+        owner: Address,
+        spender: Address,
+    ) -> BoxFuture<'_, Result<U256, ChainError>> {
+        Box::pin(Chain::allowance(self, token, owner, spender))
+    }
+    fn authorization_used(
+        &self,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> BoxFuture<'_, Result<bool, ChainError>> {
+        Box::pin(Chain::authorization_used(self, token, from, nonce))
+    }
+    fn pending_nonce(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        Box::pin(Chain::pending_nonce(self))
+    }
+    fn latest_nonce(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        Box::pin(Chain::latest_nonce(self))
+    }
+    fn fees(&self) -> BoxFuture<'_, Result<(u128, u128), ChainError>> {
+        Box::pin(Chain::fees(self))
+    }
+    fn sign(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        fees: (u128, u128),
+    ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>> {
+        Box::pin(Chain::sign(self, to, input, nonce, fees))
+    }
+    fn broadcast<'a>(&'a self, raw: &'a [u8]) -> BoxFuture<'a, SendOutcome> {
+        Box::pin(Chain::broadcast(self, raw))
+    }
+    fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>> {
+        Box::pin(async move {
+            let r = Chain::receipt(self, hash).await?;
+            Ok(r.map(|r| Receipt {
+                success: r.status(),
+                block_number: r.block_number,
+                transfers: chain::transfer_logs(&r),
+            }))
+        })
+    }
+}
+
+impl LaneStore for Store {
+    fn hold_lease<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            // SQLite is one process's file: there is no other replica to exclude.
+            if self.backend() == Backend::Sqlite {
+                return Ok(true);
+            }
+            self.lease(name, owner, ttl_ms, now_ms).await
+        })
+    }
+    fn release_lease<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.backend() != Backend::Postgres {
+                return Ok(());
+            }
+            Store::release_lease(self, name, owner).await
+        })
+    }
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PaymentRow>, StoreError>> {
+        Box::pin(Store::get(self, id))
+    }
+    fn due_pending(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        now_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>> {
+        Box::pin(Store::due_pending(self, chain_id, signer, now_ms, limit))
+    }
+    fn submitted_permit_nonces(
+        &self,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        from: U256,
+    ) -> BoxFuture<'_, Result<Vec<U256>, StoreError>> {
+        Box::pin(Store::submitted_permit_nonces(
+            self, chain_id, asset, payer, from,
+        ))
+    }
+    fn defer<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+        note: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::defer(self, id, next_attempt_ms, note, now_ms))
+    }
+    fn fail_pending<'a>(
+        &'a self,
+        id: &'a str,
+        reason: &'a str,
+        release_key: bool,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::fail_pending(self, id, reason, release_key, now_ms))
+    }
+    fn record_submission<'a>(
+        &'a self,
+        payment_id: &'a str,
+        txs: &'a [TxRow],
+        permit_tx: Option<B256>,
+        transfer_tx: B256,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::record_submission(
+            self,
+            payment_id,
+            txs,
+            permit_tx,
+            transfer_tx,
+            now_ms,
+        ))
+    }
+    fn unconfirmed_txs(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> BoxFuture<'_, Result<Vec<TxRow>, StoreError>> {
+        Box::pin(Store::unconfirmed_txs(self, chain_id, signer))
+    }
+    fn max_tx_nonce(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(Store::max_tx_nonce(self, chain_id, signer))
+    }
+    fn mark_broadcast(&self, hash: B256, now_ms: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(Store::mark_broadcast(self, hash, now_ms))
+    }
+    fn finish<'a>(
+        &'a self,
+        payment_id: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        settled: bool,
+        block: Option<u64>,
+        error: Option<&'a str>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::finish(
+            self, payment_id, receipts, dropped, settled, block, error, now_ms,
+        ))
+    }
+    fn requeue<'a>(
+        &'a self,
+        payment_id: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        note: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::requeue(
+            self, payment_id, receipts, dropped, note, now_ms,
+        ))
+    }
+}

@@ -1,0 +1,130 @@
+//! The submit step: takes due payments, preflights them, signs their transactions with the
+//! lane's next wallet nonces and stores them (payment -> `submitted`) BEFORE handing them to
+//! the broadcaster. That order is what makes every payment move at most once: whatever is
+//! broadcast is stored, and what is stored is only ever re-broadcast, never re-signed.
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::decide;
+use super::preflight::{ChainFacts, Preflight};
+use super::{Lane, LaneError};
+use crate::clock::now_ms;
+use crate::error::ChainError;
+use crate::metrics as m;
+use crate::store::TxRow;
+
+impl Lane {
+    /// Signs, stores and broadcasts the settlement of every due pending payment.
+    pub(super) async fn submit_due(
+        &self,
+        next_nonce: &mut u64,
+        out: &UnboundedSender<TxRow>,
+    ) -> Result<usize, LaneError> {
+        let network = self.chain.network();
+        let chain_id = network.chain_id;
+        let signer = self.chain.signer();
+        let due = self
+            .store
+            .due_pending(chain_id, signer, now_ms(), self.cfg.batch)
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let (fees, node_next) = tokio::try_join!(self.chain.fees(), self.chain.pending_nonce())?;
+        if let Some(jump) = decide::resync_nonce(*next_nonce, node_next) {
+            tracing::warn!(wallet = %signer, network = %network, lane_next = *next_nonce, node_next,
+                "the settler wallet's nonce was used by transactions this settler did not send (is its key used elsewhere?); re-syncing the lane's nonce from the chain");
+            *next_nonce = jump;
+        }
+        // Chain reads for the whole batch at once; decisions and signing stay in order.
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, p) in due.iter().enumerate() {
+            let chain = self.chain.clone();
+            let p = p.clone();
+            reads.spawn(async move { (i, Self::chain_facts(&*chain, &p).await) });
+        }
+        let mut facts: Vec<Option<ChainFacts>> = due.iter().map(|_| None).collect();
+        while let Some(r) = reads.join_next().await {
+            let (i, f) = r.map_err(|e| ChainError::Rpc {
+                network: network.to_string(),
+                message: format!("read task: {e}"),
+            })?;
+            if let Some(slot) = facts.get_mut(i) {
+                *slot = Some(f?);
+            }
+        }
+        let mut count = 0;
+        for (p, f) in due.into_iter().zip(facts) {
+            let Some(f) = f else { continue };
+            let mut with_permit = true;
+            match self.preflight(&p, f, (now_ms() / 1000) as u64).await? {
+                Preflight::Ready => {}
+                Preflight::TransferOnly => {
+                    tracing::info!(settlement_id = %p.p.id, "permit nonce already used on chain; the allowance covers the value: transferFrom only");
+                    with_permit = false;
+                }
+                Preflight::Defer(note) => {
+                    let wait = decide::defer_wait_ms(p.attempts);
+                    tracing::info!(settlement_id = %p.p.id, note, "settlement deferred");
+                    let now = now_ms();
+                    self.store.defer(&p.p.id, now + wait, &note, now).await?;
+                    continue;
+                }
+                Preflight::Fail {
+                    reason,
+                    release_key,
+                } => {
+                    if self
+                        .store
+                        .fail_pending(&p.p.id, &reason, release_key, now_ms())
+                        .await?
+                    {
+                        metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
+                        tracing::warn!(settlement_id = %p.p.id, reason, "settlement failed before submission");
+                    }
+                    continue;
+                }
+            }
+            let token = p.p.asset;
+            let calls = decide::settlement_calls(&p, signer, with_permit);
+            let mut txs = Vec::with_capacity(calls.len());
+            for (i, (kind, input)) in calls.into_iter().enumerate() {
+                let nonce = decide::tx_nonce(*next_nonce, i);
+                let (hash, raw) = self.chain.sign(token, input, nonce, fees).await?;
+                txs.push(TxRow {
+                    chain_id,
+                    signer,
+                    nonce,
+                    payment_id: p.p.id.clone(),
+                    kind: kind.into(),
+                    hash,
+                    raw,
+                    state: "sent".into(),
+                    last_broadcast_ms: now_ms(),
+                });
+            }
+            let Some((permit_tx, transfer_tx)) = decide::submission_hashes(&txs) else {
+                continue;
+            };
+            // Durability first: stored (and the payment `submitted`) before anything is sent.
+            if !self
+                .store
+                .record_submission(&p.p.id, &txs, permit_tx, transfer_tx, now_ms())
+                .await?
+            {
+                continue;
+            }
+            let wallet_nonce = *next_nonce;
+            *next_nonce += txs.len() as u64;
+            metrics::counter!(m::SETTLEMENTS, "state" => "submitted").increment(1);
+            tracing::info!(settlement_id = %p.p.id, transfer_tx = %transfer_tx, wallet_nonce, "settlement submitted");
+            for t in txs {
+                // The broadcaster is gone only when the lane is stopping; the stored
+                // transaction is re-broadcast on the next start.
+                let _ = out.send(t);
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+}

@@ -1,0 +1,567 @@
+//! The lane on a fake chain and store (`fixtures.rs`): signing, confirmation, re-queues,
+//! foreign transactions at the wallet's nonces, crash-restart and leases, step by step. The
+//! integration tests in `settler/tests/` run the same lane against a real anvil.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::{watch, Notify};
+use x402_protocol::settler_api::SettlementState;
+use x402_protocol::Scheme;
+
+use super::decide::{MAX_REQUEUES, PERMIT, TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
+use super::fixtures::{payment, FakeChain, FakeStore, PAYER, PAY_TO, SIGNER, VALUE};
+use super::{Lane, LaneError, WorkerConfig};
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        poll: Duration::from_millis(5),
+        rebroadcast: Duration::from_secs(15),
+        lease: Duration::from_secs(10),
+        instance: "me".into(),
+        batch: 64,
+    }
+}
+
+fn lane_with(store: &FakeStore, chain: &FakeChain, cfg: WorkerConfig) -> Lane {
+    Lane::new(
+        store.clone(),
+        Arc::new(chain.clone()),
+        Arc::new(Notify::new()),
+        cfg,
+    )
+}
+
+fn lane(store: &FakeStore, chain: &FakeChain) -> Lane {
+    lane_with(store, chain, config())
+}
+
+/// One submit step with the broadcaster running after it: returns the payments submitted.
+async fn submit(lane: &Lane, next: &mut u64) -> usize {
+    let (out, mut rx) = unbounded_channel();
+    let n = lane.submit_due(next, &out).await.unwrap();
+    drop(out);
+    while let Some(t) = rx.recv().await {
+        lane.broadcast(&t).await.unwrap();
+    }
+    n
+}
+
+fn kinds_and_nonces(store: &FakeStore, id: &str) -> Vec<(String, u64, String)> {
+    store
+        .txs_of(id)
+        .into_iter()
+        .map(|t| (t.kind, t.nonce, t.state))
+        .collect()
+}
+
+fn k(kind: &str, nonce: u64, state: &str) -> (String, u64, String) {
+    (kind.into(), nonce, state.into())
+}
+
+#[tokio::test]
+async fn a_permit_payment_is_signed_once_and_settles() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(next, 0);
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    assert_eq!(next, 2);
+    let row = store.row("a");
+    assert_eq!(row.state, SettlementState::Submitted);
+    let txs = store.txs_of("a");
+    assert_eq!(
+        (row.permit_tx, row.transfer_tx),
+        (Some(txs[0].hash.to_string()), Some(txs[1].hash.to_string()))
+    );
+    assert_eq!(
+        kinds_and_nonces(&store, "a"),
+        [k(PERMIT, 0, "sent"), k(TRANSFER_FROM, 1, "sent")]
+    );
+    assert_eq!(
+        chain.state().mempool.len(),
+        2,
+        "broadcast without waiting for a receipt"
+    );
+    // Submitted: never signed again, whatever runs meanwhile.
+    assert_eq!(submit(&lane, &mut next).await, 0);
+    lane.confirm().await.unwrap();
+    assert_eq!(
+        store.row("a").state,
+        SettlementState::Submitted,
+        "not mined yet: waits"
+    );
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("a");
+    assert_eq!(
+        (row.state, row.block_number, row.error),
+        (SettlementState::Settled, Some(1), None)
+    );
+    assert_eq!(
+        kinds_and_nonces(&store, "a"),
+        [k(PERMIT, 0, "mined"), k(TRANSFER_FROM, 1, "mined")]
+    );
+    assert_eq!(chain.balance(PAY_TO), U256::from(VALUE));
+    assert_eq!(chain.state().signed.len(), 2);
+}
+
+#[tokio::test]
+async fn payments_go_in_acceptance_order_with_consecutive_wallet_nonces() {
+    // Accepted as: permit nonce 0, an ERC-3009 authorization, permit nonce 1 (same payer).
+    let store = FakeStore::with([
+        payment("p1", 3, Scheme::Permit, 1),
+        payment("p0", 1, Scheme::Permit, 0),
+        payment("e", 2, Scheme::Exact, 0),
+    ]);
+    let chain = FakeChain::new(3 * VALUE);
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 3);
+    assert_eq!(
+        kinds_and_nonces(&store, "p0"),
+        [k(PERMIT, 0, "sent"), k(TRANSFER_FROM, 1, "sent")]
+    );
+    assert_eq!(
+        kinds_and_nonces(&store, "e"),
+        [k(TRANSFER_WITH_AUTHORIZATION, 2, "sent")]
+    );
+    assert_eq!(
+        kinds_and_nonces(&store, "p1"),
+        [k(PERMIT, 3, "sent"), k(TRANSFER_FROM, 4, "sent")],
+        "permit 1 right after permit 0 is in flight"
+    );
+    assert_eq!(next, 5);
+    chain.mine();
+    lane.confirm().await.unwrap();
+    for id in ["p0", "e", "p1"] {
+        assert_eq!(store.row(id).state, SettlementState::Settled, "{id}");
+    }
+    assert_eq!(chain.balance(PAY_TO), U256::from(3 * VALUE));
+    assert_eq!(store.row("e").permit_tx, None);
+}
+
+#[tokio::test]
+async fn a_permit_ahead_of_the_chain_waits_for_the_earlier_one() {
+    let store = FakeStore::with([payment("p1", 1, Scheme::Permit, 1)]);
+    let chain = FakeChain::new(VALUE);
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 0);
+    let row = store.row("p1");
+    assert_eq!((row.state, row.attempts), (SettlementState::Pending, 1));
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("waiting for permit nonce 0"));
+    assert!(store.state().payments[0].next_attempt_ms > 0, "deferred");
+    assert!(chain.state().signed.is_empty());
+    assert_eq!(submit(&lane, &mut next).await, 0, "not due again yet");
+    assert_eq!(store.row("p1").attempts, 1);
+}
+
+#[tokio::test]
+async fn an_authorization_settles_with_one_transaction_and_a_used_one_fails() {
+    let store = FakeStore::with([
+        payment("e", 1, Scheme::Exact, 0),
+        payment("used", 2, Scheme::Exact, 0),
+    ]);
+    let chain = FakeChain::new(VALUE);
+    let used = store.row("used").p.nonce;
+    chain.state().auth_used.insert((PAYER, used));
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    assert_eq!(next, 1);
+    let row = store.row("used");
+    assert_eq!(row.state, SettlementState::Failed);
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("authorization nonce was used"));
+    assert!(!store.state().payments[1].key_released);
+    chain.mine();
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("e").state, SettlementState::Settled);
+}
+
+#[tokio::test]
+async fn an_expired_permit_fails_before_submission_and_releases_its_key() {
+    let mut p = payment("a", 1, Scheme::Permit, 0);
+    p.p.deadline = U256::from(1_000u64);
+    let (store, chain) = (FakeStore::with([p]), FakeChain::new(VALUE));
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 0);
+    assert_eq!(store.row("a").state, SettlementState::Failed);
+    assert!(
+        store.state().payments[0].key_released,
+        "the payer may sign that permit nonce anew"
+    );
+    assert!(chain.state().signed.is_empty());
+}
+
+#[tokio::test]
+async fn a_consumed_permit_nonce_with_allowance_settles_by_transfer_from_alone() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE),
+    );
+    {
+        // Someone submitted the permit already.
+        let mut s = chain.state();
+        s.permit_nonces.insert(PAYER, U256::from(1));
+        s.allowances.insert((PAYER, SIGNER), U256::from(VALUE));
+    }
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    assert_eq!(kinds_and_nonces(&store, "a"), [k(TRANSFER_FROM, 0, "sent")]);
+    assert_eq!(store.row("a").permit_tx, None);
+    chain.mine();
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("a").state, SettlementState::Settled);
+}
+
+#[tokio::test]
+async fn a_consumed_permit_nonce_without_allowance_fails() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE),
+    );
+    chain.state().permit_nonces.insert(PAYER, U256::from(1));
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 0);
+    let row = store.row("a");
+    assert_eq!(row.state, SettlementState::Failed);
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("was consumed on chain"));
+    assert!(!store.state().payments[0].key_released);
+}
+
+#[tokio::test]
+async fn a_reverted_transfer_fails_with_its_diagnosis() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE - 1),
+    );
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("a");
+    assert_eq!(row.state, SettlementState::Failed);
+    assert_eq!(
+        row.error.as_deref(),
+        Some(
+            format!(
+                "transferFrom reverted; payer balance {} is below the value {VALUE}",
+                VALUE - 1
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(row.block_number, Some(1));
+}
+
+#[tokio::test]
+async fn success_without_the_transfer_event_fails() {
+    let (store, chain) = (
+        FakeStore::with([payment("e", 1, Scheme::Exact, 0)]),
+        FakeChain::new(2 * VALUE),
+    );
+    chain.state().no_transfer_logs = true;
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("e");
+    assert_eq!(row.state, SettlementState::Failed);
+    assert_eq!(
+        row.error.as_deref(),
+        Some("transferWithAuthorization succeeded without the expected Transfer event")
+    );
+}
+
+#[tokio::test]
+async fn an_out_of_order_permit_revert_is_requeued_at_most_max_requeues_times() {
+    // The store says permit nonce 0 of this payer is settled, the chain still expects 0: the
+    // lane signs permit 1 after it, and permit() reverts every time.
+    let mut earlier = payment("p0", 1, Scheme::Permit, 0);
+    earlier.state = SettlementState::Settled;
+    let (store, chain) = (
+        FakeStore::with([earlier, payment("p1", 2, Scheme::Permit, 1)]),
+        FakeChain::new(VALUE),
+    );
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    let mut rounds = 0;
+    while store.row("p1").state != SettlementState::Failed {
+        assert_eq!(submit(&lane, &mut next).await, 1, "round {rounds}");
+        chain.mine();
+        lane.confirm().await.unwrap();
+        rounds += 1;
+        assert!(rounds <= MAX_REQUEUES + 1, "never gives up");
+    }
+    let row = store.row("p1");
+    assert_eq!((rounds, row.attempts), (MAX_REQUEUES + 1, MAX_REQUEUES));
+    assert_eq!(
+        row.error.as_deref(),
+        Some("transferFrom reverted; permit() reverted (nonce used or signature refused)")
+    );
+    assert_eq!(chain.state().signed.len() as i64, 2 * (MAX_REQUEUES + 1));
+    assert_eq!(chain.balance(PAY_TO), U256::ZERO);
+}
+
+#[tokio::test]
+async fn a_foreign_transaction_at_our_nonce_sends_the_payment_back_to_pending_and_it_is_signed_again(
+) {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    // Another program with our key takes nonce 0: our permit can never be mined; our
+    // transferFrom at nonce 1 is mined and reverts (no allowance).
+    chain.foreign_transaction();
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("a");
+    assert_eq!(
+        (row.state, row.attempts, row.transfer_tx),
+        (SettlementState::Pending, 1, None)
+    );
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .starts_with("wallet nonce(s) [0] of "));
+    assert_eq!(
+        kinds_and_nonces(&store, "a"),
+        [k(PERMIT, 0, "dropped"), k(TRANSFER_FROM, 1, "mined")]
+    );
+    // Re-checked on chain (permit nonce still 0) and signed again at fresh nonces.
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    assert_eq!(
+        store
+            .txs_of("a")
+            .iter()
+            .filter(|t| t.state == "sent")
+            .map(|t| t.nonce)
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    chain.mine();
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("a").state, SettlementState::Settled);
+    assert_eq!(
+        chain.balance(PAY_TO),
+        U256::from(VALUE),
+        "moved exactly once"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_transaction_before_signing_moves_the_lane_past_it() {
+    let (store, chain) = (FakeStore::default(), FakeChain::new(VALUE));
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    chain.foreign_transaction();
+    store.add(payment("e", 1, Scheme::Exact, 0));
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    assert_eq!(
+        kinds_and_nonces(&store, "e"),
+        [k(TRANSFER_WITH_AUTHORIZATION, 1, "sent")]
+    );
+    chain.mine();
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("e").state, SettlementState::Settled);
+}
+
+#[tokio::test]
+async fn after_a_crash_stored_transactions_are_rebroadcast_byte_for_byte_and_signing_continues_after_them(
+) {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(2 * VALUE),
+    );
+    let first = lane(&store, &chain);
+    let mut next = first.recover().await.unwrap();
+    // Crash between storing and broadcasting: the broadcaster never got them.
+    let (out, rx) = unbounded_channel();
+    drop(rx);
+    assert_eq!(first.submit_due(&mut next, &out).await.unwrap(), 1);
+    drop(first);
+    assert!(chain.state().broadcasts.is_empty());
+    // The node is down for broadcasts: the next nonce comes from the store, not the node.
+    chain.state().refuse_broadcasts = true;
+    let second = lane(&store, &chain);
+    let mut next = second.recover().await.unwrap();
+    assert_eq!(next, 2);
+    let stored: Vec<Vec<u8>> = store.txs_of("a").into_iter().map(|t| t.raw).collect();
+    assert_eq!(chain.state().broadcasts, stored);
+    chain.state().refuse_broadcasts = false;
+    // A third start re-sends the same bytes again; nothing is signed twice.
+    let third = lane(&store, &chain);
+    assert_eq!(third.recover().await.unwrap(), 2);
+    assert_eq!(chain.state().broadcasts[2..], stored[..]);
+    store.add(payment("e", 2, Scheme::Exact, 0));
+    assert_eq!(submit(&third, &mut next).await, 1);
+    assert_eq!(
+        kinds_and_nonces(&store, "e"),
+        [k(TRANSFER_WITH_AUTHORIZATION, 2, "sent")]
+    );
+    chain.mine();
+    third.confirm().await.unwrap();
+    assert_eq!(
+        (store.row("a").state, store.row("e").state),
+        (SettlementState::Settled, SettlementState::Settled)
+    );
+    assert_eq!(
+        chain.state().signed.len(),
+        3,
+        "permit + transferFrom + transferWithAuthorization, each signed once"
+    );
+    assert_eq!(chain.balance(PAY_TO), U256::from(2 * VALUE));
+}
+
+#[tokio::test]
+async fn unconfirmed_transactions_are_rebroadcast_only_after_the_interval() {
+    let (store, chain) = (
+        FakeStore::with([payment("e", 1, Scheme::Exact, 0)]),
+        FakeChain::new(VALUE),
+    );
+    chain.state().refuse_broadcasts = true;
+    let patient = lane(&store, &chain);
+    let mut next = patient.recover().await.unwrap();
+    submit(&patient, &mut next).await;
+    assert_eq!(chain.state().broadcasts.len(), 1);
+    patient.rebroadcast_stale().await.unwrap();
+    assert_eq!(chain.state().broadcasts.len(), 1, "sent just now");
+    chain.state().refuse_broadcasts = false;
+    let eager = lane_with(
+        &store,
+        &chain,
+        WorkerConfig {
+            rebroadcast: Duration::from_millis(1),
+            ..config()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    eager.rebroadcast_stale().await.unwrap();
+    let s = chain.state();
+    assert_eq!((s.broadcasts.len(), s.mempool.len()), (2, 1));
+    assert_eq!(s.broadcasts[0], s.broadcasts[1]);
+}
+
+#[tokio::test]
+async fn nonce_too_low_on_a_broadcast_makes_the_confirm_loop_look_at_once() {
+    let (store, chain) = (
+        FakeStore::with([payment("e", 1, Scheme::Exact, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    chain.mine();
+    let t = store.txs_of("e").remove(0);
+    lane.broadcast(&t).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), lane.recheck.notified())
+        .await
+        .expect("recheck poked");
+}
+
+#[tokio::test]
+async fn a_lane_on_another_chain_id_does_not_start() {
+    let (store, chain) = (FakeStore::default(), FakeChain::new(VALUE));
+    chain.state().chain_id = 1;
+    let lane = lane(&store, &chain);
+    assert!(matches!(
+        lane.recover().await,
+        Err(LaneError::WrongChain {
+            got: 1,
+            want: 31337
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_lane_without_the_lease_signs_nothing_and_one_that_loses_it_stops() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Exact, 0)]),
+        FakeChain::new(2 * VALUE),
+    );
+    store.state().lease = Some(("other".into(), i64::MAX));
+    let cfg = WorkerConfig {
+        lease: Duration::from_millis(30),
+        ..config()
+    };
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(lane_with(&store, &chain, cfg.clone()).run(stopped.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        chain.state().signed.is_empty(),
+        "another replica drives this wallet"
+    );
+    assert_eq!(store.row("a").state, SettlementState::Pending);
+    // The other replica's lease expires: this one takes over.
+    store.state().lease = Some(("other".into(), 0));
+    wait_for(|| store.row("a").state == SettlementState::Submitted).await;
+    // And loses it again: it stops signing (renewal every lease/3).
+    store.state().lease = Some(("other".into(), i64::MAX));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.add(payment("b", 2, Scheme::Exact, 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.row("b").state, SettlementState::Pending);
+    assert_eq!(chain.state().signed.len(), 1);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_running_lane_settles_and_stops_on_shutdown() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(lane(&store, &chain).run(stopped));
+    wait_for(|| chain.state().mempool.len() == 2).await;
+    chain.mine();
+    wait_for(|| store.row("a").state == SettlementState::Settled).await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.state().lease.as_ref().map(|l| l.1),
+        Some(0),
+        "lease released on the way out"
+    );
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
