@@ -1,1 +1,1107 @@
-//! Flow tests: see below.
+//! The request flow driven natively through the fake host: every state transition, and
+//! what the filter did (replies, header edits, callouts, resumes, counters, logs).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::Level;
+use serde_json::{json, Value};
+use x402_protocol::Address;
+
+use super::request::Request;
+use super::{tick, Action, Worker};
+use crate::test_fixtures::fake_host::FakeHost;
+use crate::test_fixtures::{claims, sample, token};
+
+/// Unix time of the tests (seconds): the tokens are issued then.
+const NOW: i64 = 1_800_000_000;
+const NOW_MS: u64 = NOW as u64 * 1000;
+
+/// Header (name, value) pairs.
+type Pairs = Vec<(&'static str, &'static str)>;
+
+fn host() -> FakeHost {
+    let h = FakeHost::new();
+    h.set_now_ms(NOW_MS);
+    h
+}
+
+fn worker_for(h: &FakeHost, config: &Value) -> Rc<Worker> {
+    let w = Worker::configure(h, config.to_string().as_bytes()).unwrap();
+    h.clear_records();
+    Rc::new(w)
+}
+
+/// The sample configuration's worker, its records cleared.
+fn worker(h: &FakeHost) -> Rc<Worker> {
+    worker_for(h, &sample())
+}
+
+fn allow_mode() -> Value {
+    let mut v = sample();
+    v["settler"]["failure_mode"] = json!("allow");
+    v
+}
+
+fn payer() -> String {
+    Address::repeat_byte(0x11).to_checksum(None)
+}
+
+fn bearer(route: &str, amount: u64) -> String {
+    format!("Bearer {}", token(claims(route, amount), NOW))
+}
+
+/// `GET /api/weather` (priced, 0.01 USDC) with extra headers.
+fn weather(h: &FakeHost, extra: &[(&str, &str)]) {
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", "/api/weather?city=lisbon"),
+        (":authority", "api.example.com"),
+        (":scheme", "http"),
+    ];
+    headers.extend_from_slice(extra);
+    h.request(&headers);
+}
+
+fn token_post(h: &FakeHost, route: &str, extra: &[(&str, &str)]) {
+    let path = format!("/x402/token/{route}");
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", path.as_str()),
+        (":authority", "api.example.com"),
+    ];
+    headers.extend_from_slice(extra);
+    h.request(&headers);
+}
+
+fn payment_signature() -> String {
+    x402_protocol::b64::encode(br#"{"x402Version":2,"payload":{"signature":"0xabc"}}"#)
+}
+
+/// The settler's 200 for a minted token.
+fn minted(h: &FakeHost, access_token: &str) -> usize {
+    let body = json!({
+        "access_token": access_token, "token_type": "Bearer", "expires_in": 300,
+        "payer": payer().to_lowercase(), "network": "eip155:84532", "settlement_id": "s-1"
+    });
+    h.callout_answers(
+        &[(":status", "200"), ("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn identity(route: &str) -> Vec<(String, String)> {
+    vec![
+        ("x-x402-payer".into(), payer()),
+        ("x-x402-route".into(), route.into()),
+        ("x-x402-settlement-id".into(), "s-1".into()),
+    ]
+}
+
+fn counters(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+}
+
+// ---- configuration ----
+
+#[test]
+fn configure_defines_every_counter_and_the_timer() {
+    let h = host();
+    let w = Worker::configure(&h, sample().to_string().as_bytes());
+    assert!(w.is_some());
+    let names = h.counter_names();
+    assert_eq!(names.len(), 15);
+    assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
+    assert_eq!(h.tick_period.get(), Some(Duration::from_millis(250)));
+    assert!(h.logged(
+        Level::Info,
+        "x402: configured 2 priced route(s), 1 token key(s), settler cluster \"x402_settler\""
+    ));
+}
+
+#[test]
+fn a_worker_without_timer_or_counters_still_serves() {
+    let h = host();
+    h.fail("set_tick_period", 2);
+    h.fail("define_counter", 2);
+    let w = Rc::new(Worker::configure(&h, sample().to_string().as_bytes()).unwrap());
+    assert!(h.logged(Level::Warn, "no timer (BadArgument)"));
+    assert!(h.logged(Level::Warn, "cannot define metric x402_challenges"));
+    weather(&h, &[]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.reply().status(), 402);
+}
+
+#[test]
+fn unconfigured_worker_fails_closed_with_503() {
+    let h = host();
+    assert!(Worker::configure(&h, b"{\"routes\": 1}").is_none());
+    assert!(h
+        .logs
+        .borrow()
+        .iter()
+        .any(|(l, m)| *l == Level::Error && m.starts_with("x402 config:")));
+    weather(&h, &[]);
+    let mut r = Request::new(1, None);
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (503, "filter_unconfigured")
+    );
+    assert_eq!(
+        h.calls.get(),
+        1,
+        "only the reply: the headers are not even read"
+    );
+    // Nothing else happens to it.
+    assert_eq!(r.on_request_body(&h, 10, true), Action::Pause);
+    assert_eq!(r.on_request_trailers(&h), Action::Pause);
+    r.on_callout_response(&h, 0);
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    assert_eq!(h.replies.borrow().len(), 1);
+}
+
+// ---- unpriced requests ----
+
+#[test]
+fn unpriced_request_costs_one_host_call() {
+    let h = host();
+    let w = worker(&h);
+    h.request(&[
+        (":method", "GET"),
+        (":path", "/static/logo.png"),
+        ("x-x40", "1"),
+    ]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.calls.get(), 1, "the header list, nothing else");
+    assert!(h.edits.borrow().is_empty());
+    assert!(h.counters().is_empty());
+    assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
+    assert_eq!(r.on_request_trailers(&h), Action::Continue);
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+}
+
+#[test]
+fn unpriced_requests_lose_forged_identity_headers_only() {
+    let h = host();
+    let w = worker(&h);
+    for path in [Some("/static/x"), None] {
+        let mut headers = vec![
+            (":method", "GET"),
+            ("X-X402-Payer", "0xforged"),
+            ("x-x402-settlement-id", "forged"),
+            ("x-x402-other", "kept"),
+        ];
+        if let Some(p) = path {
+            headers.push((":path", p));
+        }
+        h.request(&headers);
+        h.clear_records();
+        let mut r = Request::new(1, Some(w.clone()));
+        assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+        assert_eq!(
+            h.removed(),
+            ["x-x402-payer", "x-x402-settlement-id"],
+            "{path:?}"
+        );
+        assert_eq!(h.header("x-x402-other").as_deref(), Some("kept"));
+    }
+}
+
+#[test]
+fn priced_path_with_an_unpriced_method_is_unpriced() {
+    let h = host();
+    let w = worker(&h);
+    h.request(&[
+        (":method", "POST"),
+        (":path", "/api/weather"),
+        ("x-x402-route", "forged"),
+    ]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.removed(), ["x-x402-route"]);
+    assert!(h.replies.borrow().is_empty());
+}
+
+// ---- priced requests with tokens ----
+
+#[test]
+fn priced_request_without_token_gets_the_402() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("x-forwarded-proto", "https")]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    let reply = h.reply();
+    assert_eq!(reply.status(), 402);
+    assert_eq!(reply.code(), "missing_token");
+    assert_eq!(reply.json()["access_token_endpoint"], "/x402/token/weather");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let pr: Value = serde_json::from_slice(
+        &x402_protocol::b64::decode(reply.header("payment-required").unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        pr["resource"]["url"],
+        "https://api.example.com/api/weather?city=lisbon"
+    );
+    assert_eq!(
+        h.counters(),
+        counters(&[("x402_challenges", 1), ("x402_rejected_missing_token", 1)])
+    );
+    assert!(h.callouts.borrow().is_empty());
+    // Answered: the rest of the request is held.
+    assert_eq!(r.on_request_body(&h, 3, true), Action::Pause);
+    assert_eq!(r.on_request_trailers(&h), Action::Pause);
+}
+
+#[test]
+fn priced_requests_lose_every_reserved_header() {
+    let h = host();
+    let w = worker(&h);
+    weather(
+        &h,
+        &[("x-x402-payer", "0xforged"), ("X-X402-Anything", "x")],
+    );
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    assert_eq!(h.removed(), ["x-x402-payer", "x-x402-anything"]);
+    assert_eq!(h.reply().status(), 402);
+}
+
+#[test]
+fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
+    let h = host();
+    let w = worker(&h);
+    let auth = bearer("weather", 10_000);
+    weather(
+        &h,
+        &[("authorization", &auth), ("x-x402-payer", "0xforged")],
+    );
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(h.replies.borrow().is_empty());
+    assert_eq!(h.removed(), ["x-x402-payer"]);
+    assert_eq!(h.set_request_headers(), identity("weather"));
+    assert_eq!(h.header("x-x402-payer"), Some(payer()));
+    assert_eq!(
+        h.counters(),
+        counters(&[("x402_accepted", 1), ("x402_token_cache_misses", 1)])
+    );
+    assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
+
+    // The same token again: served from the cache, in seven host calls.
+    weather(&h, &[("authorization", &auth)]);
+    h.clear_records();
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(
+        h.counters(),
+        counters(&[("x402_accepted", 1), ("x402_token_cache_hits", 1)])
+    );
+    assert_eq!(
+        h.calls.get(),
+        7,
+        "header list, clock, two counters, three headers"
+    );
+}
+
+#[test]
+fn unusable_tokens_get_the_402_with_their_reason() {
+    let h = host();
+    let w = worker(&h);
+    let forged = {
+        let key = k256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        x402_protocol::token::mint(&key, "k1", claims("weather", 10_000), NOW, 300)
+    };
+    let cases = [
+        (
+            format!("Bearer {forged}"),
+            "bad_signature",
+            Some("x402_token_cache_misses"),
+        ),
+        (
+            bearer("weather", 9_999),
+            "wrong_route",
+            Some("x402_token_cache_misses"),
+        ),
+        (
+            bearer("report", 2_000_000),
+            "wrong_route",
+            Some("x402_token_cache_misses"),
+        ),
+        ("Basic abc".to_string(), "malformed_header", None),
+        (
+            "Bearer garbage".to_string(),
+            "malformed_token",
+            Some("x402_token_cache_misses"),
+        ),
+    ];
+    for (auth, code, cache) in cases {
+        weather(&h, &[("authorization", &auth)]);
+        h.clear_records();
+        let mut r = Request::new(1, Some(w.clone()));
+        assert_eq!(r.on_request_headers(&h, true), Action::Pause, "{code}");
+        assert_eq!(
+            (h.reply().status(), h.reply().code()),
+            (402, code.to_string())
+        );
+        let rejected = format!("x402_rejected_{code}");
+        let mut want = vec![("x402_challenges", 1), (rejected.as_str(), 1)];
+        if let Some(c) = cache {
+            want.push((c, 1));
+        }
+        let mut got = h.counters();
+        got.sort();
+        let mut want = counters(&want);
+        want.sort();
+        assert_eq!(got, want, "{code}");
+        assert!(h.set_request_headers().is_empty());
+    }
+    // Expired, a second later than the leeway allows.
+    h.set_now_ms(NOW_MS + 306_000);
+    weather(&h, &[("authorization", &bearer("weather", 10_000))]);
+    h.clear_records();
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    assert_eq!(h.reply().code(), "expired");
+}
+
+#[test]
+fn without_a_header_list_headers_are_read_one_by_one() {
+    let h = host();
+    let w = worker(&h);
+    h.fail("request_header_map", 10);
+    let auth = bearer("weather", 10_000);
+    weather(&h, &[("authorization", &auth), ("x-x402-other", "x")]);
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    // Cannot list them: the identity names go blindly, other reserved names cannot be seen.
+    assert_eq!(
+        h.removed(),
+        ["x-x402-payer", "x-x402-route", "x-x402-settlement-id"]
+    );
+    assert_eq!(h.set_request_headers(), identity("weather"));
+    // Unpriced: the identity names go blindly too.
+    h.request(&[(":path", "/free")]);
+    h.clear_records();
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.removed().len(), 3);
+}
+
+#[test]
+fn a_malformed_header_list_falls_back_to_single_reads() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("authorization", &bearer("weather", 10_000))]);
+    h.corrupt_header_map();
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(h.logged(Level::Warn, "x402: cannot read the request header list"));
+    assert_eq!(h.set_request_headers(), identity("weather"));
+}
+
+#[test]
+fn header_bytes_that_are_not_utf8_make_a_malformed_token() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[]);
+    // Bytes that are not UTF-8 in a value are fine (U+FFFD); they make the token malformed.
+    h.add_raw_header("authorization", b"Bearer \xff\xfe");
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.reply().code(), "malformed_token");
+}
+
+#[test]
+fn host_failures_are_logged_not_fatal() {
+    let h = host();
+    let w = worker(&h);
+    h.fail("set_request_header", 2);
+    h.fail("remove_request_header", 2);
+    weather(
+        &h,
+        &[
+            ("authorization", &bearer("weather", 10_000)),
+            ("x-x402-a", "1"),
+        ],
+    );
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(h.logged(
+        Level::Warn,
+        "x402: cannot remove request header x-x402-a: BadArgument"
+    ));
+    assert!(h.logged(
+        Level::Warn,
+        "x402: cannot add request header x-x402-payer: BadArgument"
+    ));
+    h.fail("send_reply", 2);
+    weather(&h, &[]);
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert!(h.logged(
+        Level::Error,
+        "x402: cannot send local response: BadArgument"
+    ));
+}
+
+#[test]
+fn no_clock_means_no_token_is_valid_yet() {
+    let h = host();
+    let w = worker(&h);
+    h.fail("now", 2);
+    weather(&h, &[("authorization", &bearer("weather", 10_000))]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    assert_eq!(h.reply().code(), "not_yet_valid");
+}
+
+// ---- x402 v2 payments ----
+
+#[test]
+fn payment_signature_is_settled_then_the_request_resumes() {
+    let h = host();
+    let w = worker(&h);
+    let sig = payment_signature();
+    weather(
+        &h,
+        &[("payment-signature", &sig), ("x-x402-payer", "0xforged")],
+    );
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert!(h.replies.borrow().is_empty());
+    let c = h.callout();
+    assert_eq!(c.cluster, "x402_settler");
+    assert_eq!(c.timeout, Duration::from_millis(3000));
+    assert_eq!(c.header(":path"), Some("/v1/tokens"));
+    assert_eq!(c.header(":method"), Some("POST"));
+    let body = c.json();
+    assert_eq!(body["requirement"]["route"], "weather");
+    assert_eq!(
+        body["requirement"]["resource"],
+        "http://api.example.com/api/weather?city=lisbon"
+    );
+    assert_eq!(body["payment"]["payload"]["signature"], "0xabc");
+    assert_eq!(h.counter("x402_token_requests"), 1);
+    // Held while the settler works.
+    assert_eq!(r.on_request_body(&h, 3, false), Action::Pause);
+
+    let t = token(claims("weather", 10_000), NOW);
+    let size = minted(&h, &t);
+    h.clear_records();
+    r.on_callout_response(&h, size);
+    assert_eq!(h.resumed.get(), 1);
+    assert!(h.replies.borrow().is_empty());
+    assert_eq!(h.set_request_headers(), identity("weather"));
+    assert_eq!(h.removed(), ["payment-signature"]);
+    assert_eq!(h.counters(), counters(&[("x402_accepted", 1)]));
+    // Paid: the body goes on, and the response carries the receipt.
+    assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
+    assert_eq!(r.on_request_trailers(&h), Action::Continue);
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    let resp = h.set_response_headers();
+    let names: Vec<&str> = resp.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "payment-response",
+            "x-x402-access-token",
+            "x-x402-settlement-id"
+        ]
+    );
+    assert_eq!(resp[1].1, t);
+    assert_eq!(resp[2].1, "s-1");
+    let receipt: Value =
+        serde_json::from_slice(&x402_protocol::b64::decode(&resp[0].1).unwrap()).unwrap();
+    assert_eq!(receipt["payer"], payer());
+    assert_eq!(receipt["transaction"], "");
+
+    // The minted token was cached: its reuse is a cache hit, no callout.
+    weather(&h, &[("authorization", &format!("Bearer {t}"))]);
+    h.clear_records();
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.counter("x402_token_cache_hits"), 1);
+}
+
+#[test]
+fn a_settled_token_the_edge_cannot_verify_still_lets_the_paid_request_through() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    let foreign = {
+        let key = crate::test_fixtures::signing_key();
+        x402_protocol::token::mint(&key, "k9", claims("weather", 10_000), NOW, 300)
+    };
+    let size = minted(&h, &foreign);
+    r.on_callout_response(&h, size);
+    assert_eq!(h.resumed.get(), 1);
+    assert!(h.logged(Level::Warn, "does not check out at the edge (unknown_key)"));
+    // From the settler's body (the payer checksummed), not from the unverified claims.
+    assert_eq!(h.set_request_headers(), identity("weather"));
+}
+
+#[test]
+fn a_valid_token_wins_over_a_payment_signature() {
+    let h = host();
+    let w = worker(&h);
+    weather(
+        &h,
+        &[
+            ("authorization", &bearer("weather", 10_000)),
+            ("payment-signature", &payment_signature()),
+        ],
+    );
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(
+        h.callouts.borrow().is_empty(),
+        "a payment is never taken twice"
+    );
+}
+
+#[test]
+fn an_unusable_payment_signature_gets_the_402() {
+    let h = host();
+    let w = worker(&h);
+    let not_json = x402_protocol::b64::encode(b"[1]");
+    for (sig, message) in [
+        ("%%%", "PAYMENT-SIGNATURE is not base64"),
+        (
+            not_json.as_str(),
+            "PAYMENT-SIGNATURE is not a base64 JSON object",
+        ),
+    ] {
+        weather(&h, &[("payment-signature", sig)]);
+        h.clear_records();
+        let mut r = Request::new(1, Some(w.clone()));
+        assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+        let reply = h.reply();
+        assert_eq!(
+            (reply.status(), reply.code().as_str()),
+            (402, "invalid_payment_signature")
+        );
+        assert_eq!(reply.json()["message"], message);
+        assert!(h.callouts.borrow().is_empty());
+        assert_eq!(h.counters(), counters(&[("x402_challenges", 1)]));
+    }
+}
+
+#[test]
+fn a_refused_payment_gets_the_402_with_the_settlers_error() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    let size = h.callout_answers(
+        &[(":status", "402")],
+        br#"{"error":"invalid_signature","message":"bad sig"}"#,
+    );
+    h.clear_records();
+    r.on_callout_response(&h, size);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (402, "invalid_signature")
+    );
+    assert_eq!(reply.json()["message"], "bad sig");
+    assert_eq!(h.resumed.get(), 0);
+    assert_eq!(h.counters(), counters(&[("x402_challenges", 1)]));
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    assert!(h.set_response_headers().is_empty());
+}
+
+/// Settler answers that are outages: a timeout or failed connection (no headers at all),
+/// Envoy's own 503 for a dead settler, a 5xx without the settler's JSON.
+fn outages() -> Vec<(Pairs, &'static [u8])> {
+    vec![
+        (vec![], b""),
+        (
+            vec![(":status", "503")],
+            b"upstream connect error or disconnect/reset before headers",
+        ),
+        (vec![(":status", "500")], b""),
+        (vec![(":status", "200")], b"{}"),
+    ]
+}
+
+#[test]
+fn payment_during_a_settler_outage_is_denied_by_default() {
+    let h = host();
+    let w = worker(&h);
+    for (headers, body) in outages() {
+        weather(&h, &[("payment-signature", &payment_signature())]);
+        let mut r = Request::new(1, Some(w.clone()));
+        r.on_request_headers(&h, true);
+        let size = h.callout_answers(&headers, body);
+        h.clear_records();
+        r.on_callout_response(&h, size);
+        let reply = h.reply();
+        assert_eq!(
+            (reply.status(), reply.code().as_str()),
+            (503, "settler_unavailable"),
+            "{headers:?}"
+        );
+        assert_eq!(h.resumed.get(), 0);
+        assert_eq!(h.counters(), counters(&[("x402_settler_errors", 1)]));
+        assert!(h.logged(Level::Warn, "settler unavailable, denying"));
+    }
+}
+
+#[test]
+fn payment_during_a_settler_outage_goes_through_unpaid_in_allow_mode() {
+    let h = host();
+    let w = worker_for(&h, &allow_mode());
+    for (headers, body) in outages() {
+        weather(&h, &[("payment-signature", &payment_signature())]);
+        let mut r = Request::new(1, Some(w.clone()));
+        r.on_request_headers(&h, true);
+        let size = h.callout_answers(&headers, body);
+        h.clear_records();
+        r.on_callout_response(&h, size);
+        assert!(h.replies.borrow().is_empty());
+        assert_eq!(h.resumed.get(), 1);
+        assert!(h.set_request_headers().is_empty(), "unpaid: no identity");
+        assert_eq!(h.counters(), counters(&[("x402_settler_errors", 1)]));
+        assert!(h.logged(
+            Level::Warn,
+            "failure_mode=allow lets the request through unpaid"
+        ));
+        assert_eq!(r.on_response_headers(&h), Action::Continue);
+        assert!(h.set_response_headers().is_empty());
+        assert_eq!(
+            r.on_request_body(&h, 1, true),
+            Action::Pause,
+            "done, as before"
+        );
+    }
+}
+
+#[test]
+fn payment_when_the_settler_cannot_be_called() {
+    // Deny: 503 from the headers callback.
+    let h = host();
+    let w = worker(&h);
+    h.fail("dispatch_callout", 2);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (503, "settler_unavailable")
+    );
+    assert_eq!(
+        h.counters(),
+        counters(&[("x402_token_requests", 1), ("x402_settler_errors", 1)])
+    );
+    assert!(h.logged(
+        Level::Warn,
+        "x402: cannot call settler cluster \"x402_settler\": BadArgument"
+    ));
+
+    // Allow: the headers callback lets it continue (no resume needed).
+    let h = host();
+    let w = worker_for(&h, &allow_mode());
+    h.fail("dispatch_callout", 10);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(h.replies.borrow().is_empty());
+    assert_eq!(h.resumed.get(), 0);
+    assert!(h.set_request_headers().is_empty());
+    assert!(h.logged(
+        Level::Warn,
+        "failure_mode=allow lets the request through unpaid"
+    ));
+}
+
+#[test]
+fn a_failed_resume_is_logged() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    let size = minted(&h, &token(claims("weather", 10_000), NOW));
+    h.fail("resume_request", 2);
+    h.fail("set_response_header", 1);
+    r.on_callout_response(&h, size);
+    assert!(h.logged(Level::Error, "x402: cannot resume request: BadArgument"));
+    r.on_response_headers(&h);
+    assert!(h.logged(
+        Level::Warn,
+        "x402: cannot add response header payment-response: NotFound"
+    ));
+}
+
+// ---- the token endpoint ----
+
+const PAYMENT: &[u8] = br#"{"version":"Version 0.1","permit":{"value":"10000"}}"#;
+
+#[test]
+fn token_endpoint_body_in_one_chunk_is_relayed_to_the_settler() {
+    let h = host();
+    let w = worker(&h);
+    token_post(
+        &h,
+        "weather",
+        &[("content-length", "51"), ("x-x402-payer", "0xforged")],
+    );
+    let mut r = Request::new(7, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, false), Action::Pause);
+    assert!(w.pending.borrow().contains(7));
+    assert!(
+        h.removed().is_empty(),
+        "not a priced route: the endpoint answers itself"
+    );
+    let size = h.body_chunk(PAYMENT);
+    assert_eq!(r.on_request_body(&h, size, true), Action::Pause);
+    assert!(!w.pending.borrow().contains(7));
+    let c = h.callout();
+    let body = c.json();
+    assert_eq!(body["requirement"]["route"], "weather");
+    assert_eq!(body["requirement"]["token_ttl_secs"], 300);
+    assert_eq!(body["requirement"]["accepts"].as_array().unwrap().len(), 2);
+    assert!(body["requirement"]
+        .get("resource")
+        .is_none_or(Value::is_null));
+    assert_eq!(
+        body["payment"],
+        serde_json::from_slice::<Value>(PAYMENT).unwrap()
+    );
+    assert_eq!(c.header("content-type"), Some("application/json"));
+    assert_eq!(c.header("authorization"), None, "no api_secret configured");
+    assert_eq!(h.counters(), counters(&[("x402_token_requests", 1)]));
+
+    let size = h.callout_answers(
+        &[(":status", "200"), ("content-type", "application/json")],
+        br#"{"access_token":"t"}"#,
+    );
+    r.on_callout_response(&h, size);
+    let reply = h.reply();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.answer.body, br#"{"access_token":"t"}"#);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(h.resumed.get(), 0);
+    // A late callout answer changes nothing.
+    r.on_callout_response(&h, size);
+    assert_eq!(h.replies.borrow().len(), 1);
+}
+
+#[test]
+fn token_endpoint_body_in_many_chunks() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, false), Action::Pause);
+    for chunk in PAYMENT.chunks(10) {
+        let size = h.body_chunk(chunk);
+        let last = size == PAYMENT.len();
+        assert_eq!(r.on_request_body(&h, size, last), Action::Pause);
+        assert_eq!(h.callouts.borrow().len(), usize::from(last), "at {size}");
+    }
+    assert_eq!(h.callout().json()["payment"]["permit"]["value"], "10000");
+}
+
+#[test]
+fn token_endpoint_body_ended_by_trailers() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "report", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(PAYMENT);
+    assert_eq!(r.on_request_body(&h, size, false), Action::Pause);
+    assert!(h.callouts.borrow().is_empty());
+    assert_eq!(r.on_request_trailers(&h), Action::Pause);
+    assert!(!w.pending.borrow().contains(7));
+    let body = h.callout().json();
+    assert_eq!(body["requirement"]["route"], "report");
+    assert_eq!(body["payment"]["version"], "Version 0.1");
+}
+
+#[test]
+fn token_endpoint_calls_carry_the_api_secret() {
+    let h = host();
+    let mut v = sample();
+    v["settler"]["api_secret"] = json!("0123456789abcdef-secret");
+    let w = worker_for(&h, &v);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(PAYMENT);
+    r.on_request_body(&h, size, true);
+    assert_eq!(
+        h.callout().header("authorization"),
+        Some("Bearer 0123456789abcdef-secret")
+    );
+}
+
+#[test]
+fn token_endpoint_refuses_bad_requests_at_once() {
+    let h = host();
+    let w = worker(&h);
+    // (method, path, extra headers, end of stream, status, error code)
+    let cases: [(&str, &str, Pairs, bool, u32, &str); 4] = [
+        (
+            "POST",
+            "/x402/token/nope",
+            vec![],
+            false,
+            404,
+            "unknown_route",
+        ),
+        (
+            "GET",
+            "/x402/token/weather",
+            vec![],
+            false,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/x402/token/weather",
+            vec![],
+            true,
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/x402/token/weather",
+            vec![("content-length", "16385")],
+            false,
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (method, path, extra, end_of_stream, status, code) in cases {
+        let mut headers = vec![(":method", method), (":path", path)];
+        headers.extend_from_slice(&extra);
+        h.request(&headers);
+        h.clear_records();
+        let mut r = Request::new(7, Some(w.clone()));
+        assert_eq!(
+            r.on_request_headers(&h, end_of_stream),
+            Action::Pause,
+            "{code}"
+        );
+        let reply = h.reply();
+        assert_eq!((reply.status(), reply.code().as_str()), (status, code));
+        assert!(
+            !w.pending.borrow().contains(7),
+            "{code}: nothing to wait for"
+        );
+        assert!(h.counters().is_empty());
+        assert_eq!(r.on_request_body(&h, 3, true), Action::Pause);
+        assert!(h.callouts.borrow().is_empty());
+    }
+    assert_eq!(
+        {
+            h.request(&[(":method", "GET"), (":path", "/x402/token/weather")]);
+            h.clear_records();
+            Request::new(1, Some(w.clone())).on_request_headers(&h, true);
+            h.reply().header("allow").map(str::to_string)
+        },
+        Some("POST".to_string())
+    );
+    // Under the prefix but not a token endpoint path: not the filter's.
+    h.request(&[
+        (":method", "POST"),
+        (":path", "/x402/tokenizer"),
+        ("x-x402-route", "f"),
+    ]);
+    h.clear_records();
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.removed(), ["x-x402-route"]);
+}
+
+#[test]
+fn token_endpoint_bounds_streamed_bodies() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(&[b' '; 16 * 1024 + 1]);
+    assert_eq!(r.on_request_body(&h, size, false), Action::Pause);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (413, "payload_too_large")
+    );
+    assert!(!w.pending.borrow().contains(7));
+    assert!(h.callouts.borrow().is_empty());
+    assert_eq!(r.on_request_body(&h, size, true), Action::Pause);
+    assert_eq!(h.replies.borrow().len(), 1);
+}
+
+#[test]
+fn token_endpoint_refuses_a_body_that_is_not_a_json_object() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(b"[1, 2]");
+    r.on_request_body(&h, size, true);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (400, "invalid_json")
+    );
+    assert!(h.callouts.borrow().is_empty());
+    assert!(h.counters().is_empty());
+}
+
+#[test]
+fn token_endpoint_relays_settler_refusals() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(PAYMENT);
+    r.on_request_body(&h, size, true);
+    let size = h.callout_answers(&[(":status", "409")], br#"{"error":"replay"}"#);
+    r.on_callout_response(&h, size);
+    let reply = h.reply();
+    assert_eq!((reply.status(), reply.code().as_str()), (409, "replay"));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(h.counter("x402_settler_errors"), 0);
+}
+
+#[test]
+fn token_endpoint_fails_closed_on_settler_outages() {
+    let h = host();
+    let w = worker_for(&h, &allow_mode());
+    for (headers, body) in outages().into_iter().take(3) {
+        token_post(&h, "weather", &[]);
+        h.clear_records();
+        let mut r = Request::new(7, Some(w.clone()));
+        r.on_request_headers(&h, false);
+        let size = h.body_chunk(PAYMENT);
+        r.on_request_body(&h, size, true);
+        let size = h.callout_answers(&headers, body);
+        r.on_callout_response(&h, size);
+        let reply = h.reply();
+        assert_eq!(
+            (reply.status(), reply.code().as_str()),
+            (503, "settler_unavailable"),
+            "even with failure_mode allow: there is no token to give"
+        );
+        assert_eq!(h.counter("x402_settler_errors"), 1);
+        assert!(h.logged(Level::Warn, "x402: token endpoint: the settler"));
+    }
+}
+
+#[test]
+fn token_endpoint_when_the_settler_cannot_be_called() {
+    let h = host();
+    let w = worker(&h);
+    h.fail("dispatch_callout", 10);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(PAYMENT);
+    assert_eq!(r.on_request_body(&h, size, true), Action::Pause);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (503, "settler_unavailable")
+    );
+    assert_eq!(
+        reply.json()["message"],
+        "the settler cluster cannot be called"
+    );
+    assert_eq!(
+        h.counters(),
+        counters(&[("x402_token_requests", 1), ("x402_settler_errors", 1)])
+    );
+}
+
+// ---- the timer ----
+
+#[test]
+fn a_stalled_body_is_answered_408_by_the_timer() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(&PAYMENT[..10]);
+    r.on_request_body(&h, size, false);
+    // Before the deadline (5 s): nothing.
+    h.set_now_ms(NOW_MS + 4_999);
+    tick::on_tick(&w, &h);
+    assert!(h.replies.borrow().is_empty());
+    h.set_now_ms(NOW_MS + 5_000);
+    tick::on_tick(&w, &h);
+    let reply = h.reply();
+    assert_eq!(reply.context, Some(7), "answered on the request's context");
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (408, "request_timeout")
+    );
+    assert!(h.logged(Level::Warn, "request body incomplete after 5s"));
+    // The rest of the body arrives too late: no callout, no second answer.
+    let size = h.body_chunk(&PAYMENT[10..]);
+    assert_eq!(r.on_request_body(&h, size, true), Action::Pause);
+    assert!(h.callouts.borrow().is_empty());
+    assert_eq!(h.replies.borrow().len(), 1);
+}
+
+#[test]
+fn a_body_that_never_arrives_means_the_filter_is_misconfigured() {
+    let h = host();
+    let w = worker(&h);
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    h.set_now_ms(NOW_MS + 60_000);
+    tick::on_tick(&w, &h);
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (500, "filter_misconfigured")
+    );
+    assert!(h.logged(Level::Error, "set allow_on_headers_stop_iteration: true"));
+    // Trailers after the timer answered: held, nothing sent.
+    assert_eq!(r.on_request_trailers(&h), Action::Pause);
+    assert!(h.callouts.borrow().is_empty());
+}
+
+#[test]
+fn the_timer_skips_requests_that_are_gone() {
+    let h = host();
+    let w = worker(&h);
+    // An idle tick does not even read the clock.
+    tick::on_tick(&w, &h);
+    assert_eq!(h.calls.get(), 0);
+    // A request that ended (client gone) leaves the list.
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    r.on_done();
+    assert!(w.pending.borrow().is_empty());
+    // One whose context the host no longer knows is skipped.
+    let mut r = Request::new(8, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    h.fail("set_effective_context", 2);
+    h.set_now_ms(NOW_MS + 60_000);
+    tick::on_tick(&w, &h);
+    assert!(h.replies.borrow().is_empty());
+    assert!(w.pending.borrow().is_empty(), "taken out all the same");
+}
