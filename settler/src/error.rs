@@ -1,98 +1,193 @@
-//! Errors of the settler and how they map onto the HTTP API (`ApiError` JSON).
+//! The settler's refusals: [`Refusal`], one variant per stable code, each with its message and
+//! the facts a client needs. HTTP adapters map it (`api::http_status` for `/v1/tokens`,
+//! `api::facilitator` for x402 reasons); nothing here knows about HTTP. Also the failures of
+//! the store and the chains, and how they become refusals.
 
 use alloy::primitives::U256;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use x402_protocol::payment::PaymentError;
 use x402_protocol::settler_api::ApiError;
 
-/// Every `error` code of an [`ApiError`] the settler answers with, and its one HTTP status
-/// (the payment parser's codes included). `settler/openapi.yaml` documents each under that
-/// status; `tests/openapi.rs` checks it, and that every code in the source is listed here.
-pub const CODES: &[(&str, u16)] = &[
-    ("invalid_json", 400),
-    ("invalid_request", 400),
-    ("invalid_payment", 400),
-    ("unsupported_payment_type", 400),
-    ("network_unsupported", 400),
-    ("unauthorized", 401),
-    ("scheme_not_accepted", 402),
-    ("network_mismatch", 402),
-    ("asset_mismatch", 402),
-    ("invalid_signature", 402),
-    ("malleable_signature", 402),
-    ("spender_mismatch", 402),
-    ("recipient_mismatch", 402),
-    ("insufficient_value", 402),
-    ("expired", 402),
-    ("deadline_too_soon", 402),
-    ("not_yet_valid", 402),
-    ("insufficient_balance", 402),
-    ("not_found", 404),
-    ("payment_already_used", 409),
-    ("nonce_mismatch", 409),
-    ("nonce_already_used", 409),
-    ("payload_too_large", 413),
-    ("internal", 500),
-    ("chain_unavailable", 503),
-    ("store_unavailable", 503),
-];
-
-/// A request the settler refuses, with its stable code, HTTP status and a human message.
+/// Why the settler refuses a request. `code()` is the stable `error` string of the
+/// [`ApiError`] answer; the message is for humans. [`Refusal::ALL`] lists every variant, so
+/// documentation checks (`tests/openapi.rs`) derive the code list from this enum.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct Rejection {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub expected_nonce: Option<U256>,
+#[error("{}: {}", self.code(), self.message())]
+pub enum Refusal {
+    /// The body, or the payment in it, is not JSON (or not an object).
+    InvalidJson(String),
+    /// The request's shape is wrong (missing `requirement`/`payment`, empty `accepts`).
+    InvalidRequest(String),
+    /// A payment field is missing or malformed; the message names it.
+    InvalidPayment(String),
+    /// A payment type the settler does not take (e.g. Permit2).
+    UnsupportedPaymentType(String),
+    /// The body exceeds the size limit.
+    PayloadTooLarge(String),
+    /// The gateway's bearer secret is missing or wrong.
+    Unauthorized(String),
+    /// The matched network has no RPC endpoint.
+    NetworkUnsupported(String),
+    SchemeNotAccepted(String),
+    NetworkMismatch(String),
+    AssetMismatch(String),
+    InvalidSignature(String),
+    MalleableSignature(String),
+    SpenderMismatch(String),
+    RecipientMismatch(String),
+    InsufficientValue(String),
+    Expired(String),
+    DeadlineTooSoon(String),
+    NotYetValid(String),
+    InsufficientBalance(String),
+    NotFound(String),
+    /// The same (chain, token, payer, nonce) was already accepted.
+    PaymentAlreadyUsed(String),
+    /// The permit nonce is not the next one; `expected_nonce` is the one to sign.
+    NonceMismatch {
+        expected_nonce: U256,
+        message: String,
+    },
+    /// The ERC-3009 authorization is already used on chain.
+    NonceAlreadyUsed(String),
+    Internal(String),
+    /// RPC error or timeout: fail closed.
+    ChainUnavailable(String),
+    /// Database error: fail closed.
+    StoreUnavailable(String),
 }
 
-impl Rejection {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Rejection { status, code, message: message.into(), expected_nonce: None }
+impl Refusal {
+    /// One of each variant (empty messages), in the order of the documentation.
+    pub const ALL: &'static [Refusal] = &[
+        Refusal::InvalidJson(String::new()),
+        Refusal::InvalidRequest(String::new()),
+        Refusal::InvalidPayment(String::new()),
+        Refusal::UnsupportedPaymentType(String::new()),
+        Refusal::PayloadTooLarge(String::new()),
+        Refusal::Unauthorized(String::new()),
+        Refusal::NetworkUnsupported(String::new()),
+        Refusal::SchemeNotAccepted(String::new()),
+        Refusal::NetworkMismatch(String::new()),
+        Refusal::AssetMismatch(String::new()),
+        Refusal::InvalidSignature(String::new()),
+        Refusal::MalleableSignature(String::new()),
+        Refusal::SpenderMismatch(String::new()),
+        Refusal::RecipientMismatch(String::new()),
+        Refusal::InsufficientValue(String::new()),
+        Refusal::Expired(String::new()),
+        Refusal::DeadlineTooSoon(String::new()),
+        Refusal::NotYetValid(String::new()),
+        Refusal::InsufficientBalance(String::new()),
+        Refusal::NotFound(String::new()),
+        Refusal::PaymentAlreadyUsed(String::new()),
+        Refusal::NonceMismatch {
+            expected_nonce: U256::ZERO,
+            message: String::new(),
+        },
+        Refusal::NonceAlreadyUsed(String::new()),
+        Refusal::Internal(String::new()),
+        Refusal::ChainUnavailable(String::new()),
+        Refusal::StoreUnavailable(String::new()),
+    ];
+
+    /// The stable code (`ApiError.error`, metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::InvalidJson(_) => "invalid_json",
+            Refusal::InvalidRequest(_) => "invalid_request",
+            Refusal::InvalidPayment(_) => "invalid_payment",
+            Refusal::UnsupportedPaymentType(_) => "unsupported_payment_type",
+            Refusal::PayloadTooLarge(_) => "payload_too_large",
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::NetworkUnsupported(_) => "network_unsupported",
+            Refusal::SchemeNotAccepted(_) => "scheme_not_accepted",
+            Refusal::NetworkMismatch(_) => "network_mismatch",
+            Refusal::AssetMismatch(_) => "asset_mismatch",
+            Refusal::InvalidSignature(_) => "invalid_signature",
+            Refusal::MalleableSignature(_) => "malleable_signature",
+            Refusal::SpenderMismatch(_) => "spender_mismatch",
+            Refusal::RecipientMismatch(_) => "recipient_mismatch",
+            Refusal::InsufficientValue(_) => "insufficient_value",
+            Refusal::Expired(_) => "expired",
+            Refusal::DeadlineTooSoon(_) => "deadline_too_soon",
+            Refusal::NotYetValid(_) => "not_yet_valid",
+            Refusal::InsufficientBalance(_) => "insufficient_balance",
+            Refusal::NotFound(_) => "not_found",
+            Refusal::PaymentAlreadyUsed(_) => "payment_already_used",
+            Refusal::NonceMismatch { .. } => "nonce_mismatch",
+            Refusal::NonceAlreadyUsed(_) => "nonce_already_used",
+            Refusal::Internal(_) => "internal",
+            Refusal::ChainUnavailable(_) => "chain_unavailable",
+            Refusal::StoreUnavailable(_) => "store_unavailable",
+        }
     }
-    /// 400: the request itself is malformed.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::NonceMismatch { message, .. } => message,
+            Refusal::InvalidJson(m)
+            | Refusal::InvalidRequest(m)
+            | Refusal::InvalidPayment(m)
+            | Refusal::UnsupportedPaymentType(m)
+            | Refusal::PayloadTooLarge(m)
+            | Refusal::Unauthorized(m)
+            | Refusal::NetworkUnsupported(m)
+            | Refusal::SchemeNotAccepted(m)
+            | Refusal::NetworkMismatch(m)
+            | Refusal::AssetMismatch(m)
+            | Refusal::InvalidSignature(m)
+            | Refusal::MalleableSignature(m)
+            | Refusal::SpenderMismatch(m)
+            | Refusal::RecipientMismatch(m)
+            | Refusal::InsufficientValue(m)
+            | Refusal::Expired(m)
+            | Refusal::DeadlineTooSoon(m)
+            | Refusal::NotYetValid(m)
+            | Refusal::InsufficientBalance(m)
+            | Refusal::NotFound(m)
+            | Refusal::PaymentAlreadyUsed(m)
+            | Refusal::NonceAlreadyUsed(m)
+            | Refusal::Internal(m)
+            | Refusal::ChainUnavailable(m)
+            | Refusal::StoreUnavailable(m) => m,
+        }
     }
-    /// 402: the payment does not pay for the requirement.
-    pub fn payment(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYMENT_REQUIRED, code, message)
+
+    /// For `nonce_mismatch`: the EIP-2612 nonce the payer must sign next.
+    pub fn expected_nonce(&self) -> Option<U256> {
+        match self {
+            Refusal::NonceMismatch { expected_nonce, .. } => Some(*expected_nonce),
+            _ => None,
+        }
     }
-    /// 409: the payment conflicts with one already accepted or with chain state.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
+
+    /// An outage on the settler's side (chain, database, bug), not a fault of the payment.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Internal(_) | Refusal::ChainUnavailable(_) | Refusal::StoreUnavailable(_)
+        )
     }
-    pub fn chain_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", message)
-    }
-    pub fn store_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", message)
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-    pub fn with_expected_nonce(mut self, n: U256) -> Self {
-        self.expected_nonce = Some(n);
-        self
-    }
+
+    /// The JSON body of the answer.
     pub fn to_api(&self) -> ApiError {
         ApiError {
-            error: self.code.to_string(),
-            message: self.message.clone(),
-            expected_nonce: self.expected_nonce.map(|n| n.to_string()),
+            error: self.code().to_string(),
+            message: self.message().to_string(),
+            expected_nonce: self.expected_nonce().map(|n| n.to_string()),
         }
     }
 }
 
-impl IntoResponse for Rejection {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(self.to_api())).into_response();
-        resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
-        resp
+/// The payment parser's failures, answered with its own codes (`PaymentError::code`).
+impl From<PaymentError> for Refusal {
+    fn from(e: PaymentError) -> Self {
+        let message = e.to_string();
+        match e {
+            PaymentError::Json(_) => Refusal::InvalidJson(message),
+            PaymentError::Unsupported(_) => Refusal::UnsupportedPaymentType(message),
+            PaymentError::Field { .. } => Refusal::InvalidPayment(message),
+        }
     }
 }
 
@@ -108,12 +203,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<StoreError> for Rejection {
+impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Duplicate => Rejection::conflict("payment_already_used", "this payment was already used to mint a token"),
-            StoreError::Db(e) => Rejection::store_unavailable(format!("database unavailable: {e}")),
-            StoreError::Corrupt(m) => Rejection::internal(m),
+            StoreError::Duplicate => {
+                Refusal::PaymentAlreadyUsed("this payment was already used to mint a token".into())
+            }
+            StoreError::Db(e) => Refusal::StoreUnavailable(format!("database unavailable: {e}")),
+            StoreError::Corrupt(m) => Refusal::Internal(m),
         }
     }
 }
@@ -129,11 +226,51 @@ pub enum ChainError {
     UnknownNetwork(String),
 }
 
-impl From<ChainError> for Rejection {
+impl From<ChainError> for Refusal {
     fn from(e: ChainError) -> Self {
         match e {
-            ChainError::UnknownNetwork(n) => Rejection::bad_request("network_unsupported", format!("the settler has no RPC endpoint for {n}")),
-            other => Rejection::chain_unavailable(other.to_string()),
+            ChainError::UnknownNetwork(n) => {
+                Refusal::NetworkUnsupported(format!("the settler has no RPC endpoint for {n}"))
+            }
+            other => Refusal::ChainUnavailable(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_answers_carry_the_facts() {
+        let codes: std::collections::BTreeSet<&str> =
+            Refusal::ALL.iter().map(Refusal::code).collect();
+        assert_eq!(codes.len(), Refusal::ALL.len());
+        let r = Refusal::NonceMismatch {
+            expected_nonce: U256::from(3u8),
+            message: "m".into(),
+        };
+        assert_eq!(
+            r.to_api(),
+            ApiError {
+                error: "nonce_mismatch".into(),
+                message: "m".into(),
+                expected_nonce: Some("3".into())
+            }
+        );
+        assert_eq!(r.to_string(), "nonce_mismatch: m");
+        let parsed: Refusal = PaymentError::Field {
+            field: "v",
+            problem: "p".into(),
+        }
+        .into();
+        assert_eq!(
+            parsed.code(),
+            PaymentError::Field {
+                field: "v",
+                problem: "p".into()
+            }
+            .code()
+        );
     }
 }

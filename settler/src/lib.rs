@@ -1,27 +1,43 @@
 //! x402 settler: verifies x402 payments sent by the edge filter, mints access tokens, and
 //! settles every accepted payment on chain, durably and exactly once.
+//!
+//! Modules, from the wire inwards (none imports a module above it):
+//! - `api`: HTTP adapters - token API, x402 facilitator, operational endpoints, the route
+//!   table. They parse, call the service and map its refusals (HTTP status / x402 reason).
+//! - `service`: verification and acceptance shared by both APIs (payer locks, single use,
+//!   chain reads, store insert, lane wake-up, token minting).
+//! - `verify` (pure checks) and `scheme` (one module per payment scheme behind a trait).
+//! - `error`: [`error::Refusal`], the one domain error enum; store and chain errors.
+//! - `lane` (settlement), `chain` (RPC), `store` (database), and `config`, `metrics`, `clock`.
+//!
+//! [`Settler::new`] builds everything from the command line; [`run`] serves it on a listener
+//! until a shutdown future completes; [`serve`] is the binary's `run` with the listen
+//! address and SIGINT/SIGTERM.
 
-pub mod chain;
-mod clock;
+pub mod api;
+pub(crate) mod chain;
+pub(crate) mod clock;
 pub mod config;
 pub mod error;
-pub mod facilitator;
-pub mod http;
-pub mod metrics;
-pub mod store;
-pub mod verify;
 mod lane;
+pub(crate) mod metrics;
+pub(crate) mod scheme;
+pub(crate) mod service;
+pub(crate) mod store;
+pub(crate) mod verify;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
+use crate::api::AppState;
 use crate::chain::{Chain, Chains};
 use crate::config::ServeArgs;
-use crate::http::AppState;
+use crate::service::{Minter, Service};
 use crate::store::Store;
 
 /// `x402-settler token-key`: prints the key id and public key (creating the key if missing).
@@ -34,82 +50,174 @@ pub fn token_key_json(path: &std::path::Path) -> anyhow::Result<serde_json::Valu
     }))
 }
 
-/// Runs the service until SIGINT/SIGTERM.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let token_key = config::load_or_create_token_key(&args.token_key_file)?;
-    let kid = x402_protocol::token::key_id(token_key.verifying_key());
-    let signer = config::load_signer(&args)?;
-    let api_secret = config::load_api_secret(&args)?;
-    anyhow::ensure!(!args.rpc.is_empty(), "no --rpc eip155:<chain id>=<url> configured");
+/// A settler ready to serve: database connected and migrated, chains configured, state built.
+pub struct Settler {
+    state: Arc<AppState>,
+    body_limit: usize,
+    /// Settlement lanes to run, one per network; `None` with `--no-worker`.
+    lanes: Option<LaneSpec>,
+}
 
-    let store = Store::connect(&args.database_url).await.with_context(|| format!("database {}", store::redact(&args.database_url)))?;
-    tracing::info!(database = %store::redact(&args.database_url), backend = ?store.backend(), "database ready");
+struct LaneSpec {
+    cfg: lane::WorkerConfig,
+}
 
-    let mut chains = Chains::default();
-    let mut wake = HashMap::new();
-    for spec in &args.rpc {
-        anyhow::ensure!(!chains.by_network.contains_key(&spec.network), "network {} configured twice", spec.network);
-        let chain = Chain::new(spec.network, &spec.url, signer.clone(), args.rpc_timeout(), args.poll_interval(), args.gas_limit)?;
-        match chain.chain_id().await {
-            Ok(id) if id != spec.network.chain_id => anyhow::bail!("RPC {} serves chain id {id}, configured as {}", chain::redact_url(&spec.url), spec.network),
-            Ok(_) => tracing::info!(network = %spec.network, wallet = %chain.signer(), "chain ready"),
-            Err(e) => tracing::warn!(network = %spec.network, error = %e, "chain not reachable at start; requests on it fail closed until it is"),
+impl Settler {
+    /// Loads the keys, connects the database (running migrations) and every `--rpc`.
+    pub async fn new(args: &ServeArgs) -> anyhow::Result<Settler> {
+        let token_key = config::load_or_create_token_key(&args.token_key_file)?;
+        let signer = config::load_signer(args)?;
+        let api_secret = config::load_api_secret(args)?;
+        anyhow::ensure!(
+            !args.rpc.is_empty(),
+            "no --rpc eip155:<chain id>=<url> configured"
+        );
+
+        let store = Store::connect(&args.database_url)
+            .await
+            .with_context(|| format!("database {}", store::redact(&args.database_url)))?;
+        tracing::info!(database = %store::redact(&args.database_url), backend = ?store.backend(), "database ready");
+
+        let mut chains = Chains::default();
+        let mut wake = HashMap::new();
+        for spec in &args.rpc {
+            anyhow::ensure!(
+                !chains.by_network.contains_key(&spec.network),
+                "network {} configured twice",
+                spec.network
+            );
+            let chain = Chain::new(
+                spec.network,
+                &spec.url,
+                signer.clone(),
+                args.rpc_timeout(),
+                args.poll_interval(),
+                args.gas_limit,
+            )?;
+            match chain.chain_id().await {
+                Ok(id) if id != spec.network.chain_id => {
+                    anyhow::bail!(
+                        "RPC {} serves chain id {id}, configured as {}",
+                        chain::redact_url(&spec.url),
+                        spec.network
+                    )
+                }
+                Ok(_) => {
+                    tracing::info!(network = %spec.network, wallet = %chain.signer(), "chain ready")
+                }
+                Err(e) => {
+                    tracing::warn!(network = %spec.network, error = %e, "chain not reachable at start; requests on it fail closed until it is")
+                }
+            }
+            chains.by_network.insert(spec.network, Arc::new(chain));
+            wake.insert(spec.network, Arc::new(Notify::new()));
         }
-        chains.by_network.insert(spec.network, Arc::new(chain));
-        wake.insert(spec.network, Arc::new(Notify::new()));
-    }
 
-    let state = Arc::new(AppState {
-        store: store.clone(),
-        chains: chains.clone(),
-        token_key,
-        kid: kid.clone(),
-        issuer: args.issuer.clone(),
-        token_ttl: args.token_ttl,
-        max_token_ttl: args.max_token_ttl,
-        deadline_margin: args.deadline_margin,
-        api_secret,
-        locks: Default::default(),
-        wake: wake.clone(),
-        metrics: metrics::handle(),
-        settle_timeout: Duration::from_secs(args.settle_timeout_secs.max(1)),
-    });
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = tokio::task::JoinSet::new();
-    if !args.no_worker {
-        let instance = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
-        for (network, chain) in &chains.by_network {
-            let cfg = lane::WorkerConfig {
+        let service = Service {
+            store,
+            chains,
+            deadline_margin: args.deadline_margin,
+            locks: Default::default(),
+            wake,
+            minter: Minter::new(
+                token_key,
+                args.issuer.clone(),
+                args.token_ttl,
+                args.max_token_ttl,
+            ),
+        };
+        let state = Arc::new(AppState {
+            service: Arc::new(service),
+            api_secret,
+            metrics: metrics::handle(),
+            settle_timeout: Duration::from_secs(args.settle_timeout_secs.max(1)),
+        });
+        let lanes = (!args.no_worker).then(|| LaneSpec {
+            cfg: lane::WorkerConfig {
                 poll: args.poll_interval(),
                 rebroadcast: Duration::from_secs(args.rebroadcast_secs.max(1)),
                 lease: Duration::from_secs(args.lease_secs.max(3)),
-                instance: instance.clone(),
+                instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
                 batch: 64,
+            },
+        });
+        Ok(Settler {
+            state,
+            body_limit: args.body_limit,
+            lanes,
+        })
+    }
+
+    /// The HTTP API (for `tower::ServiceExt::oneshot` in tests, or any server).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone(), self.body_limit)
+    }
+
+    /// The key id of the token signing key.
+    pub fn kid(&self) -> &str {
+        &self.state.service.minter.kid
+    }
+}
+
+/// Serves `settler` on `listener` with its settlement lanes until `shutdown` completes; then
+/// stops accepting, lets the lanes finish their step (10 s at most) and closes the database.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    settler: Settler,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let service = settler.state.service.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    if let Some(spec) = &settler.lanes {
+        for (network, chain) in &service.chains.by_network {
+            let Some(wake) = service.wake.get(network) else {
+                continue;
             };
-            let lane = lane::Lane::new(store.clone(), chain.clone(), wake[network].clone(), cfg);
+            let lane = lane::Lane::new(
+                service.store.clone(),
+                chain.clone(),
+                wake.clone(),
+                spec.cfg.clone(),
+            );
             workers.spawn(lane.run(stop_rx.clone()));
         }
     }
-    workers.spawn(gauges(store.clone(), stop_rx.clone()));
+    workers.spawn(gauges(service.store.clone(), stop_rx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, kid, "x402 settler listening");
-    let app = http::router(state, args.body_limit);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!(listen = %listener.local_addr()?, kid = settler.kid(), "x402 settler listening");
+    axum::serve(listener, settler.router())
+        .with_graceful_shutdown(shutdown)
+        .await?;
 
     tracing::info!("shutting down: stopping settlement lanes");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { while workers.join_next().await.is_some() {} }).await;
-    store.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    service.store.close().await;
     Ok(())
+}
+
+/// Runs the service until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settler = Settler::new(&args).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    run(listener, settler, shutdown_signal()).await
 }
 
 async fn gauges(store: Store, mut stop: watch::Receiver<bool>) {
     loop {
         if let Ok(counts) = store.count_by_state().await {
             for state in ["pending", "submitted", "settled", "failed"] {
-                let n = counts.iter().find(|(s, _)| s == state).map(|(_, n)| *n).unwrap_or(0);
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == state)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
                 ::metrics::gauge!(metrics::SETTLEMENTS_BY_STATE, "state" => state).set(n as f64);
             }
         }

@@ -19,7 +19,10 @@ pub fn handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(SETTLE_LATENCY.to_string()), &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+                .set_buckets_for_metric(
+                    Matcher::Full(SETTLE_LATENCY.to_string()),
+                    &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0],
+                )
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -37,9 +40,18 @@ pub fn handle() -> Option<PrometheusHandle> {
 fn describe() {
     metrics::describe_counter!(TOKENS_MINTED, "Access tokens minted");
     metrics::describe_counter!(REJECTIONS, "Token requests refused, by error code");
-    metrics::describe_counter!(SETTLEMENTS, "Settlement state transitions, by state entered");
-    metrics::describe_gauge!(SETTLEMENTS_BY_STATE, "Stored payments, by current settlement state");
-    metrics::describe_histogram!(SETTLE_LATENCY, "Seconds from token minted to payment settled on chain");
+    metrics::describe_counter!(
+        SETTLEMENTS,
+        "Settlement state transitions, by state entered"
+    );
+    metrics::describe_gauge!(
+        SETTLEMENTS_BY_STATE,
+        "Stored payments, by current settlement state"
+    );
+    metrics::describe_histogram!(
+        SETTLE_LATENCY,
+        "Seconds from token minted to payment settled on chain"
+    );
     metrics::describe_counter!(TXS_SENT, "Settlement transactions signed and broadcast");
     metrics::describe_counter!(RPC_ERRORS, "RPC errors seen by the settlement worker");
 }

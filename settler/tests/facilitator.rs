@@ -20,8 +20,16 @@ impl Fac {
         let secret = dir.path().join("api-secret");
         std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let secret = secret.to_str().unwrap().to_string();
-        let env = Env::start_with(None, None, &["--api-secret-file", &secret, "--settle-timeout-secs", "3"]).await;
-        Fac { env, _secret_dir: dir }
+        let env = Env::start_with(
+            None,
+            None,
+            &["--api-secret-file", &secret, "--settle-timeout-secs", "3"],
+        )
+        .await;
+        Fac {
+            env,
+            _secret_dir: dir,
+        }
     }
 
     fn requirements(&self, amount: u64) -> Value {
@@ -30,9 +38,19 @@ impl Fac {
             "extra": {"name": "USDC", "version": "2"}})
     }
 
-    async fn call(&self, path: &str, payload: &Value, requirements: &Value, auth: bool) -> (u16, Value) {
+    async fn call(
+        &self,
+        path: &str,
+        payload: &Value,
+        requirements: &Value,
+        auth: bool,
+    ) -> (u16, Value) {
         let body = json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": requirements});
-        let mut r = self.env.http.post(format!("{}{path}", self.env.settler.url())).json(&body);
+        let mut r = self
+            .env
+            .http
+            .post(format!("{}{path}", self.env.settler.url()))
+            .json(&body);
         if auth {
             r = r.bearer_auth(SECRET);
         }
@@ -67,14 +85,29 @@ async fn verify_settle_supported_and_replay() {
     let payer = env.funded_payer(1_000_000).await;
     let dl = env.now() + 3600;
     let mut payload = env.x402v2(&payer, PRICE, dl, random_nonce());
-    payload["resource"] = json!({"url": "https://other-gateway/api", "mimeType": "application/json"});
+    payload["resource"] =
+        json!({"url": "https://other-gateway/api", "mimeType": "application/json"});
 
     // The bearer secret guards all three.
     assert_eq!(f.call("/verify", &payload, &reqs, false).await.0, 401);
     assert_eq!(f.call("/settle", &payload, &reqs, false).await.0, 401);
-    let r = env.http.get(format!("{}/supported", env.settler.url())).send().await.unwrap();
+    let r = env
+        .http
+        .get(format!("{}/supported", env.settler.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let sup: Value = env.http.get(format!("{}/supported", env.settler.url())).bearer_auth(SECRET).send().await.unwrap().json().await.unwrap();
+    let sup: Value = env
+        .http
+        .get(format!("{}/supported", env.settler.url()))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         sup,
         json!({"kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:31337"}], "extensions": [], "signers": {"eip155:*": [env.spender]}})
@@ -89,27 +122,54 @@ async fn verify_settle_supported_and_replay() {
     // Invalid ones, each with the reference's reason.
     let mut tampered = payload.clone();
     tampered["payload"]["authorization"]["validBefore"] = json!((dl + 1).to_string());
-    assert_eq!(invalid(&f.verify(&tampered, &reqs).await), "invalid_exact_evm_payload_signature");
+    assert_eq!(
+        invalid(&f.verify(&tampered, &reqs).await),
+        "invalid_exact_evm_payload_signature"
+    );
     let mut other_pay_to = reqs.clone();
     other_pay_to["payTo"] = json!(Address::repeat_byte(0x42));
-    assert_eq!(invalid(&f.verify(&payload, &other_pay_to).await), "invalid_exact_evm_payload_recipient_mismatch");
-    assert_eq!(invalid(&f.verify(&payload, &f.requirements(PRICE * 2)).await), "invalid_exact_evm_payload_authorization_value_mismatch");
-    assert_eq!(invalid(&f.verify(&payload, &f.requirements(PRICE / 2)).await), "invalid_exact_evm_payload_authorization_value_mismatch", "exact: value == amount");
+    assert_eq!(
+        invalid(&f.verify(&payload, &other_pay_to).await),
+        "invalid_exact_evm_payload_recipient_mismatch"
+    );
+    assert_eq!(
+        invalid(&f.verify(&payload, &f.requirements(PRICE * 2)).await),
+        "invalid_exact_evm_payload_authorization_value_mismatch"
+    );
+    assert_eq!(
+        invalid(&f.verify(&payload, &f.requirements(PRICE / 2)).await),
+        "invalid_exact_evm_payload_authorization_value_mismatch",
+        "exact: value == amount"
+    );
     let expired = env.x402v2(&payer, PRICE, env.now() - 1, random_nonce());
-    assert_eq!(invalid(&f.verify(&expired, &reqs).await), "invalid_exact_evm_payload_authorization_valid_before");
+    assert_eq!(
+        invalid(&f.verify(&expired, &reqs).await),
+        "invalid_exact_evm_payload_authorization_valid_before"
+    );
     let mut elsewhere = reqs.clone();
     elsewhere["network"] = json!("eip155:8453");
-    assert_eq!(invalid(&f.verify(&payload, &elsewhere).await), "network_mismatch");
+    assert_eq!(
+        invalid(&f.verify(&payload, &elsewhere).await),
+        "network_mismatch"
+    );
     let mut upto = reqs.clone();
     upto["scheme"] = json!("upto");
-    assert_eq!(invalid(&f.verify(&payload, &upto).await), "unsupported_scheme");
+    assert_eq!(
+        invalid(&f.verify(&payload, &upto).await),
+        "unsupported_scheme"
+    );
     let poor = env.funded_payer(PRICE - 1).await;
-    let v = f.verify(&env.x402v2(&poor, PRICE, dl, random_nonce()), &reqs).await;
+    let v = f
+        .verify(&env.x402v2(&poor, PRICE, dl, random_nonce()), &reqs)
+        .await;
     assert_eq!(invalid(&v), "invalid_exact_evm_insufficient_balance");
     assert_eq!(v["payer"], json!(poor.address()), "{v}");
     let mut no_domain = reqs.clone();
     no_domain.as_object_mut().unwrap().remove("extra");
-    assert_eq!(invalid(&f.verify(&payload, &no_domain).await), "invalid_payload");
+    assert_eq!(
+        invalid(&f.verify(&payload, &no_domain).await),
+        "invalid_payload"
+    );
     let (st, v) = f.call("/verify", &json!("nope"), &reqs, true).await;
     assert_eq!((st, invalid(&v)), (400, "invalid_payload"));
 
@@ -119,44 +179,92 @@ async fn verify_settle_supported_and_replay() {
     assert_eq!(s["payer"], json!(payer.address()));
     assert_eq!(s["network"], json!("eip155:31337"));
     let hash: alloy::primitives::B256 = s["transaction"].as_str().unwrap().parse().unwrap();
-    let receipt = env.anvil.provider().get_transaction_receipt(hash).await.unwrap().expect("mined");
+    let receipt = env
+        .anvil
+        .provider()
+        .get_transaction_receipt(hash)
+        .await
+        .unwrap()
+        .expect("mined");
     assert!(receipt.status());
     assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
-    assert_eq!(env.balance(payer.address()).await, U256::from(1_000_000 - PRICE));
+    assert_eq!(
+        env.balance(payer.address()).await,
+        U256::from(1_000_000 - PRICE)
+    );
 
     // Replay: settle and verify refuse it, nothing moves.
     let s = f.settle(&payload, &reqs).await;
     assert_eq!(s["success"], json!(false), "{s}");
-    assert_eq!(s["errorReason"], json!("invalid_exact_evm_nonce_already_used"));
+    assert_eq!(
+        s["errorReason"],
+        json!("invalid_exact_evm_nonce_already_used")
+    );
     assert_eq!(s["transaction"], json!(""));
     assert_eq!(s["network"], json!("eip155:31337"));
-    assert_eq!(invalid(&f.verify(&payload, &reqs).await), "invalid_exact_evm_nonce_already_used");
+    assert_eq!(
+        invalid(&f.verify(&payload, &reqs).await),
+        "invalid_exact_evm_nonce_already_used"
+    );
     // An invalid settle moves nothing either.
     let s = f.settle(&tampered, &reqs).await;
-    assert_eq!((s["success"].clone(), s["errorReason"].clone()), (json!(false), json!("invalid_exact_evm_payload_signature")), "{s}");
+    assert_eq!(
+        (s["success"].clone(), s["errorReason"].clone()),
+        (json!(false), json!("invalid_exact_evm_payload_signature")),
+        "{s}"
+    );
 
     // Not mined within --settle-timeout-secs: settlement_pending with the submitted
     // transaction; it settles once blocks come.
     let p = env.anvil.provider();
-    let _: Value = p.raw_request("evm_setAutomine".into(), (false,)).await.unwrap();
+    let _: Value = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
     let later = env.x402v2(&payer, PRICE, dl, random_nonce());
     let s = f.settle(&later, &reqs).await;
-    assert_eq!((s["success"].clone(), s["errorReason"].clone()), (json!(false), json!("settlement_pending")), "{s}");
+    assert_eq!(
+        (s["success"].clone(), s["errorReason"].clone()),
+        (json!(false), json!("settlement_pending")),
+        "{s}"
+    );
     let pending_tx = s["transaction"].as_str().unwrap().to_string();
-    assert!(pending_tx.starts_with("0x") && pending_tx.len() == 66, "{s}");
-    let _: Value = p.raw_request("evm_setAutomine".into(), (true,)).await.unwrap();
+    assert!(
+        pending_tx.starts_with("0x") && pending_tx.len() == 66,
+        "{s}"
+    );
+    let _: Value = p
+        .raw_request("evm_setAutomine".into(), (true,))
+        .await
+        .unwrap();
     let _: Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
     let start = std::time::Instant::now();
     while env.balance(env.pay_to).await != U256::from(2 * PRICE) {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20), "{}", env.settler.log());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{}",
+            env.settler.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let s = f.settle(&later, &reqs).await;
-    assert_eq!(s["errorReason"], json!("invalid_exact_evm_nonce_already_used"), "{s}");
+    assert_eq!(
+        s["errorReason"],
+        json!("invalid_exact_evm_nonce_already_used"),
+        "{s}"
+    );
     // Both are recorded as settled (the lane confirms shortly after the balance moves).
     let start = std::time::Instant::now();
     loop {
-        let m = env.http.get(format!("{}/metrics", env.settler.url())).send().await.unwrap().text().await.unwrap();
+        let m = env
+            .http
+            .get(format!("{}/metrics", env.settler.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if m.contains("x402_settlements_total{state=\"settled\"} 2") {
             break;
         }

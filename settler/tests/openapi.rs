@@ -1,7 +1,8 @@
-//! Keeps `settler/openapi.yaml` honest: its paths are the router's (`http::ROUTES`), every
-//! `ApiError` code the source can answer with is documented under its HTTP status
-//! (`error::CODES`), every facilitator reason is documented (`facilitator::REASONS`), the wire
-//! types have the documented fields, and the real binary serves the file byte for byte.
+//! Keeps `settler/openapi.yaml` honest: its paths are the router's (`api::routes`), every
+//! `ApiError` code the settler can answer with is documented under its HTTP status
+//! (`api::codes`, derived from `error::Refusal::ALL`), every facilitator reason is documented
+//! (`api::reasons`, from the facilitator's reason enum), the wire types have the documented
+//! fields, and the real binary serves the file byte for byte.
 //!
 //! YAML parser: `serde_norway`, the maintained fork of the deprecated `serde_yaml` (same API,
 //! resolves anchors/aliases, which the document's examples use); `serde_yml` is archived.
@@ -13,11 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use alloy::primitives::{Address, U256};
 use serde_json::{json, Value};
 use x402_protocol::payment::PaymentError;
-use x402_protocol::settler_api::{ApiError, PricedMethod, Requirement, SettlementState, SettlementStatus, TokenResponse};
+use x402_protocol::settler_api::{
+    ApiError, PricedMethod, Requirement, SettlementState, SettlementStatus, TokenResponse,
+};
 use x402_protocol::{Asset, Network, PaymentMethod, Scheme};
-use x402_settler::error::CODES;
-use x402_settler::facilitator::REASONS;
-use x402_settler::http::{OPENAPI_YAML, ROUTES};
+use x402_settler::api::{codes, reasons, routes, OPENAPI_YAML};
+use x402_settler::error::Refusal;
 
 fn doc() -> Value {
     serde_norway::from_str(OPENAPI_YAML).expect("openapi.yaml parses")
@@ -27,7 +29,9 @@ fn doc() -> Value {
 fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
     match v.get("$ref").and_then(Value::as_str) {
         Some(r) => {
-            let target = doc.pointer(r.strip_prefix('#').expect("local $ref")).unwrap_or_else(|| panic!("dangling $ref {r}"));
+            let target = doc
+                .pointer(r.strip_prefix('#').expect("local $ref"))
+                .unwrap_or_else(|| panic!("dangling $ref {r}"));
             resolve(doc, target)
         }
         None => v,
@@ -39,27 +43,46 @@ fn set<'a>(it: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
 }
 
 fn strings(v: &Value) -> BTreeSet<String> {
-    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s.as_str().expect("string").to_string())
+        .collect()
 }
 
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 #[test]
 fn document_paths_are_the_routers() {
     let doc = doc();
-    assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3.1."), "OpenAPI 3.1");
+    assert!(
+        doc["openapi"].as_str().unwrap_or("").starts_with("3.1."),
+        "OpenAPI 3.1"
+    );
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (key, _) in item.as_object().expect("path item") {
-            assert!(METHODS.contains(&key.as_str()), "{path}: unexpected key {key}");
+            assert!(
+                METHODS.contains(&key.as_str()),
+                "{path}: unexpected key {key}"
+            );
             documented.insert((key.to_uppercase(), path.clone()));
         }
     }
-    let routed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
-    assert_eq!(routed.len(), ROUTES.len(), "ROUTES has duplicates");
+    let routes = routes();
+    let routed: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(routed.len(), routes.len(), "the route table has duplicates");
     let missing: Vec<_> = routed.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&routed).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "routed but not documented: {missing:?}; documented but not routed: {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "routed but not documented: {missing:?}; documented but not routed: {extra:?}"
+    );
 }
 
 /// `(status, codes)` of every response documented as an `ApiError` narrowed to some codes.
@@ -70,13 +93,29 @@ fn documented_codes(doc: &Value) -> Vec<(String, String, BTreeSet<String>)> {
         for (method, op) in item.as_object().unwrap() {
             for (status, resp) in op["responses"].as_object().expect("responses") {
                 let resp = resolve(doc, resp);
-                let Some(schema) = resp.pointer("/content/application~1json/schema") else { continue };
-                let Some(all_of) = schema.get("allOf").and_then(Value::as_array) else { continue };
-                if !all_of.iter().any(|s| s.get("$ref").and_then(Value::as_str) == Some(api_error)) {
+                let Some(schema) = resp.pointer("/content/application~1json/schema") else {
+                    continue;
+                };
+                let Some(all_of) = schema.get("allOf").and_then(Value::as_array) else {
+                    continue;
+                };
+                if !all_of
+                    .iter()
+                    .any(|s| s.get("$ref").and_then(Value::as_str) == Some(api_error))
+                {
                     continue;
                 }
-                let codes = all_of.iter().find_map(|s| s.pointer("/properties/error/enum")).unwrap_or_else(|| panic!("{method} {path} {status}: ApiError without an error enum"));
-                out.push((format!("{} {path}", method.to_uppercase()), status.clone(), strings(codes)));
+                let codes = all_of
+                    .iter()
+                    .find_map(|s| s.pointer("/properties/error/enum"))
+                    .unwrap_or_else(|| {
+                        panic!("{method} {path} {status}: ApiError without an error enum")
+                    });
+                out.push((
+                    format!("{} {path}", method.to_uppercase()),
+                    status.clone(),
+                    strings(codes),
+                ));
             }
         }
     }
@@ -86,136 +125,117 @@ fn documented_codes(doc: &Value) -> Vec<(String, String, BTreeSet<String>)> {
 #[test]
 fn every_error_code_is_documented_under_its_status() {
     let doc = doc();
-    let codes: BTreeMap<&str, u16> = CODES.iter().copied().collect();
-    assert_eq!(codes.len(), CODES.len(), "CODES has duplicates");
+    let listed = codes();
+    let codes: BTreeMap<&str, u16> = listed.iter().copied().collect();
+    assert_eq!(
+        codes.len(),
+        listed.len(),
+        "Refusal::ALL has duplicate codes"
+    );
     let all = set(codes.keys().copied());
 
     // The ApiError schema lists exactly the codes.
-    let enumerated = strings(&doc["components"]["schemas"]["ApiError"]["properties"]["error"]["enum"]);
-    assert_eq!(enumerated, all, "components.schemas.ApiError.properties.error.enum vs error::CODES");
+    let enumerated =
+        strings(&doc["components"]["schemas"]["ApiError"]["properties"]["error"]["enum"]);
+    assert_eq!(
+        enumerated, all,
+        "components.schemas.ApiError.properties.error.enum vs Refusal::ALL"
+    );
 
     // Each response lists codes of its own status; together they cover every code.
     let mut covered = BTreeSet::new();
     for (op, status, listed) in documented_codes(&doc) {
         for c in &listed {
-            let expected = codes.get(c.as_str()).unwrap_or_else(|| panic!("{op} {status}: `{c}` is not in error::CODES"));
-            assert_eq!(status, expected.to_string(), "{op}: `{c}` documented under {status}, the settler answers it with {expected}");
+            let expected = codes
+                .get(c.as_str())
+                .unwrap_or_else(|| panic!("{op} {status}: `{c}` is not a Refusal code"));
+            assert_eq!(
+                status,
+                expected.to_string(),
+                "{op}: `{c}` documented under {status}, the settler answers it with {expected}"
+            );
         }
         covered.extend(listed);
     }
     let undocumented: Vec<_> = all.difference(&covered).collect();
-    assert!(undocumented.is_empty(), "codes no operation documents: {undocumented:?}");
-}
-
-/// String literals of Rust source (comments skipped; no raw strings expected).
-fn literals(src: &str) -> Vec<(usize, String)> {
-    let b = src.as_bytes();
-    let (mut i, mut out) = (0, Vec::new());
-    while i < b.len() {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'\'' if b.get(i + 2) == Some(&b'\'') || (b.get(i + 1) == Some(&b'\\') && b.get(i + 3) == Some(&b'\'')) => {
-                i += if b[i + 1] == b'\\' { 4 } else { 3 };
-            }
-            b'"' => {
-                let start = i;
-                i += 1;
-                let mut s = String::new();
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    s.push(b[i] as char);
-                    i += 1;
-                }
-                out.push((start, s));
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    out
-}
-
-fn source(file: &str) -> String {
-    let path = format!("{}/src/{file}", env!("CARGO_MANIFEST_DIR"));
-    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // Unit tests are not answers.
-    match src.find("#[cfg(test)]") {
-        Some(i) => src[..i].to_string(),
-        None => src,
-    }
-}
-
-/// The code literal right after a `Rejection` constructor: `payment("c"`, `new(StatusCode::X, "c"`.
-fn constructor_codes(src: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let lits = literals(src);
-    for ctor in ["Rejection::payment(", "Rejection::bad_request(", "Rejection::conflict(", "Rejection::new(", "Self::new(", "Self::bad_request(", "Self::payment(", "Self::conflict("] {
-        for (at, _) in src.match_indices(ctor) {
-            let mut rest = src[at + ctor.len()..].trim_start();
-            if let Some(r) = rest.strip_prefix("StatusCode::") {
-                rest = r.split_once(',').map(|(_, r)| r.trim_start()).unwrap_or("");
-            }
-            if rest.starts_with('"') {
-                let pos = src.len() - rest.len();
-                let (_, lit) = lits.iter().find(|(p, _)| *p == pos).expect("literal at constructor");
-                found.insert(lit.clone());
-            }
-        }
-    }
-    found
+    assert!(
+        undocumented.is_empty(),
+        "codes no operation documents: {undocumented:?}"
+    );
 }
 
 #[test]
-fn error_codes_list_is_the_sources() {
-    let mut in_source = BTreeSet::new();
-    for file in ["error.rs", "http.rs", "verify.rs", "facilitator.rs", "chain.rs", "store.rs", "worker.rs"] {
-        in_source.extend(constructor_codes(&source(file)));
+fn error_codes_list_is_the_refusals() {
+    // The list is the enum: one entry per variant, each code once, each with one status.
+    let listed = codes();
+    assert_eq!(listed.len(), Refusal::ALL.len());
+    assert!(listed.len() >= 20, "too few codes: {listed:?}");
+    for (r, (code, _)) in Refusal::ALL.iter().zip(&listed) {
+        assert_eq!(r.code(), *code);
+        assert_eq!(r.to_api().error, *code);
     }
-    assert!(in_source.len() >= 20, "the scan found too few codes: {in_source:?}");
-    // The payment parser's codes (`PaymentError::code`), answered as 400.
-    let parser = [PaymentError::Json(String::new()), PaymentError::Unsupported(String::new()), PaymentError::Field { field: "f", problem: String::new() }];
-    for e in &parser {
-        assert_eq!(CODES.iter().find(|(c, _)| *c == e.code()).map(|(_, s)| *s), Some(400), "payment parser code {}", e.code());
-        in_source.insert(e.code().to_string());
+    // The payment parser's codes (`PaymentError::code`) are refusals answered as 400.
+    let parser = [
+        PaymentError::Json(String::new()),
+        PaymentError::Unsupported(String::new()),
+        PaymentError::Field {
+            field: "f",
+            problem: String::new(),
+        },
+    ];
+    for e in parser {
+        let code = e.code();
+        let refusal = Refusal::from(e);
+        assert_eq!(refusal.code(), code);
+        assert_eq!(
+            listed.iter().find(|(c, _)| *c == code).map(|(_, s)| *s),
+            Some(400),
+            "payment parser code {code}"
+        );
     }
-    let listed = set(CODES.iter().map(|(c, _)| *c));
-    let unlisted: Vec<_> = in_source.difference(&listed).collect();
-    let stale: Vec<_> = listed.difference(&in_source).collect();
-    assert!(unlisted.is_empty() && stale.is_empty(), "codes in the source but not in error::CODES: {unlisted:?}; in CODES but never answered: {stale:?}");
+    // Facts travel with their refusal.
+    let r = Refusal::NonceMismatch {
+        expected_nonce: U256::from(7u8),
+        message: "m".into(),
+    };
+    assert_eq!(r.to_api().expected_nonce.as_deref(), Some("7"));
 }
 
 #[test]
 fn every_facilitator_reason_is_documented() {
     let doc = doc();
-    let reasons = set(REASONS.iter().copied());
-    assert_eq!(reasons.len(), REASONS.len(), "REASONS has duplicates");
+    let listed = reasons();
+    let reasons = set(listed.iter().copied());
+    assert_eq!(
+        reasons.len(),
+        listed.len(),
+        "the facilitator's reasons have duplicates"
+    );
     let enumerated = strings(&doc["components"]["schemas"]["FacilitatorReason"]["enum"]);
-    assert_eq!(enumerated, reasons, "components.schemas.FacilitatorReason.enum vs facilitator::REASONS");
+    assert_eq!(
+        enumerated, reasons,
+        "components.schemas.FacilitatorReason.enum vs api::reasons"
+    );
     for schema in ["VerifyResponse", "SettleResponse"] {
         let props = &doc["components"]["schemas"][schema]["properties"];
-        let reason = if schema == "VerifyResponse" { &props["invalidReason"] } else { &props["errorReason"] };
-        assert_eq!(reason["$ref"], "#/components/schemas/FacilitatorReason", "{schema}");
+        let reason = if schema == "VerifyResponse" {
+            &props["invalidReason"]
+        } else {
+            &props["errorReason"]
+        };
+        assert_eq!(
+            reason["$ref"], "#/components/schemas/FacilitatorReason",
+            "{schema}"
+        );
     }
-
-    // facilitator.rs without the REASONS list itself: every reason is still answered, and
-    // every snake_case literal is a reason or a settler code (the mapping's left-hand sides).
-    let src = source("facilitator.rs");
-    let start = src.find("pub const REASONS").expect("REASONS in facilitator.rs");
-    let end = start + src[start..].find("];").expect("end of REASONS");
-    let src = format!("{}{}", &src[..start], &src[end..]);
-    let lits: BTreeSet<String> = literals(&src).into_iter().map(|(_, s)| s).collect();
-    let unanswered: Vec<_> = reasons.difference(&lits).collect();
-    assert!(unanswered.is_empty(), "in REASONS but not in facilitator.rs: {unanswered:?}");
-    let codes = set(CODES.iter().map(|(c, _)| *c));
-    let snake = |s: &str| s.contains('_') && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let unlisted: Vec<_> = lits.iter().filter(|s| snake(s) && !reasons.contains(*s) && !codes.contains(*s)).collect();
-    assert!(unlisted.is_empty(), "reason-like literals in facilitator.rs not in REASONS: {unlisted:?}");
+    // x402 reasons are not settler codes except where both name the same fact.
+    let codes: BTreeSet<String> = codes().iter().map(|(c, _)| c.to_string()).collect();
+    let shared: Vec<_> = reasons.intersection(&codes).cloned().collect();
+    assert_eq!(
+        shared,
+        ["network_mismatch", "unauthorized"],
+        "reasons that are also ApiError codes"
+    );
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
@@ -226,8 +246,16 @@ fn keys(v: &Value) -> BTreeSet<String> {
 /// fields always present.
 fn assert_schema(doc: &Value, name: &str, full: &Value, minimal: &Value) {
     let schema = &doc["components"]["schemas"][name];
-    assert_eq!(keys(&schema["properties"]), keys(full), "{name}: documented properties vs serialised fields");
-    assert_eq!(strings(&schema["required"]), keys(minimal), "{name}: documented required vs always-present fields");
+    assert_eq!(
+        keys(&schema["properties"]),
+        keys(full),
+        "{name}: documented properties vs serialised fields"
+    );
+    assert_eq!(
+        strings(&schema["required"]),
+        keys(minimal),
+        "{name}: documented required vs always-present fields"
+    );
 }
 
 fn j<T: serde::Serialize>(v: &T) -> Value {
@@ -238,16 +266,49 @@ fn j<T: serde::Serialize>(v: &T) -> Value {
 fn wire_types_match_the_schemas() {
     let doc = doc();
     let a = Address::repeat_byte(0x11);
-    let asset = Asset { address: a, decimals: 6, name: "USDC".into(), version: "2".into(), symbol: "USDC".into() };
-    let method = |spender| PaymentMethod { scheme: Scheme::Permit, network: Network::eip155(31337), asset: asset.clone(), pay_to: a, spender };
-    let req = |resource| Requirement { route: "r".into(), accepts: vec![PricedMethod { amount: U256::from(1u8), method: method(None) }], token_ttl_secs: 0, resource };
+    let asset = Asset {
+        address: a,
+        decimals: 6,
+        name: "USDC".into(),
+        version: "2".into(),
+        symbol: "USDC".into(),
+    };
+    let method = |spender| PaymentMethod {
+        scheme: Scheme::Permit,
+        network: Network::eip155(31337),
+        asset: asset.clone(),
+        pay_to: a,
+        spender,
+    };
+    let req = |resource| Requirement {
+        route: "r".into(),
+        accepts: vec![PricedMethod {
+            amount: U256::from(1u8),
+            method: method(None),
+        }],
+        token_ttl_secs: 0,
+        resource,
+    };
 
     let v = j(&asset);
     assert_schema(&doc, "Asset", &v, &v);
-    assert_schema(&doc, "PaymentMethod", &j(&method(Some(a))), &j(&method(None)));
-    let pm = j(&PricedMethod { amount: U256::from(1u8), method: method(None) });
+    assert_schema(
+        &doc,
+        "PaymentMethod",
+        &j(&method(Some(a))),
+        &j(&method(None)),
+    );
+    let pm = j(&PricedMethod {
+        amount: U256::from(1u8),
+        method: method(None),
+    });
     assert_schema(&doc, "PricedMethod", &pm, &pm);
-    assert_schema(&doc, "Requirement", &j(&req(Some("u".into()))), &j(&req(None)));
+    assert_schema(
+        &doc,
+        "Requirement",
+        &j(&req(Some("u".into()))),
+        &j(&req(None)),
+    );
     let tr = json!({"requirement": j(&req(None)), "payment": {}});
     assert_schema(&doc, "TokenRequest", &tr, &tr);
 
@@ -281,12 +342,31 @@ fn wire_types_match_the_schemas() {
         created_at: 0,
         updated_at: 0,
     };
-    assert_schema(&doc, "SettlementStatus", &j(&status(true)), &j(&status(false)));
-    let states: BTreeSet<String> = [SettlementState::Pending, SettlementState::Submitted, SettlementState::Settled, SettlementState::Failed]
-        .iter()
-        .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(strings(&doc["components"]["schemas"]["SettlementState"]["enum"]), states);
+    assert_schema(
+        &doc,
+        "SettlementStatus",
+        &j(&status(true)),
+        &j(&status(false)),
+    );
+    let states: BTreeSet<String> = [
+        SettlementState::Pending,
+        SettlementState::Submitted,
+        SettlementState::Settled,
+        SettlementState::Failed,
+    ]
+    .iter()
+    .map(|s| {
+        serde_json::to_value(s)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .collect();
+    assert_eq!(
+        strings(&doc["components"]["schemas"]["SettlementState"]["enum"]),
+        states
+    );
 
     let mut err = ApiError::new("c", "m");
     let minimal = j(&err);
@@ -299,13 +379,20 @@ async fn the_settler_serves_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("api-secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let env = common::Env::start_with(None, None, &["--api-secret-file", secret.to_str().unwrap()]).await;
+    let env =
+        common::Env::start_with(None, None, &["--api-secret-file", secret.to_str().unwrap()]).await;
     let base = env.settler.url();
-    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let on_disk =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     assert_eq!(OPENAPI_YAML, on_disk);
 
     // Served without the bearer, byte for byte.
-    let r = env.http.get(format!("{base}/openapi.yaml")).send().await.unwrap();
+    let r = env
+        .http
+        .get(format!("{base}/openapi.yaml"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/yaml");
     assert_eq!(r.text().await.unwrap(), on_disk);
@@ -328,7 +415,10 @@ async fn the_settler_serves_the_document() {
     assert_eq!((s, body["error"].as_str()), (401, Some("unauthorized")));
     let (s, body) = get("/supported", true).await;
     assert_eq!(s, 200);
-    assert_eq!(body["kinds"][0], json!({"x402Version": 2, "scheme": "exact", "network": env.anvil.network().to_string()}));
+    assert_eq!(
+        body["kinds"][0],
+        json!({"x402Version": 2, "scheme": "exact", "network": env.anvil.network().to_string()})
+    );
     assert_eq!(keys(&body), set(["kinds", "extensions", "signers"]));
     let (s, body) = get("/readyz", false).await;
     assert_eq!(s, 200);
@@ -337,8 +427,17 @@ async fn the_settler_serves_the_document() {
     assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
     let (s, body) = get("/no/such/path", false).await;
     assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
-    let r = env.http.post(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(r.status(), 405, "a method the path does not serve: 405, empty body");
+    let r = env
+        .http
+        .post(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "a method the path does not serve: 405, empty body"
+    );
     assert!(r.bytes().await.unwrap().is_empty());
     let (s, body) = get("/.well-known/jwks.json", false).await;
     assert_eq!(s, 200);

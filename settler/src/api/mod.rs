@@ -1,0 +1,176 @@
+//! The HTTP adapters: the token API (`tokens`), the x402 facilitator API (`facilitator`) and
+//! the operational endpoints (`ops`). Each handler parses, calls the service and maps its
+//! [`Refusal`] onto the wire; the routing table here is the one list of routes.
+
+pub(crate) mod facilitator;
+mod ops;
+#[cfg(test)]
+mod tests;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::Refusal;
+use crate::service::Service;
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) service: Arc<Service>,
+    /// The gateway's bearer secret, if the API requires one.
+    pub(crate) api_secret: Option<String>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    /// How long facilitator `/settle` waits for the settlement.
+    pub(crate) settle_timeout: Duration,
+}
+
+/// The OpenAPI 3.1 description of this API, served at `GET /openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+type Route = (&'static str, &'static str, MethodRouter<Arc<AppState>>);
+
+/// Every route as (method, path, handler): the router is built from this table only.
+fn table() -> Vec<Route> {
+    vec![
+        ("POST", "/v1/tokens", post(tokens::post_token)),
+        ("POST", "/verify", post(facilitator::post_verify)),
+        ("POST", "/settle", post(facilitator::post_settle)),
+        ("GET", "/supported", get(facilitator::get_supported)),
+        ("GET", "/v1/settlements/{id}", get(tokens::get_settlement)),
+        ("GET", "/.well-known/jwks.json", get(ops::jwks)),
+        ("GET", "/healthz", get(ops::healthz)),
+        ("GET", "/readyz", get(ops::readyz)),
+        ("GET", "/metrics", get(ops::metrics)),
+        ("GET", "/openapi.yaml", get(ops::openapi)),
+    ]
+}
+
+/// Every route of the API as (method, path); `settler/openapi.yaml` documents exactly these
+/// (`tests/openapi.rs`), and `api::tests` checks each answers its method.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+pub(crate) fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    // `/settle` may wait for its receipt: the request timeout stays above that.
+    let request_timeout =
+        Duration::from_secs(30).max(state.settle_timeout + Duration::from_secs(10));
+    table()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
+        .fallback(|| async { AppError(Refusal::NotFound("no such endpoint".into())) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The HTTP status of each refusal in the token API (and every `ApiError` answer).
+pub(crate) fn http_status(r: &Refusal) -> StatusCode {
+    match r {
+        Refusal::InvalidJson(_)
+        | Refusal::InvalidRequest(_)
+        | Refusal::InvalidPayment(_)
+        | Refusal::UnsupportedPaymentType(_)
+        | Refusal::NetworkUnsupported(_) => StatusCode::BAD_REQUEST,
+        Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Refusal::SchemeNotAccepted(_)
+        | Refusal::NetworkMismatch(_)
+        | Refusal::AssetMismatch(_)
+        | Refusal::InvalidSignature(_)
+        | Refusal::MalleableSignature(_)
+        | Refusal::SpenderMismatch(_)
+        | Refusal::RecipientMismatch(_)
+        | Refusal::InsufficientValue(_)
+        | Refusal::Expired(_)
+        | Refusal::DeadlineTooSoon(_)
+        | Refusal::NotYetValid(_)
+        | Refusal::InsufficientBalance(_) => StatusCode::PAYMENT_REQUIRED,
+        Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+        Refusal::PaymentAlreadyUsed(_)
+        | Refusal::NonceMismatch { .. }
+        | Refusal::NonceAlreadyUsed(_) => StatusCode::CONFLICT,
+        Refusal::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Refusal::ChainUnavailable(_) | Refusal::StoreUnavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+/// Every `ApiError` code the settler answers with and its one HTTP status, from
+/// [`Refusal::ALL`] (for `tests/openapi.rs`).
+pub fn codes() -> Vec<(&'static str, u16)> {
+    Refusal::ALL
+        .iter()
+        .map(|r| (r.code(), http_status(r).as_u16()))
+        .collect()
+}
+
+/// Every `invalidReason` / `errorReason` of the facilitator, from its reason enum.
+pub fn reasons() -> Vec<&'static str> {
+    facilitator::Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect()
+}
+
+/// A refusal as an HTTP answer: its status, `ApiError` JSON, `Cache-Control: no-store`.
+#[derive(Debug)]
+pub(crate) struct AppError(pub(crate) Refusal);
+
+impl From<Refusal> for AppError {
+    fn from(r: Refusal) -> Self {
+        AppError(r)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        no_store((http_status(&self.0), axum::Json(self.0.to_api())).into_response())
+    }
+}
+
+pub(crate) fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `Authorization: Bearer <secret>` when the settler has one.
+pub(crate) fn check_api_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(secret) = &st.api_secret else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant-time compare.
+    let ok = given.len() == secret.len()
+        && given
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::Unauthorized(
+            "this endpoint requires the gateway's bearer secret".into(),
+        ))
+    }
+}

@@ -1,0 +1,92 @@
+//! One module per payment scheme: what differs between EIP-2612 `permit` and ERC-3009 `exact`
+//! when a payment is verified and accepted (who signs, terms, chain reads, the fields the lane
+//! needs to settle it). The rest of verification and acceptance is scheme-blind and goes
+//! through [`of`].
+//!
+//! A new scheme (e.g. Permit2) is a new module implementing [`SchemePayment`] plus one arm in
+//! [`of`]; its `ClientPayment` variant and `Scheme` value come from `x402_protocol`, and its
+//! on-chain settlement calls from the lane.
+
+mod exact;
+mod permit;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use alloy::primitives::{Address, U256};
+use x402_protocol::payment::{ClientPayment, Sig};
+use x402_protocol::settler_api::PricedMethod;
+
+use crate::chain::Chain;
+use crate::error::Refusal;
+use crate::store::OpenPayment;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The scheme-specific fields of a stored payment (`store::NewPayment`).
+pub(crate) struct SettlementTerms {
+    /// The wallet that must settle it (a permit's spender), if any.
+    pub spender: Option<Address>,
+    pub valid_after: U256,
+    /// Permit deadline or ERC-3009 `validBefore`.
+    pub deadline: U256,
+    pub sig: Sig,
+}
+
+/// A client payment seen through its scheme.
+pub(crate) trait SchemePayment: Send + Sync {
+    /// How refusals name payments of this scheme ("EIP2612 permit").
+    fn describe(&self) -> &'static str;
+    /// The recipient the payment itself names, if it names one (to pick among methods).
+    fn pays_to(&self) -> Option<Address>;
+    /// The signature, the address that must have made it, and its role for messages.
+    fn signed_by(&self) -> (&Sig, Address, &'static str);
+    /// Static terms: parties, value, time window. `signer`: the settler's wallet.
+    fn check_terms(
+        &self,
+        priced: &PricedMethod,
+        signer: Address,
+        now: u64,
+        margin: u64,
+    ) -> Result<(), Refusal>;
+    /// Chain state at acceptance (single use on chain), given the payer's unsettled
+    /// payments in that token. Runs under the payer's lock.
+    fn check_chain<'a>(
+        &'a self,
+        chain: &'a Chain,
+        token: Address,
+        open: &'a [OpenPayment],
+    ) -> BoxFuture<'a, Result<(), Refusal>>;
+    fn settlement_terms(&self) -> SettlementTerms;
+}
+
+/// The registry: the scheme module of each kind of payment.
+pub(crate) fn of(payment: &ClientPayment) -> Box<dyn SchemePayment + '_> {
+    match payment {
+        ClientPayment::Permit(p) => Box::new(permit::PermitPayment(p)),
+        ClientPayment::Authorization(a) => Box::new(exact::ExactPayment(a)),
+    }
+}
+
+fn check_value(value: U256, price: U256) -> Result<(), Refusal> {
+    if value < price {
+        return Err(Refusal::InsufficientValue(format!(
+            "payment value {value} is below the price {price}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_deadline(field: &str, deadline: U256, now: u64, margin: u64) -> Result<(), Refusal> {
+    if deadline <= U256::from(now) {
+        return Err(Refusal::Expired(format!(
+            "{field} {deadline} has passed (now {now})"
+        )));
+    }
+    if deadline < U256::from(now.saturating_add(margin)) {
+        return Err(Refusal::DeadlineTooSoon(format!(
+            "{field} {deadline} is less than {margin} s away (now {now}); the settler needs time to settle"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The settler's service layer, behind both HTTP APIs: verification and acceptance of
+//! payments (`accept`), per-payer serialisation (`locks`), access tokens (`mint`), and the
+//! reads the operational endpoints answer from. Typed inputs and outputs, refusals as
+//! [`Refusal`]; nothing here knows about HTTP.
+
+mod accept;
+mod locks;
+mod mint;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::Address;
+use tokio::sync::Notify;
+use x402_protocol::payment::{ClientPayment, PaymentFormat};
+use x402_protocol::settler_api::{Requirement, SettlementState, SettlementStatus, TokenResponse};
+use x402_protocol::Network;
+
+pub(crate) use self::locks::PayerLocks;
+pub(crate) use self::mint::Minter;
+use crate::chain::Chains;
+use crate::error::Refusal;
+use crate::metrics as m;
+use crate::store::{PaymentRow, Store};
+
+/// Whether acceptance stores the payment (token, facilitator `/settle`) or only checks it
+/// (facilitator `/verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Verify,
+    Store,
+}
+
+pub(crate) struct Service {
+    pub(crate) store: Store,
+    pub(crate) chains: Chains,
+    /// Seconds a deadline / `validBefore` must still be away.
+    pub(crate) deadline_margin: u64,
+    pub(crate) locks: PayerLocks,
+    /// Wakes a network's settlement lane when a payment is stored.
+    pub(crate) wake: HashMap<Network, Arc<Notify>>,
+    pub(crate) minter: Minter,
+}
+
+/// What `/readyz` reports: the database and each chain, `Err` with the reason.
+pub(crate) struct Readiness {
+    pub(crate) database: Result<(), String>,
+    pub(crate) chains: Vec<(Network, Result<u64, String>)>,
+    /// A chain read that did not finish (its task failed): not ready.
+    pub(crate) incomplete: bool,
+}
+
+impl Readiness {
+    pub(crate) fn ready(&self) -> bool {
+        self.database.is_ok() && !self.incomplete && self.chains.iter().all(|(_, c)| c.is_ok())
+    }
+}
+
+impl Service {
+    /// Checks and stores the payment, then mints its access token (`POST /v1/tokens`).
+    pub(crate) async fn buy_token(
+        &self,
+        payment: &ClientPayment,
+        format: PaymentFormat,
+        requirement: &Requirement,
+    ) -> Result<TokenResponse, Refusal> {
+        let checked = self.check(payment, requirement)?;
+        let new = self
+            .accept(payment, format, requirement, &checked, Mode::Store)
+            .await?;
+        let ttl = self.minter.ttl(requirement.token_ttl_secs);
+        let token = self.minter.mint(&new, checked.now, ttl);
+        metrics::counter!(m::TOKENS_MINTED, "network" => new.network.to_string(), "route" => new.route.clone()).increment(1);
+        tracing::info!(settlement_id = %new.id, payer = %new.payer, route = %new.route, amount = %new.value, network = %new.network, "token minted");
+        Ok(token)
+    }
+
+    /// The state of a stored payment (`GET /v1/settlements/{id}`).
+    pub(crate) async fn settlement(&self, id: &str) -> Result<SettlementStatus, Refusal> {
+        // No id is this long: answered without a database round trip.
+        if id.len() > 64 {
+            return Err(Refusal::NotFound("no such settlement".into()));
+        }
+        match self.store.get(id).await? {
+            Some(row) => Ok(row.status()),
+            None => Err(Refusal::NotFound(format!("no settlement {id}"))),
+        }
+    }
+
+    /// Waits up to `timeout` for the lane to finish settlement `id`; the last row read
+    /// (`None` if none could be read). The lane settles it whatever happens here.
+    pub(crate) async fn await_final(&self, id: &str, timeout: Duration) -> Option<PaymentRow> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < timeout {
+            match self.store.get(id).await {
+                Ok(Some(row)) => {
+                    let done = matches!(
+                        row.state,
+                        SettlementState::Settled | SettlementState::Failed
+                    );
+                    last = Some(row);
+                    if done {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(settlement_id = %id, error = %e, "facilitator settle: reading the settlement failed; retrying")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+
+    /// Whether `network` has an RPC endpoint.
+    pub(crate) fn serves(&self, network: Network) -> bool {
+        self.chains.by_network.contains_key(&network)
+    }
+
+    /// The configured networks, sorted, and the settler's wallets (sorted, deduplicated).
+    pub(crate) fn networks_and_signers(&self) -> (Vec<Network>, Vec<Address>) {
+        let mut networks: Vec<Network> = self.chains.by_network.keys().copied().collect();
+        networks.sort();
+        let mut signers: Vec<Address> = self
+            .chains
+            .by_network
+            .values()
+            .map(|c| c.signer())
+            .collect();
+        signers.sort();
+        signers.dedup();
+        (networks, signers)
+    }
+
+    /// Pings the database (3 s at most) and asks every chain for its block number.
+    pub(crate) async fn readiness(&self) -> Readiness {
+        let database = match tokio::time::timeout(Duration::from_secs(3), self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for (n, c) in &self.chains.by_network {
+            let (n, c) = (*n, c.clone());
+            set.spawn(async move { (n, c.block_number().await.map_err(|e| e.to_string())) });
+        }
+        let mut r = Readiness {
+            database,
+            chains: Vec::new(),
+            incomplete: false,
+        };
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(c) => r.chains.push(c),
+                Err(_) => r.incomplete = true,
+            }
+        }
+        r
+    }
+}
