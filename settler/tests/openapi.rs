@@ -7,6 +7,10 @@
 //! YAML parser: `serde_norway`, the maintained fork of the deprecated `serde_yaml` (same API,
 //! resolves anchors/aliases, which the document's examples use); `serde_yml` is archived.
 
+// A test crate (helpers and the shared `common` included): a failed assumption is a failed
+// test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
