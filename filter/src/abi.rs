@@ -10,7 +10,7 @@
 
 use std::ptr::{null, null_mut};
 
-use crate::flow::host_api::HostError;
+use crate::host_api::HostError;
 
 // Enum values of the ABI.
 pub(crate) const REQUEST_HEADERS: u32 = 0;

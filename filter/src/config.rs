@@ -18,15 +18,15 @@ use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Schem
 use crate::route_challenge::RouteChallenge;
 use crate::routes::{HostPattern, PathMatch, Route, RouteTable};
 
-pub const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
-pub const DEFAULT_SETTLER_PATH: &str = "/v1/tokens";
-pub const DEFAULT_SETTLER_TIMEOUT_MS: u64 = 3000;
-pub const DEFAULT_CLOCK_LEEWAY_SECS: u64 = 5;
-pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
-pub const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
-pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
-pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
-pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 5000;
+const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
+const DEFAULT_SETTLER_PATH: &str = "/v1/tokens";
+const DEFAULT_SETTLER_TIMEOUT_MS: u64 = 3000;
+const DEFAULT_CLOCK_LEEWAY_SECS: u64 = 5;
+const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
+const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+const DEFAULT_BODY_TIMEOUT_MS: u64 = 5000;
 
 const MAX_SETTLER_TIMEOUT_MS: u64 = 60_000;
 const MAX_CLOCK_LEEWAY_SECS: u64 = 300;
@@ -65,7 +65,7 @@ impl std::error::Error for ConfigError {}
 
 /// What happens to a paid request (x402 v2 `PAYMENT-SIGNATURE`) when the settler cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureMode {
+pub(crate) enum FailureMode {
     /// Answer 503 (the default; fail closed).
     Deny,
     /// Let the request through unpaid and log a warning.
@@ -75,10 +75,10 @@ pub enum FailureMode {
 /// The `authorization` header value for settler callouts (`Bearer <settler.api_secret>`).
 /// Its `Debug` never shows the secret, so no log line or panic message can carry it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SettlerAuth(String);
+pub(crate) struct SettlerAuth(String);
 
 impl SettlerAuth {
-    pub fn header_value(&self) -> &str {
+    pub(crate) fn header_value(&self) -> &str {
         &self.0
     }
 }
@@ -90,29 +90,31 @@ impl fmt::Debug for SettlerAuth {
 }
 
 #[derive(Debug, Clone)]
-pub struct SettlerConfig {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout: Duration,
-    pub failure_mode: FailureMode,
+pub(crate) struct SettlerConfig {
+    pub(crate) cluster: String,
+    pub(crate) authority: String,
+    pub(crate) path: String,
+    pub(crate) timeout: Duration,
+    pub(crate) failure_mode: FailureMode,
     /// `Some` when `settler.api_secret` is set: every callout carries it.
-    pub auth: Option<SettlerAuth>,
+    pub(crate) auth: Option<SettlerAuth>,
 }
 
 /// The validated, compiled configuration shared (via `Rc`) by all HTTP contexts of a worker.
 pub struct FilterConfig {
-    pub token_endpoint_prefix: String,
-    pub settler: SettlerConfig,
-    pub keys: KeySet,
-    pub clock_leeway_secs: i64,
-    pub token_ttl_secs: u64,
-    pub max_timeout_seconds: u64,
-    pub token_cache_size: usize,
-    pub max_body_bytes: usize,
+    pub(crate) token_endpoint_prefix: String,
+    pub(crate) settler: SettlerConfig,
+    pub(crate) keys: KeySet,
+    pub(crate) clock_leeway_secs: i64,
+    pub(crate) token_ttl_secs: u64,
+    /// Only the config tests read it back: the filter uses it once, for the routes' 402s.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) max_timeout_seconds: u64,
+    pub(crate) token_cache_size: usize,
+    pub(crate) max_body_bytes: usize,
     /// How long the token endpoint waits for the whole request body.
-    pub body_timeout: Duration,
-    pub routes: RouteTable,
+    pub(crate) body_timeout: Duration,
+    pub(crate) routes: RouteTable,
 }
 
 impl fmt::Debug for FilterConfig {
@@ -773,7 +775,6 @@ fn validate_route(
         matcher,
         methods: http_methods,
         hosts,
-        price: r.price,
         description,
         mime_type,
         accepts,

@@ -18,10 +18,11 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::abi;
 use crate::answer::HttpAnswer;
-use crate::flow::host_api::HostError;
 use crate::flow::request::Request;
-use crate::flow::{self, tick, Host, Worker};
+use crate::flow::worker::Worker;
+use crate::flow::{self, tick};
 use crate::headers;
+use crate::host_api::{Host, HostError};
 
 proxy_wasm::main! {{
     // Installs the SDK's logger and its panic hook (which logs a panic before the abort).

@@ -1,9 +1,10 @@
 //! x402 edge filter: pay-per-request HTTP enforced inside Envoy (proxy-wasm).
 //!
 //! Everything but the wasm glue is host-agnostic and tested natively:
-//! - [`flow`]: the per-request state machine and every policy (what to strip, answer, call,
-//!   count, when to time out), written against its `Host` trait; `Worker` is what a worker
-//!   keeps between requests (config, counter ids, token cache, pending bodies).
+//! - `flow`: the per-request state machine and every policy (what to strip, answer, call,
+//!   count, when to time out), written against the `Host` trait of `host_api`; its `Worker`
+//!   is what a worker keeps between requests (config, counter ids, token cache, pending
+//!   bodies). `test_fixtures` drives it through a fake host that records every host call.
 //! - the pure pieces it calls: [`config`] (plugin configuration), `routes` (matching),
 //!   `auth` + `cache` + `grant` (token checks), `challenge` + `route_challenge` (the 402),
 //!   `answer` (local replies), `token_endpoint` (the filter-served token endpoint),
@@ -11,9 +12,11 @@
 //!   anti-spoofing), `metrics` (counter names), `headers` (the serialized request header
 //!   map, read in place), `pending` (token-endpoint bodies still being read).
 //!
-//! `host.rs` (wasm only) implements `Host` over proxy-wasm and forwards the callbacks to
-//! `flow`; `abi.rs` (wasm only) wraps the raw host imports so no host status can panic.
-//! Only [`config`] is public: `examples/check_config.rs` checks files with its parser.
+//! `host.rs` (wasm only, the one module that names the proxy-wasm SDK) implements `Host`
+//! and forwards the proxy-wasm callbacks to `flow`; `abi.rs` (wasm only) wraps the raw
+//! host imports so that no host status can panic. Only [`config`] is public:
+//! `examples/check_config.rs` checks configuration files with its parser.
+//! `module_graph` (a test) keeps the modules free of import cycles.
 
 mod answer;
 mod auth;
@@ -24,6 +27,7 @@ mod decision;
 mod flow;
 mod grant;
 mod headers;
+mod host_api;
 mod identity;
 mod metrics;
 mod pending;
@@ -36,5 +40,7 @@ mod abi;
 #[cfg(target_arch = "wasm32")]
 mod host;
 
+#[cfg(test)]
+mod module_graph;
 #[cfg(test)]
 mod test_fixtures;

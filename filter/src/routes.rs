@@ -199,13 +199,13 @@ pub struct Route {
     pub matcher: PathMatch,
     pub methods: Option<Vec<String>>,
     pub hosts: Option<Vec<HostPattern>>,
-    /// The price as configured (human units).
-    pub price: String,
     pub description: String,
     pub mime_type: String,
     /// Accepted methods with the price in each asset's base units.
     pub accepts: Vec<PricedMethod>,
-    /// `token_endpoint_prefix` + name.
+    /// `token_endpoint_prefix` + name. Only the config tests read it back: the filter uses
+    /// it once, to precompute the route's 402 bodies.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub token_endpoint: String,
     /// Precomputed 402 pieces.
     pub challenge: RouteChallenge,
@@ -230,14 +230,8 @@ impl RouteTable {
     pub fn len(&self) -> usize {
         self.routes.len()
     }
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
     pub fn get(&self, i: usize) -> Option<&Route> {
         self.routes.get(i)
-    }
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
     }
     pub fn by_name(&self, name: &str) -> Option<usize> {
         self.routes.iter().position(|r| r.name == name)

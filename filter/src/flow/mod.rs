@@ -1,9 +1,8 @@
-//! The per-request flow, written against the [`Host`] trait so it runs (and is tested)
-//! natively: the state machine of every request ([`request`]), what the worker keeps
+//! The per-request flow, written against the [`Host`] trait (`crate::host_api`) so it runs
+//! (and is tested) natively: the state machine of every request ([`request`]), what the worker keeps
 //! between requests ([`worker`]), the root's timer ([`tick`]). `host.rs` only forwards the
 //! proxy-wasm callbacks here and implements [`Host`].
 
-pub(crate) mod host_api;
 pub(crate) mod request;
 mod request_headers;
 pub(crate) mod tick;
@@ -12,8 +11,7 @@ pub(crate) mod worker;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use host_api::Host;
-pub(crate) use worker::Worker;
+use crate::host_api::Host;
 
 /// What a request callback tells the host: go on with the request, or hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

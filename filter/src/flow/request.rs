@@ -17,13 +17,15 @@ use std::rc::Rc;
 use x402_protocol::challenge::Reason;
 
 use super::request_headers::{Attrs, RequestHeaders};
-use super::{log, now_ms, now_secs, Action, Host, Worker};
+use super::worker::Worker;
+use super::{log, now_ms, now_secs, Action};
 use crate::answer::HttpAnswer;
 use crate::auth;
 use crate::challenge;
 use crate::decision::{self, PaymentOutcome, PricedAction};
 use crate::grant::Grant;
 use crate::headers::HeaderPairs;
+use crate::host_api::Host;
 use crate::identity;
 use crate::metrics::Counter;
 use crate::routes::{RequestAttrs, Route};

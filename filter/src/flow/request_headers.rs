@@ -4,8 +4,9 @@
 
 use std::borrow::Cow;
 
-use super::{log, Host};
+use super::log;
 use crate::headers::HeaderPairs;
+use crate::host_api::Host;
 use crate::identity;
 use crate::routes::RequestAttrs;
 

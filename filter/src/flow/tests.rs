@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use x402_protocol::Address;
 
 use super::request::Request;
-use super::{tick, Action, Worker};
+use super::worker::Worker;
+use super::{tick, Action};
 use crate::test_fixtures::fake_host::FakeHost;
 use crate::test_fixtures::{claims, sample, token};
 

@@ -1,7 +1,9 @@
 //! The root context's timer: answers the token-endpoint requests whose body is past its
 //! deadline, so none hangs (see [`crate::pending`]).
 
-use super::{log, Host, Worker};
+use super::log;
+use super::worker::Worker;
+use crate::host_api::Host;
 use crate::pending;
 
 /// The root's `on_tick`, for the worker's pending bodies at the host's current time.

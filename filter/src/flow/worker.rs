@@ -5,9 +5,10 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use super::{log, Host};
+use super::log;
 use crate::cache::TokenCache;
 use crate::config::{self, FilterConfig};
+use crate::host_api::Host;
 use crate::metrics::Counter;
 use crate::pending::PendingBodies;
 

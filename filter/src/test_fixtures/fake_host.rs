@@ -9,8 +9,8 @@ use std::time::Duration;
 use log::Level;
 
 use crate::answer::HttpAnswer;
-use crate::flow::host_api::{Host, HostError};
 use crate::headers;
+use crate::host_api::{Host, HostError};
 
 type Pairs = Vec<(String, String)>;
 
