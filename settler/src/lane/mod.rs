@@ -24,9 +24,9 @@
 
 mod broadcast;
 mod confirm;
-pub(crate) mod decide;
+mod decide;
 pub(crate) mod io;
-pub(crate) mod preflight;
+mod preflight;
 mod submit;
 
 #[cfg(test)]
