@@ -6,6 +6,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 use x402_protocol::challenge::Reason;
 use x402_protocol::settler_api::ApiError;
+use x402_protocol::x402v2::SettleResponse;
 
 use crate::answer::HttpAnswer;
 use crate::auth::{self, TokenCheck};
@@ -118,13 +119,17 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                         .map(|a| a.to_checksum(None))
                         .unwrap_or_else(|_| p.to_string())
                 });
-                let receipt = serde_json::json!({
-                    "success": true,
-                    "transaction": m.transaction.unwrap_or_default(),
-                    "network": m.network.unwrap_or_default(),
-                    "payer": payer.unwrap_or_default(),
-                });
-                let encoded = x402_protocol::b64::encode(receipt.to_string().as_bytes());
+                let receipt = SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    error_message: None,
+                    payer: Some(payer.unwrap_or_default()),
+                    transaction: m.transaction.unwrap_or_default(),
+                    network: m.network.unwrap_or_default(),
+                };
+                // Serialising plain strings and bools cannot fail; an empty header if it did.
+                let json = serde_json::to_vec(&receipt).unwrap_or_default();
+                let encoded = x402_protocol::b64::encode(&json);
                 let mut response_headers = vec![
                     ("payment-response", encoded),
                     ("x-x402-access-token", m.access_token.clone()),

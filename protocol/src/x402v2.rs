@@ -133,8 +133,10 @@ pub struct SettleResponse {
     /// Human-readable; an addition to the reference's fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
+    /// The payer's address as text: the facilitator writes it in lower case, the edge's
+    /// `PAYMENT-RESPONSE` checksummed (as wallets print it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payer: Option<Address>,
+    pub payer: Option<String>,
     #[serde(default)]
     pub transaction: String,
     #[serde(default)]

@@ -416,7 +416,7 @@ impl IntoResponse for SettleRefused {
             success: false,
             error_reason: Some(e.reason.as_str().into()),
             error_message: Some(e.message),
-            payer: e.payer,
+            payer: e.payer.map(|a| lower_hex(&a)),
             transaction: String::new(),
             network,
         };
@@ -483,7 +483,7 @@ pub(super) async fn post_settle(
             success: true,
             error_reason: None,
             error_message: None,
-            payer: Some(payer),
+            payer: Some(lower_hex(&payer)),
             transaction,
             network,
         },
@@ -491,7 +491,7 @@ pub(super) async fn post_settle(
             success: false,
             error_reason: Some(Reason::TransactionFailed.as_str().into()),
             error_message: last.as_ref().and_then(|r| r.error.clone()),
-            payer: Some(payer),
+            payer: Some(lower_hex(&payer)),
             transaction,
             network,
         },
@@ -502,7 +502,7 @@ pub(super) async fn post_settle(
                 "not settled within {} s; settlement {id} continues in the background",
                 st.settle_timeout.as_secs()
             )),
-            payer: Some(payer),
+            payer: Some(lower_hex(&payer)),
             transaction,
             network,
         },
@@ -530,4 +530,9 @@ pub(super) async fn get_supported(
         extensions: Vec::new(),
         signers: [("eip155:*".to_string(), signers)].into(),
     }))
+}
+
+/// An address as the facilitator API has always written it: lower-case hex.
+fn lower_hex(a: &Address) -> String {
+    format!("{a:#x}")
 }
