@@ -4,9 +4,10 @@
 //! - [`select`]: picks a payment component of a 402 challenge (seed body or x402 v2
 //!   `PAYMENT-REQUIRED`) within the caps; the scheme-specific checks are the scheme's.
 //! - `scheme`: one module per payment scheme behind the `PaymentScheme` trait (`exact` =
-//!   ERC-3009, `permit` = EIP-2612), registered in one list: its checks, signing and bodies.
-//! - [`sign`]: what the schemes share (EIP-712 domain, seed signature JSON, nonces), and the
-//!   signing functions other crates' tests call.
+//!   ERC-3009, `permit` = EIP-2612), registered in one list: its checks, signing and bodies;
+//!   `scheme::signing` holds what the schemes share (EIP-712 domain, seed signature JSON,
+//!   nonces). It imports no other module of the crate.
+//! - [`sign`]: the public signing API other crates' tests call (re-exported from `scheme`).
 //! - [`pay`]: the whole flow ([`Payer::get`]); [`cache`]: access tokens per origin + route until
 //!   they expire; [`status`]: follows a settlement to its transaction hash; [`key`]: the key.
 //!

@@ -18,8 +18,8 @@ use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::cache::{self, CachedToken, TokenCache};
 use crate::caps::Caps;
-use crate::scheme;
-use crate::select::{self, Choice, SelectError};
+use crate::scheme::{self, Choice, SeedContext, SeedError};
+use crate::select::{self, SelectError};
 use crate::sign::{self, SignError};
 
 /// One step of the exchange, for `--verbose`.
@@ -355,6 +355,24 @@ impl PayError {
         match self {
             PayError::Select(_) | PayError::ForeignEndpoint(_) | PayError::RpcChain { .. } => 3,
             _ => 4,
+        }
+    }
+}
+
+impl From<SeedError> for PayError {
+    fn from(e: SeedError) -> Self {
+        match e {
+            SeedError::Sign(e) => PayError::Sign(e),
+            SeedError::Rpc {
+                network,
+                url,
+                detail,
+            } => PayError::Rpc {
+                network,
+                url,
+                detail,
+            },
+            SeedError::RpcChain { network, url, got } => PayError::RpcChain { network, url, got },
         }
     }
 }
@@ -874,7 +892,16 @@ impl Payer {
         let module = scheme::for_scheme(c.scheme).ok_or_else(|| {
             SignError::Signer(format!("scheme {} is not supported", c.scheme.as_str()))
         })?;
-        let signed = module.sign_seed(&self.config, c, now).await?;
+        let config = &self.config;
+        let on_nonce = |network, nonce| config.emit(&Step::NonceRead { network, nonce });
+        let ctx = SeedContext {
+            signer: &config.signer,
+            rpc: &config.rpc,
+            permit_ttl_secs: config.permit_ttl_secs,
+            authorization_ttl_secs: config.authorization_ttl_secs,
+            on_nonce: &on_nonce,
+        };
+        let signed = module.sign_seed(&ctx, c, now).await?;
         self.step(Step::Signed {
             scheme: c.scheme,
             payer: self.address(),

@@ -11,7 +11,7 @@
 //! Among acceptable components the user's scheme order wins, then the lower amount, then the
 //! server's order.
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::Address;
 use serde_json::Value;
 use x402_protocol::challenge::{
     parse_human_amount, PaymentRequired, PaymentRequirements, SeedComponent,
@@ -19,36 +19,8 @@ use x402_protocol::challenge::{
 use x402_protocol::{format_base_units, Network, Scheme};
 
 use crate::caps::Caps;
-use crate::scheme;
-use crate::sign::TokenDomain;
-
-/// The component chosen, with everything needed to sign.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Choice {
-    /// Index in the server's component list.
-    pub(crate) index: usize,
-    pub(crate) scheme: Scheme,
-    pub(crate) network: Network,
-    pub(crate) domain: TokenDomain,
-    pub(crate) pay_to: Address,
-    /// Permit spender (the settler's wallet). `None` for `exact`.
-    pub(crate) spender: Option<Address>,
-    /// What will be signed, in base units.
-    pub(crate) amount: U256,
-    /// Trusted decimals of the asset.
-    pub(crate) decimals: u8,
-    pub(crate) currency: String,
-}
-
-impl Choice {
-    pub(crate) fn token(&self) -> Address {
-        self.domain.verifying_contract
-    }
-    /// Amount in human units, e.g. "0.5".
-    pub(crate) fn human_amount(&self) -> String {
-        format_base_units(self.amount, self.decimals)
-    }
-}
+use crate::scheme::signing::TokenDomain;
+use crate::scheme::{self, Choice};
 
 /// Why a component was not chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +317,7 @@ pub(crate) fn select_v2(pr: &PaymentRequired, caps: &Caps) -> Result<V2Choice, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy::primitives::U256;
     use serde_json::json;
 
     const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";

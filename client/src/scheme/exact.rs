@@ -13,13 +13,11 @@ use x402_protocol::challenge::{
 use x402_protocol::eip712::TransferWithAuthorization;
 use x402_protocol::{Network, Scheme};
 
-use super::{BoxFuture, PaymentScheme, Signed};
-use crate::pay::{Config, PayError};
-use crate::select::Choice;
-use crate::sign::{
+use super::signing::{
     check_signer, json_uint, now_naive, random_nonce, seed_signature, sign_digest, SignError,
     TokenDomain, V2Error,
 };
+use super::{BoxFuture, Choice, PaymentScheme, SeedContext, SeedError, Signed};
 
 /// The `exact` scheme module.
 pub(crate) struct Exact;
@@ -49,12 +47,12 @@ impl PaymentScheme for Exact {
 
     fn sign_seed<'a>(
         &'a self,
-        config: &'a Config,
+        ctx: &'a SeedContext<'a>,
         c: &'a Choice,
         now: u64,
-    ) -> BoxFuture<'a, Result<Signed, PayError>> {
-        let signer = &config.signer;
-        let valid_before = now + config.authorization_ttl_secs;
+    ) -> BoxFuture<'a, Result<Signed, SeedError>> {
+        let signer = ctx.signer;
+        let valid_before = now + ctx.authorization_ttl_secs;
         let signed = sign_authorization(
             signer,
             &c.domain,
@@ -69,7 +67,7 @@ impl PaymentScheme for Exact {
             body,
             valid_until: valid_before,
         })
-        .map_err(PayError::from);
+        .map_err(SeedError::from);
         Box::pin(std::future::ready(signed))
     }
 
@@ -234,7 +232,7 @@ pub fn x402_v2_payment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sign::x402_v2_header;
+    use crate::scheme::signing::x402_v2_header;
     use crate::test_fixtures::{sepolia_usdc as token, KEY0, KEY1};
     use x402_protocol::payment::{parse_payment_value, ClientPayment, PaymentFormat};
 

@@ -8,28 +8,97 @@
 //!
 //! Adding a scheme: a new file implementing [`PaymentScheme`] and one line in [`SCHEMES`] (its
 //! wire name must exist in `x402_protocol::Scheme`, which the filter and settler share).
+//!
+//! This module imports nothing else of the crate (so caps, selection and the payer may all use
+//! the registry): the payer hands a scheme what it needs to sign ([`Choice`], [`SeedContext`])
+//! and turns its [`SeedError`] into a `PayError`. The signing pieces the schemes share are in
+//! [`signing`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use serde_json::Value;
 use x402_protocol::challenge::{PaymentRequirements, Resource, SeedComponent};
-use x402_protocol::{Network, Scheme};
-
-use crate::pay::{Config, PayError};
-use crate::select::Choice;
-use crate::sign::{TokenDomain, V2Error};
+use x402_protocol::{format_base_units, Network, Scheme};
 
 pub(crate) mod exact;
 pub(crate) mod permit;
+pub(crate) mod signing;
+
+use signing::{SignError, TokenDomain, V2Error};
 
 /// Every scheme this client can pay, in the default order of preference (`Caps::default`).
 pub(crate) static SCHEMES: &[&dyn PaymentScheme] = &[&exact::Exact, &permit::Permit];
 
 /// A boxed future, so that [`PaymentScheme`] stays usable as `dyn` (signing may read a chain).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The component chosen, with everything needed to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Choice {
+    /// Index in the server's component list.
+    pub(crate) index: usize,
+    pub(crate) scheme: Scheme,
+    pub(crate) network: Network,
+    pub(crate) domain: TokenDomain,
+    pub(crate) pay_to: Address,
+    /// Permit spender (the settler's wallet). `None` for `exact`.
+    pub(crate) spender: Option<Address>,
+    /// What will be signed, in base units.
+    pub(crate) amount: U256,
+    /// Trusted decimals of the asset.
+    pub(crate) decimals: u8,
+    pub(crate) currency: String,
+}
+
+impl Choice {
+    pub(crate) fn token(&self) -> Address {
+        self.domain.verifying_contract
+    }
+    /// Amount in human units, e.g. "0.5".
+    pub(crate) fn human_amount(&self) -> String {
+        format_base_units(self.amount, self.decimals)
+    }
+}
+
+/// What a scheme needs from the payer's configuration to sign a seed component.
+pub(crate) struct SeedContext<'a> {
+    pub(crate) signer: &'a PrivateKeySigner,
+    /// JSON-RPC URL per network, to read EIP-2612 nonces (permit needs one; exact does not).
+    pub(crate) rpc: &'a BTreeMap<Network, String>,
+    /// EIP-2612 deadline = now + this.
+    pub(crate) permit_ttl_secs: u64,
+    /// ERC-3009 validBefore = now + this.
+    pub(crate) authorization_ttl_secs: u64,
+    /// Told the permit nonce as soon as it is read (the payer's `NonceRead` step).
+    pub(crate) on_nonce: &'a (dyn Fn(Network, U256) + Sync),
+}
+
+/// Why a seed component could not be signed (the payer reports it as the `PayError` of the
+/// same name).
+#[derive(Debug)]
+pub(crate) enum SeedError {
+    Sign(SignError),
+    Rpc {
+        network: Network,
+        url: String,
+        detail: String,
+    },
+    RpcChain {
+        network: Network,
+        url: String,
+        got: u64,
+    },
+}
+
+impl From<SignError> for SeedError {
+    fn from(e: SignError) -> Self {
+        SeedError::Sign(e)
+    }
+}
 
 /// A signed payment and until when it is valid (unix seconds), for the `Signed` step.
 pub(crate) struct Signed {
@@ -62,10 +131,10 @@ pub(crate) trait PaymentScheme: Sync {
     /// request body.
     fn sign_seed<'a>(
         &'a self,
-        config: &'a Config,
+        ctx: &'a SeedContext<'a>,
         choice: &'a Choice,
         now: u64,
-    ) -> BoxFuture<'a, Result<Signed, PayError>>;
+    ) -> BoxFuture<'a, Result<Signed, SeedError>>;
 
     /// The x402 v2 `scheme` name this module answers, if it speaks x402 v2.
     fn x402_v2_name(&self) -> Option<&'static str> {

@@ -13,12 +13,10 @@ use x402_protocol::challenge::{SeedComponent, SEED_PROTOCOL_VERSION};
 use x402_protocol::eip712::Permit as PermitMessage;
 use x402_protocol::{Network, Scheme};
 
-use super::{BoxFuture, PaymentScheme, Signed};
-use crate::pay::{Config, PayError, Step};
-use crate::select::Choice;
-use crate::sign::{
+use super::signing::{
     check_signer, json_uint, now_naive, seed_signature, sign_digest, SignError, TokenDomain,
 };
+use super::{BoxFuture, Choice, PaymentScheme, SeedContext, SeedError, Signed};
 
 alloy::sol! {
     #[sol(rpc)]
@@ -63,21 +61,18 @@ impl PaymentScheme for Permit {
 
     fn sign_seed<'a>(
         &'a self,
-        config: &'a Config,
+        ctx: &'a SeedContext<'a>,
         c: &'a Choice,
         now: u64,
-    ) -> BoxFuture<'a, Result<Signed, PayError>> {
+    ) -> BoxFuture<'a, Result<Signed, SeedError>> {
         Box::pin(async move {
-            let signer = &config.signer;
+            let signer = ctx.signer;
             let spender = c
                 .spender
                 .ok_or_else(|| SignError::Signer("permit without spender".into()))?;
-            let nonce = read_nonce(config, c.network, &c.domain).await?;
-            config.emit(&Step::NonceRead {
-                network: c.network,
-                nonce,
-            });
-            let deadline = now + config.permit_ttl_secs;
+            let nonce = read_nonce(ctx, c.network, &c.domain).await?;
+            (ctx.on_nonce)(c.network, nonce);
+            let deadline = now + ctx.permit_ttl_secs;
             let body = sign_permit(
                 signer,
                 &c.domain,
@@ -97,12 +92,12 @@ impl PaymentScheme for Permit {
 
 /// Reads `nonces(owner)` on the component's chain, after checking the RPC is that chain.
 async fn read_nonce(
-    config: &Config,
+    ctx: &SeedContext<'_>,
     network: Network,
     domain: &TokenDomain,
-) -> Result<U256, PayError> {
-    let url = config.rpc.get(&network).cloned().unwrap_or_default();
-    let rpc_err = |detail: String| PayError::Rpc {
+) -> Result<U256, SeedError> {
+    let url = ctx.rpc.get(&network).cloned().unwrap_or_default();
+    let rpc_err = |detail: String| SeedError::Rpc {
         network,
         url: url.clone(),
         detail,
@@ -114,11 +109,11 @@ async fn read_nonce(
         .await
         .map_err(|e| rpc_err(e.to_string()))?;
     if got != network.chain_id {
-        return Err(PayError::RpcChain { network, url, got });
+        return Err(SeedError::RpcChain { network, url, got });
     }
     let token = IErc2612::new(domain.verifying_contract, &provider);
     token
-        .nonces(config.signer.address())
+        .nonces(ctx.signer.address())
         .call()
         .await
         .map_err(|e| rpc_err(format!("nonces(): {e}")))
