@@ -83,6 +83,9 @@ fn hex32(b: B256) -> String {
 /// A stored payment.
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
+    /// Acceptance order. The lane takes pending payments by it in SQL and never reads it
+    /// back; it is loaded so a row read is the whole row (the lane's fake store orders by it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub seq: i64,
     pub p: NewPayment,
     pub state: SettlementState,
@@ -92,7 +95,6 @@ pub struct PaymentRow {
     pub block_number: Option<i64>,
     pub attempts: i64,
     pub updated_ms: i64,
-    pub settled_ms: Option<i64>,
 }
 
 impl PaymentRow {
@@ -179,7 +181,7 @@ fn col_u256(row: &AnyRow, name: &str) -> Result<U256, StoreError> {
     U256::from_str_radix(&s, 10).map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
 }
 
-const PAYMENT_COLS: &str = "seq, id, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, error, permit_tx, transfer_tx, block_number, attempts, created_ms, updated_ms, settled_ms";
+const PAYMENT_COLS: &str = "seq, id, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, error, permit_tx, transfer_tx, block_number, attempts, created_ms, updated_ms";
 
 fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
     let spender: Option<String> = row.try_get("spender")?;
@@ -221,7 +223,6 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
         block_number: row.try_get("block_number")?,
         attempts: row.try_get("attempts")?,
         updated_ms: row.try_get("updated_ms")?,
-        settled_ms: row.try_get("settled_ms")?,
     })
 }
 

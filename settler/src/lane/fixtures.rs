@@ -68,7 +68,6 @@ pub(crate) fn payment(id: &str, seq: i64, scheme: Scheme, nonce: u64) -> Payment
         block_number: None,
         attempts: 0,
         updated_ms: 1_000,
-        settled_ms: None,
     }
 }
 
@@ -641,7 +640,6 @@ impl LaneStore for FakeStore {
             p.row.block_number = block.map(|b| b as i64);
             p.row.error = error.map(str::to_string);
             p.row.updated_ms = now_ms;
-            p.row.settled_ms = settled.then_some(now_ms);
         });
         if moved {
             s.record_receipts(receipts, dropped);
