@@ -3,6 +3,10 @@
 //! 50 payments from 10 payers at once against anvil (instant mining): tokens minted per
 //! second, and time from token returned to settlement observed `settled` (polled every 10 ms).
 
+// A test crate (helpers and the shared `common` included): a failed assumption is a failed
+// test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,10 @@
 //! The settler wallet's key used elsewhere too: transactions this settler did not send take
 //! its nonces. Every payment must still settle exactly once.
 
+// A test crate (helpers and the shared `common` included): a failed assumption is a failed
+// test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,10 @@
 //! when the database goes away. Uses a fresh database `x402_test_<random>` on the local server
 //! (X402_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test), dropped after.
 
+// A test crate (helpers and the shared `common` included): a failed assumption is a failed
+// test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::Arc;

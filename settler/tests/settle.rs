@@ -1,5 +1,9 @@
 //! Mint and settle against a real anvil + TestUSDC, through the settler binary.
 
+// A test crate (helpers and the shared `common` included): a failed assumption is a failed
+// test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
