@@ -32,7 +32,11 @@ async fn bench_50_payments_10_payers() {
             let dl = env.now() + 3600;
             let mut watchers = Vec::new();
             for n in 0..5u64 {
-                let p = if i < 5 { env.permit(&key, PRICE, n, dl) } else { env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce()) };
+                let p = if i < 5 {
+                    env.permit(&key, PRICE, n, dl)
+                } else {
+                    env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce())
+                };
                 let (st, body) = env.post_token(&req, &p).await;
                 assert_eq!(st, 200, "{body}");
                 let minted = Instant::now();
@@ -76,7 +80,10 @@ async fn bench_50_payments_10_payers() {
         lat[lat.len() - 1],
         all_settled.as_secs_f64()
     );
-    assert_eq!(env.balance(env.pay_to).await, alloy::primitives::U256::from(50 * PRICE));
+    assert_eq!(
+        env.balance(env.pay_to).await,
+        alloy::primitives::U256::from(50 * PRICE)
+    );
     if std::env::var_os("BENCH_LOG").is_some() {
         eprintln!("{}", env.settler.log());
     }

@@ -32,7 +32,11 @@ async fn pay_all(env: &Arc<Env>, payers: &[PrivateKeySigner], per_payer: u64) ->
                 for n in 0..per_payer {
                     let (st, body) = env.post_token(&req, &env.permit(&key, PRICE, n, dl)).await;
                     assert_eq!(st, 200, "payer {i} permit {n}: {body}");
-                    ids.push(serde_json::from_value::<TokenResponse>(body).unwrap().settlement_id);
+                    ids.push(
+                        serde_json::from_value::<TokenResponse>(body)
+                            .unwrap()
+                            .settlement_id,
+                    );
                 }
             } else {
                 let mut inner = tokio::task::JoinSet::new();
@@ -40,12 +44,22 @@ async fn pay_all(env: &Arc<Env>, payers: &[PrivateKeySigner], per_payer: u64) ->
                     let env = env.clone();
                     let key = key.clone();
                     let req = req.clone();
-                    inner.spawn(async move { env.post_token(&req, &env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce())).await });
+                    inner.spawn(async move {
+                        env.post_token(
+                            &req,
+                            &env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce()),
+                        )
+                        .await
+                    });
                 }
                 while let Some(r) = inner.join_next().await {
                     let (st, body) = r.unwrap();
                     assert_eq!(st, 200, "payer {i} erc3009: {body}");
-                    ids.push(serde_json::from_value::<TokenResponse>(body).unwrap().settlement_id);
+                    ids.push(
+                        serde_json::from_value::<TokenResponse>(body)
+                            .unwrap()
+                            .settlement_id,
+                    );
                 }
             }
             ids
@@ -58,15 +72,35 @@ async fn pay_all(env: &Arc<Env>, payers: &[PrivateKeySigner], per_payer: u64) ->
     ids
 }
 
-async fn assert_all_settled(env: &Env, ids: &[String], payers: &[PrivateKeySigner], per_payer: u64, timeout: Duration) {
+async fn assert_all_settled(
+    env: &Env,
+    ids: &[String],
+    payers: &[PrivateKeySigner],
+    per_payer: u64,
+    timeout: Duration,
+) {
     for id in ids {
         let s = env.wait_final(id, timeout).await;
-        assert_eq!(s.state, SettlementState::Settled, "{s:?}\n{}", env.settler.log());
+        assert_eq!(
+            s.state,
+            SettlementState::Settled,
+            "{s:?}\n{}",
+            env.settler.log()
+        );
     }
     let n = ids.len() as u64;
-    assert_eq!(env.balance(env.pay_to).await, U256::from(n * PRICE), "pay_to received each payment exactly once");
+    assert_eq!(
+        env.balance(env.pay_to).await,
+        U256::from(n * PRICE),
+        "pay_to received each payment exactly once"
+    );
     for p in payers {
-        assert_eq!(env.balance(p.address()).await, U256::from(FUND - per_payer * PRICE), "payer {} paid exactly its payments", p.address());
+        assert_eq!(
+            env.balance(p.address()).await,
+            U256::from(FUND - per_payer * PRICE),
+            "payer {} paid exactly its payments",
+            p.address()
+        );
     }
 }
 
@@ -87,7 +121,10 @@ async fn concurrent_replays_mint_exactly_one_token() {
     let env = Arc::new(Env::start().await);
     let payer = env.funded_payer(FUND).await;
     let dl = env.now() + 3600;
-    for payment in [env.permit(&payer, PRICE, 0, dl), env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce())] {
+    for payment in [
+        env.permit(&payer, PRICE, 0, dl),
+        env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce()),
+    ] {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..12 {
             let env = env.clone();
@@ -109,7 +146,10 @@ async fn concurrent_replays_mint_exactly_one_token() {
         }
         assert_eq!((ok.len(), conflicts), (1, 11));
         let id = ok[0]["settlement_id"].as_str().unwrap().to_string();
-        assert_eq!(env.wait_final(&id, Duration::from_secs(30)).await.state, SettlementState::Settled);
+        assert_eq!(
+            env.wait_final(&id, Duration::from_secs(30)).await.state,
+            SettlementState::Settled
+        );
         // And again after settlement, sequentially.
         let (st, body) = env.post_token(&env.requirement(), &payment).await;
         assert_eq!((st, code(&body)), (409, "payment_already_used"));
@@ -118,7 +158,9 @@ async fn concurrent_replays_mint_exactly_one_token() {
     // Across a restart too (the key is in the database, not in memory).
     let mut env = Arc::try_unwrap(env).ok().unwrap();
     env.settler.restart().await.unwrap();
-    let (st, body) = env.post_token(&env.requirement(), &env.permit(&payer, PRICE, 0, dl)).await;
+    let (st, body) = env
+        .post_token(&env.requirement(), &env.permit(&payer, PRICE, 0, dl))
+        .await;
     assert_eq!((st, code(&body)), (409, "payment_already_used"));
 }
 
@@ -145,21 +187,36 @@ async fn kill9_during_settlement_settles_everything_exactly_once() {
             // As if the transactions never left the dead process: only the stored raw
             // transactions can bring them back.
             use alloy::providers::Provider;
-            let _: serde_json::Value = env.anvil.provider().raw_request("anvil_dropAllTransactions".into(), ()).await.unwrap();
+            let _: serde_json::Value = env
+                .anvil
+                .provider()
+                .raw_request("anvil_dropAllTransactions".into(), ())
+                .await
+                .unwrap();
         }
         kills += 1;
         env.settler.restart().await.unwrap();
     }
     assert_all_settled(&env, &ids, &payers, 4, Duration::from_secs(90)).await;
     let log = env.settler.log();
-    let starts: Vec<&str> = log.lines().filter(|l| l.contains("settlement lane started")).collect();
+    let starts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("settlement lane started"))
+        .collect();
     assert_eq!(starts.len(), kills + 1, "{log}");
     // The kills hit transactions in flight: some restart re-broadcast stored transactions.
-    let rebroadcast: u64 = starts.iter().filter_map(|l| l.split("rebroadcast=").nth(1)).filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok()).sum();
+    let rebroadcast: u64 = starts
+        .iter()
+        .filter_map(|l| l.split("rebroadcast=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
     for l in &starts {
         eprintln!("{l}");
     }
-    assert!(rebroadcast > 0, "no restart found transactions in flight; the test did not exercise recovery");
+    assert!(
+        rebroadcast > 0,
+        "no restart found transactions in flight; the test did not exercise recovery"
+    );
 }
 
 /// kill -9 while payments keep arriving and settling (instant mining). A client whose request
@@ -175,7 +232,9 @@ async fn kill9_while_accepting_and_settling() {
     }
     // Our own process handle (same options, port, DB), so the clients can share `env`.
     env.settler.kill9();
-    let mut settler = x402_testkit::settler::SettlerProcess::start(env.settler.options().clone()).await.unwrap();
+    let mut settler = x402_testkit::settler::SettlerProcess::start(env.settler.options().clone())
+        .await
+        .unwrap();
     let env = Arc::new(env);
     let base = settler.url();
     let per_payer = 10u64;
@@ -186,13 +245,25 @@ async fn kill9_while_accepting_and_settling() {
         clients.spawn(async move {
             let req = env.requirement();
             let dl = env.now() + 3600;
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
             for n in 0..per_payer {
-                let p = if i % 2 == 0 { env.permit(&key, PRICE, n, dl) } else { env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce()) };
+                let p = if i % 2 == 0 {
+                    env.permit(&key, PRICE, n, dl)
+                } else {
+                    env.erc3009(&key, env.pay_to, PRICE, 0, dl, random_nonce())
+                };
                 let body = serde_json::json!({"requirement": req, "payment": p});
                 loop {
                     // An Err is a request the killed process dropped: retry the same payment.
-                    if let Ok(r) = http.post(format!("{base}/v1/tokens")).json(&body).send().await {
+                    if let Ok(r) = http
+                        .post(format!("{base}/v1/tokens"))
+                        .json(&body)
+                        .send()
+                        .await
+                    {
                         {
                             let st = r.status().as_u16();
                             let v: serde_json::Value = r.json().await.unwrap_or_default();
@@ -231,14 +302,25 @@ async fn kill9_while_accepting_and_settling() {
         if got == U256::from(total * PRICE) {
             break;
         }
-        assert!(got < U256::from(total * PRICE), "pay_to received more than was paid: {got}");
-        assert!(std::time::Instant::now() < deadline, "pay_to has {got} of {}; log:\n{}", total * PRICE, settler.log());
+        assert!(
+            got < U256::from(total * PRICE),
+            "pay_to received more than was paid: {got}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pay_to has {got} of {}; log:\n{}",
+            total * PRICE,
+            settler.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.balance(env.pay_to).await, U256::from(total * PRICE));
     for p in &payers {
-        assert_eq!(env.balance(p.address()).await, U256::from(FUND - per_payer * PRICE));
+        assert_eq!(
+            env.balance(p.address()).await,
+            U256::from(FUND - per_payer * PRICE)
+        );
     }
     eprintln!("{kills} kills while accepting and settling {total} payments");
 }

@@ -22,7 +22,11 @@ const FUND: u64 = 1_000_000;
 async fn wait_log(env: &Env, needle: &str, timeout: Duration) {
     let start = Instant::now();
     while !env.settler.log().contains(needle) {
-        assert!(start.elapsed() < timeout, "no {needle:?} in the settler log within {timeout:?}:\n{}", env.settler.log());
+        assert!(
+            start.elapsed() < timeout,
+            "no {needle:?} in the settler log within {timeout:?}:\n{}",
+            env.settler.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -34,7 +38,11 @@ async fn wait_state(env: &Env, id: &str, want: SettlementState, timeout: Duratio
         if s.state == want {
             return;
         }
-        assert!(start.elapsed() < timeout, "{id} not {want:?} within {timeout:?}: {s:?}\n{}", env.settler.log());
+        assert!(
+            start.elapsed() < timeout,
+            "{id} not {want:?} within {timeout:?}: {s:?}\n{}",
+            env.settler.log()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -42,15 +50,23 @@ async fn wait_state(env: &Env, id: &str, want: SettlementState, timeout: Duratio
 async fn pay(env: &Env, payment: &serde_json::Value) -> String {
     let (st, body) = env.post_token(&env.requirement(), payment).await;
     assert_eq!(st, 200, "{body}");
-    serde_json::from_value::<TokenResponse>(body).unwrap().settlement_id
+    serde_json::from_value::<TokenResponse>(body)
+        .unwrap()
+        .settlement_id
 }
 
 /// A plain 0-value transaction from the settler's own key (as another program using it would).
 fn foreign_tx(to: Address, nonce: Option<u64>) -> TransactionRequest {
-    let tx = TransactionRequest::default().with_to(to).with_value(U256::ZERO).with_gas_limit(21_000);
+    let tx = TransactionRequest::default()
+        .with_to(to)
+        .with_value(U256::ZERO)
+        .with_gas_limit(21_000);
     match nonce {
         // A replacement must pay more than the settler's transaction in the pool.
-        Some(n) => tx.with_nonce(n).with_max_fee_per_gas(200_000_000_000).with_max_priority_fee_per_gas(100_000_000_000),
+        Some(n) => tx
+            .with_nonce(n)
+            .with_max_fee_per_gas(200_000_000_000)
+            .with_max_priority_fee_per_gas(100_000_000_000),
         None => tx,
     }
 }
@@ -58,7 +74,12 @@ fn foreign_tx(to: Address, nonce: Option<u64>) -> TransactionRequest {
 async fn assert_settled(env: &Env, ids: &[String]) {
     for id in ids {
         let s = env.wait_final(id, Duration::from_secs(60)).await;
-        assert_eq!(s.state, SettlementState::Settled, "{s:?}\n{}", env.settler.log());
+        assert_eq!(
+            s.state,
+            SettlementState::Settled,
+            "{s:?}\n{}",
+            env.settler.log()
+        );
     }
 }
 
@@ -70,13 +91,23 @@ async fn foreign_transaction_before_payments_takes_the_next_nonce() {
     let b = env.funded_payer(FUND).await;
     // The settler computed its next wallet nonce at start; now someone else uses it.
     let k = env.anvil.provider_with(dev_signer(SETTLER_DEV_INDEX));
-    let r = k.send_transaction(foreign_tx(env.spender, None)).await.unwrap().get_receipt().await.unwrap();
+    let r = k
+        .send_transaction(foreign_tx(env.spender, None))
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     assert!(r.status());
 
     let dl = env.now() + 3600;
     let ids = vec![
         pay(&env, &env.permit(&a, PRICE, 0, dl)).await,
-        pay(&env, &env.erc3009(&b, env.pay_to, PRICE, 0, dl, random_nonce())).await,
+        pay(
+            &env,
+            &env.erc3009(&b, env.pay_to, PRICE, 0, dl, random_nonce()),
+        )
+        .await,
         pay(&env, &env.permit(&a, PRICE, 1, dl)).await,
         pay(&env, &env.x402v2(&b, PRICE, dl, random_nonce())).await,
     ];
@@ -86,7 +117,10 @@ async fn foreign_transaction_before_payments_takes_the_next_nonce() {
     assert_eq!(env.balance(b.address()).await, U256::from(FUND - 2 * PRICE));
     let log = env.settler.log();
     assert!(log.contains("re-syncing the lane's nonce"), "{log}");
-    assert!(log.contains(&format!("wallet={}", env.spender)), "the warning names the wallet:\n{log}");
+    assert!(
+        log.contains(&format!("wallet={}", env.spender)),
+        "the warning names the wallet:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +132,10 @@ async fn foreign_transactions_replacing_stored_ones_are_detected_and_resigned() 
     let c = env.funded_payer(FUND).await; // x402 v2, untouched
     let d = env.funded_payer(FUND).await; // a permit whose transferFrom loses its nonce
     let p = env.anvil.provider();
-    let _: serde_json::Value = p.raw_request("evm_setAutomine".into(), (false,)).await.unwrap();
+    let _: serde_json::Value = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
 
     // Wallet nonces: P1 permit 0 + transferFrom 1, P2 2, P3 permit 3 + transferFrom 4,
     // P5 permit 5 + transferFrom 6, P4 7 (in acceptance order, each signed before the next).
@@ -112,39 +149,71 @@ async fn foreign_transactions_replacing_stored_ones_are_detected_and_resigned() 
         env.x402v2(&c, PRICE, dl, random_nonce()),
     ] {
         let id = pay(&env, &payment).await;
-        wait_state(&env, &id, SettlementState::Submitted, Duration::from_secs(10)).await;
+        wait_state(
+            &env,
+            &id,
+            SettlementState::Submitted,
+            Duration::from_secs(10),
+        )
+        .await;
         ids.push(id);
     }
     let pool: serde_json::Value = p.raw_request("txpool_content".into(), ()).await.unwrap();
-    let ours = pool["pending"][format!("{:#x}", env.spender)].as_object().map(|o| o.len()).unwrap_or(0)
-        + pool["pending"][env.spender.to_string()].as_object().map(|o| o.len()).unwrap_or(0);
-    assert_eq!(ours, 8, "the settler's 8 transactions wait in the pool: {pool}");
+    let ours = pool["pending"][format!("{:#x}", env.spender)]
+        .as_object()
+        .map(|o| o.len())
+        .unwrap_or(0)
+        + pool["pending"][env.spender.to_string()]
+            .as_object()
+            .map(|o| o.len())
+            .unwrap_or(0);
+    assert_eq!(
+        ours, 8,
+        "the settler's 8 transactions wait in the pool: {pool}"
+    );
 
     // Someone with the same key replaces P1's permit (0), P2 (2) and P5's transferFrom (6).
     let k = env.anvil.provider_with(dev_signer(SETTLER_DEV_INDEX));
     for n in [0u64, 2, 6] {
-        let _ = k.send_transaction(foreign_tx(Address::repeat_byte(0x99), Some(n))).await.expect("replacement accepted by the pool");
+        let _ = k
+            .send_transaction(foreign_tx(Address::repeat_byte(0x99), Some(n)))
+            .await
+            .expect("replacement accepted by the pool");
     }
     let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
-    let _: serde_json::Value = p.raw_request("evm_setAutomine".into(), (true,)).await.unwrap();
+    let _: serde_json::Value = p
+        .raw_request("evm_setAutomine".into(), (true,))
+        .await
+        .unwrap();
     // Nonces 0, 2, 6 are the foreign ones; P1's transferFrom and P3 (permit nonce 1 before 0)
     // reverted; P5's permit and P4 went through.
     let settler_nonce = p.get_transaction_count(env.spender).await.unwrap();
     assert_eq!(settler_nonce, 8);
 
     assert_settled(&env, &ids).await;
-    assert_eq!(env.balance(env.pay_to).await, U256::from(5 * PRICE), "{}", env.settler.log());
+    assert_eq!(
+        env.balance(env.pay_to).await,
+        U256::from(5 * PRICE),
+        "{}",
+        env.settler.log()
+    );
     assert_eq!(env.balance(a.address()).await, U256::from(FUND - 2 * PRICE));
     for who in [&b, &c, &d] {
         assert_eq!(env.balance(who.address()).await, U256::from(FUND - PRICE));
     }
-    assert_eq!(env.anvil.nonces(env.token, a.address()).await.unwrap(), U256::from(2));
+    assert_eq!(
+        env.anvil.nonces(env.token, a.address()).await.unwrap(),
+        U256::from(2)
+    );
     // P5 was finished with transferFrom alone (its permit had been mined).
     let s5 = env.settlement(&ids[3]).await;
     assert!(s5.permit_tx.is_none(), "{s5:?}");
     let log = env.settler.log();
     assert!(log.contains("can never be mined"), "{log}");
-    assert!(log.contains(&format!("wallet={}", env.spender)), "the warning names the wallet:\n{log}");
+    assert!(
+        log.contains(&format!("wallet={}", env.spender)),
+        "the warning names the wallet:\n{log}"
+    );
     // Nothing keeps being re-broadcast.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = env.settler.log().matches("re-broadcasting").count();

@@ -18,7 +18,8 @@ use x402_protocol::settler_api::{SettlementState, TokenResponse};
 use x402_testkit::settler::{SettlerOptions, SettlerProcess};
 
 fn admin_url() -> String {
-    std::env::var("X402_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("X402_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 struct TestDb {
@@ -28,22 +29,44 @@ struct TestDb {
 
 impl TestDb {
     async fn create() -> TestDb {
-        let name = format!("x402_test_{}", alloy::primitives::hex::encode(rand::random::<[u8; 6]>()));
-        let mut c = sqlx::PgConnection::connect(&admin_url()).await.unwrap_or_else(|e| panic!("Postgres at {} is required for this test: {e}", admin_url()));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
-        TestDb { name, dropped: Default::default() }
+        let name = format!(
+            "x402_test_{}",
+            alloy::primitives::hex::encode(rand::random::<[u8; 6]>())
+        );
+        let mut c = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Postgres at {} is required for this test: {e}", admin_url())
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        TestDb {
+            name,
+            dropped: Default::default(),
+        }
     }
 
     fn url(&self) -> String {
         let admin = admin_url();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin);
         format!("{base}/{}", self.name)
     }
 
     async fn drop_now(&self) {
-        self.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut c).await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut c)
+            .await;
         }
     }
 }
@@ -56,8 +79,17 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Best effort, also when the test panicked.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(TestDb { name: name.clone(), dropped: Default::default() }.drop_now_inner());
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(
+                    TestDb {
+                        name: name.clone(),
+                        dropped: Default::default(),
+                    }
+                    .drop_now_inner(),
+                );
             }
         })
         .join();
@@ -88,12 +120,17 @@ async fn postgres_mint_settle_replay_two_replicas_and_fail_closed() {
     assert_eq!(st, 200, "{body}");
     let t2: TokenResponse = serde_json::from_value(body).unwrap();
     for t in [&t1, &t2] {
-        let s = env.wait_final(&t.settlement_id, Duration::from_secs(30)).await;
+        let s = env
+            .wait_final(&t.settlement_id, Duration::from_secs(30))
+            .await;
         assert_eq!(s.state, SettlementState::Settled, "{s:?}");
     }
 
     // Replay: sequential and concurrent.
-    assert_eq!(code(&env.post_token(&req, &permit).await.1), "payment_already_used");
+    assert_eq!(
+        code(&env.post_token(&req, &permit).await.1),
+        "payment_already_used"
+    );
     let auth2 = env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce());
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..8 {
@@ -112,34 +149,66 @@ async fn postgres_mint_settle_replay_two_replicas_and_fail_closed() {
     }
     assert_eq!(oks, 1);
     // A second replica on the same database: requests to either, one settles (lease).
-    let mut opts = SettlerOptions::new(db.url(), env.anvil.network().to_string(), env.anvil.rpc_url(), x402_testkit::anvil::DEV_KEYS[SETTLER_DEV_INDEX], env.dir.path().join("token.key"));
+    let mut opts = SettlerOptions::new(
+        db.url(),
+        env.anvil.network().to_string(),
+        env.anvil.rpc_url(),
+        x402_testkit::anvil::DEV_KEYS[SETTLER_DEV_INDEX],
+        env.dir.path().join("token.key"),
+    );
     opts.bin = Some(settler_bin());
     opts.extra_args = vec!["--lease-secs".into(), "3".into()];
     let replica = SettlerProcess::start(opts).await.unwrap();
     let mut ids = Vec::new();
     let payer2 = env.funded_payer(1_000_000).await;
     for n in 0..6u64 {
-        let base = if n % 2 == 0 { env.settler.url() } else { replica.url() };
+        let base = if n % 2 == 0 {
+            env.settler.url()
+        } else {
+            replica.url()
+        };
         // Permits alternate replicas: the next nonce counts the other replica's unsettled ones.
-        let (st, body) = post_token(&env.http, &base, &req, &env.permit(&payer2, PRICE, n, dl)).await;
+        let (st, body) =
+            post_token(&env.http, &base, &req, &env.permit(&payer2, PRICE, n, dl)).await;
         assert_eq!(st, 200, "{body}");
         ids.push(body["settlement_id"].as_str().unwrap().to_string());
         // Replays across replicas are refused too.
-        let other = if n % 2 == 0 { replica.url() } else { env.settler.url() };
-        let (st, body) = post_token(&env.http, &other, &req, &env.permit(&payer2, PRICE, n, dl)).await;
+        let other = if n % 2 == 0 {
+            replica.url()
+        } else {
+            env.settler.url()
+        };
+        let (st, body) =
+            post_token(&env.http, &other, &req, &env.permit(&payer2, PRICE, n, dl)).await;
         assert_eq!((st, code(&body)), (409, "payment_already_used"), "{body}");
     }
     for id in &ids {
-        assert_eq!(env.wait_final(id, Duration::from_secs(30)).await.state, SettlementState::Settled);
+        assert_eq!(
+            env.wait_final(id, Duration::from_secs(30)).await.state,
+            SettlementState::Settled
+        );
     }
     assert_eq!(env.balance(env.pay_to).await, U256::from(9 * PRICE));
-    assert_eq!(env.balance(payer2.address()).await, U256::from(1_000_000 - 6 * PRICE));
+    assert_eq!(
+        env.balance(payer2.address()).await,
+        U256::from(1_000_000 - 6 * PRICE)
+    );
 
     // The database goes away: fail closed.
     db.drop_now().await;
-    let (st, body) = env.post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce())).await;
+    let (st, body) = env
+        .post_token(
+            &req,
+            &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, random_nonce()),
+        )
+        .await;
     assert_eq!((st, code(&body)), (503, "store_unavailable"), "{body}");
-    let r = env.http.get(format!("{}/readyz", env.settler.url())).send().await.unwrap();
+    let r = env
+        .http
+        .get(format!("{}/readyz", env.settler.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     drop(replica);
     drop(env);

@@ -59,24 +59,42 @@ impl Env {
         let token = anvil.deploy_token().await.expect("token deploys");
         let dir = tempfile::tempdir().expect("tempdir");
         let db = db.unwrap_or_else(|| sqlite_url(dir.path()));
-        let mut opts = SettlerOptions::new(db, anvil.network().to_string(), anvil.rpc_url(), DEV_KEYS[SETTLER_DEV_INDEX], dir.path().join("token.key"));
+        let mut opts = SettlerOptions::new(
+            db,
+            anvil.network().to_string(),
+            anvil.rpc_url(),
+            DEV_KEYS[SETTLER_DEV_INDEX],
+            dir.path().join("token.key"),
+        );
         opts.bin = Some(settler_bin());
         opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
-        opts.env.push(("RUST_LOG".into(), "info,x402_settler=debug,sqlx=warn".into()));
+        opts.env.push((
+            "RUST_LOG".into(),
+            "info,x402_settler=debug,sqlx=warn".into(),
+        ));
         let settler = SettlerProcess::start(opts).await.expect("settler starts");
         Env {
             anvil,
             token,
             settler,
             dir,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             pay_to: dev_address(PAY_TO_DEV_INDEX),
             spender: dev_address(SETTLER_DEV_INDEX),
         }
     }
 
     pub fn asset(&self) -> Asset {
-        Asset { address: self.token, decimals: 6, name: "USDC".into(), version: "2".into(), symbol: "USDC".into() }
+        Asset {
+            address: self.token,
+            decimals: 6,
+            name: "USDC".into(),
+            version: "2".into(),
+            symbol: "USDC".into(),
+        }
     }
 
     pub fn method(&self, scheme: Scheme) -> PaymentMethod {
@@ -85,7 +103,11 @@ impl Env {
             network: self.anvil.network(),
             asset: self.asset(),
             pay_to: self.pay_to,
-            spender: if scheme == Scheme::Permit { Some(self.spender) } else { None },
+            spender: if scheme == Scheme::Permit {
+                Some(self.spender)
+            } else {
+                None
+            },
         }
     }
 
@@ -94,8 +116,14 @@ impl Env {
         Requirement {
             route: "weather".into(),
             accepts: vec![
-                PricedMethod { amount: U256::from(PRICE), method: self.method(Scheme::Permit) },
-                PricedMethod { amount: U256::from(PRICE), method: self.method(Scheme::Exact) },
+                PricedMethod {
+                    amount: U256::from(PRICE),
+                    method: self.method(Scheme::Permit),
+                },
+                PricedMethod {
+                    amount: U256::from(PRICE),
+                    method: self.method(Scheme::Exact),
+                },
             ],
             token_ttl_secs: 120,
             resource: Some("http://gateway/weather".into()),
@@ -105,22 +133,51 @@ impl Env {
     pub async fn funded_payer(&self, amount: u64) -> PrivateKeySigner {
         let k = PrivateKeySigner::random();
         if amount > 0 {
-            self.anvil.mint(self.token, k.address(), U256::from(amount)).await.expect("mint");
+            self.anvil
+                .mint(self.token, k.address(), U256::from(amount))
+                .await
+                .expect("mint");
         }
         k
     }
 
     pub fn now(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     pub fn permit(&self, key: &PrivateKeySigner, value: u64, nonce: u64, deadline: u64) -> Value {
-        self.permit_to(key, self.spender, value, nonce, deadline, self.token, self.anvil.chain_id())
+        self.permit_to(
+            key,
+            self.spender,
+            value,
+            nonce,
+            deadline,
+            self.token,
+            self.anvil.chain_id(),
+        )
     }
 
-    pub fn permit_to(&self, key: &PrivateKeySigner, spender: Address, value: u64, nonce: u64, deadline: u64, token: Address, chain_id: u64) -> Value {
+    pub fn permit_to(
+        &self,
+        key: &PrivateKeySigner,
+        spender: Address,
+        value: u64,
+        nonce: u64,
+        deadline: u64,
+        token: Address,
+        chain_id: u64,
+    ) -> Value {
         let domain = eip712_domain! { name: "USDC", version: "2", chain_id: chain_id, verifying_contract: token, };
-        let msg = typed::Permit { owner: key.address(), spender, value: U256::from(value), nonce: U256::from(nonce), deadline: U256::from(deadline) };
+        let msg = typed::Permit {
+            owner: key.address(),
+            spender,
+            value: U256::from(value),
+            nonce: U256::from(nonce),
+            deadline: U256::from(deadline),
+        };
         let (v, r, s) = sign(key, msg.eip712_signing_hash(&domain));
         json!({"version": "Version 0.1", "permit": {
             "permit_type": "EIP2612",
@@ -129,7 +186,15 @@ impl Env {
             "value": value, "nonce": nonce, "deadline": deadline, "chain_id": chain_id}})
     }
 
-    pub fn erc3009(&self, key: &PrivateKeySigner, to: Address, value: u64, valid_after: u64, valid_before: u64, nonce: B256) -> Value {
+    pub fn erc3009(
+        &self,
+        key: &PrivateKeySigner,
+        to: Address,
+        value: u64,
+        valid_after: u64,
+        valid_before: u64,
+        nonce: B256,
+    ) -> Value {
         let (v, r, s) = self.sign_3009(key, to, value, valid_after, valid_before, nonce);
         json!({"version": "Version 0.1", "permit": {
             "permit_type": "ERC3009",
@@ -139,14 +204,35 @@ impl Env {
             "validAfter": valid_after, "validBefore": valid_before, "nonce": nonce}})
     }
 
-    pub fn sign_3009(&self, key: &PrivateKeySigner, to: Address, value: u64, valid_after: u64, valid_before: u64, nonce: B256) -> (u8, U256, U256) {
+    pub fn sign_3009(
+        &self,
+        key: &PrivateKeySigner,
+        to: Address,
+        value: u64,
+        valid_after: u64,
+        valid_before: u64,
+        nonce: B256,
+    ) -> (u8, U256, U256) {
         let domain = eip712_domain! { name: "USDC", version: "2", chain_id: self.anvil.chain_id(), verifying_contract: self.token, };
-        let msg = typed::TransferWithAuthorization { from: key.address(), to, value: U256::from(value), validAfter: U256::from(valid_after), validBefore: U256::from(valid_before), nonce };
+        let msg = typed::TransferWithAuthorization {
+            from: key.address(),
+            to,
+            value: U256::from(value),
+            validAfter: U256::from(valid_after),
+            validBefore: U256::from(valid_before),
+            nonce,
+        };
         sign(key, msg.eip712_signing_hash(&domain))
     }
 
     /// x402 v2 `PAYMENT-SIGNATURE` payload (decoded), scheme exact.
-    pub fn x402v2(&self, key: &PrivateKeySigner, value: u64, valid_before: u64, nonce: B256) -> Value {
+    pub fn x402v2(
+        &self,
+        key: &PrivateKeySigner,
+        value: u64,
+        valid_before: u64,
+        nonce: B256,
+    ) -> Value {
         let (v, r, s) = self.sign_3009(key, self.pay_to, value, 0, valid_before, nonce);
         let mut sig = Vec::with_capacity(65);
         sig.extend_from_slice(&r.to_be_bytes::<32>());
@@ -165,7 +251,12 @@ impl Env {
     }
 
     pub async fn settlement(&self, id: &str) -> SettlementStatus {
-        let r = self.http.get(format!("{}/v1/settlements/{id}", self.settler.url())).send().await.expect("GET settlement");
+        let r = self
+            .http
+            .get(format!("{}/v1/settlements/{id}", self.settler.url()))
+            .send()
+            .await
+            .expect("GET settlement");
         assert_eq!(r.status(), 200);
         r.json().await.expect("settlement JSON")
     }
@@ -174,7 +265,12 @@ impl Env {
     pub async fn wait_final(&self, id: &str, timeout: Duration) -> SettlementStatus {
         let start = Instant::now();
         loop {
-            if let Ok(r) = self.http.get(format!("{}/v1/settlements/{id}", self.settler.url())).send().await {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/v1/settlements/{id}", self.settler.url()))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     let s: SettlementStatus = r.json().await.expect("settlement JSON");
                     if matches!(s.state, SettlementState::Settled | SettlementState::Failed) {
@@ -183,7 +279,10 @@ impl Env {
                 }
             }
             if start.elapsed() > timeout {
-                panic!("settlement {id} not final within {timeout:?}; settler log:\n{}", self.settler.log());
+                panic!(
+                    "settlement {id} not final within {timeout:?}; settler log:\n{}",
+                    self.settler.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -193,18 +292,37 @@ impl Env {
     pub async fn set_interval_mining(&self, secs: u64) {
         use alloy::providers::Provider;
         let p = self.anvil.provider();
-        let _: serde_json::Value = p.raw_request("evm_setAutomine".into(), (false,)).await.expect("evm_setAutomine");
-        let _: serde_json::Value = p.raw_request("evm_setIntervalMining".into(), (secs,)).await.expect("evm_setIntervalMining");
+        let _: serde_json::Value = p
+            .raw_request("evm_setAutomine".into(), (false,))
+            .await
+            .expect("evm_setAutomine");
+        let _: serde_json::Value = p
+            .raw_request("evm_setIntervalMining".into(), (secs,))
+            .await
+            .expect("evm_setIntervalMining");
     }
 
     pub async fn balance(&self, who: Address) -> U256 {
-        self.anvil.balance_of(self.token, who).await.expect("balanceOf")
+        self.anvil
+            .balance_of(self.token, who)
+            .await
+            .expect("balanceOf")
     }
 }
 
-pub async fn post_token(http: &reqwest::Client, base: &str, req: &Requirement, payment: &Value) -> (u16, Value) {
+pub async fn post_token(
+    http: &reqwest::Client,
+    base: &str,
+    req: &Requirement,
+    payment: &Value,
+) -> (u16, Value) {
     let body = json!({"requirement": req, "payment": payment});
-    let r = http.post(format!("{base}/v1/tokens")).json(&body).send().await.expect("POST /v1/tokens");
+    let r = http
+        .post(format!("{base}/v1/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /v1/tokens");
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
     (status, v)
