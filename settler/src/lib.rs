@@ -8,7 +8,8 @@
 //!   chain reads, store insert, lane wake-up, token minting).
 //! - `verify` (pure checks) and `scheme` (one module per payment scheme behind a trait).
 //! - `error`: [`error::Refusal`], the one domain error enum; store and chain errors.
-//! - `lane` (settlement), `chain` (RPC), `store` (database), and `config`, `metrics`, `clock`.
+//! - `lane` (settlement), `chain` (RPC), `store` (database), `terms` (what the settler
+//!   honours, `--terms-file`), and `config`, `metrics`, `clock`.
 //!
 //! [`Settler::new`] builds everything from the command line; [`run`] serves it on a listener
 //! until a shutdown future completes; [`serve`] is the binary's `run` with the listen
@@ -24,6 +25,7 @@ pub(crate) mod metrics;
 pub(crate) mod scheme;
 pub(crate) mod service;
 pub(crate) mod store;
+pub mod terms;
 pub(crate) mod verify;
 
 use std::collections::HashMap;
