@@ -1,34 +1,14 @@
 //! The EIP-712 messages a payer signs, hashed exactly as the token contract hashes them.
-//! One definition for the client (signing) and the settler (recovering).
+//! One definition for the client (signing) and the settler (recovering); each scheme's struct
+//! lives in its [`crate::scheme`] module and is re-exported here.
 
 use alloy_primitives::{B256, U256};
-use alloy_sol_types::{Eip712Domain, SolStruct};
+use alloy_sol_types::Eip712Domain;
 
 use crate::method::PaymentMethod;
-use crate::payment::ClientPayment;
-
-alloy_sol_types::sol! {
-    /// EIP-2612 `Permit`. The struct names are part of the type hash: keep them.
-    #[derive(Debug, Default, PartialEq, Eq)]
-    struct Permit {
-        address owner;
-        address spender;
-        uint256 value;
-        uint256 nonce;
-        uint256 deadline;
-    }
-
-    /// ERC-3009 `TransferWithAuthorization`.
-    #[derive(Debug, Default, PartialEq, Eq)]
-    struct TransferWithAuthorization {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
-    }
-}
+pub use crate::scheme::exact::typed::TransferWithAuthorization;
+pub use crate::scheme::permit::typed::Permit;
+use crate::scheme::ClientPayment;
 
 /// A token's domain `{name, version, chainId, verifyingContract}` (no salt).
 pub fn domain(
@@ -56,33 +36,16 @@ pub fn method_domain(method: &PaymentMethod) -> Eip712Domain {
     )
 }
 
-/// The digest a parsed client payment was signed over, under `domain`.
+/// The digest a parsed client payment was signed over, under `domain` (its scheme's message).
 pub fn signing_hash(payment: &ClientPayment, domain: &Eip712Domain) -> B256 {
-    match payment {
-        ClientPayment::Permit(p) => Permit {
-            owner: p.owner,
-            spender: p.spender,
-            value: p.value,
-            nonce: p.nonce,
-            deadline: p.deadline,
-        }
-        .eip712_signing_hash(domain),
-        ClientPayment::Authorization(a) => TransferWithAuthorization {
-            from: a.from,
-            to: a.to,
-            value: a.value,
-            validAfter: a.valid_after,
-            validBefore: a.valid_before,
-            nonce: a.nonce,
-        }
-        .eip712_signing_hash(domain),
-    }
+    payment.signing_hash(domain)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloy_primitives::keccak256;
+    use alloy_sol_types::SolStruct;
 
     #[test]
     fn type_hashes_are_the_standard_ones() {

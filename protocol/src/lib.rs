@@ -2,6 +2,10 @@
 //!
 //! One concern: what goes over the wire and how it is checked for shape. No I/O here, so the
 //! crate compiles for `wasm32-wasip1` as well as for the host.
+//!
+//! Payment schemes are one module each under [`scheme`] ([`scheme::permit`] = EIP-2612,
+//! [`scheme::exact`] = ERC-3009): payload type, EIP-712 message and wire parsing; `scheme`
+//! holds the shared `ClientPayment` dispatch, and [`payment`] / [`eip712`] re-export it all.
 
 pub mod addr;
 pub mod amount;
@@ -11,6 +15,7 @@ pub mod challenge;
 pub mod eip712;
 pub mod method;
 pub mod payment;
+pub mod scheme;
 pub mod settler_api;
 pub mod token;
 pub mod u256_serde;
