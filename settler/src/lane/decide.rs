@@ -5,20 +5,15 @@
 use std::time::Duration;
 
 use alloy::primitives::{Address, Bytes, B256, U256};
-use x402_protocol::payment::{Authorization, Permit};
 use x402_protocol::Scheme;
 
 use super::io::Receipt;
-use crate::chain;
+use crate::scheme;
+pub(crate) use crate::scheme::PERMIT;
 use crate::store::{NewPayment, PaymentRow, TxRow};
 
 /// Out-of-order permit reverts retried at most this many times per payment.
 pub(crate) const MAX_REQUEUES: i64 = 8;
-
-/// `x402_txs.kind` of each settlement transaction.
-pub(crate) const PERMIT: &str = "permit";
-pub(crate) const TRANSFER_FROM: &str = "transfer_from";
-pub(crate) const TRANSFER_WITH_AUTHORIZATION: &str = "transfer_with_authorization";
 
 /// The lease row of a lane: one per (chain, wallet), whichever replica drives it.
 pub(crate) fn lease_name(chain_id: u64, signer: Address) -> String {
@@ -42,55 +37,14 @@ pub(crate) fn defer_wait_ms(attempts: i64) -> i64 {
     1000i64.saturating_mul(1 << attempts.clamp(0, 5))
 }
 
-/// The calls settling `p`, in execution order (they get consecutive wallet nonces):
-/// EIP-2612 `permit` then `transferFrom` (or `transferFrom` alone when the allowance is there
-/// already), ERC-3009 `transferWithAuthorization`. Each is a call to the token `p.p.asset`.
+/// The calls settling `p`, in execution order (they get consecutive wallet nonces): the
+/// scheme's ([`crate::scheme::SchemeSettlement::settlement_calls`]).
 pub(crate) fn settlement_calls(
     p: &PaymentRow,
     signer: Address,
     with_permit: bool,
 ) -> Vec<(&'static str, Bytes)> {
-    let token = p.p.asset;
-    match p.p.scheme {
-        Scheme::Permit => {
-            let permit = Permit {
-                network: p.p.network,
-                token,
-                owner: p.p.payer,
-                spender: p.p.spender.unwrap_or(signer),
-                value: p.p.value,
-                nonce: p.permit_nonce(),
-                deadline: p.p.deadline,
-                sig: p.p.sig,
-            };
-            let transfer = (
-                TRANSFER_FROM,
-                chain::transfer_from_call(p.p.payer, p.p.pay_to, p.p.value),
-            );
-            if with_permit {
-                vec![(PERMIT, chain::permit_call(&permit)), transfer]
-            } else {
-                vec![transfer]
-            }
-        }
-        Scheme::Exact => {
-            let auth = Authorization {
-                network: p.p.network,
-                token,
-                from: p.p.payer,
-                to: p.p.pay_to,
-                value: p.p.value,
-                valid_after: p.p.valid_after,
-                valid_before: p.p.deadline,
-                nonce: p.p.nonce,
-                sig: p.p.sig,
-            };
-            vec![(
-                TRANSFER_WITH_AUTHORIZATION,
-                chain::transfer_with_authorization_call(&auth),
-            )]
-        }
-    }
+    scheme::settlement(p.p.scheme).settlement_calls(p, signer, with_permit)
 }
 
 /// A payment's transactions take consecutive wallet nonces from the lane's next one.
@@ -191,11 +145,12 @@ pub(crate) fn verdict(
     }
 }
 
-/// A permit payment whose `permit()` reverted may have reverted out of order (an earlier
-/// permit of the owner was not executed yet): worth reading the owner's nonce, within
-/// [`MAX_REQUEUES`].
+/// A payment whose settlement may have failed out of order (a permit whose `permit()`
+/// reverted while an earlier permit of the owner was not executed yet; the scheme says,
+/// [`crate::scheme::SchemeSettlement::retry_possible`]): worth reading the owner's nonce,
+/// within [`MAX_REQUEUES`].
 pub(crate) fn permit_retry_possible(p: &PaymentRow, permit_ok: bool) -> bool {
-    p.p.scheme == Scheme::Permit && !permit_ok && p.attempts < MAX_REQUEUES
+    scheme::settlement(p.p.scheme).retry_possible(permit_ok) && p.attempts < MAX_REQUEUES
 }
 
 /// With the owner's on-chain permit nonce read: the note of a re-queue when it is still at or
@@ -217,10 +172,7 @@ pub(crate) fn failure_reason(
     payer_balance: Option<U256>,
     value: U256,
 ) -> String {
-    let what = match scheme {
-        Scheme::Permit => "transferFrom",
-        Scheme::Exact => "transferWithAuthorization",
-    };
+    let what = scheme::settlement(scheme).transfer_call();
     let mut reason = if !transfer_ok {
         format!("{what} reverted")
     } else {
@@ -245,8 +197,10 @@ pub(crate) fn nonce_lost_note(nonces: &[u64], signer: Address) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain;
     use crate::lane::fixtures::{payment, TOKEN};
     use crate::lane::io::TransferLog;
+    use crate::scheme::{TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
     use alloy::sol_types::SolCall;
 
     fn tx(nonce: u64, pid: &str, kind: &str) -> TxRow {

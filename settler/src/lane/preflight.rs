@@ -4,98 +4,17 @@
 //! the in-flight permits only for a nonce ahead of the chain's).
 
 use alloy::primitives::U256;
-use x402_protocol::Scheme;
 
 use super::{Lane, LaneChain, LaneError};
 use crate::error::ChainError;
+use crate::scheme::{self, FactsRead};
 use crate::store::PaymentRow;
 
-/// Signatures closer than this (seconds) to their deadline are not sent any more: they would
-/// likely expire in the mempool.
-const DEADLINE_MARGIN_SECS: u8 = 5;
+pub(crate) use crate::scheme::{ChainFacts, Check, Preflight};
 
-/// The chain state a payment's preflight starts from, read for the whole batch at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChainFacts {
-    /// EIP-2612 `nonces(owner)`.
-    PermitNonce(U256),
-    /// ERC-3009 `authorizationState(from, nonce)`.
-    AuthorizationUsed(bool),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Preflight {
-    /// Sign all its calls.
-    Ready,
-    /// The permit's nonce is used on chain but the allowance covers the value (someone
-    /// submitted this permit, or another one to the settler): `transferFrom` alone settles it.
-    TransferOnly,
-    /// Not now: try again later (its note is stored on the payment).
-    Defer(String),
-    /// It can never settle. `release_key`: the signature is dead for good (permit deadline
-    /// passed), so its single-use key is freed for the payer to sign that nonce anew.
-    Fail { reason: String, release_key: bool },
-}
-
-/// The first step: a decision, or what to read next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Check {
-    Done(Preflight),
-    /// The permit nonce is below the chain's: does the allowance still cover the value?
-    NeedAllowance {
-        onchain: U256,
-    },
-    /// The permit nonce is above the chain's: are the earlier ones in flight ahead of it?
-    NeedInflight {
-        onchain: U256,
-    },
-}
-
+/// The first step, the scheme's ([`crate::scheme::SchemeSettlement::first_check`]).
 pub(crate) fn first_check(p: &PaymentRow, facts: ChainFacts, now_secs: u64) -> Check {
-    let now = U256::from(now_secs);
-    let too_late = p.p.deadline <= now + U256::from(DEADLINE_MARGIN_SECS);
-    match p.p.scheme {
-        Scheme::Permit => {
-            if too_late {
-                return Check::Done(Preflight::Fail {
-                    reason: format!("permit deadline {} passed before settlement", p.p.deadline),
-                    release_key: true,
-                });
-            }
-            let ChainFacts::PermitNonce(onchain) = facts else {
-                return Check::Done(Preflight::Defer("internal: wrong facts".into()));
-            };
-            let nonce = p.permit_nonce();
-            if nonce < onchain {
-                // Used by someone else's permit() call (maybe this very signature): the
-                // allowance may still cover the transfer.
-                Check::NeedAllowance { onchain }
-            } else if nonce > onchain {
-                // Earlier permits of this payer must be in flight ahead of this one.
-                Check::NeedInflight { onchain }
-            } else {
-                Check::Done(Preflight::Ready)
-            }
-        }
-        Scheme::Exact => {
-            if too_late {
-                return Check::Done(Preflight::Fail {
-                    reason: format!(
-                        "authorization validBefore {} passed before settlement",
-                        p.p.deadline
-                    ),
-                    release_key: false,
-                });
-            }
-            if matches!(facts, ChainFacts::AuthorizationUsed(true)) {
-                return Check::Done(Preflight::Fail {
-                    reason: "authorization nonce was used on chain by another transaction".into(),
-                    release_key: false,
-                });
-            }
-            Check::Done(Preflight::Ready)
-        }
-    }
+    scheme::settlement(p.p.scheme).first_check(p, facts, now_secs)
 }
 
 /// After [`Check::NeedAllowance`]: `allowance` of the payer to the settler's wallet.
@@ -148,15 +67,13 @@ impl Lane {
         chain: &dyn LaneChain,
         p: &PaymentRow,
     ) -> Result<ChainFacts, ChainError> {
-        Ok(match p.p.scheme {
-            Scheme::Permit => {
-                ChainFacts::PermitNonce(chain.permit_nonce(p.p.asset, p.p.payer).await?)
+        Ok(match scheme::settlement(p.p.scheme).facts_read(&p.p) {
+            FactsRead::PermitNonce { token, owner } => {
+                ChainFacts::PermitNonce(chain.permit_nonce(token, owner).await?)
             }
-            Scheme::Exact => ChainFacts::AuthorizationUsed(
-                chain
-                    .authorization_used(p.p.asset, p.p.payer, p.p.nonce)
-                    .await?,
-            ),
+            FactsRead::AuthorizationState { token, from, nonce } => {
+                ChainFacts::AuthorizationUsed(chain.authorization_used(token, from, nonce).await?)
+            }
         })
     }
 
@@ -190,6 +107,7 @@ impl Lane {
 mod tests {
     use super::*;
     use crate::lane::fixtures::payment;
+    use x402_protocol::Scheme;
 
     const NOW: u64 = 1_800_000_000;
 

@@ -11,9 +11,10 @@ use tokio::sync::{watch, Notify};
 use x402_protocol::settler_api::SettlementState;
 use x402_protocol::Scheme;
 
-use super::decide::{MAX_REQUEUES, PERMIT, TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
+use super::decide::MAX_REQUEUES;
 use super::fixtures::{payment, FakeChain, FakeStore, PAYER, PAY_TO, SIGNER, VALUE};
 use super::{Lane, LaneError, WorkerConfig};
+use crate::scheme::{PERMIT, TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
 
 fn config() -> WorkerConfig {
     WorkerConfig {

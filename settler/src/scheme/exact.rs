@@ -1,13 +1,16 @@
 //! ERC-3009 `transferWithAuthorization` straight to `pay_to` (x402's `exact` EVM scheme).
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 use x402_protocol::payment::{Authorization, Sig};
 use x402_protocol::settler_api::PricedMethod;
 
-use super::{check_deadline, check_value, BoxFuture, SchemePayment, SettlementTerms};
-use crate::chain::Chain;
+use super::{
+    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, Preflight, SchemePayment,
+    SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, TRANSFER_WITH_AUTHORIZATION,
+};
+use crate::chain::{self, Chain};
 use crate::error::Refusal;
-use crate::store::OpenPayment;
+use crate::store::{NewPayment, OpenPayment, PaymentRow};
 
 pub(super) struct ExactPayment<'a>(pub(super) &'a Authorization);
 
@@ -40,9 +43,11 @@ impl SchemePayment for ExactPayment<'_> {
             )));
         }
         check_value(a.value, priced.amount)?;
-        if a.valid_after > U256::from(now) {
+        // Strictly before now: the contract requires block.timestamp > validAfter, and the
+        // block that settles it is not earlier than now.
+        if a.valid_after >= U256::from(now) {
             return Err(Refusal::NotYetValid(format!(
-                "validAfter {} is in the future (now {now})",
+                "validAfter {} is not before now ({now}): the authorization is not valid yet",
                 a.valid_after
             )));
         }
@@ -76,5 +81,69 @@ impl SchemePayment for ExactPayment<'_> {
             deadline: self.0.valid_before,
             sig: self.0.sig,
         }
+    }
+}
+
+/// The lane's side of ERC-3009: one `transferWithAuthorization`.
+pub(super) struct ExactSettlement;
+
+impl SchemeSettlement for ExactSettlement {
+    fn transfer_call(&self) -> &'static str {
+        "transferWithAuthorization"
+    }
+
+    fn facts_read(&self, p: &NewPayment) -> FactsRead {
+        FactsRead::AuthorizationState {
+            token: p.asset,
+            from: p.payer,
+            nonce: p.nonce,
+        }
+    }
+
+    fn first_check(&self, p: &PaymentRow, facts: ChainFacts, now_secs: u64) -> Check {
+        let now = U256::from(now_secs);
+        if p.p.deadline <= now + U256::from(DEADLINE_MARGIN_SECS) {
+            return Check::Done(Preflight::Fail {
+                reason: format!(
+                    "authorization validBefore {} passed before settlement",
+                    p.p.deadline
+                ),
+                release_key: false,
+            });
+        }
+        if matches!(facts, ChainFacts::AuthorizationUsed(true)) {
+            return Check::Done(Preflight::Fail {
+                reason: "authorization nonce was used on chain by another transaction".into(),
+                release_key: false,
+            });
+        }
+        Check::Done(Preflight::Ready)
+    }
+
+    fn settlement_calls(
+        &self,
+        p: &PaymentRow,
+        _signer: Address,
+        _with_permit: bool,
+    ) -> Vec<(&'static str, Bytes)> {
+        let auth = Authorization {
+            network: p.p.network,
+            token: p.p.asset,
+            from: p.p.payer,
+            to: p.p.pay_to,
+            value: p.p.value,
+            valid_after: p.p.valid_after,
+            valid_before: p.p.deadline,
+            nonce: p.p.nonce,
+            sig: p.p.sig,
+        };
+        vec![(
+            TRANSFER_WITH_AUTHORIZATION,
+            chain::transfer_with_authorization_call(&auth),
+        )]
+    }
+
+    fn retry_possible(&self, _permit_ok: bool) -> bool {
+        false
     }
 }

@@ -3,12 +3,22 @@
 //! needs to settle it). The rest of verification and acceptance is scheme-blind and goes
 //! through [`of`].
 //!
-//! A new scheme (e.g. Permit2) is a new module implementing [`SchemePayment`] plus one arm in
-//! [`of`]; its `ClientPayment` variant and `Scheme` value come from `x402_protocol`, and its
-//! on-chain settlement calls from the lane.
+//! The same modules hold the lane's side of each scheme ([`SchemeSettlement`], in `settle.rs`):
+//! the chain read and first decision of its preflight, its settlement calls, when a revert is
+//! worth another attempt. The lane reaches it through [`settlement`].
+//!
+//! A new scheme (e.g. Permit2) is a new module implementing [`SchemePayment`] and
+//! [`SchemeSettlement`] plus one arm in [`of`] and one in [`settlement`]; its `ClientPayment`
+//! variant and `Scheme` value come from `x402_protocol`.
 
 mod exact;
 mod permit;
+mod settle;
+
+pub(crate) use settle::{
+    ChainFacts, Check, FactsRead, Preflight, SchemeSettlement, DEADLINE_MARGIN_SECS, PERMIT,
+    TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION,
+};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +26,7 @@ use std::pin::Pin;
 use alloy::primitives::{Address, U256};
 use x402_protocol::payment::{ClientPayment, Sig};
 use x402_protocol::settler_api::PricedMethod;
+use x402_protocol::Scheme;
 
 use crate::chain::Chain;
 use crate::error::Refusal;
@@ -65,6 +76,14 @@ pub(crate) fn of(payment: &ClientPayment) -> Box<dyn SchemePayment + '_> {
     match payment {
         ClientPayment::Permit(p) => Box::new(permit::PermitPayment(p)),
         ClientPayment::Authorization(a) => Box::new(exact::ExactPayment(a)),
+    }
+}
+
+/// The registry of the lane's side: the settlement of each scheme's stored payments.
+pub(crate) fn settlement(scheme: Scheme) -> &'static dyn SchemeSettlement {
+    match scheme {
+        Scheme::Permit => &permit::PermitSettlement,
+        Scheme::Exact => &exact::ExactSettlement,
     }
 }
 

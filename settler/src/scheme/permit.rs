@@ -2,15 +2,18 @@
 
 use std::collections::HashSet;
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 use x402_protocol::payment::{Permit, Sig};
 use x402_protocol::settler_api::PricedMethod;
 use x402_protocol::Scheme;
 
-use super::{check_deadline, check_value, BoxFuture, SchemePayment, SettlementTerms};
-use crate::chain::Chain;
+use super::{
+    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, Preflight, SchemePayment,
+    SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, PERMIT, TRANSFER_FROM,
+};
+use crate::chain::{self, Chain};
 use crate::error::Refusal;
-use crate::store::OpenPayment;
+use crate::store::{NewPayment, OpenPayment, PaymentRow};
 
 pub(super) struct PermitPayment<'a>(pub(super) &'a Permit);
 
@@ -97,5 +100,76 @@ impl SchemePayment for PermitPayment<'_> {
             deadline: self.0.deadline,
             sig: self.0.sig,
         }
+    }
+}
+
+/// The lane's side of EIP-2612: `permit()` + `transferFrom`, in the owner's nonce order.
+pub(super) struct PermitSettlement;
+
+impl SchemeSettlement for PermitSettlement {
+    fn transfer_call(&self) -> &'static str {
+        "transferFrom"
+    }
+
+    fn facts_read(&self, p: &NewPayment) -> FactsRead {
+        FactsRead::PermitNonce {
+            token: p.asset,
+            owner: p.payer,
+        }
+    }
+
+    fn first_check(&self, p: &PaymentRow, facts: ChainFacts, now_secs: u64) -> Check {
+        let now = U256::from(now_secs);
+        if p.p.deadline <= now + U256::from(DEADLINE_MARGIN_SECS) {
+            return Check::Done(Preflight::Fail {
+                reason: format!("permit deadline {} passed before settlement", p.p.deadline),
+                release_key: true,
+            });
+        }
+        let ChainFacts::PermitNonce(onchain) = facts else {
+            return Check::Done(Preflight::Defer("internal: wrong facts".into()));
+        };
+        let nonce = p.permit_nonce();
+        if nonce < onchain {
+            // Used by someone else's permit() call (maybe this very signature): the
+            // allowance may still cover the transfer.
+            Check::NeedAllowance { onchain }
+        } else if nonce > onchain {
+            // Earlier permits of this payer must be in flight ahead of this one.
+            Check::NeedInflight { onchain }
+        } else {
+            Check::Done(Preflight::Ready)
+        }
+    }
+
+    fn settlement_calls(
+        &self,
+        p: &PaymentRow,
+        signer: Address,
+        with_permit: bool,
+    ) -> Vec<(&'static str, Bytes)> {
+        let permit = Permit {
+            network: p.p.network,
+            token: p.p.asset,
+            owner: p.p.payer,
+            spender: p.p.spender.unwrap_or(signer),
+            value: p.p.value,
+            nonce: p.permit_nonce(),
+            deadline: p.p.deadline,
+            sig: p.p.sig,
+        };
+        let transfer = (
+            TRANSFER_FROM,
+            chain::transfer_from_call(p.p.payer, p.p.pay_to, p.p.value),
+        );
+        if with_permit {
+            vec![(PERMIT, chain::permit_call(&permit)), transfer]
+        } else {
+            vec![transfer]
+        }
+    }
+
+    fn retry_possible(&self, permit_ok: bool) -> bool {
+        !permit_ok
     }
 }
