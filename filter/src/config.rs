@@ -27,6 +27,12 @@ const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
 const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 const DEFAULT_BODY_TIMEOUT_MS: u64 = 5000;
+const DEFAULT_REVOCATION_PATH: &str = "/v1/revocations";
+const DEFAULT_REVOCATION_INTERVAL_MS: u64 = 1000;
+const DEFAULT_REVOCATION_MAX_ENTRIES: usize = 10_000;
+const MIN_REVOCATION_INTERVAL_MS: u64 = 100;
+const MAX_REVOCATION_INTERVAL_MS: u64 = 3_600_000;
+const MAX_REVOCATION_ENTRIES: usize = 100_000;
 
 const MAX_SETTLER_TIMEOUT_MS: u64 = 60_000;
 const MAX_CLOCK_LEEWAY_SECS: u64 = 300;
@@ -96,8 +102,18 @@ pub(crate) struct SettlerConfig {
     pub(crate) path: String,
     pub(crate) timeout: Duration,
     pub(crate) failure_mode: FailureMode,
-    /// `Some` when `settler.api_secret` is set: every callout carries it.
+    /// `Some` when `settler.api_secret` or `settler.api_secret_env` is set: every callout
+    /// carries it.
     pub(crate) auth: Option<SettlerAuth>,
+}
+
+/// How the filter learns revoked tokens: `GET <path>?limit=<max_entries>` on the settler
+/// cluster every `interval` (one worker per interval, shared with the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RevocationConfig {
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) max_entries: usize,
 }
 
 /// The validated, compiled configuration shared (via `Rc`) by all HTTP contexts of a worker.
@@ -114,6 +130,7 @@ pub struct FilterConfig {
     pub(crate) max_body_bytes: usize,
     /// How long the token endpoint waits for the whole request body.
     pub(crate) body_timeout: Duration,
+    pub(crate) revocation: RevocationConfig,
     pub(crate) routes: RouteTable,
 }
 
@@ -151,6 +168,8 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     #[serde(default)]
     body_timeout_ms: Option<u64>,
+    #[serde(default)]
+    revocation: Option<RawRevocation>,
     payment_methods: UniqueMap<RawMethod>,
     routes: Vec<RawRoute>,
 }
@@ -168,8 +187,24 @@ struct RawSettler {
     #[serde(default)]
     failure_mode: Option<String>,
     /// The settler's `--api-secret-file` content, sent as `authorization: Bearer <secret>`.
+    /// Inline in the configuration: for local tests only (use `api_secret_env`).
     #[serde(default)]
     api_secret: Option<String>,
+    /// The name of the wasm VM's environment variable holding the secret (Envoy
+    /// `vm_config.environment_variables`), read at configure time.
+    #[serde(default)]
+    api_secret_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    interval_ms: Option<u64>,
+    #[serde(default)]
+    max_entries: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -260,8 +295,17 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for UniqueMap<T> {
 // Validation
 // ---------------------------------------------------------------------------------------
 
-/// Parses and validates the plugin configuration.
+/// Parses and validates the plugin configuration; `settler.api_secret_env` is read from the
+/// process environment (in wasm32-wasip1, the VM's WASI environment).
 pub fn parse(text: &[u8]) -> Result<FilterConfig, ConfigError> {
+    parse_with_env(text, &|name| std::env::var(name).ok())
+}
+
+/// [`parse`] with the environment given as a lookup (the tests' own variables).
+pub(crate) fn parse_with_env(
+    text: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<FilterConfig, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(text);
     let raw: RawConfig = match serde_path_to_error::deserialize(&mut de) {
         Ok(raw) => raw,
@@ -278,16 +322,19 @@ pub fn parse(text: &[u8]) -> Result<FilterConfig, ConfigError> {
         }
     };
     de.end().map_err(|e| ConfigError::new(".", e.to_string()))?;
-    validate(raw)
+    validate(raw, env)
 }
 
-fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
+fn validate(
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<FilterConfig, ConfigError> {
     let prefix = raw
         .token_endpoint_prefix
         .unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT_PREFIX.to_string());
     check_endpoint_prefix(&prefix).map_err(|m| ConfigError::new("token_endpoint_prefix", m))?;
 
-    let settler = validate_settler(raw.settler)?;
+    let settler = validate_settler(raw.settler, env)?;
     let keys = validate_keys(raw.token_keys)?;
 
     let clock_leeway_secs = bounded(
@@ -327,6 +374,7 @@ fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
         100,
         60_000,
     )?;
+    let revocation = validate_revocation(raw.revocation)?;
 
     if raw.payment_methods.0.is_empty() {
         return Err(ConfigError::new(
@@ -374,6 +422,7 @@ fn validate(raw: RawConfig) -> Result<FilterConfig, ConfigError> {
         token_cache_size,
         max_body_bytes,
         body_timeout: Duration::from_millis(body_timeout_ms),
+        revocation,
         routes: RouteTable::new(routes),
     })
 }
@@ -427,7 +476,39 @@ fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_settler(s: RawSettler) -> Result<SettlerConfig, ConfigError> {
+fn validate_revocation(r: Option<RawRevocation>) -> Result<RevocationConfig, ConfigError> {
+    let r = r.unwrap_or(RawRevocation {
+        path: None,
+        interval_ms: None,
+        max_entries: None,
+    });
+    let path = r
+        .path
+        .unwrap_or_else(|| DEFAULT_REVOCATION_PATH.to_string());
+    check_path(&path).map_err(|m| ConfigError::new("revocation.path", m))?;
+    let interval_ms = bounded(
+        "revocation.interval_ms",
+        r.interval_ms.unwrap_or(DEFAULT_REVOCATION_INTERVAL_MS),
+        MIN_REVOCATION_INTERVAL_MS,
+        MAX_REVOCATION_INTERVAL_MS,
+    )?;
+    let max_entries = bounded(
+        "revocation.max_entries",
+        r.max_entries.unwrap_or(DEFAULT_REVOCATION_MAX_ENTRIES) as u64,
+        1,
+        MAX_REVOCATION_ENTRIES as u64,
+    )? as usize;
+    Ok(RevocationConfig {
+        path,
+        interval: Duration::from_millis(interval_ms),
+        max_entries,
+    })
+}
+
+fn validate_settler(
+    s: RawSettler,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SettlerConfig, ConfigError> {
     if s.cluster.trim().is_empty() || s.cluster.trim() != s.cluster {
         return Err(ConfigError::new(
             "settler.cluster",
@@ -463,10 +544,39 @@ fn validate_settler(s: RawSettler) -> Result<SettlerConfig, ConfigError> {
             ))
         }
     };
-    let auth = match s.api_secret {
-        None => None,
-        Some(secret) => {
+    let auth = match (s.api_secret, s.api_secret_env) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "settler.api_secret_env",
+                "settler.api_secret and settler.api_secret_env are mutually exclusive",
+            ))
+        }
+        (Some(secret), None) => {
             Some(check_api_secret(&secret).map_err(|m| ConfigError::new("settler.api_secret", m))?)
+        }
+        (None, Some(name)) => {
+            let path = "settler.api_secret_env";
+            if name.is_empty()
+                || name.len() > 128
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(ConfigError::new(
+                    path,
+                    format!("{name:?} is not an environment variable name ([A-Za-z0-9_], 1..=128)"),
+                ));
+            }
+            let secret = env(&name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    path,
+                    format!("environment variable {name} of the wasm VM is missing or empty (set it in Envoy's vm_config.environment_variables: host_env_keys or key_values)"),
+                )
+            })?;
+            Some(
+                check_api_secret(&secret).map_err(|m| {
+                    ConfigError::new(path, format!("environment variable {name}: {m}"))
+                })?,
+            )
         }
     };
     Ok(SettlerConfig {
@@ -979,6 +1089,97 @@ mod tests {
         expect_err(
             |v| v["settler"]["api_secret"] = json!(12345678901234567u64),
             "settler.api_secret",
+        );
+    }
+
+    #[test]
+    fn settler_api_secret_from_the_vm_environment() {
+        let secret = "from-the-env-0123456789";
+        let env = |name: &str| match name {
+            "X402_SETTLER_SECRET" => Some(secret.to_string()),
+            "EMPTY" => Some(String::new()),
+            "SHORT" => Some("short".to_string()),
+            _ => None,
+        };
+        let parse_env =
+            |v: &Value| parse_with_env(serde_json::to_string(v).unwrap().as_bytes(), &env);
+        let mut v = sample();
+        v["settler"]["api_secret_env"] = json!("X402_SETTLER_SECRET");
+        let cfg = parse_env(&v).unwrap();
+        assert_eq!(
+            cfg.settler.auth.as_ref().unwrap().header_value(),
+            format!("Bearer {secret}")
+        );
+        assert!(!format!("{cfg:?}").contains(secret));
+        let err = |v: &Value| parse_env(v).err().unwrap();
+        for (name, what) in [
+            ("MISSING", "missing or empty"),
+            ("EMPTY", "missing or empty"),
+            ("SHORT", "characters long"),
+            ("", "not an environment variable name"),
+            ("A-B", "not an environment variable name"),
+        ] {
+            let mut v = sample();
+            v["settler"]["api_secret_env"] = json!(name);
+            let e = err(&v);
+            assert_eq!(e.path, "settler.api_secret_env", "{e}");
+            assert!(e.message.contains(what), "{name}: {e}");
+            assert!(!e.to_string().contains("short"), "{e}");
+        }
+        // Exclusive with the inline secret.
+        let mut v = sample();
+        v["settler"]["api_secret_env"] = json!("X402_SETTLER_SECRET");
+        v["settler"]["api_secret"] = json!("0123456789abcdef");
+        let e = err(&v);
+        assert_eq!(e.path, "settler.api_secret_env");
+        assert!(e.message.contains("mutually exclusive"), "{e}");
+        // `parse` reads the process environment (the WASI environ in Envoy).
+        std::env::set_var("X402_FILTER_CONFIG_TEST_SECRET", secret);
+        let mut v = sample();
+        v["settler"]["api_secret_env"] = json!("X402_FILTER_CONFIG_TEST_SECRET");
+        assert!(parse_value(&v).unwrap().settler.auth.is_some());
+    }
+
+    #[test]
+    fn revocation_defaults_and_bounds() {
+        let cfg = sample_config();
+        assert_eq!(
+            cfg.revocation,
+            RevocationConfig {
+                path: "/v1/revocations".into(),
+                interval: Duration::from_millis(1000),
+                max_entries: 10_000
+            }
+        );
+        let mut v = sample();
+        v["revocation"] = json!({"path": "/rev", "interval_ms": 250, "max_entries": 5});
+        let cfg = parse_value(&v).unwrap();
+        assert_eq!(cfg.revocation.path, "/rev");
+        assert_eq!(cfg.revocation.interval, Duration::from_millis(250));
+        assert_eq!(cfg.revocation.max_entries, 5);
+        expect_err(
+            |v| v["revocation"] = json!({"path": "rev"}),
+            "revocation.path",
+        );
+        expect_err(
+            |v| v["revocation"] = json!({"interval_ms": 99}),
+            "revocation.interval_ms",
+        );
+        expect_err(
+            |v| v["revocation"] = json!({"interval_ms": 3_600_001}),
+            "revocation.interval_ms",
+        );
+        expect_err(
+            |v| v["revocation"] = json!({"max_entries": 0}),
+            "revocation.max_entries",
+        );
+        expect_err(
+            |v| v["revocation"] = json!({"max_entries": 100_001}),
+            "revocation.max_entries",
+        );
+        expect_err(
+            |v| v["revocation"] = json!({"every": 1}),
+            "revocation.every",
         );
     }
 

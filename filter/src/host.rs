@@ -20,7 +20,7 @@ use crate::abi;
 use crate::answer::HttpAnswer;
 use crate::flow::request::Request;
 use crate::flow::worker::Worker;
-use crate::flow::{self, tick};
+use crate::flow::{self, revocation, tick};
 use crate::headers;
 use crate::host_api::{Host, HostError};
 
@@ -124,7 +124,14 @@ struct Root {
     worker: Option<Rc<Worker>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// The answer to the root's revocation-list fetch (dispatched from `on_tick`).
+    fn on_http_call_response(&mut self, _id: u32, _headers: usize, body: usize, _trailers: usize) {
+        if let Some(worker) = &self.worker {
+            revocation::on_response(worker, &ProxyWasm, body);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {

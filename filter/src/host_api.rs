@@ -72,11 +72,8 @@ pub(crate) trait Host {
     /// Time since the Unix epoch; zero when the host has no clock.
     fn now(&self) -> Duration;
     /// A value shared by every worker of the plugin, with its compare-and-swap version.
-    /// Not used yet: the place for cross-worker state (issue "Structure", later parts).
-    #[allow(dead_code)]
     fn shared_data_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Stores a shared value if its version is still `cas` (`None`: unconditionally).
-    #[allow(dead_code)]
     fn shared_data_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError>;
 
     /// Defines a counter at configure time; its id is what [`Host::increment_counter`] takes.

@@ -9,6 +9,8 @@ pub const TOKEN_CACHE_HITS: &str = "x402_token_cache_hits";
 pub const TOKEN_CACHE_MISSES: &str = "x402_token_cache_misses";
 pub const TOKEN_REQUESTS: &str = "x402_token_requests";
 pub const SETTLER_ERRORS: &str = "x402_settler_errors";
+pub const REVOCATION_FETCHES: &str = "x402_revocation_fetches";
+pub const REVOCATION_FETCH_FAILURES: &str = "x402_revocation_fetch_failures";
 
 /// `x402_rejected_<reason code>`.
 pub fn rejected(reason: Reason) -> String {
@@ -25,6 +27,10 @@ pub enum Counter {
     CacheMisses,
     TokenRequests,
     SettlerErrors,
+    /// Revocation list fetches started (one worker per interval).
+    RevocationFetches,
+    /// Revocation list fetches that failed (the last list stays).
+    RevocationFetchFailures,
 }
 
 impl Counter {
@@ -37,6 +43,8 @@ impl Counter {
             Counter::CacheMisses,
             Counter::TokenRequests,
             Counter::SettlerErrors,
+            Counter::RevocationFetches,
+            Counter::RevocationFetchFailures,
         ];
         v.extend(Reason::ALL.iter().map(|r| Counter::Rejected(*r)));
         v
@@ -50,7 +58,9 @@ impl Counter {
             Counter::CacheMisses => 3,
             Counter::TokenRequests => 4,
             Counter::SettlerErrors => 5,
-            Counter::Rejected(r) => 6 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Counter::RevocationFetches => 6,
+            Counter::RevocationFetchFailures => 7,
+            Counter::Rejected(r) => 8 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
@@ -62,6 +72,8 @@ impl Counter {
             Counter::CacheMisses => TOKEN_CACHE_MISSES.to_string(),
             Counter::TokenRequests => TOKEN_REQUESTS.to_string(),
             Counter::SettlerErrors => SETTLER_ERRORS.to_string(),
+            Counter::RevocationFetches => REVOCATION_FETCHES.to_string(),
+            Counter::RevocationFetchFailures => REVOCATION_FETCH_FAILURES.to_string(),
             Counter::Rejected(r) => rejected(r),
         }
     }
@@ -74,14 +86,15 @@ mod tests {
     #[test]
     fn indexes_match_order_and_names_are_unique() {
         let all = Counter::all();
-        assert_eq!(all.len(), 15);
+        assert_eq!(all.len(), 18);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index(), i);
         }
         let mut names: Vec<String> = all.iter().map(|c| c.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 18);
         assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
+        assert!(names.contains(&"x402_rejected_revoked".to_string()));
     }
 }

@@ -24,6 +24,9 @@ pub enum Reason {
     WrongRoute,
     UnknownKey,
     UnsupportedAlgorithm,
+    /// The token's payment failed to settle (cancelled, funds moved, nonce spent): the
+    /// settler revoked its id and the edge learned it from the revocation list.
+    Revoked,
 }
 
 impl Reason {
@@ -38,6 +41,7 @@ impl Reason {
             Reason::WrongRoute => "Token was issued for another route",
             Reason::UnknownKey => "Token signed with an unknown key",
             Reason::UnsupportedAlgorithm => "Token algorithm is not accepted",
+            Reason::Revoked => "Token was revoked: its payment did not settle",
         }
     }
     /// Stable machine code, used as metric label and in `error` fields.
@@ -52,9 +56,10 @@ impl Reason {
             Reason::WrongRoute => "wrong_route",
             Reason::UnknownKey => "unknown_key",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
+            Reason::Revoked => "revoked",
         }
     }
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::MissingToken,
         Reason::MalformedHeader,
         Reason::MalformedToken,
@@ -64,6 +69,7 @@ impl Reason {
         Reason::WrongRoute,
         Reason::UnknownKey,
         Reason::UnsupportedAlgorithm,
+        Reason::Revoked,
     ];
 }
 

@@ -108,7 +108,7 @@ impl Request {
 
         let authorization = headers.get("authorization");
         let now = now_secs(host);
-        let check = worker.with_cache(|cache| {
+        let mut check = worker.with_cache(|cache| {
             auth::check_token(
                 &cfg.keys,
                 cfg.clock_leeway_secs,
@@ -118,6 +118,10 @@ impl Request {
                 now,
             )
         });
+        // A revoked token is refused even when its verdict came from the cache.
+        if matches!(&check.result, Ok(g) if worker.is_revoked(&g.settlement_id)) {
+            check.result = Err(Reason::Revoked);
+        }
         match check.cache_hit {
             Some(true) => worker.count(host, Counter::CacheHits),
             Some(false) => worker.count(host, Counter::CacheMisses),

@@ -10,7 +10,7 @@ use x402_protocol::Address;
 
 use super::request::Request;
 use super::worker::Worker;
-use super::{tick, Action};
+use super::{revocation, tick, Action};
 use crate::test_fixtures::fake_host::FakeHost;
 use crate::test_fixtures::{claims, sample, token};
 
@@ -111,7 +111,9 @@ fn configure_defines_every_counter_and_the_timer() {
     let w = Worker::configure(&h, sample().to_string().as_bytes());
     assert!(w.is_some());
     let names = h.counter_names();
-    assert_eq!(names.len(), 15);
+    assert_eq!(names.len(), 18);
+    assert!(names.contains(&"x402_rejected_revoked".to_string()));
+    assert!(names.contains(&"x402_revocation_fetch_failures".to_string()));
     assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
     assert_eq!(h.tick_period.get(), Some(Duration::from_millis(250)));
     assert!(h.logged(
@@ -1035,6 +1037,16 @@ fn token_endpoint_when_the_settler_cannot_be_called() {
 
 // ---- the timer ----
 
+/// The callouts to the token API (not the revocation list fetches).
+fn token_callouts(h: &FakeHost) -> Vec<crate::test_fixtures::fake_host::Callout> {
+    h.callouts
+        .borrow()
+        .iter()
+        .filter(|c| c.header(":path") != Some("/v1/revocations?limit=10000"))
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn a_stalled_body_is_answered_408_by_the_timer() {
     let h = host();
@@ -1060,7 +1072,7 @@ fn a_stalled_body_is_answered_408_by_the_timer() {
     // The rest of the body arrives too late: no callout, no second answer.
     let size = h.body_chunk(&PAYMENT[10..]);
     assert_eq!(r.on_request_body(&h, size, true), Action::Pause);
-    assert!(h.callouts.borrow().is_empty());
+    assert!(token_callouts(&h).is_empty());
     assert_eq!(h.replies.borrow().len(), 1);
 }
 
@@ -1081,16 +1093,19 @@ fn a_body_that_never_arrives_means_the_filter_is_misconfigured() {
     assert!(h.logged(Level::Error, "set allow_on_headers_stop_iteration: true"));
     // Trailers after the timer answered: held, nothing sent.
     assert_eq!(r.on_request_trailers(&h), Action::Pause);
-    assert!(h.callouts.borrow().is_empty());
+    assert!(token_callouts(&h).is_empty());
 }
 
 #[test]
 fn the_timer_skips_requests_that_are_gone() {
     let h = host();
     let w = worker(&h);
-    // An idle tick does not even read the clock.
+    // The first tick fetches the revocation list; a tick with nothing due reads the clock
+    // and the small shared revocation state only.
     tick::on_tick(&w, &h);
-    assert_eq!(h.calls.get(), 0);
+    h.clear_records();
+    tick::on_tick(&w, &h);
+    assert_eq!(h.calls.get(), 2);
     // A request that ended (client gone) leaves the list.
     token_post(&h, "weather", &[]);
     let mut r = Request::new(7, Some(w.clone()));
@@ -1105,4 +1120,231 @@ fn the_timer_skips_requests_that_are_gone() {
     tick::on_tick(&w, &h);
     assert!(h.replies.borrow().is_empty());
     assert!(w.pending.borrow().is_empty(), "taken out all the same");
+}
+
+// ---- revocations ----
+
+/// The settler's revocation list answer, `(jti, exp)` pairs.
+fn revoked(h: &FakeHost, entries: &[(&str, i64)]) -> usize {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|(jti, exp)| json!({"jti": jti, "exp": exp}))
+        .collect();
+    let body = json!({"revoked": list, "as_of": NOW, "truncated": false});
+    h.callout_answers(
+        &[(":status", "200"), ("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+/// A request for `weather` with `auth` on worker `w`: its action, the reply's code if any.
+fn weather_with(h: &FakeHost, w: &Rc<Worker>, auth: &str) -> (Action, Option<String>) {
+    weather(h, &[("authorization", auth)]);
+    h.replies.borrow_mut().clear();
+    let mut r = Request::new(1, Some(w.clone()));
+    let a = r.on_request_headers(h, true);
+    let code = h.replies.borrow().first().map(|r| r.code());
+    (a, code)
+}
+
+fn revocation_fetches(h: &FakeHost) -> Vec<crate::test_fixtures::fake_host::Callout> {
+    h.callouts
+        .borrow()
+        .iter()
+        .filter(|c| {
+            c.header(":path")
+                .is_some_and(|p| p.starts_with("/v1/revocations"))
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_revocation_list_is_fetched_on_the_tick_and_refuses_a_cached_token() {
+    let h = host();
+    let mut v = sample();
+    v["settler"]["api_secret"] = json!("0123456789abcdef-secret");
+    let w = worker_for(&h, &v);
+    let auth = bearer("weather", 10_000);
+    // Accepted, and now in the worker's token cache.
+    assert_eq!(weather_with(&h, &w, &auth), (Action::Continue, None));
+    assert_eq!(weather_with(&h, &w, &auth), (Action::Continue, None));
+    assert_eq!(h.counter("x402_token_cache_hits"), 1);
+
+    h.clear_records();
+    tick::on_tick(&w, &h);
+    let c = h.callout();
+    assert_eq!(c.cluster, "x402_settler");
+    assert_eq!(c.header(":method"), Some("GET"));
+    assert_eq!(c.header(":path"), Some("/v1/revocations?limit=10000"));
+    assert_eq!(c.header(":authority"), Some("x402-settler"));
+    assert_eq!(
+        c.header("authorization"),
+        Some("Bearer 0123456789abcdef-secret")
+    );
+    assert!(c.body.is_empty());
+    assert_eq!(h.counter("x402_revocation_fetches"), 1);
+    // Nothing else is fetched while the answer is awaited.
+    h.set_now_ms(NOW_MS + 1_500);
+    tick::on_tick(&w, &h);
+    assert_eq!(h.callouts.borrow().len(), 1);
+
+    let size = revoked(&h, &[("s-1", NOW + 86_400), ("other", NOW + 60)]);
+    revocation::on_response(&w, &h, size);
+    assert_eq!(w.revocations.borrow().list.len(), 2);
+    // The cached token is refused, with its reason and counter.
+    h.clear_records();
+    let (a, code) = weather_with(&h, &w, &auth);
+    assert_eq!((a, code.as_deref()), (Action::Pause, Some("revoked")));
+    assert_eq!(h.reply().status(), 402);
+    assert_eq!(
+        h.reply().json()["reason"],
+        "Token was revoked: its payment did not settle"
+    );
+    let mut got = h.counters();
+    got.sort();
+    assert_eq!(
+        got,
+        counters(&[
+            ("x402_challenges", 1),
+            ("x402_rejected_revoked", 1),
+            ("x402_token_cache_hits", 1)
+        ])
+    );
+    assert!(h.set_request_headers().is_empty(), "no identity headers");
+    // Another settlement's token still works.
+    let mut other = claims("weather", 10_000);
+    other.jti = "s-2".into();
+    let ok = format!("Bearer {}", token(other, NOW));
+    assert_eq!(weather_with(&h, &w, &ok), (Action::Continue, None));
+}
+
+#[test]
+fn one_worker_fetches_per_interval_and_the_others_pick_the_list_up() {
+    let h = host();
+    let w1 = worker(&h);
+    let w2 = worker(&h);
+    let auth = bearer("weather", 10_000);
+    assert_eq!(weather_with(&h, &w2, &auth), (Action::Continue, None));
+    h.clear_records();
+    // Both tick at once: one fetch.
+    tick::on_tick(&w1, &h);
+    tick::on_tick(&w2, &h);
+    assert_eq!(revocation_fetches(&h).len(), 1);
+    let size = revoked(&h, &[("s-1", NOW + 300)]);
+    revocation::on_response(&w1, &h, size);
+    assert!(w1.is_revoked("s-1"));
+    assert!(!w2.is_revoked("s-1"), "not yet: w2 learns it on its tick");
+    // w2's next tick reads the shared list, without fetching.
+    h.set_now_ms(NOW_MS + 250);
+    tick::on_tick(&w2, &h);
+    assert_eq!(revocation_fetches(&h).len(), 1);
+    assert!(w2.is_revoked("s-1"));
+    let (a, code) = weather_with(&h, &w2, &auth);
+    assert_eq!((a, code.as_deref()), (Action::Pause, Some("revoked")));
+    // A tick with an unchanged generation does not read the list again.
+    h.clear_records();
+    tick::on_tick(&w2, &h);
+    assert_eq!(h.calls.get(), 2, "clock and the shared state");
+    // The next interval: again one fetch, by whichever worker ticks first.
+    h.set_now_ms(NOW_MS + 1_000);
+    tick::on_tick(&w2, &h);
+    tick::on_tick(&w1, &h);
+    assert_eq!(revocation_fetches(&h).len(), 1);
+    // An unchanged list is not written again (no generation bump).
+    let size = revoked(&h, &[("s-1", NOW + 300)]);
+    let generation = w1.revocations.borrow().generation;
+    revocation::on_response(&w2, &h, size);
+    assert_eq!(w2.revocations.borrow().generation, generation);
+}
+
+#[test]
+fn a_failed_fetch_keeps_the_last_list_counted_and_logged_once_a_minute() {
+    let h = host();
+    let w = worker(&h);
+    tick::on_tick(&w, &h);
+    let size = revoked(&h, &[("s-1", NOW + 3_600)]);
+    revocation::on_response(&w, &h, size);
+    let answers: Vec<(Pairs, &[u8])> = vec![
+        (vec![], b""),
+        (vec![(":status", "503")], b"upstream connect error"),
+        (
+            vec![(":status", "401")],
+            br#"{"error":"unauthorized","message":"x"}"#,
+        ),
+        (vec![(":status", "200")], b"<html>"),
+    ];
+    for (i, (headers, body)) in answers.iter().enumerate() {
+        h.clear_records();
+        h.set_now_ms(NOW_MS + 1_000 * (i as u64 + 1));
+        tick::on_tick(&w, &h);
+        assert_eq!(revocation_fetches(&h).len(), 1, "fetch {i}");
+        let size = h.callout_answers(headers, body);
+        revocation::on_response(&w, &h, size);
+        assert!(w.is_revoked("s-1"), "the last list stays ({i})");
+        assert_eq!(h.counter("x402_revocation_fetch_failures"), 1);
+        let logged = h.logged(Level::Warn, "x402: revocations: fetching /v1/revocations");
+        assert_eq!(logged, i == 0, "logged once a minute ({i})");
+    }
+    // A minute later: logged again, with the count of failures meanwhile.
+    h.clear_records();
+    h.set_now_ms(NOW_MS + 61_000);
+    tick::on_tick(&w, &h);
+    revocation::on_response(&w, &h, h.callout_answers(&[], b""));
+    assert!(h.logged(Level::Warn, "(4 failure(s) since the last report)"));
+    // A fetch that cannot even be dispatched counts too.
+    h.clear_records();
+    h.fail("dispatch_callout", 2);
+    h.set_now_ms(NOW_MS + 62_000);
+    tick::on_tick(&w, &h);
+    assert_eq!(h.counter("x402_revocation_fetch_failures"), 1);
+    assert!(w.is_revoked("s-1"));
+}
+
+#[test]
+fn the_revocation_list_is_bounded_and_drops_what_expired() {
+    let h = host();
+    let mut v = sample();
+    v["revocation"] = json!({"max_entries": 2, "interval_ms": 500});
+    let w = worker_for(&h, &v);
+    assert_eq!(
+        Worker::configure(&h, v.to_string().as_bytes()).map(|_| h.tick_period.get()),
+        Some(Some(Duration::from_millis(250)))
+    );
+    tick::on_tick(&w, &h);
+    assert_eq!(h.callout().header(":path"), Some("/v1/revocations?limit=2"));
+    let size = revoked(
+        &h,
+        &[
+            ("a", NOW + 10),
+            ("b", NOW + 100),
+            ("c", NOW + 200),
+            ("gone", NOW - 60),
+        ],
+    );
+    revocation::on_response(&w, &h, size);
+    {
+        let r = w.revocations.borrow();
+        assert_eq!(r.list.len(), 2, "bounded: the ones expiring last");
+    }
+    assert!(w.is_revoked("b") && w.is_revoked("c") && !w.is_revoked("a"));
+    // Past exp + leeway (5 s), an entry goes, even while fetches fail.
+    h.set_now_ms(NOW_MS + 106_000);
+    tick::on_tick(&w, &h);
+    revocation::on_response(&w, &h, h.callout_answers(&[], b""));
+    assert!(!w.is_revoked("b") && w.is_revoked("c"));
+    // A second worker picking up the shared list drops the expired entries too.
+    let w2 = worker_for(&h, &v);
+    h.set_now_ms(NOW_MS + 206_000);
+    tick::on_tick(&w2, &h);
+    assert_eq!(w2.revocations.borrow().list.len(), 0);
+}
+
+#[test]
+fn a_short_revocation_interval_shortens_the_tick() {
+    let h = host();
+    let mut v = sample();
+    v["revocation"] = json!({"interval_ms": 100});
+    assert!(Worker::configure(&h, v.to_string().as_bytes()).is_some());
+    assert_eq!(h.tick_period.get(), Some(Duration::from_millis(100)));
 }

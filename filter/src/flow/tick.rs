@@ -1,5 +1,6 @@
-//! The root context's timer: answers the token-endpoint requests whose body is past its
-//! deadline, so none hangs (see [`crate::pending`]).
+//! The root context's timer: refreshes the revocation list (see [`super::revocation`]) and
+//! answers the token-endpoint requests whose body is past its deadline, so none hangs (see
+//! [`crate::pending`]).
 
 use super::log;
 use super::worker::Worker;
@@ -10,7 +11,8 @@ use crate::pending;
 // Natively only the tests call it (host.rs is wasm only).
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub(crate) fn on_tick(worker: &Worker, host: &impl Host) {
-    // The clock is read only when something waits: most ticks make no host call.
+    super::revocation::on_tick(worker, host);
+    // The clock is read again only when something waits.
     let expired = match worker.pending.try_borrow_mut() {
         Ok(mut p) if !p.is_empty() => p.take_expired(super::now_ms(host)),
         _ => return,

@@ -11,6 +11,7 @@ use crate::config::{self, FilterConfig};
 use crate::host_api::Host;
 use crate::metrics::Counter;
 use crate::pending::PendingBodies;
+use crate::revocation::Revocations;
 
 /// How often the root's timer looks for token-endpoint bodies past their deadline.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
@@ -22,6 +23,8 @@ pub(crate) struct Worker {
     cache: RefCell<TokenCache>,
     /// Token-endpoint requests still reading their body (answered by `on_tick` when late).
     pub(crate) pending: RefCell<PendingBodies>,
+    /// The revocation list this worker applies (refreshed by `on_tick`).
+    pub(crate) revocations: RefCell<Revocations>,
 }
 
 impl Worker {
@@ -41,11 +44,13 @@ impl Worker {
                     cfg.settler.cluster
                 );
                 let worker = Worker::new(host, cfg);
-                if let Err(e) = host.set_tick_period(TICK) {
+                // The tick also picks up and fetches the revocation list.
+                let tick = TICK.min(worker.cfg.revocation.interval);
+                if let Err(e) = host.set_tick_period(tick) {
                     log!(
                         host,
                         Warn,
-                        "x402: no timer ({e}): token endpoint bodies have no deadline"
+                        "x402: no timer ({e}): token endpoint bodies have no deadline, revoked tokens are not learned"
                     );
                 }
                 Some(worker)
@@ -77,6 +82,7 @@ impl Worker {
             cfg,
             counters,
             pending: RefCell::new(PendingBodies::default()),
+            revocations: RefCell::new(Revocations::default()),
         }
     }
 
@@ -84,6 +90,14 @@ impl Worker {
         if let Some(Some(id)) = self.counters.get(c.index()) {
             host.increment_counter(*id);
         }
+    }
+
+    /// Whether the settler revoked the token with this `jti` (its payment failed).
+    pub(crate) fn is_revoked(&self, jti: &str) -> bool {
+        self.revocations
+            .try_borrow()
+            .map(|r| r.list.is_revoked(jti))
+            .unwrap_or(false)
     }
 
     /// Runs `f` on the worker's token cache, or on an empty scratch cache (nothing kept)
