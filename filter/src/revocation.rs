@@ -61,7 +61,7 @@ impl RevocationList {
             .filter(|(jti, exp)| valid_jti(jti) && now <= exp.saturating_add(leeway))
             .collect();
         if live.len() > max {
-            live.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            live.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
             live.truncate(max);
         }
         let mut map = HashMap::with_capacity(live.len());
