@@ -61,6 +61,11 @@ pub struct ApiError {
     /// For `nonce_mismatch`: the EIP-2612 nonce the payer must sign next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_nonce: Option<String>,
+    /// For `payment_already_used`: the settlement holding this payment, and its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SettlementState>,
 }
 
 impl ApiError {
@@ -69,6 +74,8 @@ impl ApiError {
             error: error.into(),
             message: message.into(),
             expected_nonce: None,
+            settlement_id: None,
+            state: None,
         }
     }
     pub fn to_json(&self) -> String {

@@ -30,6 +30,23 @@ pub enum Command {
     },
     /// Runs the service (the default when no subcommand is given).
     Serve,
+    /// Clears payer blocking for a payer (all networks, or one with `--network`), recorded in
+    /// the database (`x402_unblocks`). Prints {"payer", "network", "cleared"}.
+    Unblock {
+        #[arg(long)]
+        payer: alloy::primitives::Address,
+        #[arg(long)]
+        network: Option<Network>,
+        #[arg(
+            long,
+            env = "X402_DATABASE_URL",
+            default_value = "sqlite://x402-settler.db?mode=rwc"
+        )]
+        database_url: String,
+        /// Who/why, stored with the record.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
 }
 
 /// One `--rpc eip155:<chain id>=<url>` entry.
@@ -103,6 +120,17 @@ pub struct ServeArgs {
         default_value_t = 60
     )]
     pub deadline_margin: u64,
+    /// Acceptance (payer lock, store reads, chain reads, balance and exposure checks) must
+    /// reach its commit within this many milliseconds of the request's arrival, else it is
+    /// abandoned uncommitted with 503 `accept_deadline_exceeded` (a retry is safe). Keep it
+    /// below the filter's `settler.timeout_ms` (3000 in the examples), so the settler gives
+    /// up before the gateway does.
+    #[arg(
+        long = "accept-deadline-ms",
+        env = "X402_ACCEPT_DEADLINE_MS",
+        default_value_t = 2_000
+    )]
+    pub accept_deadline_ms: u64,
     /// How often unconfirmed transactions are polled for receipts, milliseconds.
     #[arg(
         long = "poll-interval-ms",
@@ -130,11 +158,60 @@ pub struct ServeArgs {
     /// Lease on a signer wallet's settlement lane (shared Postgres, several replicas), seconds.
     #[arg(long = "lease-secs", env = "X402_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
-    /// If set, `POST /v1/tokens` and the facilitator endpoints (`/verify`, `/settle`,
-    /// `/supported`) require `Authorization: Bearer <secret>` (the gateway's credential), so
-    /// only the gateway can state requirements.
+    /// Replace-by-fee: a settlement transaction without receipt this many seconds that the
+    /// current base fee prices out is re-signed at its nonce (same call) with higher fees.
+    #[arg(
+        long = "replace-after-secs",
+        env = "X402_REPLACE_AFTER_SECS",
+        default_value_t = 12
+    )]
+    pub replace_after_secs: u64,
+    /// Cap on the max fee per gas of any settlement transaction, gwei (decimal, e.g. `0.05`).
+    #[arg(long = "max-fee-gwei", env = "X402_MAX_FEE_GWEI", default_value = "500")]
+    pub max_fee_gwei: String,
+    /// A lane whose oldest unconfirmed transaction is older than this (seconds) is stalled:
+    /// `/readyz` reports it and new payments on its network get 503 `settlement_stalled`.
+    #[arg(
+        long = "stall-after-secs",
+        env = "X402_STALL_AFTER_SECS",
+        default_value_t = 60
+    )]
+    pub stall_after_secs: u64,
+    /// Per payment: at most this many settlement transactions (wallet nonces; fee
+    /// replacements not counted) are signed, then it fails.
+    #[arg(
+        long = "max-txs-per-payment",
+        env = "X402_MAX_TXS_PER_PAYMENT",
+        default_value_t = 4
+    )]
+    pub max_txs_per_payment: u64,
+    /// Per payment: at most this much gas is spent on reverted attempts before it fails
+    /// (default: 4 x `--gas-limit`).
+    #[arg(long = "max-gas-per-payment", env = "X402_MAX_GAS_PER_PAYMENT")]
+    pub max_gas_per_payment: Option<u64>,
+    /// A payer whose payment failed through the payer's doing (authorization cancelled, funds
+    /// moved, permit nonce spent, allowance revoked) is refused new payments (403
+    /// `payer_blocked`) for this many seconds, or until `x402-settler unblock`.
+    #[arg(long = "block-secs", env = "X402_BLOCK_SECS", default_value_t = 86_400)]
+    pub block_secs: u64,
+    /// The gateway's bearer secret (at least 32 characters, trimmed): `POST /v1/tokens` and
+    /// the facilitator endpoints (`/verify`, `/settle`, `/supported`) require
+    /// `Authorization: Bearer <secret>`, so only the gateway can state requirements. Mandatory
+    /// unless `--listen` is a loopback address.
     #[arg(long = "api-secret-file", env = "X402_API_SECRET_FILE")]
     pub api_secret_file: Option<PathBuf>,
+    /// More facilitator callers: one `name:secret` per line (`#` comments, secrets of at least
+    /// 32 characters). They may call `/verify`, `/settle` and `/supported` (not the token API);
+    /// the name goes into logs and metrics.
+    #[arg(
+        long = "facilitator-credentials-file",
+        env = "X402_FACILITATOR_CREDENTIALS_FILE"
+    )]
+    pub facilitator_credentials_file: Option<PathBuf>,
+    /// What the settler honours, per network and asset (JSON, see `terms.rs` and README):
+    /// mandatory.
+    #[arg(long = "terms-file", env = "X402_TERMS_FILE")]
+    pub terms_file: Option<PathBuf>,
     /// How long facilitator `POST /settle` waits for the settlement to be final, seconds
     /// (then it answers `settlement_pending`; settlement goes on).
     #[arg(
@@ -151,7 +228,43 @@ pub struct ServeArgs {
     pub no_worker: bool,
 }
 
+/// Lowest `--deadline-margin`: a payment must stay valid long enough to be settled.
+pub const MIN_DEADLINE_MARGIN_SECS: u64 = 10;
+/// `--accept-deadline-ms` bounds: below, no chain read fits; above, no gateway waits.
+pub const ACCEPT_DEADLINE_MS_RANGE: (u64, u64) = (100, 60_000);
+/// The filter's usual `settler.timeout_ms` (README examples): a deadline at or above it
+/// is warned about at start.
+pub const FILTER_TIMEOUT_MS_EXAMPLE: u64 = 3_000;
+
 impl ServeArgs {
+    /// `--max-fee-gwei` in wei (refused at start when it is no decimal number or zero).
+    pub fn max_fee_wei(&self) -> anyhow::Result<u128> {
+        let wei = x402_protocol::parse_decimal(self.max_fee_gwei.trim(), 9).map_err(|e| {
+            anyhow::anyhow!("--max-fee-gwei {:?}: {e}", self.max_fee_gwei)
+        })?;
+        let wei = u128::try_from(wei)
+            .map_err(|_| anyhow::anyhow!("--max-fee-gwei {:?}: too large", self.max_fee_gwei))?;
+        anyhow::ensure!(wei > 0, "--max-fee-gwei must be above 0");
+        Ok(wei)
+    }
+    /// Refuses acceptance flags that cannot be safe, naming the flag.
+    pub fn check_acceptance(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.deadline_margin >= MIN_DEADLINE_MARGIN_SECS,
+            "--deadline-margin {}: at least {MIN_DEADLINE_MARGIN_SECS} seconds are needed to settle a payment before its deadline / validBefore",
+            self.deadline_margin
+        );
+        let (lo, hi) = ACCEPT_DEADLINE_MS_RANGE;
+        anyhow::ensure!(
+            (lo..=hi).contains(&self.accept_deadline_ms),
+            "--accept-deadline-ms {}: must be between {lo} and {hi} (and below the filter's settler.timeout_ms)",
+            self.accept_deadline_ms
+        );
+        Ok(())
+    }
+    pub fn accept_deadline(&self) -> Duration {
+        Duration::from_millis(self.accept_deadline_ms)
+    }
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
     }
@@ -218,17 +331,127 @@ pub fn load_signer(args: &ServeArgs) -> anyhow::Result<alloy::signers::local::Pr
         .map_err(|_| anyhow::anyhow!("signer key is not a hex private key"))
 }
 
-pub fn load_api_secret(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    match &args.api_secret_file {
-        None => Ok(None),
-        Some(p) => {
-            let s =
-                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            let s = s.trim().to_string();
-            anyhow::ensure!(!s.is_empty(), "{}: empty API secret", p.display());
-            Ok(Some(s))
-        }
+/// Shortest bearer secret accepted (`--api-secret-file`, `--facilitator-credentials-file`).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Who may call the token and facilitator APIs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerAuth {
+    /// The gateway's secret (`--api-secret-file`): token API and facilitator API.
+    pub gateway: Option<String>,
+    /// `(name, secret)` of facilitator callers: facilitator API only.
+    pub facilitators: Vec<(String, String)>,
+}
+
+/// Whether `listen` (`host:port`) only accepts connections from this machine.
+pub fn is_loopback_listen(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
     }
+    match listen.rsplit_once(':') {
+        Some((host, _)) => host.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn read_secret_file(flag: &str, p: &Path) -> anyhow::Result<String> {
+    let s =
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))?;
+    let s = s.trim().to_string();
+    anyhow::ensure!(
+        s.chars().count() >= MIN_SECRET_LEN,
+        "{flag} {}: the secret has {} characters, at least {MIN_SECRET_LEN} are required",
+        p.display(),
+        s.chars().count()
+    );
+    anyhow::ensure!(
+        !s.chars().any(char::is_whitespace),
+        "{flag} {}: the secret must not contain whitespace",
+        p.display()
+    );
+    Ok(s)
+}
+
+/// Parses a `--facilitator-credentials-file`: `name:secret` per line, `#` comments.
+pub fn parse_facilitator_credentials(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, secret) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {n}: expected name:secret"))?;
+        let (name, secret) = (name.trim(), secret.trim());
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "line {n}: caller name {name:?} must be letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if secret.chars().count() < MIN_SECRET_LEN {
+            return Err(format!(
+                "line {n}: the secret of {name} has {} characters, at least {MIN_SECRET_LEN} are required",
+                secret.chars().count()
+            ));
+        }
+        if out.iter().any(|(o, _)| o == name) {
+            return Err(format!("line {n}: caller {name} is listed twice"));
+        }
+        if out.iter().any(|(_, s)| s == secret) {
+            return Err(format!(
+                "line {n}: the secret of {name} is another caller's"
+            ));
+        }
+        out.push((name.to_string(), secret.to_string()));
+    }
+    Ok(out)
+}
+
+/// The callers' credentials. Refuses a listener that is not loopback without
+/// `--api-secret-file`; on loopback without it the APIs are open (warned).
+pub fn load_caller_auth(args: &ServeArgs) -> anyhow::Result<CallerAuth> {
+    let gateway = match &args.api_secret_file {
+        Some(p) => Some(read_secret_file("--api-secret-file", p)?),
+        None => None,
+    };
+    let facilitators = match &args.facilitator_credentials_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                anyhow::anyhow!("--facilitator-credentials-file {}: {e}", p.display())
+            })?;
+            let creds = parse_facilitator_credentials(&text).map_err(|e| {
+                anyhow::anyhow!("--facilitator-credentials-file {}: {e}", p.display())
+            })?;
+            if let Some(g) = &gateway {
+                if let Some((name, _)) = creds.iter().find(|(_, s)| s == g) {
+                    anyhow::bail!(
+                        "--facilitator-credentials-file {}: the secret of {name} is the gateway's (--api-secret-file)",
+                        p.display()
+                    );
+                }
+            }
+            creds
+        }
+        None => Vec::new(),
+    };
+    if gateway.is_none() {
+        anyhow::ensure!(
+            is_loopback_listen(&args.listen),
+            "--listen {} is not a loopback address: caller authentication is required, set --api-secret-file (env X402_API_SECRET_FILE) to a file holding the gateway's secret (at least {MIN_SECRET_LEN} characters)",
+            args.listen
+        );
+        tracing::warn!(listen = %args.listen, "no --api-secret-file: the token API is open to every local process (loopback only); set one in production");
+    }
+    Ok(CallerAuth {
+        gateway,
+        facilitators,
+    })
 }
 
 #[cfg(test)]
@@ -255,6 +478,45 @@ mod tests {
         assert_eq!(cli.serve.deadline_margin, 60);
         let cli = Cli::try_parse_from(["x", "token-key", "--token-key-file", "/tmp/k"]).unwrap();
         assert!(matches!(cli.command, Some(Command::TokenKey { .. })));
+    }
+
+    #[test]
+    fn loopback_listeners_and_credentials() {
+        assert!(is_loopback_listen("127.0.0.1:8402"));
+        assert!(is_loopback_listen("[::1]:8402"));
+        assert!(is_loopback_listen("localhost:8402"));
+        assert!(!is_loopback_listen("0.0.0.0:8402"));
+        assert!(!is_loopback_listen("[::]:8402"));
+        assert!(!is_loopback_listen("settler.example:8402"));
+        let long = "a".repeat(MIN_SECRET_LEN);
+        let creds =
+            parse_facilitator_credentials(&format!("# callers\n\npartner-a: {long}\nb:{long}b\n"))
+                .unwrap();
+        assert_eq!(creds.len(), 2);
+        assert_eq!(creds[0], ("partner-a".to_string(), long.clone()));
+        let e = |t: &str| parse_facilitator_credentials(t).unwrap_err();
+        assert!(e("x:short").starts_with("line 1: the secret of x has 5"));
+        assert!(e(&format!("\nx {long}")).starts_with("line 2: expected name:secret"));
+        assert!(e(&format!("a:{long}\na:{long}x")).contains("listed twice"));
+        assert!(e(&format!("a:{long}\nb:{long}")).contains("another caller's"));
+        assert!(e(&format!("a b:{long}")).contains("caller name"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tooshort\n").unwrap();
+        let mut cli = Cli::try_parse_from(["x", "--listen", "0.0.0.0:8402"]).unwrap();
+        let err = load_caller_auth(&cli.serve).unwrap_err().to_string();
+        assert!(err.contains("--api-secret-file"), "{err}");
+        cli.serve.api_secret_file = Some(short);
+        let err = load_caller_auth(&cli.serve).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--api-secret-file ") && err.contains("at least 32"),
+            "{err}"
+        );
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, format!("  {long}\n")).unwrap();
+        cli.serve.api_secret_file = Some(ok);
+        assert_eq!(load_caller_auth(&cli.serve).unwrap().gateway, Some(long));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use alloy::primitives::U256;
 use x402_protocol::payment::PaymentError;
-use x402_protocol::settler_api::ApiError;
+use x402_protocol::settler_api::{ApiError, SettlementState};
 
 /// Why the settler refuses a request. `code()` is the stable `error` string of the
 /// [`ApiError`] answer; the message is for humans. [`Refusal::ALL`] lists every variant, so
@@ -40,8 +40,9 @@ pub enum Refusal {
     NotYetValid(String),
     InsufficientBalance(String),
     NotFound(String),
-    /// The same (chain, token, payer, nonce) was already accepted.
-    PaymentAlreadyUsed(String),
+    /// The same (scheme, chain, token, payer, nonce) was already accepted; the answer names
+    /// the settlement holding it when known.
+    PaymentAlreadyUsed(UsedPayment),
     /// The permit nonce is not the next one; `expected_nonce` is the one to sign.
     NonceMismatch {
         expected_nonce: U256,
@@ -54,6 +55,57 @@ pub enum Refusal {
     ChainUnavailable(String),
     /// Database error: fail closed.
     StoreUnavailable(String),
+    /// The requirement names a network/asset the settler's terms do not list.
+    AssetNotAccepted(String),
+    /// The requirement's `pay_to` is not one of the asset's terms `pay_to`.
+    PayToNotAccepted(String),
+    /// The requirement's price is below the asset's terms `min_price`.
+    PriceBelowMinimum(String),
+    /// The requirement's token lifetime is over the asset's terms `max_token_ttl_secs`.
+    TokenTtlTooLong(String),
+    /// The requirement's EIP-712 name/version differ from the asset's terms.
+    DomainMismatch(String),
+    /// The asset's EIP-712 domain could not be checked against the contract yet (RPC down
+    /// at start): payments on it are refused until it is.
+    AssetUnverified(String),
+    /// Accepting this payment would take the payer's unsettled value in this asset over
+    /// the terms' `max_unsettled_per_payer`.
+    PayerExposureLimit(String),
+    /// Accepting this payment would take the unsettled value of all payers in this asset
+    /// over the terms' `max_unsettled_total`.
+    TotalExposureLimit(String),
+    /// Acceptance (chain reads, store) did not finish within `--accept-deadline-ms`:
+    /// nothing was stored, a retry of the same payment is safe.
+    AcceptDeadlineExceeded(String),
+    /// The network's settlement lane is stalled (transactions not mined, wallet cannot pay
+    /// for gas): no new payment is accepted there until it recovers.
+    SettlementStalled(String),
+    /// A payment of this payer failed through the payer's doing (authorization cancelled,
+    /// funds moved, permit nonce spent, allowance revoked): refused until `--block-secs`
+    /// pass or an operator runs `x402-settler unblock`.
+    PayerBlocked {
+        settlement_id: String,
+        message: String,
+    },
+}
+
+/// The facts of a `payment_already_used` refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedPayment {
+    pub message: String,
+    /// The settlement that holds this payment's single-use key.
+    pub settlement_id: Option<String>,
+    pub state: Option<SettlementState>,
+}
+
+impl UsedPayment {
+    pub fn new(message: impl Into<String>) -> UsedPayment {
+        UsedPayment {
+            message: message.into(),
+            settlement_id: None,
+            state: None,
+        }
+    }
 }
 
 impl Refusal {
@@ -79,7 +131,11 @@ impl Refusal {
         Refusal::NotYetValid(String::new()),
         Refusal::InsufficientBalance(String::new()),
         Refusal::NotFound(String::new()),
-        Refusal::PaymentAlreadyUsed(String::new()),
+        Refusal::PaymentAlreadyUsed(UsedPayment {
+            message: String::new(),
+            settlement_id: None,
+            state: None,
+        }),
         Refusal::NonceMismatch {
             expected_nonce: U256::ZERO,
             message: String::new(),
@@ -88,6 +144,20 @@ impl Refusal {
         Refusal::Internal(String::new()),
         Refusal::ChainUnavailable(String::new()),
         Refusal::StoreUnavailable(String::new()),
+        Refusal::AssetNotAccepted(String::new()),
+        Refusal::PayToNotAccepted(String::new()),
+        Refusal::PriceBelowMinimum(String::new()),
+        Refusal::TokenTtlTooLong(String::new()),
+        Refusal::DomainMismatch(String::new()),
+        Refusal::AssetUnverified(String::new()),
+        Refusal::PayerExposureLimit(String::new()),
+        Refusal::TotalExposureLimit(String::new()),
+        Refusal::AcceptDeadlineExceeded(String::new()),
+        Refusal::SettlementStalled(String::new()),
+        Refusal::PayerBlocked {
+            settlement_id: String::new(),
+            message: String::new(),
+        },
     ];
 
     /// The stable code (`ApiError.error`, metric label).
@@ -119,12 +189,25 @@ impl Refusal {
             Refusal::Internal(_) => "internal",
             Refusal::ChainUnavailable(_) => "chain_unavailable",
             Refusal::StoreUnavailable(_) => "store_unavailable",
+            Refusal::AssetNotAccepted(_) => "asset_not_accepted",
+            Refusal::PayToNotAccepted(_) => "pay_to_not_accepted",
+            Refusal::PriceBelowMinimum(_) => "price_below_minimum",
+            Refusal::TokenTtlTooLong(_) => "token_ttl_too_long",
+            Refusal::DomainMismatch(_) => "eip712_domain_mismatch",
+            Refusal::AssetUnverified(_) => "asset_unverified",
+            Refusal::PayerExposureLimit(_) => "payer_exposure_limit",
+            Refusal::TotalExposureLimit(_) => "total_exposure_limit",
+            Refusal::AcceptDeadlineExceeded(_) => "accept_deadline_exceeded",
+            Refusal::SettlementStalled(_) => "settlement_stalled",
+            Refusal::PayerBlocked { .. } => "payer_blocked",
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
             Refusal::NonceMismatch { message, .. } => message,
+            Refusal::PaymentAlreadyUsed(u) => &u.message,
+            Refusal::PayerBlocked { message, .. } => message,
             Refusal::InvalidJson(m)
             | Refusal::InvalidRequest(m)
             | Refusal::InvalidPayment(m)
@@ -145,11 +228,20 @@ impl Refusal {
             | Refusal::NotYetValid(m)
             | Refusal::InsufficientBalance(m)
             | Refusal::NotFound(m)
-            | Refusal::PaymentAlreadyUsed(m)
             | Refusal::NonceAlreadyUsed(m)
             | Refusal::Internal(m)
             | Refusal::ChainUnavailable(m)
-            | Refusal::StoreUnavailable(m) => m,
+            | Refusal::StoreUnavailable(m)
+            | Refusal::AssetNotAccepted(m)
+            | Refusal::PayToNotAccepted(m)
+            | Refusal::PriceBelowMinimum(m)
+            | Refusal::TokenTtlTooLong(m)
+            | Refusal::DomainMismatch(m)
+            | Refusal::AssetUnverified(m)
+            | Refusal::PayerExposureLimit(m)
+            | Refusal::TotalExposureLimit(m)
+            | Refusal::AcceptDeadlineExceeded(m)
+            | Refusal::SettlementStalled(m) => m,
         }
     }
 
@@ -165,7 +257,13 @@ impl Refusal {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            Refusal::Internal(_) | Refusal::ChainUnavailable(_) | Refusal::StoreUnavailable(_)
+            Refusal::Internal(_)
+                | Refusal::ChainUnavailable(_)
+                | Refusal::StoreUnavailable(_)
+                | Refusal::AssetUnverified(_)
+                | Refusal::TotalExposureLimit(_)
+                | Refusal::AcceptDeadlineExceeded(_)
+                | Refusal::SettlementStalled(_)
         )
     }
 
@@ -175,6 +273,15 @@ impl Refusal {
             error: self.code().to_string(),
             message: self.message().to_string(),
             expected_nonce: self.expected_nonce().map(|n| n.to_string()),
+            settlement_id: match self {
+                Refusal::PaymentAlreadyUsed(u) => u.settlement_id.clone(),
+                Refusal::PayerBlocked { settlement_id, .. } => Some(settlement_id.clone()),
+                _ => None,
+            },
+            state: match self {
+                Refusal::PaymentAlreadyUsed(u) => u.state,
+                _ => None,
+            },
         }
     }
 }
@@ -207,7 +314,7 @@ impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate => {
-                Refusal::PaymentAlreadyUsed("this payment was already used to mint a token".into())
+                Refusal::PaymentAlreadyUsed(UsedPayment::new("this payment was already used to mint a token"))
             }
             StoreError::Db(e) => Refusal::StoreUnavailable(format!("database unavailable: {e}")),
             StoreError::Corrupt(m) => Refusal::Internal(m),
@@ -255,7 +362,9 @@ mod tests {
             ApiError {
                 error: "nonce_mismatch".into(),
                 message: "m".into(),
-                expected_nonce: Some("3".into())
+                expected_nonce: Some("3".into()),
+                settlement_id: None,
+                state: None,
             }
         );
         assert_eq!(r.to_string(), "nonce_mismatch: m");

@@ -52,6 +52,29 @@ pub fn token_key_json(path: &std::path::Path) -> anyhow::Result<serde_json::Valu
     }))
 }
 
+/// `x402-settler unblock`: clears payer blocking of `payer` (on `network`, or everywhere) in
+/// the database and records it. Returns {"payer", "network", "cleared"}.
+pub async fn unblock(
+    database_url: &str,
+    payer: alloy::primitives::Address,
+    network: Option<x402_protocol::Network>,
+    note: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let store = Store::connect(database_url)
+        .await
+        .with_context(|| format!("database {}", store::redact(database_url)))?;
+    let cleared = store
+        .unblock(payer, network.map(|n| n.chain_id), note, clock::now_ms())
+        .await?;
+    store.close().await;
+    tracing::info!(%payer, network = ?network.map(|n| n.to_string()), cleared, "payer unblocked");
+    Ok(serde_json::json!({
+        "payer": format!("{payer:#x}"),
+        "network": network.map(|n| n.to_string()),
+        "cleared": cleared,
+    }))
+}
+
 /// A settler ready to serve: database connected and migrated, chains configured, state built.
 pub struct Settler {
     state: Arc<AppState>,
@@ -67,9 +90,19 @@ struct LaneSpec {
 impl Settler {
     /// Loads the keys, connects the database (running migrations) and every `--rpc`.
     pub async fn new(args: &ServeArgs) -> anyhow::Result<Settler> {
+        args.check_acceptance()?;
+        if args.accept_deadline_ms >= config::FILTER_TIMEOUT_MS_EXAMPLE {
+            tracing::warn!(accept_deadline_ms = args.accept_deadline_ms, "--accept-deadline-ms is at or above the filter's usual settler.timeout_ms ({} ms): make the filter's timeout larger, or a client may get 503 for a payment the settler then stores (its retry still gets the same token)", config::FILTER_TIMEOUT_MS_EXAMPLE);
+        }
         let token_key = config::load_or_create_token_key(&args.token_key_file)?;
         let signer = config::load_signer(args)?;
-        let api_secret = config::load_api_secret(args)?;
+        let auth = config::load_caller_auth(args)?;
+        let terms = match &args.terms_file {
+            Some(p) => terms::Terms::load(p)?,
+            None => anyhow::bail!(
+                "no --terms-file (env X402_TERMS_FILE): the settler needs its terms, the assets, recipients and limits it honours (see settler/README.md)"
+            ),
+        };
         anyhow::ensure!(
             !args.rpc.is_empty(),
             "no --rpc eip155:<chain id>=<url> configured"
@@ -115,10 +148,16 @@ impl Settler {
             wake.insert(spec.network, Arc::new(Notify::new()));
         }
 
+        let domains = verify_domains(&terms, &chains).await?;
+        let max_fee = args.max_fee_wei()?;
+        let lane_health = Arc::new(lane::LaneHealth::new(chains.by_network.keys().copied()));
         let service = Service {
+            lanes: lane_health.clone(),
+            block_secs: args.block_secs,
             store,
             chains,
             deadline_margin: args.deadline_margin,
+            accept_deadline: args.accept_deadline(),
             locks: Default::default(),
             wake,
             minter: Minter::new(
@@ -127,10 +166,12 @@ impl Settler {
                 args.token_ttl,
                 args.max_token_ttl,
             ),
+            terms,
+            domains,
         };
         let state = Arc::new(AppState {
             service: Arc::new(service),
-            api_secret,
+            auth,
             metrics: metrics::handle(),
             settle_timeout: Duration::from_secs(args.settle_timeout_secs.max(1)),
         });
@@ -141,6 +182,15 @@ impl Settler {
                 lease: Duration::from_secs(args.lease_secs.max(3)),
                 instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
                 batch: 64,
+                gas_limit: args.gas_limit,
+                max_fee,
+                replace_after: Duration::from_secs(args.replace_after_secs.max(1)),
+                stall_after: Duration::from_secs(args.stall_after_secs.max(1)),
+                max_txs_per_payment: args.max_txs_per_payment.max(1),
+                max_gas_per_payment: args
+                    .max_gas_per_payment
+                    .unwrap_or(args.gas_limit.saturating_mul(4)),
+                health: lane_health,
             },
         });
         Ok(Settler {
@@ -159,6 +209,42 @@ impl Settler {
     pub fn kid(&self) -> &str {
         &self.state.service.minter.kid
     }
+}
+
+/// Checks every asset of the terms against its contract's `DOMAIN_SEPARATOR()`: a mismatch
+/// refuses the start (naming the contract's own name and version); an asset whose chain does
+/// not answer now is verified on first use and refused until then.
+async fn verify_domains(
+    terms: &terms::Terms,
+    chains: &Chains,
+) -> anyhow::Result<service::Domains> {
+    let mut states = HashMap::new();
+    for asset in &terms.assets {
+        let state = match chains.by_network.get(&asset.network) {
+            None => {
+                tracing::warn!(network = %asset.network, asset = %asset.address, "{}: no --rpc for this network; payments on it are refused", asset.label());
+                service::DomainState::Unverified
+            }
+            Some(chain) => match service::check_domain(chain, asset).await {
+                service::DomainCheck::Verified => {
+                    tracing::info!(network = %asset.network, asset = %asset.address, name = %asset.name, version = %asset.version, "EIP-712 domain verified against the contract");
+                    service::DomainState::Verified
+                }
+                service::DomainCheck::Mismatch(m) => anyhow::bail!("{m}"),
+                service::DomainCheck::Unreachable(e) => {
+                    tracing::warn!(network = %asset.network, asset = %asset.address, error = %e, "{}: EIP-712 domain not verified (chain unreachable); payments on it are refused until it is", asset.label());
+                    service::DomainState::Unverified
+                }
+            },
+        };
+        states.insert((asset.network, asset.address), state);
+    }
+    Ok(service::Domains::new(terms, |a| {
+        states
+            .get(&(a.network, a.address))
+            .cloned()
+            .unwrap_or(service::DomainState::Unverified)
+    }))
 }
 
 /// Serves `settler` on `listener` with its settlement lanes until `shutdown` completes; then

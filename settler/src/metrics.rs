@@ -11,6 +11,9 @@ pub const SETTLEMENTS_BY_STATE: &str = "x402_settlements";
 pub const SETTLE_LATENCY: &str = "x402_settle_latency_seconds";
 pub const TXS_SENT: &str = "x402_transactions_sent_total";
 pub const RPC_ERRORS: &str = "x402_rpc_errors_total";
+pub const SIGNER_BALANCE: &str = "x402_signer_balance_wei";
+pub const FACILITATOR_REQUESTS: &str = "x402_facilitator_requests_total";
+pub const TOKENS_REISSUED: &str = "x402_tokens_reissued_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -54,4 +57,16 @@ fn describe() {
     );
     metrics::describe_counter!(TXS_SENT, "Settlement transactions signed and broadcast");
     metrics::describe_counter!(RPC_ERRORS, "RPC errors seen by the settlement worker");
+    metrics::describe_gauge!(
+        SIGNER_BALANCE,
+        "ETH balance of the settler wallet, by network and signer (wei)"
+    );
+    metrics::describe_counter!(
+        TOKENS_REISSUED,
+        "Tokens given again to the same payment posted again before broadcast"
+    );
+    metrics::describe_counter!(
+        FACILITATOR_REQUESTS,
+        "Authenticated facilitator requests, by caller name and endpoint"
+    );
 }

@@ -58,14 +58,23 @@ pub struct NewPayment {
 
 impl NewPayment {
     pub fn use_key(&self) -> String {
-        use_key(self.network, self.asset, self.payer, self.nonce)
+        use_key(self.scheme, self.network, self.asset, self.payer, self.nonce)
     }
 }
 
-/// The single-use key: one token per (chain, token, payer, nonce), ever.
-pub fn use_key(network: Network, asset: Address, payer: Address, nonce: B256) -> String {
+/// The single-use key: one token per (scheme, chain, token, payer, nonce), ever. The scheme
+/// is part of it: an EIP-2612 nonce and an ERC-3009 nonce of the same value are different
+/// payments (migration 2 prefixed the older keys, so their replays still collide).
+pub fn use_key(
+    scheme: Scheme,
+    network: Network,
+    asset: Address,
+    payer: Address,
+    nonce: B256,
+) -> String {
     format!(
-        "{}:{}:{}:{}",
+        "{}:{}:{}:{}:{}",
+        scheme.as_str(),
         network.chain_id,
         hexa(asset),
         hexa(payer),
@@ -122,8 +131,9 @@ impl PaymentRow {
     }
 }
 
-/// A signed settlement transaction.
-#[derive(Debug, Clone)]
+/// A signed settlement transaction: the latest attempt at its wallet nonce (every attempt,
+/// replaced ones included, is also in `x402_tx_attempts`).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct TxRow {
     pub chain_id: u64,
     pub signer: Address,
@@ -138,6 +148,24 @@ pub(crate) struct TxRow {
     #[cfg_attr(not(test), allow(dead_code))]
     pub state: String,
     pub last_broadcast_ms: i64,
+    /// Fees this attempt was signed with (max fee, priority fee per gas), and when.
+    pub max_fee: u128,
+    pub priority_fee: u128,
+    pub signed_ms: i64,
+    /// When its first attempt was signed (stall detection).
+    pub created_ms: i64,
+}
+
+/// A stored payment found by its single-use key (same payment re-posted).
+#[derive(Debug, Clone)]
+pub struct StoredPayment {
+    pub row: PaymentRow,
+    /// (iat, exp) of the token minted for it; `None` for facilitator payments and rows
+    /// stored before migration 2.
+    pub token: Option<(i64, i64)>,
+    /// A settlement transaction was stored (and so possibly broadcast): its signature may
+    /// be public.
+    pub broadcast: bool,
 }
 
 /// An open (pending or submitted) payment of one payer in one token, for the token checks.
@@ -227,7 +255,7 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
 }
 
 const TX_COLS: &str =
-    "chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms";
+    "chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms, max_fee, priority_fee, signed_ms, created_ms";
 
 fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
     let chain_id: i64 = row.try_get("chain_id")?;
@@ -244,6 +272,10 @@ fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
             .map_err(|_| StoreError::Corrupt("raw tx".into()))?,
         state: row.try_get("state")?,
         last_broadcast_ms: row.try_get("last_broadcast_ms")?,
+        max_fee: col(row, "max_fee")?,
+        priority_fee: col(row, "priority_fee")?,
+        signed_ms: row.try_get("signed_ms")?,
+        created_ms: row.try_get("created_ms")?,
     })
 }
 
@@ -330,6 +362,62 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
             )"
             .into(),
         ],
+    ),
+    (
+        2,
+        // Same payment, same token: the token's iat/exp, so a re-post of the same signed
+        // payment before broadcast gets the byte-identical token back. The single-use key
+        // gains the scheme (released keys, `released:<id>`, stay as they are).
+        vec![
+            "ALTER TABLE x402_payments ADD COLUMN token_iat BIGINT".into(),
+            "ALTER TABLE x402_payments ADD COLUMN token_exp BIGINT".into(),
+            "UPDATE x402_payments SET use_key = scheme || ':' || use_key WHERE use_key NOT LIKE 'released:%'".into(),
+        ],
+    ),
+    (
+        3,
+        // Settlement safety (lane): every signed attempt per wallet nonce (replace-by-fee),
+        // the fees of the current one; why a payment failed and whether the payer caused it
+        // (payer blocking, `unblock`); gas spent per payment (re-sign caps).
+        vec![
+            "ALTER TABLE x402_txs ADD COLUMN max_fee TEXT NOT NULL DEFAULT '0'".into(),
+            "ALTER TABLE x402_txs ADD COLUMN priority_fee TEXT NOT NULL DEFAULT '0'".into(),
+            "ALTER TABLE x402_txs ADD COLUMN signed_ms BIGINT NOT NULL DEFAULT 0".into(),
+            "UPDATE x402_txs SET signed_ms = created_ms".into(),
+            "CREATE TABLE IF NOT EXISTS x402_tx_attempts (
+                hash TEXT PRIMARY KEY,
+                chain_id BIGINT NOT NULL,
+                signer TEXT NOT NULL,
+                nonce BIGINT NOT NULL,
+                payment_id TEXT NOT NULL,
+                raw TEXT NOT NULL,
+                max_fee TEXT NOT NULL,
+                priority_fee TEXT NOT NULL,
+                created_ms BIGINT NOT NULL
+            )"
+            .into(),
+            "CREATE INDEX IF NOT EXISTS x402_tx_attempts_nonce ON x402_tx_attempts (chain_id, signer, nonce)".into(),
+            "INSERT INTO x402_tx_attempts (hash, chain_id, signer, nonce, payment_id, raw, max_fee, priority_fee, created_ms) SELECT hash, chain_id, signer, nonce, payment_id, raw, max_fee, priority_fee, created_ms FROM x402_txs".into(),
+            "ALTER TABLE x402_payments ADD COLUMN fail_cause TEXT".into(),
+            "ALTER TABLE x402_payments ADD COLUMN payer_fault BIGINT NOT NULL DEFAULT 0".into(),
+            "ALTER TABLE x402_payments ADD COLUMN failed_ms BIGINT".into(),
+            "ALTER TABLE x402_payments ADD COLUMN unblocked_ms BIGINT".into(),
+            "ALTER TABLE x402_payments ADD COLUMN gas_spent BIGINT NOT NULL DEFAULT 0".into(),
+            "CREATE INDEX IF NOT EXISTS x402_payments_blocks ON x402_payments (payer, payer_fault, state)".into(),
+            "CREATE TABLE IF NOT EXISTS x402_unblocks (
+                payer TEXT NOT NULL,
+                chain_id BIGINT,
+                cleared BIGINT NOT NULL,
+                at_ms BIGINT NOT NULL,
+                note TEXT
+            )"
+            .into(),
+        ],
+    ),
+    (
+        4,
+        // The revocation list: failed payments, newest first (`failed_since`).
+        vec!["CREATE INDEX IF NOT EXISTS x402_payments_revoked ON x402_payments (state, created_ms)".into()],
     )]
 }
 
@@ -349,12 +437,82 @@ impl Session {
         }
     }
 
+    /// Payer blocking: the latest payer-caused failure of `payer` on `chain_id` since
+    /// `since_ms` not cleared by `unblock`: (settlement id, cause).
+    pub async fn payer_block(
+        &mut self,
+        chain_id: u64,
+        payer: Address,
+        since_ms: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT id, fail_cause FROM x402_payments WHERE payer = $1 AND payer_fault = 1 AND state = 'failed' AND chain_id = $2 AND unblocked_ms IS NULL AND failed_ms >= $3 ORDER BY failed_ms DESC LIMIT 1")
+            .bind(hexa(payer))
+            .bind(chain_id as i64)
+            .bind(since_ms)
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(|r| {
+            let cause: Option<String> = r.try_get("fail_cause")?;
+            Ok((r.try_get("id")?, cause.unwrap_or_default()))
+        })
+        .transpose()
+    }
+
+    #[cfg(test)]
     pub async fn use_key_exists(&mut self, key: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT id FROM x402_payments WHERE use_key = $1")
             .bind(key)
             .fetch_optional(self.conn())
             .await?;
         Ok(row.is_some())
+    }
+
+    /// The stored payment holding single-use key `key`, with its token's (iat, exp) if one
+    /// was minted and whether any settlement transaction was ever stored for it (signed
+    /// transactions are stored before they are broadcast: none stored = never broadcast).
+    pub async fn by_use_key(&mut self, key: &str) -> Result<Option<StoredPayment>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLS}, token_iat, token_exp, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(self.conn())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let iat: Option<i64> = row.try_get("token_iat")?;
+        let exp: Option<i64> = row.try_get("token_exp")?;
+        let n_txs: i64 = row.try_get("n_txs")?;
+        Ok(Some(StoredPayment {
+            row: payment_from_row(&row)?,
+            token: iat.zip(exp),
+            broadcast: n_txs > 0,
+        }))
+    }
+
+    /// Sum of the values of all open (pending or submitted) payments in `asset` on
+    /// `network`, every payer together (exposure total). Summed here: values are exact
+    /// decimal text, no SQL number type holds every U256.
+    pub async fn open_total(&mut self, network: Network, asset: Address) -> Result<U256, StoreError> {
+        let rows = sqlx::query("SELECT value FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND state IN ('pending', 'submitted')")
+            .bind(network.chain_id as i64)
+            .bind(hexa(asset))
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter().try_fold(U256::ZERO, |acc, r| {
+            Ok(acc.saturating_add(col_u256(r, "value")?))
+        })
+    }
+
+    /// Postgres: also serialise on `lock_key` (an asset's exposure total) until this
+    /// session's transaction ends, across replicas. SQLite: nothing (one replica; the
+    /// in-process lock serialises).
+    pub async fn lock_also(&mut self, lock_key: i64) -> Result<(), StoreError> {
+        if let Session::Pg(tx) = self {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Pending or submitted payments of `payer` in `asset`.
@@ -392,10 +550,20 @@ impl Session {
             .collect()
     }
 
+    #[cfg(test)]
     pub async fn insert(&mut self, p: &NewPayment) -> Result<(), StoreError> {
+        self.insert_with_token(p, None).await
+    }
+
+    /// Inserts `p`, recording the (iat, exp) of the token minted for it, if any.
+    pub async fn insert_with_token(
+        &mut self,
+        p: &NewPayment,
+        token: Option<(i64, i64)>,
+    ) -> Result<(), StoreError> {
         let res = sqlx::query(
-            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20)",
+            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22)",
         )
         .bind(&p.id)
         .bind(p.use_key())
@@ -417,6 +585,8 @@ impl Session {
         .bind(p.resource.clone())
         .bind(&p.format)
         .bind(p.created_ms)
+        .bind(token.map(|t| t.0))
+        .bind(token.map(|t| t.1))
         .execute(self.conn())
         .await;
         match res {
@@ -460,7 +630,9 @@ impl Store {
                     if backend == Backend::Sqlite {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        // FULL: a commit is on disk before it returns (WAL fsync at every
+                        // commit), so a token never exists without its durable payment row.
+                        conn.execute("PRAGMA synchronous = FULL").await?;
                     }
                     Ok(())
                 })
@@ -620,17 +792,21 @@ impl Store {
         id: &str,
         reason: &str,
         release_key: bool,
+        cause: Option<(&str, bool)>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let q = if release_key {
-            "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3, use_key = 'released:' || id WHERE id = $1 AND state = 'pending'"
+            "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3, failed_ms = $3, fail_cause = $4, payer_fault = $5, use_key = 'released:' || id WHERE id = $1 AND state = 'pending'"
         } else {
-            "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3 WHERE id = $1 AND state = 'pending'"
+            "UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3, failed_ms = $3, fail_cause = $4, payer_fault = $5 WHERE id = $1 AND state = 'pending'"
         };
+        let (fail_cause, payer_fault) = fail_cols(cause);
         let r = sqlx::query(q)
             .bind(id)
             .bind(reason)
             .bind(now_ms)
+            .bind(fail_cause)
+            .bind(payer_fault)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
@@ -660,7 +836,7 @@ impl Store {
             return Ok(false);
         }
         for t in txs {
-            sqlx::query("INSERT INTO x402_txs (chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', $8, $8, $8)")
+            sqlx::query("INSERT INTO x402_txs (chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms, created_ms, updated_ms, max_fee, priority_fee, signed_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', $8, $8, $8, $9, $10, $8)")
                 .bind(t.chain_id as i64)
                 .bind(hexa(t.signer))
                 .bind(t.nonce as i64)
@@ -669,8 +845,11 @@ impl Store {
                 .bind(hex32(t.hash))
                 .bind(alloy::primitives::hex::encode(&t.raw))
                 .bind(now_ms)
+                .bind(t.max_fee.to_string())
+                .bind(t.priority_fee.to_string())
                 .execute(&mut *tx)
                 .await?;
+            insert_attempt(&mut tx, t, now_ms).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -737,16 +916,21 @@ impl Store {
         settled: bool,
         block: Option<u64>,
         error: Option<&str>,
+        cause: Option<(&str, bool)>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query("UPDATE x402_payments SET state = $2, block_number = $3, error = $4, updated_ms = $5, settled_ms = $6 WHERE id = $1 AND state = 'submitted'")
+        let (fail_cause, payer_fault) = fail_cols(cause);
+        let moved = sqlx::query("UPDATE x402_payments SET state = $2, block_number = $3, error = $4, updated_ms = $5, settled_ms = $6, failed_ms = $7, fail_cause = $8, payer_fault = $9 WHERE id = $1 AND state = 'submitted'")
             .bind(payment_id)
             .bind(if settled { "settled" } else { "failed" })
             .bind(block.map(|b| b as i64))
             .bind(error.map(str::to_string))
             .bind(now_ms)
             .bind(if settled { Some(now_ms) } else { None })
+            .bind(if settled { None } else { Some(now_ms) })
+            .bind(fail_cause)
+            .bind(payer_fault)
             .execute(&mut *tx)
             .await?;
         if moved.rows_affected() != 1 {
@@ -787,6 +971,154 @@ impl Store {
         Ok(true)
     }
 
+    /// A payment executed on chain by a transaction this settler did not send (front-run, or
+    /// submitted by the payer): `settled` with THAT transaction, from `pending` or
+    /// `submitted` (its own transactions then get their `receipts` / `dropped`). Atomic;
+    /// false if it was in neither state.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn settle_by(
+        &self,
+        payment_id: &str,
+        transfer_tx: B256,
+        block: u64,
+        note: &str,
+        receipts: &[(B256, bool, u64)],
+        dropped: &[B256],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE x402_payments SET state = 'settled', transfer_tx = $2, block_number = $3, error = $4, updated_ms = $5, settled_ms = $5 WHERE id = $1 AND state IN ('pending', 'submitted')")
+            .bind(payment_id)
+            .bind(hex32(transfer_tx))
+            .bind(block as i64)
+            .bind(note)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_receipts(&mut tx, receipts, dropped, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Replace-by-fee: `new` (same wallet nonce, same call, higher fees) becomes the current
+    /// attempt of the transaction whose current attempt is `old`; both stay in
+    /// `x402_tx_attempts`. Stored before it is broadcast. False if `old` is no longer current
+    /// and unconfirmed.
+    pub(crate) async fn replace_tx(
+        &self,
+        old: B256,
+        new: &TxRow,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE x402_txs SET hash = $2, raw = $3, max_fee = $4, priority_fee = $5, signed_ms = $6, last_broadcast_ms = $6, updated_ms = $6 WHERE hash = $1 AND state = 'sent'")
+            .bind(hex32(old))
+            .bind(hex32(new.hash))
+            .bind(alloy::primitives::hex::encode(&new.raw))
+            .bind(new.max_fee.to_string())
+            .bind(new.priority_fee.to_string())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_attempt(&mut tx, new, now_ms).await?;
+        repoint_payment(&mut tx, &new.payment_id, old, new.hash).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every attempt's hash at one wallet nonce (oldest first).
+    pub(crate) async fn attempt_hashes(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        nonce: u64,
+    ) -> Result<Vec<B256>, StoreError> {
+        let rows = sqlx::query("SELECT hash FROM x402_tx_attempts WHERE chain_id = $1 AND signer = $2 AND nonce = $3 ORDER BY created_ms, hash")
+            .bind(chain_id as i64)
+            .bind(hexa(signer))
+            .bind(nonce as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| col::<B256>(r, "hash")).collect()
+    }
+
+    /// An earlier attempt `mined` (not the current one, `current`) is the one the chain
+    /// executed: it becomes the transaction's current attempt (and the payment's hash).
+    pub(crate) async fn adopt_attempt(
+        &self,
+        payment_id: &str,
+        current: B256,
+        mined: B256,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE x402_txs SET hash = $2, raw = (SELECT raw FROM x402_tx_attempts WHERE hash = $2), updated_ms = $3 WHERE hash = $1")
+            .bind(hex32(current))
+            .bind(hex32(mined))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        repoint_payment(&mut tx, payment_id, current, mined).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Transactions signed (wallet nonces used) and gas spent so far for a payment.
+    pub(crate) async fn payment_spend(&self, payment_id: &str) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query("SELECT (SELECT COUNT(*) FROM x402_txs WHERE payment_id = $1) AS n, (SELECT gas_spent FROM x402_payments WHERE id = $1) AS g")
+            .bind(payment_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get("n")?;
+        let g: Option<i64> = row.try_get("g")?;
+        Ok((n.max(0) as u64, g.unwrap_or(0).max(0) as u64))
+    }
+
+    pub(crate) async fn charge_gas(&self, payment_id: &str, gas: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE x402_payments SET gas_spent = gas_spent + $2 WHERE id = $1")
+            .bind(payment_id)
+            .bind(gas as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `x402-settler unblock`: clears the payer-caused failures of `payer` (on one network or
+    /// all) for payer blocking, and records it. Returns how many were cleared.
+    pub async fn unblock(
+        &self,
+        payer: Address,
+        chain_id: Option<u64>,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE x402_payments SET unblocked_ms = $3 WHERE payer = $1 AND payer_fault = 1 AND state = 'failed' AND unblocked_ms IS NULL AND ($2 < 0 OR chain_id = $2)")
+            .bind(hexa(payer))
+            .bind(chain_id.map(|c| c as i64).unwrap_or(-1))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO x402_unblocks (payer, chain_id, cleared, at_ms, note) VALUES ($1, $2, $3, $4, $5)")
+            .bind(hexa(payer))
+            .bind(chain_id.map(|c| c as i64))
+            .bind(r.rows_affected() as i64)
+            .bind(now_ms)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+
     /// Takes or renews the lease `name` for `owner`; true if `owner` holds it now.
     pub(crate) async fn lease(
         &self,
@@ -819,6 +1151,23 @@ impl Store {
         Ok(())
     }
 
+    /// The revocation list: (id, created_ms) of the `failed` payments created at or after
+    /// `since_ms`, newest first, at most `limit` (index `x402_payments_revoked`).
+    pub(crate) async fn failed_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT id, created_ms FROM x402_payments WHERE state = 'failed' AND created_ms >= $1 ORDER BY created_ms DESC LIMIT $2")
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<i64, _>("created_ms")?)))
+            .collect()
+    }
+
     /// Number of payments per state (for the metrics gauge).
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM x402_payments GROUP BY state")
@@ -831,6 +1180,53 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+async fn repoint_payment(
+    tx: &mut Transaction<'static, Any>,
+    payment_id: &str,
+    old: B256,
+    new: B256,
+) -> Result<(), StoreError> {
+    for col in ["transfer_tx", "permit_tx"] {
+        sqlx::query(&format!(
+            "UPDATE x402_payments SET {col} = $3 WHERE id = $1 AND {col} = $2"
+        ))
+        .bind(payment_id)
+        .bind(hex32(old))
+        .bind(hex32(new))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_attempt(
+    tx: &mut Transaction<'static, Any>,
+    t: &TxRow,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO x402_tx_attempts (hash, chain_id, signer, nonce, payment_id, raw, max_fee, priority_fee, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .bind(hex32(t.hash))
+        .bind(t.chain_id as i64)
+        .bind(hexa(t.signer))
+        .bind(t.nonce as i64)
+        .bind(&t.payment_id)
+        .bind(alloy::primitives::hex::encode(&t.raw))
+        .bind(t.max_fee.to_string())
+        .bind(t.priority_fee.to_string())
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The failure columns: (cause code, payer caused it).
+fn fail_cols(cause: Option<(&str, bool)>) -> (Option<String>, i64) {
+    match cause {
+        Some((c, payer)) => (Some(c.to_string()), i64::from(payer)),
+        None => (None, 0),
     }
 }
 
@@ -960,6 +1356,7 @@ mod tests {
             raw: vec![1, 2, 3],
             state: "sent".into(),
             last_broadcast_ms: 0,
+            ..Default::default()
         };
         assert!(store
             .record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5)
@@ -1007,11 +1404,11 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(store
-            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9)
+            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, None, 9)
             .await
             .unwrap());
         assert!(!store
-            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, 9)
+            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, None, 9)
             .await
             .unwrap());
         let st = store.get("a").await.unwrap().unwrap().status();
@@ -1024,7 +1421,7 @@ mod tests {
             .is_empty());
         // Released key: the nonce can be used again.
         assert!(store
-            .fail_pending("c", "deadline passed", true, 10)
+            .fail_pending("c", "deadline passed", true, None, 10)
             .await
             .unwrap());
         let mut s = store.session(1).await.unwrap();
@@ -1057,6 +1454,7 @@ mod tests {
             raw: vec![h],
             state: "sent".into(),
             last_broadcast_ms: 0,
+            ..Default::default()
         };
         let txs = [tx(0, "permit", 1), tx(1, "transfer_from", 2)];
         assert!(store
@@ -1114,6 +1512,60 @@ mod tests {
             ["dropped", "mined", "sent", "sent"]
         );
         assert_eq!(store.max_tx_nonce(31337, signer).await.unwrap(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn sqlite_is_synchronous_full_and_keeps_token_times_by_use_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        // Every pooled connection: FULL (2), so a commit is on disk when it returns.
+        for _ in 0..3 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let row = sqlx::query("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(row.try_get::<i64, _>(0).unwrap(), 2, "PRAGMA synchronous = FULL");
+        }
+        let p = sample("a", 3);
+        assert!(p.use_key().starts_with("permit:31337:"), "{}", p.use_key());
+        let mut s = store.session(1).await.unwrap();
+        assert!(s.by_use_key(&p.use_key()).await.unwrap().is_none());
+        s.insert_with_token(&p, Some((100, 400))).await.unwrap();
+        let mut q = sample("b", 4);
+        q.scheme = Scheme::Exact;
+        s.insert(&q).await.unwrap();
+        let found = s.by_use_key(&p.use_key()).await.unwrap().unwrap();
+        assert_eq!((found.row.p.id.as_str(), found.token, found.broadcast), ("a", Some((100, 400)), false));
+        assert_eq!(
+            s.open_total(Network::eip155(31337), Address::repeat_byte(0xaa))
+                .await
+                .unwrap(),
+            U256::from(1_000_000u64)
+        );
+        // Same nonce, other scheme: another key.
+        let mut other = sample("c", 3);
+        other.scheme = Scheme::Exact;
+        assert!(s.by_use_key(&other.use_key()).await.unwrap().is_none());
+        s.commit().await.unwrap();
+        let tx = TxRow {
+            chain_id: 31337,
+            signer: Address::repeat_byte(5),
+            nonce: 0,
+            payment_id: "a".into(),
+            kind: "transfer_from".into(),
+            hash: B256::repeat_byte(9),
+            raw: vec![1],
+            state: "sent".into(),
+            last_broadcast_ms: 0,
+        };
+        let _ = store
+            .record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5)
+            .await;
+        let mut s = store.session(1).await.unwrap();
+        let found = s.by_use_key(&p.use_key()).await.unwrap().unwrap();
+        assert!(found.broadcast, "a stored transaction may have been broadcast");
     }
 
     #[test]

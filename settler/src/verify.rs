@@ -375,6 +375,12 @@ mod tests {
             code(full(&auth(&k, pay_to(), NOW + 10, NOW + 3600))),
             "not_yet_valid"
         );
+        // validAfter must be strictly before now (the settling block's time is later).
+        assert_eq!(
+            code(full(&auth(&k, pay_to(), NOW, NOW + 3600))),
+            "not_yet_valid"
+        );
+        assert_eq!(code(full(&auth(&k, pay_to(), NOW - 1, NOW + 3600))), "ok");
         assert_eq!(
             code(full(&auth(&k, pay_to(), 0, NOW + 59))),
             "deadline_too_soon"

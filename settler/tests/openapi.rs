@@ -375,6 +375,8 @@ fn wire_types_match_the_schemas() {
     let mut err = ApiError::new("c", "m");
     let minimal = j(&err);
     err.expected_nonce = Some("1".into());
+    err.settlement_id = Some("0190-id".into());
+    err.state = Some(SettlementState::Submitted);
     assert_schema(&doc, "ApiError", &j(&err), &minimal);
 }
 
@@ -382,7 +384,7 @@ fn wire_types_match_the_schemas() {
 async fn the_settler_serves_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("api-secret");
-    std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::write(&secret, "s3cret-s3cret-s3cret-s3cret-s3cret\n").unwrap();
     let env =
         common::Env::start_with(None, None, &["--api-secret-file", secret.to_str().unwrap()]).await;
     let base = env.settler.url();
@@ -407,7 +409,7 @@ async fn the_settler_serves_the_document() {
     let get = |path: &str, bearer: bool| {
         let mut rq = env.http.get(format!("{base}{path}"));
         if bearer {
-            rq = rq.bearer_auth("s3cret");
+            rq = rq.bearer_auth("s3cret-s3cret-s3cret-s3cret-s3cret");
         }
         async move {
             let r = rq.send().await.unwrap();

@@ -6,6 +6,7 @@
 //! - [`settler`]: the `x402-settler` binary as a child process.
 //! - [`upstream`]: the API behind Envoy (echoes each request, or a custom handler).
 //! - [`stack`]: all of the above wired together as a user runs them.
+//! - [`slow_proxy`]: a relay in front of anvil that can delay its answers (slow RPC).
 //! - [`paths`], [`ports`]: where artefacts and tools are, free ports; `child`: start-up waits.
 //! - `bin/x402-devchain`: deploy/fund chores on a running anvil for `make demo` and `make bench`.
 
@@ -19,5 +20,6 @@ pub mod envoy;
 pub mod paths;
 pub mod ports;
 pub mod settler;
+pub mod slow_proxy;
 pub mod stack;
 pub mod upstream;

@@ -26,7 +26,7 @@ use x402_protocol::x402v2::{
 };
 use x402_protocol::{Asset, Network, PaymentMethod, Scheme};
 
-use super::{check_api_secret, no_store, AppError, AppState};
+use super::{check_facilitator_caller, no_store, AppError, AppState};
 use crate::error::Refusal;
 use crate::metrics as m;
 use crate::service::Mode;
@@ -55,6 +55,12 @@ pub(crate) enum Reason {
     UnexpectedSettleError,
     TransactionFailed,
     SettlementPending,
+    /// The requirements are outside the settler's terms (asset, payTo, price, EIP-712 domain).
+    InvalidPaymentRequirements,
+    /// The payer's unsettled value in this asset would exceed the settler's per-payer cap.
+    PayerExposureLimit,
+    /// A payment of this payer failed through the payer's doing: blocked for a while.
+    PayerBlocked,
 }
 
 impl Reason {
@@ -75,6 +81,9 @@ impl Reason {
         Reason::UnexpectedSettleError,
         Reason::TransactionFailed,
         Reason::SettlementPending,
+        Reason::InvalidPaymentRequirements,
+        Reason::PayerExposureLimit,
+        Reason::PayerBlocked,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -95,6 +104,9 @@ impl Reason {
             Reason::UnexpectedSettleError => "unexpected_settle_error",
             Reason::TransactionFailed => "transaction_failed",
             Reason::SettlementPending => "settlement_pending",
+            Reason::InvalidPaymentRequirements => "invalid_payment_requirements",
+            Reason::PayerExposureLimit => "invalid_exact_evm_payer_exposure_limit",
+            Reason::PayerBlocked => "invalid_exact_evm_payer_blocked",
         }
     }
 
@@ -110,16 +122,27 @@ impl Reason {
                 Reason::NonceAlreadyUsed
             }
             Refusal::InsufficientBalance(_) => Reason::InsufficientBalance,
+            Refusal::PayerExposureLimit(_) => Reason::PayerExposureLimit,
+            Refusal::PayerBlocked { .. } => Reason::PayerBlocked,
             Refusal::NetworkMismatch(_) | Refusal::NetworkUnsupported(_) => Reason::NetworkMismatch,
             Refusal::SchemeNotAccepted(_) | Refusal::UnsupportedPaymentType(_) => {
                 Reason::UnsupportedScheme
             }
-            Refusal::ChainUnavailable(_) | Refusal::StoreUnavailable(_) | Refusal::Internal(_) => {
-                match mode {
-                    Mode::Store => Reason::UnexpectedSettleError,
-                    Mode::Verify => Reason::UnexpectedVerifyError,
-                }
-            }
+            Refusal::AssetNotAccepted(_)
+            | Refusal::PayToNotAccepted(_)
+            | Refusal::PriceBelowMinimum(_)
+            | Refusal::TokenTtlTooLong(_)
+            | Refusal::DomainMismatch(_) => Reason::InvalidPaymentRequirements,
+            Refusal::ChainUnavailable(_)
+            | Refusal::StoreUnavailable(_)
+            | Refusal::Internal(_)
+            | Refusal::AssetUnverified(_)
+            | Refusal::TotalExposureLimit(_)
+            | Refusal::AcceptDeadlineExceeded(_)
+            | Refusal::SettlementStalled(_) => match mode {
+                Mode::Store => Reason::UnexpectedSettleError,
+                Mode::Verify => Reason::UnexpectedVerifyError,
+            },
             Refusal::InvalidJson(_)
             | Refusal::InvalidRequest(_)
             | Refusal::InvalidPayment(_)
@@ -347,12 +370,22 @@ async fn check(
     body: Result<Bytes, BytesRejection>,
     mode: Mode,
 ) -> Result<(Request, NewPayment), Invalid> {
-    check_api_secret(st, headers).map_err(|r| Invalid {
-        status: StatusCode::UNAUTHORIZED,
-        reason: Reason::Unauthorized,
-        message: r.message().to_string(),
-        payer: None,
+    let caller = check_facilitator_caller(st, headers).map_err(|r| {
+        metrics::counter!(m::REJECTIONS, "code" => r.code()).increment(1);
+        Invalid {
+            status: StatusCode::UNAUTHORIZED,
+            reason: Reason::Unauthorized,
+            message: r.message().to_string(),
+            payer: None,
+        }
     })?;
+    let endpoint = match mode {
+        Mode::Verify => "verify",
+        Mode::Store => "settle",
+    };
+    metrics::counter!(m::FACILITATOR_REQUESTS, "caller" => caller.clone(), "endpoint" => endpoint)
+        .increment(1);
+    tracing::debug!(caller = %caller, endpoint, "facilitator request");
     let body = body.map_err(|e| Invalid {
         status: e.status(),
         reason: Reason::InvalidPayload,
@@ -383,10 +416,14 @@ async fn check(
             &req.requirement,
             &checked,
             mode,
+            None,
         )
         .await
         .map_err(|r| Invalid::refused(r, mode).with_payer(payer))?;
-    Ok((req, new))
+    // The same payload posted to `/settle` again before its settlement was broadcast is
+    // answered from the stored settlement (`Accepted::Again`); after broadcast it is
+    // `invalid_exact_evm_nonce_already_used` naming the settlement, as any replay.
+    Ok((req, new.payment().clone()))
 }
 
 /// A refused `/verify`: the verify answer under the refusal's status.
@@ -514,7 +551,9 @@ pub(super) async fn get_supported(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<SupportedResponse>, AppError> {
-    check_api_secret(&st, &headers)?;
+    let caller = check_facilitator_caller(&st, &headers)?;
+    metrics::counter!(m::FACILITATOR_REQUESTS, "caller" => caller, "endpoint" => "supported")
+        .increment(1);
     let (networks, signers) = st.service.networks_and_signers();
     let kinds = networks
         .iter()

@@ -4,6 +4,7 @@
 
 pub(crate) mod facilitator;
 mod ops;
+mod revocations;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -24,8 +25,8 @@ use crate::service::Service;
 /// What every handler shares.
 pub(crate) struct AppState {
     pub(crate) service: Arc<Service>,
-    /// The gateway's bearer secret, if the API requires one.
-    pub(crate) api_secret: Option<String>,
+    /// Who may call the token and facilitator APIs.
+    pub(crate) auth: crate::config::CallerAuth,
     pub(crate) metrics: Option<PrometheusHandle>,
     /// How long facilitator `/settle` waits for the settlement.
     pub(crate) settle_timeout: Duration,
@@ -44,6 +45,7 @@ fn table() -> Vec<Route> {
         ("POST", "/settle", post(facilitator::post_settle)),
         ("GET", "/supported", get(facilitator::get_supported)),
         ("GET", "/v1/settlements/{id}", get(tokens::get_settlement)),
+        ("GET", "/v1/revocations", get(revocations::get_revocations)),
         ("GET", "/.well-known/jwks.json", get(ops::jwks)),
         ("GET", "/healthz", get(ops::healthz)),
         ("GET", "/readyz", get(ops::readyz)),
@@ -104,9 +106,24 @@ pub(crate) fn http_status(r: &Refusal) -> StatusCode {
         | Refusal::NonceAlreadyUsed(_) => StatusCode::CONFLICT,
         Refusal::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        Refusal::ChainUnavailable(_) | Refusal::StoreUnavailable(_) => {
+        Refusal::ChainUnavailable(_)
+        | Refusal::StoreUnavailable(_)
+        | Refusal::AssetUnverified(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // Exposure: the payer may pay again once its earlier payments settle; the total
+        // and the acceptance deadline are the settler's state, not the payment's fault.
+        Refusal::PayerExposureLimit(_) => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::TotalExposureLimit(_) | Refusal::AcceptDeadlineExceeded(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        // The settlement lane cannot settle now; the payer's own failure blocks the payer.
+        Refusal::SettlementStalled(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::PayerBlocked { .. } => StatusCode::FORBIDDEN,
+        // The caller (gateway) stated terms the settler does not honour.
+        Refusal::AssetNotAccepted(_)
+        | Refusal::PayToNotAccepted(_)
+        | Refusal::PriceBelowMinimum(_)
+        | Refusal::TokenTtlTooLong(_)
+        | Refusal::DomainMismatch(_) => StatusCode::FORBIDDEN,
     }
 }
 
@@ -149,28 +166,67 @@ pub(crate) fn no_store(mut resp: Response) -> Response {
     resp
 }
 
-/// `Authorization: Bearer <secret>` when the settler has one.
-pub(crate) fn check_api_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
-    let Some(secret) = &st.api_secret else {
-        return Ok(());
-    };
-    let given = headers
+/// The bearer secret of the request (`Authorization: Bearer <secret>`), "" when none.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant-time compare.
-    let ok = given.len() == secret.len()
+        .unwrap_or("")
+}
+
+/// Constant-time comparison (the length of a secret is not secret).
+fn same_secret(given: &str, secret: &str) -> bool {
+    given.len() == secret.len()
         && given
             .bytes()
             .zip(secret.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if ok {
+            == 0
+}
+
+/// The token API (`POST /v1/tokens`): only the gateway's secret. Open only when the settler
+/// has none (loopback listener, warned at start).
+pub(crate) fn check_api_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(secret) = &st.auth.gateway else {
+        return Ok(());
+    };
+    if same_secret(bearer(headers), secret) {
         Ok(())
     } else {
         Err(Refusal::Unauthorized(
             "this endpoint requires the gateway's bearer secret".into(),
         ))
     }
+}
+
+/// The facilitator API (`/verify`, `/settle`, `/supported`): the gateway's secret or one of
+/// the `--facilitator-credentials-file` secrets. Returns the caller's name (`gateway`, the
+/// credential's name, or `anonymous` when no credential is configured at all).
+pub(crate) fn check_facilitator_caller(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<String, Refusal> {
+    let auth = &st.auth;
+    if auth.gateway.is_none() && auth.facilitators.is_empty() {
+        return Ok("anonymous".into());
+    }
+    let given = bearer(headers);
+    // Every credential is compared, so the time taken does not tell which one matched.
+    let mut caller = None;
+    if let Some(g) = &auth.gateway {
+        if same_secret(given, g) {
+            caller = Some("gateway".to_string());
+        }
+    }
+    for (name, secret) in &auth.facilitators {
+        if same_secret(given, secret) && caller.is_none() {
+            caller = Some(name.clone());
+        }
+    }
+    caller.ok_or_else(|| {
+        Refusal::Unauthorized(
+            "this endpoint requires a facilitator credential or the gateway's bearer secret".into(),
+        )
+    })
 }

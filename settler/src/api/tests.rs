@@ -15,30 +15,42 @@ use crate::chain::Chains;
 use crate::service::{Minter, Service};
 use crate::store::Store;
 
-const SECRET: &str = "s3cret";
+pub(super) const SECRET: &str = "s3cret";
 
-async fn app(dir: &tempfile::TempDir, secret: Option<&str>, body_limit: usize) -> Router {
+pub(super) async fn app(dir: &tempfile::TempDir, secret: Option<&str>, body_limit: usize) -> Router {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
     let store = Store::connect(&url).await.unwrap();
     let key = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let terms = crate::terms::Terms::parse(
+        r#"{"assets": [{"network": "eip155:31337", "address": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "name": "USDC", "version": "2", "decimals": 6,
+            "pay_to": ["0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"], "min_price": "0.001"}]}"#,
+    )
+    .unwrap();
     let service = Service {
         store,
         chains: Chains::default(),
         deadline_margin: 60,
+        accept_deadline: Duration::from_secs(2),
         locks: Default::default(),
         wake: Default::default(),
         minter: Minter::new(key, "x402-settler".into(), 300, 86_400),
+        terms: terms.clone(),
+        domains: crate::service::Domains::new(&terms, |_| crate::service::DomainState::Verified),
     };
     let state = AppState {
         service: Arc::new(service),
-        api_secret: secret.map(str::to_string),
+        auth: crate::config::CallerAuth {
+            gateway: secret.map(str::to_string),
+            facilitators: Vec::new(),
+        },
         metrics: None,
         settle_timeout: Duration::from_secs(1),
     };
     router(Arc::new(state), body_limit)
 }
 
-async fn call(
+pub(super) async fn call(
     app: &Router,
     method: &str,
     path: &str,
@@ -66,7 +78,7 @@ async fn call(
     )
 }
 
-fn json_of(body: &[u8]) -> Value {
+pub(super) fn json_of(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap()
 }
 

@@ -5,7 +5,7 @@ use x402_protocol::payment::{Authorization, Sig};
 use x402_protocol::settler_api::PricedMethod;
 
 use super::{
-    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, Preflight, SchemePayment,
+    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, FailCause, Preflight, SchemePayment,
     SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, TRANSFER_WITH_AUTHORIZATION,
 };
 use crate::chain::{self, Chain};
@@ -109,13 +109,12 @@ impl SchemeSettlement for ExactSettlement {
                     p.p.deadline
                 ),
                 release_key: false,
+                cause: FailCause::DeadlinePassed,
             });
         }
         if matches!(facts, ChainFacts::AuthorizationUsed(true)) {
-            return Check::Done(Preflight::Fail {
-                reason: "authorization nonce was used on chain by another transaction".into(),
-                release_key: false,
-            });
+            // Used or cancelled by someone else: its event says which.
+            return Check::NeedAuthorizationEvent;
         }
         Check::Done(Preflight::Ready)
     }

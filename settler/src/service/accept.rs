@@ -8,14 +8,14 @@ use alloy::primitives::{Address, U256};
 use x402_protocol::payment::{ClientPayment, PaymentFormat};
 use x402_protocol::settler_api::{PricedMethod, Requirement, SettlementState};
 
-use super::locks::lock_id;
-use super::{Mode, Service};
+use super::locks::{lock_id, PayerGuard};
+use super::{exposure, idempotency, Mode, Service};
 use crate::chain::Chain;
 use crate::clock::{now_ms, now_secs};
 use crate::error::{Refusal, StoreError};
 use crate::metrics as m;
 use crate::scheme;
-use crate::store::{NewPayment, OpenPayment};
+use crate::store::{NewPayment, OpenPayment, Session, StoredPayment};
 use crate::verify;
 
 /// A payment that passed the static checks: the accepted method it pays with, its chain.
@@ -24,6 +24,39 @@ pub(crate) struct Checked<'r> {
     pub(crate) chain: Arc<Chain>,
     /// Unix seconds the checks ran at (the token's `iat`).
     pub(crate) now: u64,
+    /// When the checks started: the acceptance deadline counts from here.
+    pub(crate) started: std::time::Instant,
+}
+
+/// The outcome of acceptance.
+pub(crate) enum Accepted {
+    /// Stored now (or, with [`Mode::Verify`], checked).
+    New(NewPayment),
+    /// This very payment (same signature and terms, same route) was stored before and is
+    /// still pending, never broadcast: answered from its row (same settlement, same token).
+    Again(StoredPayment),
+}
+
+impl Accepted {
+    /// The payment: the one just stored, or the stored one.
+    pub(crate) fn payment(&self) -> &NewPayment {
+        match self {
+            Accepted::New(p) => p,
+            Accepted::Again(s) => &s.row.p,
+        }
+    }
+}
+
+/// What [`Service::prepare`] leaves for the commit.
+enum Prepared {
+    /// Nothing to store: answered already.
+    Done(Accepted),
+    /// Checked; to insert and commit holding the payer's (and the asset total's) lock.
+    Commit {
+        session: Session,
+        guards: (PayerGuard, Option<PayerGuard>),
+        new: NewPayment,
+    },
 }
 
 impl Service {
@@ -33,19 +66,36 @@ impl Service {
         payment: &ClientPayment,
         requirement: &'r Requirement,
     ) -> Result<Checked<'r>, Refusal> {
+        let started = std::time::Instant::now();
         let priced = verify::match_method(payment, requirement)?;
+        self.check_settler_terms(priced, requirement)?;
         let method = &priced.method;
         let chain = self.chains.get(method.network)?.clone();
         verify::check_signature(payment, method)?;
         let now = now_secs();
         verify::check_terms(payment, priced, chain.signer(), now, self.deadline_margin)?;
-        Ok(Checked { priced, chain, now })
+        Ok(Checked {
+            priced,
+            chain,
+            now,
+            started,
+        })
     }
 
-    /// Chain and store checks (single use, the scheme's on-chain nonce state, balance). With
-    /// [`Mode::Store`] the payment is then stored (durable, single use) and its lane woken;
-    /// with [`Mode::Verify`] it is only checked (the returned payment's id is then no
-    /// settlement id).
+    /// Chain and store checks (single use, the scheme's on-chain nonce state, balance,
+    /// exposure). With [`Mode::Store`] the payment is then stored (durable, single use) and
+    /// its lane woken; with [`Mode::Verify`] it is only checked (the returned payment's id is
+    /// then no settlement id). `token`: (iat, exp) of the token to be minted for it, stored
+    /// with it so a re-post gets the same token.
+    ///
+    /// Deadline: everything up to the commit runs within `--accept-deadline-ms` of the
+    /// checks' start ([`Checked::started`]); past it the session is dropped uncommitted (a
+    /// Postgres transaction rolls back, SQLite has written nothing) and the answer is 503
+    /// `accept_deadline_exceeded`, so the caller's retry is safe. The insert and commit then
+    /// run in a task of their own: once started they finish even if this request is dropped
+    /// (the gateway gave up), so a commit never half-happens; a payment committed after its
+    /// caller gave up is answered to the retry of the same payment with the same token
+    /// ([`Accepted::Again`]).
     pub(crate) async fn accept(
         &self,
         payment: &ClientPayment,
@@ -53,13 +103,64 @@ impl Service {
         requirement: &Requirement,
         checked: &Checked<'_>,
         mode: Mode,
-    ) -> Result<NewPayment, Refusal> {
+        token: Option<(u64, u64)>,
+    ) -> Result<Accepted, Refusal> {
+        let until = tokio::time::Instant::from_std(checked.started + self.accept_deadline);
+        let prepared = tokio::time::timeout_at(
+            until,
+            self.prepare(payment, format, requirement, checked, mode),
+        )
+        .await
+        .map_err(|_| {
+            Refusal::AcceptDeadlineExceeded(format!(
+                "acceptance did not finish within {} ms (--accept-deadline-ms); nothing was stored, the same payment may be sent again",
+                self.accept_deadline.as_millis()
+            ))
+        })??;
+        let (session, guards, new) = match prepared {
+            Prepared::Done(accepted) => return Ok(accepted),
+            Prepared::Commit {
+                session,
+                guards,
+                new,
+            } => (session, guards, new),
+        };
+        // Durable before the token (or the facilitator's answer) exists. Not cancellable:
+        // the task owns the session and the locks, and releases the locks after the commit.
+        let token = token.map(|(iat, exp)| (iat as i64, exp as i64));
+        let committing = tokio::spawn(async move {
+            let mut session = session;
+            session.insert_with_token(&new, token).await?;
+            session.commit().await?;
+            drop(guards);
+            Ok::<_, StoreError>(new)
+        });
+        let new = committing
+            .await
+            .map_err(|e| Refusal::Internal(format!("storing the payment: {e}")))??;
+        metrics::counter!(m::SETTLEMENTS, "state" => "pending").increment(1);
+        if let Some(w) = self.wake.get(&new.network) {
+            w.notify_one();
+        }
+        Ok(Accepted::New(new))
+    }
+
+    /// Everything before the commit (see [`Service::accept`]); cancelled at the deadline.
+    async fn prepare(
+        &self,
+        payment: &ClientPayment,
+        format: PaymentFormat,
+        requirement: &Requirement,
+        checked: &Checked<'_>,
+        mode: Mode,
+    ) -> Result<Prepared, Refusal> {
         let priced = checked.priced;
         let method = &priced.method;
         let chain = checked.chain.clone();
         let of = scheme::of(payment);
+        self.ensure_domain(&chain, method).await?;
 
-        // One payer at a time from here to the insert.
+        // One payer at a time from here to the commit.
         let payer = payment.payer();
         let payer_key = format!(
             "{}:{:#x}:{:#x}",
@@ -91,9 +192,32 @@ impl Service {
             created_ms: now_ms(),
         };
 
-        // Single use, before anything else that depends on state.
-        if session.use_key_exists(&new.use_key()).await? {
-            return Err(StoreError::Duplicate.into());
+        // Single use, before anything else that depends on state: the same payment again
+        // (not broadcast yet) is answered from its row, anything else holding the key is 409.
+        if let Some(stored) = session.by_use_key(&new.use_key()).await? {
+            return idempotency::judge(stored, &new, mode).map(|s| Prepared::Done(Accepted::Again(s)));
+        }
+
+        // Settlement safety: no new payment while the network's lane is stalled, nor from a
+        // payer whose earlier payment failed through the payer's doing.
+        if let Some(why) = self.lanes.stalled(method.network) {
+            return Err(Refusal::SettlementStalled(format!(
+                "settlement on {} is stalled ({why}); new payments there are refused until it recovers",
+                method.network
+            )));
+        }
+        let since = now_ms().saturating_sub((self.block_secs as i64).saturating_mul(1000));
+        if let Some((id, cause)) = session
+            .payer_block(method.network.chain_id, payer, since)
+            .await?
+        {
+            return Err(Refusal::PayerBlocked {
+                message: format!(
+                    "payer {payer:#x} is blocked: settlement {id} failed through the payer's doing ({cause}); refused for {} s after that failure or until an operator runs `x402-settler unblock`",
+                    self.block_secs
+                ),
+                settlement_id: id,
+            });
         }
 
         // Chain state, read concurrently with the payer's open payments.
@@ -103,11 +227,14 @@ impl Service {
             session.open_payments(method.network, token_addr, payer)
         );
         let open = open?;
+        let caps = self.exposure_caps(method.network, token_addr);
+        let unsettled = exposure::unsettled(&open);
+        if let Some(caps) = &caps {
+            caps.check_payer(payer, unsettled, new.value)?;
+        }
         of.check_chain(&chain, token_addr, &open).await?;
         let mut balance = balance?;
-        let mut committed = open
-            .iter()
-            .fold(U256::ZERO, |acc, o| acc.saturating_add(o.value));
+        let mut committed = unsettled;
         let mut available = balance.saturating_sub(committed);
         if available < new.value {
             // A submitted payment whose transfer is mined but not yet marked settled is out of
@@ -127,18 +254,30 @@ impl Service {
             )));
         }
 
+        // The asset's total, under the asset's lock (in this process and, on Postgres, across
+        // replicas) held until the commit: no two acceptances of the asset overshoot it.
+        let total_guard = match &caps {
+            Some(caps) => {
+                let total_key = format!("total:{}:{:#x}", method.network.chain_id, token_addr);
+                let g = self.locks.lock(&total_key).await;
+                if mode == Mode::Store {
+                    session.lock_also(lock_id(&total_key)).await?;
+                }
+                let total = session.open_total(method.network, token_addr).await?;
+                caps.check_total(total, new.value)?;
+                Some(g)
+            }
+            None => None,
+        };
+
         if mode == Mode::Verify {
-            return Ok(new);
+            return Ok(Prepared::Done(Accepted::New(new)));
         }
-        // Durable before the token (or the facilitator's answer) exists.
-        session.insert(&new).await?;
-        session.commit().await?;
-        drop(guard);
-        metrics::counter!(m::SETTLEMENTS, "state" => "pending").increment(1);
-        if let Some(w) = self.wake.get(&method.network) {
-            w.notify_one();
-        }
-        Ok(new)
+        Ok(Prepared::Commit {
+            session,
+            guards: (guard, total_guard),
+            new,
+        })
     }
 }
 

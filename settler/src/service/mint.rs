@@ -40,6 +40,14 @@ impl Minter {
 
     /// A token for the stored payment `new`, valid from `now` for `ttl` seconds.
     pub(crate) fn mint(&self, new: &NewPayment, now: u64, ttl: u64) -> TokenResponse {
+        self.mint_at(new, now, now.saturating_add(ttl), now)
+    }
+
+    /// The token for `new` issued at `iat` and expiring at `exp`; `expires_in` counts from
+    /// `now`. The same inputs give the same token byte for byte (ES256K with RFC 6979
+    /// nonces, claims serialised in a fixed order): a payment answered again gets the token
+    /// it got first.
+    pub(crate) fn mint_at(&self, new: &NewPayment, iat: u64, exp: u64, now: u64) -> TokenResponse {
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: new.payer,
@@ -49,11 +57,17 @@ impl Minter {
             network: new.network,
             jti: new.id.clone(),
         };
-        let access_token = token::mint(&self.key, &self.kid, claims, now as i64, ttl);
+        let access_token = token::mint(
+            &self.key,
+            &self.kid,
+            claims,
+            iat as i64,
+            exp.saturating_sub(iat),
+        );
         TokenResponse {
             access_token,
             token_type: "Bearer".into(),
-            expires_in: ttl,
+            expires_in: exp.saturating_sub(now),
             settlement_id: new.id.clone(),
             payer: new.payer,
             network: new.network,
@@ -66,5 +80,50 @@ impl Minter {
     /// The JWKS entry of the signing key.
     pub(crate) fn jwk(&self) -> serde_json::Value {
         token::jwk(&self.kid, self.key.verifying_key())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::{Address, B256, U256};
+    use x402_protocol::payment::Sig;
+    use x402_protocol::{Network, Scheme};
+
+    #[test]
+    fn minting_is_deterministic_so_a_token_can_be_given_again() {
+        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let minter = Minter::new(key, "x402-settler".into(), 300, 3600);
+        let p = NewPayment {
+            id: "0190-abc".into(),
+            scheme: Scheme::Exact,
+            network: Network::eip155(31337),
+            asset: Address::repeat_byte(0xaa),
+            payer: Address::repeat_byte(0x11),
+            pay_to: Address::repeat_byte(0x22),
+            spender: None,
+            value: U256::from(10_000u64),
+            price: U256::from(10_000u64),
+            nonce: B256::repeat_byte(5),
+            valid_after: U256::ZERO,
+            deadline: U256::from(2_000_000_000u64),
+            sig: Sig {
+                r: B256::repeat_byte(1),
+                s: B256::repeat_byte(2),
+                v: 27,
+            },
+            route: "weather".into(),
+            resource: None,
+            format: "seed".into(),
+            created_ms: 1_000,
+        };
+        let first = minter.mint(&p, 1_700_000_000, 300);
+        let again = minter.mint_at(&p, 1_700_000_000, 1_700_000_300, 1_700_000_100);
+        assert_eq!(first.access_token, again.access_token);
+        assert_eq!((first.expires_in, again.expires_in), (300, 200));
+        assert_ne!(
+            minter.mint(&p, 1_700_000_001, 300).access_token,
+            first.access_token
+        );
     }
 }

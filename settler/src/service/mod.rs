@@ -4,8 +4,12 @@
 //! [`Refusal`]; nothing here knows about HTTP.
 
 mod accept;
+mod exposure;
+mod idempotency;
 mod locks;
 mod mint;
+mod revoke;
+mod terms_check;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +21,14 @@ use x402_protocol::payment::{ClientPayment, PaymentFormat};
 use x402_protocol::settler_api::{Requirement, SettlementState, SettlementStatus, TokenResponse};
 use x402_protocol::Network;
 
+pub(crate) use self::accept::Accepted;
 pub(crate) use self::locks::PayerLocks;
 pub(crate) use self::mint::Minter;
+pub(crate) use self::revoke::Revocations;
+pub(crate) use self::terms_check::{check_domain, DomainCheck, DomainState, Domains};
 use crate::chain::Chains;
+use crate::lane::LaneHealth;
+use crate::clock::now_secs;
 use crate::error::Refusal;
 use crate::metrics as m;
 use crate::store::{PaymentRow, Store};
@@ -33,14 +42,24 @@ pub(crate) enum Mode {
 }
 
 pub(crate) struct Service {
+    /// Whether each network's settlement lane is stalled (written by the lanes).
+    pub(crate) lanes: Arc<LaneHealth>,
+    /// Payer blocking lasts this long after a payer-caused failure (`--block-secs`).
+    pub(crate) block_secs: u64,
     pub(crate) store: Store,
     pub(crate) chains: Chains,
     /// Seconds a deadline / `validBefore` must still be away.
     pub(crate) deadline_margin: u64,
+    /// Acceptance must reach its commit within this long of the request (`accept`).
+    pub(crate) accept_deadline: Duration,
     pub(crate) locks: PayerLocks,
     /// Wakes a network's settlement lane when a payment is stored.
     pub(crate) wake: HashMap<Network, Arc<Notify>>,
     pub(crate) minter: Minter,
+    /// What the settler honours (`--terms-file`).
+    pub(crate) terms: crate::terms::Terms,
+    /// Per asset of the terms, whether its EIP-712 domain is verified against the contract.
+    pub(crate) domains: Domains,
 }
 
 /// What `/readyz` reports: the database and each chain, `Err` with the reason.
@@ -49,11 +68,16 @@ pub(crate) struct Readiness {
     pub(crate) chains: Vec<(Network, Result<u64, String>)>,
     /// A chain read that did not finish (its task failed): not ready.
     pub(crate) incomplete: bool,
+    /// Stalled settlement lanes, with the reason (new payments there are refused).
+    pub(crate) stalled: Vec<(Network, String)>,
 }
 
 impl Readiness {
     pub(crate) fn ready(&self) -> bool {
-        self.database.is_ok() && !self.incomplete && self.chains.iter().all(|(_, c)| c.is_ok())
+        self.database.is_ok()
+            && !self.incomplete
+            && self.stalled.is_empty()
+            && self.chains.iter().all(|(_, c)| c.is_ok())
     }
 }
 
@@ -66,10 +90,21 @@ impl Service {
         requirement: &Requirement,
     ) -> Result<TokenResponse, Refusal> {
         let checked = self.check(payment, requirement)?;
-        let new = self
-            .accept(payment, format, requirement, &checked, Mode::Store)
-            .await?;
-        let ttl = self.minter.ttl(requirement.token_ttl_secs);
+        let ttl = self.token_ttl(requirement, &checked.priced.method);
+        let times = (checked.now, checked.now.saturating_add(ttl));
+        let new = match self
+            .accept(payment, format, requirement, &checked, Mode::Store, Some(times))
+            .await?
+        {
+            Accepted::New(new) => new,
+            Accepted::Again(stored) => {
+                // The same payment again, before broadcast: the token it got first.
+                let token = idempotency::token_again(&self.minter, &stored, now_secs())?;
+                tracing::info!(settlement_id = %stored.row.p.id, payer = %stored.row.p.payer, route = %stored.row.p.route, "same payment posted again before broadcast: same token");
+                metrics::counter!(m::TOKENS_REISSUED).increment(1);
+                return Ok(token);
+            }
+        };
         let token = self.minter.mint(&new, checked.now, ttl);
         metrics::counter!(m::TOKENS_MINTED, "network" => new.network.to_string(), "route" => new.route.clone()).increment(1);
         tracing::info!(settlement_id = %new.id, payer = %new.payer, route = %new.route, amount = %new.value, network = %new.network, "token minted");
@@ -151,6 +186,7 @@ impl Service {
             database,
             chains: Vec::new(),
             incomplete: false,
+            stalled: self.lanes.all_stalled(),
         };
         while let Some(done) = set.join_next().await {
             match done {
