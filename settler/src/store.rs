@@ -792,6 +792,18 @@ impl Store {
         id: &str,
         reason: &str,
         release_key: bool,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.fail_pending_with_cause(id, reason, release_key, None, now_ms)
+            .await
+    }
+
+    /// [`Store::fail_pending`] recording why: `cause` = (cause code, payer caused it).
+    pub(crate) async fn fail_pending_with_cause(
+        &self,
+        id: &str,
+        reason: &str,
+        release_key: bool,
         cause: Option<(&str, bool)>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
@@ -1421,7 +1433,7 @@ mod tests {
             .is_empty());
         // Released key: the nonce can be used again.
         assert!(store
-            .fail_pending("c", "deadline passed", true, None, 10)
+            .fail_pending("c", "deadline passed", true, 10)
             .await
             .unwrap());
         let mut s = store.session(1).await.unwrap();
@@ -1559,6 +1571,7 @@ mod tests {
             raw: vec![1],
             state: "sent".into(),
             last_broadcast_ms: 0,
+            ..Default::default()
         };
         let _ = store
             .record_submission("a", std::slice::from_ref(&tx), None, tx.hash, 5)

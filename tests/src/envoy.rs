@@ -42,6 +42,12 @@ pub struct EnvoyOpts {
     pub startup_timeout: Duration,
     /// Extra Envoy arguments (e.g. `["--component-log-level", "wasm:debug"]`).
     pub extra_args: Vec<String>,
+    /// The settler's gateway secret: Envoy runs with it in `X402_SETTLER_SECRET`, and the
+    /// plugin's `vm_config.environment_variables.host_env_keys` passes it to the filter
+    /// (`settler.api_secret_env`). See `stack::attach_settler_secret`.
+    pub settler_secret: Option<String>,
+    /// Envoy `--concurrency`: worker threads, each with its own wasm VM (default 1).
+    pub concurrency: u32,
 }
 
 impl Default for EnvoyOpts {
@@ -54,9 +60,14 @@ impl Default for EnvoyOpts {
             wasm: None,
             startup_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
+            settler_secret: None,
+            concurrency: 1,
         }
     }
 }
+
+/// The environment variable the settler secret reaches the filter through.
+pub const SETTLER_SECRET_ENV: &str = "X402_SETTLER_SECRET";
 
 /// A running Envoy; killed on drop.
 pub struct Envoy {
@@ -150,7 +161,7 @@ static_resources:
                   vm_id: x402
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: {wasm}}}}}
-          - name: envoy.filters.http.router
+{vm_env}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
@@ -164,6 +175,12 @@ static_resources:
         config = quoted(filter_config_json),
         wasm = quoted(&wasm.to_string_lossy()),
         settler_endpoint = endpoint("x402_settler", settler_port),
+        vm_env = match opts.settler_secret {
+            Some(_) => format!(
+                "                  environment_variables: {{host_env_keys: [{SETTLER_SECRET_ENV}]}}\n"
+            ),
+            None => String::new(),
+        },
     )
 }
 
@@ -201,14 +218,20 @@ fn spawn(dir: &Path, yaml: &str, opts: &EnvoyOpts) -> anyhow::Result<Child> {
     Command::new(paths::envoy_bin())
         .arg("-c")
         .arg(&cfg)
+        .arg("--concurrency")
+        .arg(opts.concurrency.max(1).to_string())
         .args([
-            "--concurrency",
-            "1",
             "--use-dynamic-base-id",
             "--log-format",
             "[%Y-%m-%d %T.%e][%l][%n] %v",
         ])
         .args(&opts.extra_args)
+        .env_remove(SETTLER_SECRET_ENV)
+        .envs(
+            opts.settler_secret
+                .iter()
+                .map(|s| (SETTLER_SECRET_ENV, s.as_str())),
+        )
         .current_dir(paths::root())
         .stdin(Stdio::null())
         .stdout(log)

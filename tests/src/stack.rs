@@ -12,7 +12,7 @@ use x402_protocol::token::{key_id, signing_key_from_hex, verifying_key_to_hex};
 
 use crate::anvil::{dev_address, Anvil, DEV_KEYS};
 use crate::envoy::{Envoy, EnvoyOpts};
-use crate::settler::{SettlerOptions, SettlerProcess};
+use crate::settler::{usdc_terms, SettlerOptions, SettlerProcess};
 use crate::upstream::Upstream;
 
 /// Route names and prices of [`Stack::filter_config`].
@@ -35,8 +35,33 @@ pub struct Stack {
     _dir: tempfile::TempDir,
 }
 
+/// Gives the filter the settler's gateway secret: Envoy gets it in its environment
+/// (`EnvoyOpts::settler_secret`, `X402_SETTLER_SECRET`, passed to the VM by
+/// `host_env_keys`, as the shipped manifests do), and the filter reads it from there at
+/// configure time (`settler.api_secret_env`).
+pub fn attach_settler_secret(config: &mut Value, opts: &mut EnvoyOpts, secret: Option<&str>) {
+    let Some(secret) = secret else {
+        return;
+    };
+    opts.settler_secret = Some(secret.to_string());
+    config["settler"]["api_secret_env"] = json!(crate::envoy::SETTLER_SECRET_ENV);
+}
+
+/// Options of [`Stack::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Extra settler arguments (e.g. `--no-worker`).
+    pub settler_args: Vec<String>,
+    /// Envoy worker threads (0: 1).
+    pub envoy_concurrency: u32,
+}
+
 impl Stack {
     pub async fn start() -> Result<Stack> {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(stack_opts: StackOptions) -> Result<Stack> {
         let dir = tempfile::Builder::new().prefix("x402-stack-").tempdir()?;
         let anvil = Anvil::start()?;
         let token = anvil.deploy_token().await?;
@@ -45,29 +70,26 @@ impl Stack {
             "sqlite://{}?mode=rwc",
             dir.path().join("settler.db").display()
         );
-        let mut opts = SettlerOptions::new(
-            db,
-            anvil.network().to_string(),
-            anvil.rpc_url(),
-            DEV_KEYS[8],
-            &key_file,
-        );
-        opts.env.push(("RUST_LOG".into(), "info".into()));
-        let settler = SettlerProcess::start(opts).await?;
-        let upstream = Upstream::start()?;
         let spender = dev_address(8);
         let pay_to = dev_address(9);
+        let network = anvil.network().to_string();
+        let mut opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
+            .with_terms(usdc_terms(&network, token, &[pay_to]));
+        opts.env.push(("RUST_LOG".into(), "info".into()));
+        opts.extra_args.extend(stack_opts.settler_args.iter().cloned());
+        let settler = SettlerProcess::start(opts).await?;
+        let upstream = Upstream::start()?;
         let key_hex = std::fs::read_to_string(&key_file).context("settler token key file")?;
         let key = signing_key_from_hex(&key_hex).context("token key parses")?;
-        let config = Self::filter_config(&key, token, anvil.network().to_string(), spender, pay_to);
-        let envoy = Envoy::start(
-            &config.to_string(),
-            EnvoyOpts {
-                upstream_port: Some(upstream.port()),
-                settler_port: Some(settler.port()),
-                ..EnvoyOpts::default()
-            },
-        )?;
+        let mut config = Self::filter_config(&key, token, network, spender, pay_to);
+        let mut envoy_opts = EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            settler_port: Some(settler.port()),
+            concurrency: stack_opts.envoy_concurrency.max(1),
+            ..EnvoyOpts::default()
+        };
+        attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
+        let envoy = Envoy::start(&config.to_string(), envoy_opts)?;
         Ok(Stack {
             anvil,
             token,

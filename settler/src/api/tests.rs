@@ -28,6 +28,8 @@ pub(super) async fn app(dir: &tempfile::TempDir, secret: Option<&str>, body_limi
     )
     .unwrap();
     let service = Service {
+        lanes: Default::default(),
+        block_secs: 86_400,
         store,
         chains: Chains::default(),
         deadline_margin: 60,
