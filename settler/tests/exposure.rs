@@ -178,7 +178,7 @@ async fn total_cap_refuses_with_503_and_every_charged_payer_holds_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_payment_gets_the_same_token_until_broadcast_then_409_naming_the_settlement() {
-    let mut env = start(&[], |_| {}).await;
+    let env = start(&[], |_| {}).await;
     let req = env.requirement();
     let payer = env.funded_payer(FUND).await;
     let dl = env.now() + 3600;

@@ -26,14 +26,14 @@ async fn give_eth(env: &Env, who: Address) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsettleable_payments_end_failed_with_reason() {
     // Accept payments without settling them (--no-worker), spoil them, then settle.
-    let mut env = Env::start_with(None, None, &["--no-worker", "--deadline-margin", "5"]).await;
+    let mut env = Env::start_with(None, None, &["--no-worker", "--deadline-margin", "10"]).await;
     let req = env.requirement();
     let now = env.now();
 
     // A: a permit whose deadline passes before the settler gets to it.
     let a = env.funded_payer(1_000_000).await;
     let (st, ra) = env
-        .post_token(&req, &env.permit(&a, PRICE, 0, now + 7))
+        .post_token(&req, &env.permit(&a, PRICE, 0, now + 12))
         .await;
     assert_eq!(st, 200, "{ra}");
     // B: an authorization whose payer then spends the balance elsewhere.
@@ -89,7 +89,9 @@ async fn unsettleable_payments_end_failed_with_reason() {
         .unwrap()
         .status());
 
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A's deadline (accepted 10 s ahead, the lowest --deadline-margin) comes within the
+    // lane's own margin.
+    tokio::time::sleep(Duration::from_millis(7500)).await;
     env.settler
         .options_mut()
         .extra_args

@@ -18,6 +18,8 @@ use x402_testkit::settler::{SettlerOptions, SettlerProcess};
 pub const SETTLER_DEV_INDEX: usize = 9;
 pub const PAY_TO_DEV_INDEX: usize = 8;
 pub const PRICE: u64 = 10_000; // 0.01 USDC
+/// The gateway secret of every settler these tests start (`SettlerOptions::api_secret`).
+pub const API_SECRET: &str = "settler-tests-gateway-secret-0123456789";
 
 mod typed {
     alloy::sol! {
@@ -40,6 +42,21 @@ pub fn sqlite_url(dir: &std::path::Path) -> String {
     format!("sqlite://{}?mode=rwc", dir.join("settler.db").display())
 }
 
+/// The terms of these tests: the test token on `network`, paid to `PAY_TO_DEV_INDEX`, limits
+/// out of reach (`x402_testkit::settler::usdc_terms`).
+pub fn test_terms(network: x402_protocol::Network, token: Address) -> Value {
+    x402_testkit::settler::usdc_terms(
+        &network.to_string(),
+        token,
+        &[dev_address(PAY_TO_DEV_INDEX)],
+    )
+}
+
+/// `Authorization` value of the gateway.
+pub fn bearer() -> String {
+    format!("Bearer {API_SECRET}")
+}
+
 pub fn settler_bin() -> std::path::PathBuf {
     env!("CARGO_BIN_EXE_x402-settler").into()
 }
@@ -51,6 +68,16 @@ impl Env {
 
     /// `db`: database URL (default: SQLite in a temp dir); `block_time`: anvil block time.
     pub async fn start_with(db: Option<String>, block_time: Option<u64>, extra: &[&str]) -> Env {
+        Self::start_with_terms(db, block_time, extra, |_| {}).await
+    }
+
+    /// Like [`Env::start_with`], with the terms (`test_terms`) changed by `terms` first.
+    pub async fn start_with_terms(
+        db: Option<String>,
+        block_time: Option<u64>,
+        extra: &[&str],
+        terms: impl FnOnce(&mut Value),
+    ) -> Env {
         let anvil = match block_time {
             Some(s) => Anvil::start_with_block_time(s),
             None => Anvil::start(),
@@ -67,6 +94,10 @@ impl Env {
             dir.path().join("token.key"),
         );
         opts.bin = Some(settler_bin());
+        opts.api_secret = Some(API_SECRET.into());
+        let mut t = test_terms(anvil.network(), token);
+        terms(&mut t);
+        opts.terms = Some(t);
         opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
         opts.env.push((
             "RUST_LOG".into(),
@@ -319,6 +350,7 @@ pub async fn post_token(
     let body = json!({"requirement": req, "payment": payment});
     let r = http
         .post(format!("{base}/v1/tokens"))
+        .header("authorization", bearer())
         .json(&body)
         .send()
         .await
@@ -345,4 +377,22 @@ pub fn random_nonce() -> B256 {
 
 pub fn code(v: &Value) -> &str {
     v["error"].as_str().unwrap_or("")
+}
+
+/// The same payment posted again right after `first` was accepted: 200 with the very same
+/// token while its settlement is not broadcast yet, else 409 `payment_already_used` naming
+/// the settlement (the lane may already have sent it).
+pub fn assert_same_or_used(first: &Value, (st, again): &(u16, Value)) {
+    match *st {
+        200 => {
+            assert_eq!(again["settlement_id"], first["settlement_id"], "{again}");
+            assert_eq!(again["access_token"], first["access_token"], "{again}");
+        }
+        409 => {
+            assert_eq!(code(again), "payment_already_used", "{again}");
+            assert_eq!(again["settlement_id"], first["settlement_id"], "{again}");
+            assert!(again.get("access_token").is_none(), "{again}");
+        }
+        _ => panic!("same payment again: {st} {again}"),
+    }
 }
