@@ -2,7 +2,8 @@
 # Offline checks of the shipped Kubernetes / Istio manifests (envoy/k8s, envoy/istio):
 # parsed and cross-checked by tools/check_manifests.py, and every embedded filter config run
 # through the filter's own config parser: refused as shipped (placeholder key), accepted
-# once a real settler key is filled in. (envoy/envoy.yaml is checked by tests/tests/configs.rs
+# once a real settler key is filled in; check_manifests.py also checks the trust boundary
+# (settler secret and terms files, NetworkPolicy, api_secret_env). (envoy/envoy.yaml is checked by tests/tests/configs.rs
 # with `envoy --mode validate`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ keyinfo=$(target/debug/x402-settler token-key --token-key-file "$out/token.key")
 kid=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["kid"])' <<<"$keyinfo")
 pub=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])' <<<"$keyinfo")
 
+# The configs read the settler secret from the VM environment (settler.api_secret_env); the
+# checker is a native process, so it reads it from its own environment: a dummy here.
+export X402_SETTLER_SECRET=manifest-check-dummy-secret-0123456789abcdef
 for cfg in "${configs[@]}"; do
   if "$check" "$cfg" >/dev/null 2>&1; then
     echo "[manifests] $cfg: accepted with its placeholder key; it must be refused" >&2

@@ -3,6 +3,10 @@
 
 Parses every YAML document and checks what kubectl would only find at apply time:
 required fields, selectors that select, ports and Secret/ConfigMap references that exist.
+And the trust boundary: the settler runs with --api-secret-file and --terms-file (files
+mounted from a Secret / ConfigMap that has them), a NetworkPolicy selects the settler pods
+and admits only listed sources, and every filter config takes the settler secret from the
+VM environment (`settler.api_secret_env`, passed by the plugin), never inline (`api_secret`).
 Writes each WasmPlugin's pluginConfig, and the filter configuration embedded in each
 EnvoyFilter wasm patch (a google.protobuf.StringValue holding JSON), as JSON files in the
 output directory so the filter's own parser can check them
@@ -79,6 +83,107 @@ for (ns, name), (where, d) in by_kind.get("Deployment", {}).items():
     else:
         errors.append(f"{where}: no Service selects this Deployment")
 
+def file_source(ns, pod, container, path):
+    """The (kind, name, key) a mounted file comes from, or None."""
+    volumes = {v.get("name"): v for v in pod.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        mount = m.get("mountPath", "").rstrip("/")
+        if not path.startswith(mount + "/"):
+            continue
+        rest = path[len(mount) + 1:]
+        v = volumes.get(m.get("name")) or {}
+        for kind, key, ref in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+            src = v.get(key)
+            if src is None:
+                continue
+            items = src.get("items")
+            keys = [i.get("key") for i in items if i.get("path") == rest] if items else [rest]
+            if keys:
+                return kind, src.get(ref), keys[0]
+    return None
+
+def labels_match(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+settler_pods = []  # (where, namespace, pod labels, container ports)
+for (ns, name), (where, d) in by_kind.get("Deployment", {}).items():
+    pod = d.get("spec", {}).get("template", {}).get("spec", {})
+    for c in pod.get("containers", []):
+        if "x402-settler" not in (c.get("image") or ""):
+            continue
+        labels = d.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+        ports = {p.get("containerPort") for p in c.get("ports", [])}
+        settler_pods.append((where, ns, labels, ports))
+        args = [str(a) for a in (c.get("args") or [])]
+        for flag, kind in (("--api-secret-file", "Secret"), ("--terms-file", "ConfigMap")):
+            if flag not in args or args.index(flag) + 1 >= len(args):
+                errors.append(f"{where}: the settler container has no `{flag} FILE` argument")
+                continue
+            path = args[args.index(flag) + 1]
+            src = file_source(ns, pod, c, path)
+            if not src:
+                errors.append(f"{where}: {flag} {path} is not in a mounted Secret or ConfigMap")
+                continue
+            skind, sname, skey = src
+            obj = by_kind.get(skind, {}).get((ns, sname))
+            if skind != kind:
+                errors.append(f"{where}: {flag} {path} comes from a {skind}, expected a {kind}")
+            elif not obj:
+                errors.append(f"{where}: {flag} {path}: {skind} {sname} not defined")
+            elif skey not in {**obj[1].get("data", {}), **obj[1].get("stringData", {})}:
+                errors.append(f"{where}: {flag} {path}: {skind} {sname} has no key {skey}")
+        env_names = {e.get("name") for e in c.get("env", [])}
+        if "X402_API_SECRET" in env_names:
+            errors.append(f"{where}: the secret goes in a file (--api-secret-file), not the environment")
+
+for where, ns, labels, ports in settler_pods:
+    policies = [
+        (pw, pd) for (pns, _), (pw, pd) in by_kind.get("NetworkPolicy", {}).items()
+        if pns == ns and labels_match(((pd.get("spec") or {}).get("podSelector") or {}).get("matchLabels"), labels)
+    ]
+    if not policies:
+        errors.append(f"{where}: no NetworkPolicy selects the settler pods (any pod could call it)")
+    for pw, pd in policies:
+        spec = pd.get("spec") or {}
+        if "Ingress" not in (spec.get("policyTypes") or []):
+            errors.append(f"{pw}: policyTypes must include Ingress")
+        rules = spec.get("ingress") or []
+        if not rules:
+            errors.append(f"{pw}: no ingress rule: the settler would be unreachable, even by the gateway")
+        for i, r in enumerate(rules):
+            if not r.get("from"):
+                errors.append(f"{pw}: ingress[{i}] has no `from`: it admits every source")
+            for src in r.get("from") or []:
+                if not src.get("podSelector") and not src.get("ipBlock"):
+                    errors.append(f"{pw}: ingress[{i}] admits whole namespaces: select the pods")
+            rule_ports = {p.get("port") for p in r.get("ports") or []}
+            if not rule_ports:
+                errors.append(f"{pw}: ingress[{i}] opens every port: list the settler port")
+            elif not rule_ports & ports:
+                errors.append(f"{pw}: ingress[{i}] ports {sorted(rule_ports)} are not the settler's {sorted(ports)}")
+        gateway = any(
+            ((src.get("podSelector") or {}).get("matchLabels") or {}).get("istio") == "ingressgateway"
+            for r in rules for src in r.get("from") or []
+        )
+        if not gateway:
+            errors.append(f"{pw}: no ingress rule admits the ingress gateway pods (istio: ingressgateway)")
+
+def secret_env_of(where, cfg):
+    """The settler.api_secret_env of a filter config (None if wrong, with an error)."""
+    settler = cfg.get("settler") or {}
+    if "api_secret" in settler:
+        errors.append(f"{where}: settler.api_secret is inline: use settler.api_secret_env (the secret from the VM environment)")
+    env = settler.get("api_secret_env")
+    if not env:
+        errors.append(f"{where}: settler.api_secret_env is not set: the settler refuses callers without its secret")
+    return env
+
+for (ns, name), (where, d) in by_kind.get("WasmPlugin", {}).items():
+    spec = d.get("spec", {})
+    env = secret_env_of(where, spec.get("pluginConfig") or {})
+    vm_env = {e.get("name"): e for e in ((spec.get("vmConfig") or {}).get("env") or [])}
+    if env and (vm_env.get(env) or {}).get("valueFrom") != "HOST":
+        errors.append(f"{where}: spec.vmConfig.env has no {env} with valueFrom: HOST (the filter reads the secret from it)")
 for (ns, name), (where, d) in by_kind.get("WasmPlugin", {}).items():
     spec = d.get("spec", {})
     if not spec.get("url"):
@@ -132,6 +237,10 @@ for (ns, name), (where, d) in by_kind.get("EnvoyFilter", {}).items():
         except ValueError as e:
             errors.append(f"{at}: configuration.value is not JSON: {e}")
             continue
+        env = secret_env_of(at, cfg)
+        keys = (((conf.get("vm_config") or {}).get("environment_variables") or {}).get("host_env_keys")) or []
+        if env and env not in keys:
+            errors.append(f"{at}: vm_config.environment_variables.host_env_keys lacks {env} (the filter reads the secret from it)")
         found += 1
         suffix = "" if found == 1 else f"-{found}"
         target = out_dir / f"envoyfilter-{name}{suffix}.json"

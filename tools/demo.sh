@@ -63,11 +63,21 @@ echo "token $TOKEN"
 say "settler on 127.0.0.1:$SETTLER_PORT (SQLite $RUN/settler.db)"
 rm -f "$RUN"/settler.db*
 KEYINFO=$("$BIN/x402-settler" token-key --token-key-file "$RUN/token.key")
+# The gateway secret (settler --api-secret-file; Envoy reads it from X402_SETTLER_SECRET) and
+# the settler's terms: the test token (EIP-712 "USDC" v2), paid to PAY_TO only.
+( umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' >"$RUN/api.secret" )
+cat >"$RUN/terms.json" <<EOT
+{"assets": [{"network": "$NETWORK", "address": "$TOKEN", "name": "USDC", "version": "2",
+             "decimals": 6, "pay_to": ["$PAY_TO"], "min_price": "0.001",
+             "max_token_ttl_secs": 3600, "max_unsettled_per_payer": "1",
+             "max_unsettled_total": "1000"}]}
+EOT
 export X402_KID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["kid"])' <<<"$KEYINFO")
 export X402_PUBLIC_KEY=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])' <<<"$KEYINFO")
 EVM_PRIVATE_KEY=$SETTLER_KEY RUST_LOG=${RUST_LOG:-info} "$BIN/x402-settler" \
   --listen 127.0.0.1:$SETTLER_PORT --database-url "sqlite://$RUN/settler.db?mode=rwc" \
-  --rpc "$NETWORK=$RPC" --token-key-file "$RUN/token.key" >"$RUN/settler.log" 2>&1 &
+  --rpc "$NETWORK=$RPC" --token-key-file "$RUN/token.key" \
+  --api-secret-file "$RUN/api.secret" --terms-file "$RUN/terms.json" >"$RUN/settler.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$SETTLER_PORT/healthz" settler
 
@@ -76,6 +86,8 @@ python3 tools/demo_upstream.py $UPSTREAM_PORT >"$RUN/upstream.log" 2>&1 &
 pids+=($!)
 export X402_TOKEN_ADDRESS=$TOKEN X402_PAY_TO=$PAY_TO X402_SPENDER=$SETTLER_ADDR
 python3 tools/render.py envoy/envoy.yaml >"$RUN/envoy.yaml"
+X402_SETTLER_SECRET=$(cat "$RUN/api.secret")
+export X402_SETTLER_SECRET
 # Envoy stops when its parent process exits (it gets SIGTERM), so a small subshell that
 # outlives this script stays its parent.
 ( tools/bin/envoy -c "$RUN/envoy.yaml" --concurrency 1 --use-dynamic-base-id --log-level warn \

@@ -25,6 +25,8 @@ sol! {
     #[sol(rpc)]
     interface IToken {
         event Transfer(address indexed from, address indexed to, uint256 value);
+        event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+        event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
         function balanceOf(address account) external view returns (uint256);
         function nonces(address owner) external view returns (uint256);
         function allowance(address owner, address spender) external view returns (uint256);
@@ -226,6 +228,96 @@ impl Chain {
         Ok((*env.tx_hash(), env.encoded_2718()))
     }
 
+    /// The base fee of the latest block (0 before London / when the node shows none).
+    pub(crate) async fn base_fee(&self) -> Result<u128, ChainError> {
+        let block = self
+            .rpc(
+                "eth_getBlockByNumber",
+                self.provider
+                    .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest),
+            )
+            .await?;
+        Ok(block
+            .and_then(|b| b.header.base_fee_per_gas)
+            .map(u128::from)
+            .unwrap_or(0))
+    }
+
+    /// The settler wallet's ETH balance (wei).
+    pub(crate) async fn signer_balance(&self) -> Result<U256, ChainError> {
+        self.rpc("eth_getBalance", self.provider.get_balance(self.signer))
+            .await
+    }
+
+    /// Signs the call of the stored transaction `raw` again, at its nonce, with `fees`
+    /// (replace-by-fee: the same call, never another one, at one nonce).
+    pub(crate) async fn resign(
+        &self,
+        raw: &[u8],
+        fees: (u128, u128),
+    ) -> Result<(B256, Vec<u8>), ChainError> {
+        use alloy::consensus::Transaction;
+        use alloy::eips::eip2718::Decodable2718;
+        let bad = |m: String| ChainError::Rpc {
+            network: self.network.to_string(),
+            message: format!("stored transaction: {m}"),
+        };
+        let env = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|e| bad(e.to_string()))?;
+        let to = env
+            .to()
+            .ok_or_else(|| bad("no recipient".into()))?;
+        self.sign(to, env.input().clone(), env.nonce(), fees).await
+    }
+
+    /// Whether `input` to `to` would execute now, from the settler's wallet (`eth_call`).
+    /// `Ok(false)`: it reverts.
+    pub(crate) async fn simulate(&self, to: Address, input: Bytes) -> Result<bool, ChainError> {
+        let req = TransactionRequest::default()
+            .with_from(self.signer)
+            .with_to(to)
+            .with_input(input);
+        match tokio::time::timeout(self.timeout, self.provider.call(req).into_future()).await {
+            Ok(Ok(_)) => Ok(true),
+            // A revert is an error with revert data; a transport failure is not an answer.
+            Ok(Err(e)) if e.as_error_resp().is_some() => Ok(false),
+            Ok(Err(e)) => Err(ChainError::Rpc {
+                network: self.network.to_string(),
+                message: self.scrub(format!("eth_call: {e}")),
+            }),
+            Err(_) => Err(ChainError::Timeout {
+                network: self.network.to_string(),
+            }),
+        }
+    }
+
+    /// The ERC-3009 `AuthorizationUsed` / `AuthorizationCanceled` event of (`authorizer`,
+    /// `nonce`) on `token` within the last `lookback` blocks: (canceled, tx hash, block).
+    pub(crate) async fn authorization_event(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+        lookback: u64,
+    ) -> Result<Option<(bool, B256, u64)>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let latest = self.block_number().await?;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(token)
+            .event_signature(vec![
+                IToken::AuthorizationUsed::SIGNATURE_HASH,
+                IToken::AuthorizationCanceled::SIGNATURE_HASH,
+            ])
+            .topic1(authorizer.into_word())
+            .topic2(nonce)
+            .from_block(latest.saturating_sub(lookback))
+            .to_block(latest);
+        let logs = self.rpc("eth_getLogs", self.provider.get_logs(&filter)).await?;
+        Ok(logs.iter().find_map(|l| {
+            let canceled = l.topic0()? == &IToken::AuthorizationCanceled::SIGNATURE_HASH;
+            Some((canceled, l.transaction_hash?, l.block_number?))
+        }))
+    }
+
     pub(crate) async fn broadcast(&self, raw: &[u8]) -> SendOutcome {
         match tokio::time::timeout(self.timeout, self.provider.send_raw_transaction(raw)).await {
             Ok(Ok(_)) => SendOutcome::Accepted,
@@ -252,6 +344,49 @@ impl Chain {
             self.provider.get_transaction_receipt(hash),
         )
         .await
+    }
+}
+
+sol! {
+    /// What a token says about its EIP-712 domain (EIP-2612 / EIP-5267 / FiatToken getters).
+    #[sol(rpc)]
+    interface IEip712Token {
+        function DOMAIN_SEPARATOR() external view returns (bytes32);
+        function name() external view returns (string);
+        function version() external view returns (string);
+        function eip712Domain() external view returns (bytes1 fields, string name, string version, uint256 chainId, address verifyingContract, bytes32 salt, uint256[] extensions);
+    }
+}
+
+/// A token's own account of its EIP-712 domain; `None` where the contract has no getter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DeclaredDomain {
+    pub(crate) name: Option<String>,
+    pub(crate) version: Option<String>,
+}
+
+impl Chain {
+    /// The token's `DOMAIN_SEPARATOR()`.
+    pub(crate) async fn domain_separator(&self, token: Address) -> Result<B256, ChainError> {
+        let t = IEip712Token::new(token, &self.provider);
+        self.rpc("DOMAIN_SEPARATOR", t.DOMAIN_SEPARATOR().call())
+            .await
+    }
+
+    /// The token's name and version as it declares them: EIP-5267 `eip712Domain()` when it
+    /// has it, else `name()` and `version()` (FiatToken). For messages only.
+    pub(crate) async fn declared_domain(&self, token: Address) -> DeclaredDomain {
+        let t = IEip712Token::new(token, &self.provider);
+        if let Ok(d) = self.rpc("eip712Domain", t.eip712Domain().call()).await {
+            return DeclaredDomain {
+                name: Some(d.name),
+                version: Some(d.version),
+            };
+        }
+        DeclaredDomain {
+            name: self.rpc("name", t.name().call()).await.ok(),
+            version: self.rpc("version", t.version().call()).await.ok(),
+        }
     }
 }
 

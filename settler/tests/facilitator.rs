@@ -11,7 +11,8 @@ use alloy::providers::Provider;
 use common::*;
 use serde_json::{json, Value};
 
-const SECRET: &str = "gateway-secret-for-tests";
+// At least 32 characters: the settler refuses shorter secrets.
+const SECRET: &str = "gateway-secret-for-tests-0123456789";
 
 struct Fac {
     env: Env,
@@ -24,10 +25,18 @@ impl Fac {
         let secret = dir.path().join("api-secret");
         std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let secret = secret.to_str().unwrap().to_string();
-        let env = Env::start_with(
+        // A second wallet in the terms, so a payTo other than the authorization's `to` is a
+        // recipient mismatch rather than outside the terms.
+        let env = Env::start_with_terms(
             None,
             None,
             &["--api-secret-file", &secret, "--settle-timeout-secs", "3"],
+            |t| {
+                t["assets"][0]["pay_to"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!(Address::repeat_byte(0x42)))
+            },
         )
         .await;
         Fac {
@@ -135,6 +144,12 @@ async fn verify_settle_supported_and_replay() {
     assert_eq!(
         invalid(&f.verify(&payload, &other_pay_to).await),
         "invalid_exact_evm_payload_recipient_mismatch"
+    );
+    // A payTo the settler's terms do not list.
+    other_pay_to["payTo"] = json!(Address::repeat_byte(0x43));
+    assert_eq!(
+        invalid(&f.verify(&payload, &other_pay_to).await),
+        "invalid_payment_requirements"
     );
     assert_eq!(
         invalid(&f.verify(&payload, &f.requirements(PRICE * 2)).await),

@@ -2,6 +2,11 @@
 //! starts it with the given database, RPC endpoints, signer key and token key file, and waits
 //! for `/healthz`. `kill9()` kills it without warning (SIGKILL); `restart()` starts it again
 //! with the same options (same database, same key files). Dropping the handle kills it.
+//!
+//! Every start passes `--terms-file` (from [`SettlerOptions::terms`], see [`usdc_terms`]) and
+//! `--api-secret-file` (from [`SettlerOptions::api_secret`], a random secret by default), unless
+//! `extra_args` carries that flag itself. [`SettlerProcess::api_secret`] is the secret to send
+//! as `Authorization: Bearer ...` ([`SettlerProcess::bearer`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +38,42 @@ pub struct SettlerOptions {
     /// Where stdout/stderr go; default a file next to the token key.
     pub log_file: Option<PathBuf>,
     pub start_timeout: Duration,
+    /// The settler's terms (`--terms-file`), e.g. [`usdc_terms`]. Mandatory unless
+    /// `extra_args` has `--terms-file`.
+    pub terms: Option<serde_json::Value>,
+    /// The gateway secret (`--api-secret-file`); `new` makes a random one. `None`: no secret
+    /// (the settler then only starts on loopback, with its APIs open).
+    pub api_secret: Option<String>,
+}
+
+/// A random secret long enough for the settler (at least 32 characters).
+pub fn random_secret() -> String {
+    let k = alloy::signers::local::PrivateKeySigner::random();
+    format!(
+        "test-secret-{}",
+        alloy::primitives::hex::encode(k.to_bytes())
+    )
+}
+
+/// Terms accepting the test token (EIP-712 name "USDC", version "2", 6 decimals) on `network`,
+/// paid to any of `pay_to`, with limits no test reaches by accident: min price 0, token TTL up
+/// to a day, unsettled exposure 1,000,000 USDC per payer and 1,000,000,000 in total. Change
+/// the returned JSON for tests of the limits (`assets[0].min_price`, ...).
+pub fn usdc_terms(
+    network: &str,
+    token: alloy::primitives::Address,
+    pay_to: &[alloy::primitives::Address],
+) -> serde_json::Value {
+    serde_json::json!({"assets": [{
+        "network": network,
+        "address": token.to_checksum(None),
+        "name": "USDC", "version": "2", "decimals": 6,
+        "pay_to": pay_to.iter().map(|a| a.to_checksum(None)).collect::<Vec<_>>(),
+        "min_price": "0",
+        "max_token_ttl_secs": 86_400,
+        "max_unsettled_per_payer": "1000000",
+        "max_unsettled_total": "1000000000"
+    }]})
 }
 
 impl SettlerOptions {
@@ -54,7 +95,15 @@ impl SettlerOptions {
             env: Vec::new(),
             log_file: None,
             start_timeout: Duration::from_secs(30),
+            terms: None,
+            api_secret: Some(random_secret()),
         }
+    }
+
+    /// Sets the terms (builder style).
+    pub fn with_terms(mut self, terms: serde_json::Value) -> Self {
+        self.terms = Some(terms);
+        self
     }
 }
 
@@ -72,6 +121,11 @@ impl std::fmt::Debug for SettlerOptions {
             .field("env", &self.env)
             .field("log_file", &self.log_file)
             .field("start_timeout", &self.start_timeout)
+            .field("terms", &self.terms)
+            .field(
+                "api_secret",
+                &self.api_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -130,8 +184,33 @@ impl SettlerProcess {
             .map(|(n, u)| format!("{n}={u}"))
             .collect::<Vec<_>>()
             .join(",");
+        let dir = self
+            .log_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let has_flag = |f: &str| self.opts.extra_args.iter().any(|a| a == f);
+        let mut own_args: Vec<std::ffi::OsString> = Vec::new();
+        if !has_flag("--terms-file") {
+            let Some(terms) = &self.opts.terms else {
+                bail!("SettlerOptions.terms is not set (the settler needs --terms-file; see x402_testkit::settler::usdc_terms)");
+            };
+            let path = dir.join(format!("terms-{}.json", self.port));
+            std::fs::write(&path, serde_json::to_vec_pretty(terms)?)
+                .with_context(|| format!("write {}", path.display()))?;
+            own_args.push("--terms-file".into());
+            own_args.push(path.into());
+        }
+        if let (Some(secret), false) = (&self.opts.api_secret, has_flag("--api-secret-file")) {
+            let path = dir.join(format!("api-secret-{}", self.port));
+            std::fs::write(&path, format!("{secret}\n"))
+                .with_context(|| format!("write {}", path.display()))?;
+            own_args.push("--api-secret-file".into());
+            own_args.push(path.into());
+        }
         let mut cmd = Command::new(&bin);
-        cmd.arg("--listen")
+        cmd.args(&own_args)
+            .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--database-url")
             .arg(&self.opts.database_url)
@@ -143,6 +222,9 @@ impl SettlerProcess {
             .env("EVM_PRIVATE_KEY", &self.opts.signer_key)
             .env_remove("X402_RPC")
             .env_remove("X402_DATABASE_URL")
+            .env_remove("X402_TERMS_FILE")
+            .env_remove("X402_API_SECRET_FILE")
+            .env_remove("X402_FACILITATOR_CREDENTIALS_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
@@ -191,6 +273,27 @@ impl SettlerProcess {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The gateway secret the settler was started with (`None`: none, or one passed in
+    /// `extra_args`).
+    pub fn api_secret(&self) -> Option<&str> {
+        if self
+            .opts
+            .extra_args
+            .iter()
+            .any(|a| a == "--api-secret-file")
+        {
+            return None;
+        }
+        self.opts.api_secret.as_deref()
+    }
+
+    /// `Bearer <secret>` for the `Authorization` header ("" when there is no secret).
+    pub fn bearer(&self) -> String {
+        self.api_secret()
+            .map(|s| format!("Bearer {s}"))
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -29,8 +29,8 @@ use x402_protocol::token::signing_key_from_hex;
 use x402_protocol::{Network, Scheme};
 use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
 use x402_testkit::envoy::{Envoy, EnvoyOpts, HttpRequest};
-use x402_testkit::settler::{SettlerOptions, SettlerProcess};
-use x402_testkit::stack::{Stack, WEATHER_PRICE};
+use x402_testkit::settler::{usdc_terms, SettlerOptions, SettlerProcess};
+use x402_testkit::stack::{attach_settler_secret, Stack, WEATHER_PRICE};
 use x402_testkit::upstream::Upstream;
 
 const SETTLER_WALLET: usize = 8;
@@ -161,6 +161,11 @@ impl ScaleOut {
             .map(String::from)
             .to_vec();
             opts.env.push(("RUST_LOG".into(), "info".into()));
+            opts.terms = Some(usdc_terms(
+                &anvil.network().to_string(),
+                token,
+                &[dev_address(PAY_TO)],
+            ));
             settlers.push(SettlerProcess::start(opts).await.unwrap());
         }
         let settlers: [SettlerProcess; 2] = settlers.try_into().unwrap_or_else(|_| unreachable!());
@@ -170,18 +175,15 @@ impl ScaleOut {
         let upstream = Upstream::start().unwrap();
         // Each Envoy's permit spender is its settler's wallet (the same one when shared).
         let envoy = |i: usize| {
-            let config =
-                Stack::filter_config(&key, token, anvil.network().to_string(), wallets[i], pay_to)
-                    .to_string();
-            Envoy::start(
-                &config,
-                EnvoyOpts {
-                    upstream_port: Some(upstream.port()),
-                    settler_port: Some(settlers[i].port()),
-                    ..EnvoyOpts::default()
-                },
-            )
-            .unwrap()
+            let mut config =
+                Stack::filter_config(&key, token, anvil.network().to_string(), wallets[i], pay_to);
+            let mut opts = EnvoyOpts {
+                upstream_port: Some(upstream.port()),
+                settler_port: Some(settlers[i].port()),
+                ..EnvoyOpts::default()
+            };
+            attach_settler_secret(&mut config, &mut opts, settlers[i].api_secret());
+            Envoy::start(&config.to_string(), opts).unwrap()
         };
         let envoys = [envoy(0), envoy(1)];
         ScaleOut {
