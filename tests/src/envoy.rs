@@ -321,11 +321,14 @@ impl Envoy {
         Self::validate_file(&cfg)
     }
 
-    /// `envoy --mode validate -c <file>`, run from the repository root.
+    /// `envoy --mode validate -c <file>`, run from the repository root, with a placeholder
+    /// settler secret in [`SETTLER_SECRET_ENV`] (as a deployment provides one: manifests pass
+    /// it to the filter with `host_env_keys`, and the filter refuses to start without it).
     pub fn validate_file(file: &Path) -> anyhow::Result<(bool, String)> {
         let out = Command::new(paths::envoy_bin())
             .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
             .arg(file)
+            .env(SETTLER_SECRET_ENV, "validate-placeholder-settler-secret")
             .current_dir(paths::root())
             .stdin(Stdio::null())
             .output()

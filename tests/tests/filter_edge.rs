@@ -493,9 +493,13 @@ fn token_endpoint_fails_closed_and_bounds_bodies() {
     assert_eq!(r.header("allow"), Some("POST"));
 }
 
-/// A fake settler: records what the filter sends and answers like the real one.
+/// A fake settler: records what the filter sends and answers like the real one (an empty
+/// revocation list to the filter's timed `GET /v1/revocations`).
 fn fake_settler(minted: String) -> Upstream {
     Upstream::with_handler(move |req| {
+        if req.path.starts_with("/v1/revocations") {
+            return Reply::json(200, &json!({"revoked": [], "as_of": 0, "truncated": false}));
+        }
         let body = req.json();
         let payment = &body["payment"];
         if payment["mode"] == "refuse" {
@@ -515,6 +519,16 @@ fn fake_settler(minted: String) -> Upstream {
         )
     })
     .unwrap()
+}
+
+/// What the filter sent the fake settler for requests (its timed revocation-list fetches
+/// left out).
+fn settler_calls(settler: &Upstream) -> Vec<x402_testkit::upstream::Request> {
+    settler
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.starts_with("/v1/revocations"))
+        .collect()
 }
 
 #[test]
@@ -547,7 +561,7 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("cache-control"), Some("no-store"));
     assert_eq!(r.json()["access_token"], minted.as_str());
-    let sent = settler.requests();
+    let sent = settler_calls(&settler);
     assert_eq!(sent.len(), 1);
     assert_eq!(
         (sent[0].method.as_str(), sent[0].path.as_str()),
@@ -613,7 +627,7 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     // x402 v2: PAYMENT-SIGNATURE on the resource itself.
     let sig_json = json!({"x402Version": 2, "payload": {"authorization": {"from": PAYER}}, "accepted": {"scheme": "exact"}});
     let sig = x402_protocol::b64::encode(sig_json.to_string().as_bytes());
-    let before = settler.requests().len();
+    let before = settler_calls(&settler).len();
     let misses_before = envoy.stat("wasmcustom.x402_token_cache_misses");
     let r = envoy.send(
         &HttpRequest::new("GET", "/api/weather?v=2")
@@ -648,7 +662,7 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": PAYER})
     );
     assert_eq!(r.header("x-x402-access-token"), Some(minted.as_str()));
-    let sent = settler.requests();
+    let sent = settler_calls(&settler);
     assert_eq!(sent.len(), before + 1);
     let req: TokenRequest = serde_json::from_slice(&sent[before].body).unwrap();
     assert_eq!(
@@ -691,13 +705,13 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         Some("invalid_exact_evm_payload_signature")
     );
     // Unusable PAYMENT-SIGNATURE: 402 without calling the settler.
-    let before = settler.requests().len();
+    let before = settler_calls(&settler).len();
     let r = envoy.send(&HttpRequest::new("GET", "/api/weather").header("payment-signature", "%%%"));
     assert_eq!(
         (r.status, r.json()["error"].clone()),
         (402, json!("invalid_payment_signature"))
     );
-    assert_eq!(settler.requests().len(), before);
+    assert_eq!(settler_calls(&settler).len(), before);
     // Settler outage on a v2 payment with failure_mode deny: 503.
     let crash = x402_protocol::b64::encode(json!({"mode": "crash"}).to_string().as_bytes());
     let r =
@@ -709,7 +723,7 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
         r.text()
     );
     // A valid token wins: no second payment.
-    let before = settler.requests().len();
+    let before = settler_calls(&settler).len();
     let r = envoy.send(
         &HttpRequest::new("GET", "/api/weather")
             .header("authorization", &bearer(&minted))
@@ -717,14 +731,14 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(
-        settler.requests().len(),
+        settler_calls(&settler).len(),
         before,
         "no settler call when the token is valid"
     );
     assert!(r.header("payment-response").is_none());
 
     // Every callout carried the secret; the filter never logs it.
-    let sent = settler.requests();
+    let sent = settler_calls(&settler);
     assert!(sent.len() >= 6);
     for q in &sent {
         assert_eq!(
