@@ -18,6 +18,16 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", x402_settler::token_key_json(&token_key_file)?);
             Ok(())
         }
+        Some(Command::Unblock {
+            payer,
+            network,
+            database_url,
+            note,
+        }) => {
+            let out = x402_settler::unblock(&database_url, payer, network, &note).await?;
+            println!("{out}");
+            Ok(())
+        }
         Some(Command::Serve) | None => x402_settler::serve(cli.serve).await,
     }
 }

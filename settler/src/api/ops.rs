@@ -38,10 +38,16 @@ pub(super) async fn readyz(State(st): State<Arc<AppState>>) -> (StatusCode, Json
         })
         .collect();
     let ready = r.ready();
+    let lanes: serde_json::Map<String, Value> = r
+        .stalled
+        .iter()
+        .map(|(n, why)| (n.to_string(), json!({"stalled": true, "reason": why})))
+        .collect();
     let body = json!({
         "ready": ready,
         "database": match &r.database { Ok(()) => json!({"ok": true}), Err(e) => json!({"ok": false, "error": e}) },
         "chains": chains,
+        "stalled_lanes": lanes,
     });
     let status = if ready {
         StatusCode::OK

@@ -1,28 +1,36 @@
-//! The confirm step: reads receipts of submitted payments in wallet-nonce order and ends each
-//! payment `settled` or `failed`, or sends it back to `pending` (an out-of-order permit, or a
-//! transaction whose nonce a foreign transaction took). What each receipt means is decided in
-//! [`super::decide`].
+//! The confirm step: reads receipts of submitted payments in wallet-nonce order (every
+//! attempt at a nonce: a replaced transaction may be the one mined) and ends each payment
+//! `settled` or `failed` (with its cause), or sends it back to `pending` (an out-of-order
+//! permit, or a transaction whose nonce a foreign transaction took). A reverted ERC-3009
+//! settlement is checked for a front-run: executed by someone else, it is `settled` with that
+//! transaction. What each receipt means is decided in [`super::decide`].
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use alloy::primitives::B256;
 use tokio::sync::watch;
 
-use super::decide::{self, MissingReceipt, Verdict};
+use super::decide::{self, AfterRevert, MissingReceipt, PermitRevert, PermitVerdict, Verdict};
+use super::io::Receipt;
 use super::{Lane, LaneError};
 use crate::clock::now_ms;
 use crate::metrics as m;
-use crate::store::PaymentRow;
+use crate::scheme::{self, FactsRead, Preflight, PERMIT};
+use crate::store::{PaymentRow, TxRow};
 use x402_protocol::settler_api::SettlementState;
 
 impl Lane {
-    /// Confirms receipts as blocks arrive; re-broadcasts transactions without receipt.
+    /// Confirms receipts as blocks arrive; re-broadcasts transactions without receipt,
+    /// replaces underpriced ones and reports the lane's health.
     pub(super) async fn confirm_loop(
         &self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), LaneError> {
         let mut last_block = 0u64;
         let mut last_rebroadcast = Instant::now();
+        let mut last_health: Option<Instant> = None;
         let mut force = false;
+        let health_every = self.cfg.poll.max(Duration::from_millis(1000));
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -44,12 +52,46 @@ impl Lane {
                 self.rebroadcast_stale().await?;
                 last_rebroadcast = Instant::now();
             }
+            if last_health.is_none_or(|t| t.elapsed() >= health_every) {
+                self.replace_and_report().await?;
+                last_health = Some(Instant::now());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll) => {}
                 _ = self.recheck.notified() => force = true,
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// The receipt of whichever attempt at `t`'s nonce was mined (the current one first). An
+    /// earlier attempt mined becomes the transaction's current one in the store.
+    async fn mined_receipt(&self, t: &TxRow) -> Result<Option<(B256, Receipt)>, LaneError> {
+        let mut hashes = self
+            .store
+            .attempt_hashes(t.chain_id, t.signer, t.nonce)
+            .await?;
+        hashes.retain(|h| *h != t.hash);
+        hashes.insert(0, t.hash);
+        let mut found = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            let r = self.chain.receipt(h).await?;
+            let hit = r.is_some();
+            found.push((h, r));
+            if hit {
+                break;
+            }
+        }
+        let mined = decide::mined_attempt(found);
+        if let Some((h, _)) = &mined {
+            if *h != t.hash {
+                tracing::info!(settlement_id = %t.payment_id, nonce = t.nonce, mined = %h, current = %t.hash, "an earlier attempt at this nonce was mined");
+                self.store
+                    .adopt_attempt(&t.payment_id, t.hash, *h, now_ms())
+                    .await?;
+            }
+        }
+        Ok(mined)
     }
 
     /// Checks receipts of submitted payments in wallet-nonce order; stops at the first
@@ -70,8 +112,8 @@ impl Lane {
         for group in decide::group_by_payment(unconfirmed) {
             let Some(last) = group.last() else { continue };
             let pid = last.payment_id.clone();
-            let last_receipt = self.chain.receipt(last.hash).await?;
-            if last_receipt.is_none()
+            let last_mined = self.mined_receipt(last).await?;
+            if last_mined.is_none()
                 && decide::missing_receipt(last.nonce, confirmed_nonce)
                     == MissingReceipt::NotMinedYet
             {
@@ -88,62 +130,57 @@ impl Lane {
             let mut receipts = Vec::new();
             let mut dropped = Vec::new();
             let mut permit_ok = true;
+            let mut gas = 0u64;
             for t in &group {
-                let r = if t.hash == last.hash {
-                    last_receipt.clone()
+                let r = if t.nonce == last.nonce {
+                    last_mined.clone()
                 } else {
-                    self.chain.receipt(t.hash).await?
+                    self.mined_receipt(t).await?
                 };
                 match r {
-                    Some(r) => {
-                        if t.kind == decide::PERMIT {
+                    Some((h, r)) => {
+                        if t.kind == PERMIT {
                             permit_ok = r.success;
                         }
-                        receipts.push((t.hash, r.success, r.block_number.unwrap_or(0)));
+                        gas = gas.saturating_add(r.gas_used);
+                        receipts.push((h, r.success, r.block_number.unwrap_or(0)));
                     }
                     None => dropped.push(t),
                 }
             }
+            if gas > 0 {
+                self.store.charge_gas(&pid, gas).await?;
+            }
             let dropped_hashes: Vec<_> = dropped.iter().map(|t| t.hash).collect();
             let now = now_ms();
-            let block = last_receipt.as_ref().and_then(|r| r.block_number);
-            match decide::verdict(last_receipt.as_ref(), &p.p, !dropped.is_empty()) {
+            let last_receipt = last_mined.as_ref().map(|(_, r)| r);
+            let last_hash = last_mined.as_ref().map(|(h, _)| *h).unwrap_or(last.hash);
+            let block = last_receipt.and_then(|r| r.block_number);
+            match decide::verdict(last_receipt, &p.p, !dropped.is_empty()) {
                 Verdict::Settled => {
                     if self
                         .store
-                        .finish(&pid, &receipts, &dropped_hashes, true, block, None, now)
+                        .finish(
+                            &pid,
+                            &receipts,
+                            &dropped_hashes,
+                            true,
+                            block,
+                            None,
+                            None,
+                            now,
+                        )
                         .await?
                     {
                         metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
                         metrics::histogram!(m::SETTLE_LATENCY)
                             .record((now - p.p.created_ms).max(0) as f64 / 1000.0);
-                        tracing::info!(settlement_id = %pid, block = block.unwrap_or(0), tx = %last.hash, "settled");
+                        tracing::info!(settlement_id = %pid, block = block.unwrap_or(0), tx = %last_hash, "settled");
                     }
                 }
                 Verdict::NotMoved { transfer_ok } => {
-                    if let Some(note) = self.permit_retry(&p, permit_ok).await? {
-                        if self.store.requeue(&pid, &receipts, &[], &note, now).await? {
-                            tracing::warn!(settlement_id = %pid, note, "settlement will be signed again");
-                            self.wake.notify_one();
-                        }
-                        continue;
-                    }
-                    let balance = self.chain.balance_of(p.p.asset, p.p.payer).await.ok();
-                    let reason = decide::failure_reason(
-                        p.p.scheme,
-                        permit_ok,
-                        transfer_ok,
-                        balance,
-                        p.p.value,
-                    );
-                    if self
-                        .store
-                        .finish(&pid, &receipts, &[], false, block, Some(&reason), now)
-                        .await?
-                    {
-                        metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
-                        tracing::warn!(settlement_id = %pid, reason, "settlement failed on chain");
-                    }
+                    self.not_moved(&p, &receipts, permit_ok, transfer_ok, block)
+                        .await?;
                 }
                 Verdict::NonceLost => {
                     // The funds did not move and a transaction of this payment can never be mined.
@@ -164,18 +201,179 @@ impl Lane {
         Ok(())
     }
 
-    /// A permit payment whose `permit()` reverted while the owner's on-chain nonce is still at
-    /// or below its nonce: an earlier permit of this owner was not executed yet (e.g. it lost
-    /// its wallet nonce), so this one reverted out of order. Worth another attempt (bounded).
-    async fn permit_retry(
+    /// Every transaction of a payment is mined and the funds did not move: executed by
+    /// someone else (settled with that transaction), out of order (signed again), or failed
+    /// with its cause.
+    async fn not_moved(
         &self,
         p: &PaymentRow,
+        receipts: &[(B256, bool, u64)],
         permit_ok: bool,
-    ) -> Result<Option<String>, LaneError> {
-        if !decide::permit_retry_possible(p, permit_ok) {
-            return Ok(None);
+        transfer_ok: bool,
+        block: Option<u64>,
+    ) -> Result<(), LaneError> {
+        let pid = &p.p.id;
+        let now = now_ms();
+        let mut after = AfterRevert::default();
+        // An authorization anyone may submit: ours reverted - used by someone else first?
+        if let (false, FactsRead::AuthorizationState { token, from, nonce }) =
+            (transfer_ok, scheme::settlement(p.p.scheme).facts_read(&p.p))
+        {
+            if self.chain.authorization_used(token, from, nonce).await? {
+                match self.authorization_fate(p).await? {
+                    Preflight::SettledBy { tx, block } => {
+                        let note = format!("executed on chain by transaction {tx}, not sent by this settler (front-run or submitted by the payer); this settler's transaction reverted");
+                        if self
+                            .store
+                            .settle_by(pid, tx, block, &note, receipts, &[], now)
+                            .await?
+                        {
+                            metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
+                            tracing::info!(settlement_id = %pid, tx = %tx, block, "settled by another transaction");
+                        }
+                        return Ok(());
+                    }
+                    Preflight::Fail { cause, .. } => {
+                        after.canceled = cause == scheme::FailCause::AuthorizationCanceled;
+                        after.used_elsewhere =
+                            cause == scheme::FailCause::AuthorizationUsedElsewhere;
+                    }
+                    _ => {}
+                }
+            }
         }
-        let onchain = self.chain.permit_nonce(p.p.asset, p.p.payer).await?;
-        Ok(decide::permit_retry_note(p, onchain))
+        if decide::permit_retry_possible(p, permit_ok) {
+            let onchain = self.chain.permit_nonce(p.p.asset, p.p.payer).await?;
+            let executes_now = if onchain == p.permit_nonce() {
+                match decide::settlement_calls(p, self.chain.signer(), true)
+                    .into_iter()
+                    .find(|(k, _)| *k == PERMIT)
+                {
+                    Some((_, input)) => Some(self.chain.simulate(p.p.asset, input).await?),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            match decide::permit_revert(p, onchain, executes_now) {
+                PermitRevert::Retry(note) => {
+                    if self.store.requeue(pid, receipts, &[], &note, now).await? {
+                        tracing::warn!(settlement_id = %pid, note, "settlement will be signed again");
+                        self.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+                PermitRevert::NonceSpent => after.permit = Some(PermitVerdict::NonceSpent),
+                PermitRevert::SignatureRejected => {
+                    after.permit = Some(PermitVerdict::SignatureRejected)
+                }
+            }
+        }
+        after.payer_balance = self.chain.balance_of(p.p.asset, p.p.payer).await.ok();
+        if permit_ok && !transfer_ok && p.p.spender.is_some() {
+            after.allowance = self
+                .chain
+                .allowance(p.p.asset, p.p.payer, self.chain.signer())
+                .await
+                .ok();
+        }
+        let cause = decide::failure_cause(transfer_ok, permit_ok, &after, p.p.value);
+        let reason = decide::failure_reason(
+            p.p.scheme,
+            permit_ok,
+            transfer_ok,
+            after.payer_balance,
+            p.p.value,
+        );
+        if self
+            .store
+            .finish(
+                pid,
+                receipts,
+                &[],
+                false,
+                block,
+                Some(&reason),
+                Some(cause.stored()),
+                now,
+            )
+            .await?
+        {
+            metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
+            tracing::warn!(settlement_id = %pid, reason, cause = cause.code(), payer_caused = cause.payer_caused(), "settlement failed on chain");
+        }
+        Ok(())
+    }
+
+    /// Replace-by-fee for underpriced transactions past `replace_after`, then the lane's
+    /// health: the signer balance gauge, and whether the lane is stalled.
+    pub(super) async fn replace_and_report(&self) -> Result<(), LaneError> {
+        let network = self.chain.network();
+        let signer = self.chain.signer();
+        let unconfirmed = self.store.unconfirmed_txs(network.chain_id, signer).await?;
+        let (estimate, base_fee) = tokio::try_join!(self.chain.fees(), self.chain.base_fee())?;
+        let fees = decide::capped_fees(estimate, self.cfg.max_fee);
+        let now = now_ms();
+        for t in &unconfirmed {
+            if !decide::due_for_replacement(t.signed_ms, now, self.cfg.replace_after)
+                || decide::includable((t.max_fee, t.priority_fee), base_fee, estimate.1)
+            {
+                continue;
+            }
+            let Some(new_fees) = decide::bumped_fees(
+                (t.max_fee, t.priority_fee),
+                base_fee,
+                estimate.1,
+                self.cfg.max_fee,
+            ) else {
+                tracing::warn!(hash = %t.hash, nonce = t.nonce, max_fee = t.max_fee, base_fee, cap = self.cfg.max_fee,
+                    "settlement transaction is underpriced and --max-fee-gwei leaves no room to replace it");
+                continue;
+            };
+            let (hash, raw) = self.chain.resign(&t.raw, new_fees).await?;
+            let new = TxRow {
+                hash,
+                raw,
+                max_fee: new_fees.0,
+                priority_fee: new_fees.1,
+                signed_ms: now,
+                last_broadcast_ms: now,
+                ..t.clone()
+            };
+            // Stored before it is broadcast, like every attempt.
+            if self.store.replace_tx(t.hash, &new, now).await? {
+                metrics::counter!(m::TXS_SENT, "kind" => format!("{}_replacement", t.kind))
+                    .increment(1);
+                tracing::info!(settlement_id = %t.payment_id, nonce = t.nonce, old = %t.hash, new = %hash,
+                    max_fee = new_fees.0, priority_fee = new_fees.1, base_fee, "replaced an underpriced transaction (same nonce, same call, higher fees)");
+                self.broadcast(&new).await?;
+            }
+        }
+        let wallet = self.chain.signer_balance().await.ok();
+        if let Some(w) = wallet {
+            metrics::gauge!(m::SIGNER_BALANCE, "network" => network.to_string(), "signer" => format!("{signer:#x}"))
+                .set(f64::from(w));
+        }
+        let oldest = unconfirmed.iter().map(|t| t.created_ms).min();
+        let stall = decide::stall_reason(
+            oldest,
+            now,
+            self.cfg.stall_after,
+            wallet,
+            unconfirmed.len() as u64,
+            self.cfg.gas_limit,
+            fees.0,
+        );
+        let before = self.cfg.health.stalled(network);
+        if stall != before {
+            match &stall {
+                Some(reason) => {
+                    tracing::warn!(%network, wallet = %signer, reason, "settlement lane stalled: new payments on this network are refused until it recovers")
+                }
+                None => tracing::info!(%network, "settlement lane recovered"),
+            }
+            self.cfg.health.set(network, stall);
+        }
+        Ok(())
     }
 }

@@ -8,8 +8,8 @@ use alloy::primitives::{Address, Bytes, B256, U256};
 use x402_protocol::Scheme;
 
 use super::io::Receipt;
-use crate::scheme;
 pub(crate) use crate::scheme::PERMIT;
+use crate::scheme::{self, FailCause};
 use crate::store::{NewPayment, PaymentRow, TxRow};
 
 /// Out-of-order permit reverts retried at most this many times per payment.
@@ -189,6 +189,195 @@ pub(crate) fn failure_reason(
     reason
 }
 
+/// Fees for a first signature: the node's estimate, capped by `--max-fee-gwei` (the
+/// priority fee never above the max fee).
+pub(crate) fn capped_fees(estimate: (u128, u128), cap: u128) -> (u128, u128) {
+    let max = estimate.0.min(cap);
+    (max, estimate.1.min(max))
+}
+
+/// `x` raised by at least 12.5 % (rounded up), what nodes ask of a replacement.
+fn bump(x: u128) -> u128 {
+    x.saturating_add(x.div_ceil(8)).max(x.saturating_add(1))
+}
+
+/// Replace-by-fee: fees for re-signing a transaction signed with `prev` (max fee, priority
+/// fee) while the latest base fee is `base_fee` and the node suggests priority fee `tip`.
+/// Each is at least 12.5 % above the previous one, the max fee at least `2 x base fee +
+/// priority fee`; capped at `cap` (`--max-fee-gwei`). `None`: the cap leaves no room for a
+/// valid replacement (the transaction stays as it is, the lane reports the stall).
+pub(crate) fn bumped_fees(
+    prev: (u128, u128),
+    base_fee: u128,
+    tip: u128,
+    cap: u128,
+) -> Option<(u128, u128)> {
+    let min_max = bump(prev.0);
+    let prio = bump(prev.1).max(tip);
+    let max = min_max.max(base_fee.saturating_mul(2).saturating_add(prio));
+    let max = max.min(cap);
+    // A replacement must raise both by the bump; the priority fee cannot exceed the max fee.
+    let prio = prio.min(max);
+    (max >= min_max && prio >= bump(prev.1)).then_some((max, prio))
+}
+
+/// A transaction signed with `fees` can be included in the next block: its max fee covers the
+/// base fee plus the suggested priority fee `tip`, and its priority fee is at least `tip`.
+pub(crate) fn includable(fees: (u128, u128), base_fee: u128, tip: u128) -> bool {
+    fees.0 >= base_fee.saturating_add(tip) && fees.1 >= tip
+}
+
+/// A transaction's current attempt, signed at `signed_ms` and still without receipt, is
+/// re-signed with higher fees once it is `after` old.
+pub(crate) fn due_for_replacement(signed_ms: i64, now_ms: i64, after: Duration) -> bool {
+    signed_ms <= now_ms - after.as_millis() as i64
+}
+
+/// Which attempt at one nonce the chain executed: the first with a receipt (at most one can
+/// have one: they share the nonce).
+pub(crate) fn mined_attempt(receipts: Vec<(B256, Option<Receipt>)>) -> Option<(B256, Receipt)> {
+    receipts.into_iter().find_map(|(h, r)| r.map(|r| (h, r)))
+}
+
+/// A lane is stalled when its oldest unconfirmed transaction was first signed more than
+/// `stall_after` ago, or the wallet cannot pay for what is queued (`queued` transactions
+/// plus the next one, at `gas_limit` x `max_fee` each). The reason, or `None`.
+pub(crate) fn stall_reason(
+    oldest_unconfirmed_ms: Option<i64>,
+    now_ms: i64,
+    stall_after: Duration,
+    wallet: Option<U256>,
+    queued: u64,
+    gas_limit: u64,
+    max_fee: u128,
+) -> Option<String> {
+    let need = wallet_need(queued, gas_limit, max_fee);
+    if let Some(w) = wallet {
+        if w < need {
+            return Some(format!(
+                "the settler wallet holds {w} wei, below the {need} wei needed for {queued} queued transaction(s) and the next one ({gas_limit} gas at {max_fee} wei)"
+            ));
+        }
+    }
+    let oldest = oldest_unconfirmed_ms?;
+    let age = now_ms - oldest;
+    (age > stall_after.as_millis() as i64).then(|| {
+        format!(
+            "the oldest unconfirmed settlement transaction is {} s old (stall after {} s)",
+            age / 1000,
+            stall_after.as_secs()
+        )
+    })
+}
+
+/// Wei the wallet needs for `queued` transactions and one more at `gas_limit` x `max_fee`.
+pub(crate) fn wallet_need(queued: u64, gas_limit: u64, max_fee: u128) -> U256 {
+    U256::from(queued.saturating_add(1)) * U256::from(gas_limit) * U256::from(max_fee)
+}
+
+/// The per-payment caps: signing `more` transactions after `txs` signed and `gas` spent
+/// would pass `max_txs` or `max_gas`. The failure reason, or `None`.
+pub(crate) fn over_caps(
+    txs: u64,
+    gas: u64,
+    more: u64,
+    max_txs: u64,
+    max_gas: u64,
+) -> Option<String> {
+    if txs + more > max_txs {
+        return Some(format!(
+            "{txs} transaction(s) already signed for this payment; {more} more would pass the cap of {max_txs}"
+        ));
+    }
+    if gas >= max_gas {
+        return Some(format!(
+            "{gas} gas already spent on this payment, the cap is {max_gas}"
+        ));
+    }
+    None
+}
+
+/// What a permit's revert means, with the owner's on-chain nonce read after it and, when
+/// that nonce is this permit's, whether `permit()` would execute now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PermitRevert {
+    /// Out of order (an earlier permit of the owner goes first): sign again.
+    Retry(String),
+    /// Its nonce is spent by another permit: the payer's doing.
+    NonceSpent,
+    /// It reverts at the right nonce: the chain refuses the signature (e.g. wrong domain).
+    SignatureRejected,
+}
+
+pub(crate) fn permit_revert(
+    p: &PaymentRow,
+    onchain: U256,
+    executes_now: Option<bool>,
+) -> PermitRevert {
+    let nonce = p.permit_nonce();
+    if onchain > nonce {
+        return PermitRevert::NonceSpent;
+    }
+    if onchain == nonce && executes_now != Some(true) {
+        return PermitRevert::SignatureRejected;
+    }
+    match permit_retry_note(p, onchain) {
+        Some(note) => PermitRevert::Retry(note),
+        None => PermitRevert::NonceSpent,
+    }
+}
+
+/// What the lane read after a mined settlement did not move the funds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AfterRevert {
+    pub payer_balance: Option<U256>,
+    /// The allowance to the settler's wallet (permit), if read.
+    pub allowance: Option<U256>,
+    pub permit: Option<PermitVerdict>,
+    /// ERC-3009: the payer cancelled the authorization.
+    pub canceled: bool,
+    /// ERC-3009: used by a transaction whose funds did not reach pay_to.
+    pub used_elsewhere: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PermitVerdict {
+    NonceSpent,
+    SignatureRejected,
+}
+
+/// The cause of a failed mined settlement (see [`FailCause`]); payer-caused first, as they
+/// explain the revert.
+pub(crate) fn failure_cause(
+    transfer_ok: bool,
+    permit_ok: bool,
+    a: &AfterRevert,
+    value: U256,
+) -> FailCause {
+    if a.canceled {
+        return FailCause::AuthorizationCanceled;
+    }
+    if a.payer_balance.is_some_and(|b| b < value) {
+        return FailCause::InsufficientBalance;
+    }
+    match a.permit {
+        Some(PermitVerdict::NonceSpent) => return FailCause::PermitNonceSpent,
+        Some(PermitVerdict::SignatureRejected) => return FailCause::SignatureRejected,
+        None => {}
+    }
+    if !transfer_ok && permit_ok && a.allowance.is_some_and(|x| x < value) {
+        return FailCause::AllowanceRevoked;
+    }
+    if a.used_elsewhere {
+        return FailCause::AuthorizationUsedElsewhere;
+    }
+    if transfer_ok {
+        FailCause::NoTransferEvent
+    } else {
+        FailCause::Reverted
+    }
+}
+
 /// The payment's note when its transactions lost their wallet nonces.
 pub(crate) fn nonce_lost_note(nonces: &[u64], signer: Address) -> String {
     format!("wallet nonce(s) {nonces:?} of {signer:#x} were used by another transaction; settlement is signed again")
@@ -214,6 +403,7 @@ mod tests {
             raw: vec![],
             state: "sent".into(),
             last_broadcast_ms: 0,
+            ..Default::default()
         }
     }
 
@@ -338,6 +528,7 @@ mod tests {
             success: true,
             block_number: Some(3),
             transfers: vec![transfer],
+            gas_used: 1,
         };
         assert_eq!(verdict(Some(&ok), &p, false), Verdict::Settled);
         assert_eq!(
@@ -349,6 +540,7 @@ mod tests {
             success: false,
             block_number: Some(3),
             transfers: vec![],
+            gas_used: 1,
         };
         assert_eq!(
             verdict(Some(&reverted), &p, false),
@@ -373,6 +565,7 @@ mod tests {
                 success: true,
                 block_number: Some(3),
                 transfers: vec![wrong],
+                gas_used: 1,
             };
             assert_eq!(
                 verdict(Some(&r), &p, false),
@@ -425,5 +618,205 @@ mod tests {
         assert!(
             nonce_lost_note(&[4, 5], Address::ZERO).starts_with("wallet nonce(s) [4, 5] of 0x0000")
         );
+    }
+
+    #[test]
+    fn replacement_fees_rise_at_least_an_eighth_cover_the_base_fee_and_respect_the_cap() {
+        let gwei = 1_000_000_000u128;
+        // Base fee low: the 12.5 % bump decides.
+        assert_eq!(
+            bumped_fees((8 * gwei, gwei), gwei, gwei / 2, 1000 * gwei),
+            Some((9 * gwei, gwei + gwei / 8))
+        );
+        // Base fee spiked: 2 x base + tip.
+        let (max, prio) = bumped_fees((8 * gwei, gwei), 50 * gwei, 2 * gwei, 1000 * gwei).unwrap();
+        assert_eq!((max, prio), (102 * gwei, 2 * gwei));
+        // Capped: as high as the cap allows, still a valid replacement.
+        assert_eq!(
+            bumped_fees((8 * gwei, gwei), 50 * gwei, 2 * gwei, 20 * gwei),
+            Some((20 * gwei, 2 * gwei))
+        );
+        // No room under the cap for +12.5 %: no replacement.
+        assert_eq!(
+            bumped_fees((8 * gwei, gwei), 50 * gwei, gwei, 8 * gwei),
+            None
+        );
+        // Tiny fees still rise by at least 1 wei each.
+        assert_eq!(bumped_fees((1, 0), 0, 0, 100), Some((2, 1)));
+        assert_eq!(
+            capped_fees((30 * gwei, 40 * gwei), 20 * gwei),
+            (20 * gwei, 20 * gwei)
+        );
+        assert!(includable((10, 2), 8, 2));
+        assert!(!includable((9, 2), 8, 2));
+        let a = Duration::from_secs(12);
+        assert!(!due_for_replacement(100_000, 111_999, a));
+        assert!(due_for_replacement(100_000, 112_000, a));
+    }
+
+    #[test]
+    fn the_mined_attempt_is_whichever_has_a_receipt() {
+        let r = Receipt {
+            success: true,
+            block_number: Some(4),
+            transfers: vec![],
+            gas_used: 21_000,
+        };
+        let (a, b, c) = (
+            B256::repeat_byte(1),
+            B256::repeat_byte(2),
+            B256::repeat_byte(3),
+        );
+        assert_eq!(mined_attempt(vec![(a, None), (b, None)]), None);
+        assert_eq!(
+            mined_attempt(vec![(c, None), (a, Some(r.clone())), (b, None)]),
+            Some((a, r))
+        );
+    }
+
+    #[test]
+    fn failure_causes_tell_the_payers_doing_from_ours() {
+        let v = U256::from(10);
+        let none = AfterRevert::default();
+        let cause = |t, p, a: AfterRevert| failure_cause(t, p, &a, v);
+        assert_eq!(cause(false, true, none), FailCause::Reverted);
+        assert_eq!(cause(true, true, none), FailCause::NoTransferEvent);
+        let c = cause(
+            false,
+            true,
+            AfterRevert {
+                canceled: true,
+                ..none
+            },
+        );
+        assert_eq!(c, FailCause::AuthorizationCanceled);
+        let c = cause(
+            false,
+            true,
+            AfterRevert {
+                payer_balance: Some(U256::from(9)),
+                ..none
+            },
+        );
+        assert_eq!(c, FailCause::InsufficientBalance);
+        let c = cause(
+            false,
+            false,
+            AfterRevert {
+                permit: Some(PermitVerdict::NonceSpent),
+                ..none
+            },
+        );
+        assert_eq!(c, FailCause::PermitNonceSpent);
+        let c = cause(
+            false,
+            true,
+            AfterRevert {
+                allowance: Some(U256::ZERO),
+                ..none
+            },
+        );
+        assert_eq!(c, FailCause::AllowanceRevoked);
+        let rejected = AfterRevert {
+            permit: Some(PermitVerdict::SignatureRejected),
+            ..none
+        };
+        assert_eq!(cause(false, false, rejected), FailCause::SignatureRejected);
+        for payer in [
+            FailCause::AuthorizationCanceled,
+            FailCause::InsufficientBalance,
+            FailCause::PermitNonceSpent,
+            FailCause::AllowanceRevoked,
+        ] {
+            assert!(payer.payer_caused(), "{payer:?}");
+        }
+        for ours in [
+            FailCause::DeadlinePassed,
+            FailCause::SignatureRejected,
+            FailCause::RetryCap,
+            FailCause::Reverted,
+            FailCause::NoTransferEvent,
+            FailCause::AuthorizationUsedElsewhere,
+        ] {
+            assert!(!ours.payer_caused(), "{ours:?}");
+        }
+        // A permit revert at the owner's nonce: out of order if permit() executes now,
+        // otherwise the chain refuses the signature; past it: spent.
+        let p = payment("a", 1, Scheme::Permit, 3);
+        assert!(matches!(
+            permit_revert(&p, U256::from(2), None),
+            PermitRevert::Retry(_)
+        ));
+        assert!(matches!(
+            permit_revert(&p, U256::from(3), Some(true)),
+            PermitRevert::Retry(_)
+        ));
+        assert_eq!(
+            permit_revert(&p, U256::from(3), Some(false)),
+            PermitRevert::SignatureRejected
+        );
+        assert_eq!(
+            permit_revert(&p, U256::from(4), None),
+            PermitRevert::NonceSpent
+        );
+    }
+
+    #[test]
+    fn a_lane_is_stalled_by_an_old_transaction_or_a_wallet_short_of_gas() {
+        let after = Duration::from_secs(60);
+        assert_eq!(
+            stall_reason(None, 1_000_000, after, Some(U256::MAX), 0, 300_000, 10),
+            None
+        );
+        assert_eq!(
+            stall_reason(
+                Some(950_000),
+                1_000_000,
+                after,
+                Some(U256::MAX),
+                1,
+                300_000,
+                10
+            ),
+            None
+        );
+        let old = stall_reason(
+            Some(900_000),
+            1_000_000,
+            after,
+            Some(U256::MAX),
+            1,
+            300_000,
+            10,
+        )
+        .unwrap();
+        assert!(old.contains("100 s old"), "{old}");
+        assert_eq!(wallet_need(2, 300_000, 10), U256::from(9_000_000u64));
+        let poor = stall_reason(
+            None,
+            0,
+            after,
+            Some(U256::from(8_999_999u64)),
+            2,
+            300_000,
+            10,
+        )
+        .unwrap();
+        assert!(poor.contains("8999999 wei"), "{poor}");
+        assert_eq!(
+            stall_reason(
+                None,
+                0,
+                after,
+                Some(U256::from(9_000_000u64)),
+                2,
+                300_000,
+                10
+            ),
+            None
+        );
+        assert_eq!(over_caps(2, 0, 2, 4, 1_000), None);
+        assert!(over_caps(3, 0, 2, 4, 1_000).unwrap().contains("cap of 4"));
+        assert!(over_caps(0, 1_000, 1, 4, 1_000).unwrap().contains("gas"));
     }
 }

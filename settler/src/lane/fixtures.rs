@@ -15,7 +15,7 @@ use x402_protocol::payment::Sig;
 use x402_protocol::settler_api::SettlementState;
 use x402_protocol::{Network, Scheme};
 
-use super::io::{BoxFuture, LaneChain, LaneStore, Receipt, TransferLog};
+use super::io::{AuthorizationEvent, BoxFuture, LaneChain, LaneStore, Receipt, TransferLog};
 use crate::chain::{IToken, SendOutcome};
 use crate::error::{ChainError, StoreError};
 use crate::store::{NewPayment, PaymentRow, TxRow};
@@ -96,7 +96,20 @@ pub(crate) struct ChainState {
     pub refuse_broadcasts: bool,
     /// Transfers succeed without emitting their `Transfer` log (a non-standard token).
     pub no_transfer_logs: bool,
+    /// Transactions whose max fee is below this stay in the mempool.
+    pub base_fee: u128,
+    /// The settler wallet's ETH.
+    pub signer_eth: U256,
+    /// ERC-3009 events by (authorizer, nonce).
+    pub auth_events: HashMap<(Address, B256), AuthorizationEvent>,
+    /// Permits whose signature the token refuses (`r` of the permit).
+    pub bad_permit_sigs: HashSet<B256>,
+    /// What `fees()` estimates.
+    pub estimate: (u128, u128),
 }
+
+/// Gas every fake transaction uses.
+pub(crate) const GAS_USED: u64 = 50_000;
 
 #[derive(Clone)]
 pub(crate) struct FakeChain(pub Arc<Mutex<ChainState>>);
@@ -106,6 +119,8 @@ impl FakeChain {
     pub(crate) fn new(balance: u64) -> FakeChain {
         let mut s = ChainState {
             chain_id: CHAIN_ID,
+            signer_eth: U256::from(10u128.pow(18)),
+            estimate: (2_000_000_000, 1_000_000),
             ..Default::default()
         };
         s.balances.insert(PAYER, U256::from(balance));
@@ -126,6 +141,14 @@ impl FakeChain {
         s.block += 1;
         loop {
             let n = s.confirmed;
+            let base_fee = s.base_fee;
+            if !s
+                .mempool
+                .get(&n)
+                .is_some_and(|r| raw_max_fee(r) >= base_fee)
+            {
+                break;
+            }
             let Some(raw) = s.mempool.remove(&n) else {
                 break;
             };
@@ -146,13 +169,25 @@ impl FakeChain {
     }
 }
 
-/// The fake's raw transaction: wallet nonce (8 bytes) ‖ to (20 bytes) ‖ call data.
-fn encode_raw(nonce: u64, to: Address, input: &[u8]) -> Vec<u8> {
+/// The fake's raw transaction: wallet nonce (8 bytes) ‖ max fee (16) ‖ priority fee (16) ‖
+/// to (20 bytes) ‖ call data.
+fn encode_raw(nonce: u64, fees: (u128, u128), to: Address, input: &[u8]) -> Vec<u8> {
     let mut raw = nonce.to_be_bytes().to_vec();
+    raw.extend_from_slice(&fees.0.to_be_bytes());
+    raw.extend_from_slice(&fees.1.to_be_bytes());
     raw.extend_from_slice(to.as_slice());
     raw.extend_from_slice(input);
     raw
 }
+
+pub(crate) fn raw_max_fee(raw: &[u8]) -> u128 {
+    raw.get(8..24)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(u128::from_be_bytes)
+        .unwrap_or(0)
+}
+
+const HEAD: usize = 8 + 32;
 
 fn raw_nonce(raw: &[u8]) -> u64 {
     raw.get(..8)
@@ -168,18 +203,19 @@ impl ChainState {
             success: false,
             block_number,
             transfers: vec![],
+            gas_used: GAS_USED,
         };
-        if raw.len() < 28 || Address::from_slice(&raw[8..28]) != TOKEN {
+        if raw.len() < HEAD + 20 || Address::from_slice(&raw[HEAD..HEAD + 20]) != TOKEN {
             return reverted;
         }
-        let input = &raw[28..];
+        let input = &raw[HEAD + 20..];
         let moved = if let Ok(c) = IToken::permitCall::abi_decode(input) {
             let nonce = self
                 .permit_nonces
                 .get(&c.owner)
                 .copied()
                 .unwrap_or_default();
-            if c.r != B256::from(nonce) {
+            if c.r != B256::from(nonce) || self.bad_permit_sigs.contains(&c.r) {
                 return reverted;
             }
             self.permit_nonces.insert(c.owner, nonce + U256::from(1));
@@ -202,6 +238,13 @@ impl ChainState {
                 return reverted;
             }
             self.auth_used.insert((c.from, c.nonce));
+            self.auth_events.insert(
+                (c.from, c.nonce),
+                AuthorizationEvent::Used {
+                    tx: B256::ZERO,
+                    block: self.block,
+                },
+            );
             Some((c.from, c.to, c.value))
         } else {
             return reverted;
@@ -222,6 +265,7 @@ impl ChainState {
             success: true,
             block_number,
             transfers,
+            gas_used: GAS_USED,
         }
     }
 
@@ -307,16 +351,16 @@ impl LaneChain for FakeChain {
         ready(Ok(self.state().confirmed))
     }
     fn fees(&self) -> BoxFuture<'_, Result<(u128, u128), ChainError>> {
-        ready(Ok((2_000_000_000, 1_000_000)))
+        ready(Ok(self.state().estimate))
     }
     fn sign(
         &self,
         to: Address,
         input: Bytes,
         nonce: u64,
-        _fees: (u128, u128),
+        fees: (u128, u128),
     ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>> {
-        let raw = encode_raw(nonce, to, &input);
+        let raw = encode_raw(nonce, fees, to, &input);
         let hash = keccak256(&raw);
         self.state().signed.push((nonce, hash));
         ready(Ok((hash, raw)))
@@ -331,6 +375,12 @@ impl LaneChain for FakeChain {
             SendOutcome::AlreadyKnown("nonce too low".into())
         } else if s.mempool.get(&nonce).is_some_and(|r| r == raw) {
             SendOutcome::AlreadyKnown("already known".into())
+        } else if s
+            .mempool
+            .get(&nonce)
+            .is_some_and(|r| raw_max_fee(r) >= raw_max_fee(raw))
+        {
+            SendOutcome::Error("replacement transaction underpriced".into())
         } else {
             s.mempool.insert(nonce, raw.to_vec());
             SendOutcome::Accepted
@@ -339,6 +389,55 @@ impl LaneChain for FakeChain {
     }
     fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>> {
         ready(Ok(self.state().receipts.get(&hash).cloned()))
+    }
+    fn base_fee(&self) -> BoxFuture<'_, Result<u128, ChainError>> {
+        ready(Ok(self.state().base_fee))
+    }
+    fn signer_balance(&self) -> BoxFuture<'_, Result<U256, ChainError>> {
+        ready(Ok(self.state().signer_eth))
+    }
+    fn resign<'a>(
+        &'a self,
+        raw: &'a [u8],
+        fees: (u128, u128),
+    ) -> BoxFuture<'a, Result<(B256, Vec<u8>), ChainError>> {
+        let raw = encode_raw(
+            raw_nonce(raw),
+            fees,
+            Address::from_slice(&raw[HEAD..HEAD + 20]),
+            &raw[HEAD + 20..],
+        );
+        let hash = keccak256(&raw);
+        self.state().signed.push((raw_nonce(&raw), hash));
+        ready(Ok((hash, raw)))
+    }
+    fn simulate(&self, to: Address, input: Bytes) -> BoxFuture<'_, Result<bool, ChainError>> {
+        let mut probe = self.state().clone_token();
+        let raw = encode_raw(0, (0, 0), to, &input);
+        ready(Ok(probe.execute(&raw).success))
+    }
+    fn authorization_event(
+        &self,
+        _token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> BoxFuture<'_, Result<Option<AuthorizationEvent>, ChainError>> {
+        ready(Ok(self.state().auth_events.get(&(from, nonce)).copied()))
+    }
+}
+
+impl ChainState {
+    /// A copy of the token's state, to simulate a call on.
+    fn clone_token(&self) -> ChainState {
+        ChainState {
+            block: self.block,
+            balances: self.balances.clone(),
+            permit_nonces: self.permit_nonces.clone(),
+            allowances: self.allowances.clone(),
+            auth_used: self.auth_used.clone(),
+            bad_permit_sigs: self.bad_permit_sigs.clone(),
+            ..Default::default()
+        }
     }
 }
 
@@ -353,6 +452,12 @@ pub(crate) struct StoredPayment {
 pub(crate) struct StoreState {
     pub payments: Vec<StoredPayment>,
     pub txs: Vec<TxRow>,
+    /// Every attempt ever stored: (nonce, hash, raw).
+    pub attempts: Vec<(u64, B256, Vec<u8>)>,
+    /// Gas charged per payment.
+    pub gas: HashMap<String, u64>,
+    /// Failure causes: payment id -> (code, payer caused).
+    pub causes: HashMap<String, (String, bool)>,
     /// (owner, until ms) of the lane's lease.
     pub lease: Option<(String, i64)>,
 }
@@ -538,18 +643,20 @@ impl LaneStore for FakeStore {
         id: &'a str,
         reason: &'a str,
         release_key: bool,
+        cause: Option<(&'a str, bool)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        ready(Ok(self.state().transition(
-            id,
-            SettlementState::Pending,
-            |p| {
-                p.row.state = SettlementState::Failed;
-                p.row.error = Some(reason.into());
-                p.row.updated_ms = now_ms;
-                p.key_released = release_key;
-            },
-        )))
+        let mut s = self.state();
+        let moved = s.transition(id, SettlementState::Pending, |p| {
+            p.row.state = SettlementState::Failed;
+            p.row.error = Some(reason.into());
+            p.row.updated_ms = now_ms;
+            p.key_released = release_key;
+        });
+        if let (true, Some((c, payer))) = (moved, cause) {
+            s.causes.insert(id.to_string(), (c.to_string(), payer));
+        }
+        ready(Ok(moved))
     }
     fn record_submission<'a>(
         &'a self,
@@ -578,6 +685,8 @@ impl LaneStore for FakeStore {
             p.row.updated_ms = now_ms;
         });
         if moved {
+            s.attempts
+                .extend(txs.iter().map(|t| (t.nonce, t.hash, t.raw.clone())));
             s.txs.extend(txs.iter().cloned().map(|t| TxRow {
                 state: "sent".into(),
                 last_broadcast_ms: now_ms,
@@ -628,9 +737,18 @@ impl LaneStore for FakeStore {
         settled: bool,
         block: Option<u64>,
         error: Option<&'a str>,
+        cause: Option<(&'a str, bool)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let mut s = self.state();
+        if let Some((c, payer)) = cause {
+            if s.payment(payment_id)
+                .is_some_and(|p| p.row.state == SettlementState::Submitted)
+            {
+                s.causes
+                    .insert(payment_id.to_string(), (c.to_string(), payer));
+            }
+        }
         let moved = s.transition(payment_id, SettlementState::Submitted, |p| {
             p.row.state = if settled {
                 SettlementState::Settled
@@ -645,6 +763,117 @@ impl LaneStore for FakeStore {
             s.record_receipts(receipts, dropped);
         }
         ready(Ok(moved))
+    }
+    fn settle_by<'a>(
+        &'a self,
+        payment_id: &'a str,
+        transfer_tx: B256,
+        block: u64,
+        note: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        let settle = |p: &mut StoredPayment| {
+            p.row.state = SettlementState::Settled;
+            p.row.transfer_tx = Some(transfer_tx.to_string());
+            p.row.block_number = Some(block as i64);
+            p.row.error = Some(note.into());
+            p.row.updated_ms = now_ms;
+        };
+        let moved = s.transition(payment_id, SettlementState::Pending, settle)
+            || s.transition(payment_id, SettlementState::Submitted, settle);
+        if moved {
+            s.record_receipts(receipts, dropped);
+        }
+        ready(Ok(moved))
+    }
+    fn replace_tx<'a>(
+        &'a self,
+        old: B256,
+        new: &'a TxRow,
+        _now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        let Some(t) = s
+            .txs
+            .iter_mut()
+            .find(|t| t.hash == old && t.state == "sent")
+        else {
+            return ready(Ok(false));
+        };
+        *t = TxRow {
+            state: "sent".into(),
+            ..new.clone()
+        };
+        s.attempts.push((new.nonce, new.hash, new.raw.clone()));
+        let old_s = old.to_string();
+        if let Some(p) = s.payment(&new.payment_id) {
+            if p.row.transfer_tx.as_deref() == Some(old_s.as_str()) {
+                p.row.transfer_tx = Some(new.hash.to_string());
+            }
+            if p.row.permit_tx.as_deref() == Some(old_s.as_str()) {
+                p.row.permit_tx = Some(new.hash.to_string());
+            }
+        }
+        ready(Ok(true))
+    }
+    fn attempt_hashes(
+        &self,
+        _chain_id: u64,
+        _signer: Address,
+        nonce: u64,
+    ) -> BoxFuture<'_, Result<Vec<B256>, StoreError>> {
+        ready(Ok(self
+            .state()
+            .attempts
+            .iter()
+            .filter(|a| a.0 == nonce)
+            .map(|a| a.1)
+            .collect()))
+    }
+    fn adopt_attempt<'a>(
+        &'a self,
+        payment_id: &'a str,
+        current: B256,
+        mined: B256,
+        _now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut s = self.state();
+        let raw = s
+            .attempts
+            .iter()
+            .find(|a| a.1 == mined)
+            .map(|a| a.2.clone())
+            .unwrap_or_default();
+        for t in s.txs.iter_mut().filter(|t| t.hash == current) {
+            t.hash = mined;
+            t.raw = raw.clone();
+        }
+        let cur = current.to_string();
+        if let Some(p) = s.payment(payment_id) {
+            if p.row.transfer_tx.as_deref() == Some(cur.as_str()) {
+                p.row.transfer_tx = Some(mined.to_string());
+            }
+        }
+        ready(Ok(()))
+    }
+    fn payment_spend<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
+        let s = self.state();
+        let n = s.txs.iter().filter(|t| t.payment_id == payment_id).count() as u64;
+        ready(Ok((n, s.gas.get(payment_id).copied().unwrap_or(0))))
+    }
+    fn charge_gas<'a>(
+        &'a self,
+        payment_id: &'a str,
+        gas: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        *self.state().gas.entry(payment_id.to_string()).or_default() += gas;
+        ready(Ok(()))
     }
     fn requeue<'a>(
         &'a self,

@@ -24,7 +24,20 @@ pub(crate) struct Receipt {
     pub block_number: Option<u64>,
     /// The `Transfer` logs it carries (logs that do not decode as one are left out).
     pub transfers: Vec<TransferLog>,
+    pub gas_used: u64,
 }
+
+/// An ERC-3009 authorization's fate on chain, from its event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthorizationEvent {
+    /// `AuthorizationUsed` in transaction `tx` (block `block`).
+    Used { tx: B256, block: u64 },
+    /// `AuthorizationCanceled`: the payer cancelled it.
+    Canceled { tx: B256 },
+}
+
+/// How far back (blocks) the lane looks for an authorization's event.
+pub(crate) const AUTH_EVENT_LOOKBACK: u64 = 10_000;
 
 /// The chain side of one lane: one network, one signer wallet.
 pub(crate) trait LaneChain: Send + Sync {
@@ -70,6 +83,26 @@ pub(crate) trait LaneChain: Send + Sync {
     ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>>;
     fn broadcast<'a>(&'a self, raw: &'a [u8]) -> BoxFuture<'a, SendOutcome>;
     fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>>;
+    /// The latest block's base fee per gas.
+    fn base_fee(&self) -> BoxFuture<'_, Result<u128, ChainError>>;
+    /// The signer wallet's ETH balance.
+    fn signer_balance(&self) -> BoxFuture<'_, Result<U256, ChainError>>;
+    /// The same call as the signed `raw`, at its nonce, signed with `fees` (replace-by-fee).
+    fn resign<'a>(
+        &'a self,
+        raw: &'a [u8],
+        fees: (u128, u128),
+    ) -> BoxFuture<'a, Result<(B256, Vec<u8>), ChainError>>;
+    /// Whether the call would execute now from the signer (`eth_call`); false: it reverts.
+    fn simulate(&self, to: Address, input: Bytes) -> BoxFuture<'_, Result<bool, ChainError>>;
+    /// The `AuthorizationUsed`/`AuthorizationCanceled` event of an ERC-3009 authorization in
+    /// the last [`AUTH_EVENT_LOOKBACK`] blocks.
+    fn authorization_event(
+        &self,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> BoxFuture<'_, Result<Option<AuthorizationEvent>, ChainError>>;
 }
 
 /// The store side of one lane. Every state change is conditional on the payment's current
@@ -111,11 +144,13 @@ pub(crate) trait LaneStore: Send + Sync {
         note: &'a str,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// `cause`: (cause code, payer caused it).
     fn fail_pending<'a>(
         &'a self,
         id: &'a str,
         reason: &'a str,
         release_key: bool,
+        cause: Option<(&'a str, bool)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Stores signed transactions and moves the payment to `submitted`, atomically.
@@ -148,8 +183,51 @@ pub(crate) trait LaneStore: Send + Sync {
         settled: bool,
         block: Option<u64>,
         error: Option<&'a str>,
+        cause: Option<(&'a str, bool)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// `settled` by a transaction this settler did not send (from pending or submitted).
+    #[allow(clippy::too_many_arguments)]
+    fn settle_by<'a>(
+        &'a self,
+        payment_id: &'a str,
+        transfer_tx: B256,
+        block: u64,
+        note: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Stores a replacement (same nonce, same call, higher fees) as the current attempt.
+    fn replace_tx<'a>(
+        &'a self,
+        old: B256,
+        new: &'a TxRow,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn attempt_hashes(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        nonce: u64,
+    ) -> BoxFuture<'_, Result<Vec<B256>, StoreError>>;
+    fn adopt_attempt<'a>(
+        &'a self,
+        payment_id: &'a str,
+        current: B256,
+        mined: B256,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// (transactions signed, gas spent) for a payment.
+    fn payment_spend<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
+    fn charge_gas<'a>(
+        &'a self,
+        payment_id: &'a str,
+        gas: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn requeue<'a>(
         &'a self,
         payment_id: &'a str,
@@ -231,6 +309,41 @@ impl LaneChain for Chain {
                 success: r.status(),
                 block_number: r.block_number,
                 transfers: chain::transfer_logs(&r),
+                gas_used: r.gas_used,
+            }))
+        })
+    }
+    fn base_fee(&self) -> BoxFuture<'_, Result<u128, ChainError>> {
+        Box::pin(Chain::base_fee(self))
+    }
+    fn signer_balance(&self) -> BoxFuture<'_, Result<U256, ChainError>> {
+        Box::pin(Chain::signer_balance(self))
+    }
+    fn resign<'a>(
+        &'a self,
+        raw: &'a [u8],
+        fees: (u128, u128),
+    ) -> BoxFuture<'a, Result<(B256, Vec<u8>), ChainError>> {
+        Box::pin(Chain::resign(self, raw, fees))
+    }
+    fn simulate(&self, to: Address, input: Bytes) -> BoxFuture<'_, Result<bool, ChainError>> {
+        Box::pin(Chain::simulate(self, to, input))
+    }
+    fn authorization_event(
+        &self,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> BoxFuture<'_, Result<Option<AuthorizationEvent>, ChainError>> {
+        Box::pin(async move {
+            let e =
+                Chain::authorization_event(self, token, from, nonce, AUTH_EVENT_LOOKBACK).await?;
+            Ok(e.map(|(canceled, tx, block)| {
+                if canceled {
+                    AuthorizationEvent::Canceled { tx }
+                } else {
+                    AuthorizationEvent::Used { tx, block }
+                }
             }))
         })
     }
@@ -301,9 +414,17 @@ impl LaneStore for Store {
         id: &'a str,
         reason: &'a str,
         release_key: bool,
+        cause: Option<(&'a str, bool)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(Store::fail_pending(self, id, reason, release_key, now_ms))
+        Box::pin(Store::fail_pending_with_cause(
+            self,
+            id,
+            reason,
+            release_key,
+            cause,
+            now_ms,
+        ))
     }
     fn record_submission<'a>(
         &'a self,
@@ -347,11 +468,73 @@ impl LaneStore for Store {
         settled: bool,
         block: Option<u64>,
         error: Option<&'a str>,
+        cause: Option<(&'a str, bool)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(Store::finish(
-            self, payment_id, receipts, dropped, settled, block, error, now_ms,
+            self, payment_id, receipts, dropped, settled, block, error, cause, now_ms,
         ))
+    }
+    fn settle_by<'a>(
+        &'a self,
+        payment_id: &'a str,
+        transfer_tx: B256,
+        block: u64,
+        note: &'a str,
+        receipts: &'a [(B256, bool, u64)],
+        dropped: &'a [B256],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::settle_by(
+            self,
+            payment_id,
+            transfer_tx,
+            block,
+            note,
+            receipts,
+            dropped,
+            now_ms,
+        ))
+    }
+    fn replace_tx<'a>(
+        &'a self,
+        old: B256,
+        new: &'a TxRow,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::replace_tx(self, old, new, now_ms))
+    }
+    fn attempt_hashes(
+        &self,
+        chain_id: u64,
+        signer: Address,
+        nonce: u64,
+    ) -> BoxFuture<'_, Result<Vec<B256>, StoreError>> {
+        Box::pin(Store::attempt_hashes(self, chain_id, signer, nonce))
+    }
+    fn adopt_attempt<'a>(
+        &'a self,
+        payment_id: &'a str,
+        current: B256,
+        mined: B256,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::adopt_attempt(
+            self, payment_id, current, mined, now_ms,
+        ))
+    }
+    fn payment_spend<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
+        Box::pin(Store::payment_spend(self, payment_id))
+    }
+    fn charge_gas<'a>(
+        &'a self,
+        payment_id: &'a str,
+        gas: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::charge_gas(self, payment_id, gas))
     }
     fn requeue<'a>(
         &'a self,

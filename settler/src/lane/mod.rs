@@ -25,6 +25,7 @@
 mod broadcast;
 mod confirm;
 mod decide;
+mod health;
 pub(crate) mod io;
 mod preflight;
 mod submit;
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::{watch, Notify};
 
+pub(crate) use self::health::LaneHealth;
 pub(crate) use self::io::{LaneChain, LaneStore};
 use crate::clock::now_ms;
 use crate::error::{ChainError, StoreError};
@@ -58,6 +60,20 @@ pub(crate) struct WorkerConfig {
     pub instance: String,
     /// Payments taken per batch.
     pub batch: i64,
+    /// Gas limit of each settlement transaction (for what the wallet must hold).
+    pub gas_limit: u64,
+    /// `--max-fee-gwei` in wei: no transaction is signed with a higher max fee per gas.
+    pub max_fee: u128,
+    /// A transaction without receipt this long is re-signed at its nonce with higher fees.
+    pub replace_after: Duration,
+    /// The lane is stalled when its oldest unconfirmed transaction is older than this.
+    pub stall_after: Duration,
+    /// Per payment: at most this many transactions (wallet nonces) ...
+    pub max_txs_per_payment: u64,
+    /// ... and this much gas spent, then it fails.
+    pub max_gas_per_payment: u64,
+    /// Where the lane reports whether it is stalled.
+    pub health: Arc<LaneHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,11 @@
 
 use alloy::primitives::U256;
 
+use super::decide;
+use super::io::{AuthorizationEvent, Receipt};
 use super::{Lane, LaneChain, LaneError};
 use crate::error::ChainError;
-use crate::scheme::{self, FactsRead};
+use crate::scheme::{self, FactsRead, FailCause};
 use crate::store::PaymentRow;
 
 pub(crate) use crate::scheme::{ChainFacts, Check, Preflight};
@@ -29,6 +31,36 @@ pub(crate) fn with_allowance(p: &PaymentRow, onchain: U256, allowance: U256) -> 
             p.p.value
         ),
         release_key: false,
+        cause: FailCause::PermitNonceSpent,
+    }
+}
+
+/// After [`Check::NeedAuthorizationEvent`]: the authorization's event and, for
+/// `AuthorizationUsed`, the receipt of the transaction that used it.
+pub(crate) fn with_authorization_event(
+    p: &PaymentRow,
+    event: Option<AuthorizationEvent>,
+    used_by: Option<&Receipt>,
+) -> Preflight {
+    match event {
+        Some(AuthorizationEvent::Canceled { tx }) => Preflight::Fail {
+            reason: format!("the payer cancelled the authorization on chain (transaction {tx})"),
+            release_key: false,
+            cause: FailCause::AuthorizationCanceled,
+        },
+        Some(AuthorizationEvent::Used { tx, block }) => match used_by {
+            Some(r) if decide::moved_funds(r, &p.p) => Preflight::SettledBy { tx, block },
+            _ => Preflight::Fail {
+                reason: format!("the authorization was used on chain by transaction {tx}, which did not transfer the value to pay_to"),
+                release_key: false,
+                cause: FailCause::AuthorizationUsedElsewhere,
+            },
+        },
+        None => Preflight::Fail {
+            reason: "authorization nonce was used on chain by another transaction (its event is not within the blocks searched)".into(),
+            release_key: false,
+            cause: FailCause::AuthorizationUsedElsewhere,
+        },
     }
 }
 
@@ -99,7 +131,22 @@ impl Lane {
                     .await?;
                 with_inflight(p, onchain, &inflight)
             }
+            Check::NeedAuthorizationEvent => self.authorization_fate(p).await?,
         })
+    }
+
+    /// An ERC-3009 authorization used on chain: settled by someone else's transaction (its
+    /// receipt shows the transfer to pay_to), or cancelled, or used elsewhere.
+    pub(super) async fn authorization_fate(&self, p: &PaymentRow) -> Result<Preflight, LaneError> {
+        let event = self
+            .chain
+            .authorization_event(p.p.asset, p.p.payer, p.p.nonce)
+            .await?;
+        let receipt = match event {
+            Some(AuthorizationEvent::Used { tx, .. }) => self.chain.receipt(tx).await?,
+            _ => None,
+        };
+        Ok(with_authorization_event(p, event, receipt.as_ref()))
     }
 }
 
@@ -143,6 +190,7 @@ mod tests {
         let Check::Done(Preflight::Fail {
             reason,
             release_key: true,
+            ..
         }) = first_check(&p, ChainFacts::PermitNonce(U256::from(3)), NOW)
         else {
             panic!("permit past its deadline")
@@ -171,12 +219,59 @@ mod tests {
             first_check(&e, ChainFacts::AuthorizationUsed(false), NOW),
             Check::Done(Preflight::Ready)
         );
-        assert!(matches!(
+        // Used: by a front-run transfer to pay_to, or cancelled? Its event says.
+        assert_eq!(
             first_check(&e, ChainFacts::AuthorizationUsed(true), NOW),
-            Check::Done(Preflight::Fail {
-                release_key: false,
+            Check::NeedAuthorizationEvent
+        );
+        let tx = alloy::primitives::B256::repeat_byte(7);
+        let paid = Receipt {
+            success: true,
+            block_number: Some(9),
+            transfers: vec![crate::chain::TransferLog {
+                token: e.p.asset,
+                from: e.p.payer,
+                to: e.p.pay_to,
+                value: e.p.value,
+            }],
+            gas_used: 1,
+        };
+        assert_eq!(
+            with_authorization_event(
+                &e,
+                Some(AuthorizationEvent::Used { tx, block: 9 }),
+                Some(&paid)
+            ),
+            Preflight::SettledBy { tx, block: 9 }
+        );
+        let elsewhere = Receipt {
+            transfers: vec![],
+            ..paid.clone()
+        };
+        assert!(matches!(
+            with_authorization_event(
+                &e,
+                Some(AuthorizationEvent::Used { tx, block: 9 }),
+                Some(&elsewhere)
+            ),
+            Preflight::Fail {
+                cause: FailCause::AuthorizationUsedElsewhere,
                 ..
-            })
+            }
+        ));
+        let Preflight::Fail { cause, .. } =
+            with_authorization_event(&e, Some(AuthorizationEvent::Canceled { tx }), None)
+        else {
+            panic!("a cancelled authorization fails")
+        };
+        assert_eq!(cause, FailCause::AuthorizationCanceled);
+        assert!(cause.payer_caused());
+        assert!(matches!(
+            with_authorization_event(&e, None, None),
+            Preflight::Fail {
+                cause: FailCause::AuthorizationUsedElsewhere,
+                ..
+            }
         ));
     }
 
@@ -190,6 +285,7 @@ mod tests {
         let Preflight::Fail {
             reason,
             release_key: false,
+            cause: FailCause::PermitNonceSpent,
         } = with_allowance(&p, U256::from(4), p.p.value - U256::from(1))
         else {
             panic!("allowance short")

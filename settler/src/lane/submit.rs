@@ -11,6 +11,7 @@ use super::{Lane, LaneError};
 use crate::clock::now_ms;
 use crate::error::ChainError;
 use crate::metrics as m;
+use crate::scheme::FailCause;
 use crate::store::TxRow;
 
 impl Lane {
@@ -30,7 +31,9 @@ impl Lane {
         if due.is_empty() {
             return Ok(0);
         }
-        let (fees, node_next) = tokio::try_join!(self.chain.fees(), self.chain.pending_nonce())?;
+        let (estimate, node_next) =
+            tokio::try_join!(self.chain.fees(), self.chain.pending_nonce())?;
+        let fees = decide::capped_fees(estimate, self.cfg.max_fee);
         if let Some(jump) = decide::resync_nonce(*next_nonce, node_next) {
             tracing::warn!(wallet = %signer, network = %network, lane_next = *next_nonce, node_next,
                 "the settler wallet's nonce was used by transactions this settler did not send (is its key used elsewhere?); re-syncing the lane's nonce from the chain");
@@ -73,20 +76,42 @@ impl Lane {
                 Preflight::Fail {
                     reason,
                     release_key,
+                    cause,
                 } => {
+                    self.fail_before_submission(&p.p.id, &reason, release_key, cause)
+                        .await?;
+                    continue;
+                }
+                Preflight::SettledBy { tx, block } => {
+                    let note = format!("executed on chain by transaction {tx}, not sent by this settler (front-run or submitted by the payer)");
                     if self
                         .store
-                        .fail_pending(&p.p.id, &reason, release_key, now_ms())
+                        .settle_by(&p.p.id, tx, block, &note, &[], &[], now_ms())
                         .await?
                     {
-                        metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
-                        tracing::warn!(settlement_id = %p.p.id, reason, "settlement failed before submission");
+                        metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
+                        tracing::info!(settlement_id = %p.p.id, tx = %tx, block, "settled by another transaction");
                     }
                     continue;
                 }
             }
             let token = p.p.asset;
             let calls = decide::settlement_calls(&p, signer, with_permit);
+            if p.attempts > 0 {
+                // Signed before: the per-payment caps bound what a payment can cost the wallet.
+                let (txs, gas) = self.store.payment_spend(&p.p.id).await?;
+                if let Some(reason) = decide::over_caps(
+                    txs,
+                    gas,
+                    calls.len() as u64,
+                    self.cfg.max_txs_per_payment,
+                    self.cfg.max_gas_per_payment,
+                ) {
+                    self.fail_before_submission(&p.p.id, &reason, false, FailCause::RetryCap)
+                        .await?;
+                    continue;
+                }
+            }
             let mut txs = Vec::with_capacity(calls.len());
             for (i, (kind, input)) in calls.into_iter().enumerate() {
                 let nonce = decide::tx_nonce(*next_nonce, i);
@@ -101,6 +126,10 @@ impl Lane {
                     raw,
                     state: "sent".into(),
                     last_broadcast_ms: now_ms(),
+                    max_fee: fees.0,
+                    priority_fee: fees.1,
+                    signed_ms: now_ms(),
+                    created_ms: now_ms(),
                 });
             }
             let Some((permit_tx, transfer_tx)) = decide::submission_hashes(&txs) else {
@@ -126,5 +155,23 @@ impl Lane {
             count += 1;
         }
         Ok(count)
+    }
+
+    async fn fail_before_submission(
+        &self,
+        id: &str,
+        reason: &str,
+        release_key: bool,
+        cause: FailCause,
+    ) -> Result<(), LaneError> {
+        if self
+            .store
+            .fail_pending(id, reason, release_key, Some(cause.stored()), now_ms())
+            .await?
+        {
+            metrics::counter!(m::SETTLEMENTS, "state" => "failed").increment(1);
+            tracing::warn!(settlement_id = %id, reason, cause = cause.code(), payer_caused = cause.payer_caused(), "settlement failed before submission");
+        }
+        Ok(())
     }
 }

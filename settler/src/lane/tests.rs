@@ -23,6 +23,15 @@ fn config() -> WorkerConfig {
         lease: Duration::from_secs(10),
         instance: "me".into(),
         batch: 64,
+        gas_limit: 300_000,
+        max_fee: 100_000_000_000,
+        replace_after: Duration::from_secs(12),
+        stall_after: Duration::from_secs(60),
+        max_txs_per_payment: 4,
+        max_gas_per_payment: 1_200_000,
+        health: Arc::new(super::LaneHealth::new([x402_protocol::Network::eip155(
+            super::fixtures::CHAIN_ID,
+        )])),
     }
 }
 
@@ -295,9 +304,11 @@ async fn success_without_the_transfer_event_fails() {
 }
 
 #[tokio::test]
-async fn an_out_of_order_permit_revert_is_requeued_at_most_max_requeues_times() {
+async fn an_out_of_order_permit_revert_is_requeued_until_the_transaction_cap() {
     // The store says permit nonce 0 of this payer is settled, the chain still expects 0: the
-    // lane signs permit 1 after it, and permit() reverts every time.
+    // lane signs permit 1 after it, and permit() reverts every time. Re-signing stops at the
+    // per-payment cap (4 transactions = 2 rounds of permit + transferFrom); it was 18
+    // transactions before the cap.
     let mut earlier = payment("p0", 1, Scheme::Permit, 0);
     earlier.state = SettlementState::Settled;
     let (store, chain) = (
@@ -308,19 +319,27 @@ async fn an_out_of_order_permit_revert_is_requeued_at_most_max_requeues_times() 
     let mut next = lane.recover().await.unwrap();
     let mut rounds = 0;
     while store.row("p1").state != SettlementState::Failed {
-        assert_eq!(submit(&lane, &mut next).await, 1, "round {rounds}");
+        if submit(&lane, &mut next).await == 0 {
+            break;
+        }
         chain.mine();
         lane.confirm().await.unwrap();
         rounds += 1;
         assert!(rounds <= MAX_REQUEUES + 1, "never gives up");
     }
     let row = store.row("p1");
-    assert_eq!((rounds, row.attempts), (MAX_REQUEUES + 1, MAX_REQUEUES));
-    assert_eq!(
-        row.error.as_deref(),
-        Some("transferFrom reverted; permit() reverted (nonce used or signature refused)")
+    assert_eq!(row.state, SettlementState::Failed);
+    assert_eq!((rounds, row.attempts), (2, 2));
+    assert!(
+        row.error.as_deref().unwrap_or("").contains("cap of 4"),
+        "{row:?}"
     );
-    assert_eq!(chain.state().signed.len() as i64, 2 * (MAX_REQUEUES + 1));
+    assert_eq!(
+        store.state().causes.get("p1").cloned(),
+        Some(("retry_cap".to_string(), false)),
+        "our retries are not the payer's fault"
+    );
+    assert_eq!(chain.state().signed.len(), 4);
     assert_eq!(chain.balance(PAY_TO), U256::ZERO);
 }
 
@@ -565,4 +584,180 @@ async fn wait_for(mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn an_underpriced_transaction_is_replaced_at_its_nonce_and_settles_once() {
+    let (store, chain) = (
+        FakeStore::with([payment("e", 1, Scheme::Exact, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let mut cfg = config();
+    cfg.replace_after = Duration::from_millis(0);
+    let lane = lane_with(&store, &chain, cfg);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    let first = store.txs_of("e")[0].clone();
+    // The base fee jumps above the signed max fee: nothing is mined.
+    chain.state().base_fee = 10_000_000_000;
+    chain.mine();
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("e").state, SettlementState::Submitted);
+    lane.replace_and_report().await.unwrap();
+    let now = store.txs_of("e");
+    assert_eq!(now.len(), 1, "one transaction, replaced in place");
+    let second = now[0].clone();
+    assert_eq!(second.nonce, first.nonce, "same nonce");
+    assert_ne!(second.hash, first.hash);
+    assert!(second.max_fee >= 2 * 10_000_000_000 && second.max_fee * 8 >= first.max_fee * 9);
+    assert!(second.priority_fee * 8 >= first.priority_fee * 9);
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("e");
+    assert_eq!(row.state, SettlementState::Settled);
+    assert_eq!(row.transfer_tx, Some(second.hash.to_string()));
+    assert_eq!(chain.balance(PAY_TO), U256::from(VALUE));
+    assert_eq!(store.state().attempts.len(), 2, "every attempt is stored");
+}
+
+#[tokio::test]
+async fn a_replaced_transactions_earlier_attempt_mined_is_recognised() {
+    let (store, chain) = (
+        FakeStore::with([payment("e", 1, Scheme::Exact, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let mut cfg = config();
+    cfg.replace_after = Duration::from_millis(0);
+    let lane = lane_with(&store, &chain, cfg);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    let first = store.txs_of("e")[0].clone();
+    chain.state().base_fee = 10_000_000_000;
+    lane.replace_and_report().await.unwrap();
+    // The node had kept the first attempt and mines it (the base fee drops again).
+    {
+        let mut s = chain.state();
+        s.base_fee = 0;
+        s.mempool.insert(first.nonce, first.raw.clone());
+    }
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("e");
+    assert_eq!(row.state, SettlementState::Settled);
+    assert_eq!(row.transfer_tx, Some(first.hash.to_string()));
+    assert_eq!(
+        store.txs_of("e")[0].hash,
+        first.hash,
+        "the mined attempt is the current one"
+    );
+    assert_eq!(chain.balance(PAY_TO), U256::from(VALUE));
+}
+
+#[tokio::test]
+async fn a_permit_the_chain_refuses_fails_after_its_first_revert() {
+    let (store, chain) = (
+        FakeStore::with([payment("p", 1, Scheme::Permit, 0)]),
+        FakeChain::new(VALUE),
+    );
+    chain
+        .state()
+        .bad_permit_sigs
+        .insert(alloy::primitives::B256::from(U256::ZERO));
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    chain.mine();
+    lane.confirm().await.unwrap();
+    let row = store.row("p");
+    assert_eq!(row.state, SettlementState::Failed, "{row:?}");
+    assert_eq!(chain.state().signed.len(), 2, "permit + transferFrom, once");
+    assert_eq!(
+        store.state().causes.get("p").cloned(),
+        Some(("signature_rejected".to_string(), false))
+    );
+}
+
+#[tokio::test]
+async fn a_front_run_authorization_is_settled_with_the_other_transaction() {
+    let e = payment("e", 1, Scheme::Exact, 0);
+    let (store, chain) = (FakeStore::with([e.clone()]), FakeChain::new(VALUE));
+    // The payer submits it first: funds moved to pay_to in a transaction we did not send.
+    let theirs = alloy::primitives::B256::repeat_byte(0x99);
+    {
+        let mut s = chain.state();
+        s.auth_used.insert((PAYER, e.p.nonce));
+        s.auth_events.insert(
+            (PAYER, e.p.nonce),
+            super::io::AuthorizationEvent::Used {
+                tx: theirs,
+                block: 7,
+            },
+        );
+        s.receipts.insert(
+            theirs,
+            super::io::Receipt {
+                success: true,
+                block_number: Some(7),
+                transfers: vec![super::io::TransferLog {
+                    token: e.p.asset,
+                    from: PAYER,
+                    to: PAY_TO,
+                    value: e.p.value,
+                }],
+                gas_used: 1,
+            },
+        );
+    }
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 0, "nothing to sign");
+    let row = store.row("e");
+    assert_eq!(row.state, SettlementState::Settled);
+    assert_eq!(row.transfer_tx, Some(theirs.to_string()));
+    assert!(chain.state().signed.is_empty());
+}
+
+#[tokio::test]
+async fn a_cancelled_authorization_fails_as_the_payers_doing() {
+    let e = payment("e", 1, Scheme::Exact, 0);
+    let (store, chain) = (FakeStore::with([e.clone()]), FakeChain::new(VALUE));
+    {
+        let mut s = chain.state();
+        s.auth_used.insert((PAYER, e.p.nonce));
+        s.auth_events.insert(
+            (PAYER, e.p.nonce),
+            super::io::AuthorizationEvent::Canceled {
+                tx: alloy::primitives::B256::repeat_byte(1),
+            },
+        );
+    }
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    assert_eq!(store.row("e").state, SettlementState::Failed);
+    assert_eq!(
+        store.state().causes.get("e").cloned(),
+        Some(("authorization_canceled".to_string(), true))
+    );
+}
+
+#[tokio::test]
+async fn an_empty_wallet_stalls_the_lane_until_it_is_funded() {
+    let (store, chain) = (
+        FakeStore::with([payment("e", 1, Scheme::Exact, 0)]),
+        FakeChain::new(VALUE),
+    );
+    let cfg = config();
+    let health = cfg.health.clone();
+    let lane = lane_with(&store, &chain, cfg);
+    let network = x402_protocol::Network::eip155(super::fixtures::CHAIN_ID);
+    lane.replace_and_report().await.unwrap();
+    assert_eq!(health.stalled(network), None);
+    chain.state().signer_eth = U256::ZERO;
+    lane.replace_and_report().await.unwrap();
+    let why = health.stalled(network).unwrap();
+    assert!(why.contains("wallet holds 0 wei"), "{why}");
+    chain.state().signer_eth = U256::from(10u128.pow(18));
+    lane.replace_and_report().await.unwrap();
+    assert_eq!(health.stalled(network), None);
 }

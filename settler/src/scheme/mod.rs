@@ -16,7 +16,7 @@ mod permit;
 mod settle;
 
 pub(crate) use settle::{
-    ChainFacts, Check, FactsRead, Preflight, SchemeSettlement, DEADLINE_MARGIN_SECS, PERMIT,
+    ChainFacts, Check, FactsRead, FailCause, Preflight, SchemeSettlement, DEADLINE_MARGIN_SECS, PERMIT,
     TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION,
 };
 

@@ -8,7 +8,7 @@ use x402_protocol::settler_api::PricedMethod;
 use x402_protocol::Scheme;
 
 use super::{
-    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, Preflight, SchemePayment,
+    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, FailCause, Preflight, SchemePayment,
     SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, PERMIT, TRANSFER_FROM,
 };
 use crate::chain::{self, Chain};
@@ -124,6 +124,7 @@ impl SchemeSettlement for PermitSettlement {
             return Check::Done(Preflight::Fail {
                 reason: format!("permit deadline {} passed before settlement", p.p.deadline),
                 release_key: true,
+                cause: FailCause::DeadlinePassed,
             });
         }
         let ChainFacts::PermitNonce(onchain) = facts else {

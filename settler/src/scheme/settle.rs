@@ -50,7 +50,74 @@ pub(crate) enum Preflight {
     Defer(String),
     /// It can never settle. `release_key`: the signature is dead for good (permit deadline
     /// passed), so its single-use key is freed for the payer to sign that nonce anew.
-    Fail { reason: String, release_key: bool },
+    Fail {
+        reason: String,
+        release_key: bool,
+        cause: FailCause,
+    },
+    /// Executed on chain by a transaction this settler did not send (front-run, or submitted
+    /// by the payer): the funds reached `pay_to` in `tx`.
+    SettledBy { tx: B256, block: u64 },
+}
+
+/// Why the lane failed a payment, stored as `fail_cause`. The payer-caused ones block the
+/// payer ([`FailCause::payer_caused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailCause {
+    /// The payer cancelled the ERC-3009 authorization (`AuthorizationCanceled`).
+    AuthorizationCanceled,
+    /// The payer's token balance no longer covers the value (funds moved away).
+    InsufficientBalance,
+    /// The permit's nonce was spent by another permit and the allowance does not cover it.
+    PermitNonceSpent,
+    /// The allowance the permit gave was revoked / spent before `transferFrom`.
+    AllowanceRevoked,
+    /// The deadline / `validBefore` passed before the lane got to it (we were slow).
+    DeadlinePassed,
+    /// `permit()` reverts at the owner's current nonce: the chain refuses the signature (e.g.
+    /// a domain the token does not have).
+    SignatureRejected,
+    /// The per-payment cap on transactions or gas is reached.
+    RetryCap,
+    /// The authorization was used on chain by a transaction not found to pay `pay_to`.
+    AuthorizationUsedElsewhere,
+    /// Succeeded without the expected `Transfer` event (a non-standard token).
+    NoTransferEvent,
+    /// Reverted for another reason.
+    Reverted,
+}
+
+impl FailCause {
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            FailCause::AuthorizationCanceled => "authorization_canceled",
+            FailCause::InsufficientBalance => "insufficient_balance",
+            FailCause::PermitNonceSpent => "permit_nonce_spent",
+            FailCause::AllowanceRevoked => "allowance_revoked",
+            FailCause::DeadlinePassed => "deadline_passed",
+            FailCause::SignatureRejected => "signature_rejected",
+            FailCause::RetryCap => "retry_cap",
+            FailCause::AuthorizationUsedElsewhere => "authorization_used_elsewhere",
+            FailCause::NoTransferEvent => "no_transfer_event",
+            FailCause::Reverted => "reverted",
+        }
+    }
+
+    /// The payer made it fail (and could repeat it with a new payment): blocks the payer.
+    pub(crate) fn payer_caused(self) -> bool {
+        matches!(
+            self,
+            FailCause::AuthorizationCanceled
+                | FailCause::InsufficientBalance
+                | FailCause::PermitNonceSpent
+                | FailCause::AllowanceRevoked
+        )
+    }
+
+    /// What the store records: (code, payer caused).
+    pub(crate) fn stored(self) -> (&'static str, bool) {
+        (self.code(), self.payer_caused())
+    }
 }
 
 /// The first preflight step: a decision, or what to read next.
@@ -65,6 +132,9 @@ pub(crate) enum Check {
     NeedInflight {
         onchain: U256,
     },
+    /// The ERC-3009 authorization is used on chain: by a transfer to `pay_to` (settled by
+    /// someone else) or by a cancellation? Read its event.
+    NeedAuthorizationEvent,
 }
 
 /// A stored payment's scheme, as the lane sees it.
