@@ -153,15 +153,16 @@ async fn each_check_has_its_error_code() {
         402,
         "invalid_signature",
     );
-    // Domain from the requirement: a client signing under another name is refused.
+    // A requirement naming another EIP-712 domain than the settler's terms is refused before
+    // any signature is checked (the terms' name is the contract's, verified at start).
     let mut renamed = req.clone();
     renamed.accepts[0].method.asset.name = "USD Coin".into();
     expect(
         "domain",
         env.post_token(&renamed, &env.permit(&payer, PRICE, 0, dl))
             .await,
-        402,
-        "invalid_signature",
+        403,
+        "eip712_domain_mismatch",
     );
     let mut p = env.permit(&payer, PRICE, 0, dl);
     let s = U256::from_str_radix(

@@ -68,9 +68,9 @@ impl Service {
     ) -> Result<Checked<'r>, Refusal> {
         let started = std::time::Instant::now();
         let priced = verify::match_method(payment, requirement)?;
-        self.check_settler_terms(priced, requirement)?;
         let method = &priced.method;
         let chain = self.chains.get(method.network)?.clone();
+        self.check_settler_terms(priced, requirement)?;
         verify::check_signature(payment, method)?;
         let now = now_secs();
         verify::check_terms(payment, priced, chain.signer(), now, self.deadline_margin)?;
