@@ -1176,7 +1176,12 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<i64, _>("created_ms")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    r.try_get::<i64, _>("created_ms")?,
+                ))
+            })
             .collect()
     }
 

@@ -76,7 +76,8 @@ impl Stack {
         let mut opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
             .with_terms(usdc_terms(&network, token, &[pay_to]));
         opts.env.push(("RUST_LOG".into(), "info".into()));
-        opts.extra_args.extend(stack_opts.settler_args.iter().cloned());
+        opts.extra_args
+            .extend(stack_opts.settler_args.iter().cloned());
         let settler = SettlerProcess::start(opts).await?;
         let upstream = Upstream::start()?;
         let key_hex = std::fs::read_to_string(&key_file).context("settler token key file")?;

@@ -17,7 +17,11 @@ use crate::store::Store;
 
 pub(super) const SECRET: &str = "s3cret";
 
-pub(super) async fn app(dir: &tempfile::TempDir, secret: Option<&str>, body_limit: usize) -> Router {
+pub(super) async fn app(
+    dir: &tempfile::TempDir,
+    secret: Option<&str>,
+    body_limit: usize,
+) -> Router {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
     let store = Store::connect(&url).await.unwrap();
     let key = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
