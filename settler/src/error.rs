@@ -313,9 +313,9 @@ pub enum StoreError {
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Duplicate => {
-                Refusal::PaymentAlreadyUsed(UsedPayment::new("this payment was already used to mint a token"))
-            }
+            StoreError::Duplicate => Refusal::PaymentAlreadyUsed(UsedPayment::new(
+                "this payment was already used to mint a token",
+            )),
             StoreError::Db(e) => Refusal::StoreUnavailable(format!("database unavailable: {e}")),
             StoreError::Corrupt(m) => Refusal::Internal(m),
         }

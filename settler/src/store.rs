@@ -58,7 +58,13 @@ pub struct NewPayment {
 
 impl NewPayment {
     pub fn use_key(&self) -> String {
-        use_key(self.scheme, self.network, self.asset, self.payer, self.nonce)
+        use_key(
+            self.scheme,
+            self.network,
+            self.asset,
+            self.payer,
+            self.nonce,
+        )
     }
 }
 
@@ -491,7 +497,11 @@ impl Session {
     /// Sum of the values of all open (pending or submitted) payments in `asset` on
     /// `network`, every payer together (exposure total). Summed here: values are exact
     /// decimal text, no SQL number type holds every U256.
-    pub async fn open_total(&mut self, network: Network, asset: Address) -> Result<U256, StoreError> {
+    pub async fn open_total(
+        &mut self,
+        network: Network,
+        asset: Address,
+    ) -> Result<U256, StoreError> {
         let rows = sqlx::query("SELECT value FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND state IN ('pending', 'submitted')")
             .bind(network.chain_id as i64)
             .bind(hexa(asset))
@@ -1543,7 +1553,11 @@ mod tests {
                 .fetch_one(&mut *conn)
                 .await
                 .unwrap();
-            assert_eq!(row.try_get::<i64, _>(0).unwrap(), 2, "PRAGMA synchronous = FULL");
+            assert_eq!(
+                row.try_get::<i64, _>(0).unwrap(),
+                2,
+                "PRAGMA synchronous = FULL"
+            );
         }
         let p = sample("a", 3);
         assert!(p.use_key().starts_with("permit:31337:"), "{}", p.use_key());
@@ -1554,7 +1568,10 @@ mod tests {
         q.scheme = Scheme::Exact;
         s.insert(&q).await.unwrap();
         let found = s.by_use_key(&p.use_key()).await.unwrap().unwrap();
-        assert_eq!((found.row.p.id.as_str(), found.token, found.broadcast), ("a", Some((100, 400)), false));
+        assert_eq!(
+            (found.row.p.id.as_str(), found.token, found.broadcast),
+            ("a", Some((100, 400)), false)
+        );
         assert_eq!(
             s.open_total(Network::eip155(31337), Address::repeat_byte(0xaa))
                 .await
@@ -1583,7 +1600,10 @@ mod tests {
             .await;
         let mut s = store.session(1).await.unwrap();
         let found = s.by_use_key(&p.use_key()).await.unwrap().unwrap();
-        assert!(found.broadcast, "a stored transaction may have been broadcast");
+        assert!(
+            found.broadcast,
+            "a stored transaction may have been broadcast"
+        );
     }
 
     #[test]

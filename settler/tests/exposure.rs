@@ -76,14 +76,19 @@ async fn payer_cap_refuses_concurrent_payments_above_it_and_frees_as_they_settle
             (429, "payer_exposure_limit") => {
                 let m = body["message"].as_str().unwrap();
                 assert!(
-                    m.contains("has 30000 accepted but not yet settled") && m.contains("30000 per payer"),
+                    m.contains("has 30000 accepted but not yet settled")
+                        && m.contains("30000 per payer"),
                     "the message names the unsettled amount and the cap: {m}"
                 );
             }
             _ => panic!("unexpected {st}: {body}"),
         }
     }
-    assert_eq!(ids.len(), 3, "exactly the cap's worth accepted: {answers:?}");
+    assert_eq!(
+        ids.len(),
+        3,
+        "exactly the cap's worth accepted: {answers:?}"
+    );
     // Another payer has a cap of its own.
     let other = env.funded_payer(FUND).await;
     let (st, body) = env
@@ -104,7 +109,10 @@ async fn payer_cap_refuses_concurrent_payments_above_it_and_frees_as_they_settle
             SettlementState::Settled
         );
     }
-    assert_eq!(env.balance(payer.address()).await, U256::from(FUND - 3 * PRICE));
+    assert_eq!(
+        env.balance(payer.address()).await,
+        U256::from(FUND - 3 * PRICE)
+    );
     assert_eq!(env.balance(env.pay_to).await, U256::from(4 * PRICE));
     for _ in 0..3 {
         let (st, body) = env
@@ -164,7 +172,12 @@ async fn total_cap_refuses_with_503_and_every_charged_payer_holds_a_token() {
     for p in &payers {
         let held = tokens
             .iter()
-            .filter(|t| t["payer"].as_str().unwrap().eq_ignore_ascii_case(&p.address().to_string()))
+            .filter(|t| {
+                t["payer"]
+                    .as_str()
+                    .unwrap()
+                    .eq_ignore_ascii_case(&p.address().to_string())
+            })
             .count() as u64;
         assert_eq!(
             env.balance(p.address()).await,
@@ -197,7 +210,10 @@ async fn same_payment_gets_the_same_token_until_broadcast_then_409_naming_the_se
         let (st, again) = env.post_token(&req, p).await;
         assert_eq!(st, 200, "{again}");
         assert_eq!(again["settlement_id"], first["settlement_id"]);
-        assert_eq!(again["access_token"], first["access_token"], "byte-identical token");
+        assert_eq!(
+            again["access_token"], first["access_token"],
+            "byte-identical token"
+        );
         assert!(again["expires_in"].as_u64().unwrap() <= first["expires_in"].as_u64().unwrap());
         firsts.push(first);
     }
@@ -206,11 +222,17 @@ async fn same_payment_gets_the_same_token_until_broadcast_then_409_naming_the_se
     let env_a = Arc::new(env);
     let answers = post_all(&env_a, vec![fresh.clone(); 8]).await;
     let mut env = Arc::try_unwrap(env_a).ok().unwrap();
-    let tok: Vec<&Value> = answers.iter().map(|(st, b)| {
-        assert_eq!(*st, 200, "{b}");
-        &b["access_token"]
-    }).collect();
-    assert!(tok.iter().all(|t| *t == tok[0]), "one token for one payment");
+    let tok: Vec<&Value> = answers
+        .iter()
+        .map(|(st, b)| {
+            assert_eq!(*st, 200, "{b}");
+            &b["access_token"]
+        })
+        .collect();
+    assert!(
+        tok.iter().all(|t| *t == tok[0]),
+        "one token for one payment"
+    );
     let fresh_id = id(&answers[0].1);
 
     // Another payment under the same key (same nonce, other validBefore): 409, nothing named.
@@ -237,7 +259,9 @@ async fn same_payment_gets_the_same_token_until_broadcast_then_409_naming_the_se
     with_worker(&mut env).await;
     for first in &firsts {
         assert_eq!(
-            env.wait_final(&id(first), Duration::from_secs(60)).await.state,
+            env.wait_final(&id(first), Duration::from_secs(60))
+                .await
+                .state,
             SettlementState::Settled
         );
     }
@@ -250,7 +274,10 @@ async fn same_payment_gets_the_same_token_until_broadcast_then_409_naming_the_se
         assert!(body.get("access_token").is_none());
     }
     // Each payment charged once.
-    assert_eq!(env.balance(payer.address()).await, U256::from(FUND - 4 * PRICE));
+    assert_eq!(
+        env.balance(payer.address()).await,
+        U256::from(FUND - 4 * PRICE)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +290,8 @@ async fn facilitator_settle_of_the_same_payload_answers_from_the_stored_settleme
         "asset": env.token, "payTo": env.pay_to, "maxTimeoutSeconds": 300,
         "extra": {"name": "USDC", "version": "2"}});
     let settle = |env: &Env| {
-        let body = json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": reqs});
+        let body =
+            json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": reqs});
         let r = env
             .http
             .post(format!("{}/settle", env.settler.url()))
@@ -287,7 +315,10 @@ async fn facilitator_settle_of_the_same_payload_answers_from_the_stored_settleme
         let (st, v) = settle(&env).await;
         assert_eq!(st, 200, "{v}");
         if v["errorReason"] == "invalid_exact_evm_nonce_already_used" {
-            assert!(v["errorMessage"].as_str().unwrap().contains("settlement"), "{v}");
+            assert!(
+                v["errorMessage"].as_str().unwrap().contains("settlement"),
+                "{v}"
+            );
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "{v}");
@@ -316,14 +347,24 @@ async fn acceptance_past_its_deadline_stores_nothing_and_answers_503() {
     let (st, body) = env
         .post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, nonce))
         .await;
-    assert_eq!((st, code(&body)), (503, "accept_deadline_exceeded"), "{body}");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered at the deadline");
+    assert_eq!(
+        (st, code(&body)),
+        (503, "accept_deadline_exceeded"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at the deadline"
+    );
 
     // Nothing was stored: another payment with that very nonce is accepted.
     proxy.set_delay(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(800)).await; // late answers drain
     let (st, body) = env
-        .post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl + 1, nonce))
+        .post_token(
+            &req,
+            &env.erc3009(&payer, env.pay_to, PRICE, 0, dl + 1, nonce),
+        )
         .await;
     assert_eq!(st, 200, "{body}");
 
@@ -338,7 +379,10 @@ async fn acceptance_past_its_deadline_stores_nothing_and_answers_503() {
     }
     let now = env.now();
     let (st, body) = env
-        .post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, now, dl, random_nonce()))
+        .post_token(
+            &req,
+            &env.erc3009(&payer, env.pay_to, PRICE, now, dl, random_nonce()),
+        )
         .await;
     assert_eq!((st, code(&body)), (402, "not_yet_valid"), "{body}");
 }
@@ -349,7 +393,10 @@ async fn unsafe_acceptance_flags_are_refused_at_start_naming_the_flag() {
     for (args, flag) in [
         (vec!["--deadline-margin", "9"], "--deadline-margin"),
         (vec!["--accept-deadline-ms", "50"], "--accept-deadline-ms"),
-        (vec!["--accept-deadline-ms", "600000"], "--accept-deadline-ms"),
+        (
+            vec!["--accept-deadline-ms", "600000"],
+            "--accept-deadline-ms",
+        ),
     ] {
         env.settler.options_mut().extra_args = args.iter().map(|s| s.to_string()).collect();
         let e = env.settler.restart().await.unwrap_err().to_string();

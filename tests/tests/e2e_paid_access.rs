@@ -236,7 +236,11 @@ async fn answer_lost_after_commit_the_retry_gets_the_same_token() {
 
     paid.callout.set_delay(Duration::from_millis(1500));
     let (st, body) = paid.buy(&payment).await;
-    assert_eq!((st, body["error"].as_str()), (503, Some("settler_unavailable")), "{body}");
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (503, Some("settler_unavailable")),
+        "{body}"
+    );
 
     paid.callout.set_delay(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(1000)).await; // the held answer drains
@@ -244,7 +248,11 @@ async fn answer_lost_after_commit_the_retry_gets_the_same_token() {
     assert_eq!(st, 200, "{first}");
     let (st, again) = paid.buy(&payment).await;
     assert_eq!(st, 200, "{again}");
-    assert_eq!(token_of(&again), token_of(&first), "same payment, same token");
+    assert_eq!(
+        token_of(&again),
+        token_of(&first),
+        "same payment, same token"
+    );
     assert_eq!(paid.use_token(&token_of(&first)).await, 200);
 
     paid.settle_all(U256::from(WEATHER_PRICE)).await;
@@ -289,6 +297,19 @@ async fn callout_timeout_during_acceptance_never_charges_without_a_token() {
         assert_eq!(token_of(&again), token_of(&body));
         held.push((k, vec![token_of(&body)]));
     }
+    // How many first attempts the settler stored after the filter gave up (their first retry
+    // got the stored token too; every payer's second retry is a re-issue anyway) - the rest
+    // were dropped with the closed callout, before the commit.
+    let reissued = paid
+        .settler
+        .log()
+        .matches("same payment posted again before broadcast")
+        .count();
+    eprintln!(
+        "first attempts committed after the callout gave up: {} of {}",
+        reissued.saturating_sub(held.len()),
+        held.len()
+    );
     paid.settle_all(U256::from(WEATHER_PRICE * held.len() as u64))
         .await;
     assert_charged_for_tokens_held(&paid, &held).await;

@@ -195,7 +195,8 @@ impl Service {
         // Single use, before anything else that depends on state: the same payment again
         // (not broadcast yet) is answered from its row, anything else holding the key is 409.
         if let Some(stored) = session.by_use_key(&new.use_key()).await? {
-            return idempotency::judge(stored, &new, mode).map(|s| Prepared::Done(Accepted::Again(s)));
+            return idempotency::judge(stored, &new, mode)
+                .map(|s| Prepared::Done(Accepted::Again(s)));
         }
 
         // Settlement safety: no new payment while the network's lane is stalled, nor from a

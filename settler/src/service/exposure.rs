@@ -105,13 +105,21 @@ mod tests {
         assert!(caps.check_payer(payer, u, U256::from(10u64)).is_ok());
         let e = caps.check_payer(payer, u, U256::from(11u64)).unwrap_err();
         assert_eq!(e.code(), "payer_exposure_limit");
-        assert!(e.message().contains(" 20 ") && e.message().contains("30"), "{e}");
-        assert!(caps.check_total(U256::from(90u64), U256::from(10u64)).is_ok());
+        assert!(
+            e.message().contains(" 20 ") && e.message().contains("30"),
+            "{e}"
+        );
+        assert!(caps
+            .check_total(U256::from(90u64), U256::from(10u64))
+            .is_ok());
         let e = caps
             .check_total(U256::from(91u64), U256::from(10u64))
             .unwrap_err();
         assert_eq!(e.code(), "total_exposure_limit");
-        assert!(e.message().contains("91") && e.message().contains("100"), "{e}");
+        assert!(
+            e.message().contains("91") && e.message().contains("100"),
+            "{e}"
+        );
         // No overflow at the edges.
         assert!(caps.check_total(U256::MAX, U256::MAX).is_err());
     }

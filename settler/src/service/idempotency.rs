@@ -105,7 +105,9 @@ pub(crate) fn token_again(
     let Some((iat, exp)) = stored.token else {
         return Err(used(
             stored,
-            format!("this payment was already accepted (settlement {id}) without a token to give again"),
+            format!(
+                "this payment was already accepted (settlement {id}) without a token to give again"
+            ),
         ));
     };
     let (iat, exp) = (iat.max(0) as u64, exp.max(0) as u64);
@@ -207,7 +209,11 @@ mod tests {
         route.route = "other".into();
         let r = refused(stored(SettlementState::Pending, false), &route, Mode::Store);
         assert_eq!(r.to_api().settlement_id.as_deref(), Some("first"));
-        let r = refused(stored(SettlementState::Pending, false), &again, Mode::Verify);
+        let r = refused(
+            stored(SettlementState::Pending, false),
+            &again,
+            Mode::Verify,
+        );
         assert_eq!(r.code(), "payment_already_used");
     }
 }

@@ -93,7 +93,14 @@ impl Service {
         let ttl = self.token_ttl(requirement, &checked.priced.method);
         let times = (checked.now, checked.now.saturating_add(ttl));
         let new = match self
-            .accept(payment, format, requirement, &checked, Mode::Store, Some(times))
+            .accept(
+                payment,
+                format,
+                requirement,
+                &checked,
+                Mode::Store,
+                Some(times),
+            )
             .await?
         {
             Accepted::New(new) => new,
