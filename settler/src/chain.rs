@@ -263,9 +263,7 @@ impl Chain {
             message: format!("stored transaction: {m}"),
         };
         let env = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|e| bad(e.to_string()))?;
-        let to = env
-            .to()
-            .ok_or_else(|| bad("no recipient".into()))?;
+        let to = env.to().ok_or_else(|| bad("no recipient".into()))?;
         self.sign(to, env.input().clone(), env.nonce(), fees).await
     }
 
@@ -311,7 +309,9 @@ impl Chain {
             .topic2(nonce)
             .from_block(latest.saturating_sub(lookback))
             .to_block(latest);
-        let logs = self.rpc("eth_getLogs", self.provider.get_logs(&filter)).await?;
+        let logs = self
+            .rpc("eth_getLogs", self.provider.get_logs(&filter))
+            .await?;
         Ok(logs.iter().find_map(|l| {
             let canceled = l.topic0()? == &IToken::AuthorizationCanceled::SIGNATURE_HASH;
             Some((canceled, l.transaction_hash?, l.block_number?))

@@ -167,7 +167,11 @@ pub struct ServeArgs {
     )]
     pub replace_after_secs: u64,
     /// Cap on the max fee per gas of any settlement transaction, gwei (decimal, e.g. `0.05`).
-    #[arg(long = "max-fee-gwei", env = "X402_MAX_FEE_GWEI", default_value = "500")]
+    #[arg(
+        long = "max-fee-gwei",
+        env = "X402_MAX_FEE_GWEI",
+        default_value = "500"
+    )]
     pub max_fee_gwei: String,
     /// A lane whose oldest unconfirmed transaction is older than this (seconds) is stalled:
     /// `/readyz` reports it and new payments on its network get 503 `settlement_stalled`.
@@ -239,9 +243,8 @@ pub const FILTER_TIMEOUT_MS_EXAMPLE: u64 = 3_000;
 impl ServeArgs {
     /// `--max-fee-gwei` in wei (refused at start when it is no decimal number or zero).
     pub fn max_fee_wei(&self) -> anyhow::Result<u128> {
-        let wei = x402_protocol::parse_decimal(self.max_fee_gwei.trim(), 9).map_err(|e| {
-            anyhow::anyhow!("--max-fee-gwei {:?}: {e}", self.max_fee_gwei)
-        })?;
+        let wei = x402_protocol::parse_decimal(self.max_fee_gwei.trim(), 9)
+            .map_err(|e| anyhow::anyhow!("--max-fee-gwei {:?}: {e}", self.max_fee_gwei))?;
         let wei = u128::try_from(wei)
             .map_err(|_| anyhow::anyhow!("--max-fee-gwei {:?}: too large", self.max_fee_gwei))?;
         anyhow::ensure!(wei > 0, "--max-fee-gwei must be above 0");

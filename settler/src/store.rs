@@ -797,6 +797,7 @@ impl Store {
     /// Ends a payment that never reached the chain as `failed`. `release_key` frees its
     /// single-use key when the signature can never be used again (deadline passed), so the
     /// payer can sign that permit nonce anew.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn fail_pending(
         &self,
         id: &str,
@@ -1431,11 +1432,29 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(store
-            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, None, 9)
+            .finish(
+                "a",
+                &[(tx.hash, true, 12)],
+                &[],
+                true,
+                Some(12),
+                None,
+                None,
+                9
+            )
             .await
             .unwrap());
         assert!(!store
-            .finish("a", &[(tx.hash, true, 12)], &[], true, Some(12), None, None, 9)
+            .finish(
+                "a",
+                &[(tx.hash, true, 12)],
+                &[],
+                true,
+                Some(12),
+                None,
+                None,
+                9
+            )
             .await
             .unwrap());
         let st = store.get("a").await.unwrap().unwrap().status();

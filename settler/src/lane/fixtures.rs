@@ -142,11 +142,7 @@ impl FakeChain {
         loop {
             let n = s.confirmed;
             let base_fee = s.base_fee;
-            if !s
-                .mempool
-                .get(&n)
-                .is_some_and(|r| raw_max_fee(r) >= base_fee)
-            {
+            if s.mempool.get(&n).is_none_or(|r| raw_max_fee(r) < base_fee) {
                 break;
             }
             let Some(raw) = s.mempool.remove(&n) else {

@@ -5,8 +5,9 @@ use x402_protocol::payment::{Authorization, Sig};
 use x402_protocol::settler_api::PricedMethod;
 
 use super::{
-    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, FailCause, Preflight, SchemePayment,
-    SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, TRANSFER_WITH_AUTHORIZATION,
+    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, FailCause, Preflight,
+    SchemePayment, SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS,
+    TRANSFER_WITH_AUTHORIZATION,
 };
 use crate::chain::{self, Chain};
 use crate::error::Refusal;

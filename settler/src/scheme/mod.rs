@@ -16,8 +16,8 @@ mod permit;
 mod settle;
 
 pub(crate) use settle::{
-    ChainFacts, Check, FactsRead, FailCause, Preflight, SchemeSettlement, DEADLINE_MARGIN_SECS, PERMIT,
-    TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION,
+    ChainFacts, Check, FactsRead, FailCause, Preflight, SchemeSettlement, DEADLINE_MARGIN_SECS,
+    PERMIT, TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION,
 };
 
 use std::future::Future;

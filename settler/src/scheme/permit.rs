@@ -8,8 +8,8 @@ use x402_protocol::settler_api::PricedMethod;
 use x402_protocol::Scheme;
 
 use super::{
-    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, FailCause, Preflight, SchemePayment,
-    SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, PERMIT, TRANSFER_FROM,
+    check_deadline, check_value, BoxFuture, ChainFacts, Check, FactsRead, FailCause, Preflight,
+    SchemePayment, SchemeSettlement, SettlementTerms, DEADLINE_MARGIN_SECS, PERMIT, TRANSFER_FROM,
 };
 use crate::chain::{self, Chain};
 use crate::error::Refusal;

@@ -27,9 +27,9 @@ pub(crate) use self::mint::Minter;
 pub(crate) use self::revoke::Revocations;
 pub(crate) use self::terms_check::{check_domain, DomainCheck, DomainState, Domains};
 use crate::chain::Chains;
-use crate::lane::LaneHealth;
 use crate::clock::now_secs;
 use crate::error::Refusal;
+use crate::lane::LaneHealth;
 use crate::metrics as m;
 use crate::store::{PaymentRow, Store};
 
