@@ -38,6 +38,20 @@ pub struct TokenRequest {
     pub payment: Box<RawValue>,
 }
 
+/// How long after its `exp` a short-lived token may still be renewed (`POST /v1/tokens/renew`).
+pub const RENEW_GRACE_SECS: u64 = 600;
+
+/// Body of `POST /v1/tokens/renew`: a token the settler minted (valid, or expired at most
+/// [`RENEW_GRACE_SECS`] ago) and the route's requirement stating the lifetime wanted. Once
+/// the token's payment has settled, the answer is a [`TokenResponse`] with the same claims
+/// and that lifetime counted from now.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub token: String,
+    pub requirement: Requirement,
+}
+
 /// Success answer of `POST /v1/tokens`. The first three fields are the seed SDK's response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenResponse {

@@ -87,6 +87,20 @@ pub enum Refusal {
         settlement_id: String,
         message: String,
     },
+    /// Renewal: the token is not one this settler minted (signature, key, shape), is
+    /// expired past the renewal grace, or does not match its settlement / the route.
+    InvalidToken(String),
+    /// Renewal: the token's payment is not settled yet (`pending` or `submitted`); retry.
+    SettlementPending {
+        settlement_id: String,
+        state: SettlementState,
+        message: String,
+    },
+    /// Renewal: the token's payment failed to settle; no token is renewed.
+    PaymentFailed {
+        settlement_id: String,
+        message: String,
+    },
 }
 
 /// The facts of a `payment_already_used` refusal.
@@ -158,6 +172,16 @@ impl Refusal {
             settlement_id: String::new(),
             message: String::new(),
         },
+        Refusal::InvalidToken(String::new()),
+        Refusal::SettlementPending {
+            settlement_id: String::new(),
+            state: SettlementState::Pending,
+            message: String::new(),
+        },
+        Refusal::PaymentFailed {
+            settlement_id: String::new(),
+            message: String::new(),
+        },
     ];
 
     /// The stable code (`ApiError.error`, metric label).
@@ -200,6 +224,9 @@ impl Refusal {
             Refusal::AcceptDeadlineExceeded(_) => "accept_deadline_exceeded",
             Refusal::SettlementStalled(_) => "settlement_stalled",
             Refusal::PayerBlocked { .. } => "payer_blocked",
+            Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::SettlementPending { .. } => "settlement_pending",
+            Refusal::PaymentFailed { .. } => "payment_failed",
         }
     }
 
@@ -208,6 +235,8 @@ impl Refusal {
             Refusal::NonceMismatch { message, .. } => message,
             Refusal::PaymentAlreadyUsed(u) => &u.message,
             Refusal::PayerBlocked { message, .. } => message,
+            Refusal::SettlementPending { message, .. } => message,
+            Refusal::PaymentFailed { message, .. } => message,
             Refusal::InvalidJson(m)
             | Refusal::InvalidRequest(m)
             | Refusal::InvalidPayment(m)
@@ -241,7 +270,8 @@ impl Refusal {
             | Refusal::PayerExposureLimit(m)
             | Refusal::TotalExposureLimit(m)
             | Refusal::AcceptDeadlineExceeded(m)
-            | Refusal::SettlementStalled(m) => m,
+            | Refusal::SettlementStalled(m)
+            | Refusal::InvalidToken(m) => m,
         }
     }
 
@@ -276,10 +306,14 @@ impl Refusal {
             settlement_id: match self {
                 Refusal::PaymentAlreadyUsed(u) => u.settlement_id.clone(),
                 Refusal::PayerBlocked { settlement_id, .. } => Some(settlement_id.clone()),
+                Refusal::SettlementPending { settlement_id, .. }
+                | Refusal::PaymentFailed { settlement_id, .. } => Some(settlement_id.clone()),
                 _ => None,
             },
             state: match self {
                 Refusal::PaymentAlreadyUsed(u) => u.state,
+                Refusal::SettlementPending { state, .. } => Some(*state),
+                Refusal::PaymentFailed { .. } => Some(SettlementState::Failed),
                 _ => None,
             },
         }

@@ -237,7 +237,7 @@ fn every_facilitator_reason_is_documented() {
     let shared: Vec<_> = reasons.intersection(&codes).cloned().collect();
     assert_eq!(
         shared,
-        ["network_mismatch", "unauthorized"],
+        ["network_mismatch", "settlement_pending", "unauthorized"],
         "reasons that are also ApiError codes"
     );
 }

@@ -152,6 +152,10 @@ impl Reason {
             | Refusal::SpenderMismatch(_)
             | Refusal::NotFound(_)
             | Refusal::NonceMismatch { .. } => Reason::InvalidPayload,
+            // Renewal refusals; the facilitator never renews, so never answers these.
+            Refusal::InvalidToken(_) => Reason::InvalidPayload,
+            Refusal::SettlementPending { .. } => Reason::SettlementPending,
+            Refusal::PaymentFailed { .. } => Reason::TransactionFailed,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod facilitator;
 mod ops;
+mod renew;
 mod revocations;
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,7 @@ type Route = (&'static str, &'static str, MethodRouter<Arc<AppState>>);
 fn table() -> Vec<Route> {
     vec![
         ("POST", "/v1/tokens", post(tokens::post_token)),
+        ("POST", "/v1/tokens/renew", post(renew::post_renew)),
         ("POST", "/verify", post(facilitator::post_verify)),
         ("POST", "/settle", post(facilitator::post_settle)),
         ("GET", "/supported", get(facilitator::get_supported)),
@@ -118,6 +120,11 @@ pub(crate) fn http_status(r: &Refusal) -> StatusCode {
         // The settlement lane cannot settle now; the payer's own failure blocks the payer.
         Refusal::SettlementStalled(_) => StatusCode::SERVICE_UNAVAILABLE,
         Refusal::PayerBlocked { .. } => StatusCode::FORBIDDEN,
+        // Renewal (`POST /v1/tokens/renew`): not this settler's token; not settled yet
+        // (retry later); failed (never renewed).
+        Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+        Refusal::SettlementPending { .. } => StatusCode::CONFLICT,
+        Refusal::PaymentFailed { .. } => StatusCode::FORBIDDEN,
         // The caller (gateway) stated terms the settler does not honour.
         Refusal::AssetNotAccepted(_)
         | Refusal::PayToNotAccepted(_)

@@ -8,6 +8,7 @@ mod exposure;
 mod idempotency;
 mod locks;
 mod mint;
+mod renew;
 mod revoke;
 mod terms_check;
 
