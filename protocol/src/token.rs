@@ -78,7 +78,9 @@ pub fn mint(key: &SigningKey, kid: &str, claims: AccessClaims, now: i64, ttl_sec
     let mut c = Claims::new(claims);
     c.issued_at = Some(at(now));
     c.not_before = Some(at(now));
-    c.expiration = Some(at(now.saturating_add(ttl_secs as i64)));
+    c.expiration = Some(at(
+        now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))
+    ));
     let header = Header::empty().with_key_id(kid);
     // Signing a serializable struct with a valid key cannot fail.
     Es256k::<sha2::Sha256>::default()

@@ -46,15 +46,25 @@ impl<'de> Visitor<'de> for U256Visitor {
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<U256, E> {
         u64::try_from(v)
             .map(U256::from)
-            .map_err(|_| E::custom("negative integer"))
+            .map_err(|_| E::custom(format!("{v} is negative")))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<U256, E> {
-        Err(E::custom(
-            "expected an integer, got a fractional or too large number",
-        ))
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<U256, E> {
+        u128::try_from(v)
+            .map(U256::from)
+            .map_err(|_| E::custom(format!("{v} is negative")))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<U256, E> {
+        Err(E::custom(format!(
+            "{v} is not an integer below 2^64 (fractional, or too large for a JSON number: larger integers go as decimal strings)"
+        )))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<U256, E> {
-        parse_str(v).ok_or_else(|| E::custom(format!("{v:?} is not an integer")))
+        parse_str(v).ok_or_else(|| {
+            E::custom(format!(
+                "{} is not an integer in 0..2^256 (decimal or 0x-hex)",
+                crate::scheme::shown(v)
+            ))
+        })
     }
 }
 

@@ -196,9 +196,21 @@ pub mod word_serde {
                 .map(|v| B256::from(U256::from(v)))
                 .map_err(|_| E::custom("negative integer"))
         }
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<B256, E> {
+            Ok(B256::from(U256::from(v)))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<B256, E> {
+            Err(E::custom(format!(
+                "{v} is not hex of at most 32 bytes nor an integer below 2^64"
+            )))
+        }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<B256, E> {
-            crate::payment::parse_word_str(v)
-                .ok_or_else(|| E::custom("must be hex of at most 32 bytes"))
+            crate::payment::parse_word_str(v).ok_or_else(|| {
+                E::custom(format!(
+                    "{} is not hex of at most 32 bytes",
+                    crate::scheme::shown(v)
+                ))
+            })
         }
     }
 }

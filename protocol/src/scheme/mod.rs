@@ -144,20 +144,43 @@ fn address(obj: &Value, field: &'static str) -> Result<Address, PaymentError> {
         .as_str()
         .ok_or_else(|| field_err(field, "must be a 0x address string"))?;
     s.parse::<Address>()
-        .map_err(|_| field_err(field, format!("{s:?} is not an address")))
+        .map_err(|_| field_err(field, format!("{} is not an address", shown(s))))
 }
+
+/// How a client's text is echoed in an error message: quoted, and cut to its first
+/// [`SHOWN_MAX`] characters (a field may be as large as the body limit allows).
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_MAX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// The longest client text an error message repeats (see [`shown`]).
+pub const SHOWN_MAX: usize = 80;
 
 fn uint(obj: &Value, field: &'static str) -> Result<U256, PaymentError> {
     let v = get(obj, field)?;
     match v {
-        Value::Number(n) => {
-            // Integers only; the number's own text is parsed, so no float ever rounds it.
-            let text = n.to_string();
-            crate::u256_serde::parse_str(&text)
-                .ok_or_else(|| field_err(field, format!("{text} is not a non-negative integer")))
-        }
-        Value::String(s) => crate::u256_serde::parse_str(s)
-            .ok_or_else(|| field_err(field, format!("{s:?} is not a non-negative integer"))),
+        // Integers only; a JSON number that is not a u64 (negative, fractional, or too large
+        // to be read exactly) is refused, never rounded.
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => Ok(U256::from(u)),
+            None if n.is_i64() => Err(field_err(field, format!("{n} is negative"))),
+            None => Err(field_err(
+                field,
+                format!("{n} is not an integer below 2^64 (larger integers go as decimal strings)"),
+            )),
+        },
+        Value::String(s) => crate::u256_serde::parse_str(s).ok_or_else(|| {
+            field_err(
+                field,
+                format!(
+                    "{} is not an integer in 0..2^256 (decimal or 0x-hex)",
+                    shown(s)
+                ),
+            )
+        }),
         _ => Err(field_err(field, "must be an integer")),
     }
 }
@@ -186,21 +209,31 @@ pub fn parse_word_str(s: &str) -> Option<B256> {
     format!("{hex:0>64}").parse::<B256>().ok()
 }
 
+/// The recovery id: 27 or 28, or 0 or 1 (read as 27 and 28). Any other value, however
+/// large, is refused by a checked conversion.
 fn v_byte(obj: &Value) -> Result<u8, PaymentError> {
     let v = uint(obj, "v")?;
-    match v.to::<u64>() {
-        0 | 1 if v < U256::from(2u8) => Ok(27 + v.to::<u8>()),
-        27 | 28 => Ok(v.to::<u8>()),
-        _ => Err(field_err("v", "must be 27 or 28")),
+    recovery_byte(v).ok_or_else(|| field_err("v", format!("{v} is not 27 or 28 (or 0 or 1)")))
+}
+
+/// `v` as 27 or 28 when it is one of 0, 1, 27, 28.
+pub fn recovery_byte(v: U256) -> Option<u8> {
+    match u8::try_from(v).ok()? {
+        b @ (0 | 1) => Some(b + 27),
+        b @ (27 | 28) => Some(b),
+        _ => None,
     }
 }
 
 fn chain(obj: &Value) -> Result<Network, PaymentError> {
     let id = uint(obj, "chain_id")?;
-    if id.is_zero() || id > U256::from(u64::MAX) {
-        return Err(field_err("chain_id", "out of range"));
+    match u64::try_from(id) {
+        Ok(id) if id != 0 => Ok(Network::eip155(id)),
+        _ => Err(field_err(
+            "chain_id",
+            format!("{id} is out of range (1..2^64)"),
+        )),
     }
-    Ok(Network::eip155(id.to::<u64>()))
 }
 
 fn seed_sig(obj: &Value) -> Result<Sig, PaymentError> {
@@ -218,6 +251,15 @@ fn seed_sig(obj: &Value) -> Result<Sig, PaymentError> {
 /// Parses a 65-byte hex signature (r || s || v).
 pub fn parse_sig_hex(s: &str) -> Result<Sig, PaymentError> {
     let hex = s.strip_prefix("0x").unwrap_or(s);
+    if hex.len() != 130 {
+        return Err(field_err(
+            "signature",
+            format!(
+                "must be 65 bytes (130 hex digits), got {} characters",
+                hex.len()
+            ),
+        ));
+    }
     let bytes =
         alloy_primitives::hex::decode(hex).map_err(|_| field_err("signature", "must be hex"))?;
     if bytes.len() != 65 {
@@ -251,7 +293,15 @@ fn parse_seed(permit: &Value) -> Result<ClientPayment, PaymentError> {
     match kind.to_ascii_uppercase().as_str() {
         permit::SEED_TYPE => permit::parse_seed(permit).map(ClientPayment::Permit),
         exact::SEED_TYPE => exact::parse_seed(permit).map(ClientPayment::Authorization),
-        _ => Err(PaymentError::Unsupported(kind.to_string())),
+        _ => Err(PaymentError::Unsupported(cut(kind))),
+    }
+}
+
+/// The first [`SHOWN_MAX`] characters of a client's text, for [`PaymentError::Unsupported`].
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_MAX) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}...", &s[..end]),
     }
 }
 
@@ -273,7 +323,7 @@ fn parse_v2(root: &Value) -> Result<ClientPayment, PaymentError> {
         exact::V2_SCHEME => |network, token, payload| {
             exact::parse_v2(network, token, payload).map(ClientPayment::Authorization)
         },
-        _ => return Err(PaymentError::Unsupported(accepted.scheme)),
+        _ => return Err(PaymentError::Unsupported(cut(&accepted.scheme))),
     };
     let network: Network = accepted
         .network
