@@ -96,6 +96,7 @@ async fn resource(State(s): State<S>, headers: HeaderMap) -> Response {
         },
         route: "weather",
         token_endpoint: &g.endpoint,
+        renew_endpoint: None,
         resource: Resource {
             url: "http://x/api/weather".into(),
             description: "".into(),
@@ -172,6 +173,7 @@ fn challenge_input<'a>(g: &'a Gw, reason: Reason) -> ChallengeInput<'a> {
         reason,
         route: "weather",
         token_endpoint: &g.endpoint,
+        renew_endpoint: None,
         resource: Resource {
             url: "http://x/api/weather".into(),
             description: "".into(),

@@ -20,6 +20,7 @@ use crate::routes::{HostPattern, PathMatch, Route, RouteTable};
 
 const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
 const DEFAULT_SETTLER_PATH: &str = "/v1/tokens";
+const DEFAULT_SETTLER_RENEW_PATH: &str = "/v1/tokens/renew";
 const DEFAULT_SETTLER_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_CLOCK_LEEWAY_SECS: u64 = 5;
 const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
@@ -100,6 +101,8 @@ pub(crate) struct SettlerConfig {
     pub(crate) cluster: String,
     pub(crate) authority: String,
     pub(crate) path: String,
+    /// Token renewal (`POST <token_endpoint_prefix><route>/renew` is forwarded here).
+    pub(crate) renew_path: String,
     pub(crate) timeout: Duration,
     pub(crate) failure_mode: FailureMode,
     /// `Some` when `settler.api_secret` or `settler.api_secret_env` is set: every callout
@@ -183,6 +186,8 @@ struct RawSettler {
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
+    renew_path: Option<String>,
+    #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(default)]
     failure_mode: Option<String>,
@@ -246,6 +251,9 @@ struct RawRoute {
     #[serde(default)]
     hosts: Option<Vec<String>>,
     price: String,
+    /// Lifetime of the first token while its payment is unsettled (renewed afterwards).
+    #[serde(default)]
+    unsettled_token_ttl_secs: Option<u64>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -402,7 +410,14 @@ fn validate(
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let path = format!("routes[{i}]");
-        let route = validate_route(&path, r, &methods, &prefix, max_timeout_seconds)?;
+        let route = validate_route(
+            &path,
+            r,
+            &methods,
+            &prefix,
+            max_timeout_seconds,
+            token_ttl_secs,
+        )?;
         if !names.insert(route.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -528,6 +543,10 @@ fn validate_settler(
     }
     let path = s.path.unwrap_or_else(|| DEFAULT_SETTLER_PATH.to_string());
     check_path(&path).map_err(|m| ConfigError::new("settler.path", m))?;
+    let renew_path = s
+        .renew_path
+        .unwrap_or_else(|| DEFAULT_SETTLER_RENEW_PATH.to_string());
+    check_path(&renew_path).map_err(|m| ConfigError::new("settler.renew_path", m))?;
     let timeout_ms = bounded(
         "settler.timeout_ms",
         s.timeout_ms.unwrap_or(DEFAULT_SETTLER_TIMEOUT_MS),
@@ -583,6 +602,7 @@ fn validate_settler(
         cluster: s.cluster,
         authority,
         path,
+        renew_path,
         timeout: Duration::from_millis(timeout_ms),
         failure_mode,
         auth,
@@ -777,6 +797,7 @@ fn validate_route(
     methods: &[(String, PaymentMethod)],
     prefix: &str,
     max_timeout_seconds: u64,
+    token_ttl_secs: u64,
 ) -> Result<Route, ConfigError> {
     if !is_safe_name(&r.name) {
         return Err(ConfigError::new(
@@ -877,9 +898,25 @@ fn validate_route(
             "contains control characters",
         ));
     }
+    let unsettled_token_ttl_secs = match r.unsettled_token_ttl_secs {
+        None => None,
+        Some(t) if t == 0 || t > token_ttl_secs => {
+            return Err(ConfigError::new(
+                format!("{path}.unsettled_token_ttl_secs"),
+                format!("{t} is out of range 1..={token_ttl_secs} (at most token_ttl_secs, the lifetime of a renewed token)"),
+            ))
+        }
+        Some(t) => Some(t),
+    };
     let token_endpoint = format!("{prefix}{}", r.name);
-    let challenge =
-        RouteChallenge::precompute(&r.name, &token_endpoint, &accepts, max_timeout_seconds);
+    let renew_endpoint = unsettled_token_ttl_secs.map(|_| format!("{token_endpoint}/renew"));
+    let challenge = RouteChallenge::precompute(
+        &r.name,
+        &token_endpoint,
+        renew_endpoint.as_deref(),
+        &accepts,
+        max_timeout_seconds,
+    );
     Ok(Route {
         name: r.name,
         matcher,
@@ -888,6 +925,7 @@ fn validate_route(
         description,
         mime_type,
         accepts,
+        unsettled_token_ttl_secs,
         token_endpoint,
         challenge,
     })
@@ -905,6 +943,39 @@ mod tests {
     }
 
     /// Applies `edit` to the sample config and expects an error at `path`.
+    #[test]
+    fn unsettled_token_ttl_is_per_route_and_at_most_the_normal_ttl() {
+        let cfg = parse_value(&sample()).unwrap();
+        assert_eq!(cfg.routes.get(0).unwrap().unsettled_token_ttl_secs, None);
+        assert_eq!(cfg.settler.renew_path, "/v1/tokens/renew");
+        let mut v = sample();
+        v["routes"][1]["unsettled_token_ttl_secs"] = json!(300);
+        v["settler"]["renew_path"] = json!("/renew");
+        let cfg = parse_value(&v).unwrap();
+        assert_eq!(
+            cfg.routes.get(1).unwrap().unsettled_token_ttl_secs,
+            Some(300)
+        );
+        assert_eq!(cfg.routes.get(0).unwrap().unsettled_token_ttl_secs, None);
+        assert_eq!(cfg.settler.renew_path, "/renew");
+        for bad in [json!(0), json!(301), json!(-1), json!("5")] {
+            let e = expect_err(
+                |v| v["routes"][0]["unsettled_token_ttl_secs"] = bad.clone(),
+                "routes[0].unsettled_token_ttl_secs",
+            );
+            assert!(!e.message.is_empty());
+        }
+        let e = expect_err(
+            |v| v["routes"][1]["unsettled_token_ttl_secs"] = json!(301),
+            "routes[1].unsettled_token_ttl_secs",
+        );
+        assert!(e.message.contains("1..=300"), "{e}");
+        expect_err(
+            |v| v["settler"]["renew_path"] = json!("renew"),
+            "settler.renew_path",
+        );
+    }
+
     fn expect_err(edit: impl FnOnce(&mut Value), path: &str) -> ConfigError {
         let mut v = sample();
         edit(&mut v);

@@ -23,6 +23,7 @@ impl RouteChallenge {
     pub fn precompute(
         route: &str,
         token_endpoint: &str,
+        renew_endpoint: Option<&str>,
         accepts: &[PricedMethod],
         max_timeout_seconds: u64,
     ) -> Self {
@@ -33,6 +34,7 @@ impl RouteChallenge {
                     reason,
                     route,
                     token_endpoint,
+                    renew_endpoint,
                     resource: Resource {
                         url: String::new(),
                         description: String::new(),

@@ -203,6 +203,9 @@ pub struct Route {
     pub mime_type: String,
     /// Accepted methods with the price in each asset's base units.
     pub accepts: Vec<PricedMethod>,
+    /// `Some`: the first token of a payment lives this long (the payment is unsettled); the
+    /// client renews it at `<token_endpoint>/renew` once the payment has settled.
+    pub unsettled_token_ttl_secs: Option<u64>,
     /// `token_endpoint_prefix` + name. Only the config tests read it back: the filter uses
     /// it once, to precompute the route's 402 bodies.
     #[cfg_attr(not(test), allow(dead_code))]

@@ -1,9 +1,19 @@
 //! The token endpoint the filter answers itself: `POST <prefix><route>` carries the client's
 //! signed payment; the filter adds the route's price (from its own config, never the
 //! client's) and forwards both to the settler, then relays the settler's answer.
+//!
+//! `POST <prefix><route>/renew` with `Authorization: Bearer <token>` renews a short-lived
+//! token (route option `unsettled_token_ttl_secs`) once its payment has settled: the filter
+//! checks the token against its own keys (valid, or expired at most
+//! [`RENEW_GRACE_SECS`] ago, for this route, not revoked) and forwards it with the route's
+//! requirement at the normal `token_ttl_secs` to the settler's renewal path.
 
 use serde_json::value::RawValue;
-use x402_protocol::settler_api::{ApiError, Requirement, TokenRequest};
+use x402_protocol::challenge::Reason;
+use x402_protocol::settler_api::{
+    ApiError, RenewRequest, Requirement, TokenRequest, RENEW_GRACE_SECS,
+};
+use x402_protocol::token::KeySet;
 
 use crate::answer::HttpAnswer;
 use crate::config::FilterConfig;
@@ -13,12 +23,23 @@ use crate::routes::{path_only, Route};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Route(usize),
+    /// `<prefix><route>/renew` of a route that mints short-lived tokens.
+    Renew(usize),
     Reject(HttpAnswer),
 }
+
+/// The path suffix of the renewal action.
+pub const RENEW_SUFFIX: &str = "/renew";
 
 /// `None` when `path` is not under the token endpoint prefix (the request is not ours).
 pub fn classify(cfg: &FilterConfig, method: Option<&str>, path: &str) -> Option<Endpoint> {
     let name = path_only(path).strip_prefix(cfg.token_endpoint_prefix.as_str())?;
+    let renew = cfg.routes.by_name(name).is_none() && name.ends_with(RENEW_SUFFIX);
+    let name = if renew {
+        &name[..name.len() - RENEW_SUFFIX.len()]
+    } else {
+        name
+    };
     let Some(idx) = cfg.routes.by_name(name) else {
         return Some(Endpoint::Reject(HttpAnswer::error(
             404,
@@ -34,6 +55,20 @@ pub fn classify(cfg: &FilterConfig, method: Option<&str>, path: &str) -> Option<
         );
         a.headers.push(("allow", "POST".to_string()));
         return Some(Endpoint::Reject(a));
+    }
+    if renew {
+        let offers = cfg
+            .routes
+            .get(idx)
+            .is_some_and(|r| r.unsettled_token_ttl_secs.is_some());
+        if !offers {
+            return Some(Endpoint::Reject(HttpAnswer::error(
+                404,
+                "not_renewable",
+                "this route mints full-lifetime tokens: there is nothing to renew",
+            )));
+        }
+        return Some(Endpoint::Renew(idx));
     }
     Some(Endpoint::Route(idx))
 }
@@ -82,7 +117,8 @@ pub fn token_request_body(
         requirement: Requirement {
             route: route.name.clone(),
             accepts: route.accepts.clone(),
-            token_ttl_secs: cfg.token_ttl_secs,
+            // A fresh payment is unsettled: the route's short lifetime if it has one.
+            token_ttl_secs: route.unsettled_token_ttl_secs.unwrap_or(cfg.token_ttl_secs),
             resource,
         },
         payment: raw,
@@ -91,11 +127,63 @@ pub fn token_request_body(
         .map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))
 }
 
-/// Headers of the settler call; `authorization: Bearer <settler.api_secret>` when set.
-pub fn settler_headers(cfg: &FilterConfig) -> Vec<(&str, &str)> {
+/// Checks the bearer token of a renewal on `route` at `now`: it verifies with the filter's
+/// keys (expired at most [`RENEW_GRACE_SECS`] ago), pays for this route and is not revoked.
+/// Returns the token, or the 401/403 to answer without calling the settler.
+pub fn renewable_token<'a>(
+    keys: &KeySet,
+    route: &Route,
+    authorization: Option<&'a str>,
+    now: i64,
+    is_revoked: impl Fn(&str) -> bool,
+) -> Result<&'a str, HttpAnswer> {
+    let refuse = |reason: Reason| {
+        let mut a = HttpAnswer::error(401, "invalid_token", reason.message());
+        a.headers.push(("www-authenticate", "Bearer".to_string()));
+        a
+    };
+    let token = crate::auth::bearer(authorization).map_err(refuse)?;
+    let v = keys
+        .verify(token, now, RENEW_GRACE_SECS as i64)
+        .map_err(|e| refuse(e.reason()))?;
+    let grant = crate::grant::Grant::from_verified(&v);
+    crate::auth::authorize(route, &grant).map_err(refuse)?;
+    if is_revoked(&grant.settlement_id) {
+        return Err(HttpAnswer::error(
+            403,
+            "payment_failed",
+            Reason::Revoked.message(),
+        ));
+    }
+    Ok(token)
+}
+
+/// The settler renewal body: the token and the route's requirement at the NORMAL lifetime
+/// (the settler caps it by its terms).
+pub fn renew_request_body(
+    cfg: &FilterConfig,
+    route: &Route,
+    token: &str,
+) -> Result<Vec<u8>, HttpAnswer> {
+    let req = RenewRequest {
+        token: token.to_string(),
+        requirement: Requirement {
+            route: route.name.clone(),
+            accepts: route.accepts.clone(),
+            token_ttl_secs: cfg.token_ttl_secs,
+            resource: None,
+        },
+    };
+    serde_json::to_vec(&req)
+        .map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))
+}
+
+/// Headers of a settler call to `path` (`settler.path`, or `settler.renew_path`);
+/// `authorization: Bearer <settler.api_secret>` when set.
+pub fn settler_headers<'a>(cfg: &'a FilterConfig, path: &'a str) -> Vec<(&'a str, &'a str)> {
     let mut h = vec![
         (":method", "POST"),
-        (":path", cfg.settler.path.as_str()),
+        (":path", path),
         (":authority", cfg.settler.authority.as_str()),
         ("content-type", "application/json"),
         ("accept", "application/json"),
@@ -268,7 +356,7 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let h = settler_headers(&cfg);
+        let h = settler_headers(&cfg, &cfg.settler.path);
         assert!(h.contains(&(":path", "/v1/tokens")));
         assert!(h.contains(&(":authority", "x402-settler")));
         assert!(!h.iter().any(|(n, _)| *n == "authorization"));
@@ -279,7 +367,7 @@ mod tests {
         let mut v = crate::test_fixtures::sample();
         v["settler"]["api_secret"] = serde_json::json!("0123456789abcdef-secret");
         let cfg = crate::config::parse(serde_json::to_string(&v).unwrap().as_bytes()).unwrap();
-        let h = settler_headers(&cfg);
+        let h = settler_headers(&cfg, &cfg.settler.path);
         let auth: Vec<_> = h.iter().filter(|(n, _)| *n == "authorization").collect();
         assert_eq!(auth, [&("authorization", "Bearer 0123456789abcdef-secret")]);
     }

@@ -125,6 +125,11 @@ pub struct SeedChallenge {
     #[serde(default)]
     pub error: Option<String>,
     pub access_token_endpoint: String,
+    /// Where a short-lived token (the route mints one while its payment is unsettled) is
+    /// exchanged for a longer-lived one once the payment has settled: `POST` with
+    /// `Authorization: Bearer <token>`. Only on such routes; an addition to the seed shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_renew_endpoint: Option<String>,
     pub payment_scheme: SeedPaymentScheme,
     /// The same components under the name the seed README uses.
     #[serde(default)]
@@ -190,6 +195,8 @@ pub struct ChallengeInput<'a> {
     pub reason: Reason,
     pub route: &'a str,
     pub token_endpoint: &'a str,
+    /// The renewal endpoint, when the route mints short-lived tokens while unsettled.
+    pub renew_endpoint: Option<&'a str>,
     pub resource: Resource,
     pub accepts: &'a [PricedMethod],
     /// How long an x402 v2 authorization must stay valid (`maxTimeoutSeconds`).
@@ -234,6 +241,7 @@ pub fn seed_body(input: &ChallengeInput<'_>) -> String {
         reason: input.reason.message().to_string(),
         error: Some(input.reason.code().to_string()),
         access_token_endpoint: input.token_endpoint.to_string(),
+        access_token_renew_endpoint: input.renew_endpoint.map(str::to_string),
         payment_scheme: SeedPaymentScheme {
             payment_components: components,
             protocol_version: SEED_PROTOCOL_VERSION.to_string(),
@@ -328,6 +336,7 @@ mod tests {
             reason: Reason::MissingToken,
             route: "weather",
             token_endpoint: "/x402/token/weather",
+            renew_endpoint: None,
             resource: Resource {
                 url: "http://h/api/weather".into(),
                 description: "w".into(),

@@ -4,7 +4,8 @@
 //! Idle ──priced, token ok / unpriced──▶ (forwarded)
 //!   │ ──no usable token──▶ 402 ──▶ Done
 //!   │ ──PAYMENT-SIGNATURE──▶ AwaitPayment ──settler──▶ Paid (response headers added) / Done
-//!   └ ──POST token endpoint──▶ Buffering ──body──▶ AwaitToken ──settler──▶ Done (relayed)
+//!   │ ──POST token endpoint──▶ Buffering ──body──▶ AwaitToken ──settler──▶ Done (relayed)
+//!   └ ──POST token endpoint /renew (bearer checked)──▶ AwaitToken ──settler──▶ Done (relayed)
 //! ```
 //!
 //! Every callback takes the [`Host`] to act on; the per-request host calls are the filter's
@@ -349,6 +350,10 @@ impl Request {
                 self.answer(worker, host, a);
                 Action::Pause
             }
+            Some(Endpoint::Renew(route)) => {
+                self.renew_request(worker, host, headers, route);
+                Action::Pause
+            }
             Some(Endpoint::Route(route)) => {
                 if end_of_stream {
                     let a = token_endpoint::invalid_json("request body is empty");
@@ -368,6 +373,47 @@ impl Request {
                     p.add(self.context_id, deadline);
                 }
                 Action::Pause
+            }
+        }
+    }
+
+    /// `POST <prefix><route>/renew`: the bearer token checked at the edge, then forwarded
+    /// to the settler's renewal path; its answer is relayed like the token endpoint's.
+    fn renew_request<H: Host>(
+        &mut self,
+        worker: &Worker,
+        host: &H,
+        headers: &RequestHeaders<'_, H>,
+        route: usize,
+    ) {
+        let cfg = &worker.cfg;
+        let Some(r) = cfg.routes.get(route) else {
+            self.answer(
+                worker,
+                host,
+                HttpAnswer::error(500, "internal", "route vanished"),
+            );
+            return;
+        };
+        let authorization = headers.get("authorization");
+        let checked = token_endpoint::renewable_token(
+            &cfg.keys,
+            r,
+            authorization.as_deref(),
+            now_secs(host),
+            |id| worker.is_revoked(id),
+        )
+        .and_then(|token| token_endpoint::renew_request_body(cfg, r, token));
+        match checked {
+            Err(a) => self.answer(worker, host, a),
+            Ok(body) => {
+                if dispatch_settler_to(worker, host, &cfg.settler.renew_path, &body) {
+                    self.state = State::AwaitToken;
+                } else {
+                    let a =
+                        token_endpoint::settler_unavailable("the settler cluster cannot be called");
+                    self.answer(worker, host, a);
+                }
             }
         }
     }
@@ -483,11 +529,16 @@ fn callout_headers(host: &impl Host) -> Vec<(String, String)> {
 /// Calls the settler with `body`; `false` (counted as a settler error) if the call cannot
 /// be made at all.
 fn dispatch_settler(worker: &Worker, host: &impl Host, body: &[u8]) -> bool {
+    dispatch_settler_to(worker, host, &worker.cfg.settler.path, body)
+}
+
+/// [`dispatch_settler`] to another settler path (renewal).
+fn dispatch_settler_to(worker: &Worker, host: &impl Host, path: &str, body: &[u8]) -> bool {
     let cfg = &worker.cfg;
     worker.count(host, Counter::TokenRequests);
     match host.dispatch_callout(
         &cfg.settler.cluster,
-        token_endpoint::settler_headers(cfg),
+        token_endpoint::settler_headers(cfg, path),
         body,
         cfg.settler.timeout,
     ) {

@@ -1348,3 +1348,233 @@ fn a_short_revocation_interval_shortens_the_tick() {
     assert!(Worker::configure(&h, v.to_string().as_bytes()).is_some());
     assert_eq!(h.tick_period.get(), Some(Duration::from_millis(100)));
 }
+
+// ---- short-lived tokens while unsettled, and their renewal ----
+
+/// [`sample`] with `weather` minting 5 s tokens while its payment is unsettled.
+fn short_lived() -> Value {
+    let mut v = sample();
+    v["routes"][0]["unsettled_token_ttl_secs"] = json!(5);
+    v["settler"]["api_secret"] = json!("0123456789abcdef-secret");
+    v
+}
+
+/// A token of the test key for `claims` issued at `iat` living `ttl` seconds.
+fn token_for(claims: x402_protocol::token::AccessClaims, iat: i64, ttl: u64) -> String {
+    x402_protocol::token::mint(&crate::test_fixtures::signing_key(), "k1", claims, iat, ttl)
+}
+
+/// `POST /x402/token/<route>/renew` with `extra` headers on worker `w`.
+fn renew_post(h: &FakeHost, w: &Rc<Worker>, route: &str, extra: &[(&str, &str)]) -> Request {
+    let path = format!("/x402/token/{route}/renew");
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", path.as_str()),
+        (":authority", "api.example.com"),
+    ];
+    headers.extend_from_slice(extra);
+    h.request(&headers);
+    h.clear_records();
+    let mut r = Request::new(9, Some(w.clone()));
+    assert_eq!(r.on_request_headers(h, true), Action::Pause);
+    r
+}
+
+#[test]
+fn a_short_lived_route_asks_the_settler_for_its_unsettled_lifetime() {
+    let h = host();
+    let w = worker_for(&h, &short_lived());
+    // The token endpoint.
+    token_post(&h, "weather", &[]);
+    let mut r = Request::new(7, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(PAYMENT);
+    r.on_request_body(&h, size, true);
+    let c = h.callout();
+    assert_eq!(c.header(":path"), Some("/v1/tokens"));
+    assert_eq!(c.json()["requirement"]["token_ttl_secs"], 5);
+    // A route without the option keeps the normal lifetime.
+    h.clear_records();
+    token_post(&h, "report", &[]);
+    let mut r = Request::new(8, Some(w.clone()));
+    r.on_request_headers(&h, false);
+    let size = h.body_chunk(PAYMENT);
+    r.on_request_body(&h, size, true);
+    assert_eq!(h.callout().json()["requirement"]["token_ttl_secs"], 300);
+    // An x402 v2 payment is a fresh payment too.
+    h.clear_records();
+    let sig = payment_signature();
+    weather(&h, &[("payment-signature", sig.as_str())]);
+    let mut r = Request::new(9, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.callout().json()["requirement"]["token_ttl_secs"], 5);
+    // The 402 advertises the renewal endpoint on that route only.
+    h.clear_records();
+    weather(&h, &[]);
+    Request::new(10, Some(w.clone())).on_request_headers(&h, true);
+    assert_eq!(
+        h.reply().json()["access_token_renew_endpoint"],
+        "/x402/token/weather/renew"
+    );
+    h.clear_records();
+    h.request(&[
+        (":method", "GET"),
+        (":path", "/api/users/7/report"),
+        (":authority", "api.example.com"),
+    ]);
+    Request::new(11, Some(w)).on_request_headers(&h, true);
+    assert_eq!(h.reply().status(), 402);
+    assert!(h
+        .reply()
+        .json()
+        .get("access_token_renew_endpoint")
+        .is_none());
+}
+
+#[test]
+fn renewal_is_forwarded_with_the_normal_lifetime_and_the_answer_relayed() {
+    let h = host();
+    let w = worker_for(&h, &short_lived());
+    let short = token_for(claims("weather", 10_000), NOW - 8, 5);
+    let auth = format!("Bearer {short}");
+    // Expired 3 s ago: still within the renewal grace.
+    let mut r = renew_post(&h, &w, "weather", &[("authorization", auth.as_str())]);
+    let c = h.callout();
+    assert_eq!(c.cluster, "x402_settler");
+    assert_eq!(c.header(":method"), Some("POST"));
+    assert_eq!(c.header(":path"), Some("/v1/tokens/renew"));
+    assert_eq!(
+        c.header("authorization"),
+        Some("Bearer 0123456789abcdef-secret"),
+        "the gateway's secret, not the client's token"
+    );
+    let body = c.json();
+    assert_eq!(body["token"], short.as_str());
+    assert_eq!(body["requirement"]["route"], "weather");
+    assert_eq!(
+        body["requirement"]["token_ttl_secs"], 300,
+        "the normal lifetime"
+    );
+    assert_eq!(body["requirement"]["accepts"].as_array().unwrap().len(), 2);
+    assert!(body.get("payment").is_none());
+    assert_eq!(h.counters(), counters(&[("x402_token_requests", 1)]));
+    // The settler's new token is relayed as is.
+    let size = minted(&h, "renewed-token");
+    r.on_callout_response(&h, size);
+    let reply = h.reply();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.json()["access_token"], "renewed-token");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    // Its refusals too: still pending (409, with the state), failed (403).
+    for (status, answer) in [
+        (
+            "409",
+            br#"{"error":"settlement_pending","message":"m","settlement_id":"s-1","state":"pending"}"#
+                .as_slice(),
+        ),
+        (
+            "403",
+            br#"{"error":"payment_failed","message":"m","settlement_id":"s-1","state":"failed"}"#
+                .as_slice(),
+        ),
+    ] {
+        let mut r = renew_post(&h, &w, "weather", &[("authorization", auth.as_str())]);
+        let size = h.callout_answers(
+            &[(":status", status), ("content-type", "application/json")],
+            answer,
+        );
+        r.on_callout_response(&h, size);
+        let reply = h.reply();
+        assert_eq!(reply.status().to_string(), status);
+        assert_eq!(reply.answer.body, answer);
+    }
+    // A settler outage is a 503, as for the token endpoint.
+    let mut r = renew_post(&h, &w, "weather", &[("authorization", auth.as_str())]);
+    let size = h.callout_answers(&[(":status", "503")], b"upstream connect error");
+    r.on_callout_response(&h, size);
+    assert_eq!(
+        (h.reply().status(), h.reply().code().as_str()),
+        (503, "settler_unavailable")
+    );
+}
+
+#[test]
+fn renewal_refuses_unusable_tokens_without_calling_the_settler() {
+    let h = host();
+    let w = worker_for(&h, &short_lived());
+    let forged = x402_protocol::token::mint(
+        &k256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap(),
+        "k1",
+        claims("weather", 10_000),
+        NOW,
+        5,
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (String::new(), "Missing authorization token"),
+        ("Basic abc".into(), "Invalid authorization header format"),
+        (format!("Bearer {forged}"), "Signature verification failed"),
+        (
+            format!("Bearer {}", token_for(claims("report", 1_500_000), NOW, 5)),
+            "Token was issued for another route",
+        ),
+        (
+            format!("Bearer {}", token_for(claims("weather", 9_999), NOW, 5)),
+            "Token was issued for another route",
+        ),
+        (
+            // Expired more than the 600 s grace ago.
+            format!(
+                "Bearer {}",
+                token_for(claims("weather", 10_000), NOW - 700, 5)
+            ),
+            "Token has expired",
+        ),
+    ];
+    for (auth, message) in &cases {
+        let extra: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", auth.as_str())]
+        };
+        renew_post(&h, &w, "weather", &extra);
+        let reply = h.reply();
+        assert_eq!(
+            (reply.status(), reply.code().as_str()),
+            (401, "invalid_token"),
+            "{message}"
+        );
+        assert_eq!(reply.json()["message"], *message);
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        assert!(h.callouts.borrow().is_empty(), "{message}: no callout");
+    }
+    // A revoked token's payment failed: nothing to renew.
+    tick::on_tick(&w, &h);
+    let size = revoked(&h, &[("s-1", NOW + 300)]);
+    revocation::on_response(&w, &h, size);
+    let auth = format!("Bearer {}", token_for(claims("weather", 10_000), NOW, 5));
+    renew_post(&h, &w, "weather", &[("authorization", auth.as_str())]);
+    assert_eq!(
+        (h.reply().status(), h.reply().code().as_str()),
+        (403, "payment_failed")
+    );
+    assert!(h.callouts.borrow().is_empty());
+    // A route without short-lived tokens has nothing to renew; GET is not the action.
+    let auth = format!("Bearer {}", token_for(claims("report", 1_500_000), NOW, 5));
+    renew_post(&h, &w, "report", &[("authorization", auth.as_str())]);
+    assert_eq!(
+        (h.reply().status(), h.reply().code().as_str()),
+        (404, "not_renewable")
+    );
+    h.request(&[(":method", "GET"), (":path", "/x402/token/weather/renew")]);
+    h.clear_records();
+    Request::new(1, Some(w.clone())).on_request_headers(&h, true);
+    assert_eq!(h.reply().status(), 405);
+    h.request(&[(":method", "POST"), (":path", "/x402/token/nope/renew")]);
+    h.clear_records();
+    Request::new(1, Some(w)).on_request_headers(&h, true);
+    assert_eq!(
+        (h.reply().status(), h.reply().code().as_str()),
+        (404, "unknown_route")
+    );
+    assert!(h.callouts.borrow().is_empty());
+}
