@@ -297,11 +297,23 @@ impl Refusal {
         )
     }
 
-    /// The JSON body of the answer.
+    /// The message a caller sees: [`Refusal::message`], except for failures on the settler's
+    /// side (`internal`, `chain_unavailable`, `store_unavailable`), whose details (database
+    /// and RPC errors, URLs, SQL) stay in the log and which answer a fixed text.
+    pub fn public_message(&self) -> &str {
+        match self {
+            Refusal::Internal(_) => INTERNAL,
+            Refusal::ChainUnavailable(_) => CHAIN_UNAVAILABLE,
+            Refusal::StoreUnavailable(_) => STORE_UNAVAILABLE,
+            _ => self.message(),
+        }
+    }
+
+    /// The JSON body of the answer (with [`Refusal::public_message`]).
     pub fn to_api(&self) -> ApiError {
         ApiError {
             error: self.code().to_string(),
-            message: self.message().to_string(),
+            message: self.public_message().to_string(),
             expected_nonce: self.expected_nonce().map(|n| n.to_string()),
             settlement_id: match self {
                 Refusal::PaymentAlreadyUsed(u) => u.settlement_id.clone(),
@@ -350,8 +362,15 @@ impl From<StoreError> for Refusal {
             StoreError::Duplicate => Refusal::PaymentAlreadyUsed(UsedPayment::new(
                 "this payment was already used to mint a token",
             )),
-            StoreError::Db(e) => Refusal::StoreUnavailable(format!("database unavailable: {e}")),
-            StoreError::Corrupt(m) => Refusal::Internal(m),
+            // The database's own text (SQL, driver, host) goes to the log, never to a caller.
+            StoreError::Db(e) => {
+                tracing::warn!(error = %e, "database error; answered store_unavailable");
+                Refusal::StoreUnavailable(STORE_UNAVAILABLE.into())
+            }
+            StoreError::Corrupt(m) => {
+                tracing::warn!(error = %m, "corrupt database row; answered internal");
+                Refusal::Internal(INTERNAL.into())
+            }
         }
     }
 }
@@ -373,14 +392,67 @@ impl From<ChainError> for Refusal {
             ChainError::UnknownNetwork(n) => {
                 Refusal::NetworkUnsupported(format!("the settler has no RPC endpoint for {n}"))
             }
-            other => Refusal::ChainUnavailable(other.to_string()),
+            // The RPC's own text (transport errors, endpoint URLs) goes to the log only.
+            other => {
+                tracing::warn!(error = %other, "chain RPC error; answered chain_unavailable");
+                Refusal::ChainUnavailable(CHAIN_UNAVAILABLE.into())
+            }
         }
     }
 }
 
+/// The public message of `internal` answers: a bug's details are the log's.
+pub const INTERNAL: &str = "internal error";
+/// The public message of `chain_unavailable` answers.
+pub const CHAIN_UNAVAILABLE: &str = "chain RPC unavailable";
+/// The public message of `store_unavailable` answers.
+pub const STORE_UNAVAILABLE: &str = "database unavailable";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outages_answer_generic_messages() {
+        let db: Refusal = StoreError::Db(sqlx::Error::Protocol(
+            "error returned from database: relation \"x402_payments\" does not exist".into(),
+        ))
+        .into();
+        assert_eq!(db.code(), "store_unavailable");
+        assert_eq!(db.to_api().message, "database unavailable");
+        let rpc: Refusal = ChainError::Rpc {
+            network: "eip155:1".into(),
+            message: "eth_call: error sending request for url (http://10.0.0.1:8545/key)".into(),
+        }
+        .into();
+        assert_eq!(rpc.code(), "chain_unavailable");
+        assert_eq!(rpc.to_api().message, "chain RPC unavailable");
+        let timeout: Refusal = ChainError::Timeout {
+            network: "eip155:1".into(),
+        }
+        .into();
+        assert_eq!(timeout.to_api().message, "chain RPC unavailable");
+        let corrupt: Refusal = StoreError::Corrupt("column value: \"x\"".into()).into();
+        assert_eq!(corrupt.to_api().message, "internal error");
+        // Built with details elsewhere: the answer still carries none.
+        let joined = Refusal::Internal("storing the payment: task 7 panicked".into());
+        assert_eq!(joined.to_api().message, "internal error");
+        assert_eq!(
+            Refusal::ChainUnavailable("http://rpc".into())
+                .to_api()
+                .message,
+            "chain RPC unavailable"
+        );
+        // A client's fault keeps its message.
+        assert_eq!(
+            Refusal::InvalidPayment("payment field `v`: 29".into())
+                .to_api()
+                .message,
+            "payment field `v`: 29"
+        );
+        let unknown: Refusal = ChainError::UnknownNetwork("eip155:5".into()).into();
+        assert_eq!(unknown.code(), "network_unsupported");
+    }
 
     #[test]
     fn codes_are_unique_and_answers_carry_the_facts() {

@@ -129,7 +129,7 @@ impl PaymentRow {
             route: self.p.route.clone(),
             permit_tx: self.permit_tx.clone(),
             transfer_tx: self.transfer_tx.clone(),
-            block_number: self.block_number.map(|b| b as u64),
+            block_number: self.block_number.and_then(|b| u64::try_from(b).ok()),
             error: self.error.clone(),
             created_at: self.p.created_ms / 1000,
             updated_at: self.updated_ms / 1000,
@@ -210,6 +210,12 @@ fn col<T: FromStr>(row: &AnyRow, name: &str) -> Result<T, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
 }
 
+/// An integer column read into a narrower or unsigned type: a value out of its range is a
+/// corrupt row, never a wrapped number.
+fn int_col<T: TryFrom<i64>>(name: &str, v: i64) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {name}: {v} out of range")))
+}
+
 fn col_u256(row: &AnyRow, name: &str) -> Result<U256, StoreError> {
     let s: String = row.try_get(name)?;
     U256::from_str_radix(&s, 10).map_err(|_| StoreError::Corrupt(format!("column {name}: {s:?}")))
@@ -228,7 +234,7 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
         p: NewPayment {
             id: row.try_get("id")?,
             scheme: parse_scheme(&scheme)?,
-            network: Network::eip155(chain_id as u64),
+            network: Network::eip155(int_col("chain_id", chain_id)?),
             asset: col(row, "asset")?,
             payer: col(row, "payer")?,
             pay_to: col(row, "pay_to")?,
@@ -241,7 +247,7 @@ fn payment_from_row(row: &AnyRow) -> Result<PaymentRow, StoreError> {
             valid_after: col_u256(row, "valid_after")?,
             deadline: col_u256(row, "deadline")?,
             sig: Sig {
-                v: sig_v as u8,
+                v: int_col("sig_v", sig_v)?,
                 r: col(row, "sig_r")?,
                 s: col(row, "sig_s")?,
             },
@@ -268,9 +274,9 @@ fn tx_from_row(row: &AnyRow) -> Result<TxRow, StoreError> {
     let nonce: i64 = row.try_get("nonce")?;
     let raw: String = row.try_get("raw")?;
     Ok(TxRow {
-        chain_id: chain_id as u64,
+        chain_id: int_col("chain_id", chain_id)?,
         signer: col(row, "signer")?,
-        nonce: nonce as u64,
+        nonce: int_col("nonce", nonce)?,
         payment_id: row.try_get("payment_id")?,
         kind: row.try_get("kind")?,
         hash: col(row, "hash")?,

@@ -191,10 +191,14 @@ impl Invalid {
             StatusCode::OK
         };
         let payer = None;
+        if r.is_outage() {
+            tracing::warn!(code = r.code(), message = %r.message(), "facilitator request failed");
+        }
         Invalid {
             status,
             reason: Reason::of(&r, mode),
-            message: r.message().to_string(),
+            // No database or RPC text in the answer (the log line above has it).
+            message: r.public_message().to_string(),
             payer,
         }
     }
@@ -242,8 +246,13 @@ fn parse(st: &AppState, body: &[u8]) -> Result<Request, Invalid> {
             ));
         }
     }
-    let req: FacilitatorRequest = serde_json::from_value(root)
-        .map_err(|e| Invalid::new(Reason::InvalidPayload, format!("request: {e}")))?;
+    // The error names the field (`paymentPayload.payload.authorization.value`, ...).
+    let req: FacilitatorRequest = serde_path_to_error::deserialize(root).map_err(|e| {
+        Invalid::new(
+            Reason::InvalidPayload,
+            format!("request field `{}`: {}", e.path(), e.inner()),
+        )
+    })?;
 
     // The requirements (the gateway's terms).
     let reqs = &req.payment_requirements;

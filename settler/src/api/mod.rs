@@ -2,6 +2,7 @@
 //! the operational endpoints (`ops`). Each handler parses, calls the service and maps its
 //! [`Refusal`] onto the wire; the routing table here is the one list of routes.
 
+mod catch_panic;
 pub(crate) mod facilitator;
 mod ops;
 mod renew;
@@ -66,12 +67,17 @@ pub(crate) fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     // `/settle` may wait for its receipt: the request timeout stays above that.
     let request_timeout =
         Duration::from_secs(30).max(state.settle_timeout + Duration::from_secs(10));
-    table()
+    let routes = table()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {
             r.route(path, handler)
-        })
+        });
+    #[cfg(test)]
+    let routes = catch_panic::test_routes(routes);
+    routes
         .fallback(|| async { AppError(Refusal::NotFound("no such endpoint".into())) })
+        // A handler's panic is a 500 `internal` answer, never a dropped connection.
+        .layer(catch_panic::layer())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

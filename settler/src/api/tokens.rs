@@ -69,8 +69,11 @@ fn parse_request(body: &[u8]) -> Result<TokenRequest, Refusal> {
             )));
         }
     }
-    let req: TokenRequest = serde_json::from_slice(body)
-        .map_err(|e| Refusal::InvalidRequest(format!("request: {e}")))?;
+    // The error names the field (`requirement.token_ttl_secs`, ...).
+    let req: TokenRequest = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_slice(body),
+    )
+    .map_err(|e| Refusal::InvalidRequest(format!("request field `{}`: {}", e.path(), e.inner())))?;
     if req.requirement.accepts.is_empty() {
         return Err(Refusal::InvalidRequest(
             "requirement field `accepts`: empty".into(),

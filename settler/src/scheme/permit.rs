@@ -75,7 +75,11 @@ impl SchemePayment for PermitPayment<'_> {
                 .collect();
             let mut expected = onchain;
             while pending.contains(&expected) {
-                expected += U256::from(1u8);
+                // At the top of uint256 no nonce follows (the contract's would overflow too).
+                let Some(next) = expected.checked_add(U256::from(1u8)) else {
+                    break;
+                };
+                expected = next;
             }
             if p.nonce != expected {
                 return Err(Refusal::NonceMismatch {
@@ -83,7 +87,7 @@ impl SchemePayment for PermitPayment<'_> {
                     message: format!(
                         "permit nonce {} is not the next one: expected {expected} (on chain {onchain}, {} unsettled)",
                         p.nonce,
-                        expected - onchain
+                        expected.saturating_sub(onchain)
                     ),
                 });
             }

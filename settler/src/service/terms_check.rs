@@ -199,11 +199,15 @@ impl Service {
                 *state = DomainState::Mismatch(m.clone());
                 Err(Refusal::AssetUnverified(m))
             }
-            DomainCheck::Unreachable(e) => Err(Refusal::AssetUnverified(format!(
-                "{}: the EIP-712 domain of {} is not verified against the contract yet ({e}); payments on it are refused until it is",
-                asset.label(),
-                asset.address
-            ))),
+            DomainCheck::Unreachable(e) => {
+                // The RPC's text goes to the log, not into the answer.
+                tracing::warn!(network = %asset.network, asset = %asset.address, error = %e, "EIP-712 domain check: chain unreachable");
+                Err(Refusal::AssetUnverified(format!(
+                    "{}: the EIP-712 domain of {} is not verified against the contract yet (chain RPC unavailable); payments on it are refused until it is",
+                    asset.label(),
+                    asset.address
+                )))
+            }
         }
     }
 }
