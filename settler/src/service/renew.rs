@@ -51,6 +51,18 @@ impl Service {
                 row.p.value, priced.amount
             )));
         }
+        let ttl = self.token_ttl(requirement, &priced.method);
+        // Only a token shorter-lived than the renewal is renewed: a renewed token (its `exp`
+        // at least `ttl` after the payment) is not, so one payment buys at most its short
+        // token, the grace and one full lifetime.
+        let created = u64::try_from(row.p.created_ms / 1000).unwrap_or(0);
+        let old_exp = u64::try_from(verified.expires_at).unwrap_or(0);
+        if old_exp.saturating_sub(created) >= ttl {
+            return Err(Refusal::InvalidToken(format!(
+                "the token already lives {} s from its payment, not less than the renewal's {ttl} s: only a short-lived token is renewed",
+                old_exp.saturating_sub(created)
+            )));
+        }
         let id = row.p.id.clone();
         match row.state {
             SettlementState::Settled => {}
@@ -74,7 +86,6 @@ impl Service {
                 });
             }
         }
-        let ttl = self.token_ttl(requirement, &priced.method);
         let renewed = self.minter.mint(&row.p, now, ttl);
         tracing::info!(settlement_id = %id, payer = %row.p.payer, route = %row.p.route, ttl, "token renewed after settlement");
         Ok(renewed)
