@@ -47,10 +47,12 @@ pub(super) fn test_routes<S: Clone + Send + Sync + 'static>(r: axum::Router<S>) 
     use axum::routing::{get, post};
     r.route(
         "/__test/panic",
-        get(|| async {
-            let missing: Option<&'static str> = None;
-            missing.unwrap_or_else(|| panic!("test route: a handler bug"))
-        }),
+        get(
+            |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                // A handler bug: an `expect` on what the request did not carry.
+                q.expect("test route: a handler bug")
+            },
+        ),
     )
     .route(
         "/__test/panic-fmt",
