@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 /// Seconds before `exp` at which a token is no longer used (clock skew, request time).
 pub(crate) const EXPIRY_MARGIN_SECS: i64 = 5;
+/// A renewable token is renewed when it has expired or expires within this many seconds.
+pub(crate) const RENEW_AHEAD_SECS: i64 = 10;
+/// How long after `exp` a renewable token may still be renewed (the server's grace).
+pub(crate) const RENEW_GRACE_SECS: i64 = x402_protocol::settler_api::RENEW_GRACE_SECS as i64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedToken {
@@ -20,6 +24,10 @@ pub struct CachedToken {
     pub route: Option<String>,
     #[serde(default)]
     pub settlement_id: Option<String>,
+    /// Where this short-lived token is renewed once its payment has settled (the 402's
+    /// `access_token_renew_endpoint`, resolved); `None` when it is not renewable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -92,6 +100,16 @@ impl TokenCache {
             .filter(|t| t.expires_at - EXPIRY_MARGIN_SECS > now)
     }
 
+    /// A renewable token for `key` due for renewal at `now`: expired, or expiring within
+    /// [`RENEW_AHEAD_SECS`], but not more than [`RENEW_GRACE_SECS`] ago.
+    pub(crate) fn renewable(&self, key: &str, now: i64) -> Option<&CachedToken> {
+        self.tokens.get(key).filter(|t| {
+            t.renew_endpoint.is_some()
+                && t.expires_at - RENEW_AHEAD_SECS <= now
+                && now <= t.expires_at + RENEW_GRACE_SECS
+        })
+    }
+
     pub(crate) fn put(
         &mut self,
         key: &str,
@@ -114,9 +132,13 @@ impl TokenCache {
         self.tokens.is_empty()
     }
 
-    /// Writes the file (if any) atomically with mode 0600; drops expired tokens first.
+    /// Writes the file (if any) atomically with mode 0600; drops expired tokens first (a
+    /// renewable one once its renewal grace is over too).
     fn save(&mut self, now: i64) -> Result<(), CacheError> {
-        self.tokens.retain(|_, t| t.expires_at > now);
+        self.tokens.retain(|_, t| {
+            t.expires_at > now
+                || (t.renew_endpoint.is_some() && t.expires_at + RENEW_GRACE_SECS >= now)
+        });
         let Some(path) = self.file.clone() else {
             return Ok(());
         };
@@ -189,7 +211,28 @@ mod tests {
             expires_at: exp,
             route: Some("r".into()),
             settlement_id: None,
+            renew_endpoint: None,
         }
+    }
+
+    #[test]
+    fn renewable_tokens_are_due_near_expiry_and_kept_through_the_grace() {
+        let mut c = TokenCache::new();
+        let mut t = tok(1000);
+        t.renew_endpoint = Some("http://h/x402/token/r/renew".into());
+        c.put("k", t.clone(), 900).unwrap();
+        c.put("plain", tok(1000), 900).unwrap();
+        assert!(c.renewable("k", 900).is_none(), "not due yet");
+        assert_eq!(c.renewable("k", 990), Some(&t));
+        assert_eq!(c.renewable("k", 1000 + 600), Some(&t));
+        assert!(c.renewable("k", 1000 + 601).is_none(), "past the grace");
+        assert!(c.renewable("plain", 990).is_none(), "not renewable");
+        // Saving after expiry keeps it (the grace), not the plain one.
+        c.put("x", tok(5000), 1100).unwrap();
+        assert!(c.renewable("k", 1100).is_some());
+        assert!(c.tokens.get("plain").is_none());
+        c.put("x", tok(5000), 1700).unwrap();
+        assert!(c.tokens.get("k").is_none());
     }
 
     #[test]

@@ -81,6 +81,20 @@ pub enum Step {
         token_cached: Option<u64>,
         settlement_id: Option<String>,
     },
+    /// A short-lived cached token is renewed (its payment may have settled).
+    Renewing {
+        endpoint: String,
+    },
+    /// The renewal gave a new token.
+    Renewed {
+        expires_in: u64,
+    },
+    /// The renewal was refused (not settled yet, failed, ...): the old token is used while
+    /// it lasts, then the resource is paid again.
+    RenewRefused {
+        status: u16,
+        code: String,
+    },
     Warning(String),
 }
 
@@ -182,6 +196,13 @@ impl fmt::Display for Step {
                     "; settlement {}",
                     settlement_id.as_deref().unwrap_or("(not reported)")
                 )
+            }
+            Step::Renewing { endpoint } => write!(f, "renewing the cached token: POST {endpoint}"),
+            Step::Renewed { expires_in } => {
+                write!(f, "token renewed, expires in {expires_in}s")
+            }
+            Step::RenewRefused { status, code } => {
+                write!(f, "renewal refused: HTTP {status} {code}")
             }
             Step::Warning(w) => write!(f, "warning: {w}"),
         }
@@ -556,6 +577,10 @@ impl Payer {
             return Err(PayError::Url(url.to_string()));
         }
         let key = cache::key(&url);
+        let due = self.cache_lock().renewable(&key, unix_now()).cloned();
+        if let Some(t) = due {
+            self.renew(&url, &key, &t).await;
+        }
         let cached = self.cache_lock().get(&key, unix_now()).cloned();
         let resp = match cached {
             Some(t) => {
@@ -577,6 +602,70 @@ impl Payer {
             }
         };
         self.pay_and_retry(&url, &key, resp).await
+    }
+
+    /// Renews the short-lived token `t` of `key` at its renewal endpoint; the new token
+    /// replaces it in the cache. Any refusal or failure leaves the cache as it was (the old
+    /// token is used while it lasts, then the resource is paid as before).
+    async fn renew(&self, url: &Url, key: &str, t: &CachedToken) {
+        let Some(endpoint) = t.renew_endpoint.as_deref() else {
+            return;
+        };
+        // Stored after the same-origin check; checked again (the cache file is editable).
+        let Ok(endpoint_url) = token_endpoint(url, endpoint) else {
+            return;
+        };
+        self.step(Step::Renewing {
+            endpoint: endpoint_url.to_string(),
+        });
+        let resp = match self
+            .http
+            .post(endpoint_url)
+            .header(AUTHORIZATION, format!("Bearer {}", t.access_token))
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.step(Step::Warning(format!("renewal failed: {e}")));
+                return;
+            }
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let code = serde_json::from_str::<ErrorAnswer>(&text)
+                .ok()
+                .and_then(|e| e.error)
+                .unwrap_or_else(|| "error".into());
+            self.step(Step::RenewRefused {
+                status: status.as_u16(),
+                code,
+            });
+            return;
+        }
+        let answer: TokenAnswer = match serde_json::from_str(&text) {
+            Ok(a) => a,
+            Err(e) => {
+                self.step(Step::Warning(format!("renewal answer: {e}")));
+                return;
+            }
+        };
+        self.step(Step::Renewed {
+            expires_in: answer.expires_in,
+        });
+        let now = unix_now();
+        let renewed = CachedToken {
+            access_token: answer.access_token,
+            expires_at: now + answer.expires_in as i64,
+            route: answer.route.or_else(|| t.route.clone()),
+            settlement_id: answer.settlement_id.or_else(|| t.settlement_id.clone()),
+            // A renewed token has its full lifetime: it is not renewed again.
+            renew_endpoint: None,
+        };
+        if let Err(e) = self.cache_lock().put(key, renewed, now) {
+            self.step(Step::Warning(e.to_string()));
+        }
     }
 
     async fn pay_and_retry(
@@ -626,6 +715,13 @@ impl Payer {
             methods: select::components(&body).len(),
         });
         let endpoint_url = token_endpoint(url, &endpoint)?;
+        // A route minting short-lived tokens while unsettled says where to renew them; an
+        // endpoint off the resource's origin is ignored (never sent the token).
+        let renew_endpoint = body
+            .get("access_token_renew_endpoint")
+            .and_then(|v| v.as_str())
+            .and_then(|e| token_endpoint(url, e).ok())
+            .map(|u| u.to_string());
 
         let rpc = &self.config.rpc;
         let choice = select::select(&body, &self.config.caps, &|n| rpc.contains_key(&n))?;
@@ -701,6 +797,7 @@ impl Payer {
             expires_at: now + answer.expires_in as i64,
             route: receipt.route.clone(),
             settlement_id: answer.settlement_id.clone(),
+            renew_endpoint,
         };
         if let Err(e) = self.cache_lock().put(key, cached, now) {
             self.step(Step::Warning(e.to_string()));
@@ -842,6 +939,7 @@ impl Payer {
                     expires_at: now + expires_in as i64,
                     route: receipt.route.clone(),
                     settlement_id: settlement_id.clone(),
+                    renew_endpoint: None,
                 };
                 match self.cache_lock().put(key, cached, now) {
                     Ok(()) => token_cached = Some(expires_in),
