@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup wasm build test lint unit e2e demo run bench contracts fmt clippy clean
+.PHONY: all setup wasm build test lint unit e2e demo run bench contracts fmt clippy clean fuzz fuzz-smoke
 
 all: build wasm
 
@@ -18,7 +18,7 @@ build: setup
 
 # Lint gate, unit tests, then the Envoy / anvil / settler tests (they need the .wasm and
 # the binaries).
-test: setup lint wasm build
+test: setup lint fuzz-smoke wasm build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	@bash tools/check-manifests.sh
 
@@ -28,6 +28,17 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	python3 tools/check-module-cycles.py
+
+# Fuzz targets (fuzz/, cargo-fuzz on nightly), one at a time: FUZZ_SECS each for `fuzz`, a
+# few seconds each for `fuzz-smoke` (part of `test`: a target that no longer builds or
+# crashes at once fails the build).
+FUZZ_SECS ?= 180
+FUZZ_SMOKE_SECS ?= 5
+fuzz: setup
+	@bash fuzz/run.sh $(FUZZ_SECS)
+
+fuzz-smoke: setup
+	@bash fuzz/run.sh $(FUZZ_SMOKE_SECS)
 
 unit: setup
 	$(CARGO) test --workspace --lib --bins

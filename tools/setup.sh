@@ -34,6 +34,16 @@ for comp in rustfmt clippy; do
   fi
 done
 
+# --- nightly + cargo-fuzz: the fuzz targets (make fuzz, make fuzz-smoke in make test) --------
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  log "rustup toolchain install nightly --profile minimal"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz --locked"
+  cargo install cargo-fuzz --locked
+fi
+
 # --- npm: anvil (local chain), solc + OpenZeppelin (test token) ---------------------------
 if [ ! -f node_modules/.stamp ] || [ package.json -nt node_modules/.stamp ]; then
   log "npm install (anvil, solc, openzeppelin)"
