@@ -292,3 +292,229 @@ async fn an_empty_signer_wallet_stalls_the_lane_until_funded_then_settles_exactl
     assert_eq!(s.state, SettlementState::Settled, "{s:?}");
     assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
 }
+
+/// Facilitator `/settle` body for an ERC-3009 payload (`Env::x402v2`) at `PRICE`.
+fn facilitator_body(env: &Env, payload: &Value) -> Value {
+    serde_json::json!({"x402Version": 2, "paymentPayload": payload,
+        "paymentRequirements": {"scheme": "exact", "network": env.anvil.network().to_string(),
+            "amount": PRICE.to_string(), "asset": env.token, "payTo": env.pay_to,
+            "maxTimeoutSeconds": 300, "extra": {"name": "USDC", "version": "2"}}})
+}
+
+async fn facilitator(env: &Env, base: &str, path: &str, body: &Value) -> Value {
+    let r = env
+        .http
+        .post(format!("{base}{path}"))
+        .header("authorization", bearer())
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// The payer sends its own `transferWithAuthorization` with the signed authorization (tip
+/// `tip_gwei`), without waiting for a receipt: the transaction hash.
+async fn payer_submits(
+    env: &Env,
+    payer: &PrivateKeySigner,
+    valid_before: u64,
+    nonce: B256,
+    tip_gwei: u128,
+) -> B256 {
+    give_eth(env, payer.address(), 10u128.pow(18)).await;
+    let (v, r, s) = env.sign_3009(payer, env.pay_to, PRICE, 0, valid_before, nonce);
+    let t = TestUsdc::new(env.token, env.anvil.provider_with(payer.clone()));
+    let gwei = 1_000_000_000u128;
+    *t.transferWithAuthorization_1(
+        payer.address(),
+        env.pay_to,
+        U256::from(PRICE),
+        U256::ZERO,
+        U256::from(valid_before),
+        nonce,
+        sig_bytes(v, r, s),
+    )
+    .max_priority_fee_per_gas(tip_gwei * gwei)
+    .max_fee_per_gas(1000 * gwei)
+    .gas(200_000)
+    .send()
+    .await
+    .unwrap()
+    .tx_hash()
+}
+
+/// Waits (bounded) until `hash` has a receipt; its status.
+async fn mined_status(env: &Env, hash: B256) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(r) = env
+            .anvil
+            .provider()
+            .get_transaction_receipt(hash)
+            .await
+            .unwrap()
+        {
+            return r.status();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{hash} not mined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facilitator_settle_front_run_in_the_mempool_by_the_payer_answers_success_with_the_payers_transaction(
+) {
+    let env = Env::start_with(None, None, &["--settle-timeout-secs", "30"]).await;
+    let payer = env.funded_payer(PRICE).await;
+    let (valid_before, nonce) = (env.now() + 3600, random_nonce());
+    let body = facilitator_body(&env, &env.x402v2(&payer, PRICE, valid_before, nonce));
+    let v = facilitator(&env, &env.settler.url(), "/verify", &body).await;
+    assert_eq!(v["isValid"], true, "{v}");
+    // Blocks only when asked: /settle stores the payment and the lane sends its transaction.
+    let p = env.anvil.provider();
+    let _: Value = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    let settle = {
+        let (http, base, body) = (env.http.clone(), env.settler.url(), body.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/settle"))
+                .header("authorization", bearer())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let start = std::time::Instant::now();
+    while p
+        .get_transaction_count(env.spender)
+        .pending()
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            env.settler.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The payer sees it coming and gets its own transaction in first (higher tip).
+    let theirs = payer_submits(&env, &payer, valid_before, nonce, 50).await;
+    let _: Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
+    let _: Value = p
+        .raw_request("evm_setAutomine".into(), (true,))
+        .await
+        .unwrap();
+    assert!(
+        mined_status(&env, theirs).await,
+        "the payer's transfer executed"
+    );
+    let (st, s) = settle.await.unwrap();
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(s["success"], true, "{s}\n{}", env.settler.log());
+    assert_eq!(
+        s["transaction"].as_str().map(str::to_lowercase),
+        Some(format!("{theirs:#x}")),
+        "the payer's transaction: {s}"
+    );
+    assert_eq!(s["payer"], format!("{:#x}", payer.address()).to_lowercase());
+    assert_eq!(
+        env.balance(env.pay_to).await,
+        U256::from(PRICE),
+        "paid once"
+    );
+    // The settler's own transaction reverted; the payload cannot be settled again.
+    assert_eq!(p.get_transaction_count(env.spender).await.unwrap(), 1);
+    let again = facilitator(&env, &env.settler.url(), "/settle", &body).await;
+    assert_eq!(
+        again["errorReason"], "invalid_exact_evm_nonce_already_used",
+        "{again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facilitator_settle_of_a_payment_the_payer_executed_before_the_lane_answers_success_with_the_payers_transaction(
+) {
+    // The replica answering /settle has no lane; the one settling starts after the payer's
+    // transaction is mined, so its preflight finds the authorization used.
+    let env = Env::start_with(None, None, &["--no-worker", "--settle-timeout-secs", "40"]).await;
+    let payer = env.funded_payer(PRICE).await;
+    let (valid_before, nonce) = (env.now() + 3600, random_nonce());
+    let body = facilitator_body(&env, &env.x402v2(&payer, PRICE, valid_before, nonce));
+    let v = facilitator(&env, &env.settler.url(), "/verify", &body).await;
+    assert_eq!(v["isValid"], true, "{v}");
+    let settle = {
+        let (http, base, body) = (env.http.clone(), env.settler.url(), body.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/settle"))
+                .header("authorization", bearer())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    // Stored (pending): the same payload to /verify is now a replay.
+    let start = std::time::Instant::now();
+    loop {
+        let v = facilitator(&env, &env.settler.url(), "/verify", &body).await;
+        if v["isValid"] == false {
+            assert_eq!(
+                v["invalidReason"], "invalid_exact_evm_nonce_already_used",
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            env.settler.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let theirs = payer_submits(&env, &payer, valid_before, nonce, 1).await;
+    assert!(mined_status(&env, theirs).await);
+    // The settling replica (same database, same wallet) starts now.
+    let mut opts = env.settler.options().clone();
+    opts.port = None;
+    opts.log_file = None;
+    opts.extra_args.retain(|a| a != "--no-worker");
+    let worker = x402_testkit::settler::SettlerProcess::start(opts)
+        .await
+        .unwrap();
+    let (st, s) = settle.await.unwrap();
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(s["success"], true, "{s}\n{}", worker.log());
+    assert_eq!(
+        s["transaction"].as_str().map(str::to_lowercase),
+        Some(format!("{theirs:#x}")),
+        "the payer's transaction: {s}"
+    );
+    assert_eq!(
+        env.balance(env.pay_to).await,
+        U256::from(PRICE),
+        "paid once"
+    );
+    assert_eq!(
+        env.anvil
+            .provider()
+            .get_transaction_count(env.spender)
+            .await
+            .unwrap(),
+        0,
+        "the settler sent nothing"
+    );
+}

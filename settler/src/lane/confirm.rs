@@ -5,6 +5,7 @@
 //! settlement is checked for a front-run: executed by someone else, it is `settled` with that
 //! transaction. What each receipt means is decided in [`super::decide`].
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
@@ -313,11 +314,22 @@ impl Lane {
         let unconfirmed = self.store.unconfirmed_txs(network.chain_id, signer).await?;
         let (estimate, base_fee) = tokio::try_join!(self.chain.fees(), self.chain.base_fee())?;
         let fees = decide::capped_fees(estimate, self.cfg.max_fee);
+        let prev_base = u128::from(self.last_base_fee.swap(
+            u64::try_from(base_fee).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        ));
         let now = now_ms();
         for t in &unconfirmed {
-            if !decide::due_for_replacement(t.signed_ms, now, self.cfg.replace_after)
-                || decide::includable((t.max_fee, t.priority_fee), base_fee, estimate.1)
-            {
+            let signed = (t.max_fee, t.priority_fee);
+            if decide::includable(signed, base_fee, estimate.1) {
+                if decide::back_under_fees(signed, prev_base, base_fee, estimate.1) {
+                    tracing::info!(hash = %t.hash, nonce = t.nonce, max_fee = t.max_fee, base_fee, prev_base,
+                        "the base fee fell back under this transaction's max fee: sending it again");
+                    self.broadcast(t).await?;
+                }
+                continue;
+            }
+            if !decide::due_for_replacement(t.signed_ms, now, self.cfg.replace_after) {
                 continue;
             }
             let Some(new_fees) = decide::bumped_fees(
@@ -365,13 +377,17 @@ impl Lane {
             fees.0,
         );
         let before = self.cfg.health.stalled(network);
-        if stall != before {
+        // Logged when the lane enters or leaves the stall; the reason (it names the age of
+        // the oldest transaction) is kept current for `/readyz` without a warning per round.
+        if stall.is_some() != before.is_some() {
             match &stall {
                 Some(reason) => {
                     tracing::warn!(%network, wallet = %signer, reason, "settlement lane stalled: new payments on this network are refused until it recovers")
                 }
                 None => tracing::info!(%network, "settlement lane recovered"),
             }
+        }
+        if stall != before {
             self.cfg.health.set(network, stall);
         }
         Ok(())

@@ -227,6 +227,20 @@ pub(crate) fn includable(fees: (u128, u128), base_fee: u128, tip: u128) -> bool 
     fees.0 >= base_fee.saturating_add(tip) && fees.1 >= tip
 }
 
+/// A transaction priced out at the previous base fee `prev_base` that `base_fee` no longer
+/// prices out: the fee fell back under what it was signed with. Nodes may have refused it
+/// meanwhile ("max fee per gas less than block base fee") or dropped it from their pool
+/// (anvil drops a pooled transaction a block's base fee leaves out), so it is sent again at
+/// once instead of at the next `--rebroadcast-secs`.
+pub(crate) fn back_under_fees(
+    fees: (u128, u128),
+    prev_base: u128,
+    base_fee: u128,
+    tip: u128,
+) -> bool {
+    includable(fees, base_fee, tip) && !includable(fees, prev_base, tip)
+}
+
 /// A transaction's current attempt, signed at `signed_ms` and still without receipt, is
 /// re-signed with higher fees once it is `after` old.
 pub(crate) fn due_for_replacement(signed_ms: i64, now_ms: i64, after: Duration) -> bool {
@@ -649,6 +663,14 @@ mod tests {
         );
         assert!(includable((10, 2), 8, 2));
         assert!(!includable((9, 2), 8, 2));
+        // The fee fell back under a priced-out transaction's: send it again.
+        assert!(back_under_fees((10, 2), 50, 8, 2));
+        assert!(!back_under_fees((10, 2), 8, 8, 2), "includable before too");
+        assert!(!back_under_fees((10, 2), 50, 9, 2), "still priced out");
+        assert!(
+            !back_under_fees((10, 2), 0, 8, 2),
+            "first round: nothing to compare"
+        );
         let a = Duration::from_secs(12);
         assert!(!due_for_replacement(100_000, 111_999, a));
         assert!(due_for_replacement(100_000, 112_000, a));

@@ -35,6 +35,7 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,10 @@ pub(crate) struct Lane {
     wake: Arc<Notify>,
     /// Poked by the broadcaster on "nonce too low": the confirm loop checks at once.
     recheck: Notify,
+    /// The base fee the last health round saw (wei, saturated at `u64::MAX`; 0 before the
+    /// first): a transaction it priced out that the current one does not is sent again at
+    /// once (a node may have refused or dropped it meanwhile, anvil does both).
+    last_base_fee: AtomicU64,
     cfg: WorkerConfig,
 }
 
@@ -111,6 +116,7 @@ impl Lane {
             chain,
             wake,
             recheck: Notify::new(),
+            last_base_fee: AtomicU64::new(0),
             cfg,
         }
     }
