@@ -62,6 +62,15 @@ impl Stack {
     }
 
     pub async fn start_with(stack_opts: StackOptions) -> Result<Stack> {
+        Self::start_with_filter(stack_opts, |_| {}).await
+    }
+
+    /// [`Stack::start_with`], with the filter config ([`Stack::filter_config`]) changed by
+    /// `edit` before Envoy starts (e.g. a route option).
+    pub async fn start_with_filter(
+        stack_opts: StackOptions,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Stack> {
         let dir = tempfile::Builder::new().prefix("x402-stack-").tempdir()?;
         let anvil = Anvil::start()?;
         let token = anvil.deploy_token().await?;
@@ -83,6 +92,7 @@ impl Stack {
         let key_hex = std::fs::read_to_string(&key_file).context("settler token key file")?;
         let key = signing_key_from_hex(&key_hex).context("token key parses")?;
         let mut config = Self::filter_config(&key, token, network, spender, pay_to);
+        edit(&mut config);
         let mut envoy_opts = EnvoyOpts {
             upstream_port: Some(upstream.port()),
             settler_port: Some(settler.port()),
