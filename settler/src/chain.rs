@@ -37,6 +37,28 @@ sol! {
     }
 }
 
+sol! {
+    /// The batch settlement contract (contracts/X402Settlement.sol).
+    #[sol(rpc)]
+    interface IX402Settlement {
+        struct Item {
+            uint8 kind;
+            address from;
+            address to;
+            uint256 value;
+            uint256 validAfter;
+            uint256 deadline;
+            bytes32 nonce;
+            uint8 v;
+            bytes32 r;
+            bytes32 s;
+        }
+        event ItemResult(uint256 index, bool permitOk, bool ok, bytes reason);
+        function settle(address token, Item[] items) external;
+        function operators(address operator) external view returns (bool);
+    }
+}
+
 /// One network: its RPC endpoint and the settler's wallet there.
 pub struct Chain {
     pub network: Network,
@@ -50,6 +72,9 @@ pub struct Chain {
     signer: Address,
     timeout: Duration,
     gas_limit: u64,
+    /// `--settlement-contract` of this network: batches go through it, and it is a permit
+    /// spender the settler accepts.
+    settlement_contract: Option<Address>,
 }
 
 /// What `eth_sendRawTransaction` said.
@@ -90,11 +115,29 @@ impl Chain {
             signer,
             timeout,
             gas_limit,
+            settlement_contract: None,
         })
+    }
+
+    /// Settles through the batch contract `contract` (`--settlement-contract`).
+    pub fn with_settlement_contract(mut self, contract: Option<Address>) -> Chain {
+        self.settlement_contract = contract;
+        self
     }
 
     pub fn signer(&self) -> Address {
         self.signer
+    }
+
+    /// The batch settlement contract of this network, if configured.
+    pub fn settlement_contract(&self) -> Option<Address> {
+        self.settlement_contract
+    }
+
+    /// The contract's `operators(signer)`: the settler's wallet may call `settle`.
+    pub(crate) async fn is_operator(&self, contract: Address) -> Result<bool, ChainError> {
+        let c = IX402Settlement::new(contract, &self.provider);
+        self.rpc("operators", c.operators(self.signer).call()).await
     }
 
     /// `msg` without the endpoint URL: HTTP client errors print it, and a provider's URL
@@ -211,13 +254,26 @@ impl Chain {
         nonce: u64,
         fees: (u128, u128),
     ) -> Result<(B256, Vec<u8>), ChainError> {
+        self.sign_with_gas(to, input, nonce, fees, self.gas_limit)
+            .await
+    }
+
+    /// [`Chain::sign`] with an explicit gas limit (a batch's scales with its items).
+    pub(crate) async fn sign_with_gas(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        fees: (u128, u128),
+        gas_limit: u64,
+    ) -> Result<(B256, Vec<u8>), ChainError> {
         let req = TransactionRequest::default()
             .with_from(self.signer)
             .with_to(to)
             .with_input(input)
             .with_nonce(nonce)
             .with_chain_id(self.network.chain_id)
-            .with_gas_limit(self.gas_limit)
+            .with_gas_limit(gas_limit)
             .with_max_fee_per_gas(fees.0)
             .with_max_priority_fee_per_gas(fees.1)
             .with_value(U256::ZERO);
@@ -264,7 +320,9 @@ impl Chain {
         };
         let env = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|e| bad(e.to_string()))?;
         let to = env.to().ok_or_else(|| bad("no recipient".into()))?;
-        self.sign(to, env.input().clone(), env.nonce(), fees).await
+        // The stored transaction's own gas limit (a batch's is its items').
+        self.sign_with_gas(to, env.input().clone(), env.nonce(), fees, env.gas_limit())
+            .await
     }
 
     /// Whether `input` to `to` would execute now, from the settler's wallet (`eth_call`).
@@ -475,6 +533,43 @@ pub(crate) fn transfer_logs(receipt: &TransactionReceipt) -> Vec<TransferLog> {
             })
         })
         .collect()
+}
+
+/// One `ItemResult` of the batch contract: item `index` of the batch, whether its
+/// `permit()` (if any) and its transfer succeeded, and the transfer's revert data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ItemLog {
+    pub index: u64,
+    pub permit_ok: bool,
+    pub ok: bool,
+    pub reason: Bytes,
+}
+
+/// The `ItemResult` logs `contract` emitted in `receipt`, in log order.
+pub(crate) fn item_logs(receipt: &TransactionReceipt, contract: Address) -> Vec<ItemLog> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter(|log| log.address() == contract)
+        .filter_map(|log| {
+            let e = log.log_decode::<IX402Settlement::ItemResult>().ok()?;
+            let d = &e.inner.data;
+            Some(ItemLog {
+                index: u64::try_from(d.index).ok()?,
+                permit_ok: d.permitOk,
+                ok: d.ok,
+                reason: d.reason.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `settle(token, items)` of the batch contract.
+pub(crate) fn batch_call(token: Address, items: Vec<IX402Settlement::Item>) -> Bytes {
+    IX402Settlement::settleCall { token, items }
+        .abi_encode()
+        .into()
 }
 
 /// True if `receipt` carries `Transfer(from, to, value)` emitted by `token`.

@@ -74,6 +74,29 @@ impl FromStr for RpcSpec {
     }
 }
 
+/// One `--settlement-contract eip155:<chain id>=<address>` entry: the batch settlement
+/// contract (contracts/X402Settlement.sol) the lane of that network settles through.
+#[derive(Debug, Clone)]
+pub struct ContractSpec {
+    pub network: Network,
+    pub address: alloy::primitives::Address,
+}
+
+impl FromStr for ContractSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (net, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected eip155:<chain id>=<contract address>"))?;
+        let network: Network = net.trim().parse().map_err(|e| format!("{e}"))?;
+        let address = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("{:?}: not a contract address: {e}", addr.trim()))?;
+        Ok(ContractSpec { network, address })
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -148,6 +171,23 @@ pub struct ServeArgs {
     /// Gas limit of each settlement transaction.
     #[arg(long = "gas-limit", env = "X402_GAS_LIMIT", default_value_t = 300_000)]
     pub gas_limit: u64,
+    /// Batch settlement contract per network (contracts/X402Settlement.sol, the settler's
+    /// wallet an operator of it): that network's lane settles many payments per transaction
+    /// through it, and it is the EIP-2612 spender permits may name. Without one, one
+    /// transaction (two for a permit) per payment.
+    #[arg(
+        long = "settlement-contract",
+        env = "X402_SETTLEMENT_CONTRACT",
+        value_delimiter = ','
+    )]
+    pub settlement_contract: Vec<ContractSpec>,
+    /// Payments per batch transaction at most (with `--settlement-contract`), 1..=500.
+    #[arg(long = "batch-max", env = "X402_BATCH_MAX", default_value_t = 100)]
+    pub batch_max: u64,
+    /// With `--settlement-contract`: how long the lane lets payments gather before signing a
+    /// batch that is not full, milliseconds (0..=10000).
+    #[arg(long = "batch-wait-ms", env = "X402_BATCH_WAIT_MS", default_value_t = 50)]
+    pub batch_wait_ms: u64,
     /// Re-broadcast a sent transaction without receipt after this many seconds.
     #[arg(
         long = "rebroadcast-secs",
@@ -249,6 +289,34 @@ impl ServeArgs {
             .map_err(|_| anyhow::anyhow!("--max-fee-gwei {:?}: too large", self.max_fee_gwei))?;
         anyhow::ensure!(wei > 0, "--max-fee-gwei must be above 0");
         Ok(wei)
+    }
+    /// Refuses batch settings out of range, naming the flag.
+    pub fn check_batching(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=500).contains(&self.batch_max),
+            "--batch-max {}: must be 1..=500 payments per batch transaction",
+            self.batch_max
+        );
+        anyhow::ensure!(
+            self.batch_wait_ms <= 10_000,
+            "--batch-wait-ms {}: at most 10000",
+            self.batch_wait_ms
+        );
+        for (i, c) in self.settlement_contract.iter().enumerate() {
+            anyhow::ensure!(
+                self.settlement_contract[..i]
+                    .iter()
+                    .all(|o| o.network != c.network),
+                "--settlement-contract: network {} named twice",
+                c.network
+            );
+            anyhow::ensure!(
+                self.rpc.iter().any(|r| r.network == c.network),
+                "--settlement-contract {}: no --rpc for that network",
+                c.network
+            );
+        }
+        Ok(())
     }
     /// Refuses acceptance flags that cannot be safe, naming the flag.
     pub fn check_acceptance(&self) -> anyhow::Result<()> {

@@ -91,6 +91,7 @@ impl Settler {
     /// Loads the keys, connects the database (running migrations) and every `--rpc`.
     pub async fn new(args: &ServeArgs) -> anyhow::Result<Settler> {
         args.check_acceptance()?;
+        args.check_batching()?;
         if args.accept_deadline_ms >= config::FILTER_TIMEOUT_MS_EXAMPLE {
             tracing::warn!(accept_deadline_ms = args.accept_deadline_ms, "--accept-deadline-ms is at or above the filter's usual settler.timeout_ms ({} ms): make the filter's timeout larger, or a client may get 503 for a payment the settler then stores (its retry still gets the same token)", config::FILTER_TIMEOUT_MS_EXAMPLE);
         }
@@ -128,7 +129,13 @@ impl Settler {
                 args.rpc_timeout(),
                 args.poll_interval(),
                 args.gas_limit,
-            )?;
+            )?
+            .with_settlement_contract(
+                args.settlement_contract
+                    .iter()
+                    .find(|c| c.network == spec.network)
+                    .map(|c| c.address),
+            );
             match chain.chain_id().await {
                 Ok(id) if id != spec.network.chain_id => {
                     anyhow::bail!(
@@ -182,6 +189,8 @@ impl Settler {
                 lease: Duration::from_secs(args.lease_secs.max(3)),
                 instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
                 batch: 64,
+                batch_max: args.batch_max as usize,
+                batch_wait: Duration::from_millis(args.batch_wait_ms),
                 gas_limit: args.gas_limit,
                 max_fee,
                 replace_after: Duration::from_secs(args.replace_after_secs.max(1)),

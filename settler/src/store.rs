@@ -430,6 +430,23 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         4,
         // The revocation list: failed payments, newest first (`failed_since`).
         vec!["CREATE INDEX IF NOT EXISTS x402_payments_revoked ON x402_payments (state, created_ms)".into()],
+    ),
+    (
+        10,
+        // Batch settlement: which payments a batch transaction (`x402_txs.kind = 'batch'`,
+        // `payment_id` = the batch id) carries, at which item index, with or without permit().
+        vec![
+            "CREATE TABLE IF NOT EXISTS x402_batch_items (
+                batch_id TEXT NOT NULL,
+                idx BIGINT NOT NULL,
+                payment_id TEXT NOT NULL,
+                with_permit BIGINT NOT NULL,
+                PRIMARY KEY (batch_id, idx)
+            )"
+            .into(),
+            "CREATE INDEX IF NOT EXISTS x402_batch_items_payment ON x402_batch_items (payment_id)"
+                .into(),
+        ],
     )]
 }
 
@@ -484,7 +501,7 @@ impl Session {
     /// transactions are stored before they are broadcast: none stored = never broadcast).
     pub async fn by_use_key(&mut self, key: &str) -> Result<Option<StoredPayment>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLS}, token_iat, token_exp, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
+            "SELECT {PAYMENT_COLS}, token_iat, token_exp, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) + (SELECT COUNT(*) FROM x402_batch_items b WHERE b.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
         ))
         .bind(key)
         .fetch_optional(self.conn())
@@ -741,21 +758,24 @@ impl Store {
     /// payer's permits come in nonce order: they were accepted in that order). A permit is only
     /// for the lane of its spender: another wallet's `transferFrom` has no allowance (replicas
     /// with different wallets on one database). ERC-3009 can be submitted by any wallet.
+    /// `contract`: the lane's batch settlement contract, the other spender its permits may name.
     pub(crate) async fn due_pending(
         &self,
         chain_id: u64,
         signer: Address,
+        contract: Option<Address>,
         now_ms: i64,
         limit: i64,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2
-             AND (scheme <> 'permit' OR spender IS NULL OR spender = $4) ORDER BY seq LIMIT $3"
+             AND (scheme <> 'permit' OR spender IS NULL OR spender = $4 OR spender = $5) ORDER BY seq LIMIT $3"
         ))
         .bind(chain_id as i64)
         .bind(now_ms)
         .bind(limit)
         .bind(hexa(signer))
+        .bind(hexa(contract.unwrap_or(signer)))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(payment_from_row).collect()
@@ -882,6 +902,96 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Stores a signed batch transaction (`tx.payment_id` = the batch id) and moves every
+    /// item's payment to `submitted` with it as `transfer_tx` (and `permit_tx` when the item
+    /// runs its permit), atomically. `items`: (payment id, with permit) in item order.
+    /// Returns false (and stores nothing) if any of them was no longer pending.
+    pub(crate) async fn record_batch(
+        &self,
+        tx_row: &TxRow,
+        items: &[(String, bool)],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let hash = hex32(tx_row.hash);
+        for (id, with_permit) in items {
+            let moved = sqlx::query("UPDATE x402_payments SET state = 'submitted', permit_tx = $2, transfer_tx = $3, error = NULL, updated_ms = $4 WHERE id = $1 AND state = 'pending'")
+                .bind(id)
+                .bind(with_permit.then(|| hash.clone()))
+                .bind(&hash)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            if moved.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        for (i, (id, with_permit)) in items.iter().enumerate() {
+            sqlx::query("INSERT INTO x402_batch_items (batch_id, idx, payment_id, with_permit) VALUES ($1, $2, $3, $4)")
+                .bind(&tx_row.payment_id)
+                .bind(i as i64)
+                .bind(id)
+                .bind(i64::from(*with_permit))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let t = tx_row;
+        sqlx::query("INSERT INTO x402_txs (chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms, created_ms, updated_ms, max_fee, priority_fee, signed_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', $8, $8, $8, $9, $10, $8)")
+            .bind(t.chain_id as i64)
+            .bind(hexa(t.signer))
+            .bind(t.nonce as i64)
+            .bind(&t.payment_id)
+            .bind(&t.kind)
+            .bind(&hash)
+            .bind(alloy::primitives::hex::encode(&t.raw))
+            .bind(now_ms)
+            .bind(t.max_fee.to_string())
+            .bind(t.priority_fee.to_string())
+            .execute(&mut *tx)
+            .await?;
+        insert_attempt(&mut tx, t, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A batch's items in item order: (payment id, with permit).
+    pub(crate) async fn batch_items(
+        &self,
+        batch_id: &str,
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT payment_id, with_permit FROM x402_batch_items WHERE batch_id = $1 ORDER BY idx",
+        )
+        .bind(batch_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("payment_id")?;
+                let p: i64 = r.try_get("with_permit")?;
+                Ok((id, p != 0))
+            })
+            .collect()
+    }
+
+    /// Closes a batch transaction once every item is judged: `receipt` (success, block) when
+    /// mined, `None` when it can never be mined (dropped).
+    pub(crate) async fn close_tx(
+        &self,
+        hash: B256,
+        receipt: Option<(bool, u64)>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        match receipt {
+            Some((ok, b)) => record_receipts(&mut tx, &[(hash, ok, b)], &[], now_ms).await?,
+            None => record_receipts(&mut tx, &[], &[hash], now_ms).await?,
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     #[cfg(test)]
@@ -1102,7 +1212,7 @@ impl Store {
 
     /// Transactions signed (wallet nonces used) and gas spent so far for a payment.
     pub(crate) async fn payment_spend(&self, payment_id: &str) -> Result<(u64, u64), StoreError> {
-        let row = sqlx::query("SELECT (SELECT COUNT(*) FROM x402_txs WHERE payment_id = $1) AS n, (SELECT gas_spent FROM x402_payments WHERE id = $1) AS g")
+        let row = sqlx::query("SELECT (SELECT COUNT(*) FROM x402_txs WHERE payment_id = $1) + (SELECT COUNT(*) FROM x402_batch_items WHERE payment_id = $1) AS n, (SELECT gas_spent FROM x402_payments WHERE id = $1) AS g")
             .bind(payment_id)
             .fetch_one(&self.pool)
             .await?;
@@ -1226,6 +1336,15 @@ async fn repoint_payment(
     for col in ["transfer_tx", "permit_tx"] {
         sqlx::query(&format!(
             "UPDATE x402_payments SET {col} = $3 WHERE id = $1 AND {col} = $2"
+        ))
+        .bind(payment_id)
+        .bind(hex32(old))
+        .bind(hex32(new))
+        .execute(&mut **tx)
+        .await?;
+        // A batch transaction (`payment_id` is the batch id): its items' payments.
+        sqlx::query(&format!(
+            "UPDATE x402_payments SET {col} = $3 WHERE {col} = $2 AND id IN (SELECT payment_id FROM x402_batch_items WHERE batch_id = $1)"
         ))
         .bind(payment_id)
         .bind(hex32(old))
@@ -1365,12 +1484,12 @@ mod tests {
         assert_eq!(row.p.value, U256::from(500_000u64));
         assert_eq!(row.p.sig.s, B256::repeat_byte(2));
         let due = store
-            .due_pending(31337, Address::repeat_byte(0x33), 10, 10)
+            .due_pending(31337, Address::repeat_byte(0x33), None, 10, 10)
             .await
             .unwrap();
         assert!(
             store
-                .due_pending(31337, Address::repeat_byte(0x44), 10, 10)
+                .due_pending(31337, Address::repeat_byte(0x44), None, 10, 10)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -1541,7 +1660,7 @@ mod tests {
             .is_empty());
         assert_eq!(
             store
-                .due_pending(31337, Address::repeat_byte(0x33), 6, 10)
+                .due_pending(31337, Address::repeat_byte(0x33), None, 6, 10)
                 .await
                 .unwrap()
                 .len(),

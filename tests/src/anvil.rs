@@ -264,6 +264,12 @@ impl Anvil {
         deploy_token_with(&self.dev_provider(0)).await
     }
 
+    /// Deploys the batch settlement contract (contracts/X402Settlement.sol) from dev account
+    /// 0, `operators` (the settler's wallets) allowed to settle through it.
+    pub async fn deploy_settlement(&self, operators: &[Address]) -> Result<Address> {
+        deploy_settlement_with(&self.dev_provider(0), operators).await
+    }
+
     /// Deploys the token, then copies its runtime code and name/symbol storage to a fixed
     /// address (e.g. a real USDC address a client insists on). The EIP-712 domain then uses
     /// `at` as verifyingContract (OZ EIP712 rebuilds the separator for a different address).
@@ -400,9 +406,39 @@ pub fn token_bytecode() -> Result<Bytes> {
     artefact_field("bytecode")
 }
 
+/// Deploys contracts/build/X402Settlement.json with `provider`, `operators` (the settler
+/// wallets) allowed to call `settle`; returns its address.
+pub async fn deploy_settlement_with<P: Provider>(
+    provider: &P,
+    operators: &[Address],
+) -> Result<Address> {
+    use alloy::sol_types::SolValue;
+    let mut code = artefact_field_of(&paths::settlement_artifact(), "bytecode")?.to_vec();
+    code.extend_from_slice(&(operators.to_vec(),).abi_encode_params());
+    let tx = TransactionRequest::default().with_deploy_code(Bytes::from(code));
+    let receipt = provider
+        .send_transaction(tx)
+        .await
+        .context("deploying X402Settlement")?
+        .get_receipt()
+        .await?;
+    if !receipt.status() {
+        bail!(
+            "X402Settlement deployment reverted (tx {})",
+            receipt.transaction_hash
+        );
+    }
+    receipt
+        .contract_address
+        .ok_or_else(|| anyhow!("deployment receipt has no contract address"))
+}
+
 fn artefact_field(field: &str) -> Result<Bytes> {
-    let path = paths::token_artifact();
-    let text = std::fs::read_to_string(&path)
+    artefact_field_of(&paths::token_artifact(), field)
+}
+
+fn artefact_field_of(path: &std::path::Path, field: &str) -> Result<Bytes> {
+    let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {} (rebuild with `make contracts`)", path.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;

@@ -45,3 +45,8 @@ pub fn python_bin() -> PathBuf {
 pub fn token_artifact() -> PathBuf {
     root().join("contracts/build/TestUSDC.json")
 }
+
+/// The compiled batch settlement contract (contracts/X402Settlement.sol).
+pub fn settlement_artifact() -> PathBuf {
+    root().join("contracts/build/X402Settlement.json")
+}

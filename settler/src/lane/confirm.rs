@@ -67,7 +67,10 @@ impl Lane {
 
     /// The receipt of whichever attempt at `t`'s nonce was mined (the current one first). An
     /// earlier attempt mined becomes the transaction's current one in the store.
-    async fn mined_receipt(&self, t: &TxRow) -> Result<Option<(B256, Receipt)>, LaneError> {
+    pub(super) async fn mined_receipt(
+        &self,
+        t: &TxRow,
+    ) -> Result<Option<(B256, Receipt)>, LaneError> {
         let mut hashes = self
             .store
             .attempt_hashes(t.chain_id, t.signer, t.nonce)
@@ -112,6 +115,12 @@ impl Lane {
         let confirmed_nonce = self.chain.latest_nonce().await?;
         for group in decide::group_by_payment(unconfirmed) {
             let Some(last) = group.last() else { continue };
+            if last.kind == super::batch::BATCH {
+                if self.confirm_batch(last, confirmed_nonce).await? {
+                    continue;
+                }
+                break; // not mined yet
+            }
             let pid = last.payment_id.clone();
             let last_mined = self.mined_receipt(last).await?;
             if last_mined.is_none()
@@ -205,7 +214,7 @@ impl Lane {
     /// Every transaction of a payment is mined and the funds did not move: executed by
     /// someone else (settled with that transaction), out of order (signed again), or failed
     /// with its cause.
-    async fn not_moved(
+    pub(super) async fn not_moved(
         &self,
         p: &PaymentRow,
         receipts: &[(B256, bool, u64)],
@@ -272,9 +281,14 @@ impl Lane {
         }
         after.payer_balance = self.chain.balance_of(p.p.asset, p.p.payer).await.ok();
         if permit_ok && !transfer_ok && p.p.spender.is_some() {
+            // The permit's spender: the settler's wallet, or the batch contract.
             after.allowance = self
                 .chain
-                .allowance(p.p.asset, p.p.payer, self.chain.signer())
+                .allowance(
+                    p.p.asset,
+                    p.p.payer,
+                    p.p.spender.unwrap_or(self.chain.signer()),
+                )
                 .await
                 .ok();
         }

@@ -543,6 +543,7 @@ mod tests {
             block_number: Some(3),
             transfers: vec![transfer],
             gas_used: 1,
+            items: vec![],
         };
         assert_eq!(verdict(Some(&ok), &p, false), Verdict::Settled);
         assert_eq!(
@@ -555,6 +556,7 @@ mod tests {
             block_number: Some(3),
             transfers: vec![],
             gas_used: 1,
+            items: vec![],
         };
         assert_eq!(
             verdict(Some(&reverted), &p, false),
@@ -580,6 +582,7 @@ mod tests {
                 block_number: Some(3),
                 transfers: vec![wrong],
                 gas_used: 1,
+                items: vec![],
             };
             assert_eq!(
                 verdict(Some(&r), &p, false),
@@ -683,6 +686,7 @@ mod tests {
             block_number: Some(4),
             transfers: vec![],
             gas_used: 21_000,
+            items: vec![],
         };
         let (a, b, c) = (
             B256::repeat_byte(1),

@@ -15,8 +15,10 @@ use x402_protocol::payment::Sig;
 use x402_protocol::settler_api::SettlementState;
 use x402_protocol::{Network, Scheme};
 
-use super::io::{AuthorizationEvent, BoxFuture, LaneChain, LaneStore, Receipt, TransferLog};
-use crate::chain::{IToken, SendOutcome};
+use super::io::{
+    AuthorizationEvent, BoxFuture, ItemLog, LaneChain, LaneStore, Receipt, TransferLog,
+};
+use crate::chain::{IToken, IX402Settlement, SendOutcome};
 use crate::error::{ChainError, StoreError};
 use crate::store::{NewPayment, PaymentRow, TxRow};
 
@@ -26,6 +28,9 @@ pub(crate) const PAYER: Address = Address::repeat_byte(0x11);
 pub(crate) const PAY_TO: Address = Address::repeat_byte(0x22);
 /// The lane's wallet (and the permits' spender).
 pub(crate) const SIGNER: Address = Address::repeat_byte(0x33);
+/// The batch settlement contract (when [`ChainState::contract`] is set) and the spender of
+/// permits made for it ([`batch_permit`]).
+pub(crate) const CONTRACT: Address = Address::repeat_byte(0xcc);
 pub(crate) const VALUE: u64 = 500_000;
 
 /// A pending payment of [`VALUE`] from [`PAYER`] to [`PAY_TO`], accepted as number `seq`.
@@ -106,6 +111,10 @@ pub(crate) struct ChainState {
     pub bad_permit_sigs: HashSet<B256>,
     /// What `fees()` estimates.
     pub estimate: (u128, u128),
+    /// The lane settles through the batch contract [`CONTRACT`].
+    pub contract: bool,
+    /// Batch transactions revert as a whole (out of gas).
+    pub batch_reverts: bool,
 }
 
 /// Gas every fake transaction uses.
@@ -200,7 +209,11 @@ impl ChainState {
             block_number,
             transfers: vec![],
             gas_used: GAS_USED,
+            items: vec![],
         };
+        if raw.len() >= HEAD + 20 && Address::from_slice(&raw[HEAD..HEAD + 20]) == CONTRACT {
+            return self.execute_batch(&raw[HEAD + 20..], reverted);
+        }
         if raw.len() < HEAD + 20 || Address::from_slice(&raw[HEAD..HEAD + 20]) != TOKEN {
             return reverted;
         }
@@ -262,6 +275,86 @@ impl ChainState {
             block_number,
             transfers,
             gas_used: GAS_USED,
+            items: vec![],
+        }
+    }
+
+    /// The batch contract's `settle(token, items)`: each item on its own, one `ItemResult`
+    /// each; permits name [`CONTRACT`] as spender, `transferFrom` spends its allowance.
+    fn execute_batch(&mut self, input: &[u8], reverted: Receipt) -> Receipt {
+        let Ok(call) = IX402Settlement::settleCall::abi_decode(input) else {
+            return reverted;
+        };
+        if self.batch_reverts || call.token != TOKEN {
+            return reverted;
+        }
+        let mut transfers = vec![];
+        let mut items = vec![];
+        for (i, it) in call.items.iter().enumerate() {
+            let mut permit_ok = true;
+            if it.kind == 1 {
+                let nonce = self
+                    .permit_nonces
+                    .get(&it.from)
+                    .copied()
+                    .unwrap_or_default();
+                if it.r == B256::from(nonce) && !self.bad_permit_sigs.contains(&it.r) {
+                    self.permit_nonces.insert(it.from, nonce + U256::from(1));
+                    self.allowances.insert((it.from, CONTRACT), it.value);
+                } else {
+                    permit_ok = false;
+                }
+            }
+            let ok = if it.kind == 0 {
+                if self.auth_used.contains(&(it.from, it.nonce)) || !self.take(it.from, it.value) {
+                    false
+                } else {
+                    self.auth_used.insert((it.from, it.nonce));
+                    self.auth_events.insert(
+                        (it.from, it.nonce),
+                        AuthorizationEvent::Used {
+                            tx: B256::ZERO,
+                            block: self.block,
+                        },
+                    );
+                    true
+                }
+            } else {
+                let allowance = self
+                    .allowances
+                    .get(&(it.from, CONTRACT))
+                    .copied()
+                    .unwrap_or_default();
+                if allowance < it.value || !self.take(it.from, it.value) {
+                    false
+                } else {
+                    self.allowances
+                        .insert((it.from, CONTRACT), allowance - it.value);
+                    true
+                }
+            };
+            if ok {
+                *self.balances.entry(it.to).or_default() += it.value;
+                transfers.push(TransferLog {
+                    token: TOKEN,
+                    from: it.from,
+                    to: it.to,
+                    value: it.value,
+                });
+            }
+            items.push(ItemLog {
+                index: i as u64,
+                permit_ok,
+                ok,
+                reason: Bytes::new(),
+            });
+        }
+        Receipt {
+            success: true,
+            block_number: Some(self.block),
+            transfers,
+            gas_used: GAS_USED,
+            items,
         }
     }
 
@@ -293,6 +386,9 @@ impl LaneChain for FakeChain {
     }
     fn signer(&self) -> Address {
         SIGNER
+    }
+    fn settlement_contract(&self) -> Option<Address> {
+        self.state().contract.then_some(CONTRACT)
     }
     fn chain_id(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
         ready(Ok(self.state().chain_id))
@@ -456,6 +552,8 @@ pub(crate) struct StoreState {
     pub causes: HashMap<String, (String, bool)>,
     /// (owner, until ms) of the lane's lease.
     pub lease: Option<(String, i64)>,
+    /// Batch id -> its items (payment id, with permit).
+    pub batches: HashMap<String, Vec<(String, bool)>>,
 }
 
 impl StoreState {
@@ -570,6 +668,7 @@ impl LaneStore for FakeStore {
         &self,
         chain_id: u64,
         signer: Address,
+        contract: Option<Address>,
         now_ms: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>> {
@@ -583,7 +682,11 @@ impl LaneStore for FakeStore {
                     && p.next_attempt_ms <= now_ms
             })
             .filter(|p| {
-                p.row.p.scheme != Scheme::Permit || p.row.p.spender.is_none_or(|s| s == signer)
+                p.row.p.scheme != Scheme::Permit
+                    || p.row
+                        .p
+                        .spender
+                        .is_none_or(|s| s == signer || Some(s) == contract)
             })
             .map(|p| p.row.clone())
             .collect();
@@ -690,6 +793,68 @@ impl LaneStore for FakeStore {
             }));
         }
         ready(Ok(moved))
+    }
+    fn record_batch<'a>(
+        &'a self,
+        tx: &'a TxRow,
+        items: &'a [(String, bool)],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut s = self.state();
+        if s.txs
+            .iter()
+            .any(|o| o.nonce == tx.nonce || o.hash == tx.hash)
+        {
+            return ready(Err(StoreError::Corrupt("duplicate transaction".into())));
+        }
+        let all_pending = items.iter().all(|(id, _)| {
+            s.payment(id)
+                .is_some_and(|p| p.row.state == SettlementState::Pending)
+        });
+        if !all_pending {
+            return ready(Ok(false));
+        }
+        for (id, with_permit) in items {
+            s.transition(id, SettlementState::Pending, |p| {
+                p.row.state = SettlementState::Submitted;
+                p.row.permit_tx = with_permit.then(|| tx.hash.to_string());
+                p.row.transfer_tx = Some(tx.hash.to_string());
+                p.row.error = None;
+                p.row.updated_ms = now_ms;
+            });
+        }
+        s.batches.insert(tx.payment_id.clone(), items.to_vec());
+        s.attempts.push((tx.nonce, tx.hash, tx.raw.clone()));
+        s.txs.push(TxRow {
+            state: "sent".into(),
+            last_broadcast_ms: now_ms,
+            ..tx.clone()
+        });
+        ready(Ok(true))
+    }
+    fn batch_items<'a>(
+        &'a self,
+        batch_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, bool)>, StoreError>> {
+        ready(Ok(self
+            .state()
+            .batches
+            .get(batch_id)
+            .cloned()
+            .unwrap_or_default()))
+    }
+    fn close_tx(
+        &self,
+        hash: B256,
+        receipt: Option<(bool, u64)>,
+        _now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut s = self.state();
+        match receipt {
+            Some((ok, b)) => s.record_receipts(&[(hash, ok, b)], &[]),
+            None => s.record_receipts(&[], &[hash]),
+        }
+        ready(Ok(()))
     }
     fn unconfirmed_txs(
         &self,
@@ -805,7 +970,10 @@ impl LaneStore for FakeStore {
         };
         s.attempts.push((new.nonce, new.hash, new.raw.clone()));
         let old_s = old.to_string();
-        if let Some(p) = s.payment(&new.payment_id) {
+        let batch = s.batches.get(&new.payment_id).cloned().unwrap_or_default();
+        for p in s.payments.iter_mut().filter(|p| {
+            p.row.p.id == new.payment_id || batch.iter().any(|(id, _)| *id == p.row.p.id)
+        }) {
             if p.row.transfer_tx.as_deref() == Some(old_s.as_str()) {
                 p.row.transfer_tx = Some(new.hash.to_string());
             }
@@ -860,7 +1028,12 @@ impl LaneStore for FakeStore {
         payment_id: &'a str,
     ) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
         let s = self.state();
-        let n = s.txs.iter().filter(|t| t.payment_id == payment_id).count() as u64;
+        let n = s.txs.iter().filter(|t| t.payment_id == payment_id).count() as u64
+            + s.batches
+                .values()
+                .flatten()
+                .filter(|(id, _)| id == payment_id)
+                .count() as u64;
         ready(Ok((n, s.gas.get(payment_id).copied().unwrap_or(0))))
     }
     fn charge_gas<'a>(

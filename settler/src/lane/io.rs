@@ -8,8 +8,8 @@ use std::pin::Pin;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use x402_protocol::Network;
 
-pub(crate) use crate::chain::TransferLog;
 use crate::chain::{self, Chain, SendOutcome};
+pub(crate) use crate::chain::{ItemLog, TransferLog};
 use crate::error::{ChainError, StoreError};
 use crate::store::{Backend, PaymentRow, Store, TxRow};
 
@@ -25,6 +25,8 @@ pub(crate) struct Receipt {
     /// The `Transfer` logs it carries (logs that do not decode as one are left out).
     pub transfers: Vec<TransferLog>,
     pub gas_used: u64,
+    /// The batch contract's `ItemResult` logs (a batch transaction's per-item outcomes).
+    pub items: Vec<ItemLog>,
 }
 
 /// An ERC-3009 authorization's fate on chain, from its event log.
@@ -43,6 +45,15 @@ pub(crate) const AUTH_EVENT_LOOKBACK: u64 = 10_000;
 pub(crate) trait LaneChain: Send + Sync {
     fn network(&self) -> Network;
     fn signer(&self) -> Address;
+    /// The batch settlement contract (`--settlement-contract`): `None` settles one
+    /// transaction per payment.
+    fn settlement_contract(&self) -> Option<Address> {
+        None
+    }
+    /// Whether the signer may call the batch contract's `settle` (`operators(signer)`).
+    fn is_operator(&self, _contract: Address) -> BoxFuture<'_, Result<bool, ChainError>> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
     fn chain_id(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
     fn block_number(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
     fn balance_of(&self, token: Address, owner: Address)
@@ -81,6 +92,17 @@ pub(crate) trait LaneChain: Send + Sync {
         nonce: u64,
         fees: (u128, u128),
     ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>>;
+    /// [`LaneChain::sign`] with an explicit gas limit (a batch's scales with its items).
+    fn sign_with_gas(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        fees: (u128, u128),
+        _gas_limit: u64,
+    ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>> {
+        self.sign(to, input, nonce, fees)
+    }
     fn broadcast<'a>(&'a self, raw: &'a [u8]) -> BoxFuture<'a, SendOutcome>;
     fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>>;
     /// The latest block's base fee per gas.
@@ -122,14 +144,36 @@ pub(crate) trait LaneStore: Send + Sync {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PaymentRow>, StoreError>>;
-    /// Pending payments due for `signer`'s lane, in acceptance order.
+    /// Pending payments due for `signer`'s lane (permits naming `signer` or the lane's batch
+    /// `contract` as spender), in acceptance order.
     fn due_pending(
         &self,
         chain_id: u64,
         signer: Address,
+        contract: Option<Address>,
         now_ms: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>>;
+    /// Stores a signed batch transaction and moves its items' payments (id, with permit) to
+    /// `submitted`, atomically; false (nothing stored) if one was no longer pending.
+    fn record_batch<'a>(
+        &'a self,
+        tx: &'a TxRow,
+        items: &'a [(String, bool)],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// A batch's items in item order: (payment id, with permit).
+    fn batch_items<'a>(
+        &'a self,
+        batch_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, bool)>, StoreError>>;
+    /// Marks a batch transaction mined (success, block) or dropped (`None`).
+    fn close_tx(
+        &self,
+        hash: B256,
+        receipt: Option<(bool, u64)>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
     fn submitted_permit_nonces(
         &self,
         chain_id: u64,
@@ -245,6 +289,24 @@ impl LaneChain for Chain {
     fn signer(&self) -> Address {
         Chain::signer(self)
     }
+    fn settlement_contract(&self) -> Option<Address> {
+        Chain::settlement_contract(self)
+    }
+    fn is_operator(&self, contract: Address) -> BoxFuture<'_, Result<bool, ChainError>> {
+        Box::pin(Chain::is_operator(self, contract))
+    }
+    fn sign_with_gas(
+        &self,
+        to: Address,
+        input: Bytes,
+        nonce: u64,
+        fees: (u128, u128),
+        gas_limit: u64,
+    ) -> BoxFuture<'_, Result<(B256, Vec<u8>), ChainError>> {
+        Box::pin(Chain::sign_with_gas(
+            self, to, input, nonce, fees, gas_limit,
+        ))
+    }
     fn chain_id(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
         Box::pin(Chain::chain_id(self))
     }
@@ -310,6 +372,9 @@ impl LaneChain for Chain {
                 block_number: r.block_number,
                 transfers: chain::transfer_logs(&r),
                 gas_used: r.gas_used,
+                items: Chain::settlement_contract(self)
+                    .map(|c| chain::item_logs(&r, c))
+                    .unwrap_or_default(),
             }))
         })
     }
@@ -384,10 +449,35 @@ impl LaneStore for Store {
         &self,
         chain_id: u64,
         signer: Address,
+        contract: Option<Address>,
         now_ms: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>> {
-        Box::pin(Store::due_pending(self, chain_id, signer, now_ms, limit))
+        Box::pin(Store::due_pending(
+            self, chain_id, signer, contract, now_ms, limit,
+        ))
+    }
+    fn record_batch<'a>(
+        &'a self,
+        tx: &'a TxRow,
+        items: &'a [(String, bool)],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(Store::record_batch(self, tx, items, now_ms))
+    }
+    fn batch_items<'a>(
+        &'a self,
+        batch_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, bool)>, StoreError>> {
+        Box::pin(Store::batch_items(self, batch_id))
+    }
+    fn close_tx(
+        &self,
+        hash: B256,
+        receipt: Option<(bool, u64)>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(Store::close_tx(self, hash, receipt, now_ms))
     }
     fn submitted_permit_nonces(
         &self,

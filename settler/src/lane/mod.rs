@@ -22,6 +22,7 @@
 //! pure half of [`preflight`] hold every decision, without I/O; `submit.rs`, `broadcast.rs`
 //! and `confirm.rs` are the I/O around them, one per loop.
 
+mod batch;
 mod broadcast;
 mod confirm;
 mod decide;
@@ -61,6 +62,11 @@ pub(crate) struct WorkerConfig {
     pub instance: String,
     /// Payments taken per batch.
     pub batch: i64,
+    /// With a batch settlement contract: payments per batch transaction at most.
+    pub batch_max: usize,
+    /// With a batch settlement contract: how long payments may gather before a batch that is
+    /// not full is signed.
+    pub batch_wait: Duration,
     /// Gas limit of each settlement transaction (for what the wallet must hold).
     pub gas_limit: u64,
     /// `--max-fee-gwei` in wei: no transaction is signed with a higher max fee per gas.
@@ -195,6 +201,12 @@ impl Lane {
             return Err(LaneError::WrongChain { got, want });
         }
         let signer = self.chain.signer();
+        if let Some(contract) = self.chain.settlement_contract() {
+            if !self.chain.is_operator(contract).await? {
+                tracing::error!(network = %self.chain.network(), wallet = %signer, %contract,
+                    "the settler wallet is not an operator of the settlement contract: batches would revert; settling one transaction per payment is not possible for permits to the contract. Fix the contract's operators or --settlement-contract");
+            }
+        }
         let unconfirmed = self.store.unconfirmed_txs(want, signer).await?;
         for t in &unconfirmed {
             self.broadcast(t).await?;
@@ -226,13 +238,24 @@ impl Lane {
                 last_lease = Instant::now();
             }
             let submitted = self.submit_due(next_nonce, &out).await?;
-            if submitted >= self.cfg.batch as usize {
+            let full = match self.chain.settlement_contract() {
+                Some(_) => submitted >= self.cfg.batch_max,
+                None => submitted >= self.cfg.batch as usize,
+            };
+            if full {
                 continue;
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.cfg.poll) => {}
                 _ = shutdown.changed() => {}
+            }
+            if self.chain.settlement_contract().is_some() && !self.cfg.batch_wait.is_zero() {
+                // Let more payments gather into the next batch.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.batch_wait) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 //! what each step asks for, only when it asks (the allowance only for a consumed permit nonce,
 //! the in-flight permits only for a nonce ahead of the chain's).
 
-use alloy::primitives::U256;
+use alloy::primitives::{Address, U256};
 
 use super::decide;
 use super::io::{AuthorizationEvent, Receipt};
@@ -109,26 +109,35 @@ impl Lane {
         })
     }
 
+    /// `placed`: (token, owner, permit nonce) of the permits placed in the batch being built
+    /// (not stored yet, executed ahead of this payment).
     pub(super) async fn preflight(
         &self,
         p: &PaymentRow,
         facts: ChainFacts,
         now_secs: u64,
+        placed: &[(Address, Address, U256)],
     ) -> Result<Preflight, LaneError> {
         Ok(match first_check(p, facts, now_secs) {
             Check::Done(d) => d,
             Check::NeedAllowance { onchain } => {
-                let allowance = self
-                    .chain
-                    .allowance(p.p.asset, p.p.payer, self.chain.signer())
-                    .await?;
+                // The permit's spender: the settler's wallet, or the batch contract.
+                let spender = p.p.spender.unwrap_or(self.chain.signer());
+                let allowance = self.chain.allowance(p.p.asset, p.p.payer, spender).await?;
                 with_allowance(p, onchain, allowance)
             }
             Check::NeedInflight { onchain } => {
-                let inflight = self
+                let mut inflight = self
                     .store
                     .submitted_permit_nonces(p.p.network.chain_id, p.p.asset, p.p.payer, onchain)
                     .await?;
+                // Permits of this payer placed earlier in the batch being built go first too.
+                inflight.extend(
+                    placed
+                        .iter()
+                        .filter(|(a, o, _)| *a == p.p.asset && *o == p.p.payer)
+                        .map(|(_, _, n)| *n),
+                );
                 with_inflight(p, onchain, &inflight)
             }
             Check::NeedAuthorizationEvent => self.authorization_fate(p).await?,
@@ -235,6 +244,7 @@ mod tests {
                 value: e.p.value,
             }],
             gas_used: 1,
+            items: vec![],
         };
         assert_eq!(
             with_authorization_event(

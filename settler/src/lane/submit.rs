@@ -3,7 +3,11 @@
 //! the broadcaster. That order is what makes every payment move at most once: whatever is
 //! broadcast is stored, and what is stored is only ever re-broadcast, never re-signed.
 
+use alloy::primitives::{Address, U256};
 use tokio::sync::mpsc::UnboundedSender;
+use x402_protocol::Scheme;
+
+use super::batch::{self, BatchEntry};
 
 use super::decide;
 use super::preflight::{ChainFacts, Preflight};
@@ -24,9 +28,18 @@ impl Lane {
         let network = self.chain.network();
         let chain_id = network.chain_id;
         let signer = self.chain.signer();
+        let contract = self.chain.settlement_contract();
+        // Batching: enough for several full batches per round.
+        let limit = match contract {
+            Some(_) => self
+                .cfg
+                .batch
+                .max((self.cfg.batch_max as i64).saturating_mul(4)),
+            None => self.cfg.batch,
+        };
         let due = self
             .store
-            .due_pending(chain_id, signer, now_ms(), self.cfg.batch)
+            .due_pending(chain_id, signer, contract, now_ms(), limit)
             .await?;
         if due.is_empty() {
             return Ok(0);
@@ -57,10 +70,15 @@ impl Lane {
             }
         }
         let mut count = 0;
+        let mut batch: Vec<BatchEntry> = Vec::new();
+        let mut placed: Vec<(Address, Address, U256)> = Vec::new();
         for (p, f) in due.into_iter().zip(facts) {
             let Some(f) = f else { continue };
             let mut with_permit = true;
-            match self.preflight(&p, f, (now_ms() / 1000) as u64).await? {
+            match self
+                .preflight(&p, f, (now_ms() / 1000) as u64, &placed)
+                .await?
+            {
                 Preflight::Ready => {}
                 Preflight::TransferOnly => {
                     tracing::info!(settlement_id = %p.p.id, "permit nonce already used on chain; the allowance covers the value: transferFrom only");
@@ -94,6 +112,17 @@ impl Lane {
                     }
                     continue;
                 }
+            }
+            if batch::batchable(&p.p, contract) {
+                // Signed with the others after this loop, in this order.
+                if p.p.scheme == Scheme::Permit {
+                    placed.push((p.p.asset, p.p.payer, p.permit_nonce()));
+                }
+                batch.push(BatchEntry {
+                    row: p,
+                    with_permit,
+                });
+                continue;
             }
             let token = p.p.asset;
             let calls = decide::settlement_calls(&p, signer, with_permit);
@@ -153,6 +182,9 @@ impl Lane {
                 let _ = out.send(t);
             }
             count += 1;
+        }
+        if let (Some(c), false) = (contract, batch.is_empty()) {
+            count += self.submit_batches(c, batch, fees, next_nonce, out).await?;
         }
         Ok(count)
     }

@@ -23,6 +23,8 @@ fn config() -> WorkerConfig {
         lease: Duration::from_secs(10),
         instance: "me".into(),
         batch: 64,
+        batch_max: 100,
+        batch_wait: Duration::ZERO,
         gas_limit: 300_000,
         max_fee: 100_000_000_000,
         replace_after: Duration::from_secs(12),
@@ -705,6 +707,7 @@ async fn a_front_run_authorization_is_settled_with_the_other_transaction() {
                     value: e.p.value,
                 }],
                 gas_used: 1,
+                items: vec![],
             },
         );
     }
@@ -760,4 +763,270 @@ async fn an_empty_wallet_stalls_the_lane_until_it_is_funded() {
     chain.state().signer_eth = U256::from(10u128.pow(18));
     lane.replace_and_report().await.unwrap();
     assert_eq!(health.stalled(network), None);
+}
+
+mod batching {
+    //! Batches through the batch contract (`fixtures::CONTRACT`): many payments per
+    //! transaction, per-item outcomes, whole-batch reverts, crash-restart.
+    use super::*;
+    use crate::lane::batch::{BATCH, MAX_BATCH_REQUEUES};
+    use crate::lane::fixtures::CONTRACT;
+    use crate::lane::io::AuthorizationEvent;
+
+    /// A permit made out to the batch contract.
+    fn to_contract(id: &str, seq: i64, nonce: u64) -> crate::store::PaymentRow {
+        let mut p = payment(id, seq, Scheme::Permit, nonce);
+        p.p.spender = Some(CONTRACT);
+        p
+    }
+
+    fn batched(store: &FakeStore, chain: &FakeChain) -> Lane {
+        chain.state().contract = true;
+        lane(store, chain)
+    }
+
+    fn batch_txs(store: &FakeStore) -> Vec<crate::store::TxRow> {
+        store
+            .state()
+            .txs
+            .iter()
+            .filter(|t| t.kind == BATCH)
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn many_payments_of_both_schemes_go_in_one_transaction_and_settle_once() {
+        // One owner's permits 0..3 (nonce order kept inside the batch) and 3 ERC-3009.
+        let mut rows: Vec<_> = (0..3)
+            .map(|i| to_contract(&format!("p{i}"), i as i64 + 1, i))
+            .collect();
+        rows.extend((0..3).map(|i| payment(&format!("e{i}"), 10 + i, Scheme::Exact, 0)));
+        let store = FakeStore::with(rows);
+        let chain = FakeChain::new(6 * VALUE);
+        let lane = batched(&store, &chain);
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 6);
+        assert_eq!(next, 1, "one wallet nonce for the whole batch");
+        let txs = batch_txs(&store);
+        assert_eq!(txs.len(), 1);
+        for id in ["p0", "p1", "p2", "e0", "e1", "e2"] {
+            let row = store.row(id);
+            assert_eq!(row.state, SettlementState::Submitted, "{id}");
+            assert_eq!(row.transfer_tx, Some(txs[0].hash.to_string()), "{id}");
+        }
+        assert_eq!(
+            submit(&lane, &mut next).await,
+            0,
+            "a payment is in one batch at a time"
+        );
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "p2", "e0", "e1", "e2"] {
+            assert_eq!(store.row(id).state, SettlementState::Settled, "{id}");
+        }
+        assert_eq!(chain.balance(PAY_TO), U256::from(6 * VALUE));
+        assert_eq!(chain.balance(PAYER), U256::ZERO);
+        assert_eq!(batch_txs(&store)[0].state, "mined");
+        assert!(chain.state().broadcasts.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_item_fails_alone_with_the_payers_cause() {
+        let store =
+            FakeStore::with((0..5).map(|i| payment(&format!("e{i}"), i + 1, Scheme::Exact, 0)));
+        let chain = FakeChain::new(5 * VALUE);
+        let lane = batched(&store, &chain);
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 5);
+        // The payer cancels the middle authorization while the batch is pooled.
+        let mid = store.row("e2");
+        {
+            let mut s = chain.state();
+            s.auth_used.insert((PAYER, mid.p.nonce));
+            s.auth_events.insert(
+                (PAYER, mid.p.nonce),
+                AuthorizationEvent::Canceled {
+                    tx: alloy::primitives::B256::repeat_byte(7),
+                },
+            );
+        }
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for id in ["e0", "e1", "e3", "e4"] {
+            assert_eq!(store.row(id).state, SettlementState::Settled, "{id}");
+        }
+        assert_eq!(store.row("e2").state, SettlementState::Failed);
+        assert_eq!(
+            store.state().causes.get("e2"),
+            Some(&("authorization_canceled".to_string(), true))
+        );
+        assert_eq!(chain.balance(PAY_TO), U256::from(4 * VALUE));
+    }
+
+    #[tokio::test]
+    async fn a_short_balance_fails_only_that_item() {
+        // Balance for 3 of 4: the last one in acceptance order is short.
+        let store =
+            FakeStore::with((0..4).map(|i| payment(&format!("e{i}"), i + 1, Scheme::Exact, 0)));
+        let chain = FakeChain::new(3 * VALUE);
+        let lane = batched(&store, &chain);
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 4);
+        chain.mine();
+        lane.confirm().await.unwrap();
+        let states: Vec<_> = (0..4).map(|i| store.row(&format!("e{i}")).state).collect();
+        assert_eq!(
+            states,
+            [
+                SettlementState::Settled,
+                SettlementState::Settled,
+                SettlementState::Settled,
+                SettlementState::Failed
+            ]
+        );
+        assert_eq!(
+            store.state().causes.get("e3"),
+            Some(&("insufficient_balance".to_string(), true))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_batch_revert_requeues_its_items_bounded_then_they_fail() {
+        let store =
+            FakeStore::with((0..3).map(|i| payment(&format!("e{i}"), i + 1, Scheme::Exact, 0)));
+        let chain = FakeChain::new(3 * VALUE);
+        let lane = batched(&store, &chain);
+        let mut next = lane.recover().await.unwrap();
+        chain.state().batch_reverts = true;
+        let mut gas_limits = vec![];
+        for round in 0..=MAX_BATCH_REQUEUES {
+            assert_eq!(submit(&lane, &mut next).await, 3, "round {round}");
+            gas_limits.push(crate::lane::batch::batch_gas(
+                &(0..3)
+                    .map(|i| crate::lane::batch::BatchEntry {
+                        row: store.row(&format!("e{i}")),
+                        with_permit: false,
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+            chain.mine();
+            lane.confirm().await.unwrap();
+            let row = store.row("e0");
+            if round < MAX_BATCH_REQUEUES {
+                assert_eq!(row.state, SettlementState::Pending, "round {round}");
+                assert_eq!(row.transfer_tx, None);
+            }
+        }
+        for i in 0..3 {
+            let id = format!("e{i}");
+            assert_eq!(store.row(&id).state, SettlementState::Failed);
+            assert_eq!(
+                store.state().causes.get(&id),
+                Some(&("reverted".to_string(), false)),
+                "not the payer's doing"
+            );
+        }
+        assert_eq!(batch_txs(&store).len() as i64, MAX_BATCH_REQUEUES + 1);
+        assert!(
+            gas_limits.windows(2).all(|w| w[0] <= w[1]),
+            "{gas_limits:?}"
+        );
+        assert!(
+            gas_limits.last() > gas_limits.first(),
+            "gas rises after a revert"
+        );
+        assert_eq!(chain.balance(PAY_TO), U256::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_requeued_item_settles_in_a_later_batch_once() {
+        let store =
+            FakeStore::with((0..3).map(|i| payment(&format!("e{i}"), i + 1, Scheme::Exact, 0)));
+        let chain = FakeChain::new(3 * VALUE);
+        let lane = batched(&store, &chain);
+        let mut next = lane.recover().await.unwrap();
+        chain.state().batch_reverts = true;
+        submit(&lane, &mut next).await;
+        chain.mine();
+        lane.confirm().await.unwrap();
+        chain.state().batch_reverts = false;
+        assert_eq!(submit(&lane, &mut next).await, 3);
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for i in 0..3 {
+            assert_eq!(store.row(&format!("e{i}")).state, SettlementState::Settled);
+        }
+        assert_eq!(chain.balance(PAY_TO), U256::from(3 * VALUE));
+        assert!(store.state().txs.iter().all(|t| t.state == "mined"));
+    }
+
+    #[tokio::test]
+    async fn batches_split_at_batch_max_and_a_restart_rebroadcasts_them_byte_for_byte() {
+        let store =
+            FakeStore::with((0..7).map(|i| payment(&format!("e{i}"), i + 1, Scheme::Exact, 0)));
+        let chain = FakeChain::new(7 * VALUE);
+        chain.state().contract = true;
+        let cfg = WorkerConfig {
+            batch_max: 3,
+            ..config()
+        };
+        let lane = lane_with(&store, &chain, cfg.clone());
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 7);
+        assert_eq!(next, 3, "3 + 3 + 1 items");
+        let sent: Vec<Vec<u8>> = batch_txs(&store).into_iter().map(|t| t.raw).collect();
+        // "kill -9": the node lost its pool; a new lane re-sends the stored batches as they are.
+        chain.state().mempool.clear();
+        chain.state().broadcasts.clear();
+        let lane = lane_with(&store, &chain, cfg);
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(next, 3);
+        assert_eq!(chain.state().broadcasts, sent);
+        assert_eq!(submit(&lane, &mut next).await, 0, "nothing signed again");
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for i in 0..7 {
+            assert_eq!(store.row(&format!("e{i}")).state, SettlementState::Settled);
+        }
+        assert_eq!(chain.balance(PAY_TO), U256::from(7 * VALUE));
+    }
+
+    #[tokio::test]
+    async fn permits_to_the_wallet_stay_single_and_a_lost_batch_nonce_requeues() {
+        // A permit to the wallet cannot go through the contract: two transactions of its own.
+        let store = FakeStore::with([
+            payment("w", 1, Scheme::Permit, 0),
+            payment("e", 2, Scheme::Exact, 0),
+        ]);
+        let chain = FakeChain::new(2 * VALUE);
+        let lane = batched(&store, &chain);
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 2);
+        assert_eq!(
+            kinds_and_nonces(&store, "w"),
+            [k(PERMIT, 0, "sent"), k(TRANSFER_FROM, 1, "sent")]
+        );
+        assert_eq!(batch_txs(&store)[0].nonce, 2);
+        // Mine the permit pair, then a foreign transaction takes the batch's nonce.
+        {
+            let mut s = chain.state();
+            s.mempool.remove(&2);
+        }
+        chain.mine();
+        chain.foreign_transaction();
+        lane.confirm().await.unwrap();
+        assert_eq!(store.row("w").state, SettlementState::Settled);
+        assert_eq!(
+            store.row("e").state,
+            SettlementState::Pending,
+            "signed again"
+        );
+        assert_eq!(batch_txs(&store)[0].state, "dropped");
+        assert_eq!(submit(&lane, &mut next).await, 1);
+        chain.mine();
+        lane.confirm().await.unwrap();
+        assert_eq!(store.row("e").state, SettlementState::Settled);
+        assert_eq!(chain.balance(PAY_TO), U256::from(2 * VALUE));
+    }
 }

@@ -73,7 +73,13 @@ impl Service {
         self.check_settler_terms(priced, requirement)?;
         verify::check_signature(payment, method)?;
         let now = now_secs();
-        verify::check_terms(payment, priced, chain.signer(), now, self.deadline_margin)?;
+        // A permit may name the network's batch settlement contract as spender (the lane
+        // settles it through the contract) instead of the settler's wallet.
+        let spender = match (payment, chain.settlement_contract()) {
+            (ClientPayment::Permit(p), Some(c)) if p.spender == c => c,
+            _ => chain.signer(),
+        };
+        verify::check_terms(payment, priced, spender, now, self.deadline_margin)?;
         Ok(Checked {
             priced,
             chain,
