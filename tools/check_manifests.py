@@ -252,6 +252,78 @@ for (ns, name), (where, d) in by_kind.get("EnvoyFilter", {}).items():
         if twin and twin[1] != cfg:
             errors.append(f"{at}: configuration differs from {twin[0]} pluginConfig (keep them equal)")
 
+# Path normalisation and header names: every gateway that runs the filter (selected by a
+# WasmPlugin or a wasm EnvoyFilter) must also get an EnvoyFilter merging these settings into
+# its HTTP connection manager, as envoy/envoy.yaml sets them (see envoy/istio/hcm-hardening.yaml).
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ESCAPED_SLASHES_OK = ("UNESCAPE_AND_REDIRECT", "REJECT_REQUEST")
+
+def hcm_problems(hcm):
+    """What the HCM settings `hcm` lack (empty when hardened)."""
+    out = []
+    if hcm.get("normalize_path") is not True:
+        out.append("normalize_path: true")
+    if hcm.get("merge_slashes") is not True:
+        out.append("merge_slashes: true")
+    if hcm.get("path_with_escaped_slashes_action") not in ESCAPED_SLASHES_OK:
+        out.append("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT or REJECT_REQUEST")
+    if ((hcm.get("common_http_protocol_options") or {}).get("headers_with_underscores_action")) != "REJECT_REQUEST":
+        out.append("common_http_protocol_options.headers_with_underscores_action: REJECT_REQUEST")
+    return out
+
+def selector_of(d):
+    spec = d.get("spec") or {}
+    return ((spec.get("workloadSelector") or spec.get("selector") or {}).get("labels")
+            or (spec.get("selector") or {}).get("matchLabels") or {})
+
+filter_gateways = []  # (where, labels) of every deployment of the x402 filter
+for (ns, name), (where, d) in by_kind.get("WasmPlugin", {}).items():
+    filter_gateways.append((where, ns, selector_of(d)))
+for (ns, name), (where, d) in by_kind.get("EnvoyFilter", {}).items():
+    if any(((((p.get("patch") or {}).get("value") or {}).get("typed_config") or {}).get("@type")) == WASM_TYPE
+           for p in (d.get("spec") or {}).get("configPatches") or []):
+        filter_gateways.append((where, ns, selector_of(d)))
+
+hardening = []  # (where, namespace, labels, problems) of each HCM patch
+for (ns, name), (where, d) in by_kind.get("EnvoyFilter", {}).items():
+    for i, p in enumerate((d.get("spec") or {}).get("configPatches") or []):
+        flt = (((p.get("match") or {}).get("listener") or {}).get("filterChain") or {}).get("filter") or {}
+        if p.get("applyTo") != "NETWORK_FILTER" or flt.get("name") != HCM_NAME:
+            continue
+        at = f"{where}: configPatches[{i}]"
+        patch = p.get("patch") or {}
+        tc = (patch.get("value") or {}).get("typed_config") or {}
+        if patch.get("operation") != "MERGE" or tc.get("@type") != HCM_TYPE:
+            errors.append(f"{at}: an HTTP connection manager patch must MERGE a typed_config of {HCM_TYPE}")
+            continue
+        problems = hcm_problems(tc)
+        for m in problems:
+            errors.append(f"{at}: the connection manager patch must set {m}")
+        hardening.append((at, ns, selector_of(d), problems))
+
+for where, ns, labels in filter_gateways:
+    if not any(hns == ns and hlabels == labels for _, hns, hlabels, _ in hardening):
+        errors.append(f"{where}: no EnvoyFilter hardens the HTTP connection manager of the same workloads "
+                      f"({labels}): path normalisation and header-underscore rejection are missing "
+                      "(envoy/istio/hcm-hardening.yaml)")
+
+# The local Envoy config sets the same (its HCM, first listener).
+local = root / "envoy" / "envoy.yaml"
+try:
+    boot = yaml.safe_load(local.read_text()) or {}
+    hcms = [f.get("typed_config") or {}
+            for l in (boot.get("static_resources") or {}).get("listeners") or []
+            for c in l.get("filter_chains") or []
+            for f in c.get("filters") or [] if f.get("name") == HCM_NAME]
+    if not hcms:
+        errors.append("envoy/envoy.yaml: no HTTP connection manager")
+    for hcm in hcms:
+        for m in hcm_problems(hcm):
+            errors.append(f"envoy/envoy.yaml: the connection manager must set {m}")
+except (OSError, yaml.YAMLError) as e:
+    errors.append(f"envoy/envoy.yaml: cannot read: {e}")
+
 if errors:
     print("\n".join(f"[manifests] {e}" for e in errors), file=sys.stderr)
     sys.exit(1)

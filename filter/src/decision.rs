@@ -5,7 +5,6 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 use x402_protocol::challenge::Reason;
-use x402_protocol::settler_api::ApiError;
 use x402_protocol::x402v2::SettleResponse;
 
 use crate::answer::HttpAnswer;
@@ -15,7 +14,8 @@ use crate::config::{FailureMode, FilterConfig};
 use crate::grant::Grant;
 use crate::routes::Route;
 use crate::token_endpoint::{
-    outage_message, settler_unavailable, token_request_body, SettlerReply,
+    outage_message, public_outage_message, settler_unavailable, token_request_body,
+    SettlerReply,
 };
 
 /// The decision for a request that matched a priced route.
@@ -92,20 +92,32 @@ pub enum PaymentOutcome {
     },
     /// The settler refused the payment: 402 with its error.
     Refuse { code: String, message: String },
-    /// Settler outage, fail closed.
-    Unavailable(HttpAnswer),
-    /// Settler outage, `failure_mode: allow`: forward unpaid (log why).
+    /// No usable answer (settler unreachable under `failure_mode: deny`, a settler 5xx, an
+    /// unreadable answer): 503; the `String` says why, for the log.
+    Unavailable(HttpAnswer, String),
+    /// Settler unreachable, route `failure_mode: allow`: forward unpaid (log why).
     FailOpen(String),
 }
 
+/// What the settler's `reply` to an x402 v2 payment means on a route with `failure_mode`.
+/// `allow` opens the route only when the settler could not be reached
+/// ([`SettlerReply::is_unreachable`]); whatever the settler answered is never a reason to
+/// let a request through unpaid: a refusal (4xx) is a 402, a 5xx (its store or chain
+/// unavailable, an internal error) or an unreadable answer is a 503.
 pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> PaymentOutcome {
-    let outage = |why: String| match failure_mode {
-        FailureMode::Deny => PaymentOutcome::Unavailable(settler_unavailable(&why)),
-        FailureMode::Allow => PaymentOutcome::FailOpen(why),
-    };
-    if reply.is_outage() {
-        return outage(outage_message(reply));
+    if reply.is_unreachable() {
+        let why = outage_message(reply);
+        return match failure_mode {
+            FailureMode::Deny => PaymentOutcome::Unavailable(
+                settler_unavailable(&public_outage_message(reply)),
+                why,
+            ),
+            FailureMode::Allow => PaymentOutcome::FailOpen(why),
+        };
     }
+    let deny = |why: String| {
+        PaymentOutcome::Unavailable(settler_unavailable(&public_outage_message(reply)), why)
+    };
     let status = reply.status.unwrap_or(0);
     if (200..300).contains(&status) {
         return match serde_json::from_slice::<Minted>(&reply.body) {
@@ -150,23 +162,35 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                     },
                 }
             }
-            _ => outage(format!(
+            _ => deny(format!(
                 "the settler answered {status} with an unreadable body"
             )),
         };
     }
     if (400..500).contains(&status) {
-        let (code, message) = match serde_json::from_slice::<ApiError>(&reply.body) {
-            Ok(e) => (e.error, e.message),
-            Err(_) => (
+        let (code, message) = match reply.settler_error() {
+            Some(e) => (e.error, e.message),
+            None => (
                 "payment_rejected".to_string(),
                 format!("the settler refused the payment ({status})"),
             ),
         };
         return PaymentOutcome::Refuse { code, message };
     }
-    // 1xx, 3xx, or 5xx with a body: the payment's fate is unknown.
-    outage(format!("the settler answered {status}"))
+    if (500..600).contains(&status) {
+        if let Some(e) = reply.settler_error() {
+            // The settler's own error (store or chain unavailable, ...): its code and
+            // message, reduced, with 503.
+            let why = format!("the settler answered {status} {}", e.error);
+            return PaymentOutcome::Unavailable(
+                HttpAnswer::error(503, &e.error, &e.message),
+                why,
+            );
+        }
+    }
+    // 1xx, 3xx, a 5xx that is neither the settler's JSON nor a gateway error: the
+    // payment's fate is unknown.
+    deny(outage_message(reply))
 }
 
 /// The upstream's identity headers for a payment the settler settled, checking the minted
@@ -428,37 +452,77 @@ mod tests {
         assert!(
             matches!(payment_outcome(&refused_plain, FailureMode::Deny), PaymentOutcome::Refuse { code, .. } if code == "payment_rejected")
         );
-        for outage in [
+        // Unreachable: no answer, or Envoy's own gateway answer for a settler it cannot
+        // reach. Only these open an `allow` route.
+        let reply = |status: u32, body: &[u8]| SettlerReply {
+            status: Some(status),
+            content_type: None,
+            body: body.to_vec(),
+        };
+        for unreachable in [
             SettlerReply::default(),
-            SettlerReply {
-                status: Some(503),
-                content_type: None,
-                body: vec![],
-            },
-            SettlerReply {
-                status: Some(500),
-                content_type: None,
-                body: b"{\"error\":\"db\"}".to_vec(),
-            },
-            SettlerReply {
-                status: Some(200),
-                content_type: None,
-                body: b"{}".to_vec(),
-            },
-            SettlerReply {
-                status: Some(302),
-                content_type: None,
-                body: vec![],
-            },
+            reply(503, b""),
+            reply(503, b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
+            reply(503, b"no healthy upstream"),
+            reply(504, b"upstream request timeout"),
+            reply(502, b"<html>bad gateway</html>"),
         ] {
-            match payment_outcome(&outage, FailureMode::Deny) {
-                PaymentOutcome::Unavailable(a) => assert_eq!(a.status, 503),
-                other => panic!("{outage:?}: {other:?}"),
+            match payment_outcome(&unreachable, FailureMode::Deny) {
+                PaymentOutcome::Unavailable(a, _) => {
+                    assert_eq!(a.status, 503);
+                    let v: Value = serde_json::from_slice(&a.body).unwrap();
+                    assert_eq!(v["error"], "settler_unavailable");
+                    assert!(
+                        !v["message"].as_str().unwrap().contains("upstream"),
+                        "no gateway text for the public: {v}"
+                    );
+                }
+                other => panic!("{unreachable:?}: {other:?}"),
             }
-            assert!(matches!(
-                payment_outcome(&outage, FailureMode::Allow),
-                PaymentOutcome::FailOpen(_)
-            ));
+            assert!(
+                matches!(
+                    payment_outcome(&unreachable, FailureMode::Allow),
+                    PaymentOutcome::FailOpen(_)
+                ),
+                "{unreachable:?}"
+            );
+        }
+        // Answered by the settler (or unreadable): 503 under both modes, never open.
+        for answered in [
+            reply(503, br#"{"error":"store_unavailable","message":"the payment store is unavailable","detail":"pg: connection refused"}"#),
+            reply(500, br#"{"error":"internal","message":"internal error"}"#),
+            reply(504, br#"{"error":"accept_deadline_exceeded","message":"try again"}"#),
+            reply(500, b""),
+            reply(500, b"{\"error\":\"db\"}"),
+            reply(501, b"not implemented"),
+            reply(200, b"{}"),
+            reply(302, b""),
+            reply(0, b"x"),
+        ] {
+            for mode in [FailureMode::Deny, FailureMode::Allow] {
+                match payment_outcome(&answered, mode) {
+                    PaymentOutcome::Unavailable(a, _) => {
+                        assert_eq!(a.status, 503, "{answered:?}");
+                        let v: Value = serde_json::from_slice(&a.body).unwrap();
+                        assert!(v.get("detail").is_none(), "reduced: {v}");
+                    }
+                    other => panic!("{answered:?} {mode:?}: {other:?}"),
+                }
+            }
+        }
+        // The settler's own 5xx code reaches the client, without its other fields.
+        match payment_outcome(
+            &reply(503, br#"{"error":"store_unavailable","message":"the payment store is unavailable","detail":"pg"}"#),
+            FailureMode::Allow,
+        ) {
+            PaymentOutcome::Unavailable(a, _) => {
+                let v: Value = serde_json::from_slice(&a.body).unwrap();
+                assert_eq!(
+                    v,
+                    serde_json::json!({"error": "store_unavailable", "message": "the payment store is unavailable"})
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -10,7 +10,8 @@
 //!   `answer` (local replies), `token_endpoint` (the filter-served token endpoint),
 //!   `decision` (priced requests and the settler's answers), `identity` (who-paid headers,
 //!   anti-spoofing), `metrics` (counter names), `headers` (the serialized request header
-//!   map, read in place), `pending` (token-endpoint bodies still being read), `revocation` (the revoked token ids).
+//!   map, read in place), `pending` (token-endpoint bodies still being read), `policy` (per-route failure mode and
+//!   cache control), `revocation` (the revoked token ids).
 //!
 //! `host.rs` (wasm only, the one module that names the proxy-wasm SDK) implements `Host`
 //! and forwards the proxy-wasm callbacks to `flow`; `abi.rs` (wasm only) wraps the raw
@@ -31,6 +32,7 @@ mod host_api;
 mod identity;
 mod metrics;
 mod pending;
+mod policy;
 mod revocation;
 mod route_challenge;
 mod routes;

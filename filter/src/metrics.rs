@@ -9,6 +9,9 @@ pub const TOKEN_CACHE_HITS: &str = "x402_token_cache_hits";
 pub const TOKEN_CACHE_MISSES: &str = "x402_token_cache_misses";
 pub const TOKEN_REQUESTS: &str = "x402_token_requests";
 pub const SETTLER_ERRORS: &str = "x402_settler_errors";
+/// Requests let through unpaid because the settler could not be reached (`failure_mode:
+/// allow`): the price of availability, counted apart from other settler errors.
+pub const FAIL_OPEN: &str = "x402_fail_open";
 pub const REVOCATION_FETCHES: &str = "x402_revocation_fetches";
 pub const REVOCATION_FETCH_FAILURES: &str = "x402_revocation_fetch_failures";
 
@@ -31,6 +34,8 @@ pub enum Counter {
     RevocationFetches,
     /// Revocation list fetches that failed (the last list stays).
     RevocationFetchFailures,
+    /// A priced request let through unpaid: settler unreachable, route `failure_mode: allow`.
+    FailOpen,
 }
 
 impl Counter {
@@ -45,6 +50,7 @@ impl Counter {
             Counter::SettlerErrors,
             Counter::RevocationFetches,
             Counter::RevocationFetchFailures,
+            Counter::FailOpen,
         ];
         v.extend(Reason::ALL.iter().map(|r| Counter::Rejected(*r)));
         v
@@ -60,7 +66,8 @@ impl Counter {
             Counter::SettlerErrors => 5,
             Counter::RevocationFetches => 6,
             Counter::RevocationFetchFailures => 7,
-            Counter::Rejected(r) => 8 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Counter::FailOpen => 8,
+            Counter::Rejected(r) => 9 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
@@ -74,6 +81,7 @@ impl Counter {
             Counter::SettlerErrors => SETTLER_ERRORS.to_string(),
             Counter::RevocationFetches => REVOCATION_FETCHES.to_string(),
             Counter::RevocationFetchFailures => REVOCATION_FETCH_FAILURES.to_string(),
+            Counter::FailOpen => FAIL_OPEN.to_string(),
             Counter::Rejected(r) => rejected(r),
         }
     }
@@ -86,15 +94,16 @@ mod tests {
     #[test]
     fn indexes_match_order_and_names_are_unique() {
         let all = Counter::all();
-        assert_eq!(all.len(), 18);
+        assert_eq!(all.len(), 19);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index(), i);
         }
         let mut names: Vec<String> = all.iter().map(|c| c.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 19);
         assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
         assert!(names.contains(&"x402_rejected_revoked".to_string()));
+        assert!(names.contains(&"x402_fail_open".to_string()));
     }
 }

@@ -225,9 +225,68 @@ impl SettlerReply {
         match self.status {
             None => true,
             Some(s) if !(100..=599).contains(&s) => true,
-            Some(s) => s >= 500 && serde_json::from_slice::<ApiError>(&self.body).is_err(),
+            Some(s) => s >= 500 && self.settler_error().is_none(),
         }
     }
+
+    /// The settler could not be reached at all: no answer (the callout could not be made,
+    /// was reset, or Envoy gave up on it), or a 502/503/504 that is not the settler's own
+    /// JSON (what Envoy answers for a settler it cannot connect to, without a healthy host,
+    /// or slower than `settler.timeout_ms`). The only case `failure_mode: allow` opens a
+    /// route for: anything the settler itself answered, 5xx included, is not.
+    pub fn is_unreachable(&self) -> bool {
+        match self.status {
+            None => true,
+            Some(s) => (502..=504).contains(&s) && self.settler_error().is_none(),
+        }
+    }
+
+    /// The settler's JSON error in the body, reduced to what the public may see.
+    pub fn settler_error(&self) -> Option<ApiError> {
+        public_error(&self.body)
+    }
+}
+
+/// The longest settler message relayed to a client (characters).
+const MAX_PUBLIC_MESSAGE: usize = 300;
+
+/// The settler's JSON error `body` reduced to what clients need: `error` (a code of
+/// `[a-z0-9_]`), `message` (control characters blanked, at most [`MAX_PUBLIC_MESSAGE`]
+/// characters), and, when well-formed, `expected_nonce` (decimal), `settlement_id` and
+/// `state`. Every other field is dropped. `None` if the body is not such an error.
+pub fn public_error(body: &[u8]) -> Option<ApiError> {
+    use serde_json::Value;
+    let v: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let code = v.get("error")?.as_str()?;
+    if code.is_empty()
+        || code.len() > 64
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return None;
+    }
+    let message: String = match v.get("message").and_then(Value::as_str) {
+        Some(m) => m
+            .chars()
+            .take(MAX_PUBLIC_MESSAGE)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+        None => "the settler refused the request".to_string(),
+    };
+    let text = |name: &str, max: usize, ok: fn(u8) -> bool| {
+        v.get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= max && s.bytes().all(ok))
+            .map(str::to_string)
+    };
+    let mut e = ApiError::new(code, message);
+    e.expected_nonce = text("expected_nonce", 78, |b| b.is_ascii_digit());
+    e.settlement_id = text("settlement_id", 64, |b| b.is_ascii_alphanumeric() || b == b'-');
+    e.state = v
+        .get("state")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    Some(e)
 }
 
 pub fn settler_unavailable(message: &str) -> HttpAnswer {
@@ -254,24 +313,47 @@ pub fn outage_message(reply: &SettlerReply) -> String {
     }
 }
 
-/// The token endpoint's answer: the settler's own status and body, or 503 on an outage.
+/// What a client is told about a failed settler call: no text from the answer's body
+/// (Envoy's or a proxy's words, or internal detail), which [`outage_message`] gives the log.
+pub fn public_outage_message(reply: &SettlerReply) -> String {
+    match reply.status {
+        None => "the settler did not answer (timeout or connection failure)".to_string(),
+        Some(s) => format!("the settler answered {s}"),
+    }
+}
+
+/// The token endpoint's answer: the settler's own status, its minted token as sent, its
+/// error reduced to [`public_error`]; 503 on an outage or an answer that is no answer
+/// (1xx, 3xx).
 pub fn relay(reply: &SettlerReply) -> HttpAnswer {
     if reply.is_outage() {
-        return settler_unavailable(&outage_message(reply));
+        return settler_unavailable(&public_outage_message(reply));
     }
     let status = reply.status.unwrap_or(503);
-    let content_type = reply
-        .content_type
-        .clone()
-        .unwrap_or_else(|| "application/json".to_string());
-    HttpAnswer {
-        status,
-        headers: vec![
-            ("content-type", content_type),
-            ("cache-control", "no-store".to_string()),
-        ],
-        body: reply.body.clone(),
+    if (200..300).contains(&status) {
+        let content_type = reply
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/json".to_string());
+        return HttpAnswer {
+            status,
+            headers: vec![
+                ("content-type", content_type),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body: reply.body.clone(),
+        };
     }
+    if !(400..600).contains(&status) {
+        return settler_unavailable(&public_outage_message(reply));
+    }
+    let e = reply.settler_error().unwrap_or_else(|| {
+        ApiError::new(
+            "payment_rejected",
+            format!("the settler refused the request ({status})"),
+        )
+    });
+    HttpAnswer::json(status, e.to_json().into_bytes())
 }
 
 #[cfg(test)]
@@ -419,6 +501,20 @@ mod tests {
             let a = relay(&outage);
             assert_eq!((a.status, code(&a)), (503, "settler_unavailable".to_string()), "{outage:?}");
         }
+        // No gateway or settler text in a public outage message.
+        let a = relay(&SettlerReply {
+            status: Some(503),
+            content_type: Some("text/plain".into()),
+            body: b"upstream connect error: 10.0.3.7:8402 connection refused".to_vec(),
+        });
+        assert!(!String::from_utf8_lossy(&a.body).contains("10.0.3.7"));
+        // A redirect is no answer.
+        let a = relay(&SettlerReply {
+            status: Some(302),
+            content_type: None,
+            body: vec![],
+        });
+        assert_eq!((a.status, code(&a)), (503, "settler_unavailable".to_string()));
         let r = SettlerReply::from_headers(
             &[
                 (":status".into(), "201".into()),
@@ -428,5 +524,65 @@ mod tests {
         );
         assert_eq!(r.status, Some(201));
         assert_eq!(r.content_type.as_deref(), Some("text/plain"));
+    }
+
+    #[test]
+    fn settler_errors_are_reduced_to_what_clients_need() {
+        let reply = |status: u32, body: &str| SettlerReply {
+            status: Some(status),
+            content_type: Some("application/json".into()),
+            body: body.as_bytes().to_vec(),
+        };
+        // Only error, message, expected_nonce, settlement_id, state survive.
+        let a = relay(&reply(
+            409,
+            r#"{"error":"nonce_mismatch","message":"sign nonce 3","expected_nonce":"3","db":"postgres://x402@db","trace":["a"]}"#,
+        ));
+        assert_eq!(a.status, 409);
+        assert_eq!(a.header("content-type"), Some("application/json"));
+        assert_eq!(a.header("cache-control"), Some("no-store"));
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "nonce_mismatch", "message": "sign nonce 3", "expected_nonce": "3"})
+        );
+        let a = relay(&reply(
+            409,
+            r#"{"error":"payment_already_used","message":"m","settlement_id":"0a1b-2c","state":"pending","extra":1}"#,
+        ));
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "payment_already_used", "message": "m", "settlement_id": "0a1b-2c", "state": "pending"})
+        );
+        // Malformed extras are dropped, control characters blanked, long messages cut.
+        let long = "x".repeat(5000);
+        let a = relay(&reply(
+            400,
+            &format!(r#"{{"error":"invalid_payment","message":"a\u0007b{long}","expected_nonce":"0x3","settlement_id":"a b","state":"weird"}}"#),
+        ));
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.starts_with("a b") && m.chars().count() == MAX_PUBLIC_MESSAGE, "{m:?}");
+        // Not the settler's error shape: a generic refusal with the status.
+        for body in ["plain text", r#"{"error":"Bad Code!"}"#, r#"{"message":"no code"}"#, "[]"] {
+            let a = relay(&reply(422, body));
+            assert_eq!((a.status, code(&a)), (422, "payment_rejected".to_string()), "{body}");
+            assert!(!String::from_utf8_lossy(&a.body).contains("no code"));
+        }
+        // A 5xx in the settler's shape is relayed (reduced), one without it is an outage.
+        let a = relay(&reply(
+            503,
+            r#"{"error":"store_unavailable","message":"the payment store is unavailable","cause":"sqlite locked"}"#,
+        ));
+        assert_eq!(a.status, 503);
+        assert!(!String::from_utf8_lossy(&a.body).contains("sqlite"));
+        assert_eq!(code(&a), "store_unavailable");
+        assert!(!reply(503, r#"{"error":"store_unavailable","message":"m"}"#).is_unreachable());
+        assert!(reply(503, "no healthy upstream").is_unreachable());
+        assert!(reply(504, "upstream request timeout").is_unreachable());
+        assert!(SettlerReply::default().is_unreachable());
+        assert!(!reply(500, "").is_unreachable(), "Envoy does not answer 500 for a dead settler");
     }
 }
