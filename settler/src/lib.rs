@@ -223,10 +223,7 @@ impl Settler {
 /// Checks every asset of the terms against its contract's `DOMAIN_SEPARATOR()`: a mismatch
 /// refuses the start (naming the contract's own name and version); an asset whose chain does
 /// not answer now is verified on first use and refused until then.
-async fn verify_domains(
-    terms: &terms::Terms,
-    chains: &Chains,
-) -> anyhow::Result<service::Domains> {
+async fn verify_domains(terms: &terms::Terms, chains: &Chains) -> anyhow::Result<service::Domains> {
     let mut states = HashMap::new();
     for asset in &terms.assets {
         let state = match chains.by_network.get(&asset.network) {
