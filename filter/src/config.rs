@@ -16,7 +16,7 @@ use x402_protocol::token::{verifying_key_from_hex, KeySet};
 use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Scheme, U256};
 
 use crate::route_challenge::RouteChallenge;
-use crate::routes::{HostPattern, PathMatch, Route, RouteTable};
+use crate::routes::{self, HostPattern, OtherMethods, PathMatch, Route, RouteTable};
 
 const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
 const DEFAULT_SETTLER_PATH: &str = "/v1/tokens";
@@ -70,14 +70,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// What happens to a paid request (x402 v2 `PAYMENT-SIGNATURE`) when the settler cannot answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FailureMode {
-    /// Answer 503 (the default; fail closed).
-    Deny,
-    /// Let the request through unpaid and log a warning.
-    Allow,
-}
+use crate::policy::CacheControl;
+pub(crate) use crate::policy::FailureMode;
 
 /// The `authorization` header value for settler callouts (`Bearer <settler.api_secret>`).
 /// Its `Debug` never shows the secret, so no log line or panic message can carry it.
@@ -250,6 +244,12 @@ struct RawRoute {
     methods: Option<Vec<String>>,
     #[serde(default)]
     hosts: Option<Vec<String>>,
+    /// `"refuse"` (default: 405 with `Allow`) or `"pass"` for a method `methods` does not list.
+    #[serde(default)]
+    other_methods: Option<String>,
+    /// Match the path ASCII case-insensitively (for upstreams that do).
+    #[serde(default)]
+    case_insensitive: Option<bool>,
     price: String,
     /// Lifetime of the first token while its payment is unsettled (renewed afterwards).
     #[serde(default)]
@@ -259,6 +259,13 @@ struct RawRoute {
     #[serde(default)]
     mime_type: Option<String>,
     payment_methods: Vec<String>,
+    /// `"deny"` / `"allow"`: this route's answer to an unreachable settler (default
+    /// `settler.failure_mode`).
+    #[serde(default)]
+    failure_mode: Option<String>,
+    /// `"private, no-store"` (default) / `"upstream"`: the `Cache-Control` of paid responses.
+    #[serde(default)]
+    cache_control: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +424,7 @@ fn validate(
             &prefix,
             max_timeout_seconds,
             token_ttl_secs,
+            settler.failure_mode,
         )?;
         if !names.insert(route.name.clone()) {
             return Err(ConfigError::new(
@@ -424,6 +432,7 @@ fn validate(
                 format!("duplicate route name {:?}", route.name),
             ));
         }
+        check_shadowing(&path, &route, &routes, &prefix)?;
         routes.push(route);
     }
 
@@ -554,14 +563,13 @@ fn validate_settler(
         MAX_SETTLER_TIMEOUT_MS,
     )?;
     let failure_mode = match s.failure_mode.as_deref() {
-        None | Some("deny") => FailureMode::Deny,
-        Some("allow") => FailureMode::Allow,
-        Some(other) => {
-            return Err(ConfigError::new(
+        None => FailureMode::Deny,
+        Some(m) => FailureMode::parse(m).ok_or_else(|| {
+            ConfigError::new(
                 "settler.failure_mode",
-                format!("{other:?} is neither \"deny\" nor \"allow\""),
-            ))
-        }
+                format!("{m:?} is neither \"deny\" nor \"allow\""),
+            )
+        })?,
     };
     let auth = match (s.api_secret, s.api_secret_env) {
         (None, None) => None,
@@ -769,19 +777,73 @@ fn validate_method(path: &str, m: RawMethod) -> Result<PaymentMethod, ConfigErro
     })
 }
 
+/// A route's path as the filter matches requests: normalised (see
+/// `routes::normalize_path`), so a pattern with `;`, `\`, `//`, dot segments or an escape
+/// the filter decodes or refuses could never match.
+fn check_match_path(p: &str) -> Result<(), String> {
+    check_path(p)?;
+    if p.contains(';') || p.contains('\\') {
+        return Err(format!(
+            "{p:?} contains ';' or '\\' (request paths are matched with ';' parameters cut)"
+        ));
+    }
+    if routes::normalize_path(p).is_some() {
+        return Err(format!(
+            "{p:?} is not a normalised path (no '//', '.' or '..' segments, no escaped '/', '\\' or unreserved character)"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a route that an earlier one shadows (every request it matches, for some shared
+/// method and host, matches the earlier first), or that lies in the token endpoint's
+/// namespace (the filter answers every path under `token_endpoint_prefix` itself).
+fn check_shadowing(
+    path: &str,
+    route: &Route,
+    earlier: &[Route],
+    token_prefix: &str,
+) -> Result<(), ConfigError> {
+    if let Some((i, e)) = earlier
+        .iter()
+        .enumerate()
+        .find(|(_, e)| routes::shadows(e, route))
+    {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "shadowed by routes[{i}] ({:?}): every request {:?} matches (for a shared method and host) matches {:?} first; put the more specific route first",
+                e.name, route.name, e.name
+            ),
+        ));
+    }
+    let tp = if route.case_insensitive {
+        token_prefix.to_ascii_lowercase()
+    } else {
+        token_prefix.to_string()
+    };
+    if route.matcher.overlaps_prefix(&tp) && !route.matcher.covers_prefix(&tp) {
+        return Err(ConfigError::new(
+            format!("{path}.match"),
+            format!("falls under token_endpoint_prefix {token_prefix:?}: the filter answers those paths itself, so the route would never price them"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_match(path: &str, m: RawMatch) -> Result<PathMatch, ConfigError> {
     let path = format!("{path}.match");
     match (m.prefix, m.exact, m.template) {
         (Some(p), None, None) => {
-            check_path(&p).map_err(|e| ConfigError::new(format!("{path}.prefix"), e))?;
+            check_match_path(&p).map_err(|e| ConfigError::new(format!("{path}.prefix"), e))?;
             Ok(PathMatch::Prefix(p))
         }
         (None, Some(e), None) => {
-            check_path(&e).map_err(|m| ConfigError::new(format!("{path}.exact"), m))?;
+            check_match_path(&e).map_err(|m| ConfigError::new(format!("{path}.exact"), m))?;
             Ok(PathMatch::Exact(e))
         }
         (None, None, Some(t)) => {
-            check_path(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))?;
+            check_match_path(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))?;
             PathMatch::template(&t).map_err(|m| ConfigError::new(format!("{path}.template"), m))
         }
         _ => Err(ConfigError::new(
@@ -798,6 +860,7 @@ fn validate_route(
     prefix: &str,
     max_timeout_seconds: u64,
     token_ttl_secs: u64,
+    default_failure_mode: FailureMode,
 ) -> Result<Route, ConfigError> {
     if !is_safe_name(&r.name) {
         return Err(ConfigError::new(
@@ -805,7 +868,14 @@ fn validate_route(
             format!("{:?} must be 1..={MAX_NAME_LEN} chars of [A-Za-z0-9._~-] (it becomes a URL path segment)", r.name),
         ));
     }
+    let case_insensitive = r.case_insensitive.unwrap_or(false);
     let matcher = validate_match(path, r.matcher)?;
+    // A case-insensitive route matches lower-cased request paths.
+    let matcher = if case_insensitive {
+        matcher.to_lower()
+    } else {
+        matcher
+    };
 
     let http_methods = match r.methods {
         None => None,
@@ -832,6 +902,22 @@ fn validate_route(
                 out.push("HEAD".to_string());
             }
             Some(out)
+        }
+    };
+    let other_methods = match (r.other_methods.as_deref(), &http_methods) {
+        (None | Some("refuse"), _) => OtherMethods::Refuse,
+        (Some("pass"), Some(_)) => OtherMethods::Pass,
+        (Some("pass"), None) => {
+            return Err(ConfigError::new(
+                format!("{path}.other_methods"),
+                "needs \"methods\" (without it the route prices every method)",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::new(
+                format!("{path}.other_methods"),
+                format!("{other:?} is neither \"refuse\" nor \"pass\""),
+            ))
         }
     };
 
@@ -908,6 +994,24 @@ fn validate_route(
         }
         Some(t) => Some(t),
     };
+    let failure_mode = match r.failure_mode.as_deref() {
+        None => default_failure_mode,
+        Some(m) => FailureMode::parse(m).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.failure_mode"),
+                format!("{m:?} is neither \"deny\" nor \"allow\""),
+            )
+        })?,
+    };
+    let cache_control = match r.cache_control.as_deref() {
+        None => CacheControl::PrivateNoStore,
+        Some(c) => CacheControl::parse(c).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.cache_control"),
+                format!("{c:?} is neither \"private, no-store\" nor \"upstream\""),
+            )
+        })?,
+    };
     let token_endpoint = format!("{prefix}{}", r.name);
     let renew_endpoint = unsettled_token_ttl_secs.map(|_| format!("{token_endpoint}/renew"));
     let challenge = RouteChallenge::precompute(
@@ -920,7 +1024,9 @@ fn validate_route(
     Ok(Route {
         name: r.name,
         matcher,
+        case_insensitive,
         methods: http_methods,
+        other_methods,
         hosts,
         description,
         mime_type,
@@ -928,6 +1034,8 @@ fn validate_route(
         unsettled_token_ttl_secs,
         token_endpoint,
         challenge,
+        failure_mode,
+        cache_control,
     })
 }
 
@@ -940,6 +1048,48 @@ mod tests {
 
     fn parse_value(v: &Value) -> Result<FilterConfig, ConfigError> {
         parse(serde_json::to_string(v).unwrap().as_bytes())
+    }
+
+    #[test]
+    fn failure_mode_and_cache_control_are_per_route() {
+        use crate::policy::CacheControl;
+        let cfg = parse_value(&sample()).unwrap();
+        let r0 = cfg.routes.get(0).unwrap();
+        assert_eq!(r0.failure_mode, FailureMode::Deny, "fail closed by default");
+        assert_eq!(r0.cache_control, CacheControl::PrivateNoStore);
+        // settler.failure_mode is the default of routes that say nothing; a route overrides it.
+        let mut v = sample();
+        v["settler"]["failure_mode"] = json!("allow");
+        v["routes"][1]["failure_mode"] = json!("deny");
+        v["routes"][1]["cache_control"] = json!("upstream");
+        let cfg = parse_value(&v).unwrap();
+        assert_eq!(cfg.routes.get(0).unwrap().failure_mode, FailureMode::Allow);
+        assert_eq!(cfg.routes.get(1).unwrap().failure_mode, FailureMode::Deny);
+        assert_eq!(
+            cfg.routes.get(1).unwrap().cache_control,
+            CacheControl::Upstream
+        );
+        let mut v = sample();
+        v["routes"][0]["failure_mode"] = json!("allow");
+        v["routes"][0]["cache_control"] = json!("private, no-store");
+        let cfg = parse_value(&v).unwrap();
+        assert_eq!(cfg.routes.get(0).unwrap().failure_mode, FailureMode::Allow);
+        assert_eq!(cfg.routes.get(1).unwrap().failure_mode, FailureMode::Deny);
+        for (field, bad, path) in [
+            ("failure_mode", json!("open"), "routes[0].failure_mode"),
+            ("failure_mode", json!(true), "routes[0].failure_mode"),
+            ("cache_control", json!("public"), "routes[0].cache_control"),
+            (
+                "cache_control",
+                json!("no-store"),
+                "routes[0].cache_control",
+            ),
+        ] {
+            let mut v = sample();
+            v["routes"][0][field] = bad.clone();
+            let e = parse_value(&v).unwrap_err();
+            assert_eq!(e.path, path, "{bad}: {e}");
+        }
     }
 
     /// Applies `edit` to the sample config and expects an error at `path`.
@@ -1519,6 +1669,205 @@ mod tests {
         expect_err(
             |v| v["routes"][0]["mime_type"] = json!("a\nb"),
             "routes[0].mime_type",
+        );
+    }
+
+    #[test]
+    fn shadowed_routes_are_refused_naming_both() {
+        let route = |name: &str, m: Value, extra: Value| {
+            let mut r = json!({"name": name, "match": m, "price": "0.01", "payment_methods": ["usdc-base"]});
+            if let (Some(r), Some(e)) = (r.as_object_mut(), extra.as_object()) {
+                r.extend(e.clone());
+            }
+            r
+        };
+        let with = |routes: Vec<Value>| {
+            let mut v = sample();
+            v["routes"] = json!(routes);
+            parse_value(&v)
+        };
+        let none = json!({});
+        let e = with(vec![
+            route("a", json!({"exact": "/a"}), none.clone()),
+            route("cheap", json!({"prefix": "/api"}), none.clone()),
+            route("b", json!({"exact": "/b"}), none.clone()),
+            route("dear", json!({"prefix": "/api/premium"}), none.clone()),
+        ])
+        .unwrap_err();
+        assert_eq!(e.path, "routes[3]");
+        assert!(
+            e.to_string()
+                .starts_with("x402 config: routes[3]: shadowed by routes[1] (\"cheap\")"),
+            "{e}"
+        );
+        assert!(e.message.contains("\"dear\""), "{e}");
+        // Exact and template under an earlier prefix, a repeated template.
+        for later in [
+            json!({"exact": "/api/x"}),
+            json!({"template": "/api/{id}/x"}),
+            json!({"prefix": "/api"}),
+        ] {
+            let e = with(vec![
+                route("cheap", json!({"prefix": "/api"}), none.clone()),
+                route("dear", later.clone(), none.clone()),
+            ])
+            .unwrap_err();
+            assert_eq!(e.path, "routes[1]", "{later}");
+        }
+        // Overlapping methods (GET also means HEAD) and hosts shadow; disjoint ones do not.
+        let get = json!({"methods": ["GET"]});
+        assert!(with(vec![
+            route("g", json!({"prefix": "/api"}), get.clone()),
+            route(
+                "p",
+                json!({"prefix": "/api/x"}),
+                json!({"methods": ["POST"]})
+            ),
+        ])
+        .is_ok());
+        assert_eq!(
+            with(vec![
+                route("g", json!({"prefix": "/api"}), get.clone()),
+                route(
+                    "h",
+                    json!({"prefix": "/api/x"}),
+                    json!({"methods": ["HEAD"]})
+                ),
+            ])
+            .unwrap_err()
+            .path,
+            "routes[1]"
+        );
+        assert!(with(vec![
+            route(
+                "a",
+                json!({"prefix": "/api"}),
+                json!({"hosts": ["a.example.com"]})
+            ),
+            route(
+                "b",
+                json!({"prefix": "/api/x"}),
+                json!({"hosts": ["b.example.com"]})
+            ),
+        ])
+        .is_ok());
+        assert_eq!(
+            with(vec![
+                route(
+                    "a",
+                    json!({"prefix": "/api"}),
+                    json!({"hosts": ["*.example.com"]})
+                ),
+                route(
+                    "b",
+                    json!({"prefix": "/api/x"}),
+                    json!({"hosts": ["b.example.com"]})
+                ),
+            ])
+            .unwrap_err()
+            .path,
+            "routes[1]"
+        );
+        // The specific route first is the fix.
+        assert!(with(vec![
+            route("dear", json!({"prefix": "/api/premium"}), none.clone()),
+            route("cheap", json!({"prefix": "/api"}), none.clone()),
+        ])
+        .is_ok());
+        // A case-insensitive earlier route shadows every spelling.
+        assert_eq!(
+            with(vec![
+                route(
+                    "ci",
+                    json!({"prefix": "/API"}),
+                    json!({"case_insensitive": true})
+                ),
+                route("x", json!({"prefix": "/api/X"}), none.clone()),
+            ])
+            .unwrap_err()
+            .path,
+            "routes[1]"
+        );
+    }
+
+    #[test]
+    fn routes_under_the_token_endpoint_are_refused() {
+        for m in [
+            json!({"prefix": "/x402/token/"}),
+            json!({"prefix": "/x402/token/weather"}),
+            json!({"exact": "/x402/token/weather"}),
+            json!({"template": "/x402/token/{name}"}),
+            json!({"template": "/x402/{x}/weather"}),
+        ] {
+            let e = expect_err(|v| v["routes"][1]["match"] = m.clone(), "routes[1].match");
+            assert!(e.message.contains("token_endpoint_prefix"), "{e}");
+        }
+        let e = expect_err(
+            |v| {
+                v["routes"][1]["match"] = json!({"prefix": "/X402/TOKEN/"});
+                v["routes"][1]["case_insensitive"] = json!(true);
+            },
+            "routes[1].match",
+        );
+        assert!(e.message.contains("token_endpoint_prefix"), "{e}");
+        // A catch-all is fine: the token endpoint answers its own namespace first.
+        for m in [json!({"prefix": "/"}), json!({"template": "/**"})] {
+            let mut v = sample();
+            v["routes"][1]["match"] = m.clone();
+            assert!(parse_value(&v).is_ok(), "{m}");
+        }
+    }
+
+    #[test]
+    fn route_paths_must_be_normalised() {
+        for (kind, p) in [
+            ("prefix", "/api;x"),
+            ("prefix", "/api\\x"),
+            ("exact", "/api//x"),
+            ("exact", "/api/./x"),
+            ("prefix", "/api/../x"),
+            ("prefix", "/api%2Fx"),
+            ("prefix", "/%61pi"),
+            ("template", "/api/{id};x"),
+        ] {
+            expect_err(
+                |v| v["routes"][0]["match"] = json!({ kind: p }),
+                &format!("routes[0].match.{kind}"),
+            );
+        }
+        // Escapes the filter keeps as they are are fine.
+        let mut v = sample();
+        v["routes"][0]["match"] = json!({"prefix": "/caf%C3%A9"});
+        assert!(parse_value(&v).is_ok());
+    }
+
+    #[test]
+    fn other_methods_and_case_insensitive() {
+        let cfg = sample_config();
+        let r = cfg.routes.get(0).unwrap();
+        assert_eq!(r.other_methods, OtherMethods::Refuse, "refused by default");
+        assert!(!r.case_insensitive);
+        let mut v = sample();
+        v["routes"][0]["other_methods"] = json!("pass");
+        v["routes"][0]["case_insensitive"] = json!(true);
+        v["routes"][0]["match"] = json!({"prefix": "/API/Weather"});
+        let cfg = parse_value(&v).unwrap();
+        let r = cfg.routes.get(0).unwrap();
+        assert_eq!(r.other_methods, OtherMethods::Pass);
+        assert_eq!(r.matcher, PathMatch::Prefix("/api/weather".into()));
+        let e = expect_err(
+            |v| v["routes"][0]["other_methods"] = json!("allow"),
+            "routes[0].other_methods",
+        );
+        assert!(e.message.contains("\"refuse\""), "{e}");
+        let e = expect_err(
+            |v| v["routes"][1]["other_methods"] = json!("pass"),
+            "routes[1].other_methods",
+        );
+        assert!(e.message.contains("methods"), "{e}");
+        expect_err(
+            |v| v["routes"][0]["case_insensitive"] = json!("yes"),
+            "routes[0].case_insensitive",
         );
     }
 

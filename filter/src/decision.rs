@@ -14,8 +14,7 @@ use crate::config::{FailureMode, FilterConfig};
 use crate::grant::Grant;
 use crate::routes::Route;
 use crate::token_endpoint::{
-    outage_message, public_outage_message, settler_unavailable, token_request_body,
-    SettlerReply,
+    outage_message, public_outage_message, settler_unavailable, token_request_body, SettlerReply,
 };
 
 /// The decision for a request that matched a priced route.
@@ -108,10 +107,9 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
     if reply.is_unreachable() {
         let why = outage_message(reply);
         return match failure_mode {
-            FailureMode::Deny => PaymentOutcome::Unavailable(
-                settler_unavailable(&public_outage_message(reply)),
-                why,
-            ),
+            FailureMode::Deny => {
+                PaymentOutcome::Unavailable(settler_unavailable(&public_outage_message(reply)), why)
+            }
             FailureMode::Allow => PaymentOutcome::FailOpen(why),
         };
     }
@@ -182,10 +180,7 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
             // The settler's own error (store or chain unavailable, ...): its code and
             // message, reduced, with 503.
             let why = format!("the settler answered {status} {}", e.error);
-            return PaymentOutcome::Unavailable(
-                HttpAnswer::error(503, &e.error, &e.message),
-                why,
-            );
+            return PaymentOutcome::Unavailable(HttpAnswer::error(503, &e.error, &e.message), why);
         }
     }
     // 1xx, 3xx, a 5xx that is neither the settler's JSON nor a gateway error: the

@@ -282,7 +282,9 @@ pub fn public_error(body: &[u8]) -> Option<ApiError> {
     };
     let mut e = ApiError::new(code, message);
     e.expected_nonce = text("expected_nonce", 78, |b| b.is_ascii_digit());
-    e.settlement_id = text("settlement_id", 64, |b| b.is_ascii_alphanumeric() || b == b'-');
+    e.settlement_id = text("settlement_id", 64, |b| {
+        b.is_ascii_alphanumeric() || b == b'-'
+    });
     e.state = v
         .get("state")
         .and_then(|s| serde_json::from_value(s.clone()).ok());
@@ -514,7 +516,10 @@ mod tests {
             content_type: None,
             body: vec![],
         });
-        assert_eq!((a.status, code(&a)), (503, "settler_unavailable".to_string()));
+        assert_eq!(
+            (a.status, code(&a)),
+            (503, "settler_unavailable".to_string())
+        );
         let r = SettlerReply::from_headers(
             &[
                 (":status".into(), "201".into()),
@@ -559,16 +564,30 @@ mod tests {
         let long = "x".repeat(5000);
         let a = relay(&reply(
             400,
-            &format!(r#"{{"error":"invalid_payment","message":"a\u0007b{long}","expected_nonce":"0x3","settlement_id":"a b","state":"weird"}}"#),
+            &format!(
+                r#"{{"error":"invalid_payment","message":"a\u0007b{long}","expected_nonce":"0x3","settlement_id":"a b","state":"weird"}}"#
+            ),
         ));
         let v: Value = serde_json::from_slice(&a.body).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
         let m = v["message"].as_str().unwrap();
-        assert!(m.starts_with("a b") && m.chars().count() == MAX_PUBLIC_MESSAGE, "{m:?}");
+        assert!(
+            m.starts_with("a b") && m.chars().count() == MAX_PUBLIC_MESSAGE,
+            "{m:?}"
+        );
         // Not the settler's error shape: a generic refusal with the status.
-        for body in ["plain text", r#"{"error":"Bad Code!"}"#, r#"{"message":"no code"}"#, "[]"] {
+        for body in [
+            "plain text",
+            r#"{"error":"Bad Code!"}"#,
+            r#"{"message":"no code"}"#,
+            "[]",
+        ] {
             let a = relay(&reply(422, body));
-            assert_eq!((a.status, code(&a)), (422, "payment_rejected".to_string()), "{body}");
+            assert_eq!(
+                (a.status, code(&a)),
+                (422, "payment_rejected".to_string()),
+                "{body}"
+            );
             assert!(!String::from_utf8_lossy(&a.body).contains("no code"));
         }
         // A 5xx in the settler's shape is relayed (reduced), one without it is an outage.
@@ -583,6 +602,9 @@ mod tests {
         assert!(reply(503, "no healthy upstream").is_unreachable());
         assert!(reply(504, "upstream request timeout").is_unreachable());
         assert!(SettlerReply::default().is_unreachable());
-        assert!(!reply(500, "").is_unreachable(), "Envoy does not answer 500 for a dead settler");
+        assert!(
+            !reply(500, "").is_unreachable(),
+            "Envoy does not answer 500 for a dead settler"
+        );
     }
 }

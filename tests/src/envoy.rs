@@ -48,6 +48,14 @@ pub struct EnvoyOpts {
     pub settler_secret: Option<String>,
     /// Envoy `--concurrency`: worker threads, each with its own wasm VM (default 1).
     pub concurrency: u32,
+    /// The connection manager's path normalisation (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT`), on by default; off to
+    /// test what the filter does on its own.
+    pub normalize_paths: bool,
+    /// The virtual host's `domains` (default `["*"]`).
+    pub domains: Vec<String>,
+    /// The connection manager's `strip_any_host_port` (default off).
+    pub strip_any_host_port: bool,
 }
 
 impl Default for EnvoyOpts {
@@ -62,6 +70,9 @@ impl Default for EnvoyOpts {
             extra_args: Vec::new(),
             settler_secret: None,
             concurrency: 1,
+            normalize_paths: true,
+            domains: vec!["*".to_string()],
+            strip_any_host_port: false,
         }
     }
 }
@@ -134,14 +145,12 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: x402_edge
-          normalize_path: true
-          merge_slashes: true
-          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT
+{normalization}          common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}
           route_config:
             name: local
             virtual_hosts:
             - name: all
-              domains: ["*"]
+              domains: {domains}
               routes:
               - match: {{prefix: "/"}}
                 {route_action}
@@ -171,6 +180,17 @@ static_resources:
     {settler_endpoint}
 "#,
         failure_policy = opts.failure_policy,
+        normalization = {
+            let mut n = String::new();
+            if opts.normalize_paths {
+                n.push_str("          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT\n");
+            }
+            if opts.strip_any_host_port {
+                n.push_str("          strip_any_host_port: true\n");
+            }
+            n
+        },
+        domains = serde_json::to_string(&opts.domains).unwrap_or_else(|_| "[\"*\"]".to_string()),
         allow = opts.allow_on_headers_stop_iteration,
         config = quoted(filter_config_json),
         wasm = quoted(&wasm.to_string_lossy()),
@@ -248,6 +268,45 @@ impl Envoy {
         let mut last_err = anyhow!("not started");
         for _attempt in 0..3 {
             let mut envoy = Self::launch(filter_config_json, &opts)?;
+            match envoy.wait_ready(opts.startup_timeout) {
+                Ok(()) => return Ok(envoy),
+                Err(e) => {
+                    let log = envoy.log();
+                    let port_clash =
+                        log.contains("Address already in use") || log.contains("cannot bind");
+                    last_err = e.context(format!(
+                        "Envoy did not start; log tail:\n{}",
+                        tail(&log, 40)
+                    ));
+                    if !port_clash {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Starts Envoy from a whole bootstrap YAML (a shipped config, say) instead of the
+    /// harness's: `make_yaml` gets the listener and admin ports to put in it. Waits until it
+    /// serves; retries twice on a port collision. `opts` gives the environment
+    /// (`settler_secret`), `concurrency`, `extra_args` and `startup_timeout`.
+    pub fn start_bootstrap(
+        make_yaml: impl Fn(u16, u16) -> String,
+        opts: EnvoyOpts,
+    ) -> anyhow::Result<Envoy> {
+        check_binaries(&opts)?;
+        let mut last_err = anyhow!("not started");
+        for _attempt in 0..3 {
+            let dir = tempfile::Builder::new().prefix("x402-envoy-").tempdir()?;
+            let (port, admin_port) = (ports::free_port(), ports::free_port());
+            let child = spawn(dir.path(), &make_yaml(port, admin_port), &opts)?;
+            let mut envoy = Envoy {
+                child,
+                dir,
+                port,
+                admin_port,
+            };
             match envoy.wait_ready(opts.startup_timeout) {
                 Ok(()) => return Ok(envoy),
                 Err(e) => {

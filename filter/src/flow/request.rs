@@ -1,9 +1,12 @@
 //! One request's way through the filter, as a state machine:
 //!
 //! ```text
-//! Idle ──priced, token ok / unpriced──▶ (forwarded)
+//! Idle ──unpriced──▶ (forwarded untouched)
+//!   │ ──priced, token ok──▶ Forwarded (Cache-Control: private, no-store on the response)
 //!   │ ──no usable token──▶ 402 ──▶ Done
-//!   │ ──PAYMENT-SIGNATURE──▶ AwaitPayment ──settler──▶ Paid (response headers added) / Done
+//!   │ ──PAYMENT-SIGNATURE──▶ AwaitPayment ──settler──▶ Forwarded (response headers added)
+//!   │                                   └─settler unreachable, failure_mode allow──▶ Forwarded
+//!   │                                   └─refused / 5xx / unreachable under deny──▶ Done
 //!   │ ──POST token endpoint──▶ Buffering ──body──▶ AwaitToken ──settler──▶ Done (relayed)
 //!   └ ──POST token endpoint /renew (bearer checked)──▶ AwaitToken ──settler──▶ Done (relayed)
 //! ```
@@ -11,7 +14,12 @@
 //! Every callback takes the [`Host`] to act on; the per-request host calls are the filter's
 //! main cost in Envoy's V8, so the hot paths keep them few: an unpriced request makes one
 //! (the header list) unless it carries `x-x402-*` names; a request with a cached token
-//! makes seven (header list, clock, two counters, three identity headers).
+//! makes eight (header list, clock, two counters, three identity headers, and its
+//! response's `Cache-Control`).
+//!
+//! A request that goes on (`Idle`, `Forwarded`) lets its body and trailers through as they
+//! come, also when they arrive after the decision (a POST held for the settler, then let
+//! through): only a request answered locally, or still waiting, holds them.
 
 use std::rc::Rc;
 
@@ -29,7 +37,8 @@ use crate::headers::HeaderPairs;
 use crate::host_api::Host;
 use crate::identity;
 use crate::metrics::Counter;
-use crate::routes::{RequestAttrs, Route};
+use crate::policy::{CacheControl, FailureMode, PRIVATE_NO_STORE};
+use crate::routes::{Lookup, RequestAttrs, Route};
 use crate::token_endpoint::{self, Endpoint, SettlerReply};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +56,13 @@ enum State {
         route: usize,
         url: String,
     },
-    /// x402 v2 payment settled: headers to add to the upstream's response.
-    Paid {
+    /// Let through to the upstream on a priced route: paid (bearer token, x402 v2) or,
+    /// settler unreachable under `failure_mode: allow`, unpaid. `headers` go on the
+    /// upstream's response; `no_store` replaces its `Cache-Control` with
+    /// `private, no-store`.
+    Forwarded {
         headers: Vec<(&'static str, String)>,
+        no_store: bool,
     },
     /// A local answer was sent, or nothing more to do.
     Done,
@@ -86,6 +99,8 @@ impl Request {
             return Action::Pause;
         };
         let headers = RequestHeaders::fetch(host);
+        // Every request: an upstream must not read a method other than the one priced.
+        headers.strip_method_override();
         let Some(path) = headers.get(":path") else {
             headers.strip_identity();
             return Action::Continue;
@@ -97,15 +112,40 @@ impl Request {
         }
 
         let mut attrs = Attrs::new(&headers);
-        let Some((idx, route)) = cfg
-            .routes
-            .find(&path, &mut attrs)
-            .and_then(|i| cfg.routes.get(i).map(|r| (i, r)))
-        else {
+        let (idx, rewrite) = match cfg.routes.lookup(&path, &mut attrs) {
+            Lookup::Priced { index, rewrite } => (index, rewrite),
+            Lookup::Unpriced => {
+                headers.strip_identity();
+                return Action::Continue;
+            }
+            refused => {
+                self.answer(&worker, host, route_refusal(refused));
+                return Action::Pause;
+            }
+        };
+        let Some(route) = cfg.routes.get(idx) else {
             headers.strip_identity();
             return Action::Continue;
         };
         headers.strip_reserved();
+        // Priced on its normalised path: the upstream gets that path, never another spelling.
+        let path = match rewrite {
+            None => path,
+            Some(p) => {
+                if let Err(e) = host.set_request_header(":path", &p) {
+                    log!(
+                        host,
+                        Error,
+                        "x402: cannot forward the normalised path {p}: {e}"
+                    );
+                    let a =
+                        HttpAnswer::error(500, "internal", "cannot forward the normalised path");
+                    self.answer(&worker, host, a);
+                    return Action::Pause;
+                }
+                std::borrow::Cow::Owned(p)
+            }
+        };
 
         let authorization = headers.get("authorization");
         let now = now_secs(host);
@@ -130,7 +170,7 @@ impl Request {
         }
         // The common case first: no resource URL or payment header needed.
         if let Ok(grant) = &check.result {
-            return allow(&worker, host, route, grant);
+            return self.allow(&worker, host, route, grant);
         }
 
         let url = {
@@ -145,7 +185,7 @@ impl Request {
         };
         let payment = headers.get("payment-signature");
         match decision::decide_priced(cfg, route, check, payment.as_deref(), &url) {
-            PricedAction::Allow(grant) => allow(&worker, host, route, &grant),
+            PricedAction::Allow(grant) => self.allow(&worker, host, route, &grant),
             PricedAction::Challenge(reason) => {
                 self.challenge(&worker, host, idx, reason, url);
                 Action::Pause
@@ -161,13 +201,17 @@ impl Request {
                     return Action::Pause;
                 }
                 // Still inside the headers callback: continue or answer directly.
-                match decision::payment_outcome(&SettlerReply::default(), cfg.settler.failure_mode)
-                {
+                match decision::payment_outcome(&SettlerReply::default(), route.failure_mode) {
                     PaymentOutcome::FailOpen(why) => {
+                        worker.count(host, Counter::FailOpen);
                         log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                        self.state = State::Forwarded {
+                            headers: Vec::new(),
+                            no_store: false,
+                        };
                         Action::Continue
                     }
-                    PaymentOutcome::Unavailable(a) => {
+                    PaymentOutcome::Unavailable(a, _) => {
                         self.answer(&worker, host, a);
                         Action::Pause
                     }
@@ -272,8 +316,10 @@ impl Request {
     }
 
     pub(crate) fn on_response_headers(&mut self, host: &impl Host) -> Action {
-        if let State::Paid { headers } = &self.state {
-            for (name, value) in headers {
+        if let State::Forwarded { headers, no_store } = &self.state {
+            let no_store = no_store.then_some(("cache-control", PRIVATE_NO_STORE));
+            let headers = headers.iter().map(|(n, v)| (*n, v.as_str()));
+            for (name, value) in headers.chain(no_store) {
                 if let Err(e) = host.set_response_header(name, value) {
                     log!(host, Warn, "x402: cannot add response header {name}: {e}");
                 }
@@ -290,7 +336,7 @@ impl Request {
     /// on; one that was answered (or is waiting for the settler) stays held.
     fn pass_or_hold(&self) -> Action {
         match self.state {
-            State::Idle | State::Paid { .. } => Action::Continue,
+            State::Idle | State::Forwarded { .. } => Action::Continue,
             _ => Action::Pause,
         }
     }
@@ -305,6 +351,19 @@ impl Request {
                 .unwrap_or(false),
             None => false,
         }
+    }
+
+    /// Lets a request through, paid by `grant`, with the who-paid headers for the upstream;
+    /// its response gets `Cache-Control: private, no-store` unless the route keeps the
+    /// upstream's.
+    fn allow(&mut self, worker: &Worker, host: &impl Host, route: &Route, grant: &Grant) -> Action {
+        worker.count(host, Counter::Accepted);
+        set_identity_headers(host, identity::grant_headers(&route.name, grant));
+        self.state = State::Forwarded {
+            headers: Vec::new(),
+            no_store: route.cache_control == CacheControl::PrivateNoStore,
+        };
+        Action::Continue
     }
 
     fn answer(&mut self, worker: &Worker, host: &impl Host, a: HttpAnswer) {
@@ -458,7 +517,12 @@ impl Request {
         url: String,
         reply: &SettlerReply,
     ) {
-        match decision::payment_outcome(reply, worker.cfg.settler.failure_mode) {
+        let failure_mode = worker
+            .cfg
+            .routes
+            .get(route)
+            .map_or(FailureMode::Deny, |r| r.failure_mode);
+        match decision::payment_outcome(reply, failure_mode) {
             PaymentOutcome::Resume {
                 response_headers,
                 settled,
@@ -484,8 +548,11 @@ impl Request {
                 if let Err(e) = host.remove_request_header("payment-signature") {
                     log!(host, Warn, "x402: cannot remove payment-signature: {e}");
                 }
-                self.state = State::Paid {
+                // The response carries a fresh access token: never stored by a cache,
+                // whatever the route's cache_control.
+                self.state = State::Forwarded {
                     headers: response_headers,
+                    no_store: true,
                 };
                 if let Err(e) = host.resume_request() {
                     log!(host, Error, "x402: cannot resume request: {e}");
@@ -497,23 +564,53 @@ impl Request {
                     self.answer(worker, host, a);
                 }
             }
-            PaymentOutcome::Unavailable(a) => {
+            PaymentOutcome::Unavailable(a, why) => {
                 worker.count(host, Counter::SettlerErrors);
-                log!(
-                    host,
-                    Warn,
-                    "x402: payment on {url}: settler unavailable, denying"
-                );
+                log!(host, Warn, "x402: payment on {url}: {why}; denying (503)");
                 self.answer(worker, host, a);
             }
             PaymentOutcome::FailOpen(why) => {
                 worker.count(host, Counter::SettlerErrors);
+                worker.count(host, Counter::FailOpen);
                 log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
-                self.state = State::Done;
+                self.state = State::Forwarded {
+                    headers: Vec::new(),
+                    no_store: false,
+                };
                 if let Err(e) = host.resume_request() {
                     log!(host, Error, "x402: cannot resume request: {e}");
                 }
             }
+        }
+    }
+}
+
+/// The local answer to a request the routes refuse (see [`Lookup`]).
+fn route_refusal(l: Lookup) -> HttpAnswer {
+    match l {
+        Lookup::MethodNotAllowed { allow } => {
+            let allow = allow.join(", ");
+            let mut a = HttpAnswer::error(
+                405,
+                "method_not_allowed",
+                &format!("this priced path only accepts {allow}"),
+            );
+            a.headers.push(("allow", allow));
+            a
+        }
+        Lookup::InvalidAuthority => HttpAnswer::error(
+            400,
+            "invalid_authority",
+            "the Host (:authority) is not host[:port] with a numeric port",
+        ),
+        Lookup::AmbiguousPath => HttpAnswer::error(
+            400,
+            "invalid_path",
+            "a priced path spelled with an escaped slash or backslash, '//', '/./' or '/../': send it normalised",
+        ),
+        // Not refusals: the caller handles them.
+        Lookup::Unpriced | Lookup::Priced { .. } => {
+            HttpAnswer::error(500, "internal", "route lookup")
         }
     }
 }
@@ -554,13 +651,6 @@ fn dispatch_settler_to(worker: &Worker, host: &impl Host, path: &str, body: &[u8
             false
         }
     }
-}
-
-/// Lets a request through, paid by `grant`, with the who-paid headers for the upstream.
-fn allow(worker: &Worker, host: &impl Host, route: &Route, grant: &Grant) -> Action {
-    worker.count(host, Counter::Accepted);
-    set_identity_headers(host, identity::grant_headers(&route.name, grant));
-    Action::Continue
 }
 
 /// Adds the who-paid headers for the upstream.
