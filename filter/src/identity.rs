@@ -26,6 +26,14 @@ pub const ROUTE: &str = "x-x402-route";
 pub const SETTLEMENT_ID: &str = "x-x402-settlement-id";
 /// The identity headers, removed from every request by name.
 pub const IDENTITY: [&str; 3] = [PAYER, ROUTE, SETTLEMENT_ID];
+/// Method-override headers some frameworks honour (Express `method-override`, Rails, Spring's
+/// `HiddenHttpMethodFilter` variants, ASP.NET): removed from every request, so the method the
+/// filter priced is the method the upstream serves.
+pub const METHOD_OVERRIDE: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// Is `name` in the filter's `x-x402-` namespace (ASCII case-insensitive)?
 pub fn is_reserved(name: &str) -> bool {

@@ -56,6 +56,26 @@ impl<'h, H: Host> RequestHeaders<'h, H> {
         }
     }
 
+    /// Every request: removes the method-override headers ([`identity::METHOD_OVERRIDE`]),
+    /// those present (no host call for a request without them), so an upstream framework
+    /// that honours them cannot serve a priced method to a request priced as another (or
+    /// not priced at all).
+    pub(super) fn strip_method_override(&self) {
+        for name in identity::METHOD_OVERRIDE {
+            // Cannot list them: removed blindly, as the identity names.
+            let present = self.map.as_ref().is_none_or(|m| m.contains(name));
+            if present {
+                if let Err(e) = self.host.remove_request_header(name) {
+                    log!(
+                        self.host,
+                        Warn,
+                        "x402: cannot remove request header {name}: {e}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Priced requests: removes every client-supplied `x-x402-*` request header.
     pub(super) fn strip_reserved(&self) {
         let names = match &self.map {
