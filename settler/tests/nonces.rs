@@ -220,3 +220,41 @@ async fn foreign_transactions_replacing_stored_ones_are_detected_and_resigned() 
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(env.settler.log().matches("re-broadcasting").count(), before);
 }
+
+/// The seed SDK 0.1.x signs each permit with the owner's on-chain nonce: a second payment
+/// signed before the first permit is mined reuses its nonce. That is a stale nonce, not a
+/// replay: 409 `nonce_mismatch` with `expected_nonce` (the next free one); the first permit
+/// posted again is still answered with its token, and a permit at `expected_nonce` pays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_permit_with_the_nonce_of_an_unmined_one_is_nonce_mismatch() {
+    let env = Env::start_with(None, None, &["--no-worker"]).await;
+    let payer = env.funded_payer(FUND).await;
+    let dl = env.now() + 3600;
+    let first = env.permit(&payer, PRICE, 0, dl);
+    let (st, token) = env.post_token(&env.requirement(), &first).await;
+    assert_eq!(st, 200, "{token}");
+    assert_eq!(
+        env.anvil.nonces(env.token, payer.address()).await.unwrap(),
+        U256::ZERO,
+        "not mined (no worker)"
+    );
+
+    // Another permit (other deadline, so another signature) with the same nonce 0.
+    let stale = env.permit(&payer, PRICE, 0, dl + 60);
+    let (st, body) = env.post_token(&env.requirement(), &stale).await;
+    assert_eq!((st, code(&body)), (409, "nonce_mismatch"), "{body}");
+    assert_eq!(body["expected_nonce"], "1", "{body}");
+    assert!(body.get("settlement_id").is_none(), "{body}");
+
+    // The first one again: the same token (it is the same payment, not broadcast).
+    let (st, again) = env.post_token(&env.requirement(), &first).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["access_token"], token["access_token"]);
+
+    // Signed at the expected nonce, it pays.
+    let (st, next) = env
+        .post_token(&env.requirement(), &env.permit(&payer, PRICE, 1, dl + 60))
+        .await;
+    assert_eq!(st, 200, "{next}");
+    assert_ne!(next["settlement_id"], token["settlement_id"]);
+}

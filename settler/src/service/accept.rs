@@ -200,7 +200,17 @@ impl Service {
 
         // Single use, before anything else that depends on state: the same payment again
         // (not broadcast yet) is answered from its row, anything else holding the key is 409.
+        // A different permit holding a taken key was signed with a stale nonce (e.g. before
+        // the first one was mined): 409 `nonce_mismatch` naming the nonce to sign instead.
         if let Some(stored) = session.by_use_key(&new.use_key()).await? {
+            if new.scheme == x402_protocol::Scheme::Permit
+                && !idempotency::same_signed_payment(&stored.row.p, &new)
+            {
+                let open = session
+                    .open_payments(method.network, method.asset.address, payer)
+                    .await?;
+                of.check_chain(&chain, method.asset.address, &open).await?;
+            }
             return idempotency::judge(stored, &new, mode)
                 .map(|s| Prepared::Done(Accepted::Again(s)));
         }

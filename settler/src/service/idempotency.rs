@@ -10,7 +10,9 @@
 //! byte-identical, re-minted from the stored `iat`/`exp` (ES256K signing is RFC 6979
 //! deterministic). Once a settlement transaction is stored (and so possibly broadcast) the
 //! signature may be public: the answer is 409 `payment_already_used` naming the settlement
-//! and its state, without a token. A different payment holding the key is 409 as before.
+//! and its state, without a token. A different payment holding the key is 409: for a permit
+//! `nonce_mismatch` with the nonce to sign (checked in `accept` before [`judge`]: its nonce
+//! is stale), else `payment_already_used`.
 
 use x402_protocol::settler_api::{SettlementState, TokenResponse};
 
