@@ -712,7 +712,7 @@ impl Payer {
             .to_string();
         self.step(Step::PaymentRequired {
             reason: reason.clone(),
-            methods: select::components(&body).len(),
+            methods: select::components(&bytes).len(),
         });
         let endpoint_url = token_endpoint(url, &endpoint)?;
         // A route minting short-lived tokens while unsettled says where to renew them; an
@@ -724,7 +724,7 @@ impl Payer {
             .map(|u| u.to_string());
 
         let rpc = &self.config.rpc;
-        let choice = select::select(&body, &self.config.caps, &|n| rpc.contains_key(&n))?;
+        let choice = select::select(&bytes, &self.config.caps, &|n| rpc.contains_key(&n))?;
         self.step(Step::chosen(&choice, self.config.caps.max_text()));
 
         let payload = self.sign_choice(&choice).await?;

@@ -11,8 +11,10 @@
 //! Among acceptable components the user's scheme order wins, then the lower amount, then the
 //! server's order.
 
+use std::collections::BTreeMap;
+
 use alloy::primitives::Address;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use x402_protocol::challenge::{
     parse_human_amount, PaymentRequired, PaymentRequirements, SeedComponent,
 };
@@ -38,12 +40,22 @@ pub enum SelectError {
 }
 
 /// The component list of a seed 402 body (`payment_scheme.payment_components`, else
-/// `payment_methods`), as raw JSON so one odd component does not hide the others.
-pub(crate) fn components(body: &Value) -> Vec<Value> {
-    body.pointer("/payment_scheme/payment_components")
-        .or_else(|| body.get("payment_methods"))
-        .and_then(|v| v.as_array())
-        .cloned()
+/// `payment_methods`), as raw JSON so one odd component does not hide the others. Read from
+/// the body's text, not a `Value`: a `Value` holds the human `amount` as an f64, so `0.000001`
+/// came back as `1e-6` and long amounts rounded, and such components were refused.
+pub(crate) fn components(body: &[u8]) -> Vec<Box<RawValue>> {
+    type Object = BTreeMap<String, Box<RawValue>>;
+    let list = |raw: &RawValue| serde_json::from_str::<Vec<Box<RawValue>>>(raw.get()).ok();
+    let Ok(top) = serde_json::from_slice::<Object>(body) else {
+        return Vec::new();
+    };
+    let in_scheme = top
+        .get("payment_scheme")
+        .and_then(|s| serde_json::from_str::<Object>(s.get()).ok())
+        .and_then(|s| s.get("payment_components").map(|c| list(c)));
+    in_scheme
+        .or_else(|| top.get("payment_methods").map(|m| list(m)))
+        .flatten()
         .unwrap_or_default()
 }
 
@@ -51,12 +63,12 @@ pub(crate) fn components(body: &Value) -> Vec<Value> {
 /// permit needs it for its nonce).
 fn check(
     index: usize,
-    raw: &Value,
+    raw: &RawValue,
     caps: &Caps,
     has_rpc: &dyn Fn(Network) -> bool,
 ) -> Result<Choice, String> {
-    let c: SeedComponent = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("component not understood: {e}"))?;
+    let c: SeedComponent =
+        serde_json::from_str(raw.get()).map_err(|e| format!("component not understood: {e}"))?;
     if !c.payment_type.eq_ignore_ascii_case("evm") {
         return Err(format!("payment_type {:?} is not evm", c.payment_type));
     }
@@ -157,7 +169,7 @@ fn check(
 /// Chooses the component to pay from a seed 402 body; `has_rpc` tells whether a chain can be
 /// read (for schemes that need to, like permit's nonce).
 pub(crate) fn select(
-    body: &Value,
+    body: &[u8],
     caps: &Caps,
     has_rpc: &dyn Fn(Network) -> bool,
 ) -> Result<Choice, SelectError> {
@@ -318,7 +330,16 @@ pub(crate) fn select_v2(pr: &PaymentRequired, caps: &Caps) -> Result<V2Choice, S
 mod tests {
     use super::*;
     use alloy::primitives::U256;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// [`super::select`] on the body's JSON text, as the client receives it.
+    fn select(
+        body: &Value,
+        caps: &Caps,
+        has_rpc: &dyn Fn(Network) -> bool,
+    ) -> Result<Choice, SelectError> {
+        super::select(&serde_json::to_vec(body).unwrap(), caps, has_rpc)
+    }
 
     const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 
@@ -471,6 +492,33 @@ mod tests {
         let c = select(&b, &caps("1"), &yes).unwrap();
         assert_eq!(c.index, 2);
         assert_eq!(c.amount, U256::from(200_000u64));
+    }
+
+    /// Found by fuzz/challenge_roundtrip: amounts an f64 cannot hold exactly (or prints in
+    /// exponent form) were refused as not matching `amount_base_units`.
+    #[test]
+    fn amounts_are_read_from_the_body_text_exactly() {
+        let t: Address = TOKEN.parse().unwrap();
+        for (amount, base, decimals) in [
+            ("0.000001", "1", 6),
+            ("123456789012.123456", "123456789012123456", 6),
+            ("0.123456789012345678", "123456789012345678", 18),
+            ("100000000000000000000", "100000000000000000000", 0),
+        ] {
+            let text = serde_json::to_string(&body(vec![comp("exact", "0", base, decimals)]))
+                .unwrap()
+                .replacen("\"amount\":0,", &format!("\"amount\":{amount},"), 1);
+            assert!(text.contains(amount), "{text}");
+            let caps = Caps::default()
+                .with_max("1000000000000000000000")
+                .unwrap()
+                .allow_network(Network::eip155(31337))
+                .allow_asset(t)
+                .asset_decimals(t, decimals);
+            let c = super::select(text.as_bytes(), &caps, &yes).unwrap();
+            assert_eq!(c.amount, base.parse::<U256>().unwrap(), "{amount}");
+            assert_eq!(components(text.as_bytes()).len(), 1);
+        }
     }
 
     fn req(amount: &str) -> PaymentRequirements {
