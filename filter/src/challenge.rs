@@ -140,6 +140,45 @@ mod tests {
         }
     }
 
+    /// x402-mock 0.1.x signs an EIP-2612 permit to the `metadata.wallet_address` of the first
+    /// component whose token it knows; 0.3.x signs ERC-3009 to its `pay_to`. Whatever the
+    /// configured order, the first component gives both the settler's spender and pay_to.
+    #[test]
+    fn seed_bodies_pay_the_spender_and_pay_to_in_either_order() {
+        use crate::test_fixtures::{parse_config, sample, PAY_TO, SPENDER, USDC};
+        for order in [["usdc-base", "usdc-permit"], ["usdc-permit", "usdc-base"]] {
+            let mut c = sample();
+            c["routes"][0]["payment_methods"] = serde_json::json!(order);
+            let cfg = parse_config(&c);
+            let route = cfg.routes.get(0).unwrap();
+            for r in Reason::ALL {
+                let v: Value = serde_json::from_str(route.challenge.seed_body(r)).unwrap();
+                let first = v["payment_scheme"]["payment_components"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["token"] == USDC)
+                    .unwrap();
+                assert_eq!(first["metadata"]["wallet_address"], SPENDER, "{order:?}");
+                assert_eq!(first["pay_to"], PAY_TO, "{order:?}");
+                let expected = if order[0] == "usdc-base" {
+                    "exact"
+                } else {
+                    "permit"
+                };
+                assert_eq!(first["scheme"], expected, "configured order kept");
+            }
+            // The report route takes no permit: its component names pay_to.
+            let report = cfg.routes.get(1).unwrap();
+            let v: Value =
+                serde_json::from_str(report.challenge.seed_body(Reason::MissingToken)).unwrap();
+            assert_eq!(
+                v["payment_scheme"]["payment_components"][0]["metadata"]["wallet_address"],
+                PAY_TO
+            );
+        }
+    }
+
     #[test]
     fn refused_payment_carries_the_settler_error() {
         let cfg = cfg();

@@ -73,7 +73,8 @@ impl Reason {
     ];
 }
 
-/// Seed SDK component metadata (0.1.x reads `wallet_address` as the permit spender).
+/// Seed SDK component metadata (0.1.x reads `wallet_address` as the permit spender, of
+/// whichever component it picks: see [`seed_wallet`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedMetadata {
     pub symbol: String,
@@ -203,9 +204,33 @@ pub struct ChallengeInput<'a> {
     pub max_timeout_seconds: u64,
 }
 
+/// The address a seed client signs a permit to, whichever component it picked.
+///
+/// x402-mock 0.1.x takes the FIRST component whose token it knows and signs an EIP-2612
+/// permit whose spender is that component's `metadata.wallet_address`, whatever its
+/// `scheme`; 0.3.x signs ERC-3009 to `pay_to` and never reads it. So every component names
+/// the settler's spender here when the route takes permits in that asset on that network
+/// (a permit method's own spender, else the first such sibling's): a 0.1.x client pays
+/// whatever the configured order. Only without any such permit method is it `pay_to`.
+fn seed_wallet(p: &PricedMethod, all: &[PricedMethod]) -> Address {
+    let m = &p.method;
+    m.spender
+        .or_else(|| {
+            all.iter()
+                .map(|q| &q.method)
+                .find(|q| {
+                    q.scheme == Scheme::Permit
+                        && q.network == m.network
+                        && q.asset.address == m.asset.address
+                })
+                .and_then(|q| q.spender)
+        })
+        .unwrap_or(m.pay_to)
+}
+
 /// `None` only if the amount did not render as a JSON number, which `format_base_units`
 /// (digits with at most one dot) rules out; such a component is left out, never guessed.
-fn seed_component(p: &PricedMethod) -> Option<SeedComponent> {
+fn seed_component(p: &PricedMethod, all: &[PricedMethod]) -> Option<SeedComponent> {
     let m: &PaymentMethod = &p.method;
     let human = format_base_units(p.amount, m.asset.decimals);
     let amount = RawValue::from_string(human).ok()?;
@@ -228,15 +253,16 @@ fn seed_component(p: &PricedMethod) -> Option<SeedComponent> {
             name: m.asset.name.clone(),
             decimals: m.asset.decimals,
             version: m.asset.version.clone(),
-            wallet_address: m.spender.unwrap_or(m.pay_to),
+            wallet_address: seed_wallet(p, all),
         },
     })
 }
 
 /// The seed-compatible 402 body as JSON text.
 pub fn seed_body(input: &ChallengeInput<'_>) -> String {
-    let components: Vec<SeedComponent> = input.accepts.iter().filter_map(seed_component).collect();
-    let methods: Vec<SeedComponent> = input.accepts.iter().filter_map(seed_component).collect();
+    let component = |p: &PricedMethod| seed_component(p, input.accepts);
+    let components: Vec<SeedComponent> = input.accepts.iter().filter_map(component).collect();
+    let methods: Vec<SeedComponent> = input.accepts.iter().filter_map(component).collect();
     let body = SeedChallenge {
         reason: input.reason.message().to_string(),
         error: Some(input.reason.code().to_string()),
@@ -365,6 +391,75 @@ mod tests {
             "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
         );
         assert_eq!(p["scheme"], "permit");
+    }
+
+    const SPENDER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+    const PAY_TO: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+
+    /// What x402-mock 0.1.x signs from a body: the first component whose token it knows,
+    /// an EIP-2612 permit to that component's `metadata.wallet_address`.
+    fn seed01_spender(body: &str, token: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let c = v["payment_scheme"]["payment_components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["token"].as_str().unwrap().eq_ignore_ascii_case(token))
+            .unwrap()
+            .clone();
+        c["metadata"]["wallet_address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn every_component_names_the_permit_spender_whatever_the_order() {
+        let token = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+        for accepts in [
+            [priced(Scheme::Exact), priced(Scheme::Permit)],
+            [priced(Scheme::Permit), priced(Scheme::Exact)],
+        ] {
+            let body = seed_body(&input(&accepts));
+            assert_eq!(seed01_spender(&body, token), SPENDER, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for list in [
+                &v["payment_scheme"]["payment_components"],
+                &v["payment_methods"],
+            ] {
+                for c in list.as_array().unwrap() {
+                    assert_eq!(c["metadata"]["wallet_address"], SPENDER, "{c}");
+                    // 0.3.x signs ERC-3009 to pay_to, which stays the recipient.
+                    assert_eq!(c["pay_to"], PAY_TO, "{c}");
+                }
+            }
+            // The configured order is kept.
+            assert_eq!(
+                v["payment_scheme"]["payment_components"][0]["scheme"],
+                serde_json::to_value(accepts[0].method.scheme).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_permit_in_that_asset_the_wallet_is_pay_to() {
+        let exact = priced(Scheme::Exact);
+        let body = seed_body(&input(std::slice::from_ref(&exact)));
+        assert_eq!(
+            seed01_spender(&body, "0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+            PAY_TO
+        );
+        // A permit in another asset (or on another network) is not this component's.
+        let mut other_asset = priced(Scheme::Permit);
+        other_asset.method.asset.address = Address::repeat_byte(0x42);
+        let mut other_network = priced(Scheme::Permit);
+        other_network.method.network = Network::eip155(8453);
+        let accepts = [exact, other_asset, other_network];
+        let v: serde_json::Value = serde_json::from_str(&seed_body(&input(&accepts))).unwrap();
+        let c = &v["payment_scheme"]["payment_components"];
+        assert_eq!(c[0]["metadata"]["wallet_address"], PAY_TO);
+        assert_eq!(c[1]["metadata"]["wallet_address"], SPENDER);
+        assert_eq!(c[2]["metadata"]["wallet_address"], SPENDER);
     }
 
     #[test]
