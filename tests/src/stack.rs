@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use x402_protocol::settler_api::{SettlementState, SettlementStatus};
 use x402_protocol::token::{key_id, signing_key_from_hex, verifying_key_to_hex};
 
-use crate::anvil::{dev_address, Anvil, DEV_KEYS};
+use crate::anvil::{dev_address, Anvil, AnvilOptions, DEV_KEYS};
 use crate::envoy::{Envoy, EnvoyOpts};
 use crate::settler::{usdc_terms, SettlerOptions, SettlerProcess};
 use crate::upstream::Upstream;
@@ -47,6 +47,16 @@ pub fn attach_settler_secret(config: &mut Value, opts: &mut EnvoyOpts, secret: O
     config["settler"]["api_secret_env"] = json!(crate::envoy::SETTLER_SECRET_ENV);
 }
 
+/// The chain of [`Stack::start_on_chain`]: anvil's chain id (default 31337) and where the
+/// test token lives (default: where it is deployed).
+#[derive(Debug, Clone, Default)]
+pub struct ChainSetup {
+    pub chain_id: Option<u64>,
+    /// The token's runtime code and name/symbol placed at this address
+    /// ([`Anvil::deploy_token_at`]).
+    pub token_at: Option<Address>,
+}
+
 /// Options of [`Stack::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
@@ -71,9 +81,25 @@ impl Stack {
         stack_opts: StackOptions,
         edit: impl FnOnce(&mut Value),
     ) -> Result<Stack> {
+        Self::start_on_chain(ChainSetup::default(), stack_opts, edit).await
+    }
+
+    /// [`Stack::start_with_filter`] on the chain `chain` describes (e.g. anvil as Sepolia with
+    /// the test token at Sepolia's USDC address, for clients with a built-in token table).
+    pub async fn start_on_chain(
+        chain: ChainSetup,
+        stack_opts: StackOptions,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Stack> {
         let dir = tempfile::Builder::new().prefix("x402-stack-").tempdir()?;
-        let anvil = Anvil::start()?;
-        let token = anvil.deploy_token().await?;
+        let anvil = Anvil::start_with(AnvilOptions {
+            chain_id: chain.chain_id.unwrap_or(crate::anvil::CHAIN_ID),
+            ..AnvilOptions::default()
+        })?;
+        let token = match chain.token_at {
+            Some(at) => anvil.deploy_token_at(at).await?,
+            None => anvil.deploy_token().await?,
+        };
         let key_file = dir.path().join("token.key");
         let db = format!(
             "sqlite://{}?mode=rwc",
