@@ -15,6 +15,7 @@ use x402_protocol::settler_api::PricedMethod;
 use x402_protocol::token::{verifying_key_from_hex, KeySet};
 use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Scheme, U256};
 
+use crate::discovery::{self, Discovery, MatchAsConfigured, RouteText};
 use crate::route_challenge::RouteChallenge;
 use crate::routes::{self, HostPattern, OtherMethods, PathMatch, Route, RouteTable};
 
@@ -129,6 +130,8 @@ pub struct FilterConfig {
     pub(crate) body_timeout: Duration,
     pub(crate) revocation: RevocationConfig,
     pub(crate) routes: RouteTable,
+    /// `GET <discovery.path>` (default `/.well-known/x402`): `None` when disabled.
+    pub(crate) discovery: Option<Discovery>,
 }
 
 impl fmt::Debug for FilterConfig {
@@ -167,6 +170,8 @@ struct RawConfig {
     body_timeout_ms: Option<u64>,
     #[serde(default)]
     revocation: Option<RawRevocation>,
+    #[serde(default)]
+    discovery: Option<RawDiscovery>,
     payment_methods: UniqueMap<RawMethod>,
     routes: Vec<RawRoute>,
 }
@@ -204,6 +209,16 @@ struct RawRevocation {
     interval_ms: Option<u64>,
     #[serde(default)]
     max_entries: Option<usize>,
+}
+
+/// `discovery`: the document listing the priced routes (on by default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -415,8 +430,10 @@ fn validate(
     }
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut texts = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let path = format!("routes[{i}]");
+        texts.push(route_text(&r));
         let route = validate_route(
             &path,
             r,
@@ -435,6 +452,8 @@ fn validate(
         check_shadowing(&path, &route, &routes, &prefix)?;
         routes.push(route);
     }
+    let discovery = validate_discovery(raw.discovery, &prefix)?
+        .map(|path| Discovery::build(path, &prefix, &routes, &texts));
 
     Ok(FilterConfig {
         token_endpoint_prefix: prefix,
@@ -448,7 +467,50 @@ fn validate(
         body_timeout: Duration::from_millis(body_timeout_ms),
         revocation,
         routes: RouteTable::new(routes),
+        discovery,
     })
+}
+
+/// A route's `match` and `price` as configured, for the discovery document (read before
+/// validation takes the route apart; a route that does not validate fails the config).
+fn route_text(r: &RawRoute) -> RouteText {
+    let m = &r.matcher;
+    let (kind, pattern) = match (&m.prefix, &m.exact, &m.template) {
+        (Some(p), _, _) => ("prefix", p),
+        (_, Some(e), _) => ("exact", e),
+        (_, _, Some(t)) => ("template", t),
+        _ => ("prefix", &r.name),
+    };
+    RouteText {
+        matcher: MatchAsConfigured {
+            kind,
+            pattern: pattern.clone(),
+        },
+        price: r.price.clone(),
+    }
+}
+
+/// `discovery`: the path to serve the document at, `None` when `enabled` is false.
+fn validate_discovery(
+    d: Option<RawDiscovery>,
+    prefix: &str,
+) -> Result<Option<String>, ConfigError> {
+    let (enabled, path) = match d {
+        None => (true, None),
+        Some(d) => (d.enabled.unwrap_or(true), d.path),
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let path = path.unwrap_or_else(|| discovery::DEFAULT_PATH.to_string());
+    check_path(&path).map_err(|m| ConfigError::new("discovery.path", m))?;
+    if path.starts_with(prefix) {
+        return Err(ConfigError::new(
+            "discovery.path",
+            format!("{path:?} is under token_endpoint_prefix {prefix:?}"),
+        ));
+    }
+    Ok(Some(path))
 }
 
 fn bounded(path: &str, v: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -1402,6 +1464,29 @@ mod tests {
             |v| v["revocation"] = json!({"every": 1}),
             "revocation.every",
         );
+    }
+
+    #[test]
+    fn discovery_defaults_and_errors() {
+        let d = sample_config().discovery.unwrap();
+        assert!(d.is_for("/.well-known/x402") && d.is_for("/.well-known/x402?x=1"));
+        assert!(!d.is_for("/.well-known/x402/") && !d.is_for("/.well-known/x4020"));
+        let mut v = sample();
+        v["discovery"] = json!({"path": "/x402.json"});
+        let d = parse_value(&v).unwrap().discovery.unwrap();
+        assert!(d.is_for("/x402.json"));
+        v["discovery"] = json!({"enabled": false, "path": "/x402.json"});
+        assert!(parse_value(&v).unwrap().discovery.is_none());
+        expect_err(|v| v["discovery"] = json!({"path": "x"}), "discovery.path");
+        expect_err(
+            |v| v["discovery"] = json!({"path": "/a?b"}),
+            "discovery.path",
+        );
+        expect_err(
+            |v| v["discovery"] = json!({"path": "/x402/token/list"}),
+            "discovery.path",
+        );
+        expect_err(|v| v["discovery"] = json!({"on": true}), "discovery.on");
     }
 
     #[test]

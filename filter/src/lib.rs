@@ -25,6 +25,7 @@ mod cache;
 mod challenge;
 pub mod config;
 mod decision;
+mod discovery;
 mod flow;
 mod grant;
 mod headers;

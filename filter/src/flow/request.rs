@@ -110,6 +110,20 @@ impl Request {
         if path.starts_with(cfg.token_endpoint_prefix.as_str()) {
             return self.token_endpoint_request(&worker, host, &headers, &path, end_of_stream);
         }
+        // The discovery document, answered here whatever route would match its path.
+        if let Some(d) = cfg.discovery.as_ref().filter(|d| d.is_for(&path)) {
+            let method = headers.get(":method");
+            match d.reply(method.as_deref()) {
+                Ok(doc) => {
+                    if let Err(e) = host.send_reply(doc) {
+                        log!(host, Error, "x402: cannot send the discovery document: {e}");
+                    }
+                    self.state = State::Done;
+                }
+                Err(refused) => self.answer(&worker, host, refused),
+            }
+            return Action::Pause;
+        }
 
         let mut attrs = Attrs::new(&headers);
         let (idx, rewrite) = match cfg.routes.lookup(&path, &mut attrs) {

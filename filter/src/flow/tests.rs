@@ -1999,3 +1999,148 @@ fn renewal_refuses_unusable_tokens_without_calling_the_settler() {
     );
     assert!(h.callouts.borrow().is_empty());
 }
+
+// ---- discovery ----
+
+fn discovery_get(h: &FakeHost, w: &Rc<Worker>, method: &str, path: &str) -> Action {
+    h.request(&[
+        (":method", method),
+        (":path", path),
+        (":authority", "api.example.com"),
+    ]);
+    h.clear_records();
+    Request::new(1, Some(w.clone())).on_request_headers(h, true)
+}
+
+#[test]
+fn discovery_document_lists_the_priced_routes_with_their_402_accepts() {
+    let h = host();
+    let w = worker(&h);
+    // The 402 of the weather route, to compare the document's accepts with.
+    weather(&h, &[]);
+    Request::new(1, Some(w.clone())).on_request_headers(&h, true);
+    let pr: Value = serde_json::from_slice(
+        &x402_protocol::b64::decode(h.reply().header("payment-required").unwrap()).unwrap(),
+    )
+    .unwrap();
+    h.replies.borrow_mut().clear();
+
+    for path in ["/.well-known/x402", "/.well-known/x402?agent=1"] {
+        for method in ["GET", "HEAD"] {
+            assert_eq!(discovery_get(&h, &w, method, path), Action::Pause);
+            let reply = h.reply();
+            assert_eq!(reply.status(), 200, "{method} {path}");
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+            assert_eq!(reply.header("cache-control"), Some("public, max-age=60"));
+            assert!(h.callouts.borrow().is_empty(), "no settler call");
+            assert!(h.counters().is_empty());
+            h.replies.borrow_mut().clear();
+        }
+    }
+    discovery_get(&h, &w, "GET", "/.well-known/x402");
+    let doc = h.reply().json();
+    assert_eq!(doc["x402Version"], 2);
+    assert_eq!(doc["token_endpoint_prefix"], "/x402/token/");
+    let weather = &doc["routes"][0];
+    assert_eq!(weather["name"], "weather");
+    assert_eq!(weather["match"], json!({"prefix": "/api/weather"}));
+    assert_eq!(
+        weather["methods"],
+        json!(["GET", "HEAD"]),
+        "GET prices HEAD too"
+    );
+    assert_eq!(weather["hosts"], Value::Null);
+    assert_eq!(weather["description"], "Weather");
+    assert_eq!(weather["mime_type"], "application/json");
+    assert_eq!(weather["price"], "0.01");
+    assert_eq!(weather["token_endpoint"], "/x402/token/weather");
+    let methods = weather["payment_methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    assert_eq!(methods[0]["scheme"], "exact");
+    assert_eq!(methods[0]["network"], "eip155:84532");
+    assert_eq!(
+        methods[0]["asset"],
+        json!({"address": crate::test_fixtures::USDC, "symbol": "USDC", "decimals": 6,
+               "name": "USDC", "version": "2"})
+    );
+    assert_eq!(methods[0]["pay_to"], crate::test_fixtures::PAY_TO);
+    assert_eq!(methods[0]["price"], "0.01");
+    assert_eq!(methods[0]["amount"], "10000");
+    assert_eq!(methods[1]["scheme"], "permit");
+    assert_eq!(methods[1]["spender"], crate::test_fixtures::SPENDER);
+    assert_eq!(weather["x402Version"], 2);
+    assert_eq!(weather["accepts"], pr["accepts"], "as in PAYMENT-REQUIRED");
+    let report = &doc["routes"][1];
+    assert_eq!(
+        report["match"],
+        json!({"template": "/api/users/{id}/report"})
+    );
+    assert_eq!(report["hosts"], json!(["api.example.com", "*.example.org"]));
+    assert_eq!(report["methods"], Value::Null, "every method");
+    assert_eq!(report["price"], "1.5");
+    assert_eq!(report["payment_methods"][0]["amount"], "1500000");
+
+    // Other methods: 405 naming GET and HEAD.
+    assert_eq!(
+        discovery_get(&h, &w, "POST", "/.well-known/x402"),
+        Action::Pause
+    );
+    let reply = h.reply();
+    assert_eq!(
+        (reply.status(), reply.code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(reply.header("allow"), Some("GET, HEAD"));
+}
+
+#[test]
+fn discovery_path_is_configurable_and_can_be_turned_off() {
+    let h = host();
+    let mut v = sample();
+    v["discovery"] = json!({"path": "/x402.json"});
+    let w = worker_for(&h, &v);
+    assert_eq!(discovery_get(&h, &w, "GET", "/x402.json"), Action::Pause);
+    assert_eq!(h.reply().status(), 200);
+    assert_eq!(h.reply().json()["routes"][0]["name"], "weather");
+    h.replies.borrow_mut().clear();
+    assert_eq!(
+        discovery_get(&h, &w, "GET", "/.well-known/x402"),
+        Action::Continue
+    );
+    assert!(
+        h.replies.borrow().is_empty(),
+        "the default path is the upstream's now"
+    );
+
+    v["discovery"] = json!({"enabled": false});
+    let w = worker_for(&h, &v);
+    assert_eq!(
+        discovery_get(&h, &w, "GET", "/.well-known/x402"),
+        Action::Continue
+    );
+    assert!(h.replies.borrow().is_empty());
+}
+
+#[test]
+fn discovery_is_answered_even_under_a_priced_catch_all() {
+    let h = host();
+    let mut v = sample();
+    let all = json!({"name": "all", "match": {"prefix": "/"}, "price": "0.001",
+                     "payment_methods": ["usdc-base"]});
+    v["routes"].as_array_mut().unwrap().push(all);
+    let w = worker_for(&h, &v);
+    assert_eq!(
+        discovery_get(&h, &w, "GET", "/.well-known/x402"),
+        Action::Pause
+    );
+    let reply = h.reply();
+    assert_eq!(reply.status(), 200, "the document, not a 402");
+    assert_eq!(reply.json()["routes"][2]["price"], "0.001");
+    // Anything else under the catch-all is priced as before.
+    h.replies.borrow_mut().clear();
+    assert_eq!(
+        discovery_get(&h, &w, "GET", "/.well-known/other"),
+        Action::Pause
+    );
+    assert_eq!(h.reply().status(), 402);
+}
