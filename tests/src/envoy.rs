@@ -620,14 +620,16 @@ pub fn request(addr: SocketAddr, req: &HttpRequest) -> anyhow::Result<HttpRespon
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
     let headers = crate::upstream::read_headers(&mut reader)?.unwrap_or_default();
-    let body =
-        if headers.contains_key("content-length") || headers.contains_key("transfer-encoding") {
-            crate::upstream::read_body(&mut reader, &headers)?
-        } else {
-            let mut b = Vec::new();
-            reader.read_to_end(&mut b)?;
-            b
-        };
+    // A HEAD answer has the GET's content-length but no body.
+    let body = if req.method.eq_ignore_ascii_case("HEAD") {
+        Vec::new()
+    } else if headers.contains_key("content-length") || headers.contains_key("transfer-encoding") {
+        crate::upstream::read_body(&mut reader, &headers)?
+    } else {
+        let mut b = Vec::new();
+        reader.read_to_end(&mut b)?;
+        b
+    };
     Ok(HttpResponse {
         status,
         headers,
