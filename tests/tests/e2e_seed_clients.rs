@@ -14,7 +14,7 @@
 //! only configure them), offline.
 
 // Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
