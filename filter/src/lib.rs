@@ -7,6 +7,7 @@
 //!   bodies). `test_fixtures` drives it through a fake host that records every host call.
 //! - the pure pieces it calls: [`config`] (plugin configuration), `routes` (matching),
 //!   `auth` + `cache` + `grant` (token checks), `challenge` + `route_challenge` (the 402),
+//!   `discovery` (the `/.well-known/x402` document, serialised at configure time),
 //!   `answer` (local replies), `token_endpoint` (the filter-served token endpoint),
 //!   `decision` (priced requests and the settler's answers), `identity` (who-paid headers,
 //!   anti-spoofing), `metrics` (counter names), `headers` (the serialized request header
