@@ -516,32 +516,30 @@ fn instructions_per_request(s: &Scenario, yaml: &str, t: &Tokens, n: usize) -> R
         }
         Ok(())
     };
-    ctl(&["-z"])?;
     ctl(&["-i", "on"])?;
     keep_alive(port, s.path, &header, n, s.expect_status)?;
     ctl(&["-i", "off"])?;
     ctl(&["-d"])?;
-    drop(envoy);
-    let mut total = 0u64;
-    for e in std::fs::read_dir(out_dir.path())? {
-        let text = std::fs::read_to_string(e?.path())?;
-        for l in text.lines() {
-            if let Some(v) = l
-                .strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-            {
-                total += v
+    // The dump is written after callgrind_control returns: wait for its `totals:` line.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let total = loop {
+        let mut found = None;
+        for e in std::fs::read_dir(out_dir.path())? {
+            let text = std::fs::read_to_string(e?.path()).unwrap_or_default();
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("totals:")) {
+                found = v
                     .split_whitespace()
                     .next()
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0);
-                break;
+                    .and_then(|x| x.parse::<u64>().ok());
             }
         }
-    }
-    if total == 0 {
-        bail!("{}: callgrind wrote no totals", s.name);
-    }
+        match found {
+            Some(t) => break t,
+            None if Instant::now() > deadline => bail!("{}: callgrind wrote no totals", s.name),
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    drop(envoy);
     Ok(total as f64 / n as f64)
 }
 
