@@ -59,6 +59,9 @@ done
 say "deploy test USDC, fund the payer with 10 USDC"
 TOKEN=$("$BIN/x402-devchain" --rpc "$RPC" deploy --mint "$PAYER_ADDR=10")
 echo "token $TOKEN"
+# The batch settlement contract (many payments per transaction; the EIP-2612 spender).
+SETTLEMENT=$("$BIN/x402-devchain" --rpc "$RPC" deploy-settlement --operator "$SETTLER_ADDR")
+echo "settlement contract $SETTLEMENT"
 
 say "settler on 127.0.0.1:$SETTLER_PORT (SQLite $RUN/settler.db)"
 rm -f "$RUN"/settler.db*
@@ -77,6 +80,7 @@ export X402_PUBLIC_KEY=$(python3 -c 'import json,sys; print(json.load(sys.stdin)
 EVM_PRIVATE_KEY=$SETTLER_KEY RUST_LOG=${RUST_LOG:-info} "$BIN/x402-settler" \
   --listen 127.0.0.1:$SETTLER_PORT --database-url "sqlite://$RUN/settler.db?mode=rwc" \
   --rpc "$NETWORK=$RPC" --token-key-file "$RUN/token.key" \
+  --settlement-contract "$NETWORK=$SETTLEMENT" \
   --api-secret-file "$RUN/api.secret" --terms-file "$RUN/terms.json" >"$RUN/settler.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$SETTLER_PORT/healthz" settler
@@ -84,7 +88,7 @@ wait_http "http://127.0.0.1:$SETTLER_PORT/healthz" settler
 say "demo API on 127.0.0.1:$UPSTREAM_PORT, Envoy with the x402 filter on 127.0.0.1:$ENVOY_PORT"
 python3 tools/demo_upstream.py $UPSTREAM_PORT >"$RUN/upstream.log" 2>&1 &
 pids+=($!)
-export X402_TOKEN_ADDRESS=$TOKEN X402_PAY_TO=$PAY_TO X402_SPENDER=$SETTLER_ADDR
+export X402_TOKEN_ADDRESS=$TOKEN X402_PAY_TO=$PAY_TO X402_SPENDER=$SETTLEMENT
 python3 tools/render.py envoy/envoy.yaml >"$RUN/envoy.yaml"
 X402_SETTLER_SECRET=$(cat "$RUN/api.secret")
 export X402_SETTLER_SECRET

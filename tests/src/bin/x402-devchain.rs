@@ -8,7 +8,7 @@ use alloy::providers::ProviderBuilder;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use x402_protocol::amount::{format_base_units, parse_decimal};
-use x402_testkit::anvil::{deploy_token_with, dev_signer, TestUsdc};
+use x402_testkit::anvil::{deploy_settlement_with, deploy_token_with, dev_signer, TestUsdc};
 
 const DECIMALS: u8 = 6;
 
@@ -31,6 +31,12 @@ enum Cmd {
     Deploy {
         #[arg(long, value_name = "ADDR=AMOUNT")]
         mint: Vec<String>,
+    },
+    /// Deploys the batch settlement contract (contracts/X402Settlement.sol), `--operator`
+    /// (the settler's wallet) allowed to settle through it; prints its address.
+    DeploySettlement {
+        #[arg(long, required = true)]
+        operator: Vec<Address>,
     },
     /// Prints the token balance of each address, in USDC.
     Balances {
@@ -61,6 +67,9 @@ async fn main() -> Result<()> {
                 }
             }
             println!("{token}");
+        }
+        Cmd::DeploySettlement { operator } => {
+            println!("{}", deploy_settlement_with(&provider, &operator).await?);
         }
         Cmd::Balances { token, addresses } => {
             let usdc = TestUsdc::new(token, &provider);
