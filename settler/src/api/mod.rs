@@ -14,14 +14,17 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::Router;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::Refusal;
+use crate::metrics as m;
 use crate::service::Service;
 
 /// What every handler shares.
@@ -241,5 +244,62 @@ pub(crate) fn check_facilitator_caller(
         Refusal::Unauthorized(
             "this endpoint requires a facilitator credential or the gateway's bearer secret".into(),
         )
+    })
+}
+
+/// The answer of a JSON API handler: the value, or the refusal counted and logged (warn for
+/// outages, info for the client's own mistakes) under `what` ("token request", ...).
+pub(super) fn answer<T>(what: &str, result: Result<T, Refusal>) -> Result<Json<T>, AppError> {
+    match result {
+        Ok(v) => Ok(Json(v)),
+        Err(e) => {
+            metrics::counter!(m::REJECTIONS, "code" => e.code()).increment(1);
+            if http_status(&e).is_server_error() {
+                tracing::warn!(code = e.code(), message = %e.message(), "{what} failed");
+            } else {
+                tracing::info!(code = e.code(), message = %e.message(), "{what} refused");
+            }
+            Err(AppError(e))
+        }
+    }
+}
+
+/// The request body of an authenticated JSON endpoint: the caller's bearer secret checked,
+/// the body within the size limit, a JSON object holding every one of `required`.
+pub(super) fn authenticated_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    required: &[&str],
+) -> Result<Bytes, Refusal> {
+    check_api_secret(st, headers)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::PayloadTooLarge("request body exceeds the size limit".into())
+        } else {
+            Refusal::InvalidRequest(e.body_text())
+        }
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Refusal::InvalidJson(format!("request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Refusal::InvalidJson(
+            "request body must be a JSON object".into(),
+        ));
+    }
+    for field in required {
+        if v.get(field).is_none() {
+            return Err(Refusal::InvalidRequest(format!(
+                "request field `{field}`: missing"
+            )));
+        }
+    }
+    Ok(body)
+}
+
+/// Reads a request type; the error names the field (`requirement.token_ttl_secs`, ...).
+pub(super) fn parse_fields<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(|e| {
+        Refusal::InvalidRequest(format!("request field `{}`: {}", e.path(), e.inner()))
     })
 }
