@@ -102,7 +102,7 @@ pub fn check_raw_token(
         Lookup::Miss => match keys.verify(token, now, leeway) {
             Ok(v) => {
                 let g = Rc::new(Grant::from_verified(&v));
-                cache.insert(token, g.clone(), now, leeway);
+                cache.insert(token, g.clone());
                 (g, false)
             }
             Err(e) => {

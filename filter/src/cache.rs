@@ -1,6 +1,8 @@
 //! Per-worker cache of verified tokens, keyed by the token string, so the ~170 us ES256K
-//! signature check runs once per token and worker. Bounded: when full, expired entries go
-//! first, then the oldest. An entry never outlives its token's `exp`.
+//! signature check runs once per token and worker. Bounded: when full, an insert evicts the
+//! oldest entry (first in, first out: the filter's tokens share one TTL, so the oldest is
+//! also the first to expire), in O(1) -- no pass over the entries. An entry never outlives
+//! its token's `exp`: an expired one is removed when looked up.
 //!
 //! A hit costs one hash of the token's tail and one comparison of the whole token, and
 //! hands out the shared [`Grant`] (which carries the precomputed identity header values):
@@ -98,6 +100,17 @@ impl TokenCache {
         self.map.is_empty()
     }
 
+    /// Removes the oldest live entry: O(1) amortised (stale queue slots, left by removed or
+    /// re-inserted tokens, are skipped; there are never more of them than live entries + 16).
+    fn evict_oldest(&mut self) {
+        while let Some((key, seq)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|e| e.seq == seq) {
+                self.map.remove(&key);
+                return;
+            }
+        }
+    }
+
     pub fn get(&mut self, token: &str, now: i64, leeway: i64) -> Lookup {
         match self.map.get(token) {
             None => Lookup::Miss,
@@ -109,21 +122,13 @@ impl TokenCache {
         }
     }
 
-    pub fn insert(&mut self, token: &str, grant: impl Into<Rc<Grant>>, now: i64, leeway: i64) {
+    pub fn insert(&mut self, token: &str, grant: impl Into<Rc<Grant>>) {
         if self.capacity == 0 {
             return;
         }
         let grant = grant.into();
-        if !self.map.contains_key(token) && self.map.len() >= self.capacity {
-            self.map.retain(|_, e| !e.grant.expired(now, leeway));
-            while self.map.len() >= self.capacity {
-                let Some((key, seq)) = self.order.pop_front() else {
-                    break;
-                };
-                if self.map.get(&key).is_some_and(|e| e.seq == seq) {
-                    self.map.remove(&key);
-                }
-            }
+        if self.map.len() >= self.capacity && !self.map.contains_key(token) {
+            self.evict_oldest();
         }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -159,7 +164,7 @@ mod tests {
     fn hit_miss_and_expiry() {
         let mut c = TokenCache::new(10);
         assert_eq!(c.get("a", 0, 5), Lookup::Miss);
-        c.insert("a", grant(100), 0, 5);
+        c.insert("a", grant(100));
         assert!(matches!(c.get("a", 50, 5), Lookup::Hit(_)));
         assert!(matches!(c.get("a", 105, 5), Lookup::Hit(_)), "leeway");
         assert_eq!(c.get("a", 106, 5), Lookup::Expired);
@@ -168,25 +173,25 @@ mod tests {
     }
 
     #[test]
-    fn bounded_evicts_expired_then_oldest() {
+    fn bounded_evicts_oldest_first() {
         let mut c = TokenCache::new(3);
-        c.insert("a", grant(10), 0, 0);
-        c.insert("b", grant(1000), 0, 0);
-        c.insert("c", grant(1000), 0, 0);
-        // Full: "a" is expired at t=20 and goes first.
-        c.insert("d", grant(1000), 20, 0);
+        c.insert("a", grant(10));
+        c.insert("b", grant(1000));
+        c.insert("c", grant(1000));
+        // Full: the oldest ("a") goes.
+        c.insert("d", grant(1000));
         assert_eq!(c.len(), 3);
         assert_eq!(c.get("a", 20, 0), Lookup::Miss);
         // Full, nothing expired: the oldest ("b") goes.
-        c.insert("e", grant(1000), 20, 0);
+        c.insert("e", grant(1000));
         assert_eq!(c.len(), 3);
         assert_eq!(c.get("b", 20, 0), Lookup::Miss);
         assert!(matches!(c.get("c", 20, 0), Lookup::Hit(_)));
         assert!(matches!(c.get("e", 20, 0), Lookup::Hit(_)));
         // Many inserts keep the order queue bounded.
         for i in 0..1000 {
-            c.insert(&format!("t{i}"), grant(1000), 20, 0);
-            c.insert("c", grant(1000), 20, 0);
+            c.insert(&format!("t{i}"), grant(1000));
+            c.insert("c", grant(1000));
         }
         assert!(c.len() <= 3);
         assert!(c.order.len() <= 2 * 3 + 16 + 1);
@@ -202,9 +207,9 @@ mod tests {
         let (t1, t2) = ("AAAA.0123456789abcdef", "BBBB.0123456789abcdef");
         assert_eq!(h(t1), h(t2));
         let mut c = TokenCache::new(10);
-        c.insert(t1, grant(100), 0, 0);
+        c.insert(t1, grant(100));
         assert_eq!(c.get(t2, 0, 0), Lookup::Miss);
-        c.insert(t2, grant(200), 0, 0);
+        c.insert(t2, grant(200));
         assert!(matches!(c.get(t1, 0, 0), Lookup::Hit(g) if g.expires_at == 100));
         assert!(matches!(c.get(t2, 0, 0), Lookup::Hit(g) if g.expires_at == 200));
     }
@@ -212,7 +217,7 @@ mod tests {
     #[test]
     fn zero_capacity_disables() {
         let mut c = TokenCache::new(0);
-        c.insert("a", grant(100), 0, 0);
+        c.insert("a", grant(100));
         assert_eq!(c.get("a", 0, 0), Lookup::Miss);
     }
 }

@@ -281,6 +281,10 @@ struct RawRoute {
     /// `"private, no-store"` (default) / `"upstream"`: the `Cache-Control` of paid responses.
     #[serde(default)]
     cache_control: Option<String>,
+    /// `true`: a request let through with a bearer token keeps its `Authorization` header
+    /// (default: removed before the upstream, as Envoy jwt_authn's `forward: false`).
+    #[serde(default)]
+    forward_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -1098,6 +1102,7 @@ fn validate_route(
         challenge,
         failure_mode,
         cache_control,
+        forward_token: r.forward_token,
     })
 }
 

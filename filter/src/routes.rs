@@ -266,6 +266,9 @@ pub struct Route {
     pub failure_mode: FailureMode,
     /// `routes[].cache_control` (default `private, no-store` on paid responses).
     pub cache_control: CacheControl,
+    /// `routes[].forward_token`: keep the client's `Authorization: Bearer <our token>` on
+    /// the way to the upstream (default: removed).
+    pub forward_token: bool,
 }
 
 impl Route {
@@ -863,6 +866,7 @@ mod tests {
             challenge: proto.challenge.clone(),
             failure_mode: proto.failure_mode,
             cache_control: proto.cache_control,
+            forward_token: false,
         }
     }
 

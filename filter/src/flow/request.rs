@@ -367,11 +367,17 @@ impl Request {
         }
     }
 
-    /// Lets a request through, paid by `grant`, with the who-paid headers for the upstream;
+    /// Lets a request through, paid by the bearer token `grant` came from, with the who-paid
+    /// headers for the upstream and without the token (unless the route's `forward_token`);
     /// its response gets `Cache-Control: private, no-store` unless the route keeps the
     /// upstream's.
     fn allow(&mut self, worker: &Worker, host: &impl Host, route: &Route, grant: &Grant) -> Action {
         worker.count(host, Counter::Accepted);
+        if !route.forward_token {
+            if let Err(e) = host.remove_request_header("authorization") {
+                log!(host, Warn, "x402: cannot remove the access token: {e}");
+            }
+        }
         set_identity_headers(host, identity::grant_headers(&route.name, grant));
         self.state = State::Forwarded {
             headers: Vec::new(),

@@ -500,7 +500,9 @@ fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
     let mut r = Request::new(1, Some(w.clone()));
     assert_eq!(r.on_request_headers(&h, true), Action::Continue);
     assert!(h.replies.borrow().is_empty());
-    assert_eq!(h.removed(), ["x-x402-payer"]);
+    // The forged identity and, not forwarded by default, our token.
+    assert_eq!(h.removed(), ["x-x402-payer", "authorization"]);
+    assert_eq!(h.header("authorization"), None);
     assert_eq!(h.set_request_headers(), identity("weather"));
     assert_eq!(h.header("x-x402-payer"), Some(payer()));
     assert_eq!(
@@ -509,7 +511,7 @@ fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
     );
     assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
 
-    // The same token again: served from the cache, in seven host calls.
+    // The same token again: served from the cache, in eight host calls.
     weather(&h, &[("authorization", &auth)]);
     h.clear_records();
     let mut r = Request::new(2, Some(w));
@@ -520,8 +522,8 @@ fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
     );
     assert_eq!(
         h.calls.get(),
-        7,
-        "header list, clock, two counters, three headers"
+        8,
+        "header list, clock, two counters, token removed, three headers"
     );
     // Its response: Cache-Control private, no-store (one more host call).
     h.clear_records();
@@ -531,6 +533,21 @@ fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
         [("cache-control".to_string(), "private, no-store".to_string())]
     );
     assert_eq!(h.calls.get(), 1);
+}
+
+#[test]
+fn forward_token_keeps_the_bearer_header_for_the_upstream() {
+    let h = host();
+    let mut cfg = sample();
+    cfg["routes"][0]["forward_token"] = json!(true);
+    let w = worker_for(&h, &cfg);
+    let auth = bearer("weather", 10_000);
+    weather(&h, &[("authorization", &auth)]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(h.removed().is_empty());
+    assert_eq!(h.header("authorization"), Some(auth));
+    assert_eq!(h.set_request_headers(), identity("weather"));
 }
 
 #[test]
@@ -613,7 +630,8 @@ fn without_a_header_list_headers_are_read_one_by_one() {
             "x-method-override",
             "x-x402-payer",
             "x-x402-route",
-            "x-x402-settlement-id"
+            "x-x402-settlement-id",
+            "authorization"
         ]
     );
     assert_eq!(h.set_request_headers(), identity("weather"));
