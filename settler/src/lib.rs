@@ -26,6 +26,8 @@ pub(crate) mod scheme;
 pub(crate) mod service;
 pub(crate) mod store;
 pub mod terms;
+#[cfg(test)]
+mod test_fixtures;
 pub(crate) mod verify;
 
 use std::collections::HashMap;

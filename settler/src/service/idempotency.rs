@@ -125,36 +125,12 @@ pub(crate) fn token_again(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::{Address, B256, U256};
-    use x402_protocol::payment::Sig;
-    use x402_protocol::{Network, Scheme};
+    use alloy::primitives::{B256, U256};
 
     use crate::store::PaymentRow;
 
     fn payment(id: &str) -> NewPayment {
-        NewPayment {
-            id: id.into(),
-            scheme: Scheme::Exact,
-            network: Network::eip155(31337),
-            asset: Address::repeat_byte(0xaa),
-            payer: Address::repeat_byte(0x11),
-            pay_to: Address::repeat_byte(0x22),
-            spender: None,
-            value: U256::from(10_000u64),
-            price: U256::from(10_000u64),
-            nonce: B256::repeat_byte(5),
-            valid_after: U256::ZERO,
-            deadline: U256::from(2_000_000_000u64),
-            sig: Sig {
-                r: B256::repeat_byte(1),
-                s: B256::repeat_byte(2),
-                v: 27,
-            },
-            route: "weather".into(),
-            resource: None,
-            format: "seed".into(),
-            created_ms: 1_000,
-        }
+        crate::test_fixtures::new_payment(id)
     }
 
     fn stored(state: SettlementState, broadcast: bool) -> StoredPayment {

@@ -86,37 +86,12 @@ impl Minter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::{Address, B256, U256};
-    use x402_protocol::payment::Sig;
-    use x402_protocol::{Network, Scheme};
 
     #[test]
     fn minting_is_deterministic_so_a_token_can_be_given_again() {
         let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
         let minter = Minter::new(key, "x402-settler".into(), 300, 3600);
-        let p = NewPayment {
-            id: "0190-abc".into(),
-            scheme: Scheme::Exact,
-            network: Network::eip155(31337),
-            asset: Address::repeat_byte(0xaa),
-            payer: Address::repeat_byte(0x11),
-            pay_to: Address::repeat_byte(0x22),
-            spender: None,
-            value: U256::from(10_000u64),
-            price: U256::from(10_000u64),
-            nonce: B256::repeat_byte(5),
-            valid_after: U256::ZERO,
-            deadline: U256::from(2_000_000_000u64),
-            sig: Sig {
-                r: B256::repeat_byte(1),
-                s: B256::repeat_byte(2),
-                v: 27,
-            },
-            route: "weather".into(),
-            resource: None,
-            format: "seed".into(),
-            created_ms: 1_000,
-        };
+        let p = crate::test_fixtures::new_payment("0190-abc");
         let first = minter.mint(&p, 1_700_000_000, 300);
         let again = minter.mint_at(&p, 1_700_000_000, 1_700_000_300, 1_700_000_100);
         assert_eq!(first.access_token, again.access_token);
