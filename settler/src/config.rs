@@ -186,7 +186,11 @@ pub struct ServeArgs {
     pub batch_max: u64,
     /// With `--settlement-contract`: how long the lane lets payments gather before signing a
     /// batch that is not full, milliseconds (0..=10000).
-    #[arg(long = "batch-wait-ms", env = "X402_BATCH_WAIT_MS", default_value_t = 50)]
+    #[arg(
+        long = "batch-wait-ms",
+        env = "X402_BATCH_WAIT_MS",
+        default_value_t = 50
+    )]
     pub batch_wait_ms: u64,
     /// Re-broadcast a sent transaction without receipt after this many seconds.
     #[arg(
