@@ -118,6 +118,9 @@ impl Lane {
                 if p.p.scheme == Scheme::Permit {
                     placed.push((p.p.asset, p.p.payer, p.permit_nonce()));
                 }
+                // Only a permit item runs a permit(): an ERC-3009 item must not record
+                // its batch as a `permit_tx`.
+                let with_permit = with_permit && p.p.scheme == Scheme::Permit;
                 batch.push(BatchEntry {
                     row: p,
                     with_permit,
