@@ -770,7 +770,7 @@ end
     md.push_str("## Edge: the filter inside Envoy vs Envoy's native jwt_authn (same run)\n\n");
     md.push_str(&format!(
         "Ratios to `no_filter` of the same round and `--concurrency` (requests/s), {rounds} rounds of {secs}s, wrk -c32 (`-t1`, `-t2` for `_c2`), ~{}-byte requests, direct_response upstream.\n\n",
-        header_for(&scenarios[0], &tokens).len() + 60
+        header_for(scenarios[0], &tokens).len() + 60
     ));
     md.push_str("| row | req/s (median) | ratio min | ratio median | ratio max |\n|---|---:|---:|---:|---:|\n");
     for l in &table {
