@@ -10,8 +10,64 @@ import os
 import re
 import sys
 
+def blank_literals(src: str) -> str:
+    """Replaces comments and the contents of string and char literals with spaces (same
+    length), so braces inside them (URI templates, format strings) do not count as blocks
+    and `crate::` in a doc comment is no edge."""
+    out, i, n = list(src), 0, len(src)
+    while i < n:
+        c = src[i]
+        if c == "/" and i + 1 < n and src[i + 1] in "/*":
+            # A comment: blanked too (it may hold quotes and braces).
+            end = src.find("\n", i) if src[i + 1] == "/" else src.find("*/", i + 2) + 2
+            end = n if end < i else end
+            for k in range(i, end):
+                if out[k] != "\n":
+                    out[k] = " "
+            i = end
+            continue
+        if c == "r" and i + 1 < n and src[i + 1] in "#\"" and (i == 0 or not (src[i - 1].isalnum() or src[i - 1] == "_")):
+            j = i + 1
+            hashes = 0
+            while j < n and src[j] == "#":
+                hashes += 1
+                j += 1
+            if j < n and src[j] == '"':
+                end = src.find('"' + "#" * hashes, j + 1)
+                end = n if end == -1 else end
+                for k in range(j + 1, end):
+                    if out[k] != "\n":
+                        out[k] = " "
+                i = end + 1 + hashes
+                continue
+        if c == '"':
+            j = i + 1
+            while j < n and src[j] != '"':
+                j += 2 if src[j] == "\\" else 1
+            for k in range(i + 1, min(j, n)):
+                if out[k] != "\n":
+                    out[k] = " "
+            i = j + 1
+            continue
+        if c == "'":
+            # A char literal ('{', '\'', '\u{7b}'), not a lifetime ('a).
+            if i + 2 < n and src[i + 1] == "\\":
+                end = src.find("'", i + 2)
+                if end != -1 and end - i <= 12:
+                    for k in range(i + 1, end):
+                        out[k] = " "
+                    i = end + 1
+                    continue
+            elif i + 2 < n and src[i + 2] == "'":
+                out[i + 1] = " "
+                i += 3
+                continue
+        i += 1
+    return "".join(out)
+
 def strip_cfg_test(src: str) -> str:
     """Removes `#[cfg(test)]` items (inline modules and single items) from the source."""
+    src = blank_literals(src)
     out, i = [], 0
     pat = re.compile(r"#\[cfg\(test\)\]")
     while True:
@@ -38,10 +94,6 @@ def strip_cfg_test(src: str) -> str:
             k += 1
         i = k + 1
     return "".join(out)
-
-def strip_comments(src: str) -> str:
-    src = re.sub(r"/\*.*?\*/", "", src, flags=re.S)
-    return re.sub(r"//[^\n]*", "", src)
 
 def module_path(src_root: str, path: str):
     rel = os.path.relpath(path, src_root)[:-3].split(os.sep)
@@ -80,7 +132,7 @@ def crate_graph(src_root: str):
     for mod, f in modules.items():
         if not mod:
             continue
-        src = strip_cfg_test(strip_comments(open(f, encoding="utf-8").read()))
+        src = strip_cfg_test(open(f, encoding="utf-8").read())
         refs = list(use_targets(src))
         for m in re.finditer(r"\bsuper::(\w+)", src):
             refs.append(mod[:-1] + (m.group(1),))

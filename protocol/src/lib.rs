@@ -17,6 +17,7 @@ pub mod method;
 pub mod payment;
 pub mod scheme;
 pub mod settler_api;
+pub mod shown;
 pub mod token;
 pub mod u256_serde;
 pub mod x402v2;

@@ -62,7 +62,7 @@ impl<'de> Visitor<'de> for U256Visitor {
         parse_str(v).ok_or_else(|| {
             E::custom(format!(
                 "{} is not an integer in 0..2^256 (decimal or 0x-hex)",
-                crate::scheme::shown(v)
+                crate::shown::shown(v)
             ))
         })
     }

@@ -208,7 +208,7 @@ pub mod word_serde {
             crate::payment::parse_word_str(v).ok_or_else(|| {
                 E::custom(format!(
                     "{} is not hex of at most 32 bytes",
-                    crate::scheme::shown(v)
+                    crate::shown::shown(v)
                 ))
             })
         }

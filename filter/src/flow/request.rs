@@ -219,6 +219,7 @@ impl Request {
                     PaymentOutcome::FailOpen(why) => {
                         worker.count(host, Counter::FailOpen);
                         log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                        drop_payment_header(host);
                         self.state = State::Forwarded {
                             headers: Vec::new(),
                             no_store: false,
@@ -563,11 +564,7 @@ impl Request {
                     }
                     set_identity_headers(host, ids.iter().map(|(n, v)| (*n, v.as_str())));
                 }
-                // The signed payment is spent: the API behind has no use for it, and it
-                // should not end up in its logs.
-                if let Err(e) = host.remove_request_header("payment-signature") {
-                    log!(host, Warn, "x402: cannot remove payment-signature: {e}");
-                }
+                drop_payment_header(host);
                 // The response carries a fresh access token: never stored by a cache,
                 // whatever the route's cache_control.
                 self.state = State::Forwarded {
@@ -593,6 +590,7 @@ impl Request {
                 worker.count(host, Counter::SettlerErrors);
                 worker.count(host, Counter::FailOpen);
                 log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
+                drop_payment_header(host);
                 self.state = State::Forwarded {
                     headers: Vec::new(),
                     no_store: false,
@@ -602,6 +600,15 @@ impl Request {
                 }
             }
         }
+    }
+}
+
+/// Removes `PAYMENT-SIGNATURE` before the request goes upstream: once paid, the signed
+/// payment is spent, and on fail-open it is unchecked; either way the API behind has no
+/// use for it, and it should not end up in its logs.
+fn drop_payment_header(host: &impl Host) {
+    if let Err(e) = host.remove_request_header("payment-signature") {
+        log!(host, Warn, "x402: cannot remove payment-signature: {e}");
     }
 }
 

@@ -951,6 +951,12 @@ fn an_unreachable_settler_opens_an_allow_route_and_counts_it() {
         assert!(h.replies.borrow().is_empty());
         assert_eq!(h.resumed.get(), 1);
         assert!(h.set_request_headers().is_empty(), "unpaid: no identity");
+        // The unchecked payment header does not travel to the upstream either.
+        assert!(
+            h.removed().iter().any(|n| n == "payment-signature"),
+            "{:?}",
+            h.removed()
+        );
         assert_eq!(
             h.counters(),
             counters(&[("x402_settler_errors", 1), ("x402_fail_open", 1)]),

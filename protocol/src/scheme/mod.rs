@@ -147,17 +147,7 @@ fn address(obj: &Value, field: &'static str) -> Result<Address, PaymentError> {
         .map_err(|_| field_err(field, format!("{} is not an address", shown(s))))
 }
 
-/// How a client's text is echoed in an error message: quoted, and cut to its first
-/// [`SHOWN_MAX`] characters (a field may be as large as the body limit allows).
-pub fn shown(s: &str) -> String {
-    match s.char_indices().nth(SHOWN_MAX) {
-        None => format!("{s:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
-    }
-}
-
-/// The longest client text an error message repeats (see [`shown`]).
-pub const SHOWN_MAX: usize = 80;
+pub use crate::shown::{shown, SHOWN_MAX};
 
 fn uint(obj: &Value, field: &'static str) -> Result<U256, PaymentError> {
     let v = get(obj, field)?;
