@@ -572,19 +572,6 @@ pub(crate) fn batch_call(token: Address, items: Vec<IX402Settlement::Item>) -> B
         .into()
 }
 
-/// True if `receipt` carries `Transfer(from, to, value)` emitted by `token`.
-pub fn has_transfer(
-    receipt: &TransactionReceipt,
-    token: Address,
-    from: Address,
-    to: Address,
-    value: U256,
-) -> bool {
-    transfer_logs(receipt)
-        .iter()
-        .any(|t| t.token == token && t.from == from && t.to == to && t.value == value)
-}
-
 /// All configured networks.
 #[derive(Clone, Default)]
 pub struct Chains {

@@ -305,23 +305,40 @@ async fn mined_transfers(
     payer: Address,
     open: &[OpenPayment],
 ) -> Result<U256, Refusal> {
-    let mut reads = tokio::task::JoinSet::new();
+    // One receipt read per transaction: a batch settles several of the payer's payments.
+    let mut by_tx: std::collections::HashMap<alloy::primitives::B256, Vec<&OpenPayment>> =
+        Default::default();
     for o in open
         .iter()
         .filter(|o| o.state == SettlementState::Submitted)
     {
         if let Some(h) = o.transfer_tx {
-            let (chain, o) = (chain.clone(), o.clone());
-            reads.spawn(async move { chain.receipt(h).await.map(|r| (o, r)) });
+            by_tx.entry(h).or_default().push(o);
         }
+    }
+    let mut reads = tokio::task::JoinSet::new();
+    for h in by_tx.keys().copied() {
+        let chain = chain.clone();
+        reads.spawn(async move { chain.receipt(h).await.map(|r| (h, r)) });
     }
     let mut mined = U256::ZERO;
     while let Some(r) = reads.join_next().await {
-        let (o, receipt) = r.map_err(|e| Refusal::Internal(format!("receipt read: {e}")))??;
-        if let Some(receipt) = receipt {
-            if receipt.status()
-                && crate::chain::has_transfer(&receipt, token, payer, o.pay_to, o.value)
+        let (h, receipt) = r.map_err(|e| Refusal::Internal(format!("receipt read: {e}")))??;
+        let Some(receipt) = receipt.filter(|r| r.status()) else {
+            continue;
+        };
+        // Each Transfer log pays for one payment at most: two equal payments in one batch
+        // whose one item failed must not both count as mined.
+        let mut logs: Vec<_> = crate::chain::transfer_logs(&receipt)
+            .into_iter()
+            .filter(|l| l.token == token && l.from == payer)
+            .collect();
+        for o in by_tx.get(&h).into_iter().flatten() {
+            if let Some(i) = logs
+                .iter()
+                .position(|l| l.to == o.pay_to && l.value == o.value)
             {
+                logs.swap_remove(i);
                 mined = mined.saturating_add(o.value);
             }
         }
