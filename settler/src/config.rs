@@ -516,6 +516,12 @@ pub fn load_caller_auth(args: &ServeArgs) -> anyhow::Result<CallerAuth> {
         None => Vec::new(),
     };
     if gateway.is_none() {
+        // Partners authenticate but the token API would not: a partner (or anyone local)
+        // could then state its own requirement to /v1/tokens. One secret means all do.
+        anyhow::ensure!(
+            facilitators.is_empty(),
+            "--facilitator-credentials-file is set but --api-secret-file is not: the token API would be open while the facilitator API is not; set --api-secret-file too"
+        );
         anyhow::ensure!(
             is_loopback_listen(&args.listen),
             "--listen {} is not a loopback address: caller authentication is required, set --api-secret-file (env X402_API_SECRET_FILE) to a file holding the gateway's secret (at least {MIN_SECRET_LEN} characters)",

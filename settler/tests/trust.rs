@@ -83,6 +83,18 @@ async fn no_start_on_a_public_address_without_a_secret() {
     assert!(log.contains("--api-secret-file"), "{log}");
     assert!(log.contains("not a loopback address"), "{log}");
 
+    // Facilitator credentials without the gateway's secret, even on loopback: refused
+    // (the token API would be the open door next to a locked one).
+    let creds = dir.path().join("partners");
+    std::fs::write(&creds, format!("partner-a:{PARTNER_SECRET}\n")).unwrap();
+    let local = format!("127.0.0.1:{port}");
+    let mut args = base.to_vec();
+    args[1] = &local;
+    args.extend(["--facilitator-credentials-file", creds.to_str().unwrap()]);
+    let (code, log) = run_to_exit(&args);
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("--api-secret-file is not"), "{log}");
+
     // A secret that is too short is refused too, naming the flag.
     let short = dir.path().join("short.secret");
     std::fs::write(&short, "only-twenty-chars-xx\n").unwrap();

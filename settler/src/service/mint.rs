@@ -34,7 +34,7 @@ impl Minter {
         if requested > 0 {
             requested.min(self.max_ttl)
         } else {
-            self.default_ttl
+            self.default_ttl.min(self.max_ttl)
         }
     }
 
