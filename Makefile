@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup wasm build test lint unit e2e demo run bench contracts fmt clippy clean fuzz fuzz-smoke
+.PHONY: all setup wasm build test lint unit e2e demo run bench contracts fmt clippy clean fuzz fuzz-smoke images deny
 
 all: build wasm
 
@@ -29,16 +29,17 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	python3 tools/check-module-cycles.py
 
-# Fuzz targets (fuzz/, cargo-fuzz on nightly), one at a time: FUZZ_SECS each for `fuzz`, a
-# few seconds each for `fuzz-smoke` (part of `test`: a target that no longer builds or
-# crashes at once fails the build).
+# Fuzz targets (fuzz/, cargo-fuzz on nightly), one at a time: FUZZ_SECS each, random, for
+# `fuzz`; for `fuzz-smoke` (part of `test`) the committed seeds and FUZZ_SMOKE_RUNS inputs
+# from a fixed seed, so it is repeatable: a target that no longer builds, or crashes on a
+# seed or on those inputs, fails the build.
 FUZZ_SECS ?= 180
-FUZZ_SMOKE_SECS ?= 5
+FUZZ_SMOKE_RUNS ?= 4000
 fuzz: setup
 	@bash fuzz/run.sh $(FUZZ_SECS)
 
 fuzz-smoke: setup
-	@bash fuzz/run.sh $(FUZZ_SMOKE_SECS)
+	@bash fuzz/run.sh --runs $(FUZZ_SMOKE_RUNS)
 
 unit: setup
 	$(CARGO) test --workspace --lib --bins
@@ -48,6 +49,17 @@ demo: setup wasm build
 
 run: setup wasm build
 	@bash tools/demo.sh run
+
+# OCI archives of the filter (Istio WasmPlugin layout) and the settler (FROM scratch,
+# non-root) in target/images/, reproducible, with their digests (tools/images.sh).
+images: setup wasm
+	@bash tools/images.sh
+
+# cargo deny: licences, banned/duplicate crates, sources (offline: advisories need the
+# advisory database from GitHub). Not part of `test`: installing cargo-deny is a long build
+# (tools/deny.sh installs it on first use).
+deny: setup
+	@bash tools/deny.sh
 
 bench: setup wasm
 	$(CARGO) build --release -p x402-settler
