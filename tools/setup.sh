@@ -13,6 +13,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # The wasm filter needs a Rust that can build std for wasm32-wasip1. When rustup already has
 # that target we use it; otherwise Debian's rustc-web ships the std sources to build it.
 apt_pkgs=(wrk hyperfine curl)
+# make images: skopeo and umoci read the OCI archives back (tools/images.sh).
+apt_pkgs+=(skopeo umoci)
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   apt_pkgs+=(rustc-web cargo-web rust-web-src lld-16 wasi-libc)
 fi
