@@ -50,7 +50,14 @@ fn untyped(json: &[u8]) -> Option<(ClientPayment, PaymentFormat)> {
 /// The typed x402 v2 payload: when it converts, `parse_payment` must give the same payment,
 /// and the payload must round-trip through its own serialisation.
 fn typed(json: &[u8], untyped_result: &Option<(ClientPayment, PaymentFormat)>) {
-    let Ok(pp) = serde_json::from_slice::<PaymentPayload>(json) else {
+    // As the settler reads it: JSON text first (its facilitator API parses a `Value`), so
+    // bytes that are not UTF-8 are refused. `from_slice` into a typed struct skips an ignored
+    // field's string without checking its UTF-8; this target found that as a disagreement
+    // with `parse_payment` (input kept as a seed), which no production path has.
+    let Ok(text) = std::str::from_utf8(json) else {
+        return;
+    };
+    let Ok(pp) = serde_json::from_str::<PaymentPayload>(text) else {
         return;
     };
     let again: PaymentPayload = match serde_json::to_vec(&pp).map(|v| serde_json::from_slice(&v)) {
