@@ -47,6 +47,14 @@ pub fn python_seed01_bin() -> PathBuf {
     tool("X402_PYTHON_SEED01", "tools/.venv-seed01/bin/python")
 }
 
+/// Node.js, for the official `@x402/fetch` client (tests/node/pay.mjs; its packages are in
+/// `tools/node_modules`, installed by `make setup`). Default: `node` on `PATH`.
+pub fn node_bin() -> PathBuf {
+    std::env::var_os("X402_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("node"))
+}
+
 /// The compiled test token (ABI + bytecode).
 pub fn token_artifact() -> PathBuf {
     root().join("contracts/build/TestUSDC.json")
