@@ -17,8 +17,9 @@ the ones an owner of a custom token must give:
 
 Routes: ``GET /paid`` (priced; answers ``{"paid": true, "payer": ...}``) and ``GET /free``
 (unpriced, used as a readiness probe). Prints ``listening <port>`` on stdout once the socket is
-bound, after the middleware has read ``/supported`` (a misconfigured facilitator stops it
-there). Only loopback connections are allowed (``offline_guard``).
+bound, after the middleware has tried ``/supported`` (when the facilitator cannot be reached
+the SDK only warns, and tries again on the first priced request). Only loopback connections
+are allowed (``offline_guard``).
 
 Usage:
   tools/.venv/bin/python tests/python/facilitator_server.py --port 18801 \

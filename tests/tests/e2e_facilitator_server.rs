@@ -142,7 +142,8 @@ impl Env {
 }
 
 /// Starts `facilitator_server.py` and waits until its free route answers (it reads the
-/// settler's `/supported` before it binds).
+/// settler's `/supported` before it binds). A port taken between `free_port` and the bind
+/// (the server exits with "Address already in use") is retried on another port.
 async fn start_server(
     dir: &Path,
     settler_url: &str,
@@ -151,46 +152,53 @@ async fn start_server(
     token: Address,
     pay_to: Address,
 ) -> PyServer {
-    let port = ports::free_port();
-    let log = dir.join("server.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(paths::python_bin())
-        .arg(paths::root().join("tests/python/facilitator_server.py"))
-        .args(["--port", &port.to_string()])
-        .args(["--facilitator-url", settler_url])
-        .arg("--facilitator-secret-file")
-        .arg(secret_file)
-        .args(["--network", network])
-        .args(["--asset", &token.to_checksum(None)])
-        .args(["--pay-to", &pay_to.to_checksum(None)])
-        .args(["--amount", &PRICE.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start tests/python/facilitator_server.py (make setup installs tools/.venv)");
-    let mut server = PyServer { child, port, log };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!("the x402 server exited ({status}):\n{}", server.log());
-        }
-        if let Ok(r) = http.get(server.url("/free")).send().await {
-            if r.status().is_success() {
-                return server;
+    for attempt in 0..3 {
+        let port = ports::free_port();
+        let log = dir.join(format!("server-{attempt}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(paths::python_bin())
+            .arg(paths::root().join("tests/python/facilitator_server.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--facilitator-url", settler_url])
+            .arg("--facilitator-secret-file")
+            .arg(secret_file)
+            .args(["--network", network])
+            .args(["--asset", &token.to_checksum(None)])
+            .args(["--pay-to", &pay_to.to_checksum(None)])
+            .args(["--amount", &PRICE.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start tests/python/facilitator_server.py (make setup installs tools/.venv)");
+        let mut server = PyServer { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                let log = server.log();
+                if log.contains("Address already in use") {
+                    break; // next attempt, another port
+                }
+                panic!("the x402 server exited ({status}):\n{log}");
             }
+            if let Ok(r) = http.get(server.url("/free")).send().await {
+                if r.status().is_success() {
+                    return server;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the x402 server did not answer /free:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the x402 server did not answer /free:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    panic!("the x402 server found no free port in 3 attempts");
 }
 
 fn decode_b64_json(header: &str) -> Value {
