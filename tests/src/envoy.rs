@@ -1,8 +1,9 @@
 //! Envoy with the x402 filter, as a real process on 127.0.0.1.
 //!
 //! [`Envoy::start`] writes a bootstrap YAML into a temp dir (one listener with the HTTP
-//! connection manager, the wasm filter loading [`paths::filter_wasm`] on the V8 runtime, the
-//! router; an `upstream` cluster; the `x402_settler` cluster; admin), runs
+//! connection manager, the wasm filter loading [`paths::filter_wasm`] on the V8 runtime (or
+//! downloading it over HTTP, pinned by sha256: [`EnvoyOpts::remote_wasm`]), the router; an
+//! `upstream` cluster; the `x402_settler` cluster; admin), runs
 //! [`paths::envoy_bin`] with `--concurrency 1 --use-dynamic-base-id` so parallel Envoys never
 //! share hot-restart memory, waits for admin `/ready` and for the listener to accept, and kills
 //! the process on drop. Errors carry the tail of Envoy's log.
@@ -56,6 +57,20 @@ pub struct EnvoyOpts {
     pub domains: Vec<String>,
     /// The connection manager's `strip_any_host_port` (default off).
     pub strip_any_host_port: bool,
+    /// Fetch the module over HTTP (`vm_config.code.remote`, pinned by sha256) instead of
+    /// reading [`EnvoyOpts::wasm`] from disk; a `wasm_server` cluster points at the server.
+    pub remote_wasm: Option<RemoteWasm>,
+}
+
+/// Where Envoy downloads the filter from, and the sha256 it must have.
+#[derive(Debug, Clone)]
+pub struct RemoteWasm {
+    /// Port of the HTTP server on 127.0.0.1.
+    pub port: u16,
+    /// Path of the module on it (`/x402_filter.wasm`).
+    pub path: String,
+    /// Lower-case hex sha256 Envoy checks the download against.
+    pub sha256: String,
 }
 
 impl Default for EnvoyOpts {
@@ -73,6 +88,7 @@ impl Default for EnvoyOpts {
             normalize_paths: true,
             domains: vec!["*".to_string()],
             strip_any_host_port: false,
+            remote_wasm: None,
         }
     }
 }
@@ -169,12 +185,12 @@ static_resources:
                 vm_config:
                   vm_id: x402
                   runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {wasm}}}}}
+                  code: {code}
 {vm_env}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-{upstream_cluster}  - name: x402_settler
+{upstream_cluster}{wasm_cluster}  - name: x402_settler
     type: STATIC
     connect_timeout: 0.5s
     {settler_endpoint}
@@ -193,7 +209,22 @@ static_resources:
         domains = serde_json::to_string(&opts.domains).unwrap_or_else(|_| "[\"*\"]".to_string()),
         allow = opts.allow_on_headers_stop_iteration,
         config = quoted(filter_config_json),
-        wasm = quoted(&wasm.to_string_lossy()),
+        code = match &opts.remote_wasm {
+            // One retry only: a module that fails its hash fails it again.
+            Some(r) => format!(
+                "{{remote: {{http_uri: {{uri: {uri}, cluster: wasm_server, timeout: 10s}}, sha256: {sha}, retry_policy: {{num_retries: 1}}}}}}",
+                uri = quoted(&format!("http://127.0.0.1:{}{}", r.port, r.path)),
+                sha = quoted(&r.sha256),
+            ),
+            None => format!("{{local: {{filename: {}}}}}", quoted(&wasm.to_string_lossy())),
+        },
+        wasm_cluster = match &opts.remote_wasm {
+            Some(r) => format!(
+                "  - name: wasm_server\n    type: STATIC\n    connect_timeout: 1s\n    {}\n",
+                endpoint("wasm_server", r.port)
+            ),
+            None => String::new(),
+        },
         settler_endpoint = endpoint("x402_settler", settler_port),
         vm_env = match opts.settler_secret {
             Some(_) => format!(
