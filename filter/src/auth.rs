@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use x402_protocol::challenge::Reason;
-use x402_protocol::token::KeySet;
+use x402_protocol::token::{KeySet, TokenError};
 
 use crate::cache::{Lookup, TokenCache};
 use crate::grant::Grant;
@@ -38,7 +38,7 @@ fn has_whitespace(s: &str) -> bool {
 
 /// Does the grant pay for `route`? Same route name, and one of the route's methods on the
 /// same (network, asset) with a price not above the amount paid.
-pub fn authorize(route: &Route, g: &Grant) -> Result<(), Reason> {
+pub(crate) fn authorize(route: &Route, g: &Grant) -> Result<(), Reason> {
     if g.route != route.name {
         return Err(Reason::WrongRoute);
     }
@@ -52,71 +52,130 @@ pub fn authorize(route: &Route, g: &Grant) -> Result<(), Reason> {
     }
 }
 
+/// Where a token's verdict came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The worker's own cache.
+    Cache,
+    /// The table all workers share: verified by another worker, or relayed freshly minted.
+    Shared,
+    /// The signature was checked here (whatever the verdict: bad signatures and time windows
+    /// are found after the check).
+    Signature,
+    /// Refused before any signature check: not a JWT, unknown algorithm or key, oversized.
+    Unverifiable,
+}
+
+/// The verified tokens the workers share (see `shared_tokens`), looked up behind the
+/// worker's own cache and before any signature check.
+pub(crate) trait SharedVerdicts {
+    /// The grant stored for exactly this token, if any.
+    fn find(&self, token: &str) -> Option<Grant>;
+    /// Stores the grant of a token whose signature was just checked.
+    fn publish(&self, token: &str, grant: &Grant);
+}
+
+/// No shared table: one worker on its own.
+#[cfg(test)]
+pub(crate) struct Unshared;
+
+#[cfg(test)]
+impl SharedVerdicts for Unshared {
+    fn find(&self, _token: &str) -> Option<Grant> {
+        None
+    }
+    fn publish(&self, _token: &str, _grant: &Grant) {}
+}
+
 /// Outcome of checking a request's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenCheck {
     /// The grant is shared with the cache: a hit allocates nothing.
     pub result: Result<Rc<Grant>, Reason>,
-    /// `Some(true)` when served from the cache, `Some(false)` when the signature was checked,
-    /// `None` when no cache lookup happened (no or malformed header).
-    pub cache_hit: Option<bool>,
+    /// `None` when no token was looked at (no or malformed header).
+    pub source: Option<Source>,
 }
 
 /// Full check of the `Authorization` header for `route` at unix time `now`.
-pub fn check_token(
+pub(crate) fn check_token(
     keys: &KeySet,
     leeway: i64,
     cache: &mut TokenCache,
+    shared: &impl SharedVerdicts,
     route: &Route,
     authorization: Option<&str>,
     now: i64,
 ) -> TokenCheck {
     match bearer(authorization) {
-        Ok(token) => check_raw_token(keys, leeway, cache, route, token, now),
+        Ok(token) => check_raw_token(keys, leeway, cache, shared, route, token, now),
         Err(reason) => TokenCheck {
             result: Err(reason),
-            cache_hit: None,
+            source: None,
         },
     }
 }
 
-/// Checks a token as such (no header to parse) for `route`: served from the cache, or its
-/// signature and time window are verified and it is cached (whether or not it pays for
-/// `route`: the cache holds what a token grants, the route check runs on every use).
-pub fn check_raw_token(
+/// Checks a token as such (no header to parse) for `route`: see [`verdict`]; the route
+/// check runs on every use (the caches hold what a token grants, whatever the route).
+pub(crate) fn check_raw_token(
     keys: &KeySet,
     leeway: i64,
     cache: &mut TokenCache,
+    shared: &impl SharedVerdicts,
     route: &Route,
     token: &str,
     now: i64,
 ) -> TokenCheck {
-    let (grant, hit) = match cache.get(token, now, leeway) {
-        Lookup::Hit(g) => (g, true),
-        Lookup::Expired => {
-            return TokenCheck {
-                result: Err(Reason::Expired),
-                cache_hit: Some(true),
-            }
-        }
-        Lookup::Miss => match keys.verify(token, now, leeway) {
-            Ok(v) => {
-                let g = Rc::new(Grant::from_verified(&v));
-                cache.insert(token, g.clone());
-                (g, false)
-            }
-            Err(e) => {
-                return TokenCheck {
-                    result: Err(e.reason()),
-                    cache_hit: Some(false),
-                }
-            }
-        },
-    };
-    let result = authorize(route, &grant).map(|_| grant);
+    let (result, source) = verdict(keys, leeway, cache, shared, token, now);
     TokenCheck {
-        result,
-        cache_hit: Some(hit),
+        result: result.and_then(|g| authorize(route, &g).map(|_| g)),
+        source: Some(source),
+    }
+}
+
+/// What `token` grants at `now`: from the worker's cache; else from the shared table (then
+/// cached); else its signature and time window are verified, and a token that checks out
+/// is cached and published to the shared table. Failures are never cached.
+pub(crate) fn verdict(
+    keys: &KeySet,
+    leeway: i64,
+    cache: &mut TokenCache,
+    shared: &impl SharedVerdicts,
+    token: &str,
+    now: i64,
+) -> (Result<Rc<Grant>, Reason>, Source) {
+    match cache.get(token, now, leeway) {
+        Lookup::Hit(g) => return (Ok(g), Source::Cache),
+        Lookup::Expired => return (Err(Reason::Expired), Source::Cache),
+        Lookup::Miss => {}
+    }
+    if let Some(g) = shared.find(token) {
+        if g.expired(now, leeway) {
+            return (Err(Reason::Expired), Source::Shared);
+        }
+        let g = Rc::new(g);
+        cache.insert(token, g.clone());
+        return (Ok(g), Source::Shared);
+    }
+    match keys.verify(token, now, leeway) {
+        Ok(v) => {
+            let g = Rc::new(Grant::from_verified(&v));
+            cache.insert(token, g.clone());
+            shared.publish(token, &g);
+            (Ok(g), Source::Signature)
+        }
+        Err(e) => {
+            let source = match e {
+                TokenError::BadSignature | TokenError::Expired | TokenError::NotYetValid => {
+                    Source::Signature
+                }
+                TokenError::Oversized
+                | TokenError::Malformed
+                | TokenError::UnsupportedAlgorithm
+                | TokenError::UnknownKey => Source::Unverifiable,
+            };
+            (Err(e.reason()), source)
+        }
     }
 }
 
@@ -157,11 +216,19 @@ mod tests {
         let now = 1_800_000_000;
         let t = mint(&signing_key(), "k1", claims("weather", 10_000), now, 300);
         let h = format!("Bearer {t}");
-        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now);
-        assert_eq!(c.cache_hit, Some(false));
+        let c = check_token(&cfg.keys, 5, &mut cache, &Unshared, route, Some(&h), now);
+        assert_eq!(c.source, Some(Source::Signature));
         assert!(c.result.is_ok());
-        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now + 1);
-        assert_eq!(c.cache_hit, Some(true));
+        let c = check_token(
+            &cfg.keys,
+            5,
+            &mut cache,
+            &Unshared,
+            route,
+            Some(&h),
+            now + 1,
+        );
+        assert_eq!(c.source, Some(Source::Cache));
         let g = c.result.unwrap();
         assert_eq!(g.payer, Address::repeat_byte(0x11));
         assert_eq!(
@@ -170,13 +237,29 @@ mod tests {
             "checksummed once, when verified"
         );
         // Cached, but for another route.
-        let c = check_token(&cfg.keys, 5, &mut cache, other, Some(&h), now + 1);
+        let c = check_token(
+            &cfg.keys,
+            5,
+            &mut cache,
+            &Unshared,
+            other,
+            Some(&h),
+            now + 1,
+        );
         assert_eq!(
-            (c.result, c.cache_hit),
-            (Err(Reason::WrongRoute), Some(true))
+            (c.result, c.source),
+            (Err(Reason::WrongRoute), Some(Source::Cache))
         );
         // Cached, then expired.
-        let c = check_token(&cfg.keys, 5, &mut cache, route, Some(&h), now + 306);
+        let c = check_token(
+            &cfg.keys,
+            5,
+            &mut cache,
+            &Unshared,
+            route,
+            Some(&h),
+            now + 306,
+        );
         assert_eq!(c.result, Err(Reason::Expired));
         // Checks `token` as a bearer header on `route` at `now`.
         let check = |cache: &mut TokenCache, token: &str| {
@@ -184,6 +267,7 @@ mod tests {
                 &cfg.keys,
                 5,
                 cache,
+                &Unshared,
                 route,
                 Some(&format!("Bearer {token}")),
                 now,
@@ -231,15 +315,33 @@ mod tests {
         );
         assert_eq!(check(&mut cache, &old).result, Err(Reason::Expired));
         assert_eq!(
-            check_token(&cfg.keys, 5, &mut cache, route, Some("Bearer garbage"), now).result,
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                &Unshared,
+                route,
+                Some("Bearer garbage"),
+                now
+            )
+            .result,
             Err(Reason::MalformedToken)
         );
         assert_eq!(
-            check_token(&cfg.keys, 5, &mut cache, route, Some("Token x"), now).result,
+            check_token(
+                &cfg.keys,
+                5,
+                &mut cache,
+                &Unshared,
+                route,
+                Some("Token x"),
+                now
+            )
+            .result,
             Err(Reason::MalformedHeader)
         );
         assert_eq!(
-            check_token(&cfg.keys, 5, &mut cache, route, None, now).result,
+            check_token(&cfg.keys, 5, &mut cache, &Unshared, route, None, now).result,
             Err(Reason::MissingToken)
         );
         // Failures are never cached; the expired token left the cache; three valid JWTs remain.

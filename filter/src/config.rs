@@ -27,6 +27,9 @@ const DEFAULT_CLOCK_LEEWAY_SECS: u64 = 5;
 const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
 const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
 const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+/// Slots of the verified-token table the workers share: ~1 KB each with real tokens.
+const DEFAULT_SHARED_TOKEN_SLOTS: usize = 4096;
+const MAX_SHARED_TOKEN_SLOTS: usize = 65_536;
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 const DEFAULT_BODY_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_REVOCATION_PATH: &str = "/v1/revocations";
@@ -125,6 +128,8 @@ pub struct FilterConfig {
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) max_timeout_seconds: u64,
     pub(crate) token_cache_size: usize,
+    /// Slots of the verified-token table shared by the workers (`shared_tokens`); 0: off.
+    pub(crate) shared_token_slots: usize,
     pub(crate) max_body_bytes: usize,
     /// How long the token endpoint waits for the whole request body.
     pub(crate) body_timeout: Duration,
@@ -164,6 +169,8 @@ struct RawConfig {
     max_timeout_seconds: Option<u64>,
     #[serde(default)]
     token_cache_size: Option<usize>,
+    #[serde(default)]
+    shared_token_slots: Option<usize>,
     #[serde(default)]
     max_body_bytes: Option<usize>,
     #[serde(default)]
@@ -396,6 +403,12 @@ fn validate(
         0,
         MAX_TOKEN_CACHE_SIZE as u64,
     )? as usize;
+    let shared_token_slots = bounded(
+        "shared_token_slots",
+        raw.shared_token_slots.unwrap_or(DEFAULT_SHARED_TOKEN_SLOTS) as u64,
+        0,
+        MAX_SHARED_TOKEN_SLOTS as u64,
+    )? as usize;
     let max_body_bytes = bounded(
         "max_body_bytes",
         raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) as u64,
@@ -467,6 +480,7 @@ fn validate(
         token_ttl_secs,
         max_timeout_seconds,
         token_cache_size,
+        shared_token_slots,
         max_body_bytes,
         body_timeout: Duration::from_millis(body_timeout_ms),
         revocation,
@@ -1246,6 +1260,7 @@ mod tests {
         assert_eq!(cfg.token_ttl_secs, 300);
         assert_eq!(cfg.max_timeout_seconds, 300);
         assert_eq!(cfg.token_cache_size, 10_000);
+        assert_eq!(cfg.shared_token_slots, 4096);
         assert_eq!(cfg.max_body_bytes, 16384);
         assert_eq!(cfg.body_timeout, Duration::from_millis(5000));
         assert_eq!(cfg.settler.authority, "x402_settler");

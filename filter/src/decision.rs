@@ -9,7 +9,6 @@ use x402_protocol::x402v2::SettleResponse;
 
 use crate::answer::HttpAnswer;
 use crate::auth::{self, TokenCheck};
-use crate::cache::TokenCache;
 use crate::config::{FailureMode, FilterConfig};
 use crate::grant::Grant;
 use crate::routes::Route;
@@ -188,34 +187,25 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
     deny(outage_message(reply))
 }
 
-/// The upstream's identity headers for a payment the settler settled, checking the minted
-/// token once on the way.
+/// The upstream's identity headers for a payment the settler settled, given the
+/// [`auth::verdict`] on the minted token (the flow takes it through the worker's cache and
+/// the shared table, which it seeds).
 ///
 /// The token is verified like any bearer token (signature, time window, route) even though
 /// it came over the trusted settler cluster: a settler signing with a key the edge does not
-/// list (rotation half done, the wrong settler behind the cluster) must not seed the cache
-/// with a token every other worker would refuse. It costs one signature check, the one the
-/// client's first reuse would otherwise pay. A token that checks out goes into the
-/// per-worker cache, so its reuse as `Authorization: Bearer` is a cache hit; the headers
-/// then come from its claims. If it does not check out, the payment is settled all the
-/// same: the request goes through, the reason is returned for a warning, nothing is cached,
-/// and the headers come from the settler's `payer` and `settlement_id` fields.
+/// list (rotation half done, the wrong settler behind the cluster) must not seed the caches
+/// with a token every other edge would refuse. It costs one signature check during the
+/// exchange, which waits for the settler anyway; the client's reuse as `Authorization:
+/// Bearer`, on any worker, then checks no signature. The headers then come from its claims.
+/// If it does not check out, the payment is settled all the same: the request goes
+/// through, the reason is returned for a warning, nothing is cached, and the headers come
+/// from the settler's `payer` and `settlement_id` fields.
 pub fn settled_identity(
-    cfg: &FilterConfig,
-    cache: &mut TokenCache,
     route: &Route,
     settled: &Settled,
-    now: i64,
+    verdict: Result<Rc<Grant>, Reason>,
 ) -> (Vec<(&'static str, String)>, Option<Reason>) {
-    let check = auth::check_raw_token(
-        &cfg.keys,
-        cfg.clock_leeway_secs,
-        cache,
-        route,
-        &settled.access_token,
-        now,
-    );
-    match check.result {
+    match verdict.and_then(|g| auth::authorize(route, &g).map(|_| g)) {
         Ok(grant) => (crate::identity::from_grant(&route.name, &grant), None),
         Err(reason) => (
             crate::identity::from_settler_body(
@@ -255,7 +245,7 @@ mod tests {
         let sig = x402_protocol::b64::encode(b"{\"x402Version\":2}");
         let t = TokenCheck {
             result: Ok(grant()),
-            cache_hit: Some(true),
+            source: Some(auth::Source::Cache),
         };
         assert_eq!(
             decide_priced(&cfg, route, t, Some(&sig), "u"),
@@ -269,7 +259,7 @@ mod tests {
         let route = cfg.routes.get(0).unwrap();
         let t = TokenCheck {
             result: Err(Reason::Expired),
-            cache_hit: Some(true),
+            source: Some(auth::Source::Cache),
         };
         assert_eq!(
             decide_priced(&cfg, route, t.clone(), None, "u"),
@@ -288,7 +278,7 @@ mod tests {
         let sig = x402_protocol::b64::encode(br#"{"x402Version":2,"payload":{}}"#);
         let t = TokenCheck {
             result: Err(Reason::MissingToken),
-            cache_hit: None,
+            source: None,
         };
         match decide_priced(&cfg, route, t, Some(&sig), "http://h/api/weather") {
             PricedAction::Pay(body) => {
@@ -309,7 +299,7 @@ mod tests {
         ] {
             let t = TokenCheck {
                 result: Err(Reason::MissingToken),
-                cache_hit: None,
+                source: None,
             };
             assert!(
                 matches!(
@@ -323,6 +313,8 @@ mod tests {
 
     #[test]
     fn settled_tokens_are_checked_once_and_cached() {
+        use crate::auth::{verdict, Source, Unshared};
+        use crate::cache::TokenCache;
         use crate::identity::{PAYER, ROUTE, SETTLEMENT_ID};
         use crate::test_fixtures::{claims, signing_key};
         use x402_protocol::token::mint;
@@ -336,7 +328,11 @@ mod tests {
             payer: Some("0x0000000000000000000000000000000000000001".into()),
             settlement_id: Some("from-body".into()),
         };
-        let (h, why) = settled_identity(&cfg, &mut cache, route, &settled, now);
+        let check =
+            |cache: &mut TokenCache, t: &str| verdict(&cfg.keys, 5, cache, &Unshared, t, now);
+        let (v, source) = check(&mut cache, &token);
+        assert_eq!(source, Source::Signature);
+        let (h, why) = settled_identity(route, &settled, v);
         assert_eq!(why, None);
         let payer = x402_protocol::Address::repeat_byte(0x11).to_checksum(None);
         assert_eq!(
@@ -354,21 +350,22 @@ mod tests {
             &cfg.keys,
             5,
             &mut cache,
+            &Unshared,
             route,
             Some(&format!("Bearer {token}")),
             now + 1,
         );
-        assert_eq!(c.cache_hit, Some(true));
+        assert_eq!(c.source, Some(Source::Cache));
         assert!(c.result.is_ok());
 
         // A token the edge cannot verify: headers from the body, nothing cached.
         let mut cache = TokenCache::new(10);
         let foreign = mint(&signing_key(), "k9", claims("weather", 10_000), now, 300);
         let settled = Settled {
-            access_token: foreign,
+            access_token: foreign.clone(),
             ..settled
         };
-        let (h, why) = settled_identity(&cfg, &mut cache, route, &settled, now);
+        let (h, why) = settled_identity(route, &settled, check(&mut cache, &foreign).0);
         assert_eq!(why, Some(Reason::UnknownKey));
         assert_eq!(
             h,
@@ -385,11 +382,12 @@ mod tests {
         // A verified token for another route is cached but refused for this one.
         let other = mint(&signing_key(), "k1", claims("report", 2_000_000), now, 300);
         let settled = Settled {
-            access_token: other,
+            access_token: other.clone(),
             ..settled
         };
-        let (_, why) = settled_identity(&cfg, &mut cache, route, &settled, now);
+        let (_, why) = settled_identity(route, &settled, check(&mut cache, &other).0);
         assert_eq!(why, Some(Reason::WrongRoute));
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   is what a worker keeps between requests (config, counter ids, token cache, pending
 //!   bodies). `test_fixtures` drives it through a fake host that records every host call.
 //! - the pure pieces it calls: [`config`] (plugin configuration), `routes` (matching),
-//!   `auth` + `cache` + `grant` (token checks), `challenge` + `route_challenge` (the 402),
+//!   `auth` + `cache` + `grant` (token checks), `shared_tokens` (the verified tokens all
+//!   workers share), `challenge` + `route_challenge` (the 402),
 //!   `discovery` (the `/.well-known/x402` document, serialised at configure time),
 //!   `answer` (local replies), `token_endpoint` (the filter-served token endpoint),
 //!   `decision` (priced requests and the settler's answers), `identity` (who-paid headers,
@@ -38,6 +39,7 @@ mod policy;
 mod revocation;
 mod route_challenge;
 mod routes;
+mod shared_tokens;
 mod token_endpoint;
 
 // Also compiled under clippy (checked, never linked natively), so the glue is linted too.

@@ -12,6 +12,10 @@ pub const SETTLER_ERRORS: &str = "x402_settler_errors";
 /// Requests let through unpaid because the settler could not be reached (`failure_mode:
 /// allow`): the price of availability, counted apart from other settler errors.
 pub const FAIL_OPEN: &str = "x402_fail_open";
+/// Token verdicts found in the table every worker shares (no signature checked).
+pub const TOKEN_SHARED_HITS: &str = "x402_token_shared_hits";
+/// Token signatures checked (bearer tokens and the minted tokens the filter relays).
+pub const TOKEN_SIGNATURE_CHECKS: &str = "x402_token_signature_checks";
 pub const REVOCATION_FETCHES: &str = "x402_revocation_fetches";
 pub const REVOCATION_FETCH_FAILURES: &str = "x402_revocation_fetch_failures";
 
@@ -36,6 +40,10 @@ pub enum Counter {
     RevocationFetchFailures,
     /// A priced request let through unpaid: settler unreachable, route `failure_mode: allow`.
     FailOpen,
+    /// A token's verdict served from the shared table (see `shared_tokens`).
+    SharedHits,
+    /// A token signature checked.
+    SignatureChecks,
 }
 
 impl Counter {
@@ -51,6 +59,8 @@ impl Counter {
             Counter::RevocationFetches,
             Counter::RevocationFetchFailures,
             Counter::FailOpen,
+            Counter::SharedHits,
+            Counter::SignatureChecks,
         ];
         v.extend(Reason::ALL.iter().map(|r| Counter::Rejected(*r)));
         v
@@ -67,7 +77,9 @@ impl Counter {
             Counter::RevocationFetches => 6,
             Counter::RevocationFetchFailures => 7,
             Counter::FailOpen => 8,
-            Counter::Rejected(r) => 9 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Counter::SharedHits => 9,
+            Counter::SignatureChecks => 10,
+            Counter::Rejected(r) => 11 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
@@ -82,6 +94,8 @@ impl Counter {
             Counter::RevocationFetches => REVOCATION_FETCHES.to_string(),
             Counter::RevocationFetchFailures => REVOCATION_FETCH_FAILURES.to_string(),
             Counter::FailOpen => FAIL_OPEN.to_string(),
+            Counter::SharedHits => TOKEN_SHARED_HITS.to_string(),
+            Counter::SignatureChecks => TOKEN_SIGNATURE_CHECKS.to_string(),
             Counter::Rejected(r) => rejected(r),
         }
     }
@@ -94,14 +108,14 @@ mod tests {
     #[test]
     fn indexes_match_order_and_names_are_unique() {
         let all = Counter::all();
-        assert_eq!(all.len(), 19);
+        assert_eq!(all.len(), 21);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index(), i);
         }
         let mut names: Vec<String> = all.iter().map(|c| c.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 21);
         assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
         assert!(names.contains(&"x402_rejected_revoked".to_string()));
         assert!(names.contains(&"x402_fail_open".to_string()));

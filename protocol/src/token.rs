@@ -116,6 +116,25 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// Hex of the first 8 bytes of SHA-256 over every (kid, compressed key), in kid order:
+    /// what names this key set in storage other configurations may share (the filter's
+    /// shared verified-token table), so a verdict made under one set of trusted keys is
+    /// never read under another.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut kids: Vec<&String> = self.keys.keys().collect();
+        kids.sort();
+        let mut h = sha2::Sha256::new();
+        for kid in kids {
+            if let Some(key) = self.keys.get(kid) {
+                h.update((kid.len() as u64).to_le_bytes());
+                h.update(kid.as_bytes());
+                h.update(key.to_encoded_point(true).as_bytes());
+            }
+        }
+        alloy_primitives::hex::encode(&h.finalize()[..8])
+    }
+
     /// Checks size, header, algorithm, key, signature and `exp`/`nbf` against `now`
     /// (unix seconds from the host clock) with `leeway_secs` of tolerance.
     pub fn verify(
@@ -297,6 +316,29 @@ mod tests {
         assert_eq!(
             keys().verify(&"a".repeat(MAX_TOKEN_LEN + 1), now, 5),
             Err(TokenError::Oversized)
+        );
+    }
+
+    #[test]
+    fn fingerprint_names_the_trusted_keys() {
+        let mut one = KeySet::new();
+        one.insert("k1", *key(1).verifying_key());
+        assert_eq!(one.fingerprint(), one.clone().fingerprint());
+        assert_eq!(one.fingerprint().len(), 16);
+        assert_ne!(one.fingerprint(), keys().fingerprint(), "one more key");
+        let mut other_key = KeySet::new();
+        other_key.insert("k1", *key(2).verifying_key());
+        assert_ne!(
+            one.fingerprint(),
+            other_key.fingerprint(),
+            "same kid, other key"
+        );
+        let mut other_kid = KeySet::new();
+        other_kid.insert("k2", *key(1).verifying_key());
+        assert_ne!(
+            one.fingerprint(),
+            other_kid.fingerprint(),
+            "same key, other kid"
         );
     }
 

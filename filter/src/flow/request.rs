@@ -29,7 +29,6 @@ use super::request_headers::{Attrs, RequestHeaders};
 use super::worker::Worker;
 use super::{log, now_ms, now_secs, Action};
 use crate::answer::HttpAnswer;
-use crate::auth;
 use crate::challenge;
 use crate::decision::{self, PaymentOutcome, PricedAction};
 use crate::grant::Grant;
@@ -163,24 +162,10 @@ impl Request {
 
         let authorization = headers.get("authorization");
         let now = now_secs(host);
-        let mut check = worker.with_cache(|cache| {
-            auth::check_token(
-                &cfg.keys,
-                cfg.clock_leeway_secs,
-                cache,
-                route,
-                authorization.as_deref(),
-                now,
-            )
-        });
-        // A revoked token is refused even when its verdict came from the cache.
+        let mut check = worker.check_token(host, route, authorization.as_deref(), now);
+        // A revoked token is refused even when its verdict came from a cache.
         if matches!(&check.result, Ok(g) if worker.is_revoked(&g.settlement_id)) {
             check.result = Err(Reason::Revoked);
-        }
-        match check.cache_hit {
-            Some(true) => worker.count(host, Counter::CacheHits),
-            Some(false) => worker.count(host, Counter::CacheMisses),
-            None => {}
         }
         // The common case first: no resource URL or payment header needed.
         if let Ok(grant) = &check.result {
@@ -321,6 +306,7 @@ impl Request {
                         token_endpoint::outage_message(&reply)
                     );
                 }
+                remember_minted(&worker, host, &reply);
                 self.answer(&worker, host, token_endpoint::relay(&reply));
             }
             State::AwaitPayment { route, url } => {
@@ -550,10 +536,8 @@ impl Request {
             } => {
                 worker.count(host, Counter::Accepted);
                 if let Some(r) = worker.cfg.routes.get(route) {
-                    let now = now_secs(host);
-                    let (ids, why) = worker.with_cache(|cache| {
-                        decision::settled_identity(&worker.cfg, cache, r, &settled, now)
-                    });
+                    let verdict = worker.minted(host, &settled.access_token, now_secs(host));
+                    let (ids, why) = decision::settled_identity(r, &settled, verdict);
                     if let Some(why) = why {
                         log!(
                             host,
@@ -600,6 +584,27 @@ impl Request {
                 }
             }
         }
+    }
+}
+
+/// The token endpoint relays a freshly minted token: checked once here, while the client
+/// waits for the settler anyway, and shared with every worker, so the client's first use
+/// checks no signature (see [`Worker::minted`]). A token that does not check out is relayed
+/// all the same (the settler took the payment) and cached nowhere.
+fn remember_minted(worker: &Worker, host: &impl Host, reply: &SettlerReply) {
+    if !reply.status.is_some_and(|s| (200..300).contains(&s)) {
+        return;
+    }
+    let Some(token) = crate::shared_tokens::minted_token(&reply.body) else {
+        return;
+    };
+    if let Err(why) = worker.minted(host, &token, now_secs(host)) {
+        log!(
+            host,
+            Warn,
+            "x402: token endpoint: the settler's token does not check out at the edge ({}); relayed, not cached; check token_keys",
+            why.code()
+        );
     }
 }
 

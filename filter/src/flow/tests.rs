@@ -111,7 +111,7 @@ fn configure_defines_every_counter_and_the_timer() {
     let w = Worker::configure(&h, sample().to_string().as_bytes());
     assert!(w.is_some());
     let names = h.counter_names();
-    assert_eq!(names.len(), 19);
+    assert_eq!(names.len(), 21);
     assert!(names.contains(&"x402_rejected_revoked".to_string()));
     assert!(names.contains(&"x402_fail_open".to_string()));
     assert!(names.contains(&"x402_revocation_fetch_failures".to_string()));
@@ -507,7 +507,11 @@ fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
     assert_eq!(h.header("x-x402-payer"), Some(payer()));
     assert_eq!(
         h.counters(),
-        counters(&[("x402_accepted", 1), ("x402_token_cache_misses", 1)])
+        counters(&[
+            ("x402_accepted", 1),
+            ("x402_token_cache_misses", 1),
+            ("x402_token_signature_checks", 1)
+        ])
     );
     assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
 
@@ -594,6 +598,10 @@ fn unusable_tokens_get_the_402_with_their_reason() {
         let mut want = vec![("x402_challenges", 1), (rejected.as_str(), 1)];
         if let Some(c) = cache {
             want.push((c, 1));
+            // Every verdict but a token that is no JWT at all checked its signature.
+            if code != "malformed_token" {
+                want.push(("x402_token_signature_checks", 1));
+            }
         }
         let mut got = h.counters();
         got.sort();
@@ -749,7 +757,11 @@ fn payment_signature_is_settled_then_the_request_resumes() {
     assert!(h.replies.borrow().is_empty());
     assert_eq!(h.set_request_headers(), identity("weather"));
     assert_eq!(h.removed(), ["payment-signature"]);
-    assert_eq!(h.counters(), counters(&[("x402_accepted", 1)]));
+    // The minted token was checked once, for every worker (see the shared-table tests).
+    assert_eq!(
+        h.counters(),
+        counters(&[("x402_accepted", 1), ("x402_token_signature_checks", 1)])
+    );
     // Paid: the body goes on, and the response carries the receipt.
     assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
     assert_eq!(r.on_request_trailers(&h), Action::Continue);
@@ -2167,4 +2179,190 @@ fn discovery_is_answered_even_under_a_priced_catch_all() {
         Action::Pause
     );
     assert_eq!(h.reply().status(), 402);
+}
+
+// ---- the verified-token table the workers share ----
+
+/// `x402_token_signature_checks` and `x402_token_shared_hits` as they stand.
+fn verdict_counters(h: &FakeHost) -> (u64, u64) {
+    (
+        h.counter("x402_token_signature_checks"),
+        h.counter("x402_token_shared_hits"),
+    )
+}
+
+/// A token-endpoint exchange on worker `w` whose settler answer carries `minted_token`.
+fn exchange(h: &FakeHost, w: &Rc<Worker>, minted_token: &str) -> u32 {
+    token_post(h, "weather", &[("content-length", "51")]);
+    let mut r = Request::new(7, Some(w.clone()));
+    assert_eq!(r.on_request_headers(h, false), Action::Pause);
+    let size = h.body_chunk(PAYMENT);
+    assert_eq!(r.on_request_body(h, size, true), Action::Pause);
+    let size = minted(h, minted_token);
+    h.replies.borrow_mut().clear();
+    r.on_callout_response(h, size);
+    h.reply().status()
+}
+
+#[test]
+fn a_token_one_worker_verified_costs_the_other_workers_no_signature_check() {
+    let h = host();
+    let (w1, w2) = (worker(&h), worker(&h));
+    let auth = bearer("weather", 10_000);
+    assert_eq!(weather_with(&h, &w1, &auth), (Action::Continue, None));
+    assert_eq!(verdict_counters(&h), (1, 0));
+    // The other worker: from the shared table, then from its own cache.
+    h.clear_records();
+    assert_eq!(weather_with(&h, &w2, &auth), (Action::Continue, None));
+    assert_eq!(h.set_request_headers(), identity("weather"));
+    let mut got = h.counters();
+    got.sort();
+    assert_eq!(
+        got,
+        counters(&[
+            ("x402_accepted", 1),
+            ("x402_token_cache_misses", 1),
+            ("x402_token_shared_hits", 1)
+        ])
+    );
+    h.clear_records();
+    assert_eq!(weather_with(&h, &w2, &auth), (Action::Continue, None));
+    assert_eq!(h.counter("x402_token_cache_hits"), 1);
+    assert_eq!(verdict_counters(&h), (0, 0));
+    // What the shared table grants is still checked against the route.
+    h.clear_records();
+    let w3 = worker(&h);
+    let cheap = format!("Bearer {}", token(claims("weather", 9_999), NOW));
+    for w in [&w1, &w3] {
+        let (a, code) = weather_with(&h, w, &cheap);
+        assert_eq!((a, code.as_deref()), (Action::Pause, Some("wrong_route")));
+    }
+    assert_eq!(verdict_counters(&h), (1, 1));
+    assert_eq!(h.counter("x402_rejected_wrong_route"), 2);
+}
+
+#[test]
+fn a_token_relayed_by_the_token_endpoint_is_shared_before_its_first_use() {
+    let h = host();
+    let (w1, w2) = (worker(&h), worker(&h));
+    let t = token(claims("weather", 10_000), NOW);
+    assert_eq!(exchange(&h, &w1, &t), 200);
+    assert_eq!(
+        h.reply().json()["access_token"],
+        t.as_str(),
+        "relayed as is"
+    );
+    // Checked once, during the exchange.
+    assert_eq!(verdict_counters(&h), (1, 0));
+    // The first use, on either worker, checks no signature.
+    for w in [&w2, &w1] {
+        h.clear_records();
+        let auth = format!("Bearer {t}");
+        assert_eq!(weather_with(&h, w, &auth), (Action::Continue, None));
+        assert_eq!(h.set_request_headers(), identity("weather"));
+        assert_eq!(h.counter("x402_token_signature_checks"), 0);
+    }
+}
+
+#[test]
+fn a_token_settled_from_a_payment_signature_is_shared_before_its_first_use() {
+    let h = host();
+    let (w1, w2) = (worker(&h), worker(&h));
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w1));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    let t = token(claims("weather", 10_000), NOW);
+    let size = minted(&h, &t);
+    r.on_callout_response(&h, size);
+    assert_eq!(h.resumed.get(), 1);
+    assert_eq!(verdict_counters(&h), (1, 0));
+    h.clear_records();
+    let auth = format!("Bearer {t}");
+    assert_eq!(weather_with(&h, &w2, &auth), (Action::Continue, None));
+    assert_eq!(verdict_counters(&h), (0, 1));
+}
+
+#[test]
+fn a_revoked_token_found_in_the_shared_table_is_refused() {
+    let h = host();
+    let (w1, w2) = (worker(&h), worker(&h));
+    let t = token(claims("weather", 10_000), NOW);
+    assert_eq!(exchange(&h, &w1, &t), 200);
+    // The settler revokes it; w2 learns the list on its tick.
+    tick::on_tick(&w2, &h);
+    let size = revoked(&h, &[("s-1", NOW + 300)]);
+    revocation::on_response(&w2, &h, size);
+    h.clear_records();
+    let auth = format!("Bearer {t}");
+    let (a, code) = weather_with(&h, &w2, &auth);
+    assert_eq!((a, code.as_deref()), (Action::Pause, Some("revoked")));
+    assert_eq!(
+        verdict_counters(&h),
+        (0, 1),
+        "the verdict came from the table"
+    );
+    assert!(h.set_request_headers().is_empty(), "no identity headers");
+}
+
+#[test]
+fn shared_entries_expire_with_their_token_and_stay_within_their_key_set() {
+    let h = host();
+    let (w1, w2) = (worker(&h), worker(&h));
+    let t = token(claims("weather", 10_000), NOW);
+    assert_eq!(exchange(&h, &w1, &t), 200);
+    // Past exp + leeway: refused as expired, straight from the table.
+    h.set_now_ms(NOW_MS + 306_000);
+    h.clear_records();
+    let auth = format!("Bearer {t}");
+    let (_, code) = weather_with(&h, &w2, &auth);
+    assert_eq!(code.as_deref(), Some("expired"));
+    assert_eq!(verdict_counters(&h), (0, 1));
+
+    // A configuration trusting other keys never reads this table.
+    h.set_now_ms(NOW_MS);
+    let mut more_keys = sample();
+    more_keys["token_keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kid": "k2", "public_key": crate::test_fixtures::key_hex()}));
+    let w3 = worker_for(&h, &more_keys);
+    h.clear_records();
+    assert_eq!(weather_with(&h, &w3, &auth), (Action::Continue, None));
+    assert_eq!(verdict_counters(&h), (1, 0));
+    // Nor does one with the table turned off.
+    let mut off = sample();
+    off["shared_token_slots"] = json!(0);
+    let w4 = worker_for(&h, &off);
+    assert_eq!(weather_with(&h, &w4, &auth), (Action::Continue, None));
+    assert_eq!(verdict_counters(&h), (1, 0));
+}
+
+#[test]
+fn a_minted_token_the_edge_cannot_verify_is_relayed_not_shared() {
+    let h = host();
+    let (w1, w2) = (worker(&h), worker(&h));
+    let foreign = {
+        let key = crate::test_fixtures::signing_key();
+        x402_protocol::token::mint(&key, "k9", claims("weather", 10_000), NOW, 300)
+    };
+    assert_eq!(exchange(&h, &w1, &foreign), 200);
+    assert!(h.logged(Level::Warn, "does not check out at the edge (unknown_key)"));
+    assert_eq!(verdict_counters(&h), (0, 0));
+    let (_, code) = weather_with(&h, &w2, &format!("Bearer {foreign}"));
+    assert_eq!(code.as_deref(), Some("unknown_key"));
+}
+
+#[test]
+fn a_failing_shared_write_is_logged_and_the_token_still_serves() {
+    let h = host();
+    let w = worker(&h);
+    h.fail("shared_data_set", 10);
+    let auth = bearer("weather", 10_000);
+    assert_eq!(weather_with(&h, &w, &auth), (Action::Continue, None));
+    assert!(h.logged(
+        Level::Warn,
+        "cannot share a verified token: InternalFailure"
+    ));
+    assert_eq!(weather_with(&h, &w, &auth), (Action::Continue, None));
+    assert_eq!(h.counter("x402_token_cache_hits"), 1);
 }

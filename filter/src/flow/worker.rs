@@ -1,17 +1,26 @@
 //! What a worker keeps between requests: the configuration, the counter ids, the token
 //! cache and the token-endpoint requests still reading their body. One per worker (root
-//! context), shared by every request on it.
+//! context), shared by every request on it. Token verdicts go through three levels: the
+//! worker's cache, the table all workers share (`shared_tokens`, in proxy-wasm shared
+//! data), and only then a signature check.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
+use x402_protocol::challenge::Reason;
+
 use super::log;
+use crate::auth::{self, SharedVerdicts, Source, TokenCheck};
 use crate::cache::TokenCache;
 use crate::config::{self, FilterConfig};
+use crate::grant::Grant;
 use crate::host_api::Host;
 use crate::metrics::Counter;
 use crate::pending::PendingBodies;
 use crate::revocation::Revocations;
+use crate::routes::Route;
+use crate::shared_tokens::SharedTokens;
 
 /// How often the root's timer looks for token-endpoint bodies past their deadline.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
@@ -21,6 +30,8 @@ pub(crate) struct Worker {
     /// Host id of each counter, in [`Counter::all`] order (`None`: could not be defined).
     counters: Vec<Option<u32>>,
     cache: RefCell<TokenCache>,
+    /// Where this worker's verdicts meet the other workers'.
+    shared: SharedTokens,
     /// Token-endpoint requests still reading their body (answered by `on_tick` when late).
     pub(crate) pending: RefCell<PendingBodies>,
     /// The revocation list this worker applies (refreshed by `on_tick`).
@@ -79,6 +90,7 @@ impl Worker {
             .collect();
         Worker {
             cache: RefCell::new(TokenCache::new(cfg.token_cache_size)),
+            shared: SharedTokens::new(&cfg.settler.cluster, &cfg.keys, cfg.shared_token_slots),
             cfg,
             counters,
             pending: RefCell::new(PendingBodies::default()),
@@ -102,10 +114,106 @@ impl Worker {
 
     /// Runs `f` on the worker's token cache, or on an empty scratch cache (nothing kept)
     /// in the unexpected case that the cache is already borrowed.
-    pub(crate) fn with_cache<R>(&self, f: impl FnOnce(&mut TokenCache) -> R) -> R {
+    fn with_cache<R>(&self, f: impl FnOnce(&mut TokenCache) -> R) -> R {
         match self.cache.try_borrow_mut() {
             Ok(mut cache) => f(&mut cache),
             Err(_) => f(&mut TokenCache::new(0)),
+        }
+    }
+
+    /// Checks the `Authorization` header for `route` at `now` (see [`auth::check_token`]),
+    /// through the worker's cache and the shared table; counts where the verdict came from.
+    pub(crate) fn check_token(
+        &self,
+        host: &impl Host,
+        route: &Route,
+        authorization: Option<&str>,
+        now: i64,
+    ) -> TokenCheck {
+        let shared = HostShared { worker: self, host };
+        let check = self.with_cache(|cache| {
+            auth::check_token(
+                &self.cfg.keys,
+                self.cfg.clock_leeway_secs,
+                cache,
+                &shared,
+                route,
+                authorization,
+                now,
+            )
+        });
+        if let Some(source) = check.source {
+            self.count_source(host, source);
+        }
+        check
+    }
+
+    /// What a token the settler just minted grants, checked once (see
+    /// `decision::settled_identity` for why) and then kept in the worker's cache and the
+    /// shared table: the client's first use, on whichever worker, checks no signature.
+    pub(crate) fn minted(
+        &self,
+        host: &impl Host,
+        token: &str,
+        now: i64,
+    ) -> Result<Rc<Grant>, Reason> {
+        let shared = HostShared { worker: self, host };
+        let (verdict, source) = self.with_cache(|cache| {
+            auth::verdict(
+                &self.cfg.keys,
+                self.cfg.clock_leeway_secs,
+                cache,
+                &shared,
+                token,
+                now,
+            )
+        });
+        if source == Source::Signature {
+            self.count(host, Counter::SignatureChecks);
+        }
+        verdict
+    }
+
+    fn count_source(&self, host: &impl Host, source: Source) {
+        match source {
+            Source::Cache => self.count(host, Counter::CacheHits),
+            Source::Shared => {
+                self.count(host, Counter::CacheMisses);
+                self.count(host, Counter::SharedHits);
+            }
+            Source::Signature => {
+                self.count(host, Counter::CacheMisses);
+                self.count(host, Counter::SignatureChecks);
+            }
+            Source::Unverifiable => self.count(host, Counter::CacheMisses),
+        }
+    }
+}
+
+/// The shared table over the host's shared data: reads and writes are host calls, a write
+/// is unconditional (two workers storing at once: the last one wins the slot; a reader
+/// compares the whole token, so a race is at worst a miss).
+struct HostShared<'a, H> {
+    worker: &'a Worker,
+    host: &'a H,
+}
+
+impl<H: Host> SharedVerdicts for HostShared<'_, H> {
+    fn find(&self, token: &str) -> Option<Grant> {
+        let key = self.worker.shared.slot_key(token)?;
+        let (entry, _) = self.host.shared_data_get(&key)?;
+        SharedTokens::grant_in(&entry, token)
+    }
+
+    fn publish(&self, token: &str, grant: &Grant) {
+        let Some(key) = self.worker.shared.slot_key(token) else {
+            return;
+        };
+        if let Err(e) = self
+            .host
+            .shared_data_set(&key, &SharedTokens::entry(token, grant), None)
+        {
+            log!(self.host, Warn, "x402: cannot share a verified token: {e}");
         }
     }
 }

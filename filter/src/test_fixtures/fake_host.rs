@@ -392,6 +392,10 @@ impl Host for FakeHost {
     fn define_counter(&self, name: &str) -> Result<u32, HostError> {
         self.call("define_counter")?;
         let mut names = self.counter_names.borrow_mut();
+        // As in Envoy, a name defined again (another worker) is the same counter.
+        if let Some(id) = names.iter().position(|n| n == name) {
+            return Ok(id as u32);
+        }
         names.push(name.to_string());
         self.counter_values.borrow_mut().push(0);
         Ok(names.len() as u32 - 1)
