@@ -36,6 +36,46 @@ pub struct Requirement {
 pub struct TokenRequest {
     pub requirement: Requirement,
     pub payment: Box<RawValue>,
+    /// The client's idempotency key for this payment: the token endpoint's `Idempotency-Key`
+    /// header, as the gateway read it (an x402 v2 payload carries its own, in
+    /// `extensions["payment-identifier"].info.id`). The same payment with the same key is
+    /// answered with the same token, also after its settlement was broadcast; another payment
+    /// under a used key is refused. Never sent on chain. See [`check_payment_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// Hold the payment: stored and counted as unsettled, but not settled until the gateway
+    /// releases it (`POST /v1/settlements/{id}/release`, the upstream answered below 400);
+    /// voided (never broadcast) by `POST /v1/settlements/{id}/void`, or when this many seconds
+    /// pass without either. 1..=[`MAX_HOLD_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<u64>,
+}
+
+/// The longest a payment may be held for its upstream's answer.
+pub const MAX_HOLD_SECS: u64 = 3600;
+
+/// The x402 `payment-identifier` rules (16 to 128 characters of `A-Z a-z 0-9 _ -`), which
+/// `Idempotency-Key` follows too; `Err` says what is wrong.
+pub fn check_payment_id(id: &str) -> Result<(), String> {
+    if !(16..=128).contains(&id.len()) {
+        return Err(format!("{} characters, expected 16 to 128", id.len()));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("only A-Z, a-z, 0-9, '_' and '-' are allowed".into());
+    }
+    Ok(())
+}
+
+/// Body of `POST /v1/settlements/{id}/release` and `/void` (both fields optional): what the
+/// upstream answered, for the log and the voided payment's `error`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldOutcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
 }
 
 /// How long after its `exp` a short-lived token may still be renewed (`POST /v1/tokens/renew`).
@@ -65,6 +105,10 @@ pub struct TokenResponse {
     #[serde(with = "crate::u256_serde")]
     pub amount: U256,
     pub asset: Address,
+    /// The settlement transaction, when one is known (a payment answered again after its
+    /// settlement was broadcast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 /// Every error answer of the settler and of the filter: a stable code and a human message.
@@ -136,4 +180,8 @@ pub struct SettlementStatus {
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// `pending` and held for the upstream's answer: not settled until the gateway releases
+    /// it; voided (`failed`, never broadcast) if it does not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }

@@ -60,7 +60,18 @@ pub struct ExactEvmAuthorization {
     pub nonce: B256,
 }
 
+/// The x402 extension whose `info.id` is the client's idempotency key for a payment.
+pub const PAYMENT_IDENTIFIER: &str = "payment-identifier";
+
 impl PaymentPayload {
+    /// `extensions["payment-identifier"].info.id`, if the client sent one (not checked:
+    /// see [`crate::settler_api::check_payment_id`]). Not signed and never on chain: it
+    /// proves to be the original client, where the signature alone does not once it has
+    /// been broadcast.
+    pub fn payment_identifier(&self) -> Option<&str> {
+        payment_identifier_of(self.extensions.as_ref()?)
+    }
+
     /// The payment model the settler checks, from the network and asset of `accepted`.
     /// Same answers as [`crate::payment::parse_payment`] on the same JSON.
     pub fn to_client_payment(&self) -> Result<ClientPayment, PaymentError> {
@@ -95,6 +106,37 @@ impl PaymentPayload {
             nonce: a.nonce,
             sig: parse_sig_hex(&self.payload.signature)?,
         }))
+    }
+}
+
+/// `info.id` of the `payment-identifier` entry of an x402 v2 `extensions` object; a
+/// non-string `id` counts as none given (the payload is then refused by the caller's check of
+/// the raw JSON, see [`raw_payment_identifier`]).
+pub fn payment_identifier_of(
+    extensions: &serde_json::Map<String, serde_json::Value>,
+) -> Option<&str> {
+    extensions
+        .get(PAYMENT_IDENTIFIER)?
+        .get("info")?
+        .get("id")?
+        .as_str()
+}
+
+/// The `payment-identifier` of a raw x402 v2 payment (any JSON): `Ok(None)` when there is
+/// none, `Err` when `extensions["payment-identifier"].info.id` is present but not a string.
+pub fn raw_payment_identifier(payment: &serde_json::Value) -> Result<Option<String>, String> {
+    let Some(id) = payment
+        .get("extensions")
+        .and_then(|e| e.get(PAYMENT_IDENTIFIER))
+        .and_then(|e| e.get("info"))
+        .and_then(|i| i.get("id"))
+    else {
+        return Ok(None);
+    };
+    match id {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s.clone())),
+        _ => Err("extensions.payment-identifier.info.id: not a string".into()),
     }
 }
 
@@ -141,6 +183,11 @@ pub struct SettleResponse {
     pub transaction: String,
     #[serde(default)]
     pub network: String,
+    /// The reference's free-form `extra`: the edge puts `settlementId` (always) and
+    /// `settlement` (`pending`, `settled` or `voided`) here, so a client can follow an
+    /// asynchronous settlement at `GET /v1/settlements/{settlementId}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
 }
 
 /// One (version, scheme, network) a facilitator settles.

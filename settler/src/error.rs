@@ -101,6 +101,16 @@ pub enum Refusal {
         settlement_id: String,
         message: String,
     },
+    /// The idempotency key (`payment-identifier`, `Idempotency-Key`) was used with another
+    /// payment (or route): refused, naming nothing of the other payment.
+    PaymentIdMismatch(String),
+    /// Release or void of a payment that is not held (any more): released or voided before,
+    /// or never held; `state` says which way it went.
+    NotHeld {
+        settlement_id: String,
+        state: SettlementState,
+        message: String,
+    },
 }
 
 /// The facts of a `payment_already_used` refusal.
@@ -182,6 +192,12 @@ impl Refusal {
             settlement_id: String::new(),
             message: String::new(),
         },
+        Refusal::PaymentIdMismatch(String::new()),
+        Refusal::NotHeld {
+            settlement_id: String::new(),
+            state: SettlementState::Pending,
+            message: String::new(),
+        },
     ];
 
     /// The stable code (`ApiError.error`, metric label).
@@ -227,6 +243,8 @@ impl Refusal {
             Refusal::InvalidToken(_) => "invalid_token",
             Refusal::SettlementPending { .. } => "settlement_pending",
             Refusal::PaymentFailed { .. } => "payment_failed",
+            Refusal::PaymentIdMismatch(_) => "payment_identifier_mismatch",
+            Refusal::NotHeld { .. } => "settlement_not_held",
         }
     }
 
@@ -237,6 +255,7 @@ impl Refusal {
             Refusal::PayerBlocked { message, .. } => message,
             Refusal::SettlementPending { message, .. } => message,
             Refusal::PaymentFailed { message, .. } => message,
+            Refusal::NotHeld { message, .. } => message,
             Refusal::InvalidJson(m)
             | Refusal::InvalidRequest(m)
             | Refusal::InvalidPayment(m)
@@ -271,7 +290,8 @@ impl Refusal {
             | Refusal::TotalExposureLimit(m)
             | Refusal::AcceptDeadlineExceeded(m)
             | Refusal::SettlementStalled(m)
-            | Refusal::InvalidToken(m) => m,
+            | Refusal::InvalidToken(m)
+            | Refusal::PaymentIdMismatch(m) => m,
         }
     }
 
@@ -319,12 +339,15 @@ impl Refusal {
                 Refusal::PaymentAlreadyUsed(u) => u.settlement_id.clone(),
                 Refusal::PayerBlocked { settlement_id, .. } => Some(settlement_id.clone()),
                 Refusal::SettlementPending { settlement_id, .. }
-                | Refusal::PaymentFailed { settlement_id, .. } => Some(settlement_id.clone()),
+                | Refusal::PaymentFailed { settlement_id, .. }
+                | Refusal::NotHeld { settlement_id, .. } => Some(settlement_id.clone()),
                 _ => None,
             },
             state: match self {
                 Refusal::PaymentAlreadyUsed(u) => u.state,
-                Refusal::SettlementPending { state, .. } => Some(*state),
+                Refusal::SettlementPending { state, .. } | Refusal::NotHeld { state, .. } => {
+                    Some(*state)
+                }
                 Refusal::PaymentFailed { .. } => Some(SettlementState::Failed),
                 _ => None,
             },

@@ -280,6 +280,10 @@ pub async fn run(
         }
     }
     workers.spawn(gauges(service.store.clone(), stop_rx.clone()));
+    workers.spawn(service::expire_holds(
+        service.store.clone(),
+        stop_rx.clone(),
+    ));
 
     tracing::info!(listen = %listener.local_addr()?, kid = settler.kid(), "x402 settler listening");
     axum::serve(listener, settler.router())

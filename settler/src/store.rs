@@ -20,6 +20,10 @@ use x402_protocol::{Network, Scheme};
 
 use crate::error::StoreError;
 
+mod holds;
+pub use holds::{AcceptExtras, HoldChange};
+pub use ops::SettledItem;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -133,6 +137,7 @@ impl PaymentRow {
             error: self.error.clone(),
             created_at: self.p.created_ms / 1000,
             updated_at: self.updated_ms / 1000,
+            held: false,
         }
     }
 }
@@ -172,6 +177,8 @@ pub struct StoredPayment {
     /// A settlement transaction was stored (and so possibly broadcast): its signature may
     /// be public.
     pub broadcast: bool,
+    /// The client's idempotency key stored with it (`payment-identifier`, `Idempotency-Key`).
+    pub payment_id: Option<String>,
 }
 
 /// An open (pending or submitted) payment of one payer in one token, for the token checks.
@@ -447,6 +454,18 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
             "CREATE INDEX IF NOT EXISTS x402_batch_items_payment ON x402_batch_items (payment_id)"
                 .into(),
         ],
+    ),
+    (
+        12,
+        // Idempotent retries and held payments (`holds`): the client's idempotency key, one
+        // payment per key ever (NULLs do not collide, on both backends); a held payment's
+        // deadline (NULL: not held; the lane takes only those), voided when it passes.
+        vec![
+            "ALTER TABLE x402_payments ADD COLUMN payment_id TEXT".into(),
+            "ALTER TABLE x402_payments ADD COLUMN held_until_ms BIGINT".into(),
+            "CREATE UNIQUE INDEX IF NOT EXISTS x402_payments_payment_id ON x402_payments (payment_id)".into(),
+            "CREATE INDEX IF NOT EXISTS x402_payments_holds ON x402_payments (state, held_until_ms)".into(),
+        ],
     )]
 }
 
@@ -501,7 +520,7 @@ impl Session {
     /// transactions are stored before they are broadcast: none stored = never broadcast).
     pub async fn by_use_key(&mut self, key: &str) -> Result<Option<StoredPayment>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLS}, token_iat, token_exp, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) + (SELECT COUNT(*) FROM x402_batch_items b WHERE b.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
+            "SELECT {PAYMENT_COLS}, token_iat, token_exp, payment_id AS client_payment_id, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) + (SELECT COUNT(*) FROM x402_batch_items b WHERE b.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
         ))
         .bind(key)
         .fetch_optional(self.conn())
@@ -514,6 +533,7 @@ impl Session {
             row: payment_from_row(&row)?,
             token: iat.zip(exp),
             broadcast: n_txs > 0,
+            payment_id: row.try_get("client_payment_id")?,
         }))
     }
 
@@ -589,14 +609,27 @@ impl Session {
     }
 
     /// Inserts `p`, recording the (iat, exp) of the token minted for it, if any.
+    #[cfg(test)]
     pub async fn insert_with_token(
         &mut self,
         p: &NewPayment,
         token: Option<(i64, i64)>,
     ) -> Result<(), StoreError> {
+        self.insert_accepted(p, token, &AcceptExtras::default())
+            .await
+    }
+
+    /// Inserts `p` with the (iat, exp) of its token, if any, and `extras` (idempotency key,
+    /// hold). A taken single-use key or idempotency key is [`StoreError::Duplicate`].
+    pub async fn insert_accepted(
+        &mut self,
+        p: &NewPayment,
+        token: Option<(i64, i64)>,
+        extras: &AcceptExtras,
+    ) -> Result<(), StoreError> {
         let res = sqlx::query(
-            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22)",
+            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp, payment_id, held_until_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22, $23, $24)",
         )
         .bind(&p.id)
         .bind(p.use_key())
@@ -620,6 +653,8 @@ impl Session {
         .bind(p.created_ms)
         .bind(token.map(|t| t.0))
         .bind(token.map(|t| t.1))
+        .bind(extras.payment_id.clone())
+        .bind(extras.held_until_ms)
         .execute(self.conn())
         .await;
         match res {
@@ -768,7 +803,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2
+            "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2 AND held_until_ms IS NULL
              AND (scheme <> 'permit' OR spender IS NULL OR spender = $4 OR spender = $5) ORDER BY seq LIMIT $3"
         ))
         .bind(chain_id as i64)

@@ -314,7 +314,8 @@ fn wire_types_match_the_schemas() {
         &j(&req(None)),
     );
     let tr = json!({"requirement": j(&req(None)), "payment": {}});
-    assert_schema(&doc, "TokenRequest", &tr, &tr);
+    let tr_full = json!({"requirement": j(&req(None)), "payment": {}, "payment_id": "pay_0123456789abcdef", "hold_secs": 60});
+    assert_schema(&doc, "TokenRequest", &tr_full, &tr);
 
     let resp = j(&TokenResponse {
         access_token: "t".into(),
@@ -326,8 +327,11 @@ fn wire_types_match_the_schemas() {
         route: "r".into(),
         amount: U256::from(1u8),
         asset: a,
+        transaction: None,
     });
-    assert_schema(&doc, "TokenResponse", &resp, &resp);
+    let mut resp_full = resp.clone();
+    resp_full["transaction"] = json!("0x01");
+    assert_schema(&doc, "TokenResponse", &resp_full, &resp);
 
     let status = |some: bool| SettlementStatus {
         settlement_id: "s".into(),
@@ -345,6 +349,7 @@ fn wire_types_match_the_schemas() {
         error: some.then(|| "e".into()),
         created_at: 0,
         updated_at: 0,
+        held: some,
     };
     assert_schema(
         &doc,

@@ -156,6 +156,9 @@ impl Reason {
             Refusal::InvalidToken(_) => Reason::InvalidPayload,
             Refusal::SettlementPending { .. } => Reason::SettlementPending,
             Refusal::PaymentFailed { .. } => Reason::TransactionFailed,
+            // The payload's `payment-identifier` names another payment; holds are the token
+            // API's (never answered here).
+            Refusal::PaymentIdMismatch(_) | Refusal::NotHeld { .. } => Reason::InvalidPayload,
         }
     }
 }
@@ -430,6 +433,7 @@ async fn check(
             &checked,
             mode,
             None,
+            crate::store::AcceptExtras::default(),
         )
         .await
         .map_err(|r| Invalid::refused(r, mode).with_payer(payer))?;
@@ -469,6 +473,7 @@ impl IntoResponse for SettleRefused {
             payer: e.payer.map(|a| lower_hex(&a)),
             transaction: String::new(),
             network,
+            extra: None,
         };
         no_store((e.status, Json(body)).into_response())
     }
@@ -536,6 +541,7 @@ pub(super) async fn post_settle(
             payer: Some(lower_hex(&payer)),
             transaction,
             network,
+            extra: None,
         },
         Some(SettlementState::Failed) => SettleResponse {
             success: false,
@@ -544,6 +550,7 @@ pub(super) async fn post_settle(
             payer: Some(lower_hex(&payer)),
             transaction,
             network,
+            extra: None,
         },
         _ => SettleResponse {
             success: false,
@@ -555,6 +562,7 @@ pub(super) async fn post_settle(
             payer: Some(lower_hex(&payer)),
             transaction,
             network,
+            extra: None,
         },
     };
     Ok(no_store(Json(body).into_response()))

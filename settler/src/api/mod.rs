@@ -7,6 +7,7 @@ pub(crate) mod facilitator;
 mod ops;
 mod renew;
 mod revocations;
+mod settlements;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -50,7 +51,13 @@ fn table() -> Vec<Route> {
         ("POST", "/verify", post(facilitator::post_verify)),
         ("POST", "/settle", post(facilitator::post_settle)),
         ("GET", "/supported", get(facilitator::get_supported)),
-        ("GET", "/v1/settlements/{id}", get(tokens::get_settlement)),
+        ("GET", "/v1/settlements/{id}", get(settlements::get_settlement)),
+        (
+            "POST",
+            "/v1/settlements/{id}/release",
+            post(settlements::post_release),
+        ),
+        ("POST", "/v1/settlements/{id}/void", post(settlements::post_void)),
         ("GET", "/v1/revocations", get(revocations::get_revocations)),
         ("GET", "/.well-known/jwks.json", get(ops::jwks)),
         ("GET", "/healthz", get(ops::healthz)),
@@ -133,6 +140,8 @@ pub(crate) fn http_status(r: &Refusal) -> StatusCode {
         // (retry later); failed (never renewed).
         Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
         Refusal::SettlementPending { .. } => StatusCode::CONFLICT,
+        // Idempotency key reused with another payment; release/void of a payment not held.
+        Refusal::PaymentIdMismatch(_) | Refusal::NotHeld { .. } => StatusCode::CONFLICT,
         Refusal::PaymentFailed { .. } => StatusCode::FORBIDDEN,
         // The caller (gateway) stated terms the settler does not honour.
         Refusal::AssetNotAccepted(_)

@@ -15,7 +15,7 @@ use crate::clock::{now_ms, now_secs};
 use crate::error::{Refusal, StoreError};
 use crate::metrics as m;
 use crate::scheme;
-use crate::store::{NewPayment, OpenPayment, Session, StoredPayment};
+use crate::store::{AcceptExtras, NewPayment, OpenPayment, Session, StoredPayment};
 use crate::verify;
 
 /// A payment that passed the static checks: the accepted method it pays with, its chain.
@@ -52,11 +52,14 @@ enum Prepared {
     /// Nothing to store: answered already.
     Done(Accepted),
     /// Checked; to insert and commit holding the payer's (and the asset total's) lock.
-    Commit {
-        session: Session,
-        guards: (PayerGuard, Option<PayerGuard>),
-        new: NewPayment,
-    },
+    Commit(Box<Commit>),
+}
+
+/// A checked payment to insert and commit.
+struct Commit {
+    session: Session,
+    guards: (PayerGuard, Option<PayerGuard>),
+    new: NewPayment,
 }
 
 impl Service {
@@ -92,7 +95,9 @@ impl Service {
     /// exposure). With [`Mode::Store`] the payment is then stored (durable, single use) and
     /// its lane woken; with [`Mode::Verify`] it is only checked (the returned payment's id is
     /// then no settlement id). `token`: (iat, exp) of the token to be minted for it, stored
-    /// with it so a re-post gets the same token.
+    /// with it so a re-post gets the same token. `extras`: the client's idempotency key
+    /// (the same payment with the same key is answered again even after broadcast; another
+    /// payment with it is 409 `payment_identifier_mismatch`) and the hold, stored with it.
     ///
     /// Deadline: everything up to the commit runs within `--accept-deadline-ms` of the
     /// checks' start ([`Checked::started`]); past it the session is dropped uncommitted (a
@@ -110,11 +115,19 @@ impl Service {
         checked: &Checked<'_>,
         mode: Mode,
         token: Option<(u64, u64)>,
+        extras: AcceptExtras,
     ) -> Result<Accepted, Refusal> {
         let until = tokio::time::Instant::from_std(checked.started + self.accept_deadline);
         let prepared = tokio::time::timeout_at(
             until,
-            self.prepare(payment, format, requirement, checked, mode),
+            self.prepare(
+                payment,
+                format,
+                requirement,
+                checked,
+                mode,
+                extras.payment_id.as_deref(),
+            ),
         )
         .await
         .map_err(|_| {
@@ -123,20 +136,20 @@ impl Service {
                 self.accept_deadline.as_millis()
             ))
         })??;
-        let (session, guards, new) = match prepared {
+        let Commit {
+            session,
+            guards,
+            new,
+        } = match prepared {
             Prepared::Done(accepted) => return Ok(accepted),
-            Prepared::Commit {
-                session,
-                guards,
-                new,
-            } => (session, guards, new),
+            Prepared::Commit(c) => *c,
         };
         // Durable before the token (or the facilitator's answer) exists. Not cancellable:
         // the task owns the session and the locks, and releases the locks after the commit.
         let token = token.map(|(iat, exp)| (iat as i64, exp as i64));
         let committing = tokio::spawn(async move {
             let mut session = session;
-            session.insert_with_token(&new, token).await?;
+            session.insert_accepted(&new, token, &extras).await?;
             session.commit().await?;
             drop(guards);
             Ok::<_, StoreError>(new)
@@ -159,6 +172,7 @@ impl Service {
         requirement: &Requirement,
         checked: &Checked<'_>,
         mode: Mode,
+        payment_id: Option<&str>,
     ) -> Result<Prepared, Refusal> {
         let priced = checked.priced;
         let method = &priced.method;
@@ -202,6 +216,14 @@ impl Service {
         // (not broadcast yet) is answered from its row, anything else holding the key is 409.
         // A different permit holding a taken key was signed with a stale nonce (e.g. before
         // the first one was mined): 409 `nonce_mismatch` naming the nonce to sign instead.
+        // An idempotency key names one payment: the same one again is answered from its row
+        // (also after broadcast: the key was never on chain), another payment is refused.
+        if let Some(id) = payment_id {
+            if let Some(stored) = session.by_payment_id(id).await? {
+                return idempotency::judge(stored, &new, mode, payment_id)
+                    .map(|s| Prepared::Done(Accepted::Again(s)));
+            }
+        }
         if let Some(stored) = session.by_use_key(&new.use_key()).await? {
             if new.scheme == x402_protocol::Scheme::Permit
                 && !idempotency::same_signed_payment(&stored.row.p, &new)
@@ -211,7 +233,7 @@ impl Service {
                     .await?;
                 of.check_chain(&chain, method.asset.address, &open).await?;
             }
-            return idempotency::judge(stored, &new, mode)
+            return idempotency::judge(stored, &new, mode, payment_id)
                 .map(|s| Prepared::Done(Accepted::Again(s)));
         }
 
@@ -290,11 +312,11 @@ impl Service {
         if mode == Mode::Verify {
             return Ok(Prepared::Done(Accepted::New(new)));
         }
-        Ok(Prepared::Commit {
+        Ok(Prepared::Commit(Box::new(Commit {
             session,
             guards: (guard, total_guard),
             new,
-        })
+        })))
     }
 }
 

@@ -13,6 +13,14 @@
 //! and its state, without a token. A different payment holding the key is 409: for a permit
 //! `nonce_mismatch` with the nonce to sign (checked in `accept` before [`judge`]: its nonce
 //! is stale), else `payment_already_used`.
+//!
+//! An idempotency key (x402 `payment-identifier`, the token endpoint's `Idempotency-Key`)
+//! stored with the payment extends this past broadcast: the key is never on chain, so who
+//! sends the same payment with the same key is the original client, while the signature
+//! alone, once in a mempool, is anyone's. The same payment and route with the key: the same
+//! answer as long as the settlement did not fail (a settled payment's token is given again
+//! until it expires). Another payment, or another route, with a used key: 409
+//! `payment_identifier_mismatch`, naming nothing of the first.
 
 use x402_protocol::settler_api::{SettlementState, TokenResponse};
 
@@ -43,15 +51,23 @@ fn used(stored: &StoredPayment, message: String) -> Refusal {
     })
 }
 
-/// Decides on `new`, whose single-use key `stored` already holds: the stored payment if it
-/// may be answered again (same payment, same route, pending and never broadcast, storing
-/// mode), else the refusal.
+/// Decides on `new`, whose single-use key or idempotency key (`payment_id`, the one sent
+/// with `new`) `stored` already holds: the stored payment if it may be answered again (same
+/// payment, same route, storing mode, and either pending and never broadcast or stored
+/// under the same key and not failed), else the refusal.
 pub(crate) fn judge(
     stored: StoredPayment,
     new: &NewPayment,
     mode: Mode,
+    payment_id: Option<&str>,
 ) -> Result<StoredPayment, Refusal> {
     let p = &stored.row.p;
+    let same_key = payment_id.is_some() && stored.payment_id.as_deref() == payment_id;
+    if same_key && (!same_signed_payment(p, new) || p.route != new.route) {
+        return Err(Refusal::PaymentIdMismatch(
+            "this payment identifier was already used with another payment; use a new identifier for a new payment".into(),
+        ));
+    }
     if !same_signed_payment(p, new) {
         return Err(Refusal::PaymentAlreadyUsed(UsedPayment::new(
             "another payment with this nonce was already accepted",
@@ -71,6 +87,9 @@ pub(crate) fn judge(
                 p.route, p.id
             ),
         ));
+    }
+    if same_key && stored.row.state != SettlementState::Failed {
+        return Ok(stored);
     }
     if stored.broadcast || stored.row.state != SettlementState::Pending {
         return Err(used(
@@ -148,16 +167,17 @@ mod tests {
             },
             token: Some((1_000, 1_300)),
             broadcast,
+            payment_id: Some("pay_0123456789abcdef".into()),
         }
     }
 
     #[test]
     fn only_the_same_unbroadcast_payment_on_the_same_route_is_answered_again() {
         let again = payment("second");
-        let ok = judge(stored(SettlementState::Pending, false), &again, Mode::Store).unwrap();
+        let ok = judge(stored(SettlementState::Pending, false), &again, Mode::Store, None).unwrap();
         assert_eq!(ok.row.p.id, "first");
 
-        let refused = |s: StoredPayment, p: &NewPayment, mode| judge(s, p, mode).unwrap_err();
+        let refused = |s: StoredPayment, p: &NewPayment, mode| judge(s, p, mode, None).unwrap_err();
         // Broadcast (or later): 409 naming the settlement and its state.
         for (state, broadcast) in [
             (SettlementState::Pending, true),
@@ -193,5 +213,40 @@ mod tests {
             Mode::Verify,
         );
         assert_eq!(r.code(), "payment_already_used");
+    }
+
+    #[test]
+    fn the_same_identifier_answers_again_after_broadcast_and_refuses_another_payment() {
+        const ID: Option<&str> = Some("pay_0123456789abcdef");
+        let again = payment("second");
+        // Broadcast, even settled: the key proves the original client.
+        for state in [SettlementState::Submitted, SettlementState::Settled] {
+            let ok = judge(stored(state, true), &again, Mode::Store, ID).unwrap();
+            assert_eq!(ok.row.p.id, "first");
+        }
+        // Without the key (or with another one), the signature alone gets nothing.
+        let r = judge(stored(SettlementState::Settled, true), &again, Mode::Store, None);
+        assert_eq!(r.unwrap_err().code(), "payment_already_used");
+        let r = judge(
+            stored(SettlementState::Settled, true),
+            &again,
+            Mode::Store,
+            Some("pay_another_key_0000"),
+        );
+        assert_eq!(r.unwrap_err().code(), "payment_already_used");
+        // A failed settlement is not answered again, key or not.
+        let r = judge(stored(SettlementState::Failed, true), &again, Mode::Store, ID);
+        assert_eq!(r.unwrap_err().code(), "payment_already_used");
+        // Another payment, or the same one on another route, under the key: 409, nothing named.
+        let mut other = payment("x");
+        other.value = U256::from(1u8);
+        let r = judge(stored(SettlementState::Pending, false), &other, Mode::Store, ID)
+            .unwrap_err();
+        assert_eq!(r.code(), "payment_identifier_mismatch");
+        assert_eq!(r.to_api().settlement_id, None);
+        let mut route = payment("x");
+        route.route = "other".into();
+        let r = judge(stored(SettlementState::Pending, false), &route, Mode::Store, ID);
+        assert_eq!(r.unwrap_err().code(), "payment_identifier_mismatch");
     }
 }

@@ -74,6 +74,7 @@ impl Minter {
             route: new.route.clone(),
             amount: new.value,
             asset: new.asset,
+            transaction: None,
         }
     }
 

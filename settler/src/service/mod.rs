@@ -5,6 +5,7 @@
 
 mod accept;
 mod exposure;
+mod hold;
 mod idempotency;
 mod locks;
 mod mint;
@@ -19,10 +20,13 @@ use std::time::{Duration, Instant};
 use alloy::primitives::Address;
 use tokio::sync::Notify;
 use x402_protocol::payment::{ClientPayment, PaymentFormat};
-use x402_protocol::settler_api::{Requirement, SettlementState, SettlementStatus, TokenResponse};
+use x402_protocol::settler_api::{
+    Requirement, SettlementState, SettlementStatus, TokenResponse, MAX_HOLD_SECS,
+};
 use x402_protocol::Network;
 
 pub(crate) use self::accept::Accepted;
+pub(crate) use self::hold::expire_holds;
 pub(crate) use self::locks::PayerLocks;
 pub(crate) use self::mint::Minter;
 pub(crate) use self::revoke::Revocations;
@@ -32,7 +36,7 @@ use crate::clock::now_secs;
 use crate::error::Refusal;
 use crate::lane::LaneHealth;
 use crate::metrics as m;
-use crate::store::{PaymentRow, Store};
+use crate::store::{AcceptExtras, PaymentRow, Store};
 
 /// Whether acceptance stores the payment (token, facilitator `/settle`) or only checks it
 /// (facilitator `/verify`).
@@ -84,13 +88,30 @@ impl Readiness {
 
 impl Service {
     /// Checks and stores the payment, then mints its access token (`POST /v1/tokens`).
+    /// `payment_id`: the client's idempotency key; `hold_secs`: hold it for the upstream's
+    /// answer that long at most (see `hold`).
     pub(crate) async fn buy_token(
         &self,
         payment: &ClientPayment,
         format: PaymentFormat,
         requirement: &Requirement,
+        payment_id: Option<String>,
+        hold_secs: Option<u64>,
     ) -> Result<TokenResponse, Refusal> {
+        if hold_secs.is_some() && payment.scheme() != x402_protocol::Scheme::Exact {
+            // The lane settles a payer's permits in nonce order: a held permit would stall
+            // the payer's later ones.
+            return Err(Refusal::InvalidRequest(
+                "field `hold_secs`: only ERC-3009 (exact) payments can be held".into(),
+            ));
+        }
         let checked = self.check(payment, requirement)?;
+        let extras = AcceptExtras {
+            payment_id,
+            held_until_ms: hold_secs.map(|s| {
+                crate::clock::now_ms().saturating_add((s.min(MAX_HOLD_SECS) as i64) * 1000)
+            }),
+        };
         let ttl = self.token_ttl(requirement, &checked.priced.method);
         let times = (checked.now, checked.now.saturating_add(ttl));
         let new = match self
@@ -101,13 +122,15 @@ impl Service {
                 &checked,
                 Mode::Store,
                 Some(times),
+                extras,
             )
             .await?
         {
             Accepted::New(new) => new,
             Accepted::Again(stored) => {
                 // The same payment again, before broadcast: the token it got first.
-                let token = idempotency::token_again(&self.minter, &stored, now_secs())?;
+                let mut token = idempotency::token_again(&self.minter, &stored, now_secs())?;
+                token.transaction = stored.row.transfer_tx.clone();
                 tracing::info!(settlement_id = %stored.row.p.id, payer = %stored.row.p.payer, route = %stored.row.p.route, "same payment posted again before broadcast: same token");
                 metrics::counter!(m::TOKENS_REISSUED).increment(1);
                 return Ok(token);
@@ -125,8 +148,8 @@ impl Service {
         if id.len() > 64 {
             return Err(Refusal::NotFound("no such settlement".into()));
         }
-        match self.store.get(id).await? {
-            Some(row) => Ok(row.status()),
+        match self.store.status(id).await? {
+            Some(status) => Ok(status),
             None => Err(Refusal::NotFound(format!("no settlement {id}"))),
         }
     }
