@@ -20,6 +20,8 @@ pub(crate) const REQUEST_BODY: u32 = 0;
 pub(crate) const CALLOUT_RESPONSE_BODY: u32 = 4;
 pub(crate) const PLUGIN_CONFIGURATION: u32 = 7;
 const STREAM_HTTP_REQUEST: u32 = 0;
+/// The property path `xds.route_name` as the ABI takes it: segments separated by NUL.
+pub(crate) const XDS_ROUTE_NAME: &[u8] = b"xds\0route_name";
 const METRIC_COUNTER: u32 = 0;
 
 #[link(wasm_import_module = "env")]
@@ -51,6 +53,12 @@ extern "C" {
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status: u32,
@@ -141,6 +149,18 @@ pub(crate) fn header(map: u32, name: &str) -> Option<Vec<u8>> {
     // SAFETY: see `take`; the host only reads `name` during the call.
     unsafe {
         match proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) {
+            0 => Some(take(data, size)),
+            _ => None,
+        }
+    }
+}
+
+/// A property's value (`path`: NUL-separated segments); `None` when absent (or unreadable).
+pub(crate) fn property(path: &[u8]) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: see `take`; the host only reads `path` during the call.
+    unsafe {
+        match proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) {
             0 => Some(take(data, size)),
             _ => None,
         }

@@ -17,7 +17,7 @@ use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Schem
 
 use crate::discovery::{self, Discovery, MatchAsConfigured, RouteText};
 use crate::route_challenge::RouteChallenge;
-use crate::routes::{self, HostPattern, OtherMethods, PathMatch, Route, RouteTable};
+use crate::routes::{self, HostPattern, OtherMethods, PathMatch, Route, RouteTable, Selector};
 
 const DEFAULT_TOKEN_ENDPOINT_PREFIX: &str = "/x402/token/";
 const DEFAULT_SETTLER_PATH: &str = "/v1/tokens";
@@ -46,6 +46,7 @@ const MAX_TIMEOUT_SECONDS_LIMIT: u64 = 7 * 24 * 3600;
 const MAX_TOKEN_CACHE_SIZE: usize = 1_000_000;
 const MAX_BODY_BYTES_LIMIT: usize = 1024 * 1024;
 const MAX_NAME_LEN: usize = 64;
+const MAX_ENVOY_ROUTE_LEN: usize = 256;
 const MAX_DECIMALS: u8 = 36;
 const MIN_API_SECRET_LEN: usize = 16;
 const MAX_API_SECRET_LEN: usize = 256;
@@ -260,8 +261,13 @@ struct RawAsset {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: String,
-    #[serde(rename = "match")]
-    matcher: RawMatch,
+    /// The filter's own matching (path, `hosts`); exclusive with `envoy_route`.
+    #[serde(default, rename = "match")]
+    matcher: Option<RawMatch>,
+    /// The name of the Envoy route (`routes[].name` in Envoy's route configuration) whose
+    /// requests this route prices; exclusive with `match`.
+    #[serde(default)]
+    envoy_route: Option<String>,
     #[serde(default)]
     methods: Option<Vec<String>>,
     #[serde(default)]
@@ -492,12 +498,15 @@ fn validate(
 /// A route's `match` and `price` as configured, for the discovery document (read before
 /// validation takes the route apart; a route that does not validate fails the config).
 fn route_text(r: &RawRoute) -> RouteText {
-    let m = &r.matcher;
-    let (kind, pattern) = match (&m.prefix, &m.exact, &m.template) {
-        (Some(p), _, _) => ("prefix", p),
-        (_, Some(e), _) => ("exact", e),
-        (_, _, Some(t)) => ("template", t),
-        _ => ("prefix", &r.name),
+    let (kind, pattern) = match (&r.envoy_route, &r.matcher) {
+        (Some(n), _) => ("envoy_route", n),
+        (None, Some(m)) => match (&m.prefix, &m.exact, &m.template) {
+            (Some(p), _, _) => ("prefix", p),
+            (_, Some(e), _) => ("exact", e),
+            (_, _, Some(t)) => ("template", t),
+            _ => ("prefix", &r.name),
+        },
+        (None, None) => ("prefix", &r.name),
     };
     RouteText {
         matcher: MatchAsConfigured {
@@ -889,6 +898,15 @@ fn check_shadowing(
         .enumerate()
         .find(|(_, e)| routes::shadows(e, route))
     {
+        if let Selector::EnvoyRoute(name) = &route.selector {
+            return Err(ConfigError::new(
+                format!("{path}.envoy_route"),
+                format!(
+                    "duplicate envoy_route {name:?}: routes[{i}] ({:?}) already prices it for a shared method (give each route on one Envoy route its own methods)",
+                    e.name
+                ),
+            ));
+        }
         return Err(ConfigError::new(
             path,
             format!(
@@ -897,12 +915,17 @@ fn check_shadowing(
             ),
         ));
     }
+    let Some(matcher) = route.path_match() else {
+        // A route by Envoy route name: Envoy's routing is not known here (the token endpoint
+        // is answered before any route is looked up anyway).
+        return Ok(());
+    };
     let tp = if route.case_insensitive {
         token_prefix.to_ascii_lowercase()
     } else {
         token_prefix.to_string()
     };
-    if route.matcher.overlaps_prefix(&tp) && !route.matcher.covers_prefix(&tp) {
+    if matcher.overlaps_prefix(&tp) && !matcher.covers_prefix(&tp) {
         return Err(ConfigError::new(
             format!("{path}.match"),
             format!("falls under token_endpoint_prefix {token_prefix:?}: the filter answers those paths itself, so the route would never price them"),
@@ -933,6 +956,50 @@ fn validate_match(path: &str, m: RawMatch) -> Result<PathMatch, ConfigError> {
     }
 }
 
+/// `match` or `envoy_route`, exactly one. An Envoy route name is 1..=256 visible ASCII
+/// characters (what `xds.route_name` can be compared with; Envoy itself allows any string).
+fn validate_selector(
+    path: &str,
+    matcher: Option<RawMatch>,
+    envoy_route: Option<String>,
+    case_insensitive: bool,
+) -> Result<Selector, ConfigError> {
+    match (matcher, envoy_route) {
+        (Some(m), None) => {
+            let m = validate_match(path, m)?;
+            // A case-insensitive route matches lower-cased request paths.
+            Ok(Selector::Path(if case_insensitive { m.to_lower() } else { m }))
+        }
+        (None, Some(name)) => {
+            let field = format!("{path}.envoy_route");
+            if name.is_empty()
+                || name.len() > MAX_ENVOY_ROUTE_LEN
+                || !name.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{name:?} must be 1..={MAX_ENVOY_ROUTE_LEN} visible ASCII characters (the Envoy route's name)"),
+                ));
+            }
+            if case_insensitive {
+                return Err(ConfigError::new(
+                    format!("{path}.case_insensitive"),
+                    "not with \"envoy_route\": Envoy's route match decides",
+                ));
+            }
+            Ok(Selector::EnvoyRoute(name))
+        }
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{path}.envoy_route"),
+            "\"match\" and \"envoy_route\" are mutually exclusive (a route is matched by the filter or by Envoy)",
+        )),
+        (None, None) => Err(ConfigError::new(
+            format!("{path}.match"),
+            "one of \"match\" (the filter matches the path) or \"envoy_route\" (the name of the Envoy route) is required",
+        )),
+    }
+}
+
 fn validate_route(
     path: &str,
     r: RawRoute,
@@ -949,13 +1016,7 @@ fn validate_route(
         ));
     }
     let case_insensitive = r.case_insensitive.unwrap_or(false);
-    let matcher = validate_match(path, r.matcher)?;
-    // A case-insensitive route matches lower-cased request paths.
-    let matcher = if case_insensitive {
-        matcher.to_lower()
-    } else {
-        matcher
-    };
+    let selector = validate_selector(path, r.matcher, r.envoy_route, case_insensitive)?;
 
     let http_methods = match r.methods {
         None => None,
@@ -1003,6 +1064,12 @@ fn validate_route(
 
     let hosts = match r.hosts {
         None => None,
+        Some(_) if matches!(selector, Selector::EnvoyRoute(_)) => {
+            return Err(ConfigError::new(
+                format!("{path}.hosts"),
+                "not with \"envoy_route\": the Envoy virtual host's domains choose the hosts",
+            ))
+        }
         Some(list) => {
             if list.is_empty() {
                 return Err(ConfigError::new(
@@ -1103,7 +1170,7 @@ fn validate_route(
     );
     Ok(Route {
         name: r.name,
-        matcher,
+        selector,
         case_insensitive,
         methods: http_methods,
         other_methods,
@@ -1777,6 +1844,83 @@ mod tests {
         );
     }
 
+    /// Routes priced by Envoy route name: compiled, listed in discovery, refused when
+    /// malformed, mixed with `match`, given `hosts`, or repeated for a shared method.
+    #[test]
+    fn envoy_route_entries() {
+        let named = |v: &mut Value, i: usize, name: &str| {
+            let r = v["routes"][i].as_object_mut().unwrap();
+            r.remove("match");
+            r.remove("hosts");
+            r.insert("envoy_route".into(), json!(name));
+        };
+        let mut v = sample();
+        named(&mut v, 1, "api_report");
+        let cfg = parse_value(&v).unwrap();
+        let r = cfg.routes.get(1).unwrap();
+        assert_eq!(r.selector, Selector::EnvoyRoute("api_report".into()));
+        assert_eq!(r.path_match(), None);
+        // The token endpoint keeps the filter's route name.
+        assert_eq!(r.token_endpoint, "/x402/token/report");
+        let doc = cfg.discovery.as_ref().unwrap();
+        let body: Value = serde_json::from_slice(&doc.reply(Some("GET")).unwrap().body).unwrap();
+        assert_eq!(
+            body["routes"][1]["match"],
+            json!({"envoy_route": "api_report"})
+        );
+
+        for bad in ["", "a b", "r\u{e9}", "x\n"] {
+            expect_err(|v| named(v, 1, bad), "routes[1].envoy_route");
+        }
+        expect_err(|v| named(v, 1, &"r".repeat(257)), "routes[1].envoy_route");
+        let e = expect_err(
+            |v| v["routes"][1]["envoy_route"] = json!("api_report"),
+            "routes[1].envoy_route",
+        );
+        assert!(e.message.contains("mutually exclusive"), "{e}");
+        let e = expect_err(
+            |v| {
+                v["routes"][1].as_object_mut().unwrap().remove("match");
+            },
+            "routes[1].match",
+        );
+        assert!(e.message.contains("envoy_route"), "{e}");
+        expect_err(
+            |v| {
+                named(v, 1, "api_report");
+                v["routes"][1]["hosts"] = json!(["api.example.com"]);
+            },
+            "routes[1].hosts",
+        );
+        expect_err(
+            |v| {
+                named(v, 1, "api_report");
+                v["routes"][1]["case_insensitive"] = json!(true);
+            },
+            "routes[1].case_insensitive",
+        );
+        // The same Envoy route twice: refused for a shared method, fine for disjoint ones.
+        let e = expect_err(
+            |v| {
+                named(v, 0, "api");
+                named(v, 1, "api");
+            },
+            "routes[1].envoy_route",
+        );
+        assert!(e.message.contains("duplicate envoy_route \"api\""), "{e}");
+        assert!(e.message.contains("routes[0] (\"weather\")"), "{e}");
+        let mut v = sample();
+        named(&mut v, 0, "api");
+        named(&mut v, 1, "api");
+        v["routes"][1]["methods"] = json!(["POST"]);
+        assert!(parse_value(&v).is_ok());
+        // A name is never shadowed by a path route, nor under the token endpoint's namespace.
+        let mut v = sample();
+        v["routes"][0]["match"] = json!({"prefix": "/"});
+        named(&mut v, 1, "x402_token");
+        assert!(parse_value(&v).is_ok());
+    }
+
     #[test]
     fn shadowed_routes_are_refused_naming_both() {
         let route = |name: &str, m: Value, extra: Value| {
@@ -1959,7 +2103,10 @@ mod tests {
         let cfg = parse_value(&v).unwrap();
         let r = cfg.routes.get(0).unwrap();
         assert_eq!(r.other_methods, OtherMethods::Pass);
-        assert_eq!(r.matcher, PathMatch::Prefix("/api/weather".into()));
+        assert_eq!(
+            r.selector,
+            Selector::Path(PathMatch::Prefix("/api/weather".into()))
+        );
         let e = expect_err(
             |v| v["routes"][0]["other_methods"] = json!("allow"),
             "routes[0].other_methods",
@@ -1999,6 +2146,9 @@ mod tests {
                 Some(self.0)
             }
             fn authority(&mut self) -> Option<&str> {
+                None
+            }
+            fn envoy_route(&mut self) -> Option<&str> {
                 None
             }
         }

@@ -58,6 +58,12 @@ impl Host for ProxyWasm {
     fn request_body(&self, size: usize) -> Vec<u8> {
         abi::buffer(abi::REQUEST_BODY, size)
     }
+    fn route_name(&self) -> Option<String> {
+        // A plain string property (not a serialized protobuf): one host call, no decoding.
+        abi::property(abi::XDS_ROUTE_NAME)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
     fn dispatch_callout(
         &self,
         cluster: &str,

@@ -45,6 +45,9 @@ pub(crate) trait Host {
     fn set_response_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     /// The first `size` bytes of the buffered request body (empty if unreadable).
     fn request_body(&self, size: usize) -> Vec<u8>;
+    /// The name of the route Envoy chose for the request (the `xds.route_name` property);
+    /// `None` when it has none or cannot be read.
+    fn route_name(&self) -> Option<String>;
 
     /// Starts an HTTP call to `cluster`; its answer arrives through the flow's
     /// `on_callout_response`.

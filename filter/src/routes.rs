@@ -1,5 +1,10 @@
-//! Priced routes and how a request is matched to one: path (prefix, exact, or an Envoy-style
-//! URI template), optional HTTP methods, optional hosts. First match wins.
+//! Priced routes and how a request is matched to one: by the name of the route Envoy chose
+//! for it (`envoy_route`, the `xds.route_name` property), or by the filter's own matching on
+//! path (prefix, exact, or an Envoy-style URI template) and optional hosts; both with
+//! optional HTTP methods. Envoy route names are looked up first (a hash map), then the path
+//! routes in order; first match wins.
+
+use std::collections::HashMap;
 
 use x402_protocol::settler_api::PricedMethod;
 
@@ -239,11 +244,21 @@ pub enum OtherMethods {
     Pass,
 }
 
+/// How a route picks its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The filter's own matching on the request path (`routes[].match`).
+    Path(PathMatch),
+    /// The request Envoy routed through the route of this name (`routes[].envoy_route`,
+    /// Envoy's `route.name`): Envoy's routing decides, the filter compares one string.
+    EnvoyRoute(String),
+}
+
 /// One priced route, compiled from the config.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
-    pub matcher: PathMatch,
+    pub selector: Selector,
     /// Match the path ASCII case-insensitively (for upstreams that do: Express, ASP.NET).
     pub case_insensitive: bool,
     pub methods: Option<Vec<String>>,
@@ -272,22 +287,56 @@ pub struct Route {
 }
 
 impl Route {
+    /// The route's path pattern; `None` for a route selected by Envoy route name.
+    pub fn path_match(&self) -> Option<&PathMatch> {
+        match &self.selector {
+            Selector::Path(m) => Some(m),
+            Selector::EnvoyRoute(_) => None,
+        }
+    }
+
     fn path_matches(&self, path: &str, lower: &mut Option<String>) -> bool {
+        let Some(matcher) = self.path_match() else {
+            return false;
+        };
         if self.case_insensitive {
             // The config keeps a case-insensitive route's pattern lower-cased.
             let l = lower.get_or_insert_with(|| path.to_ascii_lowercase());
-            self.matcher.matches(l)
+            matcher.matches(l)
         } else {
-            self.matcher.matches(path)
+            matcher.matches(path)
         }
+    }
+
+    /// Does the route price the request's method? When it does not and refuses other
+    /// methods, its methods are added to `allow` (the 405's `Allow`).
+    fn method_listed(&self, attrs: &mut dyn RequestAttrs, allow: &mut Vec<String>) -> bool {
+        let Some(methods) = &self.methods else {
+            return true;
+        };
+        let listed = attrs
+            .method()
+            .is_some_and(|m| methods.iter().any(|x| x == m));
+        if !listed && self.other_methods == OtherMethods::Refuse {
+            for m in methods {
+                if !allow.contains(m) {
+                    allow.push(m.clone());
+                }
+            }
+        }
+        listed
     }
 }
 
 /// Lazily read request attributes other than the path, so a request whose path matches no
-/// route never has its method or authority fetched from the host.
+/// route never has its method or authority fetched from the host, and a configuration
+/// without `envoy_route` entries never reads the route name.
 pub trait RequestAttrs {
     fn method(&mut self) -> Option<&str>;
     fn authority(&mut self) -> Option<&str>;
+    /// The name of the route Envoy chose for the request (`xds.route_name`); `None` when
+    /// the route has no name or the host cannot say.
+    fn envoy_route(&mut self) -> Option<&str>;
 }
 
 /// The request path as the routes see it: see [`normalize_path`].
@@ -434,11 +483,23 @@ pub enum Lookup {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Envoy route name -> indices of the routes priced on it, in config order. Empty when
+    /// no route names `envoy_route`: the route name is then never read.
+    by_envoy_route: HashMap<String, Vec<usize>>,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
-        RouteTable { routes }
+        let mut by_envoy_route: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Selector::EnvoyRoute(name) = &r.selector {
+                by_envoy_route.entry(name.clone()).or_default().push(i);
+            }
+        }
+        RouteTable {
+            routes,
+            by_envoy_route,
+        }
     }
     pub fn len(&self) -> usize {
         self.routes.len()
@@ -460,18 +521,38 @@ impl RouteTable {
     }
 
     /// What the routes say about the request. `path` is `:path` as received (the query
-    /// string is ignored). The first route whose path, host and method match prices it.
-    /// A route whose path matches (raw or normalised) makes an ambiguous spelling a 400; one
-    /// whose path matches and that names `hosts` makes an unparsable authority a 400; one
-    /// whose path and host match but not the method (`other_methods: refuse`) makes the
-    /// request a 405 unless a later route prices it.
+    /// string is ignored). First the routes priced on the request's Envoy route name (if
+    /// any route names one), then the path routes: the first whose Envoy route (or path and
+    /// host) and method match prices it. Envoy routed the request itself, so a route found
+    /// by name is priced on the path as sent (no rewrite, no ambiguity check: whatever
+    /// spelling reached that Envoy route is that route's). A path route whose path matches
+    /// (raw or normalised) makes an ambiguous spelling a 400; one whose path matches and that
+    /// names `hosts` makes an unparsable authority a 400. A route whose selector matches but
+    /// not the method (`other_methods: refuse`) makes the request a 405 unless a later route
+    /// prices it.
     pub fn lookup(&self, path: &str, attrs: &mut dyn RequestAttrs) -> Lookup {
+        let mut allow: Vec<String> = Vec::new();
+        if !self.by_envoy_route.is_empty() {
+            let named = attrs
+                .envoy_route()
+                .and_then(|name| self.by_envoy_route.get(name));
+            for &i in named.into_iter().flatten() {
+                let Some(r) = self.routes.get(i) else {
+                    continue;
+                };
+                if r.method_listed(attrs, &mut allow) {
+                    return Lookup::Priced {
+                        index: i,
+                        rewrite: None,
+                    };
+                }
+            }
+        }
         let raw = path_only(path);
         let norm = normalize_path(path);
         let matched = norm.as_ref().map_or(raw, |n| n.path.as_str());
         let (mut lower_raw, mut lower) = (None, None);
         let mut host: Option<Option<String>> = None;
-        let mut allow: Vec<String> = Vec::new();
         for (i, r) in self.routes.iter().enumerate() {
             let by_norm = r.path_matches(matched, &mut lower);
             if let Some(n) = &norm {
@@ -491,20 +572,8 @@ impl RouteTable {
                     continue;
                 }
             }
-            if let Some(methods) = &r.methods {
-                let listed = attrs
-                    .method()
-                    .is_some_and(|m| methods.iter().any(|x| x == m));
-                if !listed {
-                    if r.other_methods == OtherMethods::Refuse {
-                        for m in methods {
-                            if !allow.contains(m) {
-                                allow.push(m.clone());
-                            }
-                        }
-                    }
-                    continue;
-                }
+            if !r.method_listed(attrs, &mut allow) {
+                continue;
             }
             let rewrite = norm
                 .as_ref()
@@ -683,15 +752,24 @@ pub fn hosts_overlap(a: &Option<Vec<HostPattern>>, b: &Option<Vec<HostPattern>>)
     }
 }
 
-/// Does `earlier` match every path `later` matches, for some shared method and host?
-/// (`later` can then never price those requests.)
+/// Does `earlier` match every request `later` matches, for some shared method and host?
+/// (`later` can then never price those requests.) Two routes on the same Envoy route name
+/// with a shared method do; a route by name and a path route never do (Envoy's routing is
+/// not known here, and the name is looked up first).
 pub fn shadows(earlier: &Route, later: &Route) -> bool {
-    let covered = match (earlier.case_insensitive, later.case_insensitive) {
-        // A case-insensitive earlier route compares in lower case (its pattern already is).
-        (true, _) => earlier.matcher.covers(&later.matcher.to_lower()),
-        // A case-sensitive route never covers every spelling of a case-insensitive one.
-        (false, true) => false,
-        (false, false) => earlier.matcher.covers(&later.matcher),
+    let covered = match (&earlier.selector, &later.selector) {
+        (Selector::EnvoyRoute(a), Selector::EnvoyRoute(b)) => a == b,
+        (Selector::Path(e), Selector::Path(l)) => {
+            match (earlier.case_insensitive, later.case_insensitive) {
+                // A case-insensitive earlier route compares in lower case (its pattern already
+                // is).
+                (true, _) => e.covers(&l.to_lower()),
+                // A case-sensitive route never covers every spelling of a case-insensitive one.
+                (false, true) => false,
+                (false, false) => e.covers(l),
+            }
+        }
+        _ => false,
     };
     covered
         && methods_overlap(&earlier.methods, &later.methods)
@@ -705,6 +783,7 @@ mod tests {
     struct Attrs {
         method: Option<String>,
         authority: Option<String>,
+        envoy_route: Option<String>,
         fetched: u32,
     }
     impl RequestAttrs for Attrs {
@@ -716,12 +795,23 @@ mod tests {
             self.fetched += 1;
             self.authority.as_deref()
         }
+        fn envoy_route(&mut self) -> Option<&str> {
+            self.fetched += 1;
+            self.envoy_route.as_deref()
+        }
     }
     fn attrs(m: &str, a: &str) -> Attrs {
         Attrs {
             method: Some(m.into()),
             authority: Some(a.into()),
+            envoy_route: None,
             fetched: 0,
+        }
+    }
+    fn on_envoy_route(m: &str, envoy_route: Option<&str>) -> Attrs {
+        Attrs {
+            envoy_route: envoy_route.map(String::from),
+            ..attrs(m, "h")
         }
     }
 
@@ -853,7 +943,7 @@ mod tests {
         let proto = cfg.routes.get(0).unwrap();
         Route {
             name: name.into(),
-            matcher,
+            selector: Selector::Path(matcher),
             case_insensitive: false,
             methods: methods.map(|m| m.iter().map(|s| s.to_string()).collect()),
             other_methods: OtherMethods::Refuse,
@@ -1006,6 +1096,7 @@ mod tests {
         let mut none = Attrs {
             method: Some("GET".into()),
             authority: None,
+            envoy_route: None,
             fetched: 0,
         };
         assert_eq!(table.lookup("/hosted", &mut none), Lookup::InvalidAuthority);
@@ -1228,6 +1319,7 @@ mod tests {
                 &mut Attrs {
                     method: None,
                     authority: None,
+                    envoy_route: None,
                     fetched: 0
                 }
             ),
@@ -1236,5 +1328,103 @@ mod tests {
         assert_eq!(table.by_name("report"), Some(1));
         assert_eq!(path_only("/a?b#c"), "/a");
         assert_eq!(path_only("/a#c"), "/a");
+    }
+
+    fn by_envoy_route(name: &str, envoy_route: &str, methods: Option<&[&str]>) -> Route {
+        Route {
+            selector: Selector::EnvoyRoute(envoy_route.into()),
+            ..route(name, PathMatch::Exact("/unused".into()), methods, None)
+        }
+    }
+
+    #[test]
+    fn envoy_route_names_price_before_paths_and_are_read_only_when_configured() {
+        let get: Option<&[&str]> = Some(&["GET", "HEAD"]);
+        let mut pass = by_envoy_route("p", "pass_route", Some(&["POST"]));
+        pass.other_methods = OtherMethods::Pass;
+        let table = RouteTable::new(vec![
+            route("path", PathMatch::Prefix("/api".into()), None, None),
+            by_envoy_route("named", "weather_route", get),
+            by_envoy_route("named-post", "weather_route", Some(&["POST"])),
+            pass,
+        ]);
+        let priced = |index: usize| Lookup::Priced {
+            index,
+            rewrite: None,
+        };
+        // By name first, whatever the path (Envoy routed it), the path as sent.
+        for p in ["/api/weather", "/elsewhere", "/w;x/%61"] {
+            assert_eq!(
+                table.lookup(p, &mut on_envoy_route("GET", Some("weather_route"))),
+                priced(1),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            table.lookup("/x", &mut on_envoy_route("POST", Some("weather_route"))),
+            priced(2)
+        );
+        // A method neither route on that name lists: 405 naming both.
+        assert_eq!(
+            table.lookup("/x", &mut on_envoy_route("PUT", Some("weather_route"))),
+            Lookup::MethodNotAllowed {
+                allow: vec!["GET".into(), "HEAD".into(), "POST".into()]
+            }
+        );
+        // `other_methods: pass` falls through to the path routes (here none prices /x).
+        assert_eq!(
+            table.lookup("/x", &mut on_envoy_route("GET", Some("pass_route"))),
+            Lookup::Unpriced
+        );
+        assert_eq!(
+            table.lookup("/api/x", &mut on_envoy_route("GET", Some("pass_route"))),
+            priced(0)
+        );
+        // An Envoy route the config does not price, or no name: the path routes decide.
+        for name in [Some("other_route"), Some(""), None] {
+            assert_eq!(
+                table.lookup("/static", &mut on_envoy_route("GET", name)),
+                Lookup::Unpriced,
+                "{name:?}"
+            );
+            assert_eq!(
+                table.lookup("/api/x", &mut on_envoy_route("GET", name)),
+                priced(0),
+                "{name:?}"
+            );
+        }
+        // A route by name never matches by path.
+        assert_eq!(
+            table.lookup("/unused", &mut on_envoy_route("GET", None)),
+            Lookup::Unpriced
+        );
+        // Without envoy_route entries the name is never read.
+        let plain = RouteTable::new(vec![route(
+            "w",
+            PathMatch::Prefix("/api".into()),
+            None,
+            None,
+        )]);
+        let mut a = on_envoy_route("GET", Some("weather_route"));
+        assert_eq!(plain.lookup("/static", &mut a), Lookup::Unpriced);
+        assert_eq!(a.fetched, 0, "nothing read for an unpriced request");
+    }
+
+    #[test]
+    fn envoy_route_shadowing() {
+        let get: Option<&[&str]> = Some(&["GET", "HEAD"]);
+        let post: Option<&[&str]> = Some(&["POST"]);
+        let a = by_envoy_route("a", "r1", None);
+        assert!(shadows(&a, &by_envoy_route("b", "r1", None)));
+        assert!(shadows(&a, &by_envoy_route("b", "r1", post)));
+        assert!(!shadows(&a, &by_envoy_route("b", "r2", None)));
+        assert!(!shadows(
+            &by_envoy_route("a", "r1", get),
+            &by_envoy_route("b", "r1", post)
+        ));
+        // Names and paths never shadow each other.
+        let catch_all = route("c", PathMatch::Prefix("/".into()), None, None);
+        assert!(!shadows(&catch_all, &a));
+        assert!(!shadows(&a, &catch_all));
     }
 }

@@ -57,6 +57,11 @@ pub struct EnvoyOpts {
     pub domains: Vec<String>,
     /// The connection manager's `strip_any_host_port` (default off).
     pub strip_any_host_port: bool,
+    /// The virtual host's `routes:` list, as YAML written from column 0 (the harness indents
+    /// it), e.g. named routes and `typed_per_filter_config` disabling the filter
+    /// (`envoy.filters.http.wasm`). `None`: one catch-all route to the upstream (or, without
+    /// one, a `direct_response`). Clusters: `upstream`, `x402_settler`.
+    pub routes_yaml: Option<String>,
     /// Fetch the module over HTTP (`vm_config.code.remote`, pinned by sha256) instead of
     /// reading [`EnvoyOpts::wasm`] from disk; a `wasm_server` cluster points at the server.
     pub remote_wasm: Option<RemoteWasm>,
@@ -88,6 +93,7 @@ impl Default for EnvoyOpts {
             normalize_paths: true,
             domains: vec!["*".to_string()],
             strip_any_host_port: false,
+            routes_yaml: None,
             remote_wasm: None,
         }
     }
@@ -168,8 +174,7 @@ static_resources:
             - name: all
               domains: {domains}
               routes:
-              - match: {{prefix: "/"}}
-                {route_action}
+{routes}
           http_filters:
           - name: envoy.filters.http.wasm
             typed_config:
@@ -196,6 +201,14 @@ static_resources:
     {settler_endpoint}
 "#,
         failure_policy = opts.failure_policy,
+        routes = match &opts.routes_yaml {
+            Some(yaml) => yaml
+                .lines()
+                .map(|l| format!("              {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => format!("              - match: {{prefix: \"/\"}}\n                {route_action}"),
+        },
         normalization = {
             let mut n = String::new();
             if opts.normalize_paths {

@@ -95,11 +95,12 @@ impl<'h, H: Host> RequestHeaders<'h, H> {
     }
 }
 
-/// Method and authority, read only when a route needs them.
+/// Method, authority and Envoy route name, read only when a route needs them.
 pub(super) struct Attrs<'a, 'h, H: Host> {
     headers: &'a RequestHeaders<'h, H>,
     method: Option<Option<Cow<'a, str>>>,
     authority: Option<Option<Cow<'a, str>>>,
+    envoy_route: Option<Option<String>>,
 }
 
 impl<'a, 'h, H: Host> Attrs<'a, 'h, H> {
@@ -108,6 +109,7 @@ impl<'a, 'h, H: Host> Attrs<'a, 'h, H> {
             headers,
             method: None,
             authority: None,
+            envoy_route: None,
         }
     }
 }
@@ -123,6 +125,12 @@ impl<H: Host> RequestAttrs for Attrs<'_, '_, H> {
         let h = self.headers;
         self.authority
             .get_or_insert_with(|| h.get(":authority"))
+            .as_deref()
+    }
+    fn envoy_route(&mut self) -> Option<&str> {
+        let host = self.headers.host;
+        self.envoy_route
+            .get_or_insert_with(|| host.route_name())
             .as_deref()
     }
 }

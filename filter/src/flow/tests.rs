@@ -256,6 +256,136 @@ fn priced_path_with_an_unpriced_method_is_refused_405() {
     assert!(h.replies.borrow().is_empty());
 }
 
+// ---- routes priced by Envoy route name ----
+
+/// [`sample`] with `report` (1.5 USDC) priced on the Envoy route `api_report` instead of
+/// its path and hosts.
+fn by_envoy_route() -> Value {
+    let mut v = sample();
+    let r = v["routes"][1].as_object_mut().unwrap();
+    r.remove("match");
+    r.remove("hosts");
+    r.insert("envoy_route".into(), json!("api_report"));
+    v
+}
+
+#[test]
+fn a_route_priced_by_envoy_route_name_challenges_then_takes_its_token() {
+    let h = host();
+    let w = worker_for(&h, &by_envoy_route());
+    h.set_route_name(Some("api_report"));
+    // Whatever the path: Envoy routed it through `api_report`.
+    h.request(&[
+        (":method", "GET"),
+        (":path", "/v2/reports/7?x=1"),
+        (":authority", "api.example.com"),
+        (":scheme", "https"),
+        ("x-x402-payer", "0xforged"),
+    ]);
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    let reply = h.reply();
+    assert_eq!(reply.status(), 402);
+    assert_eq!(reply.json()["access_token_endpoint"], "/x402/token/report");
+    assert_eq!(
+        reply.json()["payment_scheme"]["payment_components"][0]["amount"].to_string(),
+        "1.5"
+    );
+    assert_eq!(h.removed(), ["x-x402-payer"]);
+    assert!(
+        h.set_request_headers().is_empty(),
+        "the path as sent: no rewrite"
+    );
+
+    // Its token (1.5 USDC for route `report`) lets it through with the identity headers.
+    h.request(&[
+        (":method", "GET"),
+        (":path", "/v2/reports/7"),
+        ("authorization", &bearer("report", 1_500_000)),
+    ]);
+    h.clear_records();
+    let mut r = Request::new(2, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert!(h.replies.borrow().is_empty());
+    assert_eq!(h.set_request_headers(), identity("report"));
+    // The weather route's token is no token for it.
+    h.request(&[
+        (":method", "GET"),
+        (":path", "/v2/reports/7"),
+        ("authorization", &bearer("weather", 10_000)),
+    ]);
+    let mut r = Request::new(3, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.reply().status(), 402);
+}
+
+#[test]
+fn an_envoy_route_the_config_does_not_price_passes_and_paths_still_price() {
+    let h = host();
+    let w = worker_for(&h, &by_envoy_route());
+    for name in [Some("static_files"), None] {
+        h.set_route_name(name);
+        h.request(&[
+            (":method", "GET"),
+            (":path", "/api/users/1/report"),
+            (":authority", "api.example.com"),
+            ("x-x402-payer", "0xforged"),
+        ]);
+        h.clear_records();
+        let mut r = Request::new(1, Some(w.clone()));
+        assert_eq!(r.on_request_headers(&h, true), Action::Continue, "{name:?}");
+        assert!(h.replies.borrow().is_empty());
+        assert_eq!(h.removed(), ["x-x402-payer"], "still stripped");
+        assert_eq!(h.calls.get(), 3, "header list, route name, one removal");
+        // The filter's own table still prices its paths.
+        weather(&h, &[]);
+        let mut r = Request::new(2, Some(w.clone()));
+        assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+        assert_eq!(
+            h.reply().json()["access_token_endpoint"],
+            "/x402/token/weather"
+        );
+    }
+    // The token endpoint of a route by name works as any other (no route name read).
+    h.set_route_name(Some("api_report"));
+    token_post(&h, "report", &[("content-type", "application/json")]);
+    h.clear_records();
+    let mut r = Request::new(3, Some(w));
+    assert_eq!(r.on_request_headers(&h, false), Action::Pause);
+    assert!(h.replies.borrow().is_empty(), "waiting for the body");
+}
+
+#[test]
+fn without_envoy_route_entries_the_route_name_is_never_read() {
+    let h = host();
+    let w = worker(&h);
+    h.set_route_name(Some("api_report"));
+    h.fail("route_name", 1);
+    h.request(&[(":method", "GET"), (":path", "/static/logo.png")]);
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.calls.get(), 1, "the header list only");
+    weather(&h, &[]);
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.reply().status(), 402);
+}
+
+#[test]
+fn an_unreadable_route_name_leaves_the_path_routes_in_charge() {
+    let h = host();
+    let w = worker_for(&h, &by_envoy_route());
+    h.set_route_name(Some("api_report"));
+    h.fail("route_name", 1);
+    h.request(&[(":method", "GET"), (":path", "/v2/reports/7")]);
+    let mut r = Request::new(1, Some(w.clone()));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    weather(&h, &[]);
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.reply().status(), 402);
+}
+
 #[test]
 fn method_override_headers_are_stripped_from_every_request() {
     let h = host();

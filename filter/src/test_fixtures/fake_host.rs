@@ -75,6 +75,8 @@ pub(crate) struct FakeHost {
     request: RefCell<Vec<(String, Vec<u8>)>>,
     /// The request body buffered so far.
     body: RefCell<Vec<u8>>,
+    /// The Envoy route name of the request (`xds.route_name`).
+    route_name: RefCell<Option<String>>,
     /// The callout's answer: headers and body.
     callout_answer: RefCell<(Pairs, Vec<u8>)>,
     now: Cell<Duration>,
@@ -110,6 +112,11 @@ impl FakeHost {
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect();
         self.body.borrow_mut().clear();
+    }
+
+    /// The Envoy route name the next requests come with (`None`: a route without a name).
+    pub(crate) fn set_route_name(&self, name: Option<&str>) {
+        *self.route_name.borrow_mut() = name.map(String::from);
     }
 
     /// Adds a raw header (e.g. bytes that are not UTF-8).
@@ -271,6 +278,11 @@ impl Host for FakeHost {
     fn request_header(&self, name: &str) -> Option<String> {
         self.call("request_header").ok()?;
         self.header(name)
+    }
+
+    fn route_name(&self) -> Option<String> {
+        self.call("route_name").ok()?;
+        self.route_name.borrow().clone()
     }
 
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {

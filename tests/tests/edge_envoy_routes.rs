@@ -1,0 +1,233 @@
+//! Prices on Envoy's own routes, through the real Envoy + filter, settler and anvil: a filter
+//! route with `envoy_route` prices the requests Envoy sends through the route of that name
+//! (`xds.route_name`), whatever their path; an Envoy route with the filter disabled per route
+//! (`typed_per_filter_config` `envoy.config.route.v3.FilterConfig {disabled: true}`) is
+//! proxied without the filter running at all; an Envoy route the config does not price
+//! passes (the filter still strips forged identity headers there), and the filter's own
+//! path table keeps pricing its paths.
+
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use alloy::primitives::{Address, U256};
+use serde_json::{json, Value};
+use x402_client::caps::Caps;
+use x402_client::pay::{Config, Payer};
+use x402_protocol::token::signing_key_from_hex;
+use x402_protocol::Network;
+use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
+use x402_testkit::envoy::{Envoy, EnvoyOpts, HttpRequest};
+use x402_testkit::settler::{usdc_terms, SettlerOptions, SettlerProcess};
+use x402_testkit::stack::{attach_settler_secret, Stack, REPORT, REPORT_PRICE};
+use x402_testkit::upstream::Upstream;
+
+/// Envoy's routes: the token endpoint's namespace and the priced API through the filter; the
+/// static files with the filter disabled on their route; everything else through the filter.
+/// `api_report` is priced by name in the filter config, `/api/weather` by the filter's own
+/// path table (on the catch-all `rest`).
+const ROUTES: &str = r#"- name: x402
+  match: {prefix: "/x402/"}
+  route: {cluster: upstream, timeout: 15s}
+- name: api_report
+  match: {prefix: "/v2/reports/"}
+  route: {cluster: upstream, timeout: 15s}
+- name: static_files
+  match: {prefix: "/static/"}
+  route: {cluster: upstream, timeout: 15s}
+  typed_per_filter_config:
+    envoy.filters.http.wasm:
+      "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+      disabled: true
+- name: rest
+  match: {prefix: "/"}
+  route: {cluster: upstream, timeout: 15s}
+"#;
+
+struct Edge {
+    anvil: Anvil,
+    token: Address,
+    pay_to: Address,
+    settler: SettlerProcess,
+    upstream: Upstream,
+    envoy: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+impl Edge {
+    async fn start() -> Edge {
+        let dir = tempfile::Builder::new()
+            .prefix("x402-envoy-routes-")
+            .tempdir()
+            .unwrap();
+        let anvil = Anvil::start().unwrap();
+        let token = anvil.deploy_token().await.unwrap();
+        let key_file = dir.path().join("token.key");
+        let db = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("settler.db").display()
+        );
+        let (spender, pay_to) = (dev_address(8), dev_address(9));
+        let network = anvil.network().to_string();
+        let opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
+            .with_terms(usdc_terms(&network, token, &[pay_to]));
+        let settler = SettlerProcess::start(opts).await.unwrap();
+        let upstream = Upstream::start().unwrap();
+        let key = signing_key_from_hex(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+        let mut config = Stack::filter_config(&key, token, network, spender, pay_to);
+        // `report` priced on Envoy's route `api_report` instead of the path /api/report.
+        let report = config["routes"][1].as_object_mut().unwrap();
+        assert_eq!(report["name"], REPORT);
+        report.remove("match");
+        report.insert("envoy_route".into(), json!("api_report"));
+        let mut envoy_opts = EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            settler_port: Some(settler.port()),
+            routes_yaml: Some(ROUTES.to_string()),
+            ..EnvoyOpts::default()
+        };
+        attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
+        let envoy = Envoy::start(&config.to_string(), envoy_opts).unwrap();
+        Edge {
+            anvil,
+            token,
+            pay_to,
+            settler,
+            upstream,
+            envoy,
+            _dir: dir,
+        }
+    }
+
+    /// The filter's per-request counters (`wasmcustom.x402_*`; not the revocation list's,
+    /// which its timer moves).
+    fn filter_counters(&self) -> BTreeMap<String, u64> {
+        self.envoy
+            .stat_values()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| {
+                k.starts_with("wasmcustom.x402_") && !k.starts_with("wasmcustom.x402_revocation")
+            })
+            .collect()
+    }
+
+    /// What the upstream received for the last request to `path`.
+    fn upstream_saw(&self, path: &str) -> x402_testkit::upstream::Request {
+        self.upstream
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("the upstream never got {path}"))
+    }
+}
+
+fn forged(path: &str) -> HttpRequest {
+    HttpRequest::new("GET", path)
+        .header("x-x402-payer", "0x000000000000000000000000000000000000dEaD")
+        .header("x-http-method-override", "DELETE")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_routes_priced_by_name_disabled_per_route_or_unpriced() {
+    let edge = Edge::start().await;
+
+    // Priced by Envoy route name: a 402 for the route `report`, whatever the path.
+    let before = edge.filter_counters();
+    let r = edge.envoy.get("/v2/reports/7");
+    assert_eq!(r.status, 402, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["access_token_endpoint"], "/x402/token/report");
+    assert!(r.header("payment-required").is_some());
+    let after = edge.filter_counters();
+    assert_eq!(
+        after["wasmcustom.x402_challenges"],
+        before["wasmcustom.x402_challenges"] + 1
+    );
+
+    // ... and paid through the token endpoint (its own Envoy route, filter on).
+    let signer = {
+        let k = alloy::signers::local::PrivateKeySigner::random();
+        edge.anvil
+            .mint(edge.token, k.address(), U256::from(1_000_000u64))
+            .await
+            .unwrap();
+        k
+    };
+    let payer_addr = signer.address();
+    let caps = Caps::default()
+        .with_max("0.5")
+        .unwrap()
+        .allow_network(Network::eip155(edge.anvil.chain_id()))
+        .allow_asset(edge.token)
+        .asset_decimals(edge.token, 6);
+    let payer = Payer::new(Config::new(signer, caps)).unwrap();
+    let url = format!("{}/v2/reports/7?format=csv", edge.envoy.base_url());
+    let paid = payer.get(&url).await.unwrap();
+    assert_eq!(
+        paid.status,
+        200,
+        "{}\nenvoy:\n{}\nsettler:\n{}",
+        paid.text(),
+        edge.envoy.log_tail(30),
+        edge.settler.log()
+    );
+    let receipt = paid.paid.expect("this call paid");
+    assert_eq!(receipt.amount, U256::from(REPORT_PRICE));
+    assert_eq!(receipt.payer, payer_addr);
+    let seen = edge.upstream_saw("/v2/reports/7?format=csv");
+    assert_eq!(seen.header("x-x402-route"), Some(REPORT));
+    assert_eq!(
+        seen.header("x-x402-payer"),
+        Some(payer_addr.to_checksum(None).as_str())
+    );
+    assert_eq!(receipt.pay_to, edge.pay_to);
+
+    // Filter disabled on the Envoy route: proxied as sent, the filter never ran (it strips
+    // forged identity and method-override headers from every request it sees, and no
+    // counter moves).
+    let before = edge.filter_counters();
+    for path in ["/static/logo.png", "/static/app.js"] {
+        let r = edge.envoy.send(&forged(path));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let seen = edge.upstream_saw(path);
+        assert_eq!(
+            seen.header("x-x402-payer"),
+            Some("0x000000000000000000000000000000000000dEaD"),
+            "{path}: the filter did not run"
+        );
+        assert_eq!(seen.header("x-http-method-override"), Some("DELETE"));
+    }
+    assert_eq!(edge.filter_counters(), before);
+
+    // An Envoy route the config does not price: passes, through the filter (forged
+    // identity and method override stripped).
+    for path in ["/free/x", "/v2/other"] {
+        let r = edge.envoy.send(&forged(path));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let seen = edge.upstream_saw(path);
+        assert_eq!(seen.header("x-x402-payer"), None, "{path}");
+        assert_eq!(seen.header("x-http-method-override"), None, "{path}");
+    }
+    assert_eq!(edge.filter_counters(), before);
+
+    // The filter's own table still prices /api/weather (on Envoy's catch-all route), and
+    // the report's path route is gone: /api/report is the `rest` route's, unpriced.
+    let r = edge.envoy.get("/api/weather");
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(r.json()["access_token_endpoint"], "/x402/token/weather");
+    let r = edge.envoy.get("/api/report");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The discovery document lists the route by its Envoy route name.
+    let doc: Value = edge.envoy.get("/.well-known/x402").json();
+    let report = doc["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == REPORT)
+        .unwrap();
+    assert_eq!(report["match"], json!({"envoy_route": "api_report"}));
+}
