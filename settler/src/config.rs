@@ -17,8 +17,25 @@ use x402_protocol::Network;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log lines as `text` (for a terminal) or `json` (one object per line, for a log
+    /// pipeline; each request's lines carry its `request_id`, Envoy's `x-request-id`).
+    #[arg(
+        long = "log-format",
+        env = "X402_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,8 @@
 //! - `verify` (pure checks) and `scheme` (one module per payment scheme behind a trait).
 //! - `error`: [`error::Refusal`], the one domain error enum; store and chain errors.
 //! - `lane` (settlement), `chain` (RPC), `store` (database), `terms` (what the settler
-//!   honours, `--terms-file`), and `config`, `metrics`, `clock`.
+//!   honours, `--terms-file`), and `config`, `metrics` (`ops_gauges` refreshes the gauges),
+//!   `clock`.
 //!
 //! [`Settler::new`] builds everything from the command line; [`run`] serves it on a listener
 //! until a shutdown future completes; [`serve`] is the binary's `run` with the listen
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 mod lane;
 pub(crate) mod metrics;
+mod ops_gauges;
 pub(crate) mod scheme;
 pub(crate) mod service;
 pub(crate) mod store;
@@ -279,7 +281,7 @@ pub async fn run(
             workers.spawn(lane.run(stop_rx.clone()));
         }
     }
-    workers.spawn(gauges(service.store.clone(), stop_rx.clone()));
+    workers.spawn(ops_gauges::run(service.clone(), stop_rx.clone()));
     workers.spawn(service::expire_holds(
         service.store.clone(),
         stop_rx.clone(),
@@ -307,25 +309,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     run(listener, settler, shutdown_signal()).await
-}
-
-async fn gauges(store: Store, mut stop: watch::Receiver<bool>) {
-    loop {
-        if let Ok(counts) = store.count_by_state().await {
-            for state in ["pending", "submitted", "settled", "failed"] {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == state)
-                    .map(|(_, n)| *n)
-                    .unwrap_or(0);
-                ::metrics::gauge!(metrics::SETTLEMENTS_BY_STATE, "state" => state).set(n as f64);
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stop.changed() => return,
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -14,6 +14,12 @@ pub const RPC_ERRORS: &str = "x402_rpc_errors_total";
 pub const SIGNER_BALANCE: &str = "x402_signer_balance_wei";
 pub const FACILITATOR_REQUESTS: &str = "x402_facilitator_requests_total";
 pub const TOKENS_REISSUED: &str = "x402_tokens_reissued_total";
+/// The settlement queue per network (`ops_gauges`).
+pub const UNSETTLED: &str = "x402_unsettled_payments";
+pub const OLDEST_UNSETTLED_AGE: &str = "x402_oldest_unsettled_age_seconds";
+/// Settled value per network, asset and route, in base units (`ops_gauges` says how it
+/// saturates).
+pub const REVENUE: &str = "x402_revenue_base_units_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -64,6 +70,18 @@ fn describe() {
     metrics::describe_counter!(
         TOKENS_REISSUED,
         "Tokens given again to the same payment posted again before broadcast"
+    );
+    metrics::describe_gauge!(
+        UNSETTLED,
+        "Payments stored and not yet final (pending or submitted), by network"
+    );
+    metrics::describe_gauge!(
+        OLDEST_UNSETTLED_AGE,
+        "Seconds the oldest unsettled payment has waited, by network (0: none waiting)"
+    );
+    metrics::describe_counter!(
+        REVENUE,
+        "Value settled to the recipients in the asset's base units, by network, asset and route (all settled payments in the database)"
     );
     metrics::describe_counter!(
         FACILITATOR_REQUESTS,

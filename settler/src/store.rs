@@ -22,6 +22,7 @@ use crate::error::StoreError;
 
 mod holds;
 pub use holds::{AcceptExtras, HoldChange};
+mod ops;
 pub use ops::SettledItem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@ mod catch_panic;
 pub(crate) mod facilitator;
 mod ops;
 mod renew;
+mod request_id;
 mod revocations;
 mod settlements;
 #[cfg(test)]
@@ -84,7 +85,7 @@ pub(crate) fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         });
     #[cfg(test)]
     let routes = catch_panic::test_routes(routes);
-    routes
+    let routes = routes
         .fallback(|| async { AppError(Refusal::NotFound("no such endpoint".into())) })
         // A handler's panic is a 500 `internal` answer, never a dropped connection.
         .layer(catch_panic::layer())
@@ -93,8 +94,8 @@ pub(crate) fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    request_id::layer(routes).with_state(state)
 }
 
 /// The HTTP status of each refusal in the token API (and every `ApiError` answer).
