@@ -1,5 +1,12 @@
 //! Counter names. Envoy shows proxy-wasm metrics under its `wasmcustom.` stats prefix, e.g.
 //! `wasmcustom.x402_challenges`.
+//!
+//! Per-route counters ([`RouteCounter`]) carry the route in the name, as
+//! `x402_route_<event>.route.<route name>`: the proxy-wasm ABI has no metric tags, and
+//! Envoy turns the suffix into a tag with a `stats_config.stats_tags` regex
+//! ([`ROUTE_TAG_REGEX`], in `envoy/envoy.yaml` and `envoy/observability/`); Prometheus then
+//! sees `x402_route_<event>{x402_route="<name>"}`. Route names are `[A-Za-z0-9._~-]`, set by
+//! the operator, so their number is bounded by the configuration, never by traffic.
 
 use x402_protocol::challenge::Reason;
 
@@ -18,6 +25,52 @@ pub const TOKEN_SHARED_HITS: &str = "x402_token_shared_hits";
 pub const TOKEN_SIGNATURE_CHECKS: &str = "x402_token_signature_checks";
 pub const REVOCATION_FETCHES: &str = "x402_revocation_fetches";
 pub const REVOCATION_FETCH_FAILURES: &str = "x402_revocation_fetch_failures";
+
+/// The Envoy `stats_tags` regex that extracts the route of a [`RouteCounter`] name (as
+/// Envoy sees it, with the `wasmcustom.` prefix) into the tag [`ROUTE_TAG`]. The route is
+/// last in the name, so a route name with dots is taken whole.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const ROUTE_TAG_REGEX: &str = r"^wasmcustom\.x402_route_[a-z_]+(\.route\.(.+))$";
+#[cfg_attr(not(test), allow(dead_code))]
+pub const ROUTE_TAG: &str = "x402_route";
+
+/// Events counted per priced route too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCounter {
+    /// 402 answered to a request without a usable token.
+    Challenges,
+    /// A request let through, paid (bearer token or `PAYMENT-SIGNATURE`).
+    Accepted,
+    /// A request let through unpaid (`failure_mode: allow`, settler unreachable).
+    FailOpen,
+}
+
+impl RouteCounter {
+    /// Every per-route counter, in a fixed order (the index of the worker's id table).
+    pub const ALL: [RouteCounter; 3] = [
+        RouteCounter::Challenges,
+        RouteCounter::Accepted,
+        RouteCounter::FailOpen,
+    ];
+
+    pub fn index(self) -> usize {
+        match self {
+            RouteCounter::Challenges => 0,
+            RouteCounter::Accepted => 1,
+            RouteCounter::FailOpen => 2,
+        }
+    }
+
+    /// `x402_route_<event>.route.<route>`.
+    pub fn name(self, route: &str) -> String {
+        let event = match self {
+            RouteCounter::Challenges => "challenges",
+            RouteCounter::Accepted => "accepted",
+            RouteCounter::FailOpen => "fail_open",
+        };
+        format!("x402_route_{event}.route.{route}")
+    }
+}
 
 /// `x402_rejected_<reason code>`.
 pub fn rejected(reason: Reason) -> String {
@@ -119,5 +172,24 @@ mod tests {
         assert!(names.contains(&"x402_rejected_bad_signature".to_string()));
         assert!(names.contains(&"x402_rejected_revoked".to_string()));
         assert!(names.contains(&"x402_fail_open".to_string()));
+    }
+
+    /// The shipped Envoy configurations extract the route with this very regex.
+    #[test]
+    fn shipped_envoy_configs_extract_the_route_tag() {
+        let quoted = format!("tag_name: {ROUTE_TAG}\n    regex: '{ROUTE_TAG_REGEX}'");
+        for (file, text) in [
+            ("envoy/envoy.yaml", include_str!("../../envoy/envoy.yaml")),
+            (
+                "envoy/observability/envoy-stats-tags.yaml",
+                include_str!("../../envoy/observability/envoy-stats-tags.yaml"),
+            ),
+        ] {
+            assert!(text.contains(&quoted), "{file} lacks:\n{quoted}");
+        }
+        for (i, c) in RouteCounter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert!(c.name("weather.v2").ends_with(".route.weather.v2"));
+        }
     }
 }

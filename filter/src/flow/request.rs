@@ -35,7 +35,7 @@ use crate::grant::Grant;
 use crate::headers::HeaderPairs;
 use crate::host_api::Host;
 use crate::identity;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, RouteCounter};
 use crate::policy::{CacheControl, FailureMode, PRIVATE_NO_STORE};
 use crate::routes::{Lookup, RequestAttrs, Route};
 use crate::token_endpoint::{self, Endpoint, SettlerReply};
@@ -203,6 +203,7 @@ impl Request {
                 match decision::payment_outcome(&SettlerReply::default(), route.failure_mode) {
                     PaymentOutcome::FailOpen(why) => {
                         worker.count(host, Counter::FailOpen);
+                        worker.count_route(host, RouteCounter::FailOpen, idx);
                         log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
                         drop_payment_header(host);
                         self.state = State::Forwarded {
@@ -360,6 +361,9 @@ impl Request {
     /// upstream's.
     fn allow(&mut self, worker: &Worker, host: &impl Host, route: &Route, grant: &Grant) -> Action {
         worker.count(host, Counter::Accepted);
+        if let Some(i) = worker.cfg.routes.by_name(&route.name) {
+            worker.count_route(host, RouteCounter::Accepted, i);
+        }
         if !route.forward_token {
             if let Err(e) = host.remove_request_header("authorization") {
                 log!(host, Warn, "x402: cannot remove the access token: {e}");
@@ -392,6 +396,7 @@ impl Request {
         url: String,
     ) {
         worker.count(host, Counter::Rejected(reason));
+        worker.count_route(host, RouteCounter::Challenges, route);
         if let Some(r) = worker.cfg.routes.get(route) {
             self.answer(worker, host, challenge::challenge(r, reason, url));
         }
@@ -535,6 +540,7 @@ impl Request {
                 settled,
             } => {
                 worker.count(host, Counter::Accepted);
+                worker.count_route(host, RouteCounter::Accepted, route);
                 if let Some(r) = worker.cfg.routes.get(route) {
                     let verdict = worker.minted(host, &settled.access_token, now_secs(host));
                     let (ids, why) = decision::settled_identity(r, &settled, verdict);
@@ -573,6 +579,7 @@ impl Request {
             PaymentOutcome::FailOpen(why) => {
                 worker.count(host, Counter::SettlerErrors);
                 worker.count(host, Counter::FailOpen);
+                worker.count_route(host, RouteCounter::FailOpen, route);
                 log!(host, Warn, "x402: payment on {url}: {why}; failure_mode=allow lets the request through unpaid");
                 drop_payment_header(host);
                 self.state = State::Forwarded {
@@ -665,9 +672,15 @@ fn dispatch_settler(worker: &Worker, host: &impl Host, body: &[u8]) -> bool {
 fn dispatch_settler_to(worker: &Worker, host: &impl Host, path: &str, body: &[u8]) -> bool {
     let cfg = &worker.cfg;
     worker.count(host, Counter::TokenRequests);
+    // The request's id (Envoy's x-request-id) goes along, so the settler logs under it.
+    let request_id = host.request_header("x-request-id");
+    let mut headers = token_endpoint::settler_headers(cfg, path);
+    if let Some(id) = request_id.as_deref() {
+        headers.push(("x-request-id", id));
+    }
     match host.dispatch_callout(
         &cfg.settler.cluster,
-        token_endpoint::settler_headers(cfg, path),
+        headers,
         body,
         cfg.settler.timeout,
     ) {

@@ -111,7 +111,10 @@ fn configure_defines_every_counter_and_the_timer() {
     let w = Worker::configure(&h, sample().to_string().as_bytes());
     assert!(w.is_some());
     let names = h.counter_names();
-    assert_eq!(names.len(), 21);
+    // 21 counters, and three per priced route (two routes).
+    assert_eq!(names.len(), 21 + 3 * 2);
+    assert!(names.contains(&"x402_route_challenges.route.weather".to_string()));
+    assert!(names.contains(&"x402_route_fail_open.route.report".to_string()));
     assert!(names.contains(&"x402_rejected_revoked".to_string()));
     assert!(names.contains(&"x402_fail_open".to_string()));
     assert!(names.contains(&"x402_revocation_fetch_failures".to_string()));
@@ -656,8 +659,8 @@ fn valid_token_goes_through_with_identity_headers_then_hits_the_cache() {
     );
     assert_eq!(
         h.calls.get(),
-        8,
-        "header list, clock, two counters, token removed, three headers"
+        9,
+        "header list, clock, three counters (one per route), token removed, three headers"
     );
     // Its response: Cache-Control private, no-store (one more host call).
     h.clear_records();
@@ -2495,4 +2498,56 @@ fn a_failing_shared_write_is_logged_and_the_token_still_serves() {
     ));
     assert_eq!(weather_with(&h, &w, &auth), (Action::Continue, None));
     assert_eq!(h.counter("x402_token_cache_hits"), 1);
+}
+
+// ---- operations: per-route counters, request ids ----
+
+#[test]
+fn per_route_counters_count_challenges_and_paid_requests_of_their_route() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[]);
+    Request::new(1, Some(w.clone())).on_request_headers(&h, true);
+    assert_eq!(h.reply().status(), 402);
+    let auth = bearer("weather", 10_000);
+    weather(&h, &[("authorization", &auth)]);
+    let mut r = Request::new(2, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(
+        h.route_counters(),
+        counters(&[
+            ("x402_route_challenges.route.weather", 1),
+            ("x402_route_accepted.route.weather", 1)
+        ])
+    );
+}
+
+#[test]
+fn fail_open_is_counted_for_its_route() {
+    let h = host();
+    let w = worker_for(&h, &allow_mode());
+    h.fail("dispatch_callout", 10);
+    let sig = payment_signature();
+    weather(&h, &[("payment-signature", &sig)]);
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(h.counter("x402_fail_open"), 1);
+    assert_eq!(
+        h.route_counters(),
+        counters(&[("x402_route_fail_open.route.weather", 1)])
+    );
+}
+
+#[test]
+fn the_settler_callout_carries_the_request_id() {
+    let h = host();
+    let w = worker(&h);
+    let sig = payment_signature();
+    weather(
+        &h,
+        &[("payment-signature", &sig), ("x-request-id", "5d1c-req-7")],
+    );
+    let mut r = Request::new(1, Some(w));
+    assert_eq!(r.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(h.callout().header("x-request-id"), Some("5d1c-req-7"));
 }

@@ -16,7 +16,7 @@ use crate::cache::TokenCache;
 use crate::config::{self, FilterConfig};
 use crate::grant::Grant;
 use crate::host_api::Host;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, RouteCounter};
 use crate::pending::PendingBodies;
 use crate::revocation::Revocations;
 use crate::routes::Route;
@@ -29,6 +29,9 @@ pub(crate) struct Worker {
     pub(crate) cfg: FilterConfig,
     /// Host id of each counter, in [`Counter::all`] order (`None`: could not be defined).
     counters: Vec<Option<u32>>,
+    /// Host ids of the per-route counters: per route (config order), in
+    /// [`RouteCounter::ALL`] order.
+    route_counters: Vec<Vec<Option<u32>>>,
     cache: RefCell<TokenCache>,
     /// Where this worker's verdicts meet the other workers'.
     shared: SharedTokens,
@@ -75,20 +78,25 @@ impl Worker {
 
     /// A worker for `cfg`, with its counters defined on `host`.
     pub(crate) fn new(host: &impl Host, cfg: FilterConfig) -> Worker {
-        let counters = Counter::all()
-            .into_iter()
-            .map(|c| {
-                let name = c.name();
-                match host.define_counter(&name) {
-                    Ok(id) => Some(id),
-                    Err(e) => {
-                        log!(host, Warn, "x402: cannot define metric {name}: {e}");
-                        None
-                    }
-                }
+        let define = |name: String| match host.define_counter(&name) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log!(host, Warn, "x402: cannot define metric {name}: {e}");
+                None
+            }
+        };
+        let counters = Counter::all().into_iter().map(|c| define(c.name())).collect();
+        let route_counters = (0..cfg.routes.len())
+            .filter_map(|i| cfg.routes.get(i))
+            .map(|r| {
+                RouteCounter::ALL
+                    .iter()
+                    .map(|c| define(c.name(&r.name)))
+                    .collect()
             })
             .collect();
         Worker {
+            route_counters,
             cache: RefCell::new(TokenCache::new(cfg.token_cache_size)),
             shared: SharedTokens::new(&cfg.settler.cluster, &cfg.keys, cfg.shared_token_slots),
             cfg,
@@ -100,6 +108,13 @@ impl Worker {
 
     pub(crate) fn count(&self, host: &impl Host, c: Counter) {
         if let Some(Some(id)) = self.counters.get(c.index()) {
+            host.increment_counter(*id);
+        }
+    }
+
+    /// Counts `c` for the route at `route` (config order); no-op for an unknown index.
+    pub(crate) fn count_route(&self, host: &impl Host, c: RouteCounter, route: usize) {
+        if let Some(Some(id)) = self.route_counters.get(route).and_then(|r| r.get(c.index())) {
             host.increment_counter(*id);
         }
     }

@@ -197,14 +197,24 @@ impl FakeHost {
         )
     }
 
-    /// The counters that are not zero, by name.
+    /// The counters that are not zero, by name; the per-route ones (`x402_route_*`) are in
+    /// [`FakeHost::route_counters`].
     pub(crate) fn counters(&self) -> Vec<(String, u64)> {
+        self.nonzero(|n| !n.starts_with("x402_route_"))
+    }
+
+    /// The per-route counters that are not zero, by name.
+    pub(crate) fn route_counters(&self) -> Vec<(String, u64)> {
+        self.nonzero(|n| n.starts_with("x402_route_"))
+    }
+
+    fn nonzero(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
         let names = self.counter_names.borrow();
         let values = self.counter_values.borrow();
         names
             .iter()
             .zip(values.iter())
-            .filter(|(_, v)| **v > 0)
+            .filter(|(n, v)| **v > 0 && keep(n))
             .map(|(n, v)| (n.clone(), *v))
             .collect()
     }
