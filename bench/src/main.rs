@@ -39,9 +39,28 @@ use x402_testkit::{paths, ports};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Filter {
     None,
-    JwtAuthn { cache: bool },
-    X402 { cache_size: u64 },
+    JwtAuthn {
+        cache: bool,
+    },
+    X402 {
+        cache_size: u64,
+    },
+    /// The x402 filter declared, but disabled on the route of `/free` (Envoy's per-route
+    /// `FilterConfig { disabled: true }`): what an unpriced route costs when it is disabled.
+    X402DisabledOnFree,
 }
+
+/// The harness's routes with the filter disabled on `/free` (direct_response, as the rest).
+const DISABLED_ON_FREE_ROUTES: &str = r#"- name: free
+  match: {prefix: "/free"}
+  direct_response: {status: 200, body: {inline_string: "no upstream"}}
+  typed_per_filter_config:
+    envoy.filters.http.wasm:
+      "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+      disabled: true
+- match: {prefix: "/"}
+  direct_response: {status: 200, body: {inline_string: "no upstream"}}
+"#;
 
 /// What each request carries.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -116,6 +135,14 @@ const SCENARIOS: &[Scenario] = &[
     sc(
         "x402_unpriced",
         Filter::X402 { cache_size: CACHE },
+        "/free",
+        Send::Pad,
+        200,
+        1,
+    ),
+    sc(
+        "x402_unpriced_disabled",
+        Filter::X402DisabledOnFree,
         "/free",
         Send::Pad,
         200,
@@ -453,15 +480,14 @@ fn yaml_for(s: &Scenario, key: &SigningKey, asset: Address, jwks: &str) -> Resul
         cfg["token_cache_size"] = json!(cache_size);
     }
     let (port, admin) = (ports::free_port(), ports::free_port());
-    let yaml = bootstrap_yaml(
-        &cfg.to_string(),
-        &EnvoyOpts::default(),
-        port,
-        admin,
-        ports::free_port(),
-    );
+    let opts = EnvoyOpts {
+        routes_yaml: (s.filter == Filter::X402DisabledOnFree)
+            .then(|| DISABLED_ON_FREE_ROUTES.to_string()),
+        ..EnvoyOpts::default()
+    };
+    let yaml = bootstrap_yaml(&cfg.to_string(), &opts, port, admin, ports::free_port());
     let yaml = match s.filter {
-        Filter::X402 { .. } => yaml,
+        Filter::X402 { .. } | Filter::X402DisabledOnFree => yaml,
         Filter::None => replace_filter(&yaml, "")?,
         Filter::JwtAuthn { cache } => replace_filter(&yaml, &jwt_authn_filter(jwks, cache))?,
     };
