@@ -23,9 +23,11 @@ out_dir = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else root / "target" / 
 out_dir.mkdir(parents=True, exist_ok=True)
 errors = []
 docs = []
-for path in sorted((root / "envoy").rglob("*.yaml")):
-    if path.parent == root / "envoy":
-        continue  # plain Envoy configs are checked by `envoy --mode validate`
+# Kubernetes objects live in envoy/k8s and envoy/istio only: envoy/*.yaml are plain Envoy
+# configs (checked by `envoy --mode validate`), other folders hold snippets that are not
+# objects (envoy/observability: a stats_config fragment, Prometheus rules).
+manifest_files = sorted(p for d in ("k8s", "istio") for p in (root / "envoy" / d).rglob("*.yaml"))
+for path in manifest_files:
     if path.name == "kustomization.yaml":
         continue  # how to assemble the objects, not an object (rendered by check-manifests.sh)
     try:
