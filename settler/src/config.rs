@@ -209,6 +209,15 @@ pub struct ServeArgs {
         default_value_t = 50
     )]
     pub batch_wait_ms: u64,
+    /// With `--settlement-contract`: batch transactions per wallet signed and not yet mined at
+    /// most (1..=64); more payments wait pending and go together into the next batches once
+    /// one is mined (so the bound costs little: a batch holds up to `--batch-max`).
+    #[arg(
+        long = "max-in-flight",
+        env = "X402_MAX_IN_FLIGHT",
+        default_value_t = 16
+    )]
+    pub max_in_flight: u64,
     /// Re-broadcast a sent transaction without receipt after this many seconds.
     #[arg(
         long = "rebroadcast-secs",
@@ -322,6 +331,11 @@ impl ServeArgs {
             self.batch_wait_ms <= 10_000,
             "--batch-wait-ms {}: at most 10000",
             self.batch_wait_ms
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.max_in_flight),
+            "--max-in-flight {}: must be 1..=64 batch transactions per wallet",
+            self.max_in_flight
         );
         for (i, c) in self.settlement_contract.iter().enumerate() {
             anyhow::ensure!(

@@ -195,6 +195,7 @@ impl Settler {
                 batch: 64,
                 batch_max: args.batch_max as usize,
                 batch_wait: Duration::from_millis(args.batch_wait_ms),
+                max_in_flight: args.max_in_flight,
                 gas_limit: args.gas_limit,
                 max_fee,
                 replace_after: Duration::from_secs(args.replace_after_secs.max(1)),

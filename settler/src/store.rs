@@ -546,14 +546,36 @@ impl Session {
         network: Network,
         asset: Address,
     ) -> Result<U256, StoreError> {
-        let rows = sqlx::query("SELECT value FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND state IN ('pending', 'submitted')")
+        // It runs under the asset's lock for every acceptance: values of up to 12 digits
+        // (all real prices) are summed by the database - exact, as each is < 10^12 and the
+        // count is bounded below (the sum stays under i64::MAX) - and only longer ones here.
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n, CAST(SUM(CAST(value AS BIGINT)) AS BIGINT) AS total FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND state IN ('pending', 'submitted') AND LENGTH(value) <= {SQL_SUM_DIGITS}"))
+            .bind(network.chain_id as i64)
+            .bind(hexa(asset))
+            .fetch_one(self.conn())
+            .await?;
+        let n: i64 = row.try_get("n")?;
+        let short: Option<i64> = row.try_get("total")?;
+        let long_filter = if n > SQL_SUM_MAX_ROWS {
+            // Too many for an exact SQL sum: every value here.
+            String::new()
+        } else {
+            format!(" AND LENGTH(value) > {SQL_SUM_DIGITS}")
+        };
+        let mut total = if n > SQL_SUM_MAX_ROWS {
+            U256::ZERO
+        } else {
+            U256::from(short.unwrap_or(0).max(0) as u64)
+        };
+        let rows = sqlx::query(&format!("SELECT value FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND state IN ('pending', 'submitted'){long_filter}"))
             .bind(network.chain_id as i64)
             .bind(hexa(asset))
             .fetch_all(self.conn())
             .await?;
-        rows.iter().try_fold(U256::ZERO, |acc, r| {
-            Ok(acc.saturating_add(col_u256(r, "value")?))
-        })
+        for r in &rows {
+            total = total.saturating_add(col_u256(r, "value")?);
+        }
+        Ok(total)
     }
 
     /// Postgres: also serialise on `lock_key` (an asset's exposure total) until this
@@ -952,27 +974,50 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let hash = hex32(tx_row.hash);
-        for (id, with_permit) in items {
-            let moved = sqlx::query("UPDATE x402_payments SET state = 'submitted', permit_tx = $2, transfer_tx = $3, error = NULL, updated_ms = $4 WHERE id = $1 AND state = 'pending'")
-                .bind(id)
+        // One UPDATE per permit column value (items running their permit record the batch as
+        // `permit_tx` too) and one multi-row INSERT: a batch costs a few statements, not a few
+        // per item. Ids are distinct, so every item moved <=> the counts add up to the items.
+        let mut moved = 0u64;
+        for with_permit in [true, false] {
+            let ids: Vec<&str> = items
+                .iter()
+                .filter(|(_, w)| *w == with_permit)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let sql = format!("UPDATE x402_payments SET state = 'submitted', permit_tx = $1, transfer_tx = $2, error = NULL, updated_ms = $3 WHERE state = 'pending' AND id IN ({})", placeholders(4, ids.len()));
+            let mut q = sqlx::query(&sql)
                 .bind(with_permit.then(|| hash.clone()))
                 .bind(&hash)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            if moved.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(false);
+                .bind(now_ms);
+            for id in &ids {
+                q = q.bind(*id);
             }
+            moved += q.execute(&mut *tx).await?.rows_affected();
         }
-        for (i, (id, with_permit)) in items.iter().enumerate() {
-            sqlx::query("INSERT INTO x402_batch_items (batch_id, idx, payment_id, with_permit) VALUES ($1, $2, $3, $4)")
-                .bind(&tx_row.payment_id)
-                .bind(i as i64)
-                .bind(id)
-                .bind(i64::from(*with_permit))
-                .execute(&mut *tx)
-                .await?;
+        if moved != items.len() as u64 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if !items.is_empty() {
+            let rows: Vec<String> = (0..items.len())
+                .map(|i| format!("({})", placeholders(1 + 4 * i, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO x402_batch_items (batch_id, idx, payment_id, with_permit) VALUES {}",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, (id, with_permit)) in items.iter().enumerate() {
+                q = q
+                    .bind(&tx_row.payment_id)
+                    .bind(i as i64)
+                    .bind(id)
+                    .bind(i64::from(*with_permit));
+            }
+            q.execute(&mut *tx).await?;
         }
         let t = tx_row;
         sqlx::query("INSERT INTO x402_txs (chain_id, signer, nonce, payment_id, kind, hash, raw, state, last_broadcast_ms, created_ms, updated_ms, max_fee, priority_fee, signed_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', $8, $8, $8, $9, $10, $8)")
@@ -1011,6 +1056,74 @@ impl Store {
                 Ok((id, p != 0))
             })
             .collect()
+    }
+
+    /// The payments of `ids` that exist, in no particular order (one query for a batch's items).
+    pub(crate) async fn get_many(&self, ids: &[String]) -> Result<Vec<PaymentRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        // Chunks keep the statement under every backend's bind-parameter limit.
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT {PAYMENT_COLS} FROM x402_payments WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(payment_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends the judging of a mined batch transaction in ONE DB transaction: every payment of
+    /// `settled` still `submitted` becomes `settled` (block, `gas_each` charged), and the batch
+    /// transaction gets its receipt (`success`, `block`), so it is closed with its last items.
+    /// Returns the ids moved (the others were judged before, e.g. before a restart).
+    pub(crate) async fn settle_batch(
+        &self,
+        hash: B256,
+        success: bool,
+        block: Option<u64>,
+        settled: &[String],
+        gas_each: u64,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut moved = Vec::with_capacity(settled.len());
+        for chunk in settled.chunks(500) {
+            let sql = format!("UPDATE x402_payments SET state = 'settled', block_number = $1, error = NULL, updated_ms = $2, settled_ms = $2, failed_ms = NULL, fail_cause = NULL, payer_fault = 0, gas_spent = gas_spent + $3 WHERE state = 'submitted' AND id IN ({}) RETURNING id", placeholders(4, chunk.len()));
+            let mut q = sqlx::query(&sql)
+                .bind(block.map(|b| b as i64))
+                .bind(now_ms)
+                .bind(gas_each as i64);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                moved.push(row.try_get::<String, _>("id")?);
+            }
+        }
+        record_receipts(&mut tx, &[(hash, success, block.unwrap_or(0))], &[], now_ms).await?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// How many transactions of a signer wait for a receipt (the lane's in-flight bound).
+    pub(crate) async fn in_flight(
+        &self,
+        chain_id: u64,
+        signer: Address,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM x402_txs WHERE chain_id = $1 AND signer = $2 AND state = 'sent'")
+            .bind(chain_id as i64)
+            .bind(hexa(signer))
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n.max(0) as u64)
     }
 
     /// Closes a batch transaction once every item is judged: `receipt` (success, block) when
@@ -1411,6 +1524,19 @@ async fn insert_attempt(
     Ok(())
 }
 
+/// [`Session::open_total`]: values of at most this many decimal digits are summed in SQL ...
+const SQL_SUM_DIGITS: usize = 12;
+/// ... when there are at most this many of them (each < 10^12: the sum < 9.2 * 10^18 fits i64).
+const SQL_SUM_MAX_ROWS: i64 = 9_000_000;
+
+/// `$first, $first+1, ...` (n of them): the bind placeholders of an `IN (...)` list or a row.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The failure columns: (cause code, payer caused it).
 fn fail_cols(cause: Option<(&str, bool)>) -> (Option<String>, i64) {
     match cause {
@@ -1784,6 +1910,129 @@ mod tests {
             found.broadcast,
             "a stored transaction may have been broadcast"
         );
+    }
+
+    /// The batch statements of the lane (one UPDATE / INSERT for a whole batch, one commit to
+    /// settle it) keep the per-item rules: all items pending or nothing stored, only
+    /// `submitted` ones settled, each once.
+    #[tokio::test]
+    async fn batch_is_recorded_and_settled_in_whole_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("t.db").display()
+        ))
+        .await
+        .unwrap();
+        let mut s = store.session(1).await.unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            s.insert(&sample(id, i as u8)).await.unwrap();
+        }
+        drop(s);
+        let signer = Address::repeat_byte(5);
+        let batch = |h: u8, nonce: u64| TxRow {
+            chain_id: 31337,
+            signer,
+            nonce,
+            payment_id: format!("batch:{h}"),
+            kind: "batch".into(),
+            hash: B256::repeat_byte(h),
+            raw: vec![h],
+            state: "sent".into(),
+            ..Default::default()
+        };
+        let items: Vec<(String, bool)> =
+            vec![("a".into(), true), ("b".into(), false), ("c".into(), true)];
+        let first = batch(1, 0);
+        assert!(store.record_batch(&first, &items, 5).await.unwrap());
+        assert_eq!(store.in_flight(31337, signer).await.unwrap(), 1);
+        let a = store.get("a").await.unwrap().unwrap();
+        let b = store.get("b").await.unwrap().unwrap();
+        assert_eq!(a.state, SettlementState::Submitted);
+        assert_eq!(a.permit_tx.as_deref(), Some(hex32(first.hash).as_str()));
+        assert_eq!(b.permit_tx, None);
+        assert_eq!(b.transfer_tx.as_deref(), Some(hex32(first.hash).as_str()));
+        assert_eq!(store.batch_items("batch:1").await.unwrap(), items);
+        // "a" is no longer pending: a second batch with it stores nothing, "d" stays pending.
+        let second = batch(2, 1);
+        let overlap = vec![("d".into(), false), ("a".into(), true)];
+        assert!(!store.record_batch(&second, &overlap, 6).await.unwrap());
+        assert_eq!(
+            store.get("d").await.unwrap().unwrap().state,
+            SettlementState::Pending
+        );
+        assert!(store.batch_items("batch:2").await.unwrap().is_empty());
+        assert_eq!(store.in_flight(31337, signer).await.unwrap(), 1);
+        let mut got: Vec<String> = store
+            .get_many(&["a".into(), "c".into(), "zz".into()])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.p.id)
+            .collect();
+        got.sort();
+        assert_eq!(got, ["a", "c"]);
+        // "c" judged on its own before (failed); the batch settles "a" and "b" only, once.
+        assert!(store
+            .finish("c", &[], &[], false, Some(7), Some("no"), None, 7)
+            .await
+            .unwrap());
+        let ids: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+        let mut moved = store
+            .settle_batch(first.hash, true, Some(7), &ids, 1000, 8)
+            .await
+            .unwrap();
+        moved.sort();
+        assert_eq!(moved, ["a", "b"]);
+        assert!(store
+            .settle_batch(first.hash, true, Some(7), &ids, 1000, 9)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.in_flight(31337, signer).await.unwrap(), 0);
+        let a = store.get("a").await.unwrap().unwrap();
+        assert_eq!(a.state, SettlementState::Settled);
+        assert_eq!(a.block_number, Some(7));
+        assert_eq!(store.payment_spend("a").await.unwrap().1, 1000);
+        assert_eq!(
+            store.get("c").await.unwrap().unwrap().state,
+            SettlementState::Failed
+        );
+    }
+
+    /// The exposure total summed partly in SQL is the exact sum, also with a value too long
+    /// for the SQL sum.
+    #[tokio::test]
+    async fn open_total_is_exact_for_short_and_long_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("t.db").display()
+        ))
+        .await
+        .unwrap();
+        let mut s = store.session(1).await.unwrap();
+        let big = U256::from(10u8).pow(U256::from(30u8)) + U256::from(7u8);
+        let values = [U256::from(10_000u64), U256::from(999_999_999_999u64), big];
+        for (i, v) in values.iter().enumerate() {
+            let mut p = sample(&format!("p{i}"), i as u8);
+            p.value = *v;
+            s.insert(&p).await.unwrap();
+        }
+        let mut settled = sample("done", 9);
+        settled.value = U256::from(5u8);
+        s.insert(&settled).await.unwrap();
+        drop(s);
+        sqlx::query("UPDATE x402_payments SET state = 'settled' WHERE id = 'done'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let mut s = store.session(1).await.unwrap();
+        let total = s
+            .open_total(Network::eip155(31337), Address::repeat_byte(0xaa))
+            .await
+            .unwrap();
+        assert_eq!(total, values.iter().fold(U256::ZERO, |a, v| a + *v));
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! backlog / time until every payment is final; `p50_ms`/`p99_ms` = time until half / 99 %
 //! of the backlog was settled (from the settler's `x402_settlements_total` counter);
 //! `settled_fraction` = payments `settled` (each checked) and the recipient's balance agreeing.
+//!
+//! Then the mint rows ([`mint`]): tokens bought through Envoy at c = 1, 8, 32 while a backlog
+//! settles, and the settlement rate meanwhile.
+
+#[path = "settle/mint.rs"]
+mod mint;
 
 use std::time::{Duration, Instant};
 
@@ -180,6 +186,7 @@ async fn run(
     batched: bool,
     payers: usize,
     per_payer: u64,
+    bin: Option<&str>,
 ) -> Result<Row> {
     let keys: Vec<PrivateKeySigner> = (0..payers).map(|_| PrivateKeySigner::random()).collect();
     fund(c, &keys, PRICE * per_payer).await?;
@@ -201,7 +208,15 @@ async fn run(
         c.token,
         &[dev_address(PAY_TO)],
     ));
-    opts.env.push(("RUST_LOG".into(), "warn".into()));
+    // X402_BENCH_SETTLER_LOG=<dir>: keep the settlers' logs there (at info), to look into a row.
+    match std::env::var("X402_BENCH_SETTLER_LOG") {
+        Ok(d) => {
+            opts.env.push(("RUST_LOG".into(), "info".into()));
+            opts.log_file = Some(std::path::Path::new(&d).join(format!("{name}.log")));
+        }
+        Err(_) => opts.env.push(("RUST_LOG".into(), "warn".into())),
+    }
+    opts.bin = bin.map(Into::into);
     opts.extra_args = vec!["--no-worker".into()];
     if batched {
         opts.extra_args.extend([
@@ -323,16 +338,17 @@ async fn run(
     })
 }
 
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let backlog: usize = std::env::var("X402_BENCH_BACKLOG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    let single: usize = std::env::var("X402_BENCH_SINGLE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(400);
+    let backlog = env_usize("X402_BENCH_BACKLOG", 2000);
+    let single = env_usize("X402_BENCH_SINGLE", 400);
     let anvil = Anvil::start().context("anvil")?;
     let token = anvil.deploy_token().await?;
     let contract = anvil.deploy_settlement(&[dev_address(SETTLER)]).await?;
@@ -344,44 +360,55 @@ async fn main() -> Result<()> {
     let ceiling = anvil_ceiling(&c, 1000).await?;
     // 20 payments per payer (one owner's permits in nonce order), payers concurrently.
     let per = 20u64;
-    let rows = vec![
-        run(
-            &c,
-            &format!("settle_exact_{backlog}"),
+    // X402_BENCH_PARTS: which groups run (default all): batched, single, mint.
+    let parts = std::env::var("X402_BENCH_PARTS").unwrap_or_else(|_| "batched,single,mint".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
+    // X402_BENCH_COMPARE_BIN: another settler binary (e.g. the previous commit's) measured in
+    // the same run on the batched rows, as `<row>_compare`.
+    let compare = std::env::var("X402_BENCH_COMPARE_BIN").ok();
+    let mut rows = Vec::new();
+    let mut groups: Vec<(Kind, bool, String, usize)> = Vec::new();
+    if part("batched") {
+        groups.push((
             Kind::Exact,
             true,
-            backlog / per as usize,
-            per,
-        )
-        .await?,
-        run(
-            &c,
-            &format!("settle_permit_{backlog}"),
+            format!("settle_exact_{backlog}"),
+            backlog,
+        ));
+        groups.push((
             Kind::Permit,
             true,
-            backlog / per as usize,
-            per,
-        )
-        .await?,
-        run(
-            &c,
-            &format!("single_exact_{single}"),
-            Kind::Exact,
-            false,
-            single / per as usize,
-            per,
-        )
-        .await?,
-        run(
-            &c,
-            &format!("single_permit_{single}"),
+            format!("settle_permit_{backlog}"),
+            backlog,
+        ));
+    }
+    if part("single") {
+        groups.push((Kind::Exact, false, format!("single_exact_{single}"), single));
+        groups.push((
             Kind::Permit,
             false,
-            single / per as usize,
-            per,
+            format!("single_permit_{single}"),
+            single,
+        ));
+    }
+    for (kind, batched, name, n) in groups {
+        rows.push(run(&c, &name, kind, batched, n / per as usize, per, None).await?);
+        if let (Some(bin), true) = (&compare, batched) {
+            let name = format!("{name}_compare");
+            rows.push(run(&c, &name, kind, batched, n / per as usize, per, Some(bin)).await?);
+        }
+    }
+    let mint_rows = if part("mint") {
+        mint::rows(
+            &c,
+            env_usize("X402_BENCH_MINT_C1", 300),
+            env_usize("X402_BENCH_MINT", 2000),
+            env_usize("X402_BENCH_MINT_BACKLOG", 1000),
         )
-        .await?,
-    ];
+        .await?
+    } else {
+        Vec::new()
+    };
     let mut md =
         String::from("## Settlement backlog on anvil (batched vs one transaction per payment)\n\n");
     md.push_str(&format!(
@@ -424,6 +451,27 @@ async fn main() -> Result<()> {
             saving * 100.0
         ));
         gas.push(json!({"scheme": scheme, "batched": b, "single": s, "saving": saving}));
+    }
+    md.push_str("\n\n### Minting through Envoy while a settlement backlog drains\n\n");
+    md.push_str("Each row: a backlog accepted with the lane off, then the lane starts and the token requests (pre-signed ERC-3009, 64 payers) go through Envoy (the filter, `--concurrency 2`) at c clients; `settle_during` = payments settled in the same window per second (goal: >= the mint rate).\n\n");
+    md.push_str("| row | per_s | p50_ms | p99_ms | settle_during per_s | settle_during / mint | settled_fraction |\n|---|---|---|---|---|---|---|\n");
+    for r in &mint_rows {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.4} |\n",
+            r.name,
+            r.per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.settle_during,
+            r.settle_during / r.per_s.max(f64::MIN_POSITIVE),
+            r.settled_fraction
+        ));
+        json_rows.push(json!({"name": r.name, "per_s": r.per_s, "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms, "settled_fraction": r.settled_fraction}));
+        if r.name != "mint_c1" {
+            json_rows.push(json!({"name": format!("settle_during_{}", r.name),
+                "per_s": r.settle_during, "ratio_to_mint": r.settle_during / r.per_s.max(f64::MIN_POSITIVE)}));
+        }
     }
     md.push('\n');
     write_results(

@@ -10,6 +10,9 @@
 //! whole transaction reverted (or whose nonce was taken) sends its items back to `pending`
 //! (re-checked on chain before they are signed again), at most [`MAX_BATCH_REQUEUES`] times.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
 use alloy::primitives::Address;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -37,6 +40,8 @@ pub(crate) const BATCH_BASE_GAS: u64 = 60_000;
 /// (contracts/X402Settlement.sol `CALL_GAS`, `ITEM_RESERVE`), plus calldata.
 pub(crate) const ITEM_GAS_ONE_CALL: u64 = 125_000;
 pub(crate) const ITEM_GAS_TWO_CALLS: u64 = 225_000;
+/// A re-tried batch's doubled gas limit stays under this (below Ethereum's 30M block gas limit).
+pub(crate) const MAX_BATCH_GAS: u64 = 25_000_000;
 
 /// One payment as a batch item, with whether it runs its permit().
 #[derive(Debug, Clone)]
@@ -102,7 +107,13 @@ pub(crate) fn batch_gas(entries: &[BatchEntry]) -> u64 {
         .max()
         .unwrap_or(0)
         .clamp(0, 2);
-    BATCH_BASE_GAS.saturating_add(items.saturating_mul(1 << tries))
+    let first = BATCH_BASE_GAS.saturating_add(items);
+    // The doubling never takes a batch over what a block holds: a transaction above the
+    // block gas limit is refused by the node and its nonce would block the lane. (An item's
+    // attempts also count deferrals, not only whole-batch failures.)
+    BATCH_BASE_GAS
+        .saturating_add(items.saturating_mul(1 << tries))
+        .min(first.max(MAX_BATCH_GAS))
 }
 
 /// Splits entries into batches: one token per batch, at most `max` items, acceptance order
@@ -166,7 +177,9 @@ pub(crate) fn revert_note(log: Option<&ItemLog>) -> String {
 
 impl Lane {
     /// Signs, stores and hands to the broadcaster one batch per token (at most `--batch-max`
-    /// items each). Returns how many payments were submitted.
+    /// items each), `room` batches at most (`--max-in-flight`): the rest stay pending, a
+    /// prefix of every token's order, so an owner's later permits never go ahead. Returns how
+    /// many payments were submitted.
     pub(super) async fn submit_batches(
         &self,
         contract: Address,
@@ -174,11 +187,16 @@ impl Lane {
         fees: (u128, u128),
         next_nonce: &mut u64,
         out: &UnboundedSender<TxRow>,
+        room: usize,
     ) -> Result<usize, LaneError> {
         let network = self.chain.network();
         let signer = self.chain.signer();
         let mut count = 0;
-        for (token, batch) in split(entries, self.cfg.batch_max) {
+        let batches = split(entries, self.cfg.batch_max);
+        if batches.len() > room {
+            self.held.store(true, Ordering::Relaxed);
+        }
+        for (token, batch) in batches.into_iter().take(room) {
             let gas = batch_gas(&batch);
             let input = chain::batch_call(token, batch.iter().map(item).collect());
             let nonce = *next_nonce;
@@ -252,49 +270,66 @@ impl Lane {
             }
             Some((hash, r)) => {
                 let block = r.block_number;
+                let gas_each = r.gas_used / n;
+                let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
+                let rows: HashMap<String, PaymentRow> = self
+                    .store
+                    .get_many(&ids)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.p.id.clone(), p))
+                    .collect();
+                // Settled items are stored together with the batch's receipt at the end (one
+                // DB commit per batch, not one per item); the others are judged one by one.
+                let mut settled: Vec<&PaymentRow> = Vec::new();
                 for (i, (pid, with_permit)) in items.iter().enumerate() {
-                    let Some(p) = self.store.get(pid).await? else {
+                    let Some(p) = rows.get(pid) else {
                         continue;
                     };
                     if p.state != SettlementState::Submitted {
                         continue; // judged before a restart
                     }
-                    self.store.charge_gas(pid, r.gas_used / n).await?;
                     let log = r.items.iter().find(|l| l.index == i as u64);
                     match item_verdict(r, log, &p.p) {
-                        ItemVerdict::Settled => {
-                            let now = now_ms();
-                            if self
-                                .store
-                                .finish(pid, &[], &[], true, block, None, None, now)
-                                .await?
-                            {
-                                metrics::counter!(m::SETTLEMENTS, "state" => "settled")
-                                    .increment(1);
-                                metrics::histogram!(m::SETTLE_LATENCY)
-                                    .record((now - p.p.created_ms).max(0) as f64 / 1000.0);
-                                tracing::info!(settlement_id = %pid, block = block.unwrap_or(0), tx = %hash, item = i, "settled (batch)");
-                            }
-                        }
+                        ItemVerdict::Settled => settled.push(p),
                         ItemVerdict::Failed {
                             permit_ok,
                             transfer_ok,
                         } => {
+                            self.store.charge_gas(pid, gas_each).await?;
                             tracing::info!(settlement_id = %pid, tx = %hash, item = i, permit_ok, transfer_ok, note = %revert_note(log), "batch item did not move the funds");
-                            self.not_moved(&p, &[], permit_ok || !with_permit, transfer_ok, block)
+                            self.not_moved(p, &[], permit_ok || !with_permit, transfer_ok, block)
                                 .await?;
                         }
                         ItemVerdict::NotExecuted => {
+                            self.store.charge_gas(pid, gas_each).await?;
                             let note = format!(
                                 "settlement batch transaction {hash} reverted as a whole; signed again"
                             );
-                            self.requeue_item(pid, &note, Some(&p)).await?;
+                            self.requeue_item(pid, &note, Some(p)).await?;
                         }
                     }
                 }
-                self.store
-                    .close_tx(*hash, Some((r.success, block.unwrap_or(0))), now_ms())
+                let settled_ids: Vec<String> = settled.iter().map(|p| p.p.id.clone()).collect();
+                let now = now_ms();
+                let moved = self
+                    .store
+                    .settle_batch(*hash, r.success, block, &settled_ids, gas_each, now)
                     .await?;
+                metrics::counter!(m::SETTLEMENTS, "state" => "settled")
+                    .increment(moved.len() as u64);
+                let moved_set: HashSet<&str> = moved.iter().map(String::as_str).collect();
+                for p in settled
+                    .iter()
+                    .filter(|p| moved_set.contains(p.p.id.as_str()))
+                {
+                    metrics::histogram!(m::SETTLE_LATENCY)
+                        .record((now - p.p.created_ms).max(0) as f64 / 1000.0);
+                    tracing::info!(settlement_id = %p.p.id, block = block.unwrap_or(0), tx = %hash, "settled (batch)");
+                }
+                tracing::info!(batch = %t.payment_id, tx = %hash, block = block.unwrap_or(0), items = items.len(), settled = moved.len(), "settlement batch confirmed");
+                // Room under `--max-in-flight` again: the submit step need not wait its poll.
+                self.wake.notify_one();
             }
         }
         Ok(true)

@@ -60,6 +60,7 @@ impl Lane {
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll) => {}
                 _ = self.recheck.notified() => force = true,
+                _ = self.sent.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }

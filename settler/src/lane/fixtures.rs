@@ -843,6 +843,49 @@ impl LaneStore for FakeStore {
             .cloned()
             .unwrap_or_default()))
     }
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<PaymentRow>, StoreError>> {
+        let mut s = self.state();
+        ready(Ok(ids
+            .iter()
+            .filter_map(|id| s.payment(id).map(|p| p.row.clone()))
+            .collect()))
+    }
+    fn settle_batch<'a>(
+        &'a self,
+        hash: B256,
+        success: bool,
+        block: Option<u64>,
+        settled: &'a [String],
+        gas_each: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let mut s = self.state();
+        let mut moved = Vec::new();
+        for id in settled {
+            if s.transition(id, SettlementState::Submitted, |p| {
+                p.row.state = SettlementState::Settled;
+                p.row.block_number = block.map(|b| b as i64);
+                p.row.error = None;
+                p.row.updated_ms = now_ms;
+            }) {
+                *s.gas.entry(id.clone()).or_default() += gas_each;
+                moved.push(id.clone());
+            }
+        }
+        s.record_receipts(&[(hash, success, block.unwrap_or(0))], &[]);
+        ready(Ok(moved))
+    }
+    fn in_flight(&self, chain_id: u64, signer: Address) -> BoxFuture<'_, Result<u64, StoreError>> {
+        ready(Ok(self
+            .state()
+            .txs
+            .iter()
+            .filter(|t| t.chain_id == chain_id && t.signer == signer && t.state == "sent")
+            .count() as u64))
+    }
     fn close_tx(
         &self,
         hash: B256,

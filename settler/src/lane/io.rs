@@ -167,6 +167,25 @@ pub(crate) trait LaneStore: Send + Sync {
         &'a self,
         batch_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, bool)>, StoreError>>;
+    /// The payments of `ids` that exist (any order): a batch's items in one read.
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<PaymentRow>, StoreError>>;
+    /// In one DB transaction: the still `submitted` payments of `settled` -> `settled`
+    /// (`gas_each` charged), and the batch transaction `hash` mined (closed). Returns the ids
+    /// moved.
+    fn settle_batch<'a>(
+        &'a self,
+        hash: B256,
+        success: bool,
+        block: Option<u64>,
+        settled: &'a [String],
+        gas_each: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    /// How many of the signer's transactions wait for a receipt.
+    fn in_flight(&self, chain_id: u64, signer: Address) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Marks a batch transaction mined (success, block) or dropped (`None`).
     fn close_tx(
         &self,
@@ -478,6 +497,28 @@ impl LaneStore for Store {
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(Store::close_tx(self, hash, receipt, now_ms))
+    }
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<PaymentRow>, StoreError>> {
+        Box::pin(Store::get_many(self, ids))
+    }
+    fn settle_batch<'a>(
+        &'a self,
+        hash: B256,
+        success: bool,
+        block: Option<u64>,
+        settled: &'a [String],
+        gas_each: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(Store::settle_batch(
+            self, hash, success, block, settled, gas_each, now_ms,
+        ))
+    }
+    fn in_flight(&self, chain_id: u64, signer: Address) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(Store::in_flight(self, chain_id, signer))
     }
     fn submitted_permit_nonces(
         &self,

@@ -36,7 +36,7 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,9 @@ pub(crate) struct WorkerConfig {
     /// With a batch settlement contract: how long payments may gather before a batch that is
     /// not full is signed.
     pub batch_wait: Duration,
+    /// With a batch settlement contract: batch transactions signed and not mined yet at most
+    /// (`--max-in-flight`); payments beyond wait pending for the next batches.
+    pub max_in_flight: u64,
     /// Gas limit of each settlement transaction (for what the wallet must hold).
     pub gas_limit: u64,
     /// `--max-fee-gwei` in wei: no transaction is signed with a higher max fee per gas.
@@ -105,6 +108,12 @@ pub(crate) struct Lane {
     /// first): a transaction it priced out that the current one does not is sent again at
     /// once (a node may have refused or dropped it meanwhile, anvil does both).
     last_base_fee: AtomicU64,
+    /// Poked by the broadcaster after each send: the confirm loop looks at the block number
+    /// at once instead of at its next poll (a local chain mines on send).
+    sent: Notify,
+    /// The last submit round left payments pending because of `--max-in-flight`: the next
+    /// round runs as soon as a batch is mined, without the gathering wait.
+    held: AtomicBool,
     cfg: WorkerConfig,
 }
 
@@ -123,6 +132,8 @@ impl Lane {
             wake,
             recheck: Notify::new(),
             last_base_fee: AtomicU64::new(0),
+            sent: Notify::new(),
+            held: AtomicBool::new(false),
             cfg,
         }
     }
@@ -250,7 +261,10 @@ impl Lane {
                 _ = tokio::time::sleep(self.cfg.poll) => {}
                 _ = shutdown.changed() => {}
             }
-            if self.chain.settlement_contract().is_some() && !self.cfg.batch_wait.is_zero() {
+            // Held back by the in-flight bound: full batches are waiting, nothing to gather.
+            let held = self.held.load(Ordering::Relaxed);
+            if self.chain.settlement_contract().is_some() && !self.cfg.batch_wait.is_zero() && !held
+            {
                 // Let more payments gather into the next batch.
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.batch_wait) => {}

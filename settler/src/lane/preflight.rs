@@ -94,12 +94,13 @@ pub(crate) fn nonces_in_flight(onchain: U256, nonce: U256, inflight: &[U256]) ->
 }
 
 impl Lane {
-    /// The facts of [`ChainFacts`] for `p` (run concurrently for a batch).
+    /// The answer to one [`FactsRead`] (run concurrently for a batch, once per distinct read:
+    /// one owner's permits share their `nonces(owner)`).
     pub(super) async fn chain_facts(
         chain: &dyn LaneChain,
-        p: &PaymentRow,
+        read: FactsRead,
     ) -> Result<ChainFacts, ChainError> {
-        Ok(match scheme::settlement(p.p.scheme).facts_read(&p.p) {
+        Ok(match read {
             FactsRead::PermitNonce { token, owner } => {
                 ChainFacts::PermitNonce(chain.permit_nonce(token, owner).await?)
             }
@@ -127,17 +128,26 @@ impl Lane {
                 with_allowance(p, onchain, allowance)
             }
             Check::NeedInflight { onchain } => {
-                let mut inflight = self
-                    .store
-                    .submitted_permit_nonces(p.p.network.chain_id, p.p.asset, p.p.payer, onchain)
-                    .await?;
                 // Permits of this payer placed earlier in the batch being built go first too.
-                inflight.extend(
-                    placed
-                        .iter()
-                        .filter(|(a, o, _)| *a == p.p.asset && *o == p.p.payer)
-                        .map(|(_, _, n)| *n),
-                );
+                let mut inflight: Vec<U256> = placed
+                    .iter()
+                    .filter(|(a, o, _)| *a == p.p.asset && *o == p.p.payer)
+                    .map(|(_, _, n)| *n)
+                    .collect();
+                // Those alone may cover the gap (one payer's permits in one round): then the
+                // stored ones, a superset's worth, need no read.
+                if !nonces_in_flight(onchain, p.permit_nonce(), &inflight) {
+                    inflight.extend(
+                        self.store
+                            .submitted_permit_nonces(
+                                p.p.network.chain_id,
+                                p.p.asset,
+                                p.p.payer,
+                                onchain,
+                            )
+                            .await?,
+                    );
+                }
                 with_inflight(p, onchain, &inflight)
             }
             Check::NeedAuthorizationEvent => self.authorization_fate(p).await?,

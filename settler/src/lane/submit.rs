@@ -3,6 +3,8 @@
 //! the broadcaster. That order is what makes every payment move at most once: whatever is
 //! broadcast is stored, and what is stored is only ever re-broadcast, never re-signed.
 
+use std::sync::atomic::Ordering;
+
 use alloy::primitives::{Address, U256};
 use tokio::sync::mpsc::UnboundedSender;
 use x402_protocol::Scheme;
@@ -15,7 +17,7 @@ use super::{Lane, LaneError};
 use crate::clock::now_ms;
 use crate::error::ChainError;
 use crate::metrics as m;
-use crate::scheme::FailCause;
+use crate::scheme::{self, FactsRead, FailCause};
 use crate::store::TxRow;
 
 impl Lane {
@@ -29,12 +31,28 @@ impl Lane {
         let chain_id = network.chain_id;
         let signer = self.chain.signer();
         let contract = self.chain.settlement_contract();
-        // Batching: enough for several full batches per round.
+        self.held.store(false, Ordering::Relaxed);
+        // Batching: at most `--max-in-flight` batch transactions unmined; the room left
+        // decides how many batches this round may sign (the confirm step wakes us as batches
+        // are mined).
+        let room = match contract {
+            Some(_) => {
+                let open = self.store.in_flight(chain_id, signer).await?;
+                let room = self.cfg.max_in_flight.saturating_sub(open);
+                if room == 0 {
+                    self.held.store(true, Ordering::Relaxed);
+                    return Ok(0);
+                }
+                room as usize
+            }
+            None => usize::MAX,
+        };
+        // Batching: enough for several full batches per round (no more than may be signed).
         let limit = match contract {
             Some(_) => self
                 .cfg
                 .batch
-                .max((self.cfg.batch_max as i64).saturating_mul(4)),
+                .max((self.cfg.batch_max.saturating_mul(room.min(4))) as i64),
             None => self.cfg.batch,
         };
         let due = self
@@ -52,23 +70,43 @@ impl Lane {
                 "the settler wallet's nonce was used by transactions this settler did not send (is its key used elsewhere?); re-syncing the lane's nonce from the chain");
             *next_nonce = jump;
         }
-        // Chain reads for the whole batch at once; decisions and signing stay in order.
-        let mut reads = tokio::task::JoinSet::new();
-        for (i, p) in due.iter().enumerate() {
-            let chain = self.chain.clone();
-            let p = p.clone();
-            reads.spawn(async move { (i, Self::chain_facts(&*chain, &p).await) });
+        // Chain reads for the whole batch at once, each distinct read once (one owner's
+        // permits share `nonces(owner)`: fewer calls for the node to run); decisions and
+        // signing stay in order.
+        let wanted: Vec<FactsRead> = due
+            .iter()
+            .map(|p| scheme::settlement(p.p.scheme).facts_read(&p.p))
+            .collect();
+        let mut distinct: Vec<FactsRead> = Vec::new();
+        for w in &wanted {
+            if !distinct.contains(w) {
+                distinct.push(*w);
+            }
         }
-        let mut facts: Vec<Option<ChainFacts>> = due.iter().map(|_| None).collect();
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, read) in distinct.iter().copied().enumerate() {
+            let chain = self.chain.clone();
+            reads.spawn(async move { (i, Self::chain_facts(&*chain, read).await) });
+        }
+        let mut answers: Vec<Option<ChainFacts>> = distinct.iter().map(|_| None).collect();
         while let Some(r) = reads.join_next().await {
             let (i, f) = r.map_err(|e| ChainError::Rpc {
                 network: network.to_string(),
                 message: format!("read task: {e}"),
             })?;
-            if let Some(slot) = facts.get_mut(i) {
+            if let Some(slot) = answers.get_mut(i) {
                 *slot = Some(f?);
             }
         }
+        let facts: Vec<Option<ChainFacts>> = wanted
+            .iter()
+            .map(|w| {
+                distinct
+                    .iter()
+                    .position(|d| d == w)
+                    .and_then(|i| answers.get(i).copied().flatten())
+            })
+            .collect();
         let mut count = 0;
         let mut batch: Vec<BatchEntry> = Vec::new();
         let mut placed: Vec<(Address, Address, U256)> = Vec::new();
@@ -187,7 +225,9 @@ impl Lane {
             count += 1;
         }
         if let (Some(c), false) = (contract, batch.is_empty()) {
-            count += self.submit_batches(c, batch, fees, next_nonce, out).await?;
+            count += self
+                .submit_batches(c, batch, fees, next_nonce, out, room)
+                .await?;
         }
         Ok(count)
     }

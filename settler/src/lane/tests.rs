@@ -25,6 +25,7 @@ fn config() -> WorkerConfig {
         batch: 64,
         batch_max: 100,
         batch_wait: Duration::ZERO,
+        max_in_flight: 64,
         gas_limit: 300_000,
         max_fee: 100_000_000_000,
         replace_after: Duration::from_secs(12),
@@ -990,6 +991,62 @@ mod batching {
             assert_eq!(store.row(&format!("e{i}")).state, SettlementState::Settled);
         }
         assert_eq!(chain.balance(PAY_TO), U256::from(7 * VALUE));
+    }
+
+    #[tokio::test]
+    async fn at_most_max_in_flight_batches_wait_for_receipts_and_the_rest_follow_in_order() {
+        // One owner's permits 0..5 to the contract and three ERC-3009 after them; batches of
+        // 2, at most 2 unmined.
+        let mut rows: Vec<_> = (0..5)
+            .map(|i| to_contract(&format!("p{i}"), i as i64 + 1, i))
+            .collect();
+        rows.extend((0..3).map(|i| payment(&format!("e{i}"), 10 + i, Scheme::Exact, 0)));
+        let store = FakeStore::with(rows);
+        let chain = FakeChain::new(8 * VALUE);
+        chain.state().contract = true;
+        let cfg = WorkerConfig {
+            batch_max: 2,
+            max_in_flight: 2,
+            ..config()
+        };
+        let lane = lane_with(&store, &chain, cfg);
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 4);
+        assert_eq!(next, 2, "two batch transactions");
+        assert_eq!(batch_txs(&store).len(), 2);
+        for id in ["p0", "p1", "p2", "p3"] {
+            assert_eq!(store.row(id).state, SettlementState::Submitted, "{id}");
+        }
+        for id in ["p4", "e0", "e1", "e2"] {
+            assert_eq!(store.row(id).state, SettlementState::Pending, "{id}");
+        }
+        assert_eq!(
+            submit(&lane, &mut next).await,
+            0,
+            "the bound holds while both wait for receipts"
+        );
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "p2", "p3"] {
+            assert_eq!(store.row(id).state, SettlementState::Settled, "{id}");
+        }
+        // Room again: the owner's next permit (its nonce follows the mined ones) and the rest.
+        assert_eq!(submit(&lane, &mut next).await, 4);
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "p2", "p3", "p4", "e0", "e1", "e2"] {
+            assert_eq!(store.row(id).state, SettlementState::Settled, "{id}");
+        }
+        assert_eq!(chain.balance(PAY_TO), U256::from(8 * VALUE));
+        assert_eq!(
+            chain.state().permit_nonces.get(&PAYER).copied(),
+            Some(U256::from(5))
+        );
+        assert_eq!(
+            batch_txs(&store).len(),
+            4,
+            "each payment in one batch, once"
+        );
     }
 
     #[tokio::test]

@@ -259,19 +259,24 @@ impl Service {
             });
         }
 
-        // Chain state, read concurrently with the payer's open payments.
+        // Chain state: the balance read concurrently with the payer's open payments and the
+        // scheme's on-chain check that needs them (two RPC reads in the time of one); the
+        // refusals keep their order (exposure before the on-chain nonce).
         let token_addr = method.asset.address;
-        let (balance, open) = tokio::join!(
-            chain.balance_of(token_addr, payer),
-            session.open_payments(method.network, token_addr, payer)
-        );
-        let open = open?;
+        let (balance, opened) = tokio::join!(chain.balance_of(token_addr, payer), async {
+            let open = session
+                .open_payments(method.network, token_addr, payer)
+                .await?;
+            let on_chain = of.check_chain(&chain, token_addr, &open).await;
+            Ok::<_, Refusal>((open, on_chain))
+        });
+        let (open, on_chain) = opened?;
         let caps = self.exposure_caps(method.network, token_addr);
         let unsettled = exposure::unsettled(&open);
         if let Some(caps) = &caps {
             caps.check_payer(payer, unsettled, new.value)?;
         }
-        of.check_chain(&chain, token_addr, &open).await?;
+        on_chain?;
         let mut balance = balance?;
         let mut committed = unsettled;
         let mut available = balance.saturating_sub(committed);
