@@ -231,3 +231,31 @@ async fn envoy_routes_priced_by_name_disabled_per_route_or_unpriced() {
         .unwrap();
     assert_eq!(report["match"], json!({"envoy_route": "api_report"}));
 }
+
+/// The filter cannot see Envoy's route table, so a misspelled `envoy_route` would silently
+/// price nothing: every `envoy_route` of the shipped envoy/envoy.yaml names one of its
+/// routes, and that route keeps the filter (no `disabled: true` under it).
+#[test]
+fn the_shipped_envoy_routes_exist_and_keep_the_filter() {
+    let yaml =
+        std::fs::read_to_string(x402_testkit::paths::root().join("envoy/envoy.yaml")).unwrap();
+    let priced: Vec<&str> = yaml
+        .split("\"envoy_route\": \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(!priced.is_empty(), "envoy/envoy.yaml prices no Envoy route");
+    // Each route entry: from its `- name:` line to the next one.
+    let entries: Vec<&str> = yaml.split("              - name: ").skip(1).collect();
+    for name in priced {
+        let entry = entries
+            .iter()
+            .find(|e| e.lines().next() == Some(name))
+            .unwrap_or_else(|| panic!("envoy_route {name:?} names no route of envoy/envoy.yaml"));
+        let entry = entry.split("\n          http_filters:").next().unwrap();
+        assert!(
+            !entry.contains("disabled: true"),
+            "the route {name:?} disables the filter that prices it"
+        );
+    }
+}
