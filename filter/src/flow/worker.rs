@@ -85,7 +85,10 @@ impl Worker {
                 None
             }
         };
-        let counters = Counter::all().into_iter().map(|c| define(c.name())).collect();
+        let counters = Counter::all()
+            .into_iter()
+            .map(|c| define(c.name()))
+            .collect();
         let route_counters = (0..cfg.routes.len())
             .filter_map(|i| cfg.routes.get(i))
             .map(|r| {
@@ -114,7 +117,11 @@ impl Worker {
 
     /// Counts `c` for the route at `route` (config order); no-op for an unknown index.
     pub(crate) fn count_route(&self, host: &impl Host, c: RouteCounter, route: usize) {
-        if let Some(Some(id)) = self.route_counters.get(route).and_then(|r| r.get(c.index())) {
+        if let Some(Some(id)) = self
+            .route_counters
+            .get(route)
+            .and_then(|r| r.get(c.index()))
+        {
             host.increment_counter(*id);
         }
     }
