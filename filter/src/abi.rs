@@ -20,6 +20,7 @@ pub(crate) const REQUEST_BODY: u32 = 0;
 pub(crate) const CALLOUT_RESPONSE_BODY: u32 = 4;
 pub(crate) const PLUGIN_CONFIGURATION: u32 = 7;
 const STREAM_HTTP_REQUEST: u32 = 0;
+const STREAM_HTTP_RESPONSE: u32 = 1;
 /// The property path `xds.route_name` as the ABI takes it: segments separated by NUL.
 pub(crate) const XDS_ROUTE_NAME: &[u8] = b"xds\0route_name";
 const METRIC_COUNTER: u32 = 0;
@@ -181,6 +182,11 @@ pub(crate) fn remove_header(map: u32, name: &str) -> Result<(), HostError> {
 pub(crate) fn resume_request() -> Result<(), HostError> {
     // SAFETY: no pointers.
     ok(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+pub(crate) fn resume_response() -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    ok(unsafe { proxy_continue_stream(STREAM_HTTP_RESPONSE) })
 }
 
 /// A local reply; `headers` serialized as a header map.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use x402_protocol::settler_api::PricedMethod;
-use x402_protocol::token::{KeySet, TokenAlg, VerifyKey};
+use x402_protocol::token::{verifying_key_from_hex, KeySet};
 use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Scheme, U256};
 
 use crate::discovery::{self, Discovery, MatchAsConfigured, RouteText};
@@ -75,7 +75,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-use crate::policy::CacheControl;
+use crate::policy::{CacheControl, Settlement};
 pub(crate) use crate::policy::FailureMode;
 
 /// The `authorization` header value for settler callouts (`Bearer <settler.api_secret>`).
@@ -234,9 +234,6 @@ struct RawDiscovery {
 struct RawKey {
     kid: String,
     public_key: String,
-    /// `ES256K` (the default, so older configs keep working) or `EdDSA`.
-    #[serde(default)]
-    alg: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +298,13 @@ struct RawRoute {
     /// (default: removed before the upstream, as Envoy jwt_authn's `forward: false`).
     #[serde(default)]
     forward_token: bool,
+    /// `true`: an x402 v2 payment is charged whatever the upstream answers (default: held
+    /// and voided when the upstream answers 400 or more).
+    #[serde(default)]
+    charge_on_upstream_error: bool,
+    /// `"async"` (default) / `"before_response"`: when an x402 v2 payment settles.
+    #[serde(default)]
+    settlement: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -755,15 +759,6 @@ fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
                 format!("duplicate kid {:?}", k.kid),
             ));
         }
-        let alg = match k.alg.as_deref() {
-            None => TokenAlg::Es256k,
-            Some(name) => TokenAlg::from_jws_name(name).ok_or_else(|| {
-                ConfigError::new(
-                    format!("token_keys[{i}].alg"),
-                    format!("{name:?} is not a token algorithm: \"ES256K\" or \"EdDSA\""),
-                )
-            })?,
-        };
         let hex = k.public_key.trim();
         let hex_ok = hex.len() > 2
             && hex
@@ -771,17 +766,14 @@ fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit());
         let key = if hex_ok {
-            VerifyKey::from_hex(alg, hex)
+            verifying_key_from_hex(hex)
         } else {
             None
         }
         .ok_or_else(|| {
             ConfigError::new(
                 format!("token_keys[{i}].public_key"),
-                match alg {
-                    TokenAlg::Es256k => "not a secp256k1 public key as SEC1 hex (33 bytes compressed or 65 uncompressed)",
-                    TokenAlg::EdDsa => "not an Ed25519 public key as hex (32 bytes, not of small order)",
-                },
+                "not a secp256k1 public key as SEC1 hex (33 bytes compressed or 65 uncompressed)",
             )
         })?;
         set.insert(k.kid, key);
@@ -1174,6 +1166,15 @@ fn validate_route(
             )
         })?,
     };
+    let settlement = match r.settlement.as_deref() {
+        None => Settlement::Async,
+        Some(s) => Settlement::parse(s).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.settlement"),
+                format!("{s:?} is neither \"async\" nor \"before_response\""),
+            )
+        })?,
+    };
     let token_endpoint = format!("{prefix}{}", r.name);
     let renew_endpoint = unsettled_token_ttl_secs.map(|_| format!("{token_endpoint}/renew"));
     let challenge = RouteChallenge::precompute(
@@ -1199,6 +1200,8 @@ fn validate_route(
         failure_mode,
         cache_control,
         forward_token: r.forward_token,
+        charge_on_upstream_error: r.charge_on_upstream_error,
+        settlement,
     })
 }
 
@@ -1362,8 +1365,8 @@ mod tests {
         expect_err(|v| v["extra"] = json!(1), "extra");
         expect_err(|v| v["settler"]["retries"] = json!(1), "settler.retries");
         expect_err(
-            |v| v["token_keys"][0]["use"] = json!("sig"),
-            "token_keys[0].use",
+            |v| v["token_keys"][0]["alg"] = json!("x"),
+            "token_keys[0].alg",
         );
         expect_err(
             |v| v["payment_methods"]["usdc-base"]["fee"] = json!(1),
@@ -1624,47 +1627,6 @@ mod tests {
         let uncompressed = format!("0x{}", hex_encode(k.to_encoded_point(false).as_bytes()));
         v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k2", "public_key": uncompressed}]);
         assert_eq!(parse_value(&v).unwrap().keys.len(), 2);
-    }
-
-    #[test]
-    fn eddsa_keys_carry_their_alg() {
-        let ed = x402_protocol::token::TokenSigningKey::from_secret(TokenAlg::EdDsa, &[5; 32])
-            .unwrap()
-            .verifying_key();
-        let ed_hex = ed.to_hex();
-        let mut v = sample();
-        v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "e1", "alg": "EdDSA", "public_key": ed_hex}]);
-        let keys = parse_value(&v).unwrap().keys;
-        assert_eq!(keys.get("e1"), Some(&ed));
-        assert_eq!(keys.get("k1").map(|k| k.alg()), Some(TokenAlg::Es256k));
-        // An explicit ES256K is the default spelled out.
-        v["token_keys"] = json!([{"kid": "k1", "alg": "ES256K", "public_key": key_hex()}]);
-        assert!(parse_value(&v).is_ok());
-        let e = expect_err(
-            |v| v["token_keys"][0]["alg"] = json!("ES256"),
-            "token_keys[0].alg",
-        );
-        assert!(e.message.contains("EdDSA"), "{e}");
-        // A secp256k1 key labelled EdDSA, an Ed25519 key without its label, a weak point.
-        expect_err(
-            |v| v["token_keys"][0]["alg"] = json!("EdDSA"),
-            "token_keys[0].public_key",
-        );
-        let ed_hex2 = ed_hex.clone();
-        expect_err(
-            move |v| v["token_keys"][0]["public_key"] = json!(ed_hex2),
-            "token_keys[0].public_key",
-        );
-        let mut identity = "01".to_string();
-        identity.push_str(&"00".repeat(31));
-        let e = expect_err(
-            move |v| {
-                v["token_keys"][0]["alg"] = json!("EdDSA");
-                v["token_keys"][0]["public_key"] = json!(identity);
-            },
-            "token_keys[0].public_key",
-        );
-        assert!(e.message.contains("Ed25519"), "{e}");
     }
 
     fn hex_encode(b: &[u8]) -> String {

@@ -11,9 +11,11 @@ use crate::answer::HttpAnswer;
 use crate::auth::{self, TokenCheck};
 use crate::config::{FailureMode, FilterConfig};
 use crate::grant::Grant;
+use crate::policy::{Settlement, HOLD_SECS};
 use crate::routes::Route;
 use crate::token_endpoint::{
-    outage_message, public_outage_message, settler_unavailable, token_request_body, SettlerReply,
+    outage_message, public_outage_message, settler_unavailable, token_request_body_with,
+    SettlerExtras, SettlerReply,
 };
 
 /// The decision for a request that matched a priced route.
@@ -52,7 +54,14 @@ pub fn decide_priced(
     let Some(json) = x402_protocol::b64::decode(sig) else {
         return refuse("PAYMENT-SIGNATURE is not base64");
     };
-    match token_request_body(cfg, route, &json, Some(resource_url.to_string())) {
+    // Held for the upstream's answer unless the route charges whatever it is, or settles
+    // before the upstream is called at all.
+    let hold = !route.charge_on_upstream_error && route.settlement == Settlement::Async;
+    let extras = SettlerExtras {
+        payment_id: None,
+        hold_secs: hold.then_some(HOLD_SECS),
+    };
+    match token_request_body_with(cfg, route, &json, Some(resource_url.to_string()), extras) {
         Ok(body) => PricedAction::Pay(body),
         Err(_) => refuse("PAYMENT-SIGNATURE is not a base64 JSON object"),
     }
@@ -78,6 +87,9 @@ pub struct Settled {
     pub access_token: String,
     pub payer: Option<String>,
     pub settlement_id: Option<String>,
+    /// The payer, checksummed, and the network, as `PAYMENT-RESPONSE` names them.
+    pub receipt_payer: String,
+    pub network: String,
 }
 
 /// What to do once the settler answered an x402 v2 payment.
@@ -128,13 +140,25 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                         .map(|a| a.to_checksum(None))
                         .unwrap_or_else(|_| p.to_string())
                 });
+                let settlement_id = m.settlement_id.as_deref().filter(|id| {
+                    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+                let transaction = m.transaction.clone().unwrap_or_default();
                 let receipt = SettleResponse {
                     success: true,
                     error_reason: None,
                     error_message: None,
-                    payer: Some(payer.unwrap_or_default()),
-                    transaction: m.transaction.unwrap_or_default(),
-                    network: m.network.unwrap_or_default(),
+                    payer: Some(payer.clone().unwrap_or_default()),
+                    network: m.network.clone().unwrap_or_default(),
+                    extra: Some(receipt_extra(
+                        settlement_id,
+                        if transaction.is_empty() {
+                            "pending"
+                        } else {
+                            "submitted"
+                        },
+                    )),
+                    transaction,
                 };
                 // Serialising plain strings and bools cannot fail; an empty header if it did.
                 let json = serde_json::to_vec(&receipt).unwrap_or_default();
@@ -143,11 +167,9 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                     ("payment-response", encoded),
                     ("x-x402-access-token", m.access_token.clone()),
                 ];
-                // Settlement is asynchronous (`transaction` is empty): this id lets the
-                // client follow it.
-                if let Some(id) = m.settlement_id.as_deref().filter(|id| {
-                    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                }) {
+                // Settlement is asynchronous (`transaction` is empty until broadcast): this id
+                // lets the client follow it.
+                if let Some(id) = settlement_id {
                     response_headers.push(("x-x402-settlement-id", id.to_string()));
                 }
                 PaymentOutcome::Resume {
@@ -155,7 +177,9 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
                     settled: Settled {
                         access_token: m.access_token,
                         payer: m.payer,
-                        settlement_id: m.settlement_id,
+                        settlement_id: settlement_id.map(str::to_string),
+                        receipt_payer: payer.unwrap_or_default(),
+                        network: m.network.unwrap_or_default(),
                     },
                 }
             }
@@ -185,6 +209,18 @@ pub fn payment_outcome(reply: &SettlerReply, failure_mode: FailureMode) -> Payme
     // 1xx, 3xx, a 5xx that is neither the settler's JSON nor a gateway error: the
     // payment's fate is unknown.
     deny(outage_message(reply))
+}
+
+/// `PAYMENT-RESPONSE`'s `extra`: the settlement id to follow at the settler's
+/// `GET /v1/settlements/{id}` and where the settlement stands (`pending`, `submitted`,
+/// `settled`, `voided`, `unknown`).
+pub fn receipt_extra(settlement_id: Option<&str>, settlement: &str) -> serde_json::Value {
+    let mut extra = serde_json::Map::new();
+    if let Some(id) = settlement_id {
+        extra.insert("settlementId".into(), id.into());
+    }
+    extra.insert("settlement".into(), settlement.into());
+    serde_json::Value::Object(extra)
 }
 
 /// The upstream's identity headers for a payment the settler settled, given the
@@ -327,6 +363,8 @@ mod tests {
             access_token: token.clone(),
             payer: Some("0x0000000000000000000000000000000000000001".into()),
             settlement_id: Some("from-body".into()),
+            receipt_payer: String::new(),
+            network: String::new(),
         };
         let check =
             |cache: &mut TokenCache, t: &str| verdict(&cfg.keys, 5, cache, &Unshared, t, now);
@@ -407,7 +445,9 @@ mod tests {
                     Settled {
                         access_token: "tok".into(),
                         payer: Some("0xabc".into()),
-                        settlement_id: Some("s-9".into())
+                        settlement_id: Some("s-9".into()),
+                        receipt_payer: "0xabc".into(),
+                        network: "eip155:84532".into(),
                     }
                 );
                 let pr = &response_headers
@@ -419,7 +459,8 @@ mod tests {
                     serde_json::from_slice(&x402_protocol::b64::decode(pr).unwrap()).unwrap();
                 assert_eq!(
                     v,
-                    serde_json::json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": "0xabc"})
+                    serde_json::json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": "0xabc",
+                        "extra": {"settlementId": "s-9", "settlement": "pending"}})
                 );
                 assert!(response_headers.contains(&("x-x402-access-token", "tok".to_string())));
             }

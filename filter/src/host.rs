@@ -55,6 +55,9 @@ impl Host for ProxyWasm {
     fn set_response_header(&self, name: &str, value: &str) -> Result<(), HostError> {
         abi::set_header(abi::RESPONSE_HEADERS, name, value)
     }
+    fn response_header(&self, name: &str) -> Option<String> {
+        abi::header(abi::RESPONSE_HEADERS, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
     fn request_body(&self, size: usize) -> Vec<u8> {
         abi::buffer(abi::REQUEST_BODY, size)
     }
@@ -89,6 +92,9 @@ impl Host for ProxyWasm {
     }
     fn resume_request(&self) -> Result<(), HostError> {
         abi::resume_request()
+    }
+    fn resume_response(&self) -> Result<(), HostError> {
+        abi::resume_response()
     }
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
         abi::set_effective_context(context_id)
@@ -200,5 +206,13 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         action(self.0.on_response_headers(&ProxyWasm))
+    }
+
+    fn on_http_response_body(&mut self, _size: usize, _end_of_stream: bool) -> Action {
+        action(self.0.on_response_body_or_trailers())
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        action(self.0.on_response_body_or_trailers())
     }
 }

@@ -43,6 +43,8 @@ pub(crate) trait Host {
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
     fn set_response_header(&self, name: &str, value: &str) -> Result<(), HostError>;
+    /// One response header of the upstream's answer (`:status` included).
+    fn response_header(&self, name: &str) -> Option<String>;
     /// The first `size` bytes of the buffered request body (empty if unreadable).
     fn request_body(&self, size: usize) -> Vec<u8>;
     /// The name of the route Envoy chose for the request (the `xds.route_name` property);
@@ -68,6 +70,8 @@ pub(crate) trait Host {
     fn send_reply(&self, answer: &HttpAnswer) -> Result<(), HostError>;
     /// Lets a held request continue to the upstream.
     fn resume_request(&self) -> Result<(), HostError>;
+    /// Lets a held response continue to the client.
+    fn resume_response(&self) -> Result<(), HostError>;
     /// Makes `context_id` the request the next calls act on (the root's timer answering a
     /// request that is not its own).
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError>;

@@ -26,6 +26,35 @@ impl FailureMode {
     }
 }
 
+/// When an x402 v2 payment (`PAYMENT-SIGNATURE`) is settled relative to the response
+/// (`routes[].settlement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// The request goes upstream once the payment is accepted (stored); it settles on chain
+    /// in the background (the default). `PAYMENT-RESPONSE` names the settlement id.
+    Async,
+    /// The request is held until the settlement transaction is mined (the settler's
+    /// `GET /v1/settlements/{id}?wait_ms=`), then forwarded; `PAYMENT-RESPONSE` carries
+    /// the transaction hash. The payer is charged before the upstream answers.
+    BeforeResponse,
+}
+
+impl Settlement {
+    /// `"async"` / `"before_response"`, as the config spells them.
+    pub(crate) fn parse(s: &str) -> Option<Settlement> {
+        match s {
+            "async" => Some(Settlement::Async),
+            "before_response" => Some(Settlement::BeforeResponse),
+            _ => None,
+        }
+    }
+}
+
+/// How long the settler holds an x402 v2 payment for its upstream's answer (routes without
+/// `charge_on_upstream_error`): past it, unreleased, it is voided. Above any sane upstream
+/// timeout, so a slow answer that succeeded is still charged.
+pub(crate) const HOLD_SECS: u64 = 300;
+
 /// The `Cache-Control` of a response to a paid request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CacheControl {

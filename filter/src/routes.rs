@@ -284,6 +284,11 @@ pub struct Route {
     /// `routes[].forward_token`: keep the client's `Authorization: Bearer <our token>` on
     /// the way to the upstream (default: removed).
     pub forward_token: bool,
+    /// `routes[].charge_on_upstream_error` (default `false`): an x402 v2 payment is held
+    /// until the upstream answers and voided (never charged) when it answers 400 or more.
+    pub charge_on_upstream_error: bool,
+    /// `routes[].settlement` (default `async`).
+    pub settlement: crate::policy::Settlement,
 }
 
 impl Route {
@@ -957,6 +962,8 @@ mod tests {
             failure_mode: proto.failure_mode,
             cache_control: proto.cache_control,
             forward_token: false,
+            charge_on_upstream_error: false,
+            settlement: crate::policy::Settlement::Async,
         }
     }
 

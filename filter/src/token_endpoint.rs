@@ -102,11 +102,32 @@ pub fn invalid_json(detail: &str) -> HttpAnswer {
 }
 
 /// The settler request body: the route's requirement plus the client's payment JSON as sent.
+#[cfg(test)]
 pub fn token_request_body(
     cfg: &FilterConfig,
     route: &Route,
     payment: &[u8],
     resource: Option<String>,
+) -> Result<Vec<u8>, HttpAnswer> {
+    token_request_body_with(cfg, route, payment, resource, SettlerExtras::default())
+}
+
+/// What a settler request carries besides the requirement and the payment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettlerExtras {
+    /// The client's `Idempotency-Key` (token endpoint).
+    pub payment_id: Option<String>,
+    /// Hold the payment for the upstream's answer this long at most.
+    pub hold_secs: Option<u64>,
+}
+
+/// [`token_request_body`] with `extras`.
+pub fn token_request_body_with(
+    cfg: &FilterConfig,
+    route: &Route,
+    payment: &[u8],
+    resource: Option<String>,
+    extras: SettlerExtras,
 ) -> Result<Vec<u8>, HttpAnswer> {
     let raw: Box<RawValue> = serde_json::from_slice(payment)
         .map_err(|e| invalid_json(&format!("request body is not JSON: {e}")))?;
@@ -122,6 +143,8 @@ pub fn token_request_body(
             resource,
         },
         payment: raw,
+        payment_id: extras.payment_id,
+        hold_secs: extras.hold_secs,
     };
     serde_json::to_vec(&req)
         .map_err(|_| HttpAnswer::error(500, "internal", "could not encode the settler request"))

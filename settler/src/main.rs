@@ -26,14 +26,8 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
     match cli.command {
-        Some(Command::TokenKey {
-            token_key_file,
-            token_alg,
-        }) => {
-            println!(
-                "{}",
-                x402_settler::token_key_json(&token_key_file, token_alg.alg())?
-            );
+        Some(Command::TokenKey { token_key_file }) => {
+            println!("{}", x402_settler::token_key_json(&token_key_file)?);
             Ok(())
         }
         Some(Command::Unblock {

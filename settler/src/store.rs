@@ -638,18 +638,21 @@ impl Session {
         p: &NewPayment,
         token: Option<(i64, i64)>,
     ) -> Result<(), StoreError> {
-        self.insert_accepted(p, token, &AcceptExtras::default())
-            .await
+        let extras = AcceptExtras {
+            token,
+            ..AcceptExtras::default()
+        };
+        self.insert_accepted(p, &extras).await
     }
 
-    /// Inserts `p` with the (iat, exp) of its token, if any, and `extras` (idempotency key,
-    /// hold). A taken single-use key or idempotency key is [`StoreError::Duplicate`].
+    /// Inserts `p` with `extras` (its token's times, idempotency key, hold). A taken
+    /// single-use key or idempotency key is [`StoreError::Duplicate`].
     pub async fn insert_accepted(
         &mut self,
         p: &NewPayment,
-        token: Option<(i64, i64)>,
         extras: &AcceptExtras,
     ) -> Result<(), StoreError> {
+        let token = extras.token;
         let res = sqlx::query(
             "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp, payment_id, held_until_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22, $23, $24)",

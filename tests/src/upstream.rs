@@ -78,7 +78,14 @@ pub struct Upstream {
 impl Upstream {
     /// The echo server.
     pub fn start() -> std::io::Result<Upstream> {
-        Self::with_handler(|req| Reply::json(200, &echo(req)))
+        Self::with_handler(|req| {
+            // A test wanting a failing upstream asks for it per request.
+            let status = req
+                .header("x-test-upstream-status")
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(200);
+            Reply::json(status, &echo(req))
+        })
     }
 
     pub fn with_handler(

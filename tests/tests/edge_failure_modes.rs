@@ -323,8 +323,14 @@ fn paid_responses_are_private_no_store() {
     let kid = key_id(key.verifying_key());
     let settler = fake_settler(mint(&key, &kid, claims("open"), now(), 300));
     let upstream = cacheable_upstream();
+    // The fake settler answers every call with a token: it has no release endpoint, so
+    // x402 v2 payments here are charged whatever the upstream answers (not held).
+    let mut config = filter_config(&key, 1000);
+    for r in config["routes"].as_array_mut().unwrap() {
+        r["charge_on_upstream_error"] = json!(true);
+    }
     let envoy = Envoy::start(
-        &filter_config(&key, 1000).to_string(),
+        &config.to_string(),
         EnvoyOpts {
             upstream_port: Some(upstream.port()),
             settler_port: Some(settler.port()),

@@ -553,6 +553,11 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
     const API_SECRET: &str = "edge-to-settler-secret-7Qk2";
     let mut cfg = filter_config(&key, 1000, "deny");
     cfg["settler"]["api_secret"] = json!(API_SECRET);
+    // The fake settler has no release endpoint: charged whatever the upstream answers
+    // (tests/tests/e2e_no_charge.rs covers held payments against the real settler).
+    for r in cfg["routes"].as_array_mut().unwrap() {
+        r["charge_on_upstream_error"] = json!(true);
+    }
     let envoy = start_envoy(
         &cfg,
         EnvoyOpts {
@@ -669,9 +674,12 @@ fn token_endpoint_and_x402_v2_payments_use_the_settler() {
             .unwrap(),
     )
     .unwrap();
+    let settlement_id = receipt["extra"]["settlementId"].clone();
+    assert!(settlement_id.is_string(), "{receipt}");
     assert_eq!(
         receipt,
-        json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": PAYER})
+        json!({"success": true, "transaction": "", "network": "eip155:84532", "payer": PAYER,
+               "extra": {"settlementId": settlement_id, "settlement": "pending"}})
     );
     assert_eq!(r.header("x-x402-access-token"), Some(minted.as_str()));
     let sent = settler_calls(&settler);

@@ -5,6 +5,7 @@
 
 pub(crate) mod request;
 mod request_headers;
+mod response;
 pub(crate) mod revocation;
 pub(crate) mod tick;
 pub(crate) mod worker;

@@ -5,6 +5,9 @@
 //!   │ ──priced, token ok──▶ Forwarded (Cache-Control: private, no-store on the response)
 //!   │ ──no usable token──▶ 402 ──▶ Done
 //!   │ ──PAYMENT-SIGNATURE──▶ AwaitPayment ──settler──▶ Forwarded (response headers added)
+//!   │                                   │  held: response headers ──▶ AwaitRelease
+//!   │                                   │        ──release/void──▶ response resumed
+//!   │                                   └─before_response──▶ AwaitMined ──mined──▶ Forwarded
 //!   │                                   └─settler unreachable, failure_mode allow──▶ Forwarded
 //!   │                                   └─refused / 5xx / unreachable under deny──▶ Done
 //!   │ ──POST token endpoint──▶ Buffering ──body──▶ AwaitToken ──settler──▶ Done (relayed)
@@ -26,19 +29,20 @@ use std::rc::Rc;
 use x402_protocol::challenge::Reason;
 
 use super::request_headers::{Attrs, RequestHeaders};
+use super::response::{self as finish, HoldVerdict, Mined};
 use super::worker::Worker;
 use super::{log, now_ms, now_secs, Action};
 use crate::answer::HttpAnswer;
 use crate::challenge;
-use crate::decision::{self, PaymentOutcome, PricedAction};
+use crate::decision::{self, PaymentOutcome, PricedAction, Settled};
 use crate::grant::Grant;
 use crate::headers::HeaderPairs;
 use crate::host_api::Host;
 use crate::identity;
 use crate::metrics::{Counter, RouteCounter};
-use crate::policy::{CacheControl, FailureMode, PRIVATE_NO_STORE};
+use crate::policy::{CacheControl, FailureMode, Settlement, PRIVATE_NO_STORE};
 use crate::routes::{Lookup, RequestAttrs, Route};
-use crate::token_endpoint::{self, Endpoint, SettlerReply};
+use crate::token_endpoint::{self, Endpoint, SettlerExtras, SettlerReply};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -47,6 +51,8 @@ enum State {
     Buffering {
         route: usize,
         size: usize,
+        /// The client's `Idempotency-Key`, passed on to the settler.
+        idempotency_key: Option<String>,
     },
     /// Token endpoint: waiting for the settler.
     AwaitToken,
@@ -62,6 +68,21 @@ enum State {
     Forwarded {
         headers: Vec<(&'static str, String)>,
         no_store: bool,
+        /// An x402 v2 payment held for the upstream's answer: released or voided when the
+        /// response headers arrive; `headers` go on only if it is charged.
+        hold: Option<Settled>,
+    },
+    /// x402 v2, `settlement: before_response`: request held until the settlement is mined.
+    AwaitMined {
+        route: usize,
+        url: String,
+        settled: Settled,
+    },
+    /// Held payment: response held until the settler released or voided it.
+    AwaitRelease {
+        headers: Vec<(&'static str, String)>,
+        settled: Settled,
+        upstream_status: u16,
     },
     /// A local answer was sent, or nothing more to do.
     Done,
@@ -209,6 +230,7 @@ impl Request {
                         self.state = State::Forwarded {
                             headers: Vec::new(),
                             no_store: false,
+                            hold: None,
                         };
                         Action::Continue
                     }
@@ -259,10 +281,9 @@ impl Request {
             return Action::Pause;
         }
         if !end_of_stream {
-            self.state = State::Buffering {
-                route,
-                size: body_size,
-            };
+            if let State::Buffering { size, .. } = &mut self.state {
+                *size = body_size;
+            }
             return Action::Pause;
         }
         self.stop_waiting_for_body();
@@ -270,7 +291,7 @@ impl Request {
     }
 
     pub(crate) fn on_request_trailers(&mut self, host: &impl Host) -> Action {
-        let State::Buffering { route, size } = self.state else {
+        let State::Buffering { route, size, .. } = self.state else {
             return self.pass_or_hold();
         };
         let Some(worker) = self.worker.clone() else {
@@ -313,21 +334,202 @@ impl Request {
             State::AwaitPayment { route, url } => {
                 self.payment_answered(&worker, host, route, url, &reply)
             }
+            State::AwaitMined {
+                route,
+                url,
+                settled,
+            } => self.mined(&worker, host, route, url, &settled, &reply),
+            State::AwaitRelease {
+                headers,
+                settled,
+                upstream_status,
+            } => {
+                let verdict = finish::hold_verdict(&reply);
+                let headers = match verdict {
+                    HoldVerdict::Charged => headers,
+                    _ => {
+                        if verdict == HoldVerdict::Unknown {
+                            worker.count(host, Counter::SettlerErrors);
+                            log!(
+                                host,
+                                Warn,
+                                "x402: cannot tell the settler what the upstream answered ({upstream_status}) for held settlement {:?}: {}; its hold expires",
+                                settled.settlement_id,
+                                token_endpoint::outage_message(&reply)
+                            );
+                        }
+                        finish::uncharged_headers(&settled, verdict, upstream_status)
+                    }
+                };
+                set_response_headers(host, &headers, true);
+                if let Err(e) = host.resume_response() {
+                    log!(host, Error, "x402: cannot resume response: {e}");
+                }
+            }
             other => self.state = other,
         }
     }
 
     pub(crate) fn on_response_headers(&mut self, host: &impl Host) -> Action {
-        if let State::Forwarded { headers, no_store } = &self.state {
-            let no_store = no_store.then_some(("cache-control", PRIVATE_NO_STORE));
-            let headers = headers.iter().map(|(n, v)| (*n, v.as_str()));
-            for (name, value) in headers.chain(no_store) {
-                if let Err(e) = host.set_response_header(name, value) {
-                    log!(host, Warn, "x402: cannot add response header {name}: {e}");
-                }
+        match &mut self.state {
+            State::Forwarded {
+                headers,
+                no_store,
+                hold: None,
+            } => set_response_headers(host, headers, *no_store),
+            State::Forwarded {
+                headers,
+                hold: Some(settled),
+                ..
+            } => {
+                let (headers, settled) = (std::mem::take(headers), settled.clone());
+                return self.upstream_answered(host, headers, settled);
             }
+            _ => {}
         }
         Action::Continue
+    }
+
+    /// Response body and trailers: held while the settler is told what the upstream
+    /// answered (Envoy resumes paused response headers when a body callback continues).
+    pub(crate) fn on_response_body_or_trailers(&self) -> Action {
+        match self.state {
+            State::AwaitRelease { .. } => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    /// The upstream answered a request paid by a held payment: tell the settler to release
+    /// it (below 400) or void it, and hold the response until it has answered.
+    fn upstream_answered(
+        &mut self,
+        host: &impl Host,
+        headers: Vec<(&'static str, String)>,
+        settled: Settled,
+    ) -> Action {
+        self.state = State::Done;
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        // No readable status is no success: void.
+        let upstream_status = host
+            .response_header(":status")
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .unwrap_or(500);
+        let Some(id) = settled.settlement_id.as_deref() else {
+            // The settler named no settlement to release: the hold will void it.
+            let h = finish::uncharged_headers(&settled, HoldVerdict::Unknown, upstream_status);
+            set_response_headers(host, &h, true);
+            return Action::Continue;
+        };
+        let (path, body) = finish::hold_call(id, upstream_status);
+        let cfg = &worker.cfg;
+        worker.count(host, Counter::TokenRequests);
+        let call = host.dispatch_callout(
+            &cfg.settler.cluster,
+            finish::settler_call_headers(cfg, "POST", &path),
+            &body,
+            cfg.settler.timeout,
+        );
+        if let Err(e) = call {
+            worker.count(host, Counter::SettlerErrors);
+            log!(
+                host,
+                Warn,
+                "x402: cannot call settler cluster {:?} to settle held {id}: {e}; its hold expires",
+                cfg.settler.cluster
+            );
+            let h = finish::uncharged_headers(&settled, HoldVerdict::Unknown, upstream_status);
+            set_response_headers(host, &h, true);
+            return Action::Continue;
+        }
+        self.state = State::AwaitRelease {
+            headers,
+            settled,
+            upstream_status,
+        };
+        Action::Pause
+    }
+
+    /// `settlement: before_response`: the accepted payment's request waits for its
+    /// settlement to be mined.
+    fn wait_mined(
+        &mut self,
+        worker: &Worker,
+        host: &impl Host,
+        route: usize,
+        url: String,
+        settled: Settled,
+    ) {
+        let cfg = &worker.cfg;
+        let Some(id) = settled.settlement_id.clone() else {
+            let a = token_endpoint::settler_unavailable("the settler named no settlement");
+            self.answer(worker, host, a);
+            return;
+        };
+        let path = finish::wait_path(&id);
+        worker.count(host, Counter::TokenRequests);
+        let call = host.dispatch_callout(
+            &cfg.settler.cluster,
+            finish::settler_call_headers(cfg, "GET", &path),
+            &[],
+            std::time::Duration::from_millis(finish::WAIT_MS + 3_000),
+        );
+        match call {
+            Ok(_) => {
+                self.state = State::AwaitMined {
+                    route,
+                    url,
+                    settled,
+                }
+            }
+            Err(e) => {
+                worker.count(host, Counter::SettlerErrors);
+                log!(
+                    host,
+                    Warn,
+                    "x402: cannot call settler cluster {:?} to wait for {id}: {e}",
+                    cfg.settler.cluster
+                );
+                let a = token_endpoint::settler_unavailable("the settler cluster cannot be called");
+                self.answer(worker, host, a);
+            }
+        }
+    }
+
+    /// The settler's answer to the wait for a `before_response` settlement.
+    fn mined(
+        &mut self,
+        worker: &Worker,
+        host: &impl Host,
+        route: usize,
+        url: String,
+        settled: &Settled,
+        reply: &SettlerReply,
+    ) {
+        match finish::mined(reply, settled) {
+            Mined::Settled(headers) => {
+                self.state = State::Forwarded {
+                    headers,
+                    no_store: true,
+                    hold: None,
+                };
+                if let Err(e) = host.resume_request() {
+                    log!(host, Error, "x402: cannot resume request: {e}");
+                }
+            }
+            Mined::Failed { code, message } => {
+                if let Some(r) = worker.cfg.routes.get(route) {
+                    let a = challenge::payment_refused(r, &code, &message, url);
+                    self.answer(worker, host, a);
+                }
+            }
+            Mined::NotYet(a, why) => {
+                worker.count(host, Counter::SettlerErrors);
+                log!(host, Warn, "x402: payment on {url}: {why}; answering 504");
+                self.answer(worker, host, a);
+            }
+        }
     }
 
     pub(crate) fn on_done(&mut self) {
@@ -373,6 +575,7 @@ impl Request {
         self.state = State::Forwarded {
             headers: Vec::new(),
             no_store: route.cache_control == CacheControl::PrivateNoStore,
+            hold: None,
         };
         Action::Continue
     }
@@ -438,7 +641,16 @@ impl Request {
                     self.answer(worker, host, a);
                     return Action::Pause;
                 }
-                self.state = State::Buffering { route, size: 0 };
+                // Passed on as sent; the settler checks it (x402 `payment-identifier` rules).
+                let idempotency_key = headers
+                    .get("idempotency-key")
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty());
+                self.state = State::Buffering {
+                    route,
+                    size: 0,
+                    idempotency_key,
+                };
                 let deadline = now_ms(host).saturating_add(cfg.body_timeout.as_millis() as u64);
                 if let Ok(mut p) = worker.pending.try_borrow_mut() {
                     p.add(self.context_id, deadline);
@@ -506,7 +718,17 @@ impl Request {
             return Action::Pause;
         };
         let body = host.request_body(size);
-        match token_endpoint::token_request_body(cfg, r, &body, None) {
+        let payment_id = match &self.state {
+            State::Buffering {
+                idempotency_key, ..
+            } => idempotency_key.clone(),
+            _ => None,
+        };
+        let extras = SettlerExtras {
+            payment_id,
+            hold_secs: None,
+        };
+        match token_endpoint::token_request_body_with(cfg, r, &body, None, extras) {
             Err(a) => self.answer(worker, host, a),
             Ok(req) => {
                 if dispatch_settler(worker, host, &req) {
@@ -555,11 +777,18 @@ impl Request {
                     set_identity_headers(host, ids.iter().map(|(n, v)| (*n, v.as_str())));
                 }
                 drop_payment_header(host);
+                let r = worker.cfg.routes.get(route);
+                if r.is_some_and(|r| r.settlement == Settlement::BeforeResponse) {
+                    self.wait_mined(worker, host, route, url, settled);
+                    return;
+                }
+                let held = r.is_some_and(|r| !r.charge_on_upstream_error);
                 // The response carries a fresh access token: never stored by a cache,
                 // whatever the route's cache_control.
                 self.state = State::Forwarded {
                     headers: response_headers,
                     no_store: true,
+                    hold: held.then_some(settled),
                 };
                 if let Err(e) = host.resume_request() {
                     log!(host, Error, "x402: cannot resume request: {e}");
@@ -585,6 +814,7 @@ impl Request {
                 self.state = State::Forwarded {
                     headers: Vec::new(),
                     no_store: false,
+                    hold: None,
                 };
                 if let Err(e) = host.resume_request() {
                     log!(host, Error, "x402: cannot resume request: {e}");
@@ -678,12 +908,7 @@ fn dispatch_settler_to(worker: &Worker, host: &impl Host, path: &str, body: &[u8
     if let Some(id) = request_id.as_deref() {
         headers.push(("x-request-id", id));
     }
-    match host.dispatch_callout(
-        &cfg.settler.cluster,
-        headers,
-        body,
-        cfg.settler.timeout,
-    ) {
+    match host.dispatch_callout(&cfg.settler.cluster, headers, body, cfg.settler.timeout) {
         Ok(_) => true,
         Err(e) => {
             worker.count(host, Counter::SettlerErrors);
@@ -694,6 +919,18 @@ fn dispatch_settler_to(worker: &Worker, host: &impl Host, path: &str, body: &[u8
                 cfg.settler.cluster
             );
             false
+        }
+    }
+}
+
+/// Adds `headers` (and, with `no_store`, `Cache-Control: private, no-store`) to the
+/// response.
+fn set_response_headers(host: &impl Host, headers: &[(&'static str, String)], no_store: bool) {
+    let no_store = no_store.then_some(("cache-control", PRIVATE_NO_STORE));
+    let headers = headers.iter().map(|(n, v)| (*n, v.as_str()));
+    for (name, value) in headers.chain(no_store) {
+        if let Err(e) = host.set_response_header(name, value) {
+            log!(host, Warn, "x402: cannot add response header {name}: {e}");
         }
     }
 }

@@ -91,6 +91,37 @@ fn minted(h: &FakeHost, access_token: &str) -> usize {
     )
 }
 
+/// The upstream answers `status`; the held payment's release/void call is made and
+/// answered with `state` (200, the settler's status of it). Returns that call.
+fn upstream_then_settler(
+    h: &FakeHost,
+    r: &mut Request,
+    status: &str,
+    state: &str,
+) -> crate::test_fixtures::fake_host::Callout {
+    *h.response.borrow_mut() = vec![(":status".to_string(), status.to_string())];
+    let before = h.callouts.borrow().len();
+    assert_eq!(
+        r.on_response_headers(h),
+        Action::Pause,
+        "held for the settler"
+    );
+    assert_eq!(
+        r.on_response_body_or_trailers(),
+        Action::Pause,
+        "the body waits too"
+    );
+    assert_eq!(h.callouts.borrow().len(), before + 1);
+    let call = h.callouts.borrow().last().unwrap().clone();
+    let size = h.callout_answers(
+        &[(":status", "200"), ("content-type", "application/json")],
+        json!({"state": state}).to_string().as_bytes(),
+    );
+    r.on_callout_response(h, size);
+    assert_eq!(h.resumed_responses.get(), 1);
+    call
+}
+
 fn identity(route: &str) -> Vec<(String, String)> {
     vec![
         ("x-x402-payer".into(), payer()),
@@ -878,6 +909,7 @@ fn payment_signature_is_settled_then_the_request_resumes() {
         "http://api.example.com/api/weather?city=lisbon"
     );
     assert_eq!(body["payment"]["payload"]["signature"], "0xabc");
+    assert_eq!(body["hold_secs"], 300, "held for the upstream's answer");
     assert_eq!(h.counter("x402_token_requests"), 1);
     // Held while the settler works.
     assert_eq!(r.on_request_body(&h, 3, false), Action::Pause);
@@ -898,7 +930,11 @@ fn payment_signature_is_settled_then_the_request_resumes() {
     // Paid: the body goes on, and the response carries the receipt.
     assert_eq!(r.on_request_body(&h, 3, true), Action::Continue);
     assert_eq!(r.on_request_trailers(&h), Action::Continue);
-    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    // The upstream answered 200: the held payment is released, then the receipt goes on.
+    let call = upstream_then_settler(&h, &mut r, "200", "pending");
+    assert_eq!(call.header(":path"), Some("/v1/settlements/s-1/release"));
+    assert_eq!(call.header(":method"), Some("POST"));
+    assert_eq!(call.json(), json!({"upstream_status": 200}));
     let resp = h.set_response_headers();
     let names: Vec<&str> = resp.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -924,6 +960,122 @@ fn payment_signature_is_settled_then_the_request_resumes() {
     let mut r = Request::new(2, Some(w));
     assert_eq!(r.on_request_headers(&h, true), Action::Continue);
     assert_eq!(h.counter("x402_token_cache_hits"), 1);
+}
+
+#[test]
+fn an_upstream_error_voids_the_held_payment_and_the_response_says_so() {
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    let size = minted(&h, &token(claims("weather", 10_000), NOW));
+    r.on_callout_response(&h, size);
+    assert_eq!(h.resumed.get(), 1);
+    h.clear_records();
+    let call = upstream_then_settler(&h, &mut r, "502", "failed");
+    assert_eq!(call.header(":path"), Some("/v1/settlements/s-1/void"));
+    let resp = h.set_response_headers();
+    assert!(
+        resp.iter().all(|(n, _)| n != "x-x402-access-token"),
+        "{resp:?}"
+    );
+    assert!(resp.contains(&("x-x402-settlement".into(), "voided".into())));
+    let pr = &resp
+        .iter()
+        .find(|(n, _)| n == "payment-response")
+        .unwrap()
+        .1;
+    let receipt: Value = serde_json::from_slice(&x402_protocol::b64::decode(pr).unwrap()).unwrap();
+    assert_eq!(receipt["success"], false);
+    assert_eq!(receipt["extra"]["settlement"], "voided");
+
+    // The settler cannot be told: the hold expires (voided); the response says unknown.
+    let h = host();
+    let w = worker(&h);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    let size = minted(&h, &token(claims("weather", 10_000), NOW));
+    r.on_callout_response(&h, size);
+    *h.response.borrow_mut() = vec![(":status".to_string(), "200".to_string())];
+    h.fail("dispatch_callout", 2);
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    assert!(h
+        .set_response_headers()
+        .contains(&("x-x402-settlement".into(), "unknown".into())));
+
+    // charge_on_upstream_error: nothing held, nothing called at response time.
+    let h = host();
+    let mut v = sample();
+    v["routes"][0]["charge_on_upstream_error"] = json!(true);
+    let w = worker_for(&h, &v);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w));
+    r.on_request_headers(&h, true);
+    assert!(h.callout().json().get("hold_secs").is_none());
+    let size = minted(&h, &token(claims("weather", 10_000), NOW));
+    r.on_callout_response(&h, size);
+    *h.response.borrow_mut() = vec![(":status".to_string(), "500".to_string())];
+    let n = h.callouts.borrow().len();
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    assert_eq!(h.callouts.borrow().len(), n);
+}
+
+#[test]
+fn before_response_waits_for_the_mined_settlement() {
+    let h = host();
+    let mut v = sample();
+    v["routes"][0]["settlement"] = json!("before_response");
+    let w = worker_for(&h, &v);
+    weather(&h, &[("payment-signature", &payment_signature())]);
+    let mut r = Request::new(1, Some(w.clone()));
+    r.on_request_headers(&h, true);
+    assert!(
+        h.callout().json().get("hold_secs").is_none(),
+        "settled before: no hold"
+    );
+    let size = minted(&h, &token(claims("weather", 10_000), NOW));
+    r.on_callout_response(&h, size);
+    assert_eq!(h.resumed.get(), 0, "still held");
+    let wait = h.callouts.borrow().last().unwrap().clone();
+    assert_eq!(wait.header(":method"), Some("GET"));
+    assert_eq!(
+        wait.header(":path"),
+        Some("/v1/settlements/s-1?wait_ms=20000")
+    );
+    let size = h.callout_answers(
+        &[(":status", "200")],
+        br#"{"state":"settled","transfer_tx":"0xbeef"}"#,
+    );
+    r.on_callout_response(&h, size);
+    assert_eq!(h.resumed.get(), 1);
+    h.clear_records();
+    assert_eq!(r.on_response_headers(&h), Action::Continue);
+    let resp = h.set_response_headers();
+    let pr = &resp
+        .iter()
+        .find(|(n, _)| n == "payment-response")
+        .unwrap()
+        .1;
+    let receipt: Value = serde_json::from_slice(&x402_protocol::b64::decode(pr).unwrap()).unwrap();
+    assert_eq!(receipt["transaction"], "0xbeef");
+    assert_eq!(receipt["extra"]["settlementId"], "s-1");
+    // A settlement that failed: 402; one not final in time: 504 naming it.
+    for (body, status) in [
+        (&br#"{"state":"failed","error":"reverted"}"#[..], 402),
+        (&br#"{"state":"submitted"}"#[..], 504),
+    ] {
+        weather(&h, &[("payment-signature", &payment_signature())]);
+        let mut r = Request::new(2, Some(w.clone()));
+        r.on_request_headers(&h, true);
+        let size = minted(&h, &token(claims("weather", 10_000), NOW));
+        r.on_callout_response(&h, size);
+        let size = h.callout_answers(&[(":status", "200")], body);
+        h.clear_records();
+        r.on_callout_response(&h, size);
+        assert_eq!(h.reply().status(), status);
+    }
 }
 
 #[test]
@@ -1262,7 +1414,7 @@ fn paid_responses_are_private_no_store_unless_the_route_keeps_the_upstreams() {
     let size = minted(&h, &token(claims("weather", 10_000), NOW));
     r.on_callout_response(&h, size);
     h.clear_records();
-    r.on_response_headers(&h);
+    upstream_then_settler(&h, &mut r, "200", "pending");
     assert!(h
         .set_response_headers()
         .contains(&("cache-control".to_string(), "private, no-store".to_string())));
@@ -1329,7 +1481,7 @@ fn a_failed_resume_is_logged() {
     h.fail("set_response_header", 1);
     r.on_callout_response(&h, size);
     assert!(h.logged(Level::Error, "x402: cannot resume request: BadArgument"));
-    r.on_response_headers(&h);
+    upstream_then_settler(&h, &mut r, "204", "pending");
     assert!(h.logged(
         Level::Warn,
         "x402: cannot add response header payment-response: NotFound"

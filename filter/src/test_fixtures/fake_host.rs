@@ -89,6 +89,10 @@ pub(crate) struct FakeHost {
     pub(crate) callouts: RefCell<Vec<Callout>>,
     pub(crate) replies: RefCell<Vec<Reply>>,
     pub(crate) resumed: Cell<u32>,
+    /// `resume_response` calls.
+    pub(crate) resumed_responses: Cell<u32>,
+    /// The upstream's response headers, as `response_header` reads them.
+    pub(crate) response: RefCell<Vec<(String, String)>>,
     effective: Cell<Option<u32>>,
     /// Counter names, by id.
     counter_names: RefCell<Vec<String>>,
@@ -380,6 +384,21 @@ impl Host for FakeHost {
         self.call("resume_request")?;
         self.resumed.set(self.resumed.get() + 1);
         Ok(())
+    }
+
+    fn resume_response(&self) -> Result<(), HostError> {
+        self.call("resume_response")?;
+        self.resumed_responses.set(self.resumed_responses.get() + 1);
+        Ok(())
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        let _ = self.call("response_header");
+        self.response
+            .borrow()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {

@@ -432,7 +432,6 @@ async fn check(
             &req.requirement,
             &checked,
             mode,
-            None,
             crate::store::AcceptExtras::default(),
         )
         .await

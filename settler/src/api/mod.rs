@@ -52,13 +52,21 @@ fn table() -> Vec<Route> {
         ("POST", "/verify", post(facilitator::post_verify)),
         ("POST", "/settle", post(facilitator::post_settle)),
         ("GET", "/supported", get(facilitator::get_supported)),
-        ("GET", "/v1/settlements/{id}", get(settlements::get_settlement)),
+        (
+            "GET",
+            "/v1/settlements/{id}",
+            get(settlements::get_settlement),
+        ),
         (
             "POST",
             "/v1/settlements/{id}/release",
             post(settlements::post_release),
         ),
-        ("POST", "/v1/settlements/{id}/void", post(settlements::post_void)),
+        (
+            "POST",
+            "/v1/settlements/{id}/void",
+            post(settlements::post_void),
+        ),
         ("GET", "/v1/revocations", get(revocations::get_revocations)),
         ("GET", "/.well-known/jwks.json", get(ops::jwks)),
         ("GET", "/healthz", get(ops::healthz)),

@@ -67,15 +67,14 @@ fn payment_id(req: &TokenRequest) -> Result<Option<String>, Refusal> {
     let v: serde_json::Value = serde_json::from_str(req.payment.get())
         .map_err(|e| Refusal::InvalidJson(format!("payment is not JSON: {e}")))?;
     let in_payload = raw_payment_identifier(&v).map_err(Refusal::InvalidPayment)?;
-    let id = match (req.payment_id.clone(), in_payload) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(Refusal::InvalidRequest(
+    let id =
+        match (req.payment_id.clone(), in_payload) {
+            (Some(a), Some(b)) if a != b => return Err(Refusal::InvalidRequest(
                 "field `payment_id` (Idempotency-Key) and the payment's payment-identifier differ"
                     .into(),
-            ))
-        }
-        (a, b) => a.or(b),
-    };
+            )),
+            (a, b) => a.or(b),
+        };
     if let Some(id) = &id {
         check_payment_id(id).map_err(|e| {
             Refusal::InvalidPayment(format!("payment identifier (Idempotency-Key): {e}"))

@@ -52,7 +52,7 @@ enum Prepared {
     /// Nothing to store: answered already.
     Done(Accepted),
     /// Checked; to insert and commit holding the payer's (and the asset total's) lock.
-    Commit(Box<Commit>),
+    Commit(Commit),
 }
 
 /// A checked payment to insert and commit.
@@ -94,8 +94,8 @@ impl Service {
     /// Chain and store checks (single use, the scheme's on-chain nonce state, balance,
     /// exposure). With [`Mode::Store`] the payment is then stored (durable, single use) and
     /// its lane woken; with [`Mode::Verify`] it is only checked (the returned payment's id is
-    /// then no settlement id). `token`: (iat, exp) of the token to be minted for it, stored
-    /// with it so a re-post gets the same token. `extras`: the client's idempotency key
+    /// then no settlement id). `extras`: (iat, exp) of the token to be minted for it, stored
+    /// with it so a re-post gets the same token; the client's idempotency key
     /// (the same payment with the same key is answered again even after broadcast; another
     /// payment with it is 409 `payment_identifier_mismatch`) and the hold, stored with it.
     ///
@@ -114,7 +114,6 @@ impl Service {
         requirement: &Requirement,
         checked: &Checked<'_>,
         mode: Mode,
-        token: Option<(u64, u64)>,
         extras: AcceptExtras,
     ) -> Result<Accepted, Refusal> {
         let until = tokio::time::Instant::from_std(checked.started + self.accept_deadline);
@@ -142,14 +141,13 @@ impl Service {
             new,
         } = match prepared {
             Prepared::Done(accepted) => return Ok(accepted),
-            Prepared::Commit(c) => *c,
+            Prepared::Commit(c) => c,
         };
         // Durable before the token (or the facilitator's answer) exists. Not cancellable:
         // the task owns the session and the locks, and releases the locks after the commit.
-        let token = token.map(|(iat, exp)| (iat as i64, exp as i64));
         let committing = tokio::spawn(async move {
             let mut session = session;
-            session.insert_accepted(&new, token, &extras).await?;
+            session.insert_accepted(&new, &extras).await?;
             session.commit().await?;
             drop(guards);
             Ok::<_, StoreError>(new)
@@ -317,11 +315,11 @@ impl Service {
         if mode == Mode::Verify {
             return Ok(Prepared::Done(Accepted::New(new)));
         }
-        Ok(Prepared::Commit(Box::new(Commit {
+        Ok(Prepared::Commit(Commit {
             session,
             guards: (guard, total_guard),
             new,
-        })))
+        }))
     }
 }
 

@@ -174,7 +174,13 @@ mod tests {
     #[test]
     fn only_the_same_unbroadcast_payment_on_the_same_route_is_answered_again() {
         let again = payment("second");
-        let ok = judge(stored(SettlementState::Pending, false), &again, Mode::Store, None).unwrap();
+        let ok = judge(
+            stored(SettlementState::Pending, false),
+            &again,
+            Mode::Store,
+            None,
+        )
+        .unwrap();
         assert_eq!(ok.row.p.id, "first");
 
         let refused = |s: StoredPayment, p: &NewPayment, mode| judge(s, p, mode, None).unwrap_err();
@@ -225,7 +231,12 @@ mod tests {
             assert_eq!(ok.row.p.id, "first");
         }
         // Without the key (or with another one), the signature alone gets nothing.
-        let r = judge(stored(SettlementState::Settled, true), &again, Mode::Store, None);
+        let r = judge(
+            stored(SettlementState::Settled, true),
+            &again,
+            Mode::Store,
+            None,
+        );
         assert_eq!(r.unwrap_err().code(), "payment_already_used");
         let r = judge(
             stored(SettlementState::Settled, true),
@@ -235,18 +246,33 @@ mod tests {
         );
         assert_eq!(r.unwrap_err().code(), "payment_already_used");
         // A failed settlement is not answered again, key or not.
-        let r = judge(stored(SettlementState::Failed, true), &again, Mode::Store, ID);
+        let r = judge(
+            stored(SettlementState::Failed, true),
+            &again,
+            Mode::Store,
+            ID,
+        );
         assert_eq!(r.unwrap_err().code(), "payment_already_used");
         // Another payment, or the same one on another route, under the key: 409, nothing named.
         let mut other = payment("x");
         other.value = U256::from(1u8);
-        let r = judge(stored(SettlementState::Pending, false), &other, Mode::Store, ID)
-            .unwrap_err();
+        let r = judge(
+            stored(SettlementState::Pending, false),
+            &other,
+            Mode::Store,
+            ID,
+        )
+        .unwrap_err();
         assert_eq!(r.code(), "payment_identifier_mismatch");
         assert_eq!(r.to_api().settlement_id, None);
         let mut route = payment("x");
         route.route = "other".into();
-        let r = judge(stored(SettlementState::Pending, false), &route, Mode::Store, ID);
+        let r = judge(
+            stored(SettlementState::Pending, false),
+            &route,
+            Mode::Store,
+            ID,
+        );
         assert_eq!(r.unwrap_err().code(), "payment_identifier_mismatch");
     }
 }

@@ -106,24 +106,18 @@ impl Service {
             ));
         }
         let checked = self.check(payment, requirement)?;
+        let ttl = self.token_ttl(requirement, &checked.priced.method);
+        let exp = checked.now.saturating_add(ttl);
         let extras = AcceptExtras {
+            // The token's times, stored so the same payment again gets the same token.
+            token: Some((checked.now as i64, exp as i64)),
             payment_id,
             held_until_ms: hold_secs.map(|s| {
                 crate::clock::now_ms().saturating_add((s.min(MAX_HOLD_SECS) as i64) * 1000)
             }),
         };
-        let ttl = self.token_ttl(requirement, &checked.priced.method);
-        let times = (checked.now, checked.now.saturating_add(ttl));
         let new = match self
-            .accept(
-                payment,
-                format,
-                requirement,
-                &checked,
-                Mode::Store,
-                Some(times),
-                extras,
-            )
+            .accept(payment, format, requirement, &checked, Mode::Store, extras)
             .await?
         {
             Accepted::New(new) => new,

@@ -18,6 +18,8 @@ use crate::error::StoreError;
 /// What acceptance stores with a payment besides the payment itself.
 #[derive(Debug, Clone, Default)]
 pub struct AcceptExtras {
+    /// (iat, exp) of the token minted for it, if any (the same payment again gets it back).
+    pub token: Option<(i64, i64)>,
     /// The client's idempotency key (unique over all payments).
     pub payment_id: Option<String>,
     /// Held until this time (ms) unless released or voided first.
