@@ -91,7 +91,11 @@ async fn same_identifier_same_token_after_settlement_paid_once() {
     let mut bare = payment.clone();
     bare.as_object_mut().unwrap().remove("extensions");
     let (st, replay) = env.post_token(&req, &bare).await;
-    assert_eq!((st, code(&replay)), (409, "payment_already_used"), "{replay}");
+    assert_eq!(
+        (st, code(&replay)),
+        (409, "payment_already_used"),
+        "{replay}"
+    );
     assert!(replay.get("access_token").is_none());
 
     // Another payment under the used identifier: refused, nothing named.
