@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use x402_protocol::settler_api::PricedMethod;
-use x402_protocol::token::{verifying_key_from_hex, KeySet};
+use x402_protocol::token::{KeySet, TokenAlg, VerifyKey};
 use x402_protocol::{parse_decimal, Address, Asset, Network, PaymentMethod, Scheme, U256};
 
 use crate::discovery::{self, Discovery, MatchAsConfigured, RouteText};
@@ -234,6 +234,9 @@ struct RawDiscovery {
 struct RawKey {
     kid: String,
     public_key: String,
+    /// `ES256K` (the default, so older configs keep working) or `EdDSA`.
+    #[serde(default)]
+    alg: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -759,6 +762,15 @@ fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
                 format!("duplicate kid {:?}", k.kid),
             ));
         }
+        let alg = match k.alg.as_deref() {
+            None => TokenAlg::Es256k,
+            Some(name) => TokenAlg::from_jws_name(name).ok_or_else(|| {
+                ConfigError::new(
+                    format!("token_keys[{i}].alg"),
+                    format!("{name:?} is not a token algorithm: \"ES256K\" or \"EdDSA\""),
+                )
+            })?,
+        };
         let hex = k.public_key.trim();
         let hex_ok = hex.len() > 2
             && hex
@@ -766,14 +778,17 @@ fn validate_keys(keys: Vec<RawKey>) -> Result<KeySet, ConfigError> {
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit());
         let key = if hex_ok {
-            verifying_key_from_hex(hex)
+            VerifyKey::from_hex(alg, hex)
         } else {
             None
         }
         .ok_or_else(|| {
             ConfigError::new(
                 format!("token_keys[{i}].public_key"),
-                "not a secp256k1 public key as SEC1 hex (33 bytes compressed or 65 uncompressed)",
+                match alg {
+                    TokenAlg::Es256k => "not a secp256k1 public key as SEC1 hex (33 bytes compressed or 65 uncompressed)",
+                    TokenAlg::EdDsa => "not an Ed25519 public key as hex (32 bytes, not of small order)",
+                },
             )
         })?;
         set.insert(k.kid, key);
@@ -1365,8 +1380,8 @@ mod tests {
         expect_err(|v| v["extra"] = json!(1), "extra");
         expect_err(|v| v["settler"]["retries"] = json!(1), "settler.retries");
         expect_err(
-            |v| v["token_keys"][0]["alg"] = json!("x"),
-            "token_keys[0].alg",
+            |v| v["token_keys"][0]["use"] = json!("sig"),
+            "token_keys[0].use",
         );
         expect_err(
             |v| v["payment_methods"]["usdc-base"]["fee"] = json!(1),
@@ -1627,6 +1642,47 @@ mod tests {
         let uncompressed = format!("0x{}", hex_encode(k.to_encoded_point(false).as_bytes()));
         v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k2", "public_key": uncompressed}]);
         assert_eq!(parse_value(&v).unwrap().keys.len(), 2);
+    }
+
+    #[test]
+    fn eddsa_keys_carry_their_alg() {
+        let ed = x402_protocol::token::TokenSigningKey::from_secret(TokenAlg::EdDsa, &[5; 32])
+            .unwrap()
+            .verifying_key();
+        let ed_hex = ed.to_hex();
+        let mut v = sample();
+        v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "e1", "alg": "EdDSA", "public_key": ed_hex}]);
+        let keys = parse_value(&v).unwrap().keys;
+        assert_eq!(keys.get("e1"), Some(&ed));
+        assert_eq!(keys.get("k1").map(|k| k.alg()), Some(TokenAlg::Es256k));
+        // An explicit ES256K is the default spelled out.
+        v["token_keys"] = json!([{"kid": "k1", "alg": "ES256K", "public_key": key_hex()}]);
+        assert!(parse_value(&v).is_ok());
+        let e = expect_err(
+            |v| v["token_keys"][0]["alg"] = json!("ES256"),
+            "token_keys[0].alg",
+        );
+        assert!(e.message.contains("EdDSA"), "{e}");
+        // A secp256k1 key labelled EdDSA, an Ed25519 key without its label, a weak point.
+        expect_err(
+            |v| v["token_keys"][0]["alg"] = json!("EdDSA"),
+            "token_keys[0].public_key",
+        );
+        let ed_hex2 = ed_hex.clone();
+        expect_err(
+            move |v| v["token_keys"][0]["public_key"] = json!(ed_hex2),
+            "token_keys[0].public_key",
+        );
+        let mut identity = "01".to_string();
+        identity.push_str(&"00".repeat(31));
+        let e = expect_err(
+            move |v| {
+                v["token_keys"][0]["alg"] = json!("EdDSA");
+                v["token_keys"][0]["public_key"] = json!(identity);
+            },
+            "token_keys[0].public_key",
+        );
+        assert!(e.message.contains("Ed25519"), "{e}");
     }
 
     fn hex_encode(b: &[u8]) -> String {

@@ -19,6 +19,7 @@ pub mod scheme;
 pub mod settler_api;
 pub mod shown;
 pub mod token;
+pub mod token_keys;
 pub mod u256_serde;
 pub mod x402v2;
 

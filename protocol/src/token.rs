@@ -1,17 +1,20 @@
-//! The access token: a JWT signed ES256K (secp256k1, SHA-256) with a `kid` header.
-//! The settler mints it; the filter verifies it at the edge without calling anyone.
+//! The access token: a JWT signed ES256K (secp256k1, SHA-256) or EdDSA (Ed25519) with a
+//! `kid` header. The settler mints it; the filter verifies it at the edge without calling
+//! anyone, with the algorithm of the key the `kid` names (keys: [`crate::token_keys`]).
 
 use std::collections::HashMap;
 
 use alloy_primitives::{Address, U256};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use jwt_compact::alg::Es256k;
-use jwt_compact::{AlgorithmExt, Claims, Header, TimeOptions, UntrustedToken};
+use jwt_compact::alg::{Ed25519, Es256k};
+use jwt_compact::{Algorithm, AlgorithmExt, Claims, Header, TimeOptions, Token, UntrustedToken};
 use k256::ecdsa::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::Network;
+pub use crate::token_keys::{TokenAlg, TokenSigningKey, VerifyKey};
 
+/// The JWS name of the first algorithm, ES256K (kept for the callers that name it).
 pub const ALGORITHM: &str = "ES256K";
 /// Tokens longer than this are refused before any parsing (a real one is ~600 bytes).
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -40,7 +43,7 @@ pub enum TokenError {
     Oversized,
     #[error("token is not a well-formed JWT")]
     Malformed,
-    #[error("token algorithm is not ES256K")]
+    #[error("token algorithm is not ES256K or EdDSA, or not the algorithm of its key")]
     UnsupportedAlgorithm,
     #[error("token names no key or an unknown key")]
     UnknownKey,
@@ -73,8 +76,45 @@ fn at(unix: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// A key that signs tokens: a secp256k1 key (ES256K), an Ed25519 key (EdDSA), or the
+/// settler's [`TokenSigningKey`] of either.
+pub trait TokenSigner {
+    /// The signed compact JWT. Signing a serializable struct with a valid key cannot fail.
+    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String;
+}
+
+impl TokenSigner for SigningKey {
+    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String {
+        Es256k::<sha2::Sha256>::default()
+            .token(header, claims, self)
+            .unwrap_or_default()
+    }
+}
+
+impl TokenSigner for ed25519_dalek::SigningKey {
+    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String {
+        Ed25519.token(header, claims, self).unwrap_or_default()
+    }
+}
+
+impl TokenSigner for TokenSigningKey {
+    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String {
+        match self {
+            TokenSigningKey::Es256k(k) => k.sign_token(header, claims),
+            TokenSigningKey::Ed25519(k) => k.sign_token(header, claims),
+        }
+    }
+}
+
 /// Signs `claims` valid from `now` for `ttl_secs`. Used by the settler and by tests.
-pub fn mint(key: &SigningKey, kid: &str, claims: AccessClaims, now: i64, ttl_secs: u64) -> String {
+/// Deterministic for both algorithms (RFC 6979 nonces, Ed25519): same inputs, same token.
+pub fn mint(
+    key: &impl TokenSigner,
+    kid: &str,
+    claims: AccessClaims,
+    now: i64,
+    ttl_secs: u64,
+) -> String {
     let mut c = Claims::new(claims);
     c.issued_at = Some(at(now));
     c.not_before = Some(at(now));
@@ -82,10 +122,24 @@ pub fn mint(key: &SigningKey, kid: &str, claims: AccessClaims, now: i64, ttl_sec
         now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))
     ));
     let header = Header::empty().with_key_id(kid);
-    // Signing a serializable struct with a valid key cannot fail.
-    Es256k::<sha2::Sha256>::default()
-        .token(&header, &c, key)
-        .unwrap_or_default()
+    key.sign_token(&header, &c)
+}
+
+/// Checks `untrusted`'s signature with `alg` under `key`.
+fn check_signature<A: Algorithm>(
+    alg: &A,
+    key: &A::VerifyingKey,
+    untrusted: &UntrustedToken<'_>,
+) -> Result<Token<AccessClaims>, TokenError> {
+    alg.validator::<AccessClaims>(key)
+        .validate(untrusted)
+        .map_err(|e| match e {
+            jwt_compact::ValidationError::InvalidSignature => TokenError::BadSignature,
+            jwt_compact::ValidationError::AlgorithmMismatch { .. } => {
+                TokenError::UnsupportedAlgorithm
+            }
+            _ => TokenError::Malformed,
+        })
 }
 
 /// A token whose signature and time window have been checked.
@@ -96,18 +150,25 @@ pub struct VerifiedToken {
     pub kid: String,
 }
 
-/// Verification keys by `kid`; several at once so keys can rotate.
-#[derive(Clone, Default)]
+/// Verification keys by `kid`, each of one algorithm; several at once so keys can rotate.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
 pub struct KeySet {
-    keys: HashMap<String, VerifyingKey>,
+    keys: HashMap<String, VerifyKey>,
 }
 
 impl KeySet {
     pub fn new() -> Self {
         Self::default()
     }
-    pub fn insert(&mut self, kid: impl Into<String>, key: VerifyingKey) {
-        self.keys.insert(kid.into(), key);
+    pub fn insert(&mut self, kid: impl Into<String>, key: impl Into<VerifyKey>) {
+        self.keys.insert(kid.into(), key.into());
+    }
+    pub fn get(&self, kid: &str) -> Option<&VerifyKey> {
+        self.keys.get(kid)
+    }
+    /// Every `(kid, key)`, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VerifyKey)> {
+        self.keys.iter().map(|(k, v)| (k.as_str(), v))
     }
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -116,7 +177,8 @@ impl KeySet {
         self.keys.len()
     }
 
-    /// Hex of the first 8 bytes of SHA-256 over every (kid, compressed key), in kid order:
+    /// Hex of the first 8 bytes of SHA-256 over every (kid, key), in kid order (an Ed25519
+    /// key is tagged with its algorithm; a secp256k1 key is its compressed SEC1 bytes):
     /// what names this key set in storage other configurations may share (the filter's
     /// shared verified-token table), so a verdict made under one set of trusted keys is
     /// never read under another.
@@ -129,7 +191,10 @@ impl KeySet {
             if let Some(key) = self.keys.get(kid) {
                 h.update((kid.len() as u64).to_le_bytes());
                 h.update(kid.as_bytes());
-                h.update(key.to_encoded_point(true).as_bytes());
+                if let VerifyKey::Ed25519(_) = key {
+                    h.update(b"EdDSA");
+                }
+                h.update(key.to_bytes());
             }
         }
         alloy_primitives::hex::encode(&h.finalize()[..8])
@@ -147,26 +212,25 @@ impl KeySet {
             return Err(TokenError::Oversized);
         }
         let untrusted = UntrustedToken::new(token).map_err(|_| TokenError::Malformed)?;
-        if untrusted.algorithm() != ALGORITHM {
-            return Err(TokenError::UnsupportedAlgorithm);
-        }
+        let named = TokenAlg::from_jws_name(untrusted.algorithm())
+            .ok_or(TokenError::UnsupportedAlgorithm)?;
         let kid = untrusted
             .header()
             .key_id
             .as_deref()
             .ok_or(TokenError::UnknownKey)?;
         let key = self.keys.get(kid).ok_or(TokenError::UnknownKey)?;
-        let alg = Es256k::<sha2::Sha256>::default();
-        let checked = alg
-            .validator::<AccessClaims>(key)
-            .validate(&untrusted)
-            .map_err(|e| match e {
-                jwt_compact::ValidationError::InvalidSignature => TokenError::BadSignature,
-                jwt_compact::ValidationError::AlgorithmMismatch { .. } => {
-                    TokenError::UnsupportedAlgorithm
-                }
-                _ => TokenError::Malformed,
-            })?;
+        // The key decides the algorithm, never the token: an EdDSA token naming a
+        // secp256k1 key's kid (or the reverse) is refused before any signature check.
+        if named != key.alg() {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let checked = match key {
+            VerifyKey::Es256k(k) => {
+                check_signature(&Es256k::<sha2::Sha256>::default(), k, &untrusted)?
+            }
+            VerifyKey::Ed25519(k) => check_signature(&Ed25519, k, &untrusted)?,
+        };
         let claims = checked.claims();
         let opts = TimeOptions::new(Duration::seconds(leeway_secs), move || at(now));
         let exp = claims.expiration.ok_or(TokenError::Malformed)?;
@@ -194,18 +258,13 @@ pub fn verifying_key_from_hex(hex: &str) -> Option<VerifyingKey> {
 
 /// Compressed SEC1 hex of a public key, the form the filter config takes.
 pub fn verifying_key_to_hex(key: &VerifyingKey) -> String {
-    format!(
-        "0x{}",
-        alloy_primitives::hex::encode(key.to_encoded_point(true).as_bytes())
-    )
+    VerifyKey::Es256k(*key).to_hex()
 }
 
-/// The `kid` the settler uses for a key: hex of the first 8 bytes of SHA-256 over the
-/// compressed public key, so the filter config and the settler agree without coordination.
+/// The `kid` the settler uses for a secp256k1 key ([`VerifyKey::key_id`]: hex of the first
+/// 8 bytes of SHA-256 over the compressed public key).
 pub fn key_id(key: &VerifyingKey) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(key.to_encoded_point(true).as_bytes());
-    alloy_primitives::hex::encode(&digest[..8])
+    VerifyKey::Es256k(*key).key_id()
 }
 
 /// Reads a token signing key: hex of 32 bytes, optional 0x, surrounding whitespace ignored.
@@ -216,12 +275,7 @@ pub fn signing_key_from_hex(hex: &str) -> Option<SigningKey> {
 
 /// JWK (RFC 7517) of a secp256k1 public key, as `/.well-known/jwks.json` lists it.
 pub fn jwk(kid: &str, key: &VerifyingKey) -> serde_json::Value {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    let p = key.to_encoded_point(false);
-    let x = p.x().map(|x| URL_SAFE_NO_PAD.encode(x)).unwrap_or_default();
-    let y = p.y().map(|y| URL_SAFE_NO_PAD.encode(y)).unwrap_or_default();
-    serde_json::json!({"kty": "EC", "crv": "secp256k1", "alg": ALGORITHM, "use": "sig", "kid": kid, "x": x, "y": y, "x402_public_key": verifying_key_to_hex(key)})
+    VerifyKey::Es256k(*key).jwk(kid)
 }
 
 #[cfg(test)]
@@ -340,6 +394,80 @@ mod tests {
             other_kid.fingerprint(),
             "same key, other kid"
         );
+    }
+
+    fn ed_key(b: u8) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[b; 32])
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_beside_es256k_and_tampering_is_caught() {
+        let now = 1_800_000_000;
+        let mut ks = keys();
+        ks.insert("e1", ed_key(1).verifying_key());
+        let t = mint(&ed_key(1), "e1", claims(), now, 300);
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                t.split('.').next().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], "EdDSA");
+        let v = ks.verify(&t, now + 10, 5).unwrap();
+        assert_eq!((v.claims, v.kid.as_str()), (claims(), "e1"));
+        // ES256K tokens still verify in the same set.
+        assert!(ks
+            .verify(&mint(&key(1), "k1", claims(), now, 300), now, 5)
+            .is_ok());
+        // The enum signer mints the same token as the raw key.
+        let sk = TokenSigningKey::Ed25519(ed_key(1));
+        assert_eq!(mint(&sk, "e1", claims(), now, 300), t);
+        // One flipped signature bit; another Ed25519 key under the same kid.
+        let mut bytes = t.clone().into_bytes();
+        let last = bytes.len() - 2;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(bytes).unwrap();
+        assert_eq!(ks.verify(&flipped, now, 5), Err(TokenError::BadSignature));
+        let forged = mint(&ed_key(2), "e1", claims(), now, 300);
+        assert_eq!(ks.verify(&forged, now, 5), Err(TokenError::BadSignature));
+        assert_eq!(
+            ks.verify(&t, now + 400, 5),
+            Err(TokenError::Expired),
+            "time window as for ES256K"
+        );
+    }
+
+    #[test]
+    fn the_key_decides_the_algorithm_not_the_token() {
+        let now = 1_800_000_000;
+        let mut ks = keys();
+        ks.insert("e1", ed_key(1).verifying_key());
+        // An EdDSA token naming a secp256k1 kid, and an ES256K token naming an Ed25519 kid.
+        let ed_on_k1 = mint(&ed_key(1), "k1", claims(), now, 300);
+        assert_eq!(
+            ks.verify(&ed_on_k1, now, 5),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+        let es_on_e1 = mint(&key(1), "e1", claims(), now, 300);
+        assert_eq!(
+            ks.verify(&es_on_e1, now, 5),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+        // A key set of only ES256K keys refuses an EdDSA token by its kid.
+        let t = mint(&ed_key(1), "e1", claims(), now, 300);
+        assert_eq!(keys().verify(&t, now, 5), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn fingerprint_tells_the_algorithms_apart() {
+        let mut a = KeySet::new();
+        a.insert("k", ed_key(1).verifying_key());
+        let mut b = KeySet::new();
+        b.insert("k", ed_key(2).verifying_key());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), keys().fingerprint());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use k256::ecdsa::SigningKey;
+use x402_protocol::token::{TokenAlg, TokenSigningKey};
 use x402_protocol::Network;
 
 #[derive(Debug, Parser)]
@@ -38,12 +38,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// The access tokens' signature algorithm (`--token-alg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenAlgArg {
+    /// ECDSA over secp256k1 (JWS `ES256K`).
+    Es256k,
+    /// Ed25519 (JWS `EdDSA`): half the filter's cost per check (bench/results/verify.md).
+    Eddsa,
+}
+
+impl TokenAlgArg {
+    pub fn alg(self) -> x402_protocol::token::TokenAlg {
+        match self {
+            TokenAlgArg::Es256k => x402_protocol::token::TokenAlg::Es256k,
+            TokenAlgArg::Eddsa => x402_protocol::token::TokenAlg::EdDsa,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Prints {"kid", "public_key"} of the token signing key (creating the key file if missing).
+    /// Prints {"kid", "public_key", "alg"} of the token signing key, the filter's
+    /// `token_keys` entry (creating the key file if missing).
     TokenKey {
         #[arg(long, env = "X402_TOKEN_KEY_FILE")]
         token_key_file: PathBuf,
+        /// How the key file is read (and a new key made): see `serve --token-alg`.
+        #[arg(long = "token-alg", env = "X402_TOKEN_ALG", value_enum, default_value_t = TokenAlgArg::Es256k)]
+        token_alg: TokenAlgArg,
     },
     /// Runs the service (the default when no subcommand is given).
     Serve,
@@ -133,13 +155,19 @@ pub struct ServeArgs {
     /// File with the settler wallet's private key (hex). Default: env EVM_PRIVATE_KEY.
     #[arg(long, env = "X402_SIGNER_KEY_FILE")]
     pub signer_key_file: Option<PathBuf>,
-    /// Token signing key (hex, 32 bytes); created with mode 0600 if missing.
+    /// Token signing key (hex, 32 bytes: a secp256k1 private key for es256k, an Ed25519
+    /// seed for eddsa); created with mode 0600 if missing.
     #[arg(
         long,
         env = "X402_TOKEN_KEY_FILE",
         default_value = "x402-token-key.hex"
     )]
     pub token_key_file: PathBuf,
+    /// Access token signature algorithm: `es256k` or `eddsa` (Ed25519, the cheaper check in
+    /// the filter). The key file is read as this algorithm's secret: switching algorithms
+    /// means a new key file (and a new `token_keys` entry in the filter config).
+    #[arg(long = "token-alg", env = "X402_TOKEN_ALG", value_enum, default_value_t = TokenAlgArg::Es256k)]
+    pub token_alg: TokenAlgArg,
     /// Default access token lifetime in seconds (used when the requirement names none).
     #[arg(long = "token-ttl", env = "X402_TOKEN_TTL", default_value_t = 300)]
     pub token_ttl: u64,
@@ -379,20 +407,30 @@ impl ServeArgs {
     }
 }
 
-/// Reads the token signing key, creating it (mode 0600) if the file does not exist.
-pub fn load_or_create_token_key(path: &Path) -> anyhow::Result<SigningKey> {
+/// Reads the token signing key of `alg` (32 bytes of hex), creating it (mode 0600) if the
+/// file does not exist.
+pub fn load_or_create_token_key(path: &Path, alg: TokenAlg) -> anyhow::Result<TokenSigningKey> {
     use std::io::Write;
     match std::fs::read_to_string(path) {
-        Ok(text) => x402_protocol::token::signing_key_from_hex(&text)
-            .ok_or_else(|| anyhow::anyhow!("{}: not a hex secp256k1 private key", path.display())),
+        Ok(text) => TokenSigningKey::from_hex(alg, &text).ok_or_else(|| {
+            let what = match alg {
+                TokenAlg::Es256k => "a secp256k1 private key",
+                TokenAlg::EdDsa => "an Ed25519 seed",
+            };
+            anyhow::anyhow!(
+                "{}: not {what} (32 bytes of hex) for --token-alg {}",
+                path.display(),
+                alg.jws_name()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = loop {
                 let bytes: [u8; 32] = rand::random();
-                if let Ok(k) = SigningKey::from_slice(&bytes) {
+                if let Some(k) = TokenSigningKey::from_secret(alg, &bytes) {
                     break k;
                 }
             };
-            let hex = alloy::primitives::hex::encode(key.to_bytes());
+            let hex = key.secret_hex();
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
@@ -413,7 +451,7 @@ pub fn load_or_create_token_key(path: &Path) -> anyhow::Result<SigningKey> {
                 }
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    load_or_create_token_key(path)
+                    load_or_create_token_key(path, alg)
                 }
                 Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
             }
@@ -635,9 +673,9 @@ mod tests {
     fn token_key_is_created_0600_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/key.hex");
-        let a = load_or_create_token_key(&path).unwrap();
-        let b = load_or_create_token_key(&path).unwrap();
-        assert_eq!(a.to_bytes(), b.to_bytes());
+        let a = load_or_create_token_key(&path, TokenAlg::Es256k).unwrap();
+        let b = load_or_create_token_key(&path, TokenAlg::Es256k).unwrap();
+        assert_eq!(a.secret_hex(), b.secret_hex());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -646,5 +684,29 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[test]
+    fn eddsa_token_key_is_a_hex_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ed.hex");
+        let a = load_or_create_token_key(&path, TokenAlg::EdDsa).unwrap();
+        assert_eq!(a.alg(), TokenAlg::EdDsa);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim().len(), 64, "32 bytes of hex");
+        let b = load_or_create_token_key(&path, TokenAlg::EdDsa).unwrap();
+        assert_eq!(a.verifying_key(), b.verifying_key());
+        std::fs::write(&path, "0x1234\n").unwrap();
+        let err = load_or_create_token_key(&path, TokenAlg::EdDsa)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("Ed25519 seed") && err.contains("EdDSA"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["x402-settler", "--token-alg", "eddsa"]).unwrap();
+        assert_eq!(cli.serve.token_alg, TokenAlgArg::Eddsa);
+        assert!(Cli::try_parse_from(["x402-settler", "--token-alg", "es256"]).is_err());
     }
 }

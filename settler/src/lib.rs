@@ -46,13 +46,17 @@ use crate::config::ServeArgs;
 use crate::service::{Minter, Service};
 use crate::store::Store;
 
-/// `x402-settler token-key`: prints the key id and public key (creating the key if missing).
-pub fn token_key_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let key = config::load_or_create_token_key(path)?;
-    let vk = key.verifying_key();
+/// `x402-settler token-key`: prints the filter's `token_keys` entry for the key: key id,
+/// public key and algorithm (creating the key if missing).
+pub fn token_key_json(
+    path: &std::path::Path,
+    alg: x402_protocol::token::TokenAlg,
+) -> anyhow::Result<serde_json::Value> {
+    let vk = config::load_or_create_token_key(path, alg)?.verifying_key();
     Ok(serde_json::json!({
-        "kid": x402_protocol::token::key_id(vk),
-        "public_key": x402_protocol::token::verifying_key_to_hex(vk),
+        "kid": vk.key_id(),
+        "public_key": vk.to_hex(),
+        "alg": vk.alg().jws_name(),
     }))
 }
 
@@ -99,7 +103,8 @@ impl Settler {
         if args.accept_deadline_ms >= config::FILTER_TIMEOUT_MS_EXAMPLE {
             tracing::warn!(accept_deadline_ms = args.accept_deadline_ms, "--accept-deadline-ms is at or above the filter's usual settler.timeout_ms ({} ms): make the filter's timeout larger, or a client may get 503 for a payment the settler then stores (its retry still gets the same token)", config::FILTER_TIMEOUT_MS_EXAMPLE);
         }
-        let token_key = config::load_or_create_token_key(&args.token_key_file)?;
+        let token_key =
+            config::load_or_create_token_key(&args.token_key_file, args.token_alg.alg())?;
         let signer = config::load_signer(args)?;
         let auth = config::load_caller_auth(args)?;
         let terms = match &args.terms_file {

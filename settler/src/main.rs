@@ -26,8 +26,14 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
     match cli.command {
-        Some(Command::TokenKey { token_key_file }) => {
-            println!("{}", x402_settler::token_key_json(&token_key_file)?);
+        Some(Command::TokenKey {
+            token_key_file,
+            token_alg,
+        }) => {
+            println!(
+                "{}",
+                x402_settler::token_key_json(&token_key_file, token_alg.alg())?
+            );
             Ok(())
         }
         Some(Command::Unblock {

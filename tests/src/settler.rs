@@ -29,6 +29,8 @@ pub struct SettlerOptions {
     pub signer_key: String,
     /// Token signing key file (created by the settler if missing).
     pub token_key_file: PathBuf,
+    /// `--token-alg` (`es256k` or `eddsa`); `None`: the settler's default.
+    pub token_alg: Option<String>,
     /// Fixed port; `None` picks a free one (kept across restarts).
     pub port: Option<u16>,
     /// More command line flags, e.g. `["--deadline-margin", "30"]`.
@@ -90,6 +92,7 @@ impl SettlerOptions {
             rpcs: vec![(network.into(), rpc_url.into())],
             signer_key: signer_key.into(),
             token_key_file: token_key_file.into(),
+            token_alg: None,
             port: None,
             extra_args: Vec::new(),
             env: Vec::new(),
@@ -116,6 +119,7 @@ impl std::fmt::Debug for SettlerOptions {
             .field("rpcs", &self.rpcs)
             .field("signer_key", &"<redacted>")
             .field("token_key_file", &self.token_key_file)
+            .field("token_alg", &self.token_alg)
             .field("port", &self.port)
             .field("extra_args", &self.extra_args)
             .field("env", &self.env)
@@ -208,6 +212,10 @@ impl SettlerProcess {
             own_args.push("--api-secret-file".into());
             own_args.push(path.into());
         }
+        if let Some(alg) = &self.opts.token_alg {
+            own_args.push("--token-alg".into());
+            own_args.push(alg.into());
+        }
         let mut cmd = Command::new(&bin);
         cmd.args(&own_args)
             .arg("--listen")
@@ -294,6 +302,27 @@ impl SettlerProcess {
         self.api_secret()
             .map(|s| format!("Bearer {s}"))
             .unwrap_or_default()
+    }
+
+    /// The filter's `token_keys` entry for this settler's key ({"kid", "public_key", "alg"}),
+    /// as an operator gets it: `x402-settler token-key` on the same key file and algorithm.
+    pub fn token_key_entry(&self) -> Result<serde_json::Value> {
+        let mut cmd = Command::new(self.bin());
+        cmd.arg("token-key")
+            .arg("--token-key-file")
+            .arg(&self.opts.token_key_file)
+            .env_remove("X402_TOKEN_ALG");
+        if let Some(alg) = &self.opts.token_alg {
+            cmd.arg("--token-alg").arg(alg);
+        }
+        let out = cmd.output().context("run x402-settler token-key")?;
+        if !out.status.success() {
+            bail!(
+                "x402-settler token-key failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("token-key prints JSON")
     }
 
     pub fn pid(&self) -> Option<u32> {

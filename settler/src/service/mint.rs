@@ -1,14 +1,14 @@
-//! Access tokens: ES256K JWTs for a route, minted once a payment is stored.
+//! Access tokens: ES256K or EdDSA JWTs for a route (`--token-alg`), minted once a payment
+//! is stored.
 
-use k256::ecdsa::SigningKey;
 use x402_protocol::settler_api::TokenResponse;
-use x402_protocol::token::{self, AccessClaims};
+use x402_protocol::token::{self, AccessClaims, KeySet, TokenSigningKey};
 
 use crate::store::NewPayment;
 
 /// The token signing key and the lifetime rules.
 pub(crate) struct Minter {
-    pub(crate) key: SigningKey,
+    pub(crate) key: TokenSigningKey,
     pub(crate) kid: String,
     pub(crate) issuer: String,
     /// Lifetime when the requirement names none (`token_ttl_secs` 0).
@@ -18,8 +18,14 @@ pub(crate) struct Minter {
 }
 
 impl Minter {
-    pub(crate) fn new(key: SigningKey, issuer: String, default_ttl: u64, max_ttl: u64) -> Minter {
-        let kid = token::key_id(key.verifying_key());
+    pub(crate) fn new(
+        key: impl Into<TokenSigningKey>,
+        issuer: String,
+        default_ttl: u64,
+        max_ttl: u64,
+    ) -> Minter {
+        let key = key.into();
+        let kid = key.verifying_key().key_id();
         Minter {
             key,
             kid,
@@ -45,7 +51,7 @@ impl Minter {
 
     /// The token for `new` issued at `iat` and expiring at `exp`; `expires_in` counts from
     /// `now`. The same inputs give the same token byte for byte (ES256K with RFC 6979
-    /// nonces, claims serialised in a fixed order): a payment answered again gets the token
+    /// nonces or Ed25519, claims serialised in a fixed order): a payment answered again gets the token
     /// it got first.
     pub(crate) fn mint_at(&self, new: &NewPayment, iat: u64, exp: u64, now: u64) -> TokenResponse {
         let claims = AccessClaims {
@@ -78,9 +84,16 @@ impl Minter {
         }
     }
 
-    /// The JWKS entry of the signing key.
+    /// The JWKS entry of the signing key (EC secp256k1, or OKP Ed25519).
     pub(crate) fn jwk(&self) -> serde_json::Value {
-        token::jwk(&self.kid, self.key.verifying_key())
+        self.key.verifying_key().jwk(&self.kid)
+    }
+
+    /// The one key the settler's own tokens verify under (token renewal checks them).
+    pub(crate) fn key_set(&self) -> KeySet {
+        let mut keys = KeySet::new();
+        keys.insert(self.kid.clone(), self.key.verifying_key());
+        keys
     }
 }
 
@@ -90,8 +103,15 @@ mod tests {
 
     #[test]
     fn minting_is_deterministic_so_a_token_can_be_given_again() {
-        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        for alg in x402_protocol::token::TokenAlg::ALL {
+            deterministic_for(alg);
+        }
+    }
+
+    fn deterministic_for(alg: x402_protocol::token::TokenAlg) {
+        let key = TokenSigningKey::from_secret(alg, &[7u8; 32]).unwrap();
         let minter = Minter::new(key, "x402-settler".into(), 300, 3600);
+        assert_eq!(minter.jwk()["alg"], alg.jws_name());
         let p = crate::test_fixtures::new_payment("0190-abc");
         let first = minter.mint(&p, 1_700_000_000, 300);
         let again = minter.mint_at(&p, 1_700_000_000, 1_700_000_300, 1_700_000_100);
@@ -101,5 +121,10 @@ mod tests {
             minter.mint(&p, 1_700_000_001, 300).access_token,
             first.access_token
         );
+        let checked = minter
+            .key_set()
+            .verify(&first.access_token, 1_700_000_010, 0)
+            .unwrap();
+        assert_eq!(checked.claims.jti, "0190-abc");
     }
 }

@@ -6,7 +6,7 @@
 //! from now. Nothing is paid or stored: the claims come from the stored payment.
 
 use x402_protocol::settler_api::{Requirement, SettlementState, TokenResponse, RENEW_GRACE_SECS};
-use x402_protocol::token::{KeySet, VerifiedToken};
+use x402_protocol::token::VerifiedToken;
 
 use super::Service;
 use crate::error::Refusal;
@@ -93,8 +93,7 @@ impl Service {
 
     /// The token verified with this settler's own key, expired at most the grace ago.
     fn verify_own_token(&self, token: &str, now: u64) -> Result<VerifiedToken, Refusal> {
-        let mut keys = KeySet::new();
-        keys.insert(self.minter.kid.clone(), *self.minter.key.verifying_key());
+        let keys = self.minter.key_set();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         let verified = keys
             .verify(token, now, RENEW_GRACE_SECS as i64)

@@ -1,0 +1,226 @@
+//! EdDSA access tokens end to end: the settler binary started with `--token-alg eddsa`
+//! (Ed25519 seed in its key file) publishes an OKP/Ed25519 JWK and mints EdDSA tokens; the
+//! real Envoy with the wasm filter, configured with the `token_keys` entry that
+//! `x402-settler token-key --token-alg eddsa` prints, accepts them, and refuses a tampered
+//! one, one signed by another Ed25519 key under the same `kid`, and an ES256K token naming
+//! the Ed25519 `kid` (the key decides the algorithm, not the token).
+
+// Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use serde_json::{json, Value};
+use x402_client::caps::Caps;
+use x402_client::pay::{Config, Payer};
+use x402_protocol::token::{mint, AccessClaims, TokenAlg, TokenSigningKey};
+use x402_protocol::{Network, Scheme};
+use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
+use x402_testkit::envoy::{Envoy, EnvoyOpts, HttpRequest};
+use x402_testkit::settler::{usdc_terms, SettlerOptions, SettlerProcess};
+use x402_testkit::stack::{attach_settler_secret, Stack, WEATHER};
+use x402_testkit::upstream::Upstream;
+
+/// anvil + test token, the settler with `--token-alg <alg>`, Envoy with the filter trusting
+/// the settler's key as `token-key` prints it.
+struct AlgStack {
+    anvil: Anvil,
+    token: Address,
+    settler: SettlerProcess,
+    envoy: Envoy,
+    key_entry: Value,
+    _upstream: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+impl AlgStack {
+    async fn start(alg: &str) -> AlgStack {
+        let dir = tempfile::Builder::new()
+            .prefix("x402-alg-")
+            .tempdir()
+            .unwrap();
+        let anvil = Anvil::start().unwrap();
+        let token = anvil.deploy_token().await.unwrap();
+        let key_file = dir.path().join("token.key");
+        let db = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("settler.db").display()
+        );
+        let (spender, pay_to) = (dev_address(8), dev_address(9));
+        let network = anvil.network().to_string();
+        let mut opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
+            .with_terms(usdc_terms(&network, token, &[pay_to]));
+        opts.token_alg = Some(alg.to_string());
+        let settler = SettlerProcess::start(opts).await.unwrap();
+        let key_entry = settler.token_key_entry().unwrap();
+        let upstream = Upstream::start().unwrap();
+        // Stack's filter config, with the key entry the operator copies from `token-key`.
+        let placeholder = k256::ecdsa::SigningKey::from_slice(&[1; 32]).unwrap();
+        let mut config = Stack::filter_config(&placeholder, token, network, spender, pay_to);
+        config["token_keys"] = json!([key_entry.clone()]);
+        let mut envoy_opts = EnvoyOpts {
+            upstream_port: Some(upstream.port()),
+            settler_port: Some(settler.port()),
+            ..EnvoyOpts::default()
+        };
+        attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
+        let envoy = Envoy::start(&config.to_string(), envoy_opts).unwrap();
+        AlgStack {
+            anvil,
+            token,
+            settler,
+            envoy,
+            key_entry,
+            _upstream: upstream,
+            _dir: dir,
+        }
+    }
+
+    async fn payer(&self) -> Payer {
+        let signer = PrivateKeySigner::random();
+        self.anvil
+            .mint(self.token, signer.address(), U256::from(1_000_000u64))
+            .await
+            .unwrap();
+        let network = Network::eip155(self.anvil.chain_id());
+        let caps = Caps::default()
+            .with_max("0.5")
+            .unwrap()
+            .allow_network(network)
+            .allow_asset(self.token)
+            .asset_decimals(self.token, 6)
+            .schemes(vec![Scheme::Exact]);
+        let config = Config::new(signer, caps).with_rpc(network, self.anvil.rpc_url());
+        Payer::new(config).unwrap()
+    }
+
+    fn get_with(&self, token: &str) -> x402_testkit::envoy::HttpResponse {
+        self.envoy.send(
+            &HttpRequest::new("GET", "/api/weather")
+                .header("authorization", &format!("Bearer {token}")),
+        )
+    }
+}
+
+fn jose_header(token: &str) -> Value {
+    let head = token.split('.').next().unwrap();
+    let bytes = x402_protocol::b64::decode(head).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The claims of a token, unchecked (to re-sign them with another key).
+fn claims_of(token: &str) -> AccessClaims {
+    let body = token.split('.').nth(1).unwrap();
+    let bytes = x402_protocol::b64::decode(body).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_settler_mints_eddsa_and_the_filter_accepts_it_and_refuses_forgeries() {
+    let s = AlgStack::start("eddsa").await;
+    let kid = s.key_entry["kid"].as_str().unwrap().to_string();
+    assert_eq!(s.key_entry["alg"], "EdDSA");
+    assert_eq!(
+        s.key_entry["public_key"].as_str().unwrap().len(),
+        2 + 64,
+        "32-byte Ed25519 point"
+    );
+
+    // The JWKS lists the key as an OKP/Ed25519 JWK.
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", s.settler.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = &jwks["keys"][0];
+    assert_eq!(
+        (&jwk["kty"], &jwk["crv"], &jwk["alg"], &jwk["kid"]),
+        (
+            &json!("OKP"),
+            &json!("Ed25519"),
+            &json!("EdDSA"),
+            &json!(kid)
+        ),
+        "{jwks}"
+    );
+    assert_eq!(jwk["x402_public_key"], s.key_entry["public_key"]);
+
+    // A real client pays through Envoy; the token it gets is EdDSA under the settler's kid.
+    let payer = s.payer().await;
+    let url = format!("{}/api/weather", s.envoy.base_url());
+    let r = payer.get(&url).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.paid.expect("this call paid").route.as_deref(),
+        Some(WEATHER)
+    );
+    let token = payer.cached_token(&url).expect("cached").access_token;
+    let header = jose_header(&token);
+    assert_eq!(
+        (&header["alg"], &header["kid"]),
+        (&json!("EdDSA"), &json!(kid))
+    );
+    let r = s.get_with(&token);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // One signature character changed: refused as a bad signature.
+    let mut forged: Vec<char> = token.chars().collect();
+    let i = forged.len() - 10;
+    forged[i] = if forged[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = forged.into_iter().collect();
+    let r = s.get_with(&tampered);
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(s.envoy.stat("wasmcustom.x402_rejected_bad_signature"), 1);
+
+    // The same claims signed by another Ed25519 key under the settler's kid: refused.
+    let claims = claims_of(&token);
+    let other = TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x42; 32]).unwrap();
+    let foreign = mint(&other, &kid, claims.clone(), now(), 300);
+    let r = s.get_with(&foreign);
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(s.envoy.stat("wasmcustom.x402_rejected_bad_signature"), 2);
+
+    // An ES256K token naming the Ed25519 kid: refused for its algorithm, before any check.
+    let es = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let confused = mint(&es, &kid, claims, now(), 300);
+    let r = s.get_with(&confused);
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(
+        s.envoy
+            .stat("wasmcustom.x402_rejected_unsupported_algorithm"),
+        1
+    );
+
+    // The genuine token still works after all that.
+    assert_eq!(s.get_with(&token).status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn es256k_stays_available_by_the_flag() {
+    let s = AlgStack::start("es256k").await;
+    assert_eq!(s.key_entry["alg"], "ES256K");
+    let payer = s.payer().await;
+    let url = format!("{}/api/weather", s.envoy.base_url());
+    let r = payer.get(&url).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = payer.cached_token(&url).expect("cached").access_token;
+    assert_eq!(jose_header(&token)["alg"], "ES256K");
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", s.settler.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&jwks["keys"][0]["kty"], &jwks["keys"][0]["crv"]),
+        (&json!("EC"), &json!("secp256k1"))
+    );
+}
