@@ -265,7 +265,7 @@ async fn answer_lost_after_commit_the_retry_gets_the_same_token() {
 }
 
 /// The filter's callout (800 ms) gives up while the settler's acceptance waits on slow chain
-/// reads (500 ms each): every client gets 503. Whether the settler then stored the payment
+/// reads (900 ms each, so even reads made side by side outlast it): every client gets 503. Whether the settler then stored the payment
 /// or dropped it, the client's retry of the same payment gets a token, and after settlement
 /// no payer is charged for a payment it holds no token for.
 #[tokio::test(flavor = "multi_thread")]
@@ -277,7 +277,7 @@ async fn callout_timeout_during_acceptance_never_charges_without_a_token() {
         let p = paid.payment(&k);
         payers.push((k, p));
     }
-    paid.rpc.set_delay(Duration::from_millis(500));
+    paid.rpc.set_delay(Duration::from_millis(900));
     let mut timed_out = 0;
     for (_, p) in &payers {
         let (st, body) = paid.buy(p).await;
