@@ -253,7 +253,8 @@ async fn row(
 /// mint_c1, mint_c8, mint_c32 (`n1` / `n` tokens each), each while `backlog` payments drain.
 pub(crate) async fn rows(c: &Chain, n1: usize, n: usize, backlog: usize) -> Result<Vec<MintRow>> {
     let keys: Vec<PrivateKeySigner> = (0..PAYERS).map(|_| PrivateKeySigner::random()).collect();
-    let per_payer = ((n1 + 2 * n + 3 * backlog) / PAYERS + 1) as u64;
+    // Round-robin from payer 0 in each of the six signing runs: up to one more each.
+    let per_payer = ((n1 + 2 * n + 3 * backlog) / PAYERS + 6) as u64;
     fund(c, &keys, PRICE * per_payer).await?;
     let mut edge = start_edge(c).await?;
     let mut out = Vec::new();
