@@ -248,12 +248,18 @@ impl Lane {
         t: &TxRow,
         confirmed_nonce: u64,
     ) -> Result<bool, LaneError> {
-        let mined = self.mined_receipt(t).await?;
+        let mut mined = self.mined_receipt(t).await?;
         if mined.is_none()
             && decide::missing_receipt(t.nonce, confirmed_nonce)
                 == decide::MissingReceipt::NotMinedYet
         {
             return Ok(false);
+        }
+        if mined.is_none() {
+            // A node may count the nonce before it serves the receipt (anvil does, for a
+            // moment): look again after a poll before calling the batch dead.
+            tokio::time::sleep(self.cfg.poll).await;
+            mined = self.mined_receipt(t).await?;
         }
         let items = self.store.batch_items(&t.payment_id).await?;
         let n = items.len().max(1) as u64;

@@ -25,7 +25,6 @@ impl Lane {
                     Some(t) => {
                         self.broadcast(&t).await?;
                         metrics::counter!(m::TXS_SENT, "kind" => t.kind.clone()).increment(1);
-                        self.sent.notify_one();
                     }
                     None => return Ok(()),
                 },

@@ -60,7 +60,6 @@ impl Lane {
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll) => {}
                 _ = self.recheck.notified() => force = true,
-                _ = self.sent.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }

@@ -108,9 +108,6 @@ pub(crate) struct Lane {
     /// first): a transaction it priced out that the current one does not is sent again at
     /// once (a node may have refused or dropped it meanwhile, anvil does both).
     last_base_fee: AtomicU64,
-    /// Poked by the broadcaster after each send: the confirm loop looks at the block number
-    /// at once instead of at its next poll (a local chain mines on send).
-    sent: Notify,
     /// The last submit round left payments pending because of `--max-in-flight`: the next
     /// round runs as soon as a batch is mined, without the gathering wait.
     held: AtomicBool,
@@ -132,7 +129,6 @@ impl Lane {
             wake,
             recheck: Notify::new(),
             last_base_fee: AtomicU64::new(0),
-            sent: Notify::new(),
             held: AtomicBool::new(false),
             cfg,
         }
