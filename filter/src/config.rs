@@ -33,6 +33,10 @@ const MAX_SHARED_TOKEN_SLOTS: usize = 65_536;
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 const DEFAULT_BODY_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_REVOCATION_PATH: &str = "/v1/revocations";
+const DEFAULT_JWKS_PATH: &str = "/.well-known/jwks.json";
+const DEFAULT_JWKS_INTERVAL_MS: u64 = 60_000;
+const MIN_JWKS_INTERVAL_MS: u64 = 100;
+const MAX_JWKS_INTERVAL_MS: u64 = 86_400_000;
 const DEFAULT_REVOCATION_INTERVAL_MS: u64 = 1000;
 const DEFAULT_REVOCATION_MAX_ENTRIES: usize = 10_000;
 const MIN_REVOCATION_INTERVAL_MS: u64 = 100;
@@ -107,6 +111,18 @@ pub(crate) struct SettlerConfig {
     /// `Some` when `settler.api_secret` or `settler.api_secret_env` is set: every callout
     /// carries it.
     pub(crate) auth: Option<SettlerAuth>,
+    /// `Some` when `settler.jwks` is set: the settler's keys are learned from its JWKS.
+    pub(crate) jwks: Option<JwksConfig>,
+}
+
+/// Key rotation without a config push: `GET <path>` on the settler cluster every
+/// `interval`; the keys it lists verify tokens whose `iss` is `issuer`, and only those
+/// (`token_keys` still verify any token, and win a `kid` both name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JwksConfig {
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) issuer: String,
 }
 
 /// How the filter learns revoked tokens: `GET <path>?limit=<max_entries>` on the settler
@@ -206,6 +222,19 @@ struct RawSettler {
     /// `vm_config.environment_variables`), read at configure time.
     #[serde(default)]
     api_secret_env: Option<String>,
+    #[serde(default)]
+    jwks: Option<RawJwks>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    interval_ms: Option<u64>,
+    /// The settler's `--issuer`: the only `iss` a learned key's tokens may carry.
+    issuer: String,
 }
 
 #[derive(Deserialize)]
@@ -705,6 +734,7 @@ fn validate_settler(
             )
         }
     };
+    let jwks = s.jwks.map(validate_jwks).transpose()?;
     Ok(SettlerConfig {
         cluster: s.cluster,
         authority,
@@ -713,6 +743,29 @@ fn validate_settler(
         timeout: Duration::from_millis(timeout_ms),
         failure_mode,
         auth,
+        jwks,
+    })
+}
+
+fn validate_jwks(j: RawJwks) -> Result<JwksConfig, ConfigError> {
+    let path = j.path.unwrap_or_else(|| DEFAULT_JWKS_PATH.to_string());
+    check_path(&path).map_err(|m| ConfigError::new("settler.jwks.path", m))?;
+    let interval_ms = bounded(
+        "settler.jwks.interval_ms",
+        j.interval_ms.unwrap_or(DEFAULT_JWKS_INTERVAL_MS),
+        MIN_JWKS_INTERVAL_MS,
+        MAX_JWKS_INTERVAL_MS,
+    )?;
+    if j.issuer.is_empty() || j.issuer.len() > 256 || j.issuer.trim() != j.issuer {
+        return Err(ConfigError::new(
+            "settler.jwks.issuer",
+            "must be the settler's --issuer: 1..=256 characters, no outer spaces",
+        ));
+    }
+    Ok(JwksConfig {
+        path,
+        interval: Duration::from_millis(interval_ms),
+        issuer: j.issuer,
     })
 }
 
@@ -1642,6 +1695,44 @@ mod tests {
         let uncompressed = format!("0x{}", hex_encode(k.to_encoded_point(false).as_bytes()));
         v["token_keys"] = json!([{"kid": "k1", "public_key": key_hex()}, {"kid": "k2", "public_key": uncompressed}]);
         assert_eq!(parse_value(&v).unwrap().keys.len(), 2);
+    }
+
+    #[test]
+    fn jwks_refresh_config() {
+        assert_eq!(parse_value(&sample()).unwrap().settler.jwks, None);
+        let mut v = sample();
+        v["settler"]["jwks"] = json!({"issuer": "x402-settler"});
+        assert_eq!(
+            parse_value(&v).unwrap().settler.jwks,
+            Some(JwksConfig {
+                path: "/.well-known/jwks.json".into(),
+                interval: Duration::from_millis(60_000),
+                issuer: "x402-settler".into()
+            })
+        );
+        v["settler"]["jwks"] = json!({"issuer": "s", "path": "/keys", "interval_ms": 500});
+        let j = parse_value(&v).unwrap().settler.jwks.unwrap();
+        assert_eq!(
+            (j.path.as_str(), j.interval),
+            ("/keys", Duration::from_millis(500))
+        );
+        expect_err(|v| v["settler"]["jwks"] = json!({}), "settler.jwks");
+        expect_err(
+            |v| v["settler"]["jwks"] = json!({"issuer": ""}),
+            "settler.jwks.issuer",
+        );
+        expect_err(
+            |v| v["settler"]["jwks"] = json!({"issuer": "s", "interval_ms": 5}),
+            "settler.jwks.interval_ms",
+        );
+        expect_err(
+            |v| v["settler"]["jwks"] = json!({"issuer": "s", "path": "keys"}),
+            "settler.jwks.path",
+        );
+        expect_err(
+            |v| v["settler"]["jwks"] = json!({"issuer": "s", "url": "x"}),
+            "settler.jwks.url",
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::abi;
 use crate::answer::HttpAnswer;
 use crate::flow::request::Request;
 use crate::flow::worker::Worker;
-use crate::flow::{self, revocation, tick};
+use crate::flow::{self, jwks, revocation, tick};
 use crate::headers;
 use crate::host_api::{Host, HostError};
 
@@ -137,10 +137,15 @@ struct Root {
 }
 
 impl Context for Root {
-    /// The answer to the root's revocation-list fetch (dispatched from `on_tick`).
-    fn on_http_call_response(&mut self, _id: u32, _headers: usize, body: usize, _trailers: usize) {
+    /// The answer to one of the root's fetches (dispatched from `on_tick`): the JWKS, or
+    /// the revocation list.
+    fn on_http_call_response(&mut self, id: u32, _headers: usize, body: usize, _trailers: usize) {
         if let Some(worker) = &self.worker {
-            revocation::on_response(worker, &ProxyWasm, body);
+            if jwks::owns_callout(worker, id) {
+                jwks::on_response(worker, &ProxyWasm, body);
+            } else {
+                revocation::on_response(worker, &ProxyWasm, body);
+            }
         }
     }
 }

@@ -33,6 +33,7 @@ mod grant;
 mod headers;
 mod host_api;
 mod identity;
+mod learned_keys;
 mod metrics;
 mod pending;
 mod policy;

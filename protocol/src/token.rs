@@ -151,9 +151,13 @@ pub struct VerifiedToken {
 }
 
 /// Verification keys by `kid`, each of one algorithm; several at once so keys can rotate.
+/// A key may be bound to an issuer (keys learned from a settler's JWKS): tokens it verifies
+/// must then name that `iss`.
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
 pub struct KeySet {
     keys: HashMap<String, VerifyKey>,
+    /// `kid` -> the only `iss` its tokens may carry.
+    issuers: HashMap<String, String>,
 }
 
 impl KeySet {
@@ -161,7 +165,35 @@ impl KeySet {
         Self::default()
     }
     pub fn insert(&mut self, kid: impl Into<String>, key: impl Into<VerifyKey>) {
-        self.keys.insert(kid.into(), key.into());
+        let kid = kid.into();
+        self.issuers.remove(&kid);
+        self.keys.insert(kid, key.into());
+    }
+    /// Adds a key whose tokens are accepted only when their `iss` is `issuer`.
+    pub fn insert_for_issuer(
+        &mut self,
+        kid: impl Into<String>,
+        key: impl Into<VerifyKey>,
+        issuer: impl Into<String>,
+    ) {
+        let kid = kid.into();
+        self.issuers.insert(kid.clone(), issuer.into());
+        self.keys.insert(kid, key.into());
+    }
+    /// This set with `other`'s keys added where this set has no key of that `kid` (the
+    /// keys of this set win: configured keys over learned ones).
+    pub fn merged_under(&self, other: &KeySet) -> KeySet {
+        let mut out = self.clone();
+        for (kid, key) in &other.keys {
+            if out.keys.contains_key(kid) {
+                continue;
+            }
+            out.keys.insert(kid.clone(), *key);
+            if let Some(iss) = other.issuers.get(kid) {
+                out.issuers.insert(kid.clone(), iss.clone());
+            }
+        }
+        out
     }
     pub fn get(&self, kid: &str) -> Option<&VerifyKey> {
         self.keys.get(kid)
@@ -195,6 +227,11 @@ impl KeySet {
                     h.update(b"EdDSA");
                 }
                 h.update(key.to_bytes());
+                if let Some(iss) = self.issuers.get(kid) {
+                    h.update(b"iss");
+                    h.update((iss.len() as u64).to_le_bytes());
+                    h.update(iss.as_bytes());
+                }
             }
         }
         alloy_primitives::hex::encode(&h.finalize()[..8])
@@ -232,6 +269,12 @@ impl KeySet {
             VerifyKey::Ed25519(k) => check_signature(&Ed25519, k, &untrusted)?,
         };
         let claims = checked.claims();
+        // A key bound to an issuer opens nothing another issuer signed with it.
+        if let Some(iss) = self.issuers.get(kid) {
+            if claims.custom.iss != *iss {
+                return Err(TokenError::UnknownKey);
+            }
+        }
         let opts = TimeOptions::new(Duration::seconds(leeway_secs), move || at(now));
         let exp = claims.expiration.ok_or(TokenError::Malformed)?;
         claims
@@ -248,6 +291,33 @@ impl KeySet {
             kid: kid.to_string(),
         })
     }
+}
+
+/// Most keys taken from one JWKS document (a settler publishes one or two).
+pub const MAX_JWKS_KEYS: usize = 16;
+
+/// The keys of a JWKS document (`{"keys": [JWK, ...]}`, as the settler's
+/// `/.well-known/jwks.json` serves it), each bound to `issuer`: `(keys, skipped)`, where
+/// `skipped` counts the entries that are no key of a supported algorithm, or repeat a `kid`.
+/// An error when the document is no JWKS or has more than [`MAX_JWKS_KEYS`] keys.
+pub fn jwks_keys(doc: &[u8], issuer: &str) -> Result<(KeySet, usize), &'static str> {
+    let doc: serde_json::Value = serde_json::from_slice(doc).map_err(|_| "not JSON")?;
+    let list = doc
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("no \"keys\" array")?;
+    if list.len() > MAX_JWKS_KEYS {
+        return Err("more keys than the filter takes (16)");
+    }
+    let mut set = KeySet::new();
+    let mut skipped = 0;
+    for jwk in list {
+        match VerifyKey::from_jwk(jwk) {
+            Ok((kid, key)) if set.get(&kid).is_none() => set.insert_for_issuer(kid, key, issuer),
+            _ => skipped += 1,
+        }
+    }
+    Ok((set, skipped))
 }
 
 /// Parses a SEC1 public key given as hex (compressed 33 or uncompressed 65 bytes).
@@ -458,6 +528,56 @@ mod tests {
         // A key set of only ES256K keys refuses an EdDSA token by its kid.
         let t = mint(&ed_key(1), "e1", claims(), now, 300);
         assert_eq!(keys().verify(&t, now, 5), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn a_key_bound_to_an_issuer_verifies_only_its_tokens() {
+        let now = 1_800_000_000;
+        let mut learned = KeySet::new();
+        learned.insert_for_issuer("e1", ed_key(1).verifying_key(), "settler");
+        learned.insert_for_issuer("k1", ed_key(2).verifying_key(), "settler");
+        let t = mint(&ed_key(1), "e1", claims(), now, 300);
+        assert!(learned.verify(&t, now, 5).is_ok());
+        let mut other = claims();
+        other.iss = "someone-else".into();
+        let foreign = mint(&ed_key(1), "e1", other, now, 300);
+        assert_eq!(
+            learned.verify(&foreign, now, 5),
+            Err(TokenError::UnknownKey)
+        );
+        // Configured keys win a kid both name; the learned ones fill in the rest.
+        let all = keys().merged_under(&learned);
+        assert_eq!(all.len(), 3);
+        assert!(all
+            .verify(&mint(&key(1), "k1", claims(), now, 300), now, 5)
+            .is_ok());
+        assert!(all.verify(&t, now, 5).is_ok());
+        assert_eq!(all.verify(&foreign, now, 5), Err(TokenError::UnknownKey));
+        let mut unbound = KeySet::new();
+        unbound.insert("e1", ed_key(1).verifying_key());
+        assert_ne!(unbound.fingerprint(), {
+            let mut b = KeySet::new();
+            b.insert_for_issuer("e1", ed_key(1).verifying_key(), "settler");
+            b.fingerprint()
+        });
+    }
+
+    #[test]
+    fn jwks_documents_give_issuer_bound_keys() {
+        let ed = VerifyKey::from(ed_key(1).verifying_key());
+        let es = VerifyKey::from(*key(1).verifying_key());
+        let doc = serde_json::json!({"keys": [ed.jwk("e1"), es.jwk("k1"), {"kty": "RSA", "kid": "r"}, ed.jwk("e1")]});
+        let (set, skipped) = jwks_keys(doc.to_string().as_bytes(), "settler").unwrap();
+        assert_eq!((set.len(), skipped), (2, 2));
+        let now = 1_800_000_000;
+        let t = mint(&ed_key(1), "e1", claims(), now, 300);
+        assert!(set.verify(&t, now, 5).is_ok());
+        let (strict, _) = jwks_keys(doc.to_string().as_bytes(), "other").unwrap();
+        assert_eq!(strict.verify(&t, now, 5), Err(TokenError::UnknownKey));
+        assert!(jwks_keys(b"[]", "s").is_err());
+        assert!(jwks_keys(b"nope", "s").is_err());
+        let many = serde_json::json!({"keys": vec![ed.jwk("e"); MAX_JWKS_KEYS + 1]});
+        assert!(jwks_keys(many.to_string().as_bytes(), "s").is_err());
     }
 
     #[test]

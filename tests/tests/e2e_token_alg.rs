@@ -4,6 +4,11 @@
 //! `x402-settler token-key --token-alg eddsa` prints, accepts them, and refuses a tampered
 //! one, one signed by another Ed25519 key under the same `kid`, and an ES256K token naming
 //! the Ed25519 `kid` (the key decides the algorithm, not the token).
+//!
+//! Key rotation without a config push (`settler.jwks`): the settler restarted with a new
+//! key; the filter, its configuration unchanged, learns the key from the settler's JWKS on
+//! its timer and accepts the new tokens, only for the configured issuer, and keeps the key
+//! while the settler is down.
 
 // Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -29,12 +34,18 @@ struct AlgStack {
     settler: SettlerProcess,
     envoy: Envoy,
     key_entry: Value,
+    key_file: std::path::PathBuf,
     _upstream: Upstream,
     _dir: tempfile::TempDir,
 }
 
 impl AlgStack {
     async fn start(alg: &str) -> AlgStack {
+        Self::start_with(alg, |_| {}).await
+    }
+
+    /// [`AlgStack::start`] with the filter config changed by `edit` before Envoy starts.
+    async fn start_with(alg: &str, edit: impl FnOnce(&mut Value)) -> AlgStack {
         let dir = tempfile::Builder::new()
             .prefix("x402-alg-")
             .tempdir()
@@ -58,6 +69,7 @@ impl AlgStack {
         let placeholder = k256::ecdsa::SigningKey::from_slice(&[1; 32]).unwrap();
         let mut config = Stack::filter_config(&placeholder, token, network, spender, pay_to);
         config["token_keys"] = json!([key_entry.clone()]);
+        edit(&mut config);
         let mut envoy_opts = EnvoyOpts {
             upstream_port: Some(upstream.port()),
             settler_port: Some(settler.port()),
@@ -71,6 +83,7 @@ impl AlgStack {
             settler,
             envoy,
             key_entry,
+            key_file,
             _upstream: upstream,
             _dir: dir,
         }
@@ -223,4 +236,97 @@ async fn es256k_stays_available_by_the_flag() {
         (&jwks["keys"][0]["kty"], &jwks["keys"][0]["crv"]),
         (&json!("EC"), &json!("secp256k1"))
     );
+}
+
+/// A token for the weather route signed with the key in the settler's key file now, with
+/// the claims of `like` and a new `jti` (so no cache knows it) and issuer `iss`.
+fn token_from_key_file(s: &AlgStack, like: &AccessClaims, iss: &str) -> (String, String) {
+    let hex = std::fs::read_to_string(&s.key_file).unwrap();
+    let key = TokenSigningKey::from_hex(TokenAlg::EdDsa, &hex).unwrap();
+    let kid = key.verifying_key().key_id();
+    let mut claims = like.clone();
+    claims.iss = iss.to_string();
+    claims.jti = format!("test-{}", rand_suffix());
+    (mint(&key, &kid, claims, now(), 300), kid)
+}
+
+fn rand_suffix() -> String {
+    alloy::primitives::hex::encode(PrivateKeySigner::random().to_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_settler_key_is_learned_from_the_jwks_without_a_config_push() {
+    let mut s = AlgStack::start_with("eddsa", |config| {
+        config["settler"]["jwks"] = json!({"issuer": "x402-settler", "interval_ms": 200});
+    })
+    .await;
+    let old_kid = s.key_entry["kid"].as_str().unwrap().to_string();
+    let payer = s.payer().await;
+    let url = format!("{}/api/weather", s.envoy.base_url());
+    let r = payer.get(&url).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let old_token = payer.cached_token(&url).expect("cached").access_token;
+    let claims = claims_of(&old_token);
+
+    // Rotation: the settler restarts with a new key; the filter config is not touched.
+    s.settler.terminate(std::time::Duration::from_secs(5));
+    std::fs::remove_file(&s.key_file).unwrap();
+    s.settler.restart().await.unwrap();
+    let new_entry = s.settler.token_key_entry().unwrap();
+    let new_kid = new_entry["kid"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid, "a new key");
+
+    // The filter learns the new key on its timer: a token under it is accepted once the
+    // JWKS was fetched (the wait is for the fetch, never asserted as a time).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (t, kid) = token_from_key_file(&s, &claims, "x402-settler");
+        assert_eq!(kid, new_kid);
+        let r = s.get_with(&t);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 402, "{}", r.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filter never learned the rotated key; Envoy log:\n{}",
+            s.envoy.log_tail(40)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A real client pays and gets a token of the new key, accepted.
+    let payer2 = s.payer().await;
+    let r = payer2.get(&url).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let new_token = payer2.cached_token(&url).expect("cached").access_token;
+    assert_eq!(jose_header(&new_token)["kid"], json!(new_kid));
+    // The configured key still opens its tokens.
+    assert_eq!(s.get_with(&old_token).status, 200);
+
+    // A learned key verifies only the configured issuer's tokens.
+    let unknown_before = s.envoy.stat("wasmcustom.x402_rejected_unknown_key");
+    let (foreign, _) = token_from_key_file(&s, &claims, "someone-else");
+    let r = s.get_with(&foreign);
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(
+        s.envoy.stat("wasmcustom.x402_rejected_unknown_key"),
+        unknown_before + 1
+    );
+
+    // The settler down: fetches fail, the learned key stays (a token no cache has seen).
+    s.settler.kill9();
+    let fails_logged = || {
+        s.envoy
+            .log()
+            .contains("x402: jwks: fetching the settler's keys")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fails_logged() {
+        assert!(std::time::Instant::now() < deadline, "no failed fetch seen");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (fresh, _) = token_from_key_file(&s, &claims, "x402-settler");
+    let r = s.get_with(&fresh);
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -1,8 +1,9 @@
 //! The per-request flow, written against the [`Host`] trait (`crate::host_api`) so it runs
 //! (and is tested) natively: the state machine of every request ([`request`]), what the worker keeps
-//! between requests ([`worker`]), the root's timer ([`tick`]), the revocation list fetched on it ([`revocation`]). `host.rs` only forwards the
+//! between requests ([`worker`]), the root's timer ([`tick`]), the revocation list fetched on it ([`revocation`]) and the settler's keys ([`jwks`]). `host.rs` only forwards the
 //! proxy-wasm callbacks here and implements [`Host`].
 
+pub(crate) mod jwks;
 pub(crate) mod request;
 mod request_headers;
 mod response;

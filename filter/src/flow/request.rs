@@ -680,7 +680,7 @@ impl Request {
         };
         let authorization = headers.get("authorization");
         let checked = token_endpoint::renewable_token(
-            &cfg.keys,
+            &worker.keys(),
             r,
             authorization.as_deref(),
             now_secs(host),

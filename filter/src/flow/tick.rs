@@ -1,4 +1,5 @@
 //! The root context's timer: refreshes the revocation list (see [`super::revocation`]) and
+//! the settler's keys (see [`super::jwks`]), and
 //! answers the token-endpoint requests whose body is past its deadline, so none hangs (see
 //! [`crate::pending`]).
 
@@ -12,6 +13,7 @@ use crate::pending;
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub(crate) fn on_tick(worker: &Worker, host: &impl Host) {
     super::revocation::on_tick(worker, host);
+    super::jwks::on_tick(worker, host);
     // The clock is read again only when something waits.
     let expired = match worker.pending.try_borrow_mut() {
         Ok(mut p) if !p.is_empty() => p.take_expired(super::now_ms(host)),

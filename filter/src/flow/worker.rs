@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use x402_protocol::challenge::Reason;
+use x402_protocol::token::KeySet;
 
 use super::log;
 use crate::auth::{self, SharedVerdicts, Source, TokenCheck};
@@ -16,6 +17,7 @@ use crate::cache::TokenCache;
 use crate::config::{self, FilterConfig};
 use crate::grant::Grant;
 use crate::host_api::Host;
+use crate::learned_keys::{effective_keys, JwksState};
 use crate::metrics::{Counter, RouteCounter};
 use crate::pending::PendingBodies;
 use crate::revocation::Revocations;
@@ -39,6 +41,11 @@ pub(crate) struct Worker {
     pub(crate) pending: RefCell<PendingBodies>,
     /// The revocation list this worker applies (refreshed by `on_tick`).
     pub(crate) revocations: RefCell<Revocations>,
+    /// The keys tokens are verified with: `token_keys`, plus those learned from the
+    /// settler's JWKS when `settler.jwks` is set (replaced whole by `jwks::on_response`).
+    keys: RefCell<Rc<KeySet>>,
+    /// The JWKS fetch (`settler.jwks`).
+    pub(crate) jwks: RefCell<JwksState>,
 }
 
 impl Worker {
@@ -58,8 +65,11 @@ impl Worker {
                     cfg.settler.cluster
                 );
                 let worker = Worker::new(host, cfg);
-                // The tick also picks up and fetches the revocation list.
-                let tick = TICK.min(worker.cfg.revocation.interval);
+                // The tick also picks up and fetches the revocation list and the JWKS.
+                let mut tick = TICK.min(worker.cfg.revocation.interval);
+                if let Some(j) = &worker.cfg.settler.jwks {
+                    tick = tick.min(j.interval);
+                }
                 if let Err(e) = host.set_tick_period(tick) {
                     log!(
                         host,
@@ -102,6 +112,8 @@ impl Worker {
             route_counters,
             cache: RefCell::new(TokenCache::new(cfg.token_cache_size)),
             shared: SharedTokens::new(&cfg.settler.cluster, &cfg.keys, cfg.shared_token_slots),
+            keys: RefCell::new(effective_keys(&cfg.keys, &KeySet::new())),
+            jwks: RefCell::new(JwksState::default()),
             cfg,
             counters,
             pending: RefCell::new(PendingBodies::default()),
@@ -127,6 +139,21 @@ impl Worker {
     }
 
     /// Whether the settler revoked the token with this `jti` (its payment failed).
+    /// The keys tokens are verified with now (see [`Worker::keys`]'s field).
+    pub(crate) fn keys(&self) -> Rc<KeySet> {
+        match self.keys.try_borrow() {
+            Ok(k) => k.clone(),
+            Err(_) => Rc::new(self.cfg.keys.clone()),
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn set_keys(&self, keys: Rc<KeySet>) {
+        if let Ok(mut k) = self.keys.try_borrow_mut() {
+            *k = keys;
+        }
+    }
+
     pub(crate) fn is_revoked(&self, jti: &str) -> bool {
         self.revocations
             .try_borrow()
@@ -153,9 +180,10 @@ impl Worker {
         now: i64,
     ) -> TokenCheck {
         let shared = HostShared { worker: self, host };
+        let keys = self.keys();
         let check = self.with_cache(|cache| {
             auth::check_token(
-                &self.cfg.keys,
+                &keys,
                 self.cfg.clock_leeway_secs,
                 cache,
                 &shared,
@@ -180,9 +208,10 @@ impl Worker {
         now: i64,
     ) -> Result<Rc<Grant>, Reason> {
         let shared = HostShared { worker: self, host };
+        let keys = self.keys();
         let (verdict, source) = self.with_cache(|cache| {
             auth::verdict(
-                &self.cfg.keys,
+                &keys,
                 self.cfg.clock_leeway_secs,
                 cache,
                 &shared,
