@@ -25,8 +25,8 @@ python3 tools/pin_filter_digest.py --check
 mapfile -t configs < <(tools/.venv/bin/python tools/check_manifests.py "$out")
 [ ${#configs[@]} -gt 0 ] || { echo "[manifests] no filter config found in envoy/istio" >&2; exit 1; }
 
-cargo build -q -p x402-filter --example check_config
-check=target/debug/examples/check_config
+cargo build -q -p x402-filter --bin x402-filter
+check="target/debug/x402-filter check-config"
 keyinfo=$(target/debug/x402-settler token-key --token-key-file "$out/token.key")
 kid=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["kid"])' <<<"$keyinfo")
 pub=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])' <<<"$keyinfo")
@@ -35,13 +35,13 @@ pub=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])' <<
 # checker is a native process, so it reads it from its own environment: a dummy here.
 export X402_SETTLER_SECRET=manifest-check-dummy-secret-0123456789abcdef
 for cfg in "${configs[@]}"; do
-  if "$check" "$cfg" >/dev/null 2>&1; then
+  if $check "$cfg" >/dev/null 2>&1; then
     echo "[manifests] $cfg: accepted with its placeholder key; it must be refused" >&2
     exit 1
   fi
   filled="${cfg%.json}.filled.json"
   sed -e "s/REPLACE_WITH_KID/$kid/" -e "s/REPLACE_WITH_SETTLER_PUBLIC_KEY/$pub/" "$cfg" >"$filled"
-  if ! msg=$("$check" "$filled" 2>&1); then
+  if ! msg=$($check "$filled" 2>&1); then
     echo "[manifests] $cfg: $msg" >&2
     exit 1
   fi

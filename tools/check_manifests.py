@@ -10,7 +10,7 @@ VM environment (`settler.api_secret_env`, passed by the plugin), never inline (`
 Writes each WasmPlugin's pluginConfig, and the filter configuration embedded in each
 EnvoyFilter wasm patch (a google.protobuf.StringValue holding JSON), as JSON files in the
 output directory so the filter's own parser can check them
-(`cargo run -q -p x402-filter --example check_config -- FILE.json`).
+(`x402-filter check-config FILE.json`).
 """
 import json
 import pathlib

@@ -171,47 +171,73 @@ impl fmt::Debug for FilterConfig {
 // Raw shape (serde)
 // ---------------------------------------------------------------------------------------
 
+/// The x402 filter configuration: the JSON of Envoy's plugin `configuration`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "FilterConfig"))]
 struct RawConfig {
+    /// Path prefix the filter answers itself (token requests); default `/x402/token/`.
     #[serde(default)]
     token_endpoint_prefix: Option<String>,
+    /// The settler cluster (required).
     settler: RawSettler,
+    /// Public keys that verify the settler's access tokens (at least one).
     token_keys: Vec<RawKey>,
+    /// Tolerated clock skew on token times, 0..=300 (default 5).
     #[serde(default)]
     clock_leeway_secs: Option<u64>,
+    /// Access token lifetime, 1..=604800 seconds (default 300).
     #[serde(default)]
     token_ttl_secs: Option<u64>,
+    /// The 402's `maxTimeoutSeconds`, 1..=604800 (default 300).
     #[serde(default)]
     max_timeout_seconds: Option<u64>,
+    /// Verified tokens cached per worker, 0..=1000000 (default 10000).
     #[serde(default)]
     token_cache_size: Option<usize>,
+    /// Slots of the verified-token table all workers share, 0 (off)..=65536 (default 4096).
     #[serde(default)]
     shared_token_slots: Option<usize>,
+    /// Largest token-endpoint request body, 1..=1048576 bytes (default 16384).
     #[serde(default)]
     max_body_bytes: Option<usize>,
+    /// How long the token endpoint waits for the whole body, 100..=60000 ms (default 5000).
     #[serde(default)]
     body_timeout_ms: Option<u64>,
+    /// Revoked-token polling (defaults apply when absent).
     #[serde(default)]
     revocation: Option<RawRevocation>,
+    /// The `/.well-known/x402` discovery document (on by default).
     #[serde(default)]
     discovery: Option<RawDiscovery>,
+    /// Named payment methods (at least one), referenced by `routes[].payment_methods`.
     payment_methods: UniqueMap<RawMethod>,
+    /// Priced routes (at least one), tried in order; an earlier route may not shadow a later one.
     routes: Vec<RawRoute>,
 }
 
+/// `settler`: the Envoy cluster of the x402 settler and how the filter calls it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Settler"))]
 struct RawSettler {
+    /// The Envoy cluster name of the settler (required).
     cluster: String,
+    /// The `:authority` of settler callouts (default: the cluster name).
     #[serde(default)]
     authority: Option<String>,
+    /// The token mint path (default `/v1/tokens`).
     #[serde(default)]
     path: Option<String>,
+    /// The token renewal path (default `/v1/tokens/renew`).
     #[serde(default)]
     renew_path: Option<String>,
+    /// Callout timeout, 1..=60000 ms (default 3000).
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// `"deny"` (default) or `"allow"`: the answer when the settler is unreachable.
     #[serde(default)]
     failure_mode: Option<String>,
     /// The settler's `--api-secret-file` content, sent as `authorization: Bearer <secret>`.
@@ -228,6 +254,8 @@ struct RawSettler {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Jwks"))]
 struct RawJwks {
     #[serde(default)]
     path: Option<String>,
@@ -237,13 +265,19 @@ struct RawJwks {
     issuer: String,
 }
 
+/// `revocation`: how the filter polls the settler for revoked tokens.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Revocation"))]
 struct RawRevocation {
+    /// The revocation list path (default `/v1/revocations`).
     #[serde(default)]
     path: Option<String>,
+    /// Poll interval, 100..=3600000 ms (default 1000).
     #[serde(default)]
     interval_ms: Option<u64>,
+    /// Revoked token ids kept, 1..=100000 (default 10000).
     #[serde(default)]
     max_entries: Option<usize>,
 }
@@ -251,47 +285,76 @@ struct RawRevocation {
 /// `discovery`: the document listing the priced routes (on by default).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Discovery"))]
 struct RawDiscovery {
+    /// `false` turns the document off (default `true`).
     #[serde(default)]
     enabled: Option<bool>,
+    /// Where the document is served (default `/.well-known/x402`).
     #[serde(default)]
     path: Option<String>,
 }
 
+/// A `token_keys[]` entry: a public key of the settler's token signer.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "TokenKey"))]
 struct RawKey {
+    /// The key id tokens name in their `kid` header (unique).
     kid: String,
+    /// The public key as hex: SEC1 secp256k1 (ES256K) or 32-byte Ed25519 (EdDSA).
     public_key: String,
     /// `ES256K` (the default, so older configs keep working) or `EdDSA`.
     #[serde(default)]
     alg: Option<String>,
 }
 
+/// A `payment_methods` entry: a token, a network and whom to pay.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "PaymentMethod"))]
 struct RawMethod {
+    /// `"exact"` (EIP-3009 transfer to `pay_to`) or `"permit"` (EIP-2612, needs `spender`).
     scheme: String,
+    /// The x402 network name or CAIP-2 id (e.g. `base-sepolia`, `eip155:84532`).
     network: String,
+    /// The token paid in.
     asset: RawAsset,
+    /// The address that receives the payments (0x, EIP-55 checksum if mixed case).
     pay_to: String,
+    /// The settler's wallet address: required for `permit`, ignored for `exact`.
     #[serde(default)]
     spender: Option<String>,
 }
 
+/// A payment method's token (its EIP-712 domain and units).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Asset"))]
 struct RawAsset {
+    /// The token contract address (0x, 20 bytes, not zero).
     address: String,
+    /// The token's decimals, 0..=36: `price` is converted to base units with it.
     decimals: u8,
+    /// The token's EIP-712 domain name (e.g. `USD Coin`).
     name: String,
+    /// The token's EIP-712 domain version (e.g. `2`).
     version: String,
+    /// The token's symbol (e.g. `USDC`).
     symbol: String,
 }
 
+/// A `routes[]` entry: requests it matches need a payment of `price`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Route"))]
 struct RawRoute {
+    /// The route's unique name, 1..=64 chars of `[A-Za-z0-9._~-]` (a URL path segment).
     name: String,
     /// The filter's own matching (path, `hosts`); exclusive with `envoy_route`.
     #[serde(default, rename = "match")]
@@ -300,8 +363,10 @@ struct RawRoute {
     /// requests this route prices; exclusive with `match`.
     #[serde(default)]
     envoy_route: Option<String>,
+    /// HTTP methods the route prices (default: every method).
     #[serde(default)]
     methods: Option<Vec<String>>,
+    /// Hosts the route matches (`example.com`, `*.example.com`); not with `envoy_route`.
     #[serde(default)]
     hosts: Option<Vec<String>>,
     /// `"refuse"` (default: 405 with `Allow`) or `"pass"` for a method `methods` does not list.
@@ -310,14 +375,18 @@ struct RawRoute {
     /// Match the path ASCII case-insensitively (for upstreams that do).
     #[serde(default)]
     case_insensitive: Option<bool>,
+    /// The price per request as a decimal string in token units (e.g. `"0.01"`).
     price: String,
     /// Lifetime of the first token while its payment is unsettled (renewed afterwards).
     #[serde(default)]
     unsettled_token_ttl_secs: Option<u64>,
+    /// Shown in the 402 and the discovery document.
     #[serde(default)]
     description: Option<String>,
+    /// The resource's media type, shown in the 402.
     #[serde(default)]
     mime_type: Option<String>,
+    /// Names of `payment_methods` this route accepts (at least one).
     payment_methods: Vec<String>,
     /// `"deny"` / `"allow"`: this route's answer to an unreachable settler (default
     /// `settler.failure_mode`).
@@ -339,13 +408,19 @@ struct RawRoute {
     settlement: Option<String>,
 }
 
+/// `match`: exactly one of `prefix`, `exact`, `template`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Match"))]
 struct RawMatch {
+    /// Match paths starting with this normalised path.
     #[serde(default)]
     prefix: Option<String>,
+    /// Match exactly this normalised path.
     #[serde(default)]
     exact: Option<String>,
+    /// Match a path template with `{name}` segments.
     #[serde(default)]
     template: Option<String>,
 }
@@ -376,6 +451,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for UniqueMap<T> {
         d.deserialize_map(V(std::marker::PhantomData))
     }
 }
+
+/// The JSON Schema of the raw shape above, derived from these types (`x402-filter schema`).
+#[cfg(feature = "schema")]
+pub mod schema;
+/// What a valid configuration holds, in one line (`x402-filter check-config`).
+mod summary;
 
 // ---------------------------------------------------------------------------------------
 // Validation

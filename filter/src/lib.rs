@@ -18,7 +18,7 @@
 //! `host.rs` (wasm only, the one module that names the proxy-wasm SDK) implements `Host`
 //! and forwards the proxy-wasm callbacks to `flow`; `abi.rs` (wasm only) wraps the raw
 //! host imports so that no host status can panic. Only [`config`] is public:
-//! `examples/check_config.rs` checks configuration files with its parser.
+//! the `x402-filter` binary (`src/bin`) checks configuration files with its parser.
 //! `module_graph` (a test) keeps the modules free of import cycles.
 
 mod answer;
