@@ -79,8 +79,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-use crate::policy::{CacheControl, Settlement};
 pub(crate) use crate::policy::FailureMode;
+use crate::policy::{CacheControl, Settlement};
 
 /// The `authorization` header value for settler callouts (`Bearer <settler.api_secret>`).
 /// Its `Debug` never shows the secret, so no log line or panic message can carry it.

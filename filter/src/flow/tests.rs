@@ -910,6 +910,8 @@ fn payment_signature_is_settled_then_the_request_resumes() {
     );
     assert_eq!(body["payment"]["payload"]["signature"], "0xabc");
     assert_eq!(body["hold_secs"], 300, "held for the upstream's answer");
+    // No x-request-id on the request: none made up for the callout.
+    assert_eq!(c.header("x-request-id"), None);
     assert_eq!(h.counter("x402_token_requests"), 1);
     // Held while the settler works.
     assert_eq!(r.on_request_body(&h, 3, false), Action::Pause);
