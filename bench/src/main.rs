@@ -821,55 +821,7 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-const MD_BEGIN: &str = "<!-- edge bench: begin -->";
-const MD_END: &str = "<!-- edge bench: end -->";
-
-/// Merges into bench/results/latest.{json,md}: rows with our names are replaced, the others
-/// (written by other benches) stay; our markdown section is replaced in place.
+/// Merges our rows and the "edge bench" markdown section into bench/results/latest.*.
 fn write_results(md: &str, rows: Vec<Value>) -> Result<()> {
-    let dir = paths::root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("latest.json");
-    let mut doc: Value = std::fs::read_to_string(&json_path)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
-    let ours: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r["name"].as_str().map(str::to_string))
-        .collect();
-    let mut merged: Vec<Value> = doc["rows"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|r| {
-                    r["name"]
-                        .as_str()
-                        .is_none_or(|n| !ours.iter().any(|o| o == n))
-                })
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    merged.extend(rows);
-    doc["rows"] = Value::Array(merged);
-    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")?;
-
-    let md_path = dir.join("latest.md");
-    let section = format!("{MD_BEGIN}\n{md}{MD_END}\n");
-    let old = std::fs::read_to_string(&md_path).unwrap_or_default();
-    let new = match (old.find(MD_BEGIN), old.find(MD_END)) {
-        (Some(a), Some(b)) if b > a => {
-            format!(
-                "{}{section}{}",
-                &old[..a],
-                &old[b + MD_END.len()..].trim_start_matches('\n')
-            )
-        }
-        _ if old.trim().is_empty() => section,
-        _ => format!("{}\n\n{section}", old.trim_end()),
-    };
-    std::fs::write(&md_path, new)?;
-    Ok(())
+    x402_testkit::bench_results::merge_into_latest("edge bench", md, rows, &[])
 }

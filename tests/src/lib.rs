@@ -7,6 +7,7 @@
 //! - [`upstream`]: the API behind Envoy (echoes each request, or a custom handler).
 //! - [`stack`]: all of the above wired together as a user runs them.
 //! - [`slow_proxy`]: a relay in front of anvil that can delay its answers (slow RPC).
+//! - [`bench_results`]: `bench/results/latest.{json,md}`, shared by the benches.
 //! - [`paths`], [`ports`]: where artefacts and tools are, free ports; `child`: start-up waits.
 //! - `bin/x402-devchain`: deploy/fund chores on a running anvil for `make demo` and `make bench`.
 
@@ -15,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod anvil;
+pub mod bench_results;
 mod child;
 pub mod envoy;
 pub mod paths;

@@ -260,7 +260,10 @@ async fn pay_undo_and_refuse(undo: Undo, envoy_concurrency: u32) -> Duration {
         delay.as_millis()
     );
 
-    // Refused from now on, on every worker (new connections spread over them).
+    // Refused from now on, on every worker (new connections spread over them). The worker
+    // that fetched the list refuses first; the others load it from shared data on their next
+    // tick (250 ms), so give them two.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..20 {
         let r = stack.envoy.send(&bearer(&token));
         assert_eq!(r.status, 402, "{undo:?}: {}", r.text());

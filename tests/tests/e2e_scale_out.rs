@@ -177,6 +177,10 @@ impl ScaleOut {
         let envoy = |i: usize| {
             let mut config =
                 Stack::filter_config(&key, token, anvil.network().to_string(), wallets[i], pay_to);
+            // These tests count the requests each Envoy sends to its settler to show that
+            // tokens are validated at the edge. The revocation list is fetched on a timer (1 s
+            // by default), which could land between two readings: fetch it once, at start.
+            config["revocation"] = serde_json::json!({"interval_ms": 3_600_000});
             let mut opts = EnvoyOpts {
                 upstream_port: Some(upstream.port()),
                 settler_port: Some(settlers[i].port()),

@@ -31,12 +31,11 @@ use x402_protocol::challenge::Reason;
 use super::request_headers::{Attrs, RequestHeaders};
 use super::response::{self as finish, HoldVerdict, Mined};
 use super::worker::Worker;
-use super::{log, now_ms, now_secs, Action};
+use super::{log, now_ms, now_secs, settler_reply, Action};
 use crate::answer::HttpAnswer;
 use crate::challenge;
 use crate::decision::{self, PaymentOutcome, PricedAction, Settled};
 use crate::grant::Grant;
-use crate::headers::HeaderPairs;
 use crate::host_api::Host;
 use crate::identity;
 use crate::metrics::{Counter, RouteCounter};
@@ -310,13 +309,7 @@ impl Request {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let headers = callout_headers(host);
-        let body = if body_size > 0 {
-            host.callout_response_body(body_size)
-        } else {
-            Vec::new()
-        };
-        let reply = SettlerReply::from_headers(&headers, body);
+        let reply = settler_reply(host, body_size);
         match std::mem::replace(&mut self.state, State::Done) {
             State::AwaitToken => {
                 if reply.is_outage() {
@@ -882,14 +875,6 @@ fn route_refusal(l: Lookup) -> HttpAnswer {
             HttpAnswer::error(500, "internal", "route lookup")
         }
     }
-}
-
-/// The callout answer's headers, as text (bytes that are not UTF-8 as U+FFFD).
-fn callout_headers(host: &impl Host) -> Vec<(String, String)> {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    HeaderPairs::parse(host.callout_response_headers())
-        .map(|m| m.iter().map(|(n, v)| (text(n), text(v))).collect())
-        .unwrap_or_default()
 }
 
 /// Calls the settler with `body`; `false` (counted as a settler error) if the call cannot

@@ -17,13 +17,11 @@
 use std::time::Duration;
 
 use super::worker::Worker;
-use super::{log, now_ms, now_secs};
+use super::{log, not_ok_reason, now_ms, now_secs, settler_reply};
 use crate::config::FilterConfig;
-use crate::headers::HeaderPairs;
 use crate::host_api::Host;
 use crate::metrics::Counter;
 use crate::revocation::{RevocationList, Revocations};
-use crate::token_endpoint::SettlerReply;
 
 /// Failed fetches are logged at most this often (the count says how many there were).
 const FAILURE_LOG_EVERY_MS: u64 = 60_000;
@@ -144,30 +142,10 @@ pub(crate) fn on_response(worker: &Worker, host: &impl Host, body_size: usize) {
     };
     r.in_flight = None;
     let cfg = &worker.cfg;
-    let headers: Vec<(String, String)> = HeaderPairs::parse(host.callout_response_headers())
-        .map(|m| {
-            m.iter()
-                .map(|(n, v)| {
-                    (
-                        String::from_utf8_lossy(n).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let body = if body_size > 0 {
-        host.callout_response_body(body_size)
-    } else {
-        Vec::new()
-    };
-    let reply = SettlerReply::from_headers(&headers, body);
+    let reply = settler_reply(host, body_size);
     let now = now_ms(host);
     if reply.status != Some(200) {
-        let why = match reply.status {
-            None => "no answer from the settler (timeout or connection failure)".to_string(),
-            Some(s) => format!("the settler answered HTTP {s}"),
-        };
+        let why = not_ok_reason(reply.status);
         failed(worker, host, &mut r, now, &why);
         return;
     }
