@@ -184,6 +184,7 @@ impl Settler {
             ),
             terms,
             domains,
+            finals: Default::default(),
         };
         let state = Arc::new(AppState {
             service: Arc::new(service),

@@ -22,6 +22,11 @@ pub(super) async fn app(
     secret: Option<&str>,
     body_limit: usize,
 ) -> Router {
+    router(app_state(dir, secret).await, body_limit)
+}
+
+/// The state of [`app`], for tests that look at it while requests run.
+pub(super) async fn app_state(dir: &tempfile::TempDir, secret: Option<&str>) -> Arc<AppState> {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
     let store = Store::connect(&url).await.unwrap();
     let key = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
@@ -43,6 +48,7 @@ pub(super) async fn app(
         minter: Minter::new(key, "x402-settler".into(), 300, 86_400),
         terms: terms.clone(),
         domains: crate::service::Domains::new(&terms, |_| crate::service::DomainState::Verified),
+        finals: Default::default(),
     };
     let state = AppState {
         service: Arc::new(service),
@@ -53,7 +59,7 @@ pub(super) async fn app(
         metrics: None,
         settle_timeout: Duration::from_secs(1),
     };
-    router(Arc::new(state), body_limit)
+    Arc::new(state)
 }
 
 pub(super) async fn call(

@@ -5,6 +5,7 @@
 
 mod accept;
 mod exposure;
+mod finals;
 mod hold;
 mod idempotency;
 mod locks;
@@ -15,17 +16,16 @@ mod terms_check;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::Address;
 use tokio::sync::Notify;
 use x402_protocol::payment::{ClientPayment, PaymentFormat};
-use x402_protocol::settler_api::{
-    Requirement, SettlementState, SettlementStatus, TokenResponse, MAX_HOLD_SECS,
-};
+use x402_protocol::settler_api::{Requirement, SettlementStatus, TokenResponse, MAX_HOLD_SECS};
 use x402_protocol::Network;
 
 pub(crate) use self::accept::Accepted;
+pub(crate) use self::finals::{Finals, MAX_PUBLIC_WAITERS};
 pub(crate) use self::hold::expire_holds;
 pub(crate) use self::locks::PayerLocks;
 pub(crate) use self::mint::Minter;
@@ -65,6 +65,8 @@ pub(crate) struct Service {
     pub(crate) terms: crate::terms::Terms,
     /// Per asset of the terms, whether its EIP-712 domain is verified against the contract.
     pub(crate) domains: Domains,
+    /// Waiters for settlements to end, polled together.
+    pub(crate) finals: Finals,
 }
 
 /// What `/readyz` reports: the database and each chain, `Err` with the reason.
@@ -151,28 +153,7 @@ impl Service {
     /// Waits up to `timeout` for the lane to finish settlement `id`; the last row read
     /// (`None` if none could be read). The lane settles it whatever happens here.
     pub(crate) async fn await_final(&self, id: &str, timeout: Duration) -> Option<PaymentRow> {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < timeout {
-            match self.store.get(id).await {
-                Ok(Some(row)) => {
-                    let done = matches!(
-                        row.state,
-                        SettlementState::Settled | SettlementState::Failed
-                    );
-                    last = Some(row);
-                    if done {
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(settlement_id = %id, error = %e, "facilitator settle: reading the settlement failed; retrying")
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        last
+        self.finals.wait(&self.store, id, timeout).await
     }
 
     /// Whether `network` has an RPC endpoint.
