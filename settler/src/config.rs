@@ -246,6 +246,14 @@ pub struct ServeArgs {
         default_value_t = 16
     )]
     pub max_in_flight: u64,
+    /// Database connections of the settlement lanes' own pool (1..=64), apart from the
+    /// API's: token minting and settlement do not wait for each other's connections.
+    #[arg(
+        long = "lane-db-connections",
+        env = "X402_LANE_DB_CONNECTIONS",
+        default_value_t = 4
+    )]
+    pub lane_db_connections: u32,
     /// Re-broadcast a sent transaction without receipt after this many seconds.
     #[arg(
         long = "rebroadcast-secs",
@@ -359,6 +367,11 @@ impl ServeArgs {
             self.batch_wait_ms <= 10_000,
             "--batch-wait-ms {}: at most 10000",
             self.batch_wait_ms
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.lane_db_connections),
+            "--lane-db-connections {}: must be 1..=64",
+            self.lane_db_connections
         );
         anyhow::ensure!(
             (1..=64).contains(&self.max_in_flight),

@@ -93,6 +93,8 @@ pub struct Settler {
 
 struct LaneSpec {
     cfg: lane::WorkerConfig,
+    /// The lanes' own database pool (`--lane-db-connections`).
+    store: Store,
 }
 
 impl Settler {
@@ -192,7 +194,22 @@ impl Settler {
             metrics: metrics::handle(),
             settle_timeout: Duration::from_secs(args.settle_timeout_secs.max(1)),
         });
-        let lanes = (!args.no_worker).then(|| LaneSpec {
+        let lane_store = if args.no_worker {
+            None
+        } else {
+            Some(
+                Store::connect_sized(&args.database_url, Some(args.lane_db_connections))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "database {} (lanes' pool)",
+                            store::redact(&args.database_url)
+                        )
+                    })?,
+            )
+        };
+        let lanes = lane_store.map(|lane_store| LaneSpec {
+            store: lane_store,
             cfg: lane::WorkerConfig {
                 poll: args.poll_interval(),
                 rebroadcast: Duration::from_secs(args.rebroadcast_secs.max(1)),
@@ -280,7 +297,7 @@ pub async fn run(
                 continue;
             };
             let lane = lane::Lane::new(
-                service.store.clone(),
+                spec.store.clone(),
                 chain.clone(),
                 wake.clone(),
                 spec.cfg.clone(),
@@ -306,6 +323,9 @@ pub async fn run(
     })
     .await;
     service.store.close().await;
+    if let Some(spec) = &settler.lanes {
+        spec.store.close().await;
+    }
     Ok(())
 }
 

@@ -700,7 +700,15 @@ impl Session {
 }
 
 impl Store {
+    /// The API's pool (16 connections on Postgres, 4 on SQLite), schema migrated.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_sized(url, None).await
+    }
+
+    /// A pool of its own of `connections` (the settlement lanes use one, so minting traffic
+    /// never makes settlement wait for a connection, nor the other way round); `None` for the
+    /// API's default size. Migrates the schema like [`Store::connect`] (idempotent).
+    pub async fn connect_sized(url: &str, connections: Option<u32>) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
@@ -714,10 +722,10 @@ impl Store {
         };
         let opts = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
+            .max_connections(connections.unwrap_or(match backend {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 16,
-            })
+            }))
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
