@@ -403,6 +403,21 @@ impl Chain {
         )
         .await
     }
+
+    /// `eth_getTransactionByHash`: `None` when the node does not know the hash, else the
+    /// block it is in (`None` inside: still in the pool).
+    pub(crate) async fn transaction_block(
+        &self,
+        hash: B256,
+    ) -> Result<Option<Option<u64>>, ChainError> {
+        let t = self
+            .rpc(
+                "eth_getTransactionByHash",
+                self.provider.get_transaction_by_hash(hash),
+            )
+            .await?;
+        Ok(t.map(|t| t.block_number))
+    }
 }
 
 sol! {

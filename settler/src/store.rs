@@ -1069,6 +1069,26 @@ impl Store {
             .collect()
     }
 
+    /// Every attempt (hash) of every batch transaction that carried `payment_id`, with its item
+    /// index there: where a re-queued payment's funds may have moved after all.
+    pub(crate) async fn batch_attempts_of(
+        &self,
+        payment_id: &str,
+    ) -> Result<Vec<(B256, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.hash AS hash, b.idx AS idx FROM x402_batch_items b JOIN x402_txs t ON t.payment_id = b.batch_id JOIN x402_tx_attempts a ON a.chain_id = t.chain_id AND a.signer = t.signer AND a.nonce = t.nonce AND a.payment_id = t.payment_id WHERE b.payment_id = $1 ORDER BY a.created_ms, a.hash",
+        )
+        .bind(payment_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let idx: i64 = r.try_get("idx")?;
+                Ok((col::<B256>(r, "hash")?, u64::try_from(idx).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// The payments of `ids` that exist, in no particular order (one query for a batch's items).
     pub(crate) async fn get_many(&self, ids: &[String]) -> Result<Vec<PaymentRow>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
@@ -1964,6 +1984,12 @@ mod tests {
         assert_eq!(b.permit_tx, None);
         assert_eq!(b.transfer_tx.as_deref(), Some(hex32(first.hash).as_str()));
         assert_eq!(store.batch_items("batch:1").await.unwrap(), items);
+        // Where each item's funds may have moved: the batch's attempts, at the item's index.
+        assert_eq!(
+            store.batch_attempts_of("c").await.unwrap(),
+            [(first.hash, 2)]
+        );
+        assert!(store.batch_attempts_of("d").await.unwrap().is_empty());
         // "a" is no longer pending: a second batch with it stores nothing, "d" stays pending.
         let second = batch(2, 1);
         let overlap = vec![("d".into(), false), ("a".into(), true)];

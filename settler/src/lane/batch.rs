@@ -13,9 +13,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, B256};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::confirm::TxFate;
 use super::decide;
 use super::io::{ItemLog, Receipt};
 use super::{Lane, LaneError};
@@ -163,6 +164,17 @@ pub(crate) fn item_verdict(
     }
 }
 
+/// Whether one of this settler's batch transactions paid `p` after all (a batch taken as lost
+/// while it was mined): `mined` holds the receipts found for the attempts of the batches that
+/// carried `p`, each with `p`'s item index there. The transaction and block, if so.
+pub(crate) fn paid_in_batch(mined: &[(B256, Receipt, u64)], p: &NewPayment) -> Option<(B256, u64)> {
+    mined.iter().find_map(|(hash, r, idx)| {
+        let log = r.items.iter().find(|l| l.index == *idx);
+        (item_verdict(r, log, p) == ItemVerdict::Settled)
+            .then(|| (*hash, r.block_number.unwrap_or(0)))
+    })
+}
+
 /// The revert data of a failed item, for its stored error (hex, cut short).
 pub(crate) fn revert_note(log: Option<&ItemLog>) -> String {
     match log {
@@ -242,25 +254,20 @@ impl Lane {
     }
 
     /// Judges a batch transaction once it is mined or dead. Returns false when it is not mined
-    /// yet (the confirm round stops there, later nonces cannot be mined before it).
+    /// yet or its receipt is not served yet (the confirm round stops there, later nonces
+    /// cannot be mined before it).
     pub(super) async fn confirm_batch(
         &self,
         t: &TxRow,
         confirmed_nonce: u64,
     ) -> Result<bool, LaneError> {
-        let mut mined = self.mined_receipt(t).await?;
-        if mined.is_none()
-            && decide::missing_receipt(t.nonce, confirmed_nonce)
-                == decide::MissingReceipt::NotMinedYet
-        {
-            return Ok(false);
-        }
-        if mined.is_none() {
-            // A node may count the nonce before it serves the receipt (anvil does, for a
-            // moment): look again after a poll before calling the batch dead.
-            tokio::time::sleep(self.cfg.poll).await;
-            mined = self.mined_receipt(t).await?;
-        }
+        // Dead only when the node knows none of its attempts: a batch mined but whose receipt
+        // is not served yet is waited for (its items' funds may have moved).
+        let mined = match self.tx_fate(t, confirmed_nonce).await? {
+            TxFate::Wait => return Ok(false),
+            TxFate::Mined(m) => Some(m),
+            TxFate::Dead => None,
+        };
         let items = self.store.batch_items(&t.payment_id).await?;
         let n = items.len().max(1) as u64;
         match &mined {
@@ -385,5 +392,59 @@ impl Lane {
             self.wake.notify_one();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lane::fixtures::{payment, TOKEN};
+    use crate::lane::io::TransferLog;
+
+    #[test]
+    fn a_payment_was_paid_in_a_batch_only_by_its_own_item_moving_the_funds() {
+        let p = payment("a", 1, Scheme::Permit, 0).p;
+        let log = |index, ok| ItemLog {
+            index,
+            permit_ok: true,
+            ok,
+            reason: Default::default(),
+        };
+        let receipt = |success, items| Receipt {
+            success,
+            block_number: Some(9),
+            transfers: vec![TransferLog {
+                token: TOKEN,
+                from: p.payer,
+                to: p.pay_to,
+                value: p.value,
+            }],
+            gas_used: 1,
+            items,
+        };
+        let (h1, h2) = (B256::repeat_byte(1), B256::repeat_byte(2));
+        let ours = receipt(true, vec![log(0, false), log(1, true)]);
+        assert_eq!(paid_in_batch(&[(h1, ours.clone(), 1)], &p), Some((h1, 9)));
+        assert_eq!(
+            paid_in_batch(&[(h1, ours.clone(), 0)], &p),
+            None,
+            "another item moved the same value"
+        );
+        assert_eq!(
+            paid_in_batch(&[(h1, receipt(false, vec![log(1, true)]), 1)], &p),
+            None,
+            "reverted as a whole"
+        );
+        assert_eq!(
+            paid_in_batch(&[(h1, receipt(true, vec![]), 1), (h2, ours.clone(), 1)], &p),
+            Some((h2, 9)),
+            "whichever attempt was mined"
+        );
+        let no_transfer = Receipt {
+            transfers: vec![],
+            ..ours
+        };
+        assert_eq!(paid_in_batch(&[(h2, no_transfer, 1)], &p), None);
+        assert_eq!(paid_in_batch(&[], &p), None);
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::B256;
 use tokio::sync::watch;
 
-use super::decide::{self, AfterRevert, MissingReceipt, PermitRevert, PermitVerdict, Verdict};
+use super::decide::{self, AfterRevert, NonceFate, PermitRevert, PermitVerdict, Verdict};
 use super::io::Receipt;
 use super::{Lane, LaneError};
 use crate::clock::now_ms;
@@ -19,6 +19,17 @@ use crate::metrics as m;
 use crate::scheme::{self, FactsRead, Preflight, PERMIT};
 use crate::store::{PaymentRow, TxRow};
 use x402_protocol::settler_api::SettlementState;
+
+/// What became of one stored transaction ([`Lane::tx_fate`]).
+#[derive(Debug)]
+pub(super) enum TxFate {
+    /// Mined: the attempt's hash and receipt.
+    Mined((B256, Receipt)),
+    /// Not mined yet, or its receipt not served yet: the confirm round stops here.
+    Wait,
+    /// Its nonce was taken by a transaction this settler did not send: never mined.
+    Dead,
+}
 
 impl Lane {
     /// Confirms receipts as blocks arrive; re-broadcasts transactions without receipt,
@@ -38,6 +49,8 @@ impl Lane {
             }
             let block = self.chain.block_number().await?;
             let mut confirmed = false;
+            // A nonce counted as used without its receipt yet: look again after this poll.
+            force |= self.look_again.swap(false, Ordering::Relaxed);
             if block != last_block || force {
                 self.confirm().await?;
                 confirmed = true;
@@ -98,10 +111,118 @@ impl Lane {
         Ok(mined)
     }
 
+    /// What became of `t`: mined (the receipt of whichever attempt), to wait for, or dead
+    /// (its nonce taken by a transaction this settler did not send). `confirmed_nonce`: the
+    /// wallet's, read before the receipts. A used nonce without receipt is only called dead
+    /// when the node knows none of `t`'s attempts ([`decide::nonce_fate`]): nodes count a
+    /// nonce a moment before they serve the receipt, and a batch called dead while it was
+    /// mined would have its paid items re-checked and failed as spent.
+    pub(super) async fn tx_fate(
+        &self,
+        t: &TxRow,
+        confirmed_nonce: u64,
+    ) -> Result<TxFate, LaneError> {
+        if let Some(m) = self.mined_receipt(t).await? {
+            self.stop_awaiting(t.nonce);
+            return Ok(TxFate::Mined(m));
+        }
+        if !decide::nonce_used(t.nonce, confirmed_nonce) {
+            return Ok(TxFate::Wait);
+        }
+        let mut fate = self.fate_without_receipt(t, confirmed_nonce).await?;
+        if fate == NonceFate::NonceTaken {
+            // The node may not know the hash for a moment either (a load balancer's other
+            // node): look once more after a poll before calling it dead.
+            tokio::time::sleep(self.cfg.poll).await;
+            if let Some(m) = self.mined_receipt(t).await? {
+                self.stop_awaiting(t.nonce);
+                return Ok(TxFate::Mined(m));
+            }
+            fate = self.fate_without_receipt(t, confirmed_nonce).await?;
+        }
+        Ok(match fate {
+            NonceFate::Mined | NonceFate::NotMinedYet => TxFate::Wait,
+            NonceFate::AwaitReceipt { .. } => {
+                self.look_again.store(true, Ordering::Relaxed);
+                TxFate::Wait
+            }
+            NonceFate::NonceTaken => {
+                self.stop_awaiting(t.nonce);
+                TxFate::Dead
+            }
+        })
+    }
+
+    /// [`decide::nonce_fate`] of `t` without receipt at a used nonce, from what the node
+    /// knows of each stored attempt; logs a mined one overdue once.
+    async fn fate_without_receipt(
+        &self,
+        t: &TxRow,
+        confirmed_nonce: u64,
+    ) -> Result<NonceFate, LaneError> {
+        let mut hashes = self
+            .store
+            .attempt_hashes(t.chain_id, t.signer, t.nonce)
+            .await?;
+        hashes.retain(|h| *h != t.hash);
+        hashes.insert(0, t.hash);
+        let mut seen = Vec::with_capacity(hashes.len());
+        for h in &hashes {
+            seen.push(self.chain.tx_seen(*h).await?);
+        }
+        let now = now_ms();
+        let since = self.awaiting_since(t.nonce, now);
+        let waited = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+        let known = decide::attempts_seen(false, &seen);
+        let fate = decide::nonce_fate(known, t.nonce, confirmed_nonce, waited);
+        match fate {
+            NonceFate::AwaitReceipt { overdue: true } if self.warn_once(t.nonce) => {
+                tracing::warn!(settlement_id = %t.payment_id, nonce = t.nonce, tx = %t.hash, waited_s = waited.as_secs(),
+                    "the node has this settlement transaction in a block but serves no receipt for it; waiting (it is never signed again)");
+            }
+            NonceFate::AwaitReceipt { overdue: false } => {
+                tracing::debug!(settlement_id = %t.payment_id, nonce = t.nonce, tx = %t.hash, ?known,
+                    "wallet nonce counted as used, receipt not served yet; looking again");
+            }
+            _ => {}
+        }
+        Ok(fate)
+    }
+
+    /// When the lane first saw `nonce` used without a receipt (recorded now if not yet).
+    fn awaiting_since(&self, nonce: u64, now: i64) -> i64 {
+        let mut m = self
+            .awaiting_receipt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        m.entry(nonce).or_insert((now, false)).0
+    }
+
+    /// True the first time it is asked for `nonce`.
+    fn warn_once(&self, nonce: u64) -> bool {
+        let mut m = self
+            .awaiting_receipt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(&nonce) {
+            Some((_, warned)) => !std::mem::replace(warned, true),
+            None => true,
+        }
+    }
+
+    fn stop_awaiting(&self, nonce: u64) {
+        self.awaiting_receipt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&nonce);
+    }
+
     /// Checks receipts of submitted payments in wallet-nonce order; stops at the first
-    /// transaction not mined yet (later nonces cannot be mined before it). A transaction
-    /// without receipt below the wallet's confirmed nonce lost its nonce to a transaction this
-    /// settler did not send: it can never be mined, and its payment is signed again.
+    /// transaction not mined yet (later nonces cannot be mined before it), or whose nonce is
+    /// used while the node still knows it (its receipt is on its way). A transaction without
+    /// receipt below the wallet's confirmed nonce that the node does not know lost its nonce
+    /// to a transaction this settler did not send: it can never be mined, and its payment is
+    /// signed again.
     pub(super) async fn confirm(&self) -> Result<(), LaneError> {
         let network = self.chain.network();
         let chain_id = network.chain_id;
@@ -122,31 +243,40 @@ impl Lane {
                 break; // not mined yet
             }
             let pid = last.payment_id.clone();
-            let last_mined = self.mined_receipt(last).await?;
-            if last_mined.is_none()
-                && decide::missing_receipt(last.nonce, confirmed_nonce)
-                    == MissingReceipt::NotMinedYet
-            {
-                break; // not mined yet
-            }
+            let last_mined = match self.tx_fate(last, confirmed_nonce).await? {
+                TxFate::Wait => break, // not mined yet, or its receipt not served yet
+                TxFate::Mined(m) => Some(m),
+                TxFate::Dead => None,
+            };
             let Some(p) = self.store.get(&pid).await? else {
                 continue;
             };
             if p.state != SettlementState::Submitted {
                 continue;
             }
-            // Every transaction of the group is now mined or dead (its nonce is below the
-            // confirmed nonce too).
-            let mut receipts = Vec::new();
-            let mut dropped = Vec::new();
-            let mut permit_ok = true;
-            let mut gas = 0u64;
+            // The earlier transactions' nonces are used too: each is mined, dead, or mined
+            // with its receipt on the way (then the round waits for it).
+            let mut fates = Vec::with_capacity(group.len());
             for t in &group {
                 let r = if t.nonce == last.nonce {
                     last_mined.clone()
                 } else {
-                    self.mined_receipt(t).await?
+                    match self.tx_fate(t, confirmed_nonce).await? {
+                        TxFate::Wait => break,
+                        TxFate::Mined(m) => Some(m),
+                        TxFate::Dead => None,
+                    }
                 };
+                fates.push((t, r));
+            }
+            if fates.len() < group.len() {
+                break;
+            }
+            let mut receipts = Vec::new();
+            let mut dropped = Vec::new();
+            let mut permit_ok = true;
+            let mut gas = 0u64;
+            for (t, r) in fates {
                 match r {
                     Some((h, r)) => {
                         if t.kind == PERMIT {

@@ -89,21 +89,84 @@ pub(crate) fn group_by_payment(txs: Vec<TxRow>) -> Vec<Vec<TxRow>> {
     groups
 }
 
-/// What a missing receipt means.
+/// What the node says of one stored attempt (`eth_getTransactionByHash`); the lane reads it
+/// only for a transaction without receipt whose wallet nonce the node counts as used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MissingReceipt {
+pub(crate) struct TxSeen {
+    /// The block it is in; `None` while it waits in the node's pool.
+    pub block: Option<u64>,
+}
+
+/// What the node knows of the attempts at one wallet nonce: the most telling answer of any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptsSeen {
+    /// One has a receipt.
+    Receipt,
+    /// One is in a block, its receipt is not served yet.
+    MinedNoReceipt,
+    /// One is known, in the pool.
+    Pending,
+    /// The node knows none of them.
+    Unknown,
+}
+
+/// `seen`: the node's answer for each attempt hash (`None`: hash unknown to it).
+pub(crate) fn attempts_seen(has_receipt: bool, seen: &[Option<TxSeen>]) -> AttemptsSeen {
+    if has_receipt {
+        AttemptsSeen::Receipt
+    } else if seen.iter().flatten().any(|s| s.block.is_some()) {
+        AttemptsSeen::MinedNoReceipt
+    } else if seen.iter().any(Option::is_some) {
+        AttemptsSeen::Pending
+    } else {
+        AttemptsSeen::Unknown
+    }
+}
+
+/// How long the lane waits for the receipt of a transaction whose nonce is counted as used
+/// before it says so: one known as mined is waited for beyond it (a warning, then on); one
+/// only in a node's pool is then taken as replaced (a node drops a transaction whose nonce
+/// another took; a lagging node behind a load balancer has caught up by then).
+pub(crate) const RECEIPT_LAG: Duration = Duration::from_secs(30);
+
+/// What a transaction of the lane is, from its attempts' receipts and what the node knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NonceFate {
+    /// An attempt's receipt is there: judge it.
+    Mined,
     /// Its nonce is not used yet: wait (and re-broadcast after the interval).
     NotMinedYet,
-    /// The wallet's confirmed nonce (read before the receipt) is above it: a transaction this
+    /// Its nonce is used and the node still knows an attempt: ours may be the one that used
+    /// it (nodes count the nonce a moment before they serve the receipt; anvil does). Wait and
+    /// look again; `overdue`: waited past [`RECEIPT_LAG`] for a mined one (worth a warning,
+    /// never a re-queue: its items may have moved funds).
+    AwaitReceipt { overdue: bool },
+    /// The wallet's confirmed nonce (read before the receipts) is above it and the node knows
+    /// none of its attempts (or only in its pool, past [`RECEIPT_LAG`]): a transaction this
     /// settler did not send took its nonce, it can never be mined.
     NonceTaken,
 }
 
-pub(crate) fn missing_receipt(tx_nonce: u64, confirmed_nonce: u64) -> MissingReceipt {
-    if tx_nonce >= confirmed_nonce {
-        MissingReceipt::NotMinedYet
-    } else {
-        MissingReceipt::NonceTaken
+/// Whether the wallet's confirmed nonce counts `tx_nonce` as used.
+pub(crate) fn nonce_used(tx_nonce: u64, confirmed_nonce: u64) -> bool {
+    tx_nonce < confirmed_nonce
+}
+
+/// `waited`: since the lane first saw this nonce used without a receipt.
+pub(crate) fn nonce_fate(
+    seen: AttemptsSeen,
+    tx_nonce: u64,
+    confirmed_nonce: u64,
+    waited: Duration,
+) -> NonceFate {
+    match seen {
+        AttemptsSeen::Receipt => NonceFate::Mined,
+        _ if !nonce_used(tx_nonce, confirmed_nonce) => NonceFate::NotMinedYet,
+        AttemptsSeen::MinedNoReceipt => NonceFate::AwaitReceipt {
+            overdue: waited >= RECEIPT_LAG,
+        },
+        AttemptsSeen::Pending if waited < RECEIPT_LAG => NonceFate::AwaitReceipt { overdue: false },
+        AttemptsSeen::Pending | AttemptsSeen::Unknown => NonceFate::NonceTaken,
     }
 }
 
@@ -501,10 +564,51 @@ mod tests {
     }
 
     #[test]
-    fn missing_receipts_and_rebroadcast() {
-        assert_eq!(missing_receipt(5, 5), MissingReceipt::NotMinedYet);
-        assert_eq!(missing_receipt(6, 5), MissingReceipt::NotMinedYet);
-        assert_eq!(missing_receipt(4, 5), MissingReceipt::NonceTaken);
+    fn a_used_nonce_without_receipt_is_dead_only_when_the_node_knows_none_of_its_attempts() {
+        use AttemptsSeen::*;
+        use NonceFate::*;
+        let (mined, pooled) = (
+            Some(TxSeen { block: Some(7) }),
+            Some(TxSeen { block: None }),
+        );
+        assert_eq!(attempts_seen(true, &[None]), Receipt);
+        assert_eq!(attempts_seen(false, &[None, mined, pooled]), MinedNoReceipt);
+        assert_eq!(attempts_seen(false, &[None, pooled]), Pending);
+        assert_eq!(attempts_seen(false, &[None, None]), Unknown);
+        assert_eq!(attempts_seen(false, &[]), Unknown);
+        let now = Duration::ZERO;
+        let late = RECEIPT_LAG;
+        // (what the node knows, nonce 4 with the confirmed nonce 4 (unused) or 5 (used), waited)
+        let table = [
+            (Receipt, 4, now, Mined),
+            (Receipt, 5, now, Mined),
+            (MinedNoReceipt, 4, now, NotMinedYet),
+            (MinedNoReceipt, 5, now, AwaitReceipt { overdue: false }),
+            (MinedNoReceipt, 5, late, AwaitReceipt { overdue: true }),
+            (Pending, 4, now, NotMinedYet),
+            (Pending, 5, now, AwaitReceipt { overdue: false }),
+            (Pending, 5, late, NonceTaken),
+            (Unknown, 4, now, NotMinedYet),
+            (Unknown, 4, late, NotMinedYet),
+            (Unknown, 5, now, NonceTaken),
+        ];
+        for (seen, confirmed, waited, want) in table {
+            assert_eq!(
+                nonce_fate(seen, 4, confirmed, waited),
+                want,
+                "{seen:?} confirmed {confirmed} waited {waited:?}"
+            );
+        }
+        assert_eq!(
+            nonce_fate(MinedNoReceipt, 4, 5, Duration::from_secs(3600)),
+            AwaitReceipt { overdue: true },
+            "a mined transaction is never called dead"
+        );
+        assert!(nonce_used(4, 5) && !nonce_used(5, 5) && !nonce_used(6, 5));
+    }
+
+    #[test]
+    fn rebroadcast_interval_and_nonce_too_low() {
         let i = Duration::from_secs(15);
         assert!(!due_for_rebroadcast(100_000, 110_000, i));
         assert!(!due_for_rebroadcast(100_000, 115_000, i));

@@ -16,7 +16,7 @@ use x402_protocol::settler_api::SettlementState;
 use x402_protocol::{Network, Scheme};
 
 use super::io::{
-    AuthorizationEvent, BoxFuture, ItemLog, LaneChain, LaneStore, Receipt, TransferLog,
+    AuthorizationEvent, BoxFuture, ItemLog, LaneChain, LaneStore, Receipt, TransferLog, TxSeen,
 };
 use crate::chain::{IToken, IX402Settlement, SendOutcome};
 use crate::error::{ChainError, StoreError};
@@ -115,6 +115,16 @@ pub(crate) struct ChainState {
     pub contract: bool,
     /// Batch transactions revert as a whole (out of gas).
     pub batch_reverts: bool,
+    /// The block of every mined transaction, by hash (what `eth_getTransactionByHash` sees).
+    pub mined: HashMap<B256, u64>,
+    /// A node that counts the nonce before it serves the receipt (anvil, for a moment): a
+    /// transaction mined from now on answers this many receipt reads with none first.
+    pub receipt_lag: u32,
+    /// Receipt reads still answered with none, by hash.
+    pub lagging: HashMap<B256, u32>,
+    /// `eth_getTransactionByHash` does not know mined transactions (a node behind a load
+    /// balancer that has not seen the block yet).
+    pub hide_mined: bool,
 }
 
 /// Gas every fake transaction uses.
@@ -158,7 +168,14 @@ impl FakeChain {
                 break;
             };
             let receipt = s.execute(&raw);
-            s.receipts.insert(keccak256(&raw), receipt);
+            let hash = keccak256(&raw);
+            s.receipts.insert(hash, receipt);
+            let block = s.block;
+            s.mined.insert(hash, block);
+            if s.receipt_lag > 0 {
+                let lag = s.receipt_lag;
+                s.lagging.insert(hash, lag);
+            }
             s.confirmed += 1;
         }
     }
@@ -480,7 +497,28 @@ impl LaneChain for FakeChain {
         ready(outcome)
     }
     fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>> {
-        ready(Ok(self.state().receipts.get(&hash).cloned()))
+        let mut s = self.state();
+        if let Some(left) = s.lagging.get_mut(&hash) {
+            *left -= 1;
+            if *left == 0 {
+                s.lagging.remove(&hash);
+            }
+            return ready(Ok(None));
+        }
+        ready(Ok(s.receipts.get(&hash).cloned()))
+    }
+    fn tx_seen(&self, hash: B256) -> BoxFuture<'_, Result<Option<TxSeen>, ChainError>> {
+        let s = self.state();
+        let seen = match s.mined.get(&hash) {
+            Some(_) if s.hide_mined => None,
+            Some(b) => Some(TxSeen { block: Some(*b) }),
+            None => s
+                .mempool
+                .values()
+                .any(|raw| keccak256(raw) == hash)
+                .then_some(TxSeen { block: None }),
+        };
+        ready(Ok(seen))
     }
     fn base_fee(&self) -> BoxFuture<'_, Result<u128, ChainError>> {
         ready(Ok(self.state().base_fee))
@@ -842,6 +880,26 @@ impl LaneStore for FakeStore {
             .get(batch_id)
             .cloned()
             .unwrap_or_default()))
+    }
+    fn batch_attempts_of<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(B256, u64)>, StoreError>> {
+        let s = self.state();
+        let mut out = vec![];
+        for (batch, items) in &s.batches {
+            let Some(idx) = items.iter().position(|(id, _)| id == payment_id) else {
+                continue;
+            };
+            for t in s.txs.iter().filter(|t| &t.payment_id == batch) {
+                for (nonce, hash, _) in &s.attempts {
+                    if *nonce == t.nonce {
+                        out.push((*hash, idx as u64));
+                    }
+                }
+            }
+        }
+        ready(Ok(out))
     }
     fn get_many<'a>(
         &'a self,

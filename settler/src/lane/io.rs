@@ -8,6 +8,7 @@ use std::pin::Pin;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use x402_protocol::Network;
 
+pub(crate) use super::decide::TxSeen;
 use crate::chain::{self, Chain, SendOutcome};
 pub(crate) use crate::chain::{ItemLog, TransferLog};
 use crate::error::{ChainError, StoreError};
@@ -105,6 +106,10 @@ pub(crate) trait LaneChain: Send + Sync {
     }
     fn broadcast<'a>(&'a self, raw: &'a [u8]) -> BoxFuture<'a, SendOutcome>;
     fn receipt(&self, hash: B256) -> BoxFuture<'_, Result<Option<Receipt>, ChainError>>;
+    /// What the node knows of a transaction (`eth_getTransactionByHash`): `None` when it does
+    /// not know the hash; its block when mined (a node may answer this before it serves the
+    /// receipt).
+    fn tx_seen(&self, hash: B256) -> BoxFuture<'_, Result<Option<TxSeen>, ChainError>>;
     /// The latest block's base fee per gas.
     fn base_fee(&self) -> BoxFuture<'_, Result<u128, ChainError>>;
     /// The signer wallet's ETH balance.
@@ -167,6 +172,12 @@ pub(crate) trait LaneStore: Send + Sync {
         &'a self,
         batch_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, bool)>, StoreError>>;
+    /// Every attempt hash of every batch transaction that carried `payment_id`, with its item
+    /// index in that batch.
+    fn batch_attempts_of<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(B256, u64)>, StoreError>>;
     /// The payments of `ids` that exist (any order): a batch's items in one read.
     fn get_many<'a>(
         &'a self,
@@ -397,6 +408,12 @@ impl LaneChain for Chain {
             }))
         })
     }
+    fn tx_seen(&self, hash: B256) -> BoxFuture<'_, Result<Option<TxSeen>, ChainError>> {
+        Box::pin(async move {
+            let block = Chain::transaction_block(self, hash).await?;
+            Ok(block.map(|block| TxSeen { block }))
+        })
+    }
     fn base_fee(&self) -> BoxFuture<'_, Result<u128, ChainError>> {
         Box::pin(Chain::base_fee(self))
     }
@@ -497,6 +514,12 @@ impl LaneStore for Store {
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(Store::close_tx(self, hash, receipt, now_ms))
+    }
+    fn batch_attempts_of<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(B256, u64)>, StoreError>> {
+        Box::pin(Store::batch_attempts_of(self, payment_id))
     }
     fn get_many<'a>(
         &'a self,

@@ -11,7 +11,9 @@
 //!
 //! The one exception to "signed once": a stored transaction whose wallet nonce was used by a
 //! transaction this settler did not send (the key is used elsewhere too). Once the wallet's
-//! confirmed nonce is above it and it has no receipt, it can never be mined; its payment goes
+//! confirmed nonce is above it, it has no receipt and the node knows none of its attempts
+//! (nodes count a nonce a moment before they serve the receipt: a transaction the node has
+//! in a block is waited for, never called dead), it can never be mined; its payment goes
 //! back to `pending`, is re-checked on chain (permit nonce and allowance, authorization state)
 //! and signed again with fresh nonces. The lane also re-syncs its next nonce from the node
 //! before every batch, so a foreign transaction sent before signing costs nothing.
@@ -36,8 +38,9 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -111,6 +114,12 @@ pub(crate) struct Lane {
     /// The last submit round left payments pending because of `--max-in-flight`: the next
     /// round runs as soon as a batch is mined, without the gathering wait.
     held: AtomicBool,
+    /// Wallet nonces counted as used whose transaction has no receipt yet but is known to the
+    /// node: since when the lane waits (ms) and whether it warned (`confirm.rs` `tx_fate`).
+    awaiting_receipt: Mutex<HashMap<u64, (i64, bool)>>,
+    /// The last confirm round waited on such a receipt: the next one runs after a poll, not
+    /// at the next block (with an idle chain there may be none for a while).
+    look_again: AtomicBool,
     cfg: WorkerConfig,
 }
 
@@ -130,6 +139,8 @@ impl Lane {
             recheck: Notify::new(),
             last_base_fee: AtomicU64::new(0),
             held: AtomicBool::new(false),
+            awaiting_receipt: Mutex::new(HashMap::new()),
+            look_again: AtomicBool::new(false),
             cfg,
         }
     }

@@ -3,7 +3,7 @@
 //! what each step asks for, only when it asks (the allowance only for a consumed permit nonce,
 //! the in-flight permits only for a nonce ahead of the chain's).
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, B256, U256};
 
 use super::decide;
 use super::io::{AuthorizationEvent, Receipt};
@@ -152,6 +152,22 @@ impl Lane {
             }
             Check::NeedAuthorizationEvent => self.authorization_fate(p).await?,
         })
+    }
+
+    /// A re-queued payment whose permit nonce is spent: one of this settler's own batch
+    /// transactions may have executed it after all (taken as lost while its receipt was on
+    /// the way). That transaction and its block, if its item moved the funds.
+    pub(super) async fn paid_by_our_batch(
+        &self,
+        p: &PaymentRow,
+    ) -> Result<Option<(B256, u64)>, LaneError> {
+        let mut mined = Vec::new();
+        for (hash, idx) in self.store.batch_attempts_of(&p.p.id).await? {
+            if let Some(r) = self.chain.receipt(hash).await? {
+                mined.push((hash, r, idx));
+            }
+        }
+        Ok(super::batch::paid_in_batch(&mined, &p.p))
     }
 
     /// An ERC-3009 authorization used on chain: settled by someone else's transaction (its

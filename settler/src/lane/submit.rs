@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, B256, U256};
 use tokio::sync::mpsc::UnboundedSender;
 use x402_protocol::Scheme;
 
@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::error::ChainError;
 use crate::metrics as m;
 use crate::scheme::{self, FactsRead, FailCause};
-use crate::store::TxRow;
+use crate::store::{PaymentRow, TxRow};
 
 impl Lane {
     /// Signs, stores and broadcasts the settlement of every due pending payment.
@@ -134,6 +134,13 @@ impl Lane {
                     release_key,
                     cause,
                 } => {
+                    // Spent by our own batch, mined after all? Then the payer paid.
+                    if cause == FailCause::PermitNonceSpent && p.attempts > 0 {
+                        if let Some((tx, block)) = self.paid_by_our_batch(&p).await? {
+                            self.settle_by_our_batch(&p, tx, block).await?;
+                            continue;
+                        }
+                    }
                     self.fail_before_submission(&p.p.id, &reason, release_key, cause)
                         .await?;
                     continue;
@@ -230,6 +237,27 @@ impl Lane {
                 .await?;
         }
         Ok(count)
+    }
+
+    /// `p`, back in `pending` after its batch was taken as lost, was executed by that batch
+    /// (transaction `tx`, an attempt of it) after all: settled with it, never signed again.
+    async fn settle_by_our_batch(
+        &self,
+        p: &PaymentRow,
+        tx: B256,
+        block: u64,
+    ) -> Result<(), LaneError> {
+        let note = format!("executed by this settler's batch transaction {tx}, whose receipt came after the batch was taken as lost");
+        let receipts = [(tx, true, block)];
+        if self
+            .store
+            .settle_by(&p.p.id, tx, block, &note, &receipts, &[], now_ms())
+            .await?
+        {
+            metrics::counter!(m::SETTLEMENTS, "state" => "settled").increment(1);
+            tracing::warn!(settlement_id = %p.p.id, tx = %tx, block, "settled by a batch of ours taken as lost before its receipt came");
+        }
+        Ok(())
     }
 
     async fn fail_before_submission(

@@ -396,6 +396,50 @@ async fn a_foreign_transaction_at_our_nonce_sends_the_payment_back_to_pending_an
 }
 
 #[tokio::test]
+async fn a_mined_permit_pair_whose_receipts_come_late_is_waited_for_never_signed_again() {
+    let (store, chain) = (
+        FakeStore::with([payment("a", 1, Scheme::Permit, 0)]),
+        FakeChain::new(2 * VALUE),
+    );
+    let lane = lane(&store, &chain);
+    let mut next = lane.recover().await.unwrap();
+    submit(&lane, &mut next).await;
+    // The node counts both nonces as used at once but answers each receipt read with none
+    // three times first (anvil serves the receipt a moment after it counts the nonce).
+    chain.state().receipt_lag = 3;
+    chain.mine();
+    let mut rounds = 0;
+    while store.row("a").state == SettlementState::Submitted {
+        rounds += 1;
+        assert!(rounds <= 12, "never settled");
+        lane.confirm().await.unwrap();
+        let row = store.row("a");
+        assert_ne!(
+            row.state,
+            SettlementState::Pending,
+            "round {rounds}: {row:?}"
+        );
+        assert_eq!(row.attempts, 0, "round {rounds}: not re-queued");
+    }
+    assert!(rounds > 3, "waited for the receipts ({rounds} rounds)");
+    let row = store.row("a");
+    assert_eq!((row.state, row.error), (SettlementState::Settled, None));
+    assert_eq!(
+        kinds_and_nonces(&store, "a"),
+        [k(PERMIT, 0, "mined"), k(TRANSFER_FROM, 1, "mined")]
+    );
+    assert_eq!(chain.state().signed.len(), 2, "signed once");
+    // The payer's next permit goes on as usual.
+    chain.state().receipt_lag = 0;
+    store.add(payment("b", 2, Scheme::Permit, 1));
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    chain.mine();
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("b").state, SettlementState::Settled);
+    assert_eq!(chain.balance(PAY_TO), U256::from(2 * VALUE));
+}
+
+#[tokio::test]
 async fn a_foreign_transaction_before_signing_moves_the_lane_past_it() {
     let (store, chain) = (FakeStore::default(), FakeChain::new(VALUE));
     let lane = lane(&store, &chain);
@@ -1047,6 +1091,187 @@ mod batching {
             4,
             "each payment in one batch, once"
         );
+    }
+
+    /// One owner's permits 0 and 1 to the contract and an ERC-3009 authorization, in one batch.
+    async fn one_batch_of_three(store: &FakeStore, lane: &Lane) -> u64 {
+        store.add(to_contract("p0", 1, 0));
+        store.add(to_contract("p1", 2, 1));
+        store.add(payment("e0", 3, Scheme::Exact, 0));
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(lane, &mut next).await, 3);
+        next
+    }
+
+    #[tokio::test]
+    async fn a_mined_batch_whose_receipt_comes_late_is_waited_for_and_its_items_settle() {
+        let (store, chain) = (FakeStore::default(), FakeChain::new(4 * VALUE));
+        let lane = batched(&store, &chain);
+        let mut next = one_batch_of_three(&store, &lane).await;
+        // The node counts the batch's nonce as used at once but answers the first three
+        // receipt reads with none (anvil serves the receipt a moment after it counts the nonce).
+        chain.state().receipt_lag = 3;
+        chain.mine();
+        for round in 1..=3 {
+            lane.confirm().await.unwrap();
+            for id in ["p0", "p1", "e0"] {
+                let row = store.row(id);
+                assert_eq!(
+                    (row.state, row.attempts),
+                    (SettlementState::Submitted, 0),
+                    "round {round} {id}: waits, not re-queued"
+                );
+            }
+            assert_eq!(batch_txs(&store)[0].state, "sent", "round {round}");
+        }
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "e0"] {
+            let row = store.row(id);
+            assert_eq!(
+                (row.state, row.error, row.attempts),
+                (SettlementState::Settled, None, 0),
+                "{id}"
+            );
+        }
+        assert_eq!(batch_txs(&store)[0].state, "mined");
+        assert_eq!(chain.state().signed.len(), 1, "the batch was signed once");
+        // The payer is not blocked: its next permit settles.
+        chain.state().receipt_lag = 0;
+        store.add(to_contract("p2", 4, 2));
+        assert_eq!(submit(&lane, &mut next).await, 1);
+        chain.mine();
+        lane.confirm().await.unwrap();
+        assert_eq!(store.row("p2").state, SettlementState::Settled);
+        assert_eq!(chain.balance(PAY_TO), U256::from(4 * VALUE));
+        assert_eq!(
+            chain.state().permit_nonces.get(&PAYER).copied(),
+            Some(U256::from(3))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_running_lane_looks_again_for_a_late_receipt_without_a_new_block() {
+        let (store, chain) = (FakeStore::default(), FakeChain::new(3 * VALUE));
+        chain.state().contract = true;
+        // No rebroadcast round in the test's time: only the lane's own look-again re-runs
+        // the confirm step once the chain is idle.
+        let cfg = WorkerConfig {
+            rebroadcast: Duration::from_secs(3600),
+            ..config()
+        };
+        let probe = lane_with(&store, &chain, cfg.clone());
+        one_batch_of_three(&store, &probe).await;
+        drop(probe);
+        chain.state().receipt_lag = 3;
+        chain.mine();
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(lane_with(&store, &chain, cfg).run(stopped));
+        wait_for(|| {
+            ["p0", "p1", "e0"]
+                .iter()
+                .all(|id| store.row(id).state == SettlementState::Settled)
+        })
+        .await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .unwrap()
+            .unwrap();
+        for id in ["p0", "p1", "e0"] {
+            assert_eq!(store.row(id).attempts, 0, "{id}");
+        }
+        assert_eq!(chain.balance(PAY_TO), U256::from(3 * VALUE));
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_nonce_a_foreign_transaction_took_is_requeued_and_settles_once() {
+        let (store, chain) = (FakeStore::default(), FakeChain::new(3 * VALUE));
+        let lane = batched(&store, &chain);
+        let mut next = one_batch_of_three(&store, &lane).await;
+        // Another program with our key takes nonce 0; the node drops our batch and knows its
+        // hash no more. The same receipt lag as above changes nothing here.
+        chain.state().receipt_lag = 3;
+        chain.foreign_transaction();
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "e0"] {
+            let row = store.row(id);
+            assert_eq!(
+                (row.state, row.attempts),
+                (SettlementState::Pending, 1),
+                "{id}"
+            );
+            assert!(
+                row.error
+                    .unwrap_or_default()
+                    .starts_with("wallet nonce(s) [0] of "),
+                "{id}"
+            );
+        }
+        assert_eq!(batch_txs(&store)[0].state, "dropped");
+        // Re-checked on chain (nothing moved) and signed again.
+        chain.state().receipt_lag = 0;
+        assert_eq!(submit(&lane, &mut next).await, 3);
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "e0"] {
+            assert_eq!(store.row(id).state, SettlementState::Settled, "{id}");
+        }
+        assert_eq!(chain.balance(PAY_TO), U256::from(3 * VALUE), "moved once");
+    }
+
+    #[tokio::test]
+    async fn a_permit_of_a_batch_taken_as_lost_but_mined_is_settled_not_failed_as_spent() {
+        let (store, chain) = (FakeStore::default(), FakeChain::new(2 * VALUE));
+        let lane = batched(&store, &chain);
+        store.add(to_contract("p0", 1, 0));
+        store.add(to_contract("p1", 2, 1));
+        let mut next = lane.recover().await.unwrap();
+        assert_eq!(submit(&lane, &mut next).await, 2);
+        // The worst node: it counts the nonce, serves no receipt for two reads and does not
+        // know the mined hash either. The lane takes the batch as lost and re-queues its items.
+        {
+            let mut s = chain.state();
+            s.receipt_lag = 2;
+            s.hide_mined = true;
+        }
+        chain.mine();
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1"] {
+            assert_eq!(store.row(id).state, SettlementState::Pending, "{id}");
+        }
+        // Re-checked: both permit nonces are spent and the allowance is gone - by our own
+        // batch, whose receipt now shows each item moving the funds.
+        assert_eq!(submit(&lane, &mut next).await, 0, "nothing signed again");
+        let batch = batch_txs(&store)[0].hash;
+        for id in ["p0", "p1"] {
+            let row = store.row(id);
+            assert_eq!(row.state, SettlementState::Settled, "{id}: {row:?}");
+            assert_eq!(row.transfer_tx, Some(batch.to_string()), "{id}");
+            assert_eq!(store.state().causes.get(id), None, "{id}");
+        }
+        assert_eq!(batch_txs(&store)[0].state, "mined");
+        assert_eq!(chain.state().signed.len(), 1);
+        assert_eq!(chain.balance(PAY_TO), U256::from(2 * VALUE));
+    }
+
+    #[tokio::test]
+    async fn a_batch_still_pooled_after_its_nonce_was_counted_is_waited_for() {
+        let (store, chain) = (FakeStore::default(), FakeChain::new(3 * VALUE));
+        let lane = batched(&store, &chain);
+        one_batch_of_three(&store, &lane).await;
+        // The node counts nonce 0 as used while our batch is still in its pool (a lagging
+        // node): ours may be the transaction that used it.
+        chain.state().confirmed = 1;
+        lane.confirm().await.unwrap();
+        for id in ["p0", "p1", "e0"] {
+            let row = store.row(id);
+            assert_eq!(
+                (row.state, row.attempts),
+                (SettlementState::Submitted, 0),
+                "{id}"
+            );
+        }
+        assert_eq!(batch_txs(&store)[0].state, "sent");
     }
 
     #[tokio::test]
