@@ -123,7 +123,7 @@ async fn verify_settle_supported_and_replay() {
         .unwrap();
     assert_eq!(
         sup,
-        json!({"kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:31337"}], "extensions": [], "signers": {"eip155:*": [env.spender]}})
+        json!({"kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:31337"}], "extensions": ["payment-identifier"], "signers": {"eip155:*": [env.spender]}})
     );
 
     // Valid, and verify stores nothing (twice valid).
@@ -290,4 +290,63 @@ async fn verify_settle_supported_and_replay() {
         assert!(start.elapsed() < std::time::Duration::from_secs(10), "{m}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// An x402 server retrying `/settle` (its first call timed out on its side) with the same
+/// payload and `payment-identifier` gets the same answer, the transaction included, after the
+/// payment is mined; the funds moved once. The same payload without the identifier is a
+/// replay, and the identifier with another payload is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_retried_with_its_payment_identifier_gets_the_same_answer() {
+    let f = Fac::start().await;
+    let env = &f.env;
+    let reqs = f.requirements(PRICE);
+    let payer = env.funded_payer(1_000_000).await;
+    let dl = env.now() + 3600;
+    let id = "retry-0123456789-abcdef";
+    let with_id = |mut p: Value| {
+        p["extensions"] = json!({"payment-identifier": {"info": {"required": false, "id": id}}});
+        p
+    };
+    let bare = env.x402v2(&payer, PRICE, dl, random_nonce());
+    let payload = with_id(bare.clone());
+
+    let first = f.settle(&payload, &reqs).await;
+    assert_eq!(first["success"], json!(true), "{first}");
+    assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
+
+    let again = f.settle(&payload, &reqs).await;
+    assert_eq!(again, first, "the retry is answered like the first call");
+    assert_eq!(
+        env.balance(env.pay_to).await,
+        U256::from(PRICE),
+        "paid once"
+    );
+
+    let replay = f.settle(&bare, &reqs).await;
+    assert_eq!(
+        replay["errorReason"],
+        json!("invalid_exact_evm_nonce_already_used"),
+        "{replay}"
+    );
+    let other = with_id(env.x402v2(&payer, PRICE, dl, random_nonce()));
+    let s = f.settle(&other, &reqs).await;
+    assert_eq!(s["success"], json!(false), "{s}");
+    assert_eq!(s["errorReason"], json!("invalid_payload"), "{s}");
+    assert!(
+        s["errorMessage"].as_str().unwrap().contains("identifier"),
+        "{s}"
+    );
+    let mut short = bare.clone();
+    short["extensions"] = json!({"payment-identifier": {"info": {"id": "short"}}});
+    let s = f.settle(&short, &reqs).await;
+    assert_eq!(s["errorReason"], json!("invalid_payload"), "{s}");
+    assert!(
+        s["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("payment-identifier"),
+        "{s}"
+    );
+    assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
 }

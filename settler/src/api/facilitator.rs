@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 use x402_protocol::payment::{ClientPayment, PaymentError, PaymentFormat};
-use x402_protocol::settler_api::{PricedMethod, Requirement, SettlementState};
+use x402_protocol::settler_api::{check_payment_id, PricedMethod, Requirement, SettlementState};
 use x402_protocol::x402v2::{
-    FacilitatorRequest, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
-    SCHEME_EXACT, X402_VERSION,
+    raw_payment_identifier, FacilitatorRequest, SettleResponse, SupportedKind, SupportedResponse,
+    VerifyResponse, PAYMENT_IDENTIFIER, SCHEME_EXACT, X402_VERSION,
 };
 use x402_protocol::{Asset, Network, PaymentMethod, Scheme};
 
@@ -213,6 +213,9 @@ struct Request {
     requirement: Requirement,
     network: Network,
     amount: U256,
+    /// The payload's x402 `payment-identifier`: the same payload with it posted to
+    /// `/settle` again gets the same answer, after broadcast too (see `service::idempotency`).
+    payment_id: Option<String>,
 }
 
 /// Parses `{x402Version, paymentPayload, paymentRequirements}`. A body that is not such an
@@ -249,6 +252,14 @@ fn parse(st: &AppState, body: &[u8]) -> Result<Request, Invalid> {
             ));
         }
     }
+    let payment_id = raw_payment_identifier(payload)
+        .and_then(|id| match id {
+            Some(id) => check_payment_id(&id)
+                .map(|()| Some(id))
+                .map_err(|e| format!("paymentPayload.extensions.payment-identifier.info.id: {e}")),
+            None => Ok(None),
+        })
+        .map_err(|m| Invalid::new(Reason::InvalidPayload, m))?;
     // The error names the field (`paymentPayload.payload.authorization.value`, ...).
     let req: FacilitatorRequest = serde_path_to_error::deserialize(root).map_err(|e| {
         Invalid::new(
@@ -374,6 +385,7 @@ fn parse(st: &AppState, body: &[u8]) -> Result<Request, Invalid> {
         requirement,
         network,
         amount,
+        payment_id,
     })
 }
 
@@ -432,13 +444,19 @@ async fn check(
             &req.requirement,
             &checked,
             mode,
-            crate::store::AcceptExtras::default(),
+            crate::store::AcceptExtras {
+                payment_id: req.payment_id.clone(),
+                ..Default::default()
+            },
         )
         .await
         .map_err(|r| Invalid::refused(r, mode).with_payer(payer))?;
     // The same payload posted to `/settle` again before its settlement was broadcast is
-    // answered from the stored settlement (`Accepted::Again`); after broadcast it is
-    // `invalid_exact_evm_nonce_already_used` naming the settlement, as any replay.
+    // answered from the stored settlement (`Accepted::Again`); after broadcast too when it
+    // carries the `payment-identifier` it was first settled with (the identifier is never on
+    // chain, so it is the original server retrying); otherwise it is
+    // `invalid_exact_evm_nonce_already_used` naming the settlement, as any replay. The same
+    // identifier with another payload is `invalid_payload` (payment_identifier_mismatch).
     Ok((req, new.payment().clone()))
 }
 
@@ -586,7 +604,8 @@ pub(super) async fn get_supported(
         .collect();
     Ok(Json(SupportedResponse {
         kinds,
-        extensions: Vec::new(),
+        // Honoured by `/settle` (idempotent retries, see `check`).
+        extensions: vec![PAYMENT_IDENTIFIER.to_string()],
         signers: [("eip155:*".to_string(), signers)].into(),
     }))
 }
