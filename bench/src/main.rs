@@ -658,7 +658,7 @@ end
     }
     for (s, yaml) in scenarios.iter().zip(&yamls).filter(|_| part("rps")) {
         let (port, admin) = ports_of(yaml)?;
-        let envoy = start_envoy(&yaml, port, admin, s.concurrency, None)?;
+        let envoy = start_envoy(yaml, port, admin, s.concurrency, None)?;
         let status = get(port, s.path, &format!("{}\r\n", header_for(s, &tokens)))?;
         if status != s.expect_status {
             bail!(

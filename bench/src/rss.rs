@@ -101,6 +101,17 @@ const CASES: &[(&str, Scenario)] = &[
         ),
     ),
     (
+        "jwt_authn_c2",
+        sc(
+            "",
+            Filter::JwtAuthn { cache: true },
+            "/api/weather",
+            Send::Es256Token,
+            200,
+            2,
+        ),
+    ),
+    (
         "no_filter_release",
         sc("", Filter::None, "/api/weather", Send::X402Token, 200, 1),
     ),
@@ -113,17 +124,6 @@ const CASES: &[(&str, Scenario)] = &[
             Send::X402Token,
             200,
             1,
-        ),
-    ),
-    (
-        "jwt_authn_c2",
-        sc(
-            "",
-            Filter::JwtAuthn { cache: true },
-            "/api/weather",
-            Send::Es256Token,
-            200,
-            2,
         ),
     ),
 ];
