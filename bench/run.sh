@@ -2,6 +2,8 @@
 # make bench: filter overhead inside Envoy, then the settler's mint and settle figures, then
 # batched settlement of a 2,000-payment backlog vs anvil's transaction ceiling
 # (bench/results/latest.{md,json}).
+# X402_BENCH_PARTS picks parts of both benches (default all): rps,rss,ir for the edge one
+# (requests/s rows, Envoy memory, callgrind), batched,single,mint for the settlement one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run -q --release -p x402-bench --bin x402-bench

@@ -1,7 +1,8 @@
 //! `make bench` (edge part): requests/s through the real Envoy driven by `wrk` on loopback,
 //! for each filter path AND for Envoy's own `jwt_authn` (ES256, with and without its JWT
 //! cache) measured in the same run, as ratios to Envoy without any filter in the same round;
-//! Envoy's RSS with and without the filter; and callgrind instructions per request.
+//! Envoy's memory with and without the filter, idle and after load ([`rss`]); and callgrind
+//! instructions per request.
 //! Absolute figures vary between runs and machines; ratios are comparable.
 //!
 //! Every request is ~600 bytes: the rows without a token carry a padding header as long as
@@ -12,11 +13,13 @@
 //! taken against `no_filter` of the same round (and the same `--concurrency`), and the table
 //! shows min / median / max over the rounds.
 //!
-//! Writes bench/results/latest.md (its own section) and bench/results/latest.json, merging by
-//! row name: rows other benches wrote (settlement) stay.
+//! Writes bench/results/latest.md (its own sections: edge, memory) and
+//! bench/results/latest.json, merging by row name: rows other benches wrote (settlement) stay.
 //!
 //! Environment: `X402_BENCH_SECS` (per round, default 3), `X402_BENCH_ROUNDS` (default 3),
-//! `X402_BENCH_CALLGRIND=0` skips the callgrind rows, `X402_BENCH_IR_REQUESTS` (default 400).
+//! `X402_BENCH_PARTS` (which parts run, default all: `rps` the wrk rows, `rss` Envoy's
+//! memory, `ir` callgrind), `X402_BENCH_CALLGRIND=0` skips the callgrind rows too,
+//! `X402_BENCH_IR_REQUESTS` (default 400), `X402_BENCH_ONLY` (comma-separated row names).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -34,6 +37,8 @@ use x402_protocol::{Address, Network, U256};
 use x402_testkit::envoy::{bootstrap_yaml, EnvoyOpts};
 use x402_testkit::stack::Stack;
 use x402_testkit::{paths, ports};
+
+mod rss;
 
 /// Which HTTP filter the Envoy runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -229,16 +234,6 @@ impl Drop for RunningEnvoy {
 }
 
 impl RunningEnvoy {
-    fn rss_mb(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")?;
-        Ok(kb / 1024.0)
-    }
-
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
@@ -581,7 +576,9 @@ fn main() -> Result<()> {
     let secs = env_num("X402_BENCH_SECS", 3);
     let rounds = env_num("X402_BENCH_ROUNDS", 3).max(1) as usize;
     let ir_requests = env_num("X402_BENCH_IR_REQUESTS", 400) as usize;
-    let callgrind = std::env::var("X402_BENCH_CALLGRIND").map_or(true, |v| v != "0");
+    let parts = std::env::var("X402_BENCH_PARTS").unwrap_or_else(|_| "rps,rss,ir".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
+    let callgrind = part("ir") && std::env::var("X402_BENCH_CALLGRIND").map_or(true, |v| v != "0");
     let only: Option<Vec<String>> = std::env::var("X402_BENCH_ONLY")
         .ok()
         .map(|v| v.split(',').map(str::to_string).collect());
@@ -652,13 +649,16 @@ end
         })
         .collect();
 
-    // Start every Envoy once; check each answers as expected.
+    // Start every Envoy once (for the wrk rows); check each answers as expected.
     let mut envoys = Vec::new();
     let mut yamls = Vec::new();
     for s in &scenarios {
         let yaml = yaml_for(s, &key, asset, &jwks)?;
-        let (port, admin) = ports_of(&yaml)?;
-        let envoy = start_envoy(&yaml, port, admin, s.concurrency, None)?;
+        yamls.push(yaml);
+    }
+    for (s, yaml) in scenarios.iter().zip(&yamls).filter(|_| part("rps")) {
+        let (port, admin) = ports_of(yaml)?;
+        let envoy = start_envoy(yaml, port, admin, s.concurrency, None)?;
         let status = get(port, s.path, &format!("{}\r\n", header_for(s, &tokens)))?;
         if status != s.expect_status {
             bail!(
@@ -669,17 +669,17 @@ end
             );
         }
         envoys.push(envoy);
-        yamls.push(yaml);
     }
 
-    eprintln!(
-        "x402 edge bench: {} rows x {rounds} rounds of {secs}s, wrk -c32",
-        scenarios.len()
-    );
+    if part("rps") {
+        eprintln!(
+            "x402 edge bench: {} rows x {rounds} rounds of {secs}s, wrk -c32",
+            scenarios.len()
+        );
+    }
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     for round in 0..rounds {
-        for (i, s) in scenarios.iter().enumerate() {
-            let e = &envoys[i];
+        for (e, (i, s)) in envoys.iter().zip(scenarios.iter().enumerate()) {
             let (header, script) = match s.send {
                 Send::TokenList => (None, Some(tokens.script.as_path())),
                 _ => (Some(header_for(s, &tokens)), None),
@@ -701,7 +701,7 @@ end
 
     let mut rows: Vec<Value> = Vec::new();
     let mut table = Vec::new();
-    for (i, s) in scenarios.iter().enumerate() {
+    for (i, s) in scenarios.iter().enumerate().filter(|_| part("rps")) {
         let base_name = if s.concurrency == 2 {
             "no_filter_c2"
         } else {
@@ -728,19 +728,21 @@ end
         ));
     }
 
-    // RSS after the load: Envoy alone vs Envoy with the filter (warm and full cache).
-    let mut values: Vec<(String, f64, &str)> = Vec::new();
-    for (name, row) in [
-        ("envoy_rss_mb_no_filter", "no_filter"),
-        ("envoy_rss_mb_x402", "x402_warm"),
-        ("envoy_rss_mb_x402_full_cache", "x402_first_use"),
-        ("envoy_rss_mb_jwt_authn", "jwt_authn_cache"),
-    ] {
-        if let Some(i) = scenarios.iter().position(|s| s.name == row) {
-            values.push((name.to_string(), envoys[i].rss_mb()?, "MB"));
-        }
-    }
     drop(envoys);
+
+    // Envoy's memory: fresh Envoys, one at a time, after the wrk rows are done.
+    if part("rss") {
+        let memory = rss::measure(&tokens, secs, |s| yaml_for(s, &key, asset, &jwks), ports_of)?;
+        print!("{}", memory.md);
+        let rows: Vec<Value> = memory
+            .values
+            .iter()
+            .map(|(name, v, _)| json!({"name": name, "value": round3(*v)}))
+            .collect();
+        write_results(MEM_MD, &memory.md, rows)?;
+    }
+
+    let mut values: Vec<(String, f64, &str)> = Vec::new();
 
     if callgrind {
         for name in IR_ROWS {
@@ -812,8 +814,10 @@ end
         2 * ir_requests,
         started.elapsed().as_secs_f64()
     ));
-    print!("{md}");
-    write_results(&md, rows)?;
+    if part("rps") || callgrind {
+        print!("{md}");
+        write_results(EDGE_MD, &md, rows)?;
+    }
     Ok(())
 }
 
@@ -821,7 +825,10 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// Merges our rows and the "edge bench" markdown section into bench/results/latest.*.
-fn write_results(md: &str, rows: Vec<Value>) -> Result<()> {
-    x402_testkit::bench_results::merge_into_latest("edge bench", md, rows, &[])
+/// Our sections of bench/results/latest.md (merged by `bench_results::merge_into_latest`).
+const EDGE_MD: &str = "edge bench";
+const MEM_MD: &str = "edge memory";
+
+fn write_results(section: &str, md: &str, rows: Vec<Value>) -> Result<()> {
+    x402_testkit::bench_results::merge_into_latest(section, md, rows, &[])
 }
