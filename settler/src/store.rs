@@ -180,6 +180,8 @@ pub struct StoredPayment {
     pub broadcast: bool,
     /// The client's idempotency key stored with it (`payment-identifier`, `Idempotency-Key`).
     pub payment_id: Option<String>,
+    /// Pending and held for the gateway's release or void (see `store::holds`).
+    pub held: bool,
 }
 
 /// An open (pending or submitted) payment of one payer in one token, for the token checks.
@@ -467,6 +469,12 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
             "CREATE UNIQUE INDEX IF NOT EXISTS x402_payments_payment_id ON x402_payments (payment_id)".into(),
             "CREATE INDEX IF NOT EXISTS x402_payments_holds ON x402_payments (state, held_until_ms)".into(),
         ],
+    ),
+    (
+        13,
+        // How many requests hold a held payment (the same payment and idempotency key sent
+        // again while held): a void takes one off, only the last one voids (`holds`).
+        vec!["ALTER TABLE x402_payments ADD COLUMN hold_count BIGINT NOT NULL DEFAULT 1".into()],
     )]
 }
 
@@ -521,7 +529,7 @@ impl Session {
     /// transactions are stored before they are broadcast: none stored = never broadcast).
     pub async fn by_use_key(&mut self, key: &str) -> Result<Option<StoredPayment>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLS}, token_iat, token_exp, payment_id AS client_payment_id, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) + (SELECT COUNT(*) FROM x402_batch_items b WHERE b.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
+            "SELECT {PAYMENT_COLS}, token_iat, token_exp, payment_id AS client_payment_id, held_until_ms, (SELECT COUNT(*) FROM x402_txs t WHERE t.payment_id = x402_payments.id) + (SELECT COUNT(*) FROM x402_batch_items b WHERE b.payment_id = x402_payments.id) AS n_txs FROM x402_payments WHERE use_key = $1"
         ))
         .bind(key)
         .fetch_optional(self.conn())
@@ -530,8 +538,11 @@ impl Session {
         let iat: Option<i64> = row.try_get("token_iat")?;
         let exp: Option<i64> = row.try_get("token_exp")?;
         let n_txs: i64 = row.try_get("n_txs")?;
+        let held_until: Option<i64> = row.try_get("held_until_ms")?;
+        let row_ = payment_from_row(&row)?;
         Ok(Some(StoredPayment {
-            row: payment_from_row(&row)?,
+            held: held_until.is_some() && row_.state == SettlementState::Pending,
+            row: row_,
             token: iat.zip(exp),
             broadcast: n_txs > 0,
             payment_id: row.try_get("client_payment_id")?,

@@ -227,3 +227,69 @@ async fn held_payments_settle_only_when_released_and_voided_ones_never() {
     let (st, body) = post(&env, &req, &plain, json!({"hold_secs": 0})).await;
     assert_eq!((st, code(&body)), (400, "invalid_request"), "{body}");
 }
+
+/// Two requests in flight with the same held payment and identifier (the client retried, or
+/// sent both at once): the one whose upstream failed cannot void the payment of the one that
+/// was served. Its void is answered "held for another request" (409 `settlement_not_held`,
+/// state `pending`); the other's release charges it, once. When both fail, the last void
+/// voids it, and nothing is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_held_payment_is_voided_only_by_its_last_holder() {
+    let env = Env::start().await;
+    let payer = env.funded_payer(FUND).await;
+    let req = env.requirement();
+    let dl = env.now() + 600;
+    let hold = json!({"hold_secs": 300});
+
+    // Served by one of the two: charged.
+    let served = with_id(
+        env.x402v2(&payer, PRICE, dl, random_nonce()),
+        "shared-hold-served-0123456789",
+    );
+    let (st, first) = post(&env, &req, &served, hold.clone()).await;
+    assert_eq!(st, 200, "{first}");
+    let (st, second) = post(&env, &req, &served, hold.clone()).await;
+    assert_eq!(st, 200, "{second}");
+    let id = id_of(&first);
+    assert_eq!(id_of(&second), id, "the same settlement");
+    let (st, r) = hold_call(&env, &id, "void", 500).await;
+    assert_eq!((st, code(&r)), (409, "settlement_not_held"), "{r}");
+    assert_eq!(r["state"], "pending", "{r}");
+    assert!(env.settlement(&id).await.held, "still held for the other");
+    let (st, s) = hold_call(&env, &id, "release", 200).await;
+    assert_eq!(st, 200, "{s}");
+    let s = env.wait_final(&id, SETTLE).await;
+    assert_eq!(s.state, SettlementState::Settled);
+
+    // Both failed: the second void voids it.
+    let failed = with_id(
+        env.x402v2(&payer, PRICE, dl, random_nonce()),
+        "shared-hold-failed-0123456789",
+    );
+    let (st, a) = post(&env, &req, &failed, hold.clone()).await;
+    assert_eq!(st, 200, "{a}");
+    let (st, _) = post(&env, &req, &failed, hold.clone()).await;
+    assert_eq!(st, 200);
+    let fid = id_of(&a);
+    let (st, r) = hold_call(&env, &fid, "void", 500).await;
+    assert_eq!((st, r["state"].as_str()), (409, Some("pending")), "{r}");
+    let (st, s) = hold_call(&env, &fid, "void", 502).await;
+    assert_eq!((st, s["state"].as_str()), (200, Some("failed")), "{s}");
+
+    // A request that would not hold it (no hold asked) while it is held must wait.
+    let third = with_id(
+        env.x402v2(&payer, PRICE, dl, random_nonce()),
+        "shared-hold-nohold-0123456789",
+    );
+    let (st, t) = post(&env, &req, &third, hold).await;
+    assert_eq!(st, 200, "{t}");
+    let (st, r) = post(&env, &req, &third, json!({})).await;
+    assert_eq!((st, code(&r)), (409, "settlement_pending"), "{r}");
+    let (st, _) = hold_call(&env, &id_of(&t), "void", 500).await;
+    assert_eq!(st, 200);
+
+    // Exactly one price moved: the served one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
+    assert_eq!(env.balance(payer.address()).await, U256::from(FUND - PRICE));
+}

@@ -225,7 +225,7 @@ async fn facilitator_and_ops_without_a_chain() {
         (s, json_of(&b)),
         (
             StatusCode::OK,
-            json!({"kinds": [], "extensions": [], "signers": {"eip155:*": []}})
+            json!({"kinds": [], "extensions": ["payment-identifier"], "signers": {"eip155:*": []}})
         )
     );
 

@@ -16,9 +16,8 @@ use std::sync::atomic::Ordering;
 use alloy::primitives::{Address, B256};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::confirm::TxFate;
 use super::decide;
-use super::io::{ItemLog, Receipt};
+use super::io::{ItemLog, Receipt, TxFate};
 use super::{Lane, LaneError};
 use crate::chain::{self, IX402Settlement};
 use crate::clock::now_ms;

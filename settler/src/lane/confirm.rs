@@ -12,24 +12,13 @@ use alloy::primitives::B256;
 use tokio::sync::watch;
 
 use super::decide::{self, AfterRevert, NonceFate, PermitRevert, PermitVerdict, Verdict};
-use super::io::Receipt;
+use super::io::{Receipt, TxFate};
 use super::{Lane, LaneError};
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::scheme::{self, FactsRead, Preflight, PERMIT};
 use crate::store::{PaymentRow, TxRow};
 use x402_protocol::settler_api::SettlementState;
-
-/// What became of one stored transaction ([`Lane::tx_fate`]).
-#[derive(Debug)]
-pub(super) enum TxFate {
-    /// Mined: the attempt's hash and receipt.
-    Mined((B256, Receipt)),
-    /// Not mined yet, or its receipt not served yet: the confirm round stops here.
-    Wait,
-    /// Its nonce was taken by a transaction this settler did not send: never mined.
-    Dead,
-}
 
 impl Lane {
     /// Confirms receipts as blocks arrive; re-broadcasts transactions without receipt,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use x402_protocol::Scheme;
 
-use super::io::Receipt;
+use super::io::{Receipt, TxSeen};
 pub(crate) use crate::scheme::PERMIT;
 use crate::scheme::{self, FailCause};
 use crate::store::{NewPayment, PaymentRow, TxRow};
@@ -87,14 +87,6 @@ pub(crate) fn group_by_payment(txs: Vec<TxRow>) -> Vec<Vec<TxRow>> {
         }
     }
     groups
-}
-
-/// What the node says of one stored attempt (`eth_getTransactionByHash`); the lane reads it
-/// only for a transaction without receipt whose wallet nonce the node counts as used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TxSeen {
-    /// The block it is in; `None` while it waits in the node's pool.
-    pub block: Option<u64>,
 }
 
 /// What the node knows of the attempts at one wallet nonce: the most telling answer of any.

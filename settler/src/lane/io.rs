@@ -8,7 +8,6 @@ use std::pin::Pin;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use x402_protocol::Network;
 
-pub(crate) use super::decide::TxSeen;
 use crate::chain::{self, Chain, SendOutcome};
 pub(crate) use crate::chain::{ItemLog, TransferLog};
 use crate::error::{ChainError, StoreError};
@@ -702,4 +701,23 @@ impl LaneStore for Store {
             self, payment_id, receipts, dropped, note, now_ms,
         ))
     }
+}
+
+/// What became of one stored transaction (`Lane::tx_fate`, in `confirm`).
+#[derive(Debug)]
+pub(super) enum TxFate {
+    /// Mined: the attempt's hash and receipt.
+    Mined((B256, Receipt)),
+    /// Not mined yet, or its receipt not served yet: the confirm round stops here.
+    Wait,
+    /// Its nonce was taken by a transaction this settler did not send: never mined.
+    Dead,
+}
+
+/// What the node says of one stored attempt (`eth_getTransactionByHash`); the lane reads it
+/// only for a transaction without receipt whose wallet nonce the node counts as used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TxSeen {
+    /// The block it is in; `None` while it waits in the node's pool.
+    pub block: Option<u64>,
 }

@@ -49,14 +49,15 @@ impl Service {
                     s.error.as_deref().unwrap_or("no reason recorded")
                 ),
             }),
-            HoldChange::NotHeld(s) => Ok(*s),
+            HoldChange::NotHeld(s) | HoldChange::OthersHold(s) => Ok(*s),
             HoldChange::Unknown => Err(Refusal::NotFound(format!("no settlement {id}"))),
         }
     }
 
     /// Voids held payment `id`: never broadcast, the payer not charged. Voiding a payment
     /// voided (or failed) before is answered with its status; one already released is 409
-    /// `settlement_not_held` (it is being charged).
+    /// `settlement_not_held` (it is being charged), and so is one that another request holds
+    /// too (state `pending`: charged if that one is released).
     pub(crate) async fn void(
         &self,
         id: &str,
@@ -68,6 +69,16 @@ impl Service {
                 metrics::counter!(m::SETTLEMENTS, "state" => "voided").increment(1);
                 tracing::info!(settlement_id = %id, %why, "held payment voided");
                 self.settlement(id).await
+            }
+            HoldChange::OthersHold(s) => {
+                tracing::info!(settlement_id = %id, %why, "held payment: one holder voided, another still holds it");
+                Err(Refusal::NotHeld {
+                    settlement_id: id.to_string(),
+                    state: s.state,
+                    message: format!(
+                        "settlement {id} is held for another request with the same payment as well: it is charged if that request's upstream answers below 400, voided otherwise"
+                    ),
+                })
             }
             HoldChange::NotHeld(s) if s.state == SettlementState::Failed => Ok(*s),
             HoldChange::NotHeld(s) => Err(Refusal::NotHeld {

@@ -167,6 +167,7 @@ mod tests {
             },
             token: Some((1_000, 1_300)),
             broadcast,
+            held: false,
             payment_id: Some("pay_0123456789abcdef".into()),
         }
     }

@@ -124,6 +124,24 @@ impl Service {
         {
             Accepted::New(new) => new,
             Accepted::Again(stored) => {
+                // A held payment sent again (same payment, same idempotency key) while the
+                // first request waits for its upstream: this request holds it too, so the
+                // first one's void cannot undo a charge this one earns (store::holds). One
+                // that would not hold it (no hold asked) must wait until it is decided.
+                if stored.held {
+                    let held_again = hold_secs.is_some()
+                        && self
+                            .store
+                            .hold_again(&stored.row.p.id, crate::clock::now_ms())
+                            .await?;
+                    if !held_again {
+                        return Err(Refusal::SettlementPending {
+                            settlement_id: stored.row.p.id.clone(),
+                            state: stored.row.state,
+                            message: "this payment is held for a request in flight (its upstream's answer decides whether it is charged); retry when that request is done".into(),
+                        });
+                    }
+                }
                 // The same payment again, before broadcast: the token it got first.
                 let mut token = idempotency::token_again(&self.minter, &stored, now_secs())?;
                 token.transaction = stored.row.transfer_tx.clone();

@@ -7,7 +7,10 @@
 //! `voided`, never broadcast, and frees its single-use key and idempotency key: the payer
 //! was not charged, so the same signed payment may be used again. Release and void are one
 //! conditional UPDATE each (`... AND held_until_ms IS NOT NULL`): whichever comes first
-//! wins, across replicas.
+//! wins, across replicas. The same payment sent again with its idempotency key while held is
+//! held by one more request (`hold_count`): a release by any holder charges it, a void only
+//! takes that holder off until the last one voids it, so a request whose upstream fails
+//! cannot void the payment of a concurrent one that was served.
 
 use sqlx::Row;
 use x402_protocol::settler_api::SettlementStatus;
@@ -31,6 +34,9 @@ pub struct AcceptExtras {
 pub enum HoldChange {
     /// Done now.
     Changed,
+    /// Void: another request holds the same payment too (sent again with its idempotency
+    /// key while held); this one's hold is dropped, the payment stays held for the other.
+    OthersHold(Box<SettlementStatus>),
     /// It was not held (any more): released before, voided before, or never held; the
     /// current status says which.
     NotHeld(Box<SettlementStatus>),
@@ -87,9 +93,42 @@ impl Store {
         self.changed_or_current(id, moved.rows_affected()).await
     }
 
-    /// Voids held payment `id`: `failed` (cause `voided`, not the payer's fault), never
-    /// broadcast; its single-use key and idempotency key are released.
+    /// One more request holds payment `id` (the same payment and idempotency key again while
+    /// it is held): it is voided only when every holder voided it (or the hold expired), and
+    /// charged when any releases it. False when it is not held any more.
+    pub async fn hold_again(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let moved = sqlx::query("UPDATE x402_payments SET hold_count = hold_count + 1, updated_ms = $2 WHERE id = $1 AND state = 'pending' AND held_until_ms IS NOT NULL")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    /// One holder of payment `id` voids it: the last holder's void voids it
+    /// ([`Store::void_now`]); before that, the holder is only taken off.
     pub async fn void(&self, id: &str, why: &str, now_ms: i64) -> Result<HoldChange, StoreError> {
+        let left = sqlx::query("UPDATE x402_payments SET hold_count = hold_count - 1, updated_ms = $2 WHERE id = $1 AND state = 'pending' AND held_until_ms IS NOT NULL AND hold_count > 1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        if left.rows_affected() == 1 {
+            if let Some(s) = self.status(id).await? {
+                return Ok(HoldChange::OthersHold(Box::new(s)));
+            }
+        }
+        self.void_now(id, why, now_ms).await
+    }
+
+    /// Voids held payment `id` whoever holds it: `failed` (cause `voided`, not the payer's
+    /// fault), never broadcast; its single-use key and idempotency key are released.
+    pub async fn void_now(
+        &self,
+        id: &str,
+        why: &str,
+        now_ms: i64,
+    ) -> Result<HoldChange, StoreError> {
         let moved = sqlx::query("UPDATE x402_payments SET state = 'failed', error = $2, updated_ms = $3, failed_ms = $3, fail_cause = $4, payer_fault = 0, use_key = 'released:' || id, payment_id = NULL, held_until_ms = NULL WHERE id = $1 AND state = 'pending' AND held_until_ms IS NOT NULL")
             .bind(id)
             .bind(why)
@@ -110,7 +149,7 @@ impl Store {
         for r in rows {
             let id: String = r.try_get("id")?;
             let why = "voided: the gateway neither released nor voided the held payment before its hold expired; not charged";
-            if self.void(&id, why, now_ms).await? == HoldChange::Changed {
+            if self.void_now(&id, why, now_ms).await? == HoldChange::Changed {
                 voided.push(id);
             }
         }
