@@ -59,14 +59,30 @@ sol! {
     }
 }
 
-/// One network: its RPC endpoint and the settler's wallet there.
-pub struct Chain {
-    pub network: Network,
+/// An RPC endpoint as given, as the HTTP client prints it (normalised), and how it is shown
+/// instead when it carries more than scheme, host and port (see [`Chain::scrub`]).
+struct Endpoint {
     url: String,
-    /// The endpoint as the HTTP client prints it (normalised), and how it is shown instead
-    /// when it carries more than scheme, host and port (see [`Chain::scrub`]).
     parsed_url: String,
     shown_url: Option<String>,
+}
+
+/// A request answered "rate limited" (HTTP 429, the providers' JSON-RPC codes) is tried again
+/// this many times, backing off from [`RATE_LIMIT_BACKOFF_MS`] (or the provider's hint).
+const RATE_LIMIT_RETRIES: u32 = 5;
+const RATE_LIMIT_BACKOFF_MS: u64 = 200;
+/// The compute-unit budget alloy's retry layer paces retries with (a public provider's free
+/// tier is ~330 CU/s).
+const RATE_LIMIT_CU_PER_S: u64 = 330;
+/// With fallback URLs, each request goes to this many of the best-ranked endpoints at once
+/// (alloy ranks them by recent success and latency) and the first good answer wins: one
+/// failing endpoint costs no failed request.
+const FALLBACK_ACTIVE: usize = 2;
+
+/// One network: its RPC endpoints and the settler's wallet there.
+pub struct Chain {
+    pub network: Network,
+    endpoints: Vec<Endpoint>,
     provider: RootProvider,
     wallet: EthereumWallet,
     signer: Address,
@@ -95,21 +111,66 @@ impl Chain {
         poll: Duration,
         gas_limit: u64,
     ) -> anyhow::Result<Chain> {
-        let parsed: alloy::transports::http::reqwest::Url = url
-            .parse()
-            .map_err(|e| anyhow::anyhow!("rpc url {:?}: {e}", redact_url(url)))?;
-        let parsed_url = parsed.to_string();
-        let shown_url = Some(redact_url(url)).filter(|r| r.ends_with(REDACTED));
-        let client = alloy::rpc::client::RpcClient::new_http(parsed);
+        Self::with_fallbacks(network, &[url], key, timeout, poll, gas_limit)
+    }
+
+    /// A chain served by `urls`: the first alone, or with fallbacks, each request sent to
+    /// the best [`FALLBACK_ACTIVE`] of them. Rate-limited answers are retried with backoff.
+    pub fn with_fallbacks(
+        network: Network,
+        urls: &[&str],
+        key: PrivateKeySigner,
+        timeout: Duration,
+        poll: Duration,
+        gas_limit: u64,
+    ) -> anyhow::Result<Chain> {
+        use alloy::rpc::client::ClientBuilder;
+        use alloy::transports::http::{reqwest::Url, Http};
+        use alloy::transports::layers::{FallbackLayer, RetryBackoffLayer};
+        use tower::Layer;
+
+        anyhow::ensure!(!urls.is_empty(), "network {network}: no RPC url");
+        let mut endpoints = Vec::with_capacity(urls.len());
+        let mut parsed_urls = Vec::with_capacity(urls.len());
+        for url in urls {
+            let parsed: Url = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("rpc url {:?}: {e}", redact_url(url)))?;
+            endpoints.push(Endpoint {
+                url: url.to_string(),
+                parsed_url: parsed.to_string(),
+                shown_url: Some(redact_url(url)).filter(|r| r.ends_with(REDACTED)),
+            });
+            parsed_urls.push(parsed);
+        }
+        let retry = RetryBackoffLayer::new(
+            RATE_LIMIT_RETRIES,
+            RATE_LIMIT_BACKOFF_MS,
+            RATE_LIMIT_CU_PER_S,
+        );
+        let client = match parsed_urls.as_slice() {
+            [one] => ClientBuilder::default().layer(retry).http(one.clone()),
+            many => {
+                let active = std::num::NonZeroUsize::new(FALLBACK_ACTIVE.min(many.len()))
+                    .unwrap_or(std::num::NonZeroUsize::MIN);
+                let fallback = FallbackLayer::default()
+                    .with_active_transport_count(active)
+                    .layer(many.iter().cloned().map(Http::new).collect::<Vec<_>>());
+                let local = many
+                    .iter()
+                    .all(|u| matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")));
+                ClientBuilder::default()
+                    .layer(retry)
+                    .transport(fallback, local)
+            }
+        };
         // A remote URL is not "local" to alloy, which would then poll every 7 s: set it.
         client.set_poll_interval(poll);
         let provider = RootProvider::new(client);
         let signer = key.address();
         Ok(Chain {
             network,
-            url: url.to_string(),
-            parsed_url,
-            shown_url,
+            endpoints,
             provider,
             wallet: EthereumWallet::from(key),
             signer,
@@ -142,13 +203,13 @@ impl Chain {
 
     /// `msg` without the endpoint URL: HTTP client errors print it, and a provider's URL
     /// often carries its API key. These messages reach logs, `/readyz` and 503 answers.
-    fn scrub(&self, msg: String) -> String {
-        match &self.shown_url {
-            Some(shown) => msg
-                .replace(&self.parsed_url, shown)
-                .replace(&self.url, shown),
-            None => msg,
+    fn scrub(&self, mut msg: String) -> String {
+        for e in &self.endpoints {
+            if let Some(shown) = &e.shown_url {
+                msg = msg.replace(&e.parsed_url, shown).replace(&e.url, shown);
+            }
         }
+        msg
     }
 
     async fn rpc<T, E: std::fmt::Display>(

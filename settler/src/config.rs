@@ -88,11 +88,12 @@ pub enum Command {
     },
 }
 
-/// One `--rpc eip155:<chain id>=<url>` entry.
+/// One `--rpc eip155:<chain id>=<url>[|<fallback url>...]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcSpec {
     pub network: Network,
-    pub url: String,
+    /// The endpoints, first the primary; more than one: requests go to the best two.
+    pub urls: Vec<String>,
 }
 
 impl FromStr for RpcSpec {
@@ -102,14 +103,26 @@ impl FromStr for RpcSpec {
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected eip155:<chain id>=<url>"))?;
         let network: Network = net.trim().parse().map_err(|e| format!("{e}"))?;
-        let url = url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("{url:?}: RPC url must be http(s)"));
+        let mut urls = Vec::new();
+        for url in url.split('|').map(str::trim) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{:?}: RPC url must be http(s)",
+                    crate::chain::redact_url(url)
+                ));
+            }
+            if urls.iter().any(|u| u == url) {
+                return Err(format!(
+                    "{:?}: the same RPC url twice",
+                    crate::chain::redact_url(url)
+                ));
+            }
+            urls.push(url.to_string());
         }
-        Ok(RpcSpec {
-            network,
-            url: url.to_string(),
-        })
+        if urls.len() > 8 {
+            return Err(format!("{network}: at most 8 RPC urls"));
+        }
+        Ok(RpcSpec { network, urls })
     }
 }
 
@@ -254,6 +267,15 @@ pub struct ServeArgs {
         default_value_t = 4
     )]
     pub lane_db_connections: u32,
+    /// Blocks a settlement transaction's receipt must be deep (its own block included)
+    /// before the payment is `settled` or judged failed (1..=64; 1: at the receipt). On a
+    /// public chain a few guard against the last blocks being reorganised away.
+    #[arg(
+        long = "confirmations",
+        env = "X402_CONFIRMATIONS",
+        default_value_t = 1
+    )]
+    pub confirmations: u64,
     /// Re-broadcast a sent transaction without receipt after this many seconds.
     #[arg(
         long = "rebroadcast-secs",
@@ -367,6 +389,11 @@ impl ServeArgs {
             self.batch_wait_ms <= 10_000,
             "--batch-wait-ms {}: at most 10000",
             self.batch_wait_ms
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.confirmations),
+            "--confirmations {}: must be 1..=64",
+            self.confirmations
         );
         anyhow::ensure!(
             (1..=64).contains(&self.lane_db_connections),
@@ -637,6 +664,28 @@ mod tests {
             Cli::try_parse_from(["x", "--rpc", "eip155:1=http://a,eip155:2=http://b"]).unwrap();
         assert_eq!(cli.serve.rpc.len(), 2);
         assert!(Cli::try_parse_from(["x", "--rpc", "31337=http://a"]).is_err());
+        // Fallback endpoints after `|`, each checked.
+        let cli = Cli::try_parse_from([
+            "x",
+            "--rpc",
+            "eip155:8453=https://a.example/k|https://b.example,eip155:1=http://c",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.serve.rpc[0].urls,
+            vec![
+                "https://a.example/k".to_string(),
+                "https://b.example".into()
+            ]
+        );
+        assert_eq!(cli.serve.rpc[1].urls, vec!["http://c".to_string()]);
+        for bad in [
+            "eip155:1=http://a|ws://b",
+            "eip155:1=http://a|http://a",
+            "eip155:1=http://a|",
+        ] {
+            assert!(Cli::try_parse_from(["x", "--rpc", bad]).is_err(), "{bad}");
+        }
         assert_eq!(cli.serve.listen, "127.0.0.1:8402");
         assert_eq!(cli.serve.deadline_margin, 60);
         let cli = Cli::try_parse_from(["x", "token-key", "--token-key-file", "/tmp/k"]).unwrap();

@@ -133,9 +133,35 @@ impl Settler {
                 "network {} configured twice",
                 spec.network
             );
-            let chain = Chain::new(
+            // Every endpoint must serve the configured chain: with fallbacks a wrong one would
+            // otherwise answer some requests only.
+            if spec.urls.len() > 1 {
+                for url in &spec.urls {
+                    let one = Chain::new(
+                        spec.network,
+                        url,
+                        signer.clone(),
+                        args.rpc_timeout(),
+                        args.poll_interval(),
+                        args.gas_limit,
+                    )?;
+                    match one.chain_id().await {
+                        Ok(id) if id != spec.network.chain_id => anyhow::bail!(
+                            "RPC {} serves chain id {id}, configured as {}",
+                            chain::redact_url(url),
+                            spec.network
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(network = %spec.network, rpc = %chain::redact_url(url), error = %e, "RPC endpoint not reachable at start; the others serve meanwhile")
+                        }
+                    }
+                }
+            }
+            let urls: Vec<&str> = spec.urls.iter().map(String::as_str).collect();
+            let chain = Chain::with_fallbacks(
                 spec.network,
-                &spec.url,
+                &urls,
                 signer.clone(),
                 args.rpc_timeout(),
                 args.poll_interval(),
@@ -151,12 +177,15 @@ impl Settler {
                 Ok(id) if id != spec.network.chain_id => {
                     anyhow::bail!(
                         "RPC {} serves chain id {id}, configured as {}",
-                        chain::redact_url(&spec.url),
+                        spec.urls
+                            .first()
+                            .map(|u| chain::redact_url(u))
+                            .unwrap_or_default(),
                         spec.network
                     )
                 }
                 Ok(_) => {
-                    tracing::info!(network = %spec.network, wallet = %chain.signer(), "chain ready")
+                    tracing::info!(network = %spec.network, wallet = %chain.signer(), endpoints = spec.urls.len(), "chain ready")
                 }
                 Err(e) => {
                     tracing::warn!(network = %spec.network, error = %e, "chain not reachable at start; requests on it fail closed until it is")
@@ -227,6 +256,7 @@ impl Settler {
                 max_gas_per_payment: args
                     .max_gas_per_payment
                     .unwrap_or(args.gas_limit.saturating_mul(4)),
+                confirmations: args.confirmations,
                 health: lane_health,
             },
         });

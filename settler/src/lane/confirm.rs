@@ -67,6 +67,17 @@ impl Lane {
         }
     }
 
+    /// Whether receipt `r` is not yet `--confirmations` blocks deep (then the round waits and
+    /// looks again at the next block). One RPC read, only when more than one is asked.
+    async fn too_shallow(&self, r: &Receipt) -> Result<bool, LaneError> {
+        if self.cfg.confirmations <= 1 {
+            return Ok(false);
+        }
+        let head = self.chain.block_number().await?;
+        let block = r.block_number.unwrap_or(u64::MAX);
+        Ok(!decide::deep_enough(block, head, self.cfg.confirmations))
+    }
+
     /// The receipt of whichever attempt at `t`'s nonce was mined (the current one first). An
     /// earlier attempt mined becomes the transaction's current one in the store.
     pub(super) async fn mined_receipt(
@@ -112,6 +123,9 @@ impl Lane {
         confirmed_nonce: u64,
     ) -> Result<TxFate, LaneError> {
         if let Some(m) = self.mined_receipt(t).await? {
+            if self.too_shallow(&m.1).await? {
+                return Ok(TxFate::Wait);
+            }
             self.stop_awaiting(t.nonce);
             return Ok(TxFate::Mined(m));
         }
@@ -124,6 +138,9 @@ impl Lane {
             // node): look once more after a poll before calling it dead.
             tokio::time::sleep(self.cfg.poll).await;
             if let Some(m) = self.mined_receipt(t).await? {
+                if self.too_shallow(&m.1).await? {
+                    return Ok(TxFate::Wait);
+                }
                 self.stop_awaiting(t.nonce);
                 return Ok(TxFate::Mined(m));
             }

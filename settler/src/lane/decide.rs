@@ -139,6 +139,12 @@ pub(crate) enum NonceFate {
     NonceTaken,
 }
 
+/// Whether a receipt in block `block` is `confirmations` blocks deep at `head` (its own
+/// block counts: 1 means as soon as it is mined).
+pub(crate) fn deep_enough(block: u64, head: u64, confirmations: u64) -> bool {
+    head >= block && head - block + 1 >= confirmations
+}
+
 /// Whether the wallet's confirmed nonce counts `tx_nonce` as used.
 pub(crate) fn nonce_used(tx_nonce: u64, confirmed_nonce: u64) -> bool {
     tx_nonce < confirmed_nonce
@@ -597,6 +603,17 @@ mod tests {
             "a mined transaction is never called dead"
         );
         assert!(nonce_used(4, 5) && !nonce_used(5, 5) && !nonce_used(6, 5));
+    }
+
+    #[test]
+    fn a_receipt_counts_once_it_is_deep_enough() {
+        assert!(deep_enough(10, 10, 1));
+        assert!(!deep_enough(10, 10, 3));
+        assert!(!deep_enough(10, 11, 3));
+        assert!(deep_enough(10, 12, 3));
+        assert!(deep_enough(10, 50, 3));
+        // A head behind the receipt's block (a lagging node): not deep.
+        assert!(!deep_enough(10, 9, 1));
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub(crate) struct WorkerConfig {
     pub max_txs_per_payment: u64,
     /// ... and this much gas spent, then it fails.
     pub max_gas_per_payment: u64,
+    /// Blocks a receipt must be deep (its own included) before the lane judges it
+    /// (`--confirmations`; 1: at the receipt). Deeper survives reorganisations that drop
+    /// the last blocks, at the price of later `settled`.
+    pub confirmations: u64,
     /// Where the lane reports whether it is stalled.
     pub health: Arc<LaneHealth>,
 }

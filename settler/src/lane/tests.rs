@@ -32,6 +32,7 @@ fn config() -> WorkerConfig {
         stall_after: Duration::from_secs(60),
         max_txs_per_payment: 4,
         max_gas_per_payment: 1_200_000,
+        confirmations: 1,
         health: Arc::new(super::LaneHealth::new([x402_protocol::Network::eip155(
             super::fixtures::CHAIN_ID,
         )])),
@@ -201,6 +202,40 @@ async fn an_authorization_settles_with_one_transaction_and_a_used_one_fails() {
     chain.mine();
     lane.confirm().await.unwrap();
     assert_eq!(store.row("e").state, SettlementState::Settled);
+}
+
+/// `--confirmations 3`: a mined settlement is `settled` only once its block is 3 deep; the
+/// transaction is not signed again meanwhile.
+#[tokio::test]
+async fn a_receipt_is_judged_once_it_is_deep_enough() {
+    let store = FakeStore::with([payment("e", 1, Scheme::Exact, 0)]);
+    let chain = FakeChain::new(VALUE);
+    let lane = lane_with(
+        &store,
+        &chain,
+        WorkerConfig {
+            confirmations: 3,
+            ..config()
+        },
+    );
+    let mut next = lane.recover().await.unwrap();
+    assert_eq!(submit(&lane, &mut next).await, 1);
+    chain.mine();
+    for _ in 0..2 {
+        lane.confirm().await.unwrap();
+        assert_eq!(store.row("e").state, SettlementState::Submitted);
+    }
+    chain.mine(); // 2 deep
+    lane.confirm().await.unwrap();
+    assert_eq!(store.row("e").state, SettlementState::Submitted);
+    chain.mine(); // 3 deep
+    lane.confirm().await.unwrap();
+    let row = store.row("e");
+    assert_eq!(
+        (row.state, row.block_number),
+        (SettlementState::Settled, Some(1))
+    );
+    assert_eq!(chain.state().signed.len(), 1, "signed once");
 }
 
 #[tokio::test]

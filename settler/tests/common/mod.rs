@@ -78,6 +78,18 @@ impl Env {
         extra: &[&str],
         terms: impl FnOnce(&mut Value),
     ) -> Env {
+        Self::start_customised(db, block_time, extra, terms, |_| {}).await
+    }
+
+    /// Like [`Env::start_with_terms`], with the settler's options changed by `customise` last
+    /// (e.g. its `--rpc` endpoints).
+    pub async fn start_customised(
+        db: Option<String>,
+        block_time: Option<u64>,
+        extra: &[&str],
+        terms: impl FnOnce(&mut Value),
+        customise: impl FnOnce(&mut SettlerOptions),
+    ) -> Env {
         let anvil = match block_time {
             Some(s) => Anvil::start_with_block_time(s),
             None => Anvil::start(),
@@ -103,6 +115,7 @@ impl Env {
             "RUST_LOG".into(),
             "info,x402_settler=debug,sqlx=warn".into(),
         ));
+        customise(&mut opts);
         let settler = SettlerProcess::start(opts).await.expect("settler starts");
         Env {
             anvil,
