@@ -21,6 +21,16 @@ pub const OLDEST_UNSETTLED_AGE: &str = "x402_oldest_unsettled_age_seconds";
 /// saturates).
 pub const REVENUE: &str = "x402_revenue_base_units_total";
 
+/// Seconds spent in each phase of accepting a payment and minting its token (`phase`:
+/// `check`, `lock`, `single_use`, `payer_block`, `chain_reads`, `total_cap`, `commit`,
+/// `sign`): where a mint's milliseconds go.
+pub const ACCEPT_PHASE: &str = "x402_accept_phase_seconds";
+
+/// Records the time since `start` as phase `phase` of [`ACCEPT_PHASE`].
+pub(crate) fn accept_phase(phase: &'static str, start: std::time::Instant) {
+    metrics::histogram!(ACCEPT_PHASE, "phase" => phase).record(start.elapsed().as_secs_f64());
+}
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the recorder (first call) and returns the handle that renders the text format.
@@ -82,6 +92,10 @@ fn describe() {
     metrics::describe_counter!(
         REVENUE,
         "Value settled to the recipients in the asset's base units, by network, asset and route (all settled payments in the database)"
+    );
+    metrics::describe_histogram!(
+        ACCEPT_PHASE,
+        "Seconds per phase of accepting a payment and minting its token (summary)"
     );
     metrics::describe_counter!(
         FACILITATOR_REQUESTS,

@@ -472,6 +472,40 @@ async fn main() -> Result<()> {
             json_rows.push(json!({"name": format!("settle_during_{}", r.name),
                 "per_s": r.settle_during, "ratio_to_mint": r.settle_during / r.per_s.max(f64::MIN_POSITIVE)}));
         }
+        json_rows.push(json!({"name": format!("{}_phases_ms", r.name),
+            "phases": r.phases.iter().map(|(p, ms)| json!({"phase": p, "mean_ms": ms})).collect::<Vec<_>>()}));
+    }
+    if mint_rows.iter().any(|r| !r.phases.is_empty()) {
+        md.push_str("\nWhere a mint's time goes in the settler (mean ms per acceptance phase, `x402_accept_phase_seconds`; the rest of p50 is Envoy, the filter and HTTP):\n\n| row |");
+        let names: Vec<&str> = mint_rows
+            .iter()
+            .flat_map(|r| r.phases.iter().map(|(p, _)| p.as_str()))
+            .fold(Vec::new(), |mut v, p| {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+                v
+            });
+        for n in &names {
+            md.push_str(&format!(" {n} |"));
+        }
+        md.push_str(" sum |\n|---|");
+        md.push_str(&"---|".repeat(names.len() + 1));
+        md.push('\n');
+        for r in &mint_rows {
+            md.push_str(&format!("| {} |", r.name));
+            let mut sum = 0.0;
+            for n in &names {
+                let ms = r
+                    .phases
+                    .iter()
+                    .find(|(p, _)| p == n)
+                    .map_or(0.0, |(_, ms)| *ms);
+                sum += ms;
+                md.push_str(&format!(" {ms:.2} |"));
+            }
+            md.push_str(&format!(" {sum:.2} |\n"));
+        }
     }
     md.push('\n');
     write_results(

@@ -3,6 +3,7 @@
 //! state and balance, then (when storing) the durable insert and the lane's wake-up.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use alloy::primitives::{Address, U256};
 use x402_protocol::payment::{ClientPayment, PaymentFormat};
@@ -25,7 +26,7 @@ pub(crate) struct Checked<'r> {
     /// Unix seconds the checks ran at (the token's `iat`).
     pub(crate) now: u64,
     /// When the checks started: the acceptance deadline counts from here.
-    pub(crate) started: std::time::Instant,
+    pub(crate) started: Instant,
 }
 
 /// The outcome of acceptance.
@@ -69,7 +70,7 @@ impl Service {
         payment: &ClientPayment,
         requirement: &'r Requirement,
     ) -> Result<Checked<'r>, Refusal> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let priced = verify::match_method(payment, requirement)?;
         let method = &priced.method;
         let chain = self.chains.get(method.network)?.clone();
@@ -145,6 +146,7 @@ impl Service {
         };
         // Durable before the token (or the facilitator's answer) exists. Not cancellable:
         // the task owns the session and the locks, and releases the locks after the commit.
+        let t = Instant::now();
         let committing = tokio::spawn(async move {
             let mut session = session;
             session.insert_accepted(&new, &extras).await?;
@@ -155,6 +157,7 @@ impl Service {
         let new = committing
             .await
             .map_err(|e| Refusal::Internal(format!("storing the payment: {e}")))??;
+        m::accept_phase("commit", t);
         metrics::counter!(m::SETTLEMENTS, "state" => "pending").increment(1);
         if let Some(w) = self.wake.get(&new.network) {
             w.notify_one();
@@ -184,8 +187,10 @@ impl Service {
             "{}:{:#x}:{:#x}",
             method.network.chain_id, method.asset.address, payer
         );
+        let t = Instant::now();
         let guard = self.locks.lock(&payer_key).await;
         let mut session = self.store.session(lock_id(&payer_key)).await?;
+        m::accept_phase("lock", t);
         let terms = of.settlement_terms();
         let new = NewPayment {
             id: uuid::Uuid::now_v7().to_string(),
@@ -216,6 +221,7 @@ impl Service {
         // the first one was mined): 409 `nonce_mismatch` naming the nonce to sign instead.
         // An idempotency key names one payment: the same one again is answered from its row
         // (also after broadcast: the key was never on chain), another payment is refused.
+        let t = Instant::now();
         if let Some(id) = payment_id {
             if let Some(stored) = session.by_payment_id(id).await? {
                 return idempotency::judge(stored, &new, mode, payment_id)
@@ -235,6 +241,8 @@ impl Service {
                 .map(|s| Prepared::Done(Accepted::Again(s)));
         }
 
+        m::accept_phase("single_use", t);
+
         // Settlement safety: no new payment while the network's lane is stalled, nor from a
         // payer whose earlier payment failed through the payer's doing.
         if let Some(why) = self.lanes.stalled(method.network) {
@@ -243,6 +251,7 @@ impl Service {
                 method.network
             )));
         }
+        let t = Instant::now();
         let since = now_ms().saturating_sub((self.block_secs as i64).saturating_mul(1000));
         if let Some((id, cause)) = session
             .payer_block(method.network.chain_id, payer, since)
@@ -260,6 +269,8 @@ impl Service {
         // Chain state: the balance read concurrently with the payer's open payments and the
         // scheme's on-chain check that needs them (two RPC reads in the time of one); the
         // refusals keep their order (exposure before the on-chain nonce).
+        m::accept_phase("payer_block", t);
+        let t = Instant::now();
         let token_addr = method.asset.address;
         let (balance, opened) = tokio::join!(chain.balance_of(token_addr, payer), async {
             let open = session
@@ -296,6 +307,8 @@ impl Service {
             )));
         }
 
+        m::accept_phase("chain_reads", t);
+
         // The asset's total, under the asset's lock (in this process and, on Postgres, across
         // replicas) held until the commit: no two acceptances of the asset overshoot it.
         let total_guard = match &caps {
@@ -305,8 +318,10 @@ impl Service {
                 if mode == Mode::Store {
                     session.lock_also(lock_id(&total_key)).await?;
                 }
+                let t = Instant::now();
                 let total = session.open_total(method.network, token_addr).await?;
                 caps.check_total(total, new.value)?;
+                m::accept_phase("total_cap", t);
                 Some(g)
             }
             None => None,

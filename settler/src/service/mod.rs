@@ -107,7 +107,9 @@ impl Service {
                 "field `hold_secs`: only ERC-3009 (exact) payments can be held".into(),
             ));
         }
+        let t = std::time::Instant::now();
         let checked = self.check(payment, requirement)?;
+        m::accept_phase("check", t);
         let ttl = self.token_ttl(requirement, &checked.priced.method);
         let exp = checked.now.saturating_add(ttl);
         let extras = AcceptExtras {
@@ -150,7 +152,9 @@ impl Service {
                 return Ok(token);
             }
         };
+        let t = std::time::Instant::now();
         let token = self.minter.mint(&new, checked.now, ttl);
+        m::accept_phase("sign", t);
         metrics::counter!(m::TOKENS_MINTED, "network" => new.network.to_string(), "route" => new.route.clone()).increment(1);
         tracing::info!(settlement_id = %new.id, payer = %new.payer, route = %new.route, amount = %new.value, network = %new.network, "token minted");
         Ok(token)

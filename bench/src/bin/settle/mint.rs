@@ -39,6 +39,39 @@ pub(crate) struct MintRow {
     /// Settlements/s in the same window.
     pub settle_during: f64,
     pub settled_fraction: f64,
+    /// Mean milliseconds per acceptance phase in the settler during the row
+    /// (`x402_accept_phase_seconds`: sum / count), in the settler's order.
+    pub phases: Vec<(String, f64)>,
+}
+
+/// The acceptance phases the settler reports, in the order they run.
+const PHASES: [&str; 8] = [
+    "check",
+    "lock",
+    "single_use",
+    "payer_block",
+    "chain_reads",
+    "total_cap",
+    "commit",
+    "sign",
+];
+
+/// Mean ms of each phase from the settler's metrics text (summary `_sum` / `_count`).
+fn phase_means(metrics: &str) -> Vec<(String, f64)> {
+    let value = |name: &str, phase: &str| -> Option<f64> {
+        let key = format!("x402_accept_phase_seconds_{name}{{phase=\"{phase}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    PHASES
+        .iter()
+        .filter_map(|p| {
+            let (sum, count) = (value("sum", p)?, value("count", p)?);
+            (count > 0.0).then(|| (p.to_string(), sum / count * 1000.0))
+        })
+        .collect()
 }
 
 /// Settler (batched through the contract), upstream and Envoy with the filter.
@@ -214,6 +247,15 @@ async fn row(
     }
     let window = t0.elapsed().as_secs_f64();
     let settled1 = settled_now(&http, &edge.settler).await?;
+    // The settler restarted for this row: its phase figures are the mint window's (and the
+    // wait below adds none: nothing is accepted then).
+    let metrics = http
+        .get(format!("{}/metrics", edge.settler.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let phases = phase_means(&metrics);
     latencies.sort_by(f64::total_cmp);
 
     // Exactly once: every payment settled, the recipient paid for each.
@@ -247,6 +289,7 @@ async fn row(
         p99_ms: percentile(&latencies, 0.99),
         settle_during: (settled1 - settled0) as f64 / window,
         settled_fraction: on_chain as f64 / total as f64,
+        phases,
     })
 }
 
@@ -267,4 +310,19 @@ pub(crate) async fn rows(c: &Chain, n1: usize, n: usize, backlog: usize) -> Resu
     edge.settler.terminate(Duration::from_secs(5));
     drop(edge.envoy);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_means;
+
+    #[test]
+    fn phase_means_read_the_summary_sums_and_counts() {
+        let text = "x402_accept_phase_seconds{phase=\"lock\",quantile=\"0.5\"} 0.001\n\
+            x402_accept_phase_seconds_sum{phase=\"lock\"} 0.5\n\
+            x402_accept_phase_seconds_count{phase=\"lock\"} 250\n\
+            x402_accept_phase_seconds_sum{phase=\"sign\"} 0\n\
+            x402_accept_phase_seconds_count{phase=\"sign\"} 0\n";
+        assert_eq!(phase_means(text), vec![("lock".to_string(), 2.0)]);
+    }
 }
