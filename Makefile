@@ -16,9 +16,9 @@ wasm: setup
 build: setup
 	$(CARGO) build --workspace --bins
 
-# Lint gate, unit tests, then the Envoy / anvil / settler tests (they need the .wasm and
-# the binaries).
-test: setup lint fuzz-smoke wasm build
+# Lint gate, dependency policy (cargo deny, offline), unit tests, then the Envoy / anvil /
+# settler tests (they need the .wasm and the binaries).
+test: setup lint deny fuzz-smoke wasm build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	@bash tools/check-manifests.sh
 

@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-# Installed here, on first use, not by make setup: it is a long build (more than 15 minutes
-# on this 2-core machine while other builds ran).
+# Installed here, on first use (a build of about 3 minutes on this 2-core machine): part of
+# `make test`, so a fresh machine gets it there.
 if ! cargo deny --version >/dev/null 2>&1; then
   echo "[deny] cargo install cargo-deny --locked --version 0.20.2"
   cargo install cargo-deny --locked --version 0.20.2
