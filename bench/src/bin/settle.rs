@@ -453,7 +453,12 @@ async fn main() -> Result<()> {
         gas.push(json!({"scheme": scheme, "batched": b, "single": s, "saving": saving}));
     }
     md.push_str("\n\n### Minting through Envoy while a settlement backlog drains\n\n");
-    md.push_str("Each row: a backlog accepted with the lane off, then the lane starts and the token requests (pre-signed ERC-3009, 64 payers) go through Envoy (the filter, `--concurrency 2`) at c clients; `settle_during` = payments settled in the same window per second (goal: >= the mint rate).\n\n");
+    let db = if std::env::var("X402_BENCH_MINT_DB").is_ok_and(|v| v == "postgres") {
+        "Postgres"
+    } else {
+        "SQLite"
+    };
+    md.push_str(&format!("Each row: a backlog accepted with the lane off, then the lane starts and the token requests (pre-signed ERC-3009, 64 payers) go through Envoy (the filter, `--concurrency 2`) at c clients; `settle_during` = payments settled in the same window per second (goal: >= the mint rate). Settler database: {db} (`X402_BENCH_MINT_DB=postgres` for Postgres).\n\n"));
     md.push_str("| row | per_s | p50_ms | p99_ms | settle_during per_s | settle_during / mint | settled_fraction |\n|---|---|---|---|---|---|---|\n");
     for r in &mint_rows {
         md.push_str(&format!(

@@ -82,12 +82,44 @@ struct Edge {
     _dir: tempfile::TempDir,
 }
 
+/// The mint rows' database: SQLite (one settler, as `make demo` runs it), or with
+/// `X402_BENCH_MINT_DB=postgres` Postgres (what replicas share; `X402_BENCH_POSTGRES_URL`,
+/// default the local server's `test` database, where a fresh database is created). Returns
+/// the URL and a label for the results.
+fn mint_database(dir: &std::path::Path) -> Result<(String, String)> {
+    if std::env::var("X402_BENCH_MINT_DB").map_or(true, |v| v != "postgres") {
+        let url = format!("sqlite://{}?mode=rwc", dir.join("s.db").display());
+        return Ok((url, "SQLite".into()));
+    }
+    let admin = std::env::var("X402_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("x402_bench_mint_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let out = std::process::Command::new("psql")
+            .args([admin.as_str(), "-q", "-c", sql.as_str()])
+            .output()
+            .context("psql (Postgres client) for the mint rows' database")?;
+        if !out.status.success() {
+            bail!(
+                "{sql}: {} (X402_BENCH_MINT_DB=postgres needs a Postgres server)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Ok((format!("{base}/{name}"), "Postgres".into()))
+}
+
 async fn start_edge(c: &Chain) -> Result<Edge> {
     let dir = tempfile::tempdir()?;
     let network = c.anvil.network().to_string();
     let key_file = dir.path().join("token.key");
+    let (db_url, _) = mint_database(dir.path())?;
     let mut opts = SettlerOptions::new(
-        format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()),
+        db_url,
         network.clone(),
         c.anvil.rpc_url(),
         DEV_KEYS[SETTLER],
