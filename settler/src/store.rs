@@ -475,6 +475,12 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         // How many requests hold a held payment (the same payment and idempotency key sent
         // again while held): a void takes one off, only the last one voids (`holds`).
         vec!["ALTER TABLE x402_payments ADD COLUMN hold_count BIGINT NOT NULL DEFAULT 1".into()],
+    ),
+    (
+        14,
+        // The asset's open total (`open_total`, under the asset's lock on every acceptance):
+        // answered from this index alone, without a table lookup per open payment.
+        vec!["CREATE INDEX IF NOT EXISTS x402_payments_open_value ON x402_payments (chain_id, asset, state, value)".into()],
     )]
 }
 
