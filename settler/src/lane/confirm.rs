@@ -67,6 +67,18 @@ impl Lane {
         }
     }
 
+    /// `t` with a receipt: mined once it is deep enough, else waited for; `None` without one.
+    async fn receipt_fate(&self, t: &TxRow) -> Result<Option<TxFate>, LaneError> {
+        let Some(m) = self.mined_receipt(t).await? else {
+            return Ok(None);
+        };
+        if self.too_shallow(&m.1).await? {
+            return Ok(Some(TxFate::Wait));
+        }
+        self.stop_awaiting(t.nonce);
+        Ok(Some(TxFate::Mined(m)))
+    }
+
     /// Whether receipt `r` is not yet `--confirmations` blocks deep (then the round waits and
     /// looks again at the next block). One RPC read, only when more than one is asked.
     async fn too_shallow(&self, r: &Receipt) -> Result<bool, LaneError> {
@@ -78,18 +90,24 @@ impl Lane {
         Ok(!decide::deep_enough(block, head, self.cfg.confirmations))
     }
 
-    /// The receipt of whichever attempt at `t`'s nonce was mined (the current one first). An
-    /// earlier attempt mined becomes the transaction's current one in the store.
-    pub(super) async fn mined_receipt(
-        &self,
-        t: &TxRow,
-    ) -> Result<Option<(B256, Receipt)>, LaneError> {
+    /// Every stored attempt hash at `t`'s nonce, the current one first.
+    async fn attempts(&self, t: &TxRow) -> Result<Vec<B256>, LaneError> {
         let mut hashes = self
             .store
             .attempt_hashes(t.chain_id, t.signer, t.nonce)
             .await?;
         hashes.retain(|h| *h != t.hash);
         hashes.insert(0, t.hash);
+        Ok(hashes)
+    }
+
+    /// The receipt of whichever attempt at `t`'s nonce was mined (the current one first). An
+    /// earlier attempt mined becomes the transaction's current one in the store.
+    pub(super) async fn mined_receipt(
+        &self,
+        t: &TxRow,
+    ) -> Result<Option<(B256, Receipt)>, LaneError> {
+        let hashes = self.attempts(t).await?;
         let mut found = Vec::with_capacity(hashes.len());
         for h in hashes {
             let r = self.chain.receipt(h).await?;
@@ -122,12 +140,8 @@ impl Lane {
         t: &TxRow,
         confirmed_nonce: u64,
     ) -> Result<TxFate, LaneError> {
-        if let Some(m) = self.mined_receipt(t).await? {
-            if self.too_shallow(&m.1).await? {
-                return Ok(TxFate::Wait);
-            }
-            self.stop_awaiting(t.nonce);
-            return Ok(TxFate::Mined(m));
+        if let Some(fate) = self.receipt_fate(t).await? {
+            return Ok(fate);
         }
         if !decide::nonce_used(t.nonce, confirmed_nonce) {
             return Ok(TxFate::Wait);
@@ -137,12 +151,8 @@ impl Lane {
             // The node may not know the hash for a moment either (a load balancer's other
             // node): look once more after a poll before calling it dead.
             tokio::time::sleep(self.cfg.poll).await;
-            if let Some(m) = self.mined_receipt(t).await? {
-                if self.too_shallow(&m.1).await? {
-                    return Ok(TxFate::Wait);
-                }
-                self.stop_awaiting(t.nonce);
-                return Ok(TxFate::Mined(m));
+            if let Some(fate) = self.receipt_fate(t).await? {
+                return Ok(fate);
             }
             fate = self.fate_without_receipt(t, confirmed_nonce).await?;
         }
@@ -166,12 +176,7 @@ impl Lane {
         t: &TxRow,
         confirmed_nonce: u64,
     ) -> Result<NonceFate, LaneError> {
-        let mut hashes = self
-            .store
-            .attempt_hashes(t.chain_id, t.signer, t.nonce)
-            .await?;
-        hashes.retain(|h| *h != t.hash);
-        hashes.insert(0, t.hash);
+        let hashes = self.attempts(t).await?;
         let mut seen = Vec::with_capacity(hashes.len());
         for h in &hashes {
             seen.push(self.chain.tx_seen(*h).await?);
