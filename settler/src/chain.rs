@@ -61,6 +61,7 @@ sol! {
 
 /// An RPC endpoint as given, as the HTTP client prints it (normalised), and how it is shown
 /// instead when it carries more than scheme, host and port (see [`Chain::scrub`]).
+#[derive(Clone)]
 struct Endpoint {
     url: String,
     parsed_url: String,
@@ -188,6 +189,21 @@ impl Chain {
 
     pub fn signer(&self) -> Address {
         self.signer
+    }
+
+    /// The same network, endpoints and RPC client (one connection pool) with another wallet
+    /// of the signer pool: its own lane, its own nonces.
+    pub fn with_signer(&self, key: PrivateKeySigner) -> Chain {
+        Chain {
+            network: self.network,
+            endpoints: self.endpoints.clone(),
+            provider: self.provider.clone(),
+            signer: key.address(),
+            wallet: EthereumWallet::from(key),
+            timeout: self.timeout,
+            gas_limit: self.gas_limit,
+            settlement_contract: self.settlement_contract,
+        }
     }
 
     /// The batch settlement contract of this network, if configured.
@@ -651,7 +667,12 @@ pub(crate) fn batch_call(token: Address, items: Vec<IX402Settlement::Item>) -> B
 /// All configured networks.
 #[derive(Clone, Default)]
 pub struct Chains {
+    /// Per network, the chain with the primary wallet: reads, and the wallet shown as permit
+    /// spender.
     pub by_network: HashMap<Network, Arc<Chain>>,
+    /// Per network, one chain per wallet of the signer pool (the primary first): each drives
+    /// its own settlement lane.
+    pub pools: HashMap<Network, Vec<Arc<Chain>>>,
 }
 
 impl Chains {
@@ -659,6 +680,27 @@ impl Chains {
         self.by_network
             .get(&n)
             .ok_or_else(|| ChainError::UnknownNetwork(n.to_string()))
+    }
+
+    /// Adds `network` with its primary chain and the other wallets of the pool.
+    pub fn insert(&mut self, primary: Chain, others: &[PrivateKeySigner]) {
+        let network = primary.network;
+        let primary = Arc::new(primary);
+        let mut pool = vec![primary.clone()];
+        pool.extend(
+            others
+                .iter()
+                .map(|k| Arc::new(primary.with_signer(k.clone()))),
+        );
+        self.by_network.insert(network, primary);
+        self.pools.insert(network, pool);
+    }
+
+    /// Whether `wallet` is one of the settler's wallets on `network`.
+    pub fn is_pool_wallet(&self, network: Network, wallet: Address) -> bool {
+        self.pools
+            .get(&network)
+            .is_some_and(|p| p.iter().any(|c| c.signer() == wallet))
     }
 }
 

@@ -165,7 +165,9 @@ pub struct ServeArgs {
     /// (env: comma-separated).
     #[arg(long = "rpc", env = "X402_RPC", value_delimiter = ',')]
     pub rpc: Vec<RpcSpec>,
-    /// File with the settler wallet's private key (hex). Default: env EVM_PRIVATE_KEY.
+    /// File with the settler wallets' private keys (hex), one per line: a signer pool, each
+    /// wallet its own settlement lane per network. Default: env EVM_PRIVATE_KEY (keys
+    /// separated by commas).
     #[arg(long, env = "X402_SIGNER_KEY_FILE")]
     pub signer_key_file: Option<PathBuf>,
     /// Token signing key (hex, 32 bytes: a secp256k1 private key for es256k, an Ed25519
@@ -286,6 +288,15 @@ pub struct ServeArgs {
     /// Lease on a signer wallet's settlement lane (shared Postgres, several replicas), seconds.
     #[arg(long = "lease-secs", env = "X402_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
+    /// Signer pool: each wallet's lane takes its own share of the payments first; one due
+    /// this many seconds and still pending (its wallet's lane down, stalled or held back by
+    /// `--max-in-flight`) is taken by any wallet's lane (1..=3600).
+    #[arg(
+        long = "pool-steal-secs",
+        env = "X402_POOL_STEAL_SECS",
+        default_value_t = 10
+    )]
+    pub pool_steal_secs: u64,
     /// Replace-by-fee: a settlement transaction without receipt this many seconds that the
     /// current base fee prices out is re-signed at its nonce (same call) with higher fees.
     #[arg(
@@ -401,6 +412,11 @@ impl ServeArgs {
             self.lane_db_connections
         );
         anyhow::ensure!(
+            (1..=3600).contains(&self.pool_steal_secs),
+            "--pool-steal-secs {}: must be 1..=3600",
+            self.pool_steal_secs
+        );
+        anyhow::ensure!(
             (1..=64).contains(&self.max_in_flight),
             "--max-in-flight {}: must be 1..=64 batch transactions per wallet",
             self.max_in_flight
@@ -500,19 +516,63 @@ pub fn load_or_create_token_key(path: &Path, alg: TokenAlg) -> anyhow::Result<To
     }
 }
 
-/// The settler wallet key: `--signer-key-file` or env `EVM_PRIVATE_KEY`.
-pub fn load_signer(args: &ServeArgs) -> anyhow::Result<alloy::signers::local::PrivateKeySigner> {
-    let text = match &args.signer_key_file {
-        Some(p) => {
-            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-        }
-        None => std::env::var("EVM_PRIVATE_KEY").map_err(|_| {
-            anyhow::anyhow!("no signer key: set EVM_PRIVATE_KEY or --signer-key-file")
-        })?,
+/// Wallets in one signer pool at most (`--signer-key-file`, `EVM_PRIVATE_KEY`).
+pub const MAX_SIGNERS: usize = 16;
+
+/// The settler's wallet keys, its signer pool: `--signer-key-file` (one hex key per line;
+/// blank lines and `#` comments ignored) or env `EVM_PRIVATE_KEY` (keys separated by commas).
+/// Each wallet gets its own settlement lane per network, with its own nonces. The first key
+/// is the primary wallet (the permit spender shown when no settlement contract is set).
+pub fn load_signers(
+    args: &ServeArgs,
+) -> anyhow::Result<Vec<alloy::signers::local::PrivateKeySigner>> {
+    let (text, origin) = match &args.signer_key_file {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            std::env::var("EVM_PRIVATE_KEY").map_err(|_| {
+                anyhow::anyhow!("no signer key: set EVM_PRIVATE_KEY or --signer-key-file")
+            })?,
+            "EVM_PRIVATE_KEY".to_string(),
+        ),
     };
-    text.trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("signer key is not a hex private key"))
+    parse_signers(&text, &origin)
+}
+
+/// [`load_signers`] on the text of the file or variable; `origin` names it in errors (never
+/// the key itself).
+pub(crate) fn parse_signers(
+    text: &str,
+    origin: &str,
+) -> anyhow::Result<Vec<alloy::signers::local::PrivateKeySigner>> {
+    let mut keys: Vec<alloy::signers::local::PrivateKeySigner> = Vec::new();
+    let entries = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    for (i, entry) in entries.enumerate() {
+        let key: alloy::signers::local::PrivateKeySigner = entry.parse().map_err(|_| {
+            anyhow::anyhow!("{origin}: signer key {} is not a hex private key", i + 1)
+        })?;
+        anyhow::ensure!(
+            !keys.iter().any(|k| k.address() == key.address()),
+            "{origin}: signer key {} repeats wallet {:#x}",
+            i + 1,
+            key.address()
+        );
+        keys.push(key);
+    }
+    anyhow::ensure!(!keys.is_empty(), "{origin}: no signer key in it");
+    anyhow::ensure!(
+        keys.len() <= MAX_SIGNERS,
+        "{origin}: {} signer keys, at most {MAX_SIGNERS}",
+        keys.len()
+    );
+    Ok(keys)
 }
 
 /// Shortest bearer secret accepted (`--api-secret-file`, `--facilitator-credentials-file`).
@@ -770,5 +830,33 @@ mod tests {
         let cli = Cli::try_parse_from(["x402-settler", "--token-alg", "eddsa"]).unwrap();
         assert_eq!(cli.serve.token_alg, TokenAlgArg::Eddsa);
         assert!(Cli::try_parse_from(["x402-settler", "--token-alg", "es256"]).is_err());
+    }
+
+    #[test]
+    fn a_signer_pool_is_one_key_per_line_or_comma_and_refuses_repeats_and_junk() {
+        const A: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+        const B: &str = "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+        let one = parse_signers(&format!("{A}\n"), "f").unwrap();
+        assert_eq!(one.len(), 1);
+        let file = parse_signers(&format!("# pool\n{A}\n\n  {B}  # second\n"), "f").unwrap();
+        let env = parse_signers(&format!("{A},{B}"), "EVM_PRIVATE_KEY").unwrap();
+        let addrs = |v: &[alloy::signers::local::PrivateKeySigner]| {
+            v.iter().map(|k| k.address()).collect::<Vec<_>>()
+        };
+        assert_eq!(addrs(&file), addrs(&env));
+        assert_eq!(file.len(), 2);
+        let e = parse_signers(&format!("{A}\n{A}"), "keys.txt").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("keys.txt: signer key 2 repeats wallet 0x"),
+            "{e}"
+        );
+        let e = parse_signers(&format!("{A}\nnot-a-key"), "keys.txt").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "keys.txt: signer key 2 is not a hex private key"
+        );
+        let e = parse_signers("# nothing\n", "keys.txt").unwrap_err();
+        assert_eq!(e.to_string(), "keys.txt: no signer key in it");
     }
 }

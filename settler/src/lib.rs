@@ -37,6 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy::primitives::Address;
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
@@ -107,7 +108,11 @@ impl Settler {
         }
         let token_key =
             config::load_or_create_token_key(&args.token_key_file, args.token_alg.alg())?;
-        let signer = config::load_signer(args)?;
+        let signers = config::load_signers(args)?;
+        let (signer, other_signers) = match signers.split_first() {
+            Some((first, rest)) => (first.clone(), rest.to_vec()),
+            None => anyhow::bail!("no signer key"),
+        };
         let auth = config::load_caller_auth(args)?;
         let terms = match &args.terms_file {
             Some(p) => terms::Terms::load(p)?,
@@ -185,19 +190,22 @@ impl Settler {
                     )
                 }
                 Ok(_) => {
-                    tracing::info!(network = %spec.network, wallet = %chain.signer(), endpoints = spec.urls.len(), "chain ready")
+                    tracing::info!(network = %spec.network, wallet = %chain.signer(), pool = signers.len(), endpoints = spec.urls.len(), "chain ready")
                 }
                 Err(e) => {
                     tracing::warn!(network = %spec.network, error = %e, "chain not reachable at start; requests on it fail closed until it is")
                 }
             }
-            chains.by_network.insert(spec.network, Arc::new(chain));
+            chains.insert(chain, &other_signers);
             wake.insert(spec.network, Arc::new(Notify::new()));
         }
 
         let domains = verify_domains(&terms, &chains).await?;
         let max_fee = args.max_fee_wei()?;
-        let lane_health = Arc::new(lane::LaneHealth::new(chains.by_network.keys().copied()));
+        let lane_health =
+            Arc::new(lane::LaneHealth::new(chains.pools.iter().flat_map(
+                |(n, pool)| pool.iter().map(move |c| (*n, c.signer())),
+            )));
         let service = Service {
             lanes: lane_health.clone(),
             block_secs: args.block_secs,
@@ -258,6 +266,8 @@ impl Settler {
                     .unwrap_or(args.gas_limit.saturating_mul(4)),
                 confirmations: args.confirmations,
                 health: lane_health,
+                share: lane::Share::default(),
+                steal_after: Duration::from_secs(args.pool_steal_secs),
             },
         });
         Ok(Settler {
@@ -322,17 +332,26 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     if let Some(spec) = &settler.lanes {
-        for (network, chain) in &service.chains.by_network {
+        for (network, pool) in &service.chains.pools {
             let Some(wake) = service.wake.get(network) else {
                 continue;
             };
-            let lane = lane::Lane::new(
-                spec.store.clone(),
-                chain.clone(),
-                wake.clone(),
-                spec.cfg.clone(),
-            );
-            workers.spawn(lane.run(stop_rx.clone()));
+            // The pool's share of each wallet: its place among the pool's addresses, sorted,
+            // so replicas configured with the same pool in any order agree.
+            let mut wallets: Vec<Address> = pool.iter().map(|c| c.signer()).collect();
+            wallets.sort();
+            for chain in pool {
+                let mut cfg = spec.cfg.clone();
+                cfg.share = lane::Share {
+                    of: wallets.len() as u64,
+                    index: wallets
+                        .iter()
+                        .position(|w| *w == chain.signer())
+                        .unwrap_or(0) as u64,
+                };
+                let lane = lane::Lane::new(spec.store.clone(), chain.clone(), wake.clone(), cfg);
+                workers.spawn(lane.run(stop_rx.clone()));
+            }
         }
     }
     workers.spawn(ops_gauges::run(service.clone(), stop_rx.clone()));

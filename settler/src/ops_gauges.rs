@@ -48,10 +48,12 @@ pub(crate) async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) 
     let mut tick: u32 = 0;
     loop {
         refresh_states(&service.store).await;
-        for (network, chain) in &service.chains.by_network {
+        for (network, pool) in &service.chains.pools {
             refresh_queue(&service.store, *network).await;
             if tick.is_multiple_of(BALANCE_EVERY) {
-                refresh_balance(*network, chain).await;
+                for chain in pool {
+                    refresh_balance(*network, chain).await;
+                }
             }
         }
         revenue

@@ -481,7 +481,39 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         // The asset's open total (`open_total`, under the asset's lock on every acceptance):
         // answered from this index alone, without a table lookup per open payment.
         vec!["CREATE INDEX IF NOT EXISTS x402_payments_open_value ON x402_payments (chain_id, asset, state, value)".into()],
+    ),
+    (
+        15,
+        // Signer pool: which wallet's lane takes a payment first (`lane_slot` modulo the pool
+        // size; [`lane_slot`]). Rows from before count as slot 0.
+        vec!["ALTER TABLE x402_payments ADD COLUMN lane_slot BIGINT NOT NULL DEFAULT 0".into()],
     )]
+}
+
+/// A payment's place in the signer pool's partition (0..2^32): the lane of wallet `k` of `n`
+/// takes it first when `lane_slot % n == k`. A permit's slot is its payer's (with the asset),
+/// so one payer's permits, which must run in nonce order, go through one wallet; an ERC-3009
+/// authorization's is its own nonce's, spreading one payer's payments over the pool.
+pub(crate) fn lane_slot(p: &NewPayment) -> i64 {
+    let h = match p.scheme {
+        Scheme::Permit => {
+            alloy::primitives::keccak256([p.asset.as_slice(), p.payer.as_slice()].concat())
+        }
+        _ => alloy::primitives::keccak256(p.nonce),
+    };
+    i64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+}
+
+/// Which pending payments a lane of the signer pool takes ([`Store::due_pending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LaneShare {
+    /// Wallets in the pool (1: the lane takes everything).
+    pub of: u64,
+    /// This lane's wallet's place in the pool (sorted by address).
+    pub index: u64,
+    /// Payments due since before this (ms) are taken whatever their slot: another wallet's
+    /// share whose lane is down or held back is not left waiting.
+    pub steal_before_ms: i64,
 }
 
 /// A connection for the token path: on Postgres a transaction holding an advisory lock on
@@ -671,8 +703,8 @@ impl Session {
     ) -> Result<(), StoreError> {
         let token = extras.token;
         let res = sqlx::query(
-            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp, payment_id, held_until_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22, $23, $24)",
+            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp, payment_id, held_until_ms, lane_slot)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22, $23, $24, $25)",
         )
         .bind(&p.id)
         .bind(p.use_key())
@@ -698,6 +730,7 @@ impl Session {
         .bind(token.map(|t| t.1))
         .bind(extras.payment_id.clone())
         .bind(extras.held_until_ms)
+        .bind(lane_slot(p))
         .execute(self.conn())
         .await;
         match res {
@@ -845,6 +878,8 @@ impl Store {
     /// for the lane of its spender: another wallet's `transferFrom` has no allowance (replicas
     /// with different wallets on one database). ERC-3009 can be submitted by any wallet.
     /// `contract`: the lane's batch settlement contract, the other spender its permits may name.
+    /// `share`: with a signer pool, the lane's part of the payments any wallet may settle
+    /// (a permit naming this wallet is always its own).
     pub(crate) async fn due_pending(
         &self,
         chain_id: u64,
@@ -852,36 +887,47 @@ impl Store {
         contract: Option<Address>,
         now_ms: i64,
         limit: i64,
+        share: LaneShare,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {PAYMENT_COLS} FROM x402_payments WHERE chain_id = $1 AND state = 'pending' AND next_attempt_ms <= $2 AND held_until_ms IS NULL
-             AND (scheme <> 'permit' OR spender IS NULL OR spender = $4 OR spender = $5) ORDER BY seq LIMIT $3"
+             AND (scheme <> 'permit' OR spender IS NULL OR spender = $4 OR spender = $5)
+             AND ($6 <= 1 OR lane_slot % $6 = $7 OR (scheme = 'permit' AND spender = $4) OR (created_ms <= $8 AND next_attempt_ms <= $8))
+             ORDER BY seq LIMIT $3"
         ))
         .bind(chain_id as i64)
         .bind(now_ms)
         .bind(limit)
         .bind(hexa(signer))
         .bind(hexa(contract.unwrap_or(signer)))
+        .bind(share.of.max(1) as i64)
+        .bind(share.index as i64)
+        .bind(share.steal_before_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(payment_from_row).collect()
     }
 
-    /// Permit nonces >= `from` of a payer's permits this settler has submitted (in flight or
-    /// settled): they consume their nonces in order ahead of later ones.
+    /// Permit nonces >= `from` of a payer's permits this settler has settled, or submitted in
+    /// a transaction of `signer`: they consume their nonces ahead of later ones. A permit in
+    /// flight in another wallet's transaction does not count: that wallet's transactions are
+    /// mined in their own order, so a later nonce signed here could run first and fail.
     pub(crate) async fn submitted_permit_nonces(
         &self,
         chain_id: u64,
         asset: Address,
         payer: Address,
         from: U256,
+        signer: Address,
     ) -> Result<Vec<U256>, StoreError> {
         // Nonces are stored as fixed-width lowercase hex: text order is numeric order.
-        let rows = sqlx::query("SELECT nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND scheme = 'permit' AND state IN ('submitted', 'settled') AND nonce >= $4")
+        let rows = sqlx::query("SELECT nonce FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND scheme = 'permit' AND nonce >= $4
+             AND (state = 'settled' OR (state = 'submitted' AND EXISTS (SELECT 1 FROM x402_txs t WHERE t.hash = x402_payments.transfer_tx AND t.signer = $5)))")
             .bind(chain_id as i64)
             .bind(hexa(asset))
             .bind(hexa(payer))
             .bind(hex32(B256::from(from)))
+            .bind(hexa(signer))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -1636,6 +1682,13 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A pool of one: every due payment.
+    const ALL: LaneShare = LaneShare {
+        of: 1,
+        index: 0,
+        steal_before_ms: 0,
+    };
+
     pub(crate) fn sample(id: &str, nonce: u8) -> NewPayment {
         NewPayment {
             id: id.into(),
@@ -1660,6 +1713,82 @@ mod tests {
             format: "seed".into(),
             created_ms: 1_000,
         }
+    }
+
+    #[tokio::test]
+    async fn a_signer_pool_splits_due_payments_by_slot_and_takes_the_overdue_of_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let wallets = [Address::repeat_byte(0x33), Address::repeat_byte(0x44)];
+        let mut slots = Vec::new();
+        for i in 0..40u8 {
+            let mut p = sample(&format!("e{i}"), i);
+            p.scheme = Scheme::Exact;
+            p.spender = None;
+            p.nonce = B256::repeat_byte(i);
+            p.created_ms = 5_000;
+            slots.push((p.id.clone(), lane_slot(&p)));
+            let mut s = store.session(1).await.unwrap();
+            s.insert(&p).await.unwrap();
+            s.commit().await.unwrap();
+        }
+        // One payer's permits: one slot, so one wallet's lane, in nonce order.
+        for n in 0..3u8 {
+            let mut p = sample(&format!("p{n}"), n);
+            p.spender = None;
+            p.payer = Address::repeat_byte(0x77);
+            p.created_ms = 5_000;
+            slots.push((p.id.clone(), lane_slot(&p)));
+            let mut s = store.session(1).await.unwrap();
+            s.insert(&p).await.unwrap();
+            s.commit().await.unwrap();
+        }
+        // A permit naming wallet 0x44 goes to that wallet whatever its slot.
+        let mut named = sample("named", 9);
+        named.payer = Address::repeat_byte(0x78);
+        named.spender = Some(wallets[1]);
+        named.created_ms = 5_000;
+        let mut s = store.session(1).await.unwrap();
+        s.insert(&named).await.unwrap();
+        s.commit().await.unwrap();
+        let due = |index: u64, steal_before_ms: i64| {
+            let store = store.clone();
+            async move {
+                let share = LaneShare {
+                    of: 2,
+                    index,
+                    steal_before_ms,
+                };
+                store
+                    .due_pending(31337, wallets[index as usize], None, 10_000, 100, share)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.p.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let (a, b) = (due(0, 0).await, due(1, 0).await);
+        for (id, slot) in &slots {
+            let want = if slot % 2 == 0 { &a } else { &b };
+            let other = if slot % 2 == 0 { &b } else { &a };
+            assert!(want.contains(id) && !other.contains(id), "{id} slot {slot}");
+        }
+        assert!(b.contains(&"named".to_string()) && !a.contains(&"named".to_string()));
+        assert_eq!(a.len() + b.len(), 44, "every payment in one share");
+        assert!(!a.is_empty() && !b.is_empty(), "both wallets get a share");
+        let permits: Vec<&String> = a.iter().chain(&b).filter(|i| i.starts_with('p')).collect();
+        assert!(
+            a.iter().filter(|i| i.starts_with('p')).count() == 3
+                || b.iter().filter(|i| i.starts_with('p')).count() == 3,
+            "one payer's permits in one share: {permits:?}"
+        );
+        // Due since before the steal line: wallet 0 takes wallet 1's share too (not the permit
+        // naming wallet 1).
+        let stolen = due(0, 6_000).await;
+        assert_eq!(stolen.len(), 43, "{stolen:?}");
+        assert!(!stolen.contains(&"named".to_string()));
     }
 
     #[tokio::test]
@@ -1694,12 +1823,12 @@ mod tests {
         assert_eq!(row.p.value, U256::from(500_000u64));
         assert_eq!(row.p.sig.s, B256::repeat_byte(2));
         let due = store
-            .due_pending(31337, Address::repeat_byte(0x33), None, 10, 10)
+            .due_pending(31337, Address::repeat_byte(0x33), None, 10, 10, ALL)
             .await
             .unwrap();
         assert!(
             store
-                .due_pending(31337, Address::repeat_byte(0x44), None, 10, 10)
+                .due_pending(31337, Address::repeat_byte(0x44), None, 10, 10, ALL)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -1750,18 +1879,34 @@ mod tests {
                     31337,
                     Address::repeat_byte(0xaa),
                     Address::repeat_byte(0x11),
-                    U256::ZERO
+                    U256::ZERO,
+                    Address::repeat_byte(5)
                 )
                 .await
                 .unwrap(),
             vec![U256::ZERO]
+        );
+        assert!(
+            store
+                .submitted_permit_nonces(
+                    31337,
+                    Address::repeat_byte(0xaa),
+                    Address::repeat_byte(0x11),
+                    U256::ZERO,
+                    Address::repeat_byte(6)
+                )
+                .await
+                .unwrap()
+                .is_empty(),
+            "in flight in another wallet's transaction: not counted for this wallet's lane"
         );
         assert!(store
             .submitted_permit_nonces(
                 31337,
                 Address::repeat_byte(0xaa),
                 Address::repeat_byte(0x11),
-                U256::from(1)
+                U256::from(1),
+                Address::repeat_byte(5)
             )
             .await
             .unwrap()
@@ -1870,7 +2015,7 @@ mod tests {
             .is_empty());
         assert_eq!(
             store
-                .due_pending(31337, Address::repeat_byte(0x33), None, 6, 10)
+                .due_pending(31337, Address::repeat_byte(0x33), None, 6, 10, ALL)
                 .await
                 .unwrap()
                 .len(),

@@ -13,98 +13,12 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 use common::*;
-use sqlx::Connection;
 use x402_protocol::settler_api::{SettlementState, TokenResponse};
 use x402_testkit::settler::{SettlerOptions, SettlerProcess};
 
-fn admin_url() -> String {
-    std::env::var("X402_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-struct TestDb {
-    name: String,
-    dropped: std::sync::atomic::AtomicBool,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let name = format!(
-            "x402_test_{}",
-            alloy::primitives::hex::encode(rand::random::<[u8; 6]>())
-        );
-        let mut c = sqlx::PgConnection::connect(&admin_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!("Postgres at {} is required for this test: {e}", admin_url())
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        TestDb {
-            name,
-            dropped: Default::default(),
-        }
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin);
-        format!("{base}/{}", self.name)
-    }
-
-    async fn drop_now(&self) {
-        self.dropped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url()).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut c)
-            .await;
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if self.dropped.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let name = self.name.clone();
-        // Best effort, also when the test panicked.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(
-                    TestDb {
-                        name: name.clone(),
-                        dropped: Default::default(),
-                    }
-                    .drop_now_inner(),
-                );
-            }
-        })
-        .join();
-    }
-}
-
-impl TestDb {
-    async fn drop_now_inner(&self) {
-        self.drop_now().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_mint_settle_replay_two_replicas_and_fail_closed() {
-    let db = TestDb::create().await;
+    let db = pg::TestDb::create().await;
     let env = Arc::new(Env::start_with(Some(db.url()), None, &["--lease-secs", "3"]).await);
     let req = env.requirement();
     let payer = env.funded_payer(1_000_000).await;

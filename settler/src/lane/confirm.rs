@@ -531,19 +531,19 @@ impl Lane {
             self.cfg.gas_limit,
             fees.0,
         );
-        let before = self.cfg.health.stalled(network);
+        let before = self.cfg.health.wallet_stalled(network, signer);
         // Logged when the lane enters or leaves the stall; the reason (it names the age of
         // the oldest transaction) is kept current for `/readyz` without a warning per round.
         if stall.is_some() != before.is_some() {
             match &stall {
                 Some(reason) => {
-                    tracing::warn!(%network, wallet = %signer, reason, "settlement lane stalled: new payments on this network are refused until it recovers")
+                    tracing::warn!(%network, wallet = %signer, reason, "settlement lane stalled: its share of the payments goes to the pool's other wallets; with none left, new payments on this network are refused until one recovers")
                 }
-                None => tracing::info!(%network, "settlement lane recovered"),
+                None => tracing::info!(%network, wallet = %signer, "settlement lane recovered"),
             }
         }
         if stall != before {
-            self.cfg.health.set(network, stall);
+            self.cfg.health.set(network, signer, stall);
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use super::io::{
 };
 use crate::chain::{IToken, IX402Settlement, SendOutcome};
 use crate::error::{ChainError, StoreError};
-use crate::store::{NewPayment, PaymentRow, TxRow};
+use crate::store::{lane_slot, LaneShare, NewPayment, PaymentRow, TxRow};
 
 pub(crate) const CHAIN_ID: u64 = 31337;
 pub(crate) const TOKEN: Address = Address::repeat_byte(0xaa);
@@ -709,6 +709,7 @@ impl LaneStore for FakeStore {
         contract: Option<Address>,
         now_ms: i64,
         limit: i64,
+        share: LaneShare,
     ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>> {
         let s = self.state();
         let mut due: Vec<PaymentRow> = s
@@ -726,6 +727,14 @@ impl LaneStore for FakeStore {
                         .spender
                         .is_none_or(|s| s == signer || Some(s) == contract)
             })
+            .filter(|p| {
+                let of = share.of.max(1) as i64;
+                of == 1
+                    || lane_slot(&p.row.p) % of == share.index as i64
+                    || (p.row.p.scheme == Scheme::Permit && p.row.p.spender == Some(signer))
+                    || (p.row.p.created_ms <= share.steal_before_ms
+                        && p.next_attempt_ms <= share.steal_before_ms)
+            })
             .map(|p| p.row.clone())
             .collect();
         due.sort_by_key(|p| p.seq);
@@ -738,8 +747,14 @@ impl LaneStore for FakeStore {
         asset: Address,
         payer: Address,
         from: U256,
+        signer: Address,
     ) -> BoxFuture<'_, Result<Vec<U256>, StoreError>> {
         let s = self.state();
+        let in_flight_here = |r: &PaymentRow| {
+            s.txs
+                .iter()
+                .any(|t| Some(t.hash.to_string()) == r.transfer_tx && t.signer == signer)
+        };
         let nonces = s
             .payments
             .iter()
@@ -751,10 +766,9 @@ impl LaneStore for FakeStore {
                     && r.p.scheme == Scheme::Permit
             })
             .filter(|r| {
-                matches!(
-                    r.state,
-                    SettlementState::Submitted | SettlementState::Settled
-                ) && r.permit_nonce() >= from
+                (r.state == SettlementState::Settled
+                    || (r.state == SettlementState::Submitted && in_flight_here(r)))
+                    && r.permit_nonce() >= from
             })
             .map(|r| r.permit_nonce())
             .collect();

@@ -11,7 +11,7 @@ use x402_protocol::Network;
 use crate::chain::{self, Chain, SendOutcome};
 pub(crate) use crate::chain::{ItemLog, TransferLog};
 use crate::error::{ChainError, StoreError};
-use crate::store::{Backend, PaymentRow, Store, TxRow};
+use crate::store::{Backend, LaneShare, PaymentRow, Store, TxRow};
 
 /// A boxed `Send` future: what the traits' async methods return (object safe, no macro crate).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -157,6 +157,7 @@ pub(crate) trait LaneStore: Send + Sync {
         contract: Option<Address>,
         now_ms: i64,
         limit: i64,
+        share: LaneShare,
     ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>>;
     /// Stores a signed batch transaction and moves its items' payments (id, with permit) to
     /// `submitted`, atomically; false (nothing stored) if one was no longer pending.
@@ -203,12 +204,14 @@ pub(crate) trait LaneStore: Send + Sync {
         receipt: Option<(bool, u64)>,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Permit nonces >= `from` of the payer settled, or in flight in `signer`'s transactions.
     fn submitted_permit_nonces(
         &self,
         chain_id: u64,
         asset: Address,
         payer: Address,
         from: U256,
+        signer: Address,
     ) -> BoxFuture<'_, Result<Vec<U256>, StoreError>>;
     fn defer<'a>(
         &'a self,
@@ -487,9 +490,10 @@ impl LaneStore for Store {
         contract: Option<Address>,
         now_ms: i64,
         limit: i64,
+        share: LaneShare,
     ) -> BoxFuture<'_, Result<Vec<PaymentRow>, StoreError>> {
         Box::pin(Store::due_pending(
-            self, chain_id, signer, contract, now_ms, limit,
+            self, chain_id, signer, contract, now_ms, limit, share,
         ))
     }
     fn record_batch<'a>(
@@ -548,9 +552,10 @@ impl LaneStore for Store {
         asset: Address,
         payer: Address,
         from: U256,
+        signer: Address,
     ) -> BoxFuture<'_, Result<Vec<U256>, StoreError>> {
         Box::pin(Store::submitted_permit_nonces(
-            self, chain_id, asset, payer, from,
+            self, chain_id, asset, payer, from, signer,
         ))
     }
     fn defer<'a>(

@@ -1,4 +1,5 @@
-//! Durable asynchronous settlement: one lane per network (= per signer wallet there).
+//! Durable asynchronous settlement: one lane per signer wallet per network (a signer pool
+//! of several wallets has several lanes per network, each taking its share of the payments).
 //!
 //! A lane owns its wallet's transaction nonces. It takes pending payments in acceptance order
 //! (so one payer's permits go in permit-nonce order), signs the settlement transactions with
@@ -91,6 +92,24 @@ pub(crate) struct WorkerConfig {
     pub confirmations: u64,
     /// Where the lane reports whether it is stalled.
     pub health: Arc<LaneHealth>,
+    /// This wallet's share of the signer pool's payments.
+    pub share: Share,
+    /// Payments due this long are taken whatever their share (`--pool-steal-secs`).
+    pub steal_after: Duration,
+}
+
+/// A wallet's place in the signer pool of its network: `index` of `of` (sorted by address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub of: u64,
+    pub index: u64,
+}
+
+impl Default for Share {
+    /// A pool of one: every payment.
+    fn default() -> Share {
+        Share { of: 1, index: 0 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

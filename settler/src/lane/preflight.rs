@@ -144,6 +144,7 @@ impl Lane {
                                 p.p.asset,
                                 p.p.payer,
                                 onchain,
+                                self.chain.signer(),
                             )
                             .await?,
                     );

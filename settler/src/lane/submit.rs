@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::error::ChainError;
 use crate::metrics as m;
 use crate::scheme::{self, FactsRead, FailCause};
-use crate::store::{PaymentRow, TxRow};
+use crate::store::{LaneShare, PaymentRow, TxRow};
 
 impl Lane {
     /// Signs, stores and broadcasts the settlement of every due pending payment.
@@ -55,9 +55,15 @@ impl Lane {
                 .max((self.cfg.batch_max.saturating_mul(room.min(4))) as i64),
             None => self.cfg.batch,
         };
+        let now = now_ms();
+        let share = LaneShare {
+            of: self.cfg.share.of,
+            index: self.cfg.share.index,
+            steal_before_ms: now.saturating_sub(self.cfg.steal_after.as_millis() as i64),
+        };
         let due = self
             .store
-            .due_pending(chain_id, signer, contract, now_ms(), limit)
+            .due_pending(chain_id, signer, contract, now, limit, share)
             .await?;
         if due.is_empty() {
             return Ok(0);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::U256;
+use alloy::primitives::{Address, B256, U256};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::{watch, Notify};
 use x402_protocol::settler_api::SettlementState;
@@ -15,6 +15,7 @@ use super::decide::MAX_REQUEUES;
 use super::fixtures::{payment, FakeChain, FakeStore, PAYER, PAY_TO, SIGNER, VALUE};
 use super::{Lane, LaneError, WorkerConfig};
 use crate::scheme::{PERMIT, TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
+use crate::store::TxRow;
 
 fn config() -> WorkerConfig {
     WorkerConfig {
@@ -33,9 +34,12 @@ fn config() -> WorkerConfig {
         max_txs_per_payment: 4,
         max_gas_per_payment: 1_200_000,
         confirmations: 1,
-        health: Arc::new(super::LaneHealth::new([x402_protocol::Network::eip155(
-            super::fixtures::CHAIN_ID,
+        health: Arc::new(super::LaneHealth::new([(
+            x402_protocol::Network::eip155(super::fixtures::CHAIN_ID),
+            SIGNER,
         )])),
+        share: super::Share::default(),
+        steal_after: Duration::from_secs(10),
     }
 }
 
@@ -274,6 +278,53 @@ async fn a_consumed_permit_nonce_with_allowance_settles_by_transfer_from_alone()
     chain.mine();
     lane.confirm().await.unwrap();
     assert_eq!(store.row("a").state, SettlementState::Settled);
+}
+
+/// Signer pool: a payer's permit nonce 1 while nonce 0 is in flight. In this wallet's own
+/// transaction it may follow (this wallet's nonces keep the order); in another wallet's it
+/// waits for the chain to count nonce 0, or it could be mined first and fail.
+#[tokio::test]
+async fn a_later_permit_waits_while_the_payers_earlier_one_is_in_another_wallets_transaction() {
+    for (in_flight_signer, signed_here) in [(Address::repeat_byte(0x44), false), (SIGNER, true)] {
+        let mut first = payment("p0", 1, Scheme::Permit, 0);
+        first.p.spender = None;
+        first.state = SettlementState::Submitted;
+        let hash = B256::repeat_byte(0xee);
+        first.transfer_tx = Some(hash.to_string());
+        let mut later = payment("p1", 2, Scheme::Permit, 1);
+        later.p.spender = None;
+        let (store, chain) = (FakeStore::with([first, later]), FakeChain::new(VALUE));
+        store.state().txs.push(TxRow {
+            chain_id: super::fixtures::CHAIN_ID,
+            signer: in_flight_signer,
+            nonce: 0,
+            payment_id: "p0".into(),
+            kind: "batch".into(),
+            hash,
+            state: "sent".into(),
+            ..Default::default()
+        });
+        let lane = lane(&store, &chain);
+        // This wallet's nonce 0 is taken when the earlier permit is in its transaction.
+        let mut next = u64::from(signed_here);
+        assert_eq!(
+            submit(&lane, &mut next).await,
+            usize::from(signed_here),
+            "in flight in {in_flight_signer}"
+        );
+        let row = store.row("p1");
+        if signed_here {
+            assert_eq!(row.state, SettlementState::Submitted);
+        } else {
+            assert_eq!(row.state, SettlementState::Pending);
+            assert!(
+                row.error
+                    .unwrap_or_default()
+                    .contains("waiting for permit nonce 0"),
+                "deferred, not failed"
+            );
+        }
+    }
 }
 
 #[tokio::test]

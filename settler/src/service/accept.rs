@@ -78,9 +78,15 @@ impl Service {
         verify::check_signature(payment, method)?;
         let now = now_secs();
         // A permit may name the network's batch settlement contract as spender (the lane
-        // settles it through the contract) instead of the settler's wallet.
+        // settles it through the contract) or any wallet of the signer pool (that wallet's
+        // lane settles it) instead of the primary wallet.
         let spender = match (payment, chain.settlement_contract()) {
             (ClientPayment::Permit(p), Some(c)) if p.spender == c => c,
+            (ClientPayment::Permit(p), _)
+                if self.chains.is_pool_wallet(method.network, p.spender) =>
+            {
+                p.spender
+            }
             _ => chain.signer(),
         };
         verify::check_terms(payment, priced, spender, now, self.deadline_margin)?;

@@ -189,8 +189,9 @@ impl Service {
         networks.sort();
         let mut signers: Vec<Address> = self
             .chains
-            .by_network
+            .pools
             .values()
+            .flatten()
             .map(|c| c.signer())
             .collect();
         signers.sort();

@@ -1,0 +1,221 @@
+//! The signer pool on Postgres: two settler replicas, each configured with the same pool of
+//! three wallets (in different orders) and one batch settlement contract, on one database,
+//! with real anvil, token and contract. Payments of both schemes go to either replica, one
+//! replica is killed with -9 in the middle; every payment settles exactly once (checked on
+//! chain), each wallet sends settlement transactions, and a permit naming one pool wallet is
+//! settled by that wallet.
+
+// A test crate (helpers and the shared `common` included): a failed assumption is a failed
+// test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use alloy::network::TransactionResponse;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use common::*;
+use x402_protocol::settler_api::{Requirement, SettlementState};
+use x402_protocol::Scheme;
+use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
+use x402_testkit::settler::{SettlerOptions, SettlerProcess};
+
+/// anvil dev accounts of the pool (9 is the other tests' single settler wallet).
+const POOL: [usize; 3] = [9, 7, 6];
+
+fn replica(
+    db: &pg::TestDb,
+    anvil: &Anvil,
+    token: Address,
+    contract: Address,
+    dir: &std::path::Path,
+    keys: &[usize],
+) -> SettlerOptions {
+    let keys: Vec<&str> = keys.iter().map(|i| DEV_KEYS[*i]).collect();
+    let mut opts = SettlerOptions::new(
+        db.url(),
+        anvil.network().to_string(),
+        anvil.rpc_url(),
+        // Several keys, comma-separated in EVM_PRIVATE_KEY: the signer pool.
+        keys.join(","),
+        dir.join("token.key"),
+    );
+    opts.bin = Some(settler_bin());
+    opts.api_secret = Some(API_SECRET.into());
+    opts.terms = Some(test_terms(anvil.network(), token));
+    opts.extra_args = [
+        "--settlement-contract",
+        &format!("{}={contract:#x}", anvil.network()),
+        "--lease-secs",
+        "3",
+        "--pool-steal-secs",
+        "2",
+        "--batch-wait-ms",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    opts.env.push((
+        "RUST_LOG".into(),
+        "info,x402_settler=debug,sqlx=warn".into(),
+    ));
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_through_a_kill() {
+    let db = pg::TestDb::create().await;
+    let anvil = Anvil::start().expect("anvil starts");
+    let token = anvil.deploy_token().await.expect("token deploys");
+    let wallets: Vec<Address> = POOL.iter().map(|i| dev_address(*i)).collect();
+    let contract = anvil
+        .deploy_settlement(&wallets)
+        .await
+        .expect("settlement contract deploys");
+    let dir = tempfile::tempdir().unwrap();
+    let a = SettlerProcess::start(replica(&db, &anvil, token, contract, dir.path(), &POOL))
+        .await
+        .expect("replica a starts");
+    // Replica b: the same pool in another order, the same token key (one issuer).
+    let mut b = SettlerProcess::start(replica(
+        &db,
+        &anvil,
+        token,
+        contract,
+        dir.path(),
+        &[POOL[2], POOL[0], POOL[1]],
+    ))
+    .await
+    .expect("replica b starts");
+    let env = Env {
+        anvil,
+        token,
+        settler: a,
+        dir,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        pay_to: dev_address(PAY_TO_DEV_INDEX),
+        spender: contract,
+    };
+    let req = env.requirement();
+    // A route whose permits name the pool's third wallet itself, not the contract.
+    let named_wallet = wallets[2];
+    let mut req_named: Requirement = req.clone();
+    for m in &mut req_named.accepts {
+        if m.method.scheme == Scheme::Permit {
+            m.method.spender = Some(named_wallet);
+        }
+    }
+
+    let dl = env.now() + 3600;
+    let chain_id = env.anvil.chain_id();
+    let payers: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..24 {
+            v.push(env.funded_payer(5 * PRICE).await);
+        }
+        v
+    };
+    // Per payer: two ERC-3009 authorizations and two permits (nonces 0 and 1, to the
+    // contract); the first four payers' third permit names the pool wallet.
+    let mut ids: Vec<(String, Option<Address>)> = Vec::new();
+    let mut auths: Vec<(Address, B256)> = Vec::new();
+    let post = |base: String, req: Requirement, pay: serde_json::Value| {
+        let http = env.http.clone();
+        async move {
+            let (st, body) = post_token(&http, &base, &req, &pay).await;
+            assert_eq!(st, 200, "{body}");
+            body["settlement_id"].as_str().unwrap().to_string()
+        }
+    };
+    let killed_after = payers.len() / 2;
+    for (i, p) in payers.iter().enumerate() {
+        // Payments alternate replicas until b is killed; after, all go to a.
+        let base = |k: usize| {
+            if i < killed_after && (i + k) % 2 == 1 {
+                b.url()
+            } else {
+                env.settler.url()
+            }
+        };
+        for k in 0..2 {
+            let n = random_nonce();
+            auths.push((p.address(), n));
+            let pay = env.erc3009(p, env.pay_to, PRICE, 0, dl, n);
+            ids.push((post(base(k), req.clone(), pay).await, None));
+        }
+        for nonce in 0..2u64 {
+            let pay = env.permit(p, PRICE, nonce, dl);
+            ids.push((post(base(nonce as usize), req.clone(), pay).await, None));
+        }
+        if i < 4 {
+            let pay = env.permit_to(p, named_wallet, PRICE, 2, dl, token, chain_id);
+            ids.push((
+                post(base(1), req_named.clone(), pay).await,
+                Some(named_wallet),
+            ));
+        }
+        if i + 1 == killed_after {
+            // Some of b's work is in flight or pending when it dies; its wallets' leases
+            // pass to a once they run out.
+            b.kill9();
+        }
+    }
+
+    let mut senders: BTreeMap<Address, usize> = BTreeMap::new();
+    let provider = env.anvil.provider();
+    for (id, must_be_from) in &ids {
+        let s = env.wait_final(id, Duration::from_secs(90)).await;
+        assert_eq!(s.state, SettlementState::Settled, "{s:?}");
+        let hash: B256 = s.transfer_tx.as_deref().unwrap().parse().unwrap();
+        let tx = provider
+            .get_transaction_by_hash(hash)
+            .await
+            .unwrap()
+            .expect("the settlement transaction is on chain");
+        let from = tx.from();
+        assert!(wallets.contains(&from), "sent by {from}, not a pool wallet");
+        if let Some(w) = must_be_from {
+            assert_eq!(from, *w, "a permit naming a pool wallet is settled by it");
+        }
+        *senders.entry(from).or_default() += 1;
+    }
+    let used: BTreeSet<Address> = senders.keys().copied().collect();
+    assert_eq!(
+        used,
+        wallets.iter().copied().collect::<BTreeSet<_>>(),
+        "every wallet of the pool settles its share: {senders:?}"
+    );
+
+    // Exactly once, on chain.
+    let n = ids.len() as u64;
+    assert_eq!(n, 24 * 4 + 4);
+    assert_eq!(env.balance(env.pay_to).await, U256::from(n * PRICE));
+    for (i, p) in payers.iter().enumerate() {
+        let (paid, permits) = if i < 4 { (5, 3) } else { (4, 2) };
+        assert_eq!(
+            env.balance(p.address()).await,
+            U256::from((5 - paid) * PRICE)
+        );
+        assert_eq!(
+            env.anvil.nonces(token, p.address()).await.unwrap(),
+            U256::from(permits)
+        );
+    }
+    for (who, nonce) in &auths {
+        assert!(env
+            .anvil
+            .authorization_state(token, *who, *nonce)
+            .await
+            .unwrap());
+    }
+    drop(b);
+    drop(env);
+    drop(db);
+}
