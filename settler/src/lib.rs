@@ -214,6 +214,7 @@ impl Settler {
             deadline_margin: args.deadline_margin,
             accept_deadline: args.accept_deadline(),
             locks: Default::default(),
+            totals: Default::default(),
             wake,
             minter: Minter::new(
                 token_key,

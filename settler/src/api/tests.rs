@@ -44,6 +44,7 @@ pub(super) async fn app_state(dir: &tempfile::TempDir, secret: Option<&str>) -> 
         deadline_margin: 60,
         accept_deadline: Duration::from_secs(2),
         locks: Default::default(),
+        totals: Default::default(),
         wake: Default::default(),
         minter: Minter::new(key, "x402-settler".into(), 300, 86_400),
         terms: terms.clone(),

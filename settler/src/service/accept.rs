@@ -10,13 +10,14 @@ use x402_protocol::payment::{ClientPayment, PaymentFormat};
 use x402_protocol::settler_api::{PricedMethod, Requirement, SettlementState};
 
 use super::locks::{lock_id, PayerGuard};
+use super::totals::Reservation;
 use super::{exposure, idempotency, Mode, Service};
 use crate::chain::Chain;
 use crate::clock::{now_ms, now_secs};
 use crate::error::{Refusal, StoreError};
 use crate::metrics as m;
 use crate::scheme;
-use crate::store::{AcceptExtras, NewPayment, OpenPayment, Session, StoredPayment};
+use crate::store::{AcceptExtras, Backend, NewPayment, OpenPayment, Session, StoredPayment};
 use crate::verify;
 
 /// A payment that passed the static checks: the accepted method it pays with, its chain.
@@ -60,6 +61,8 @@ enum Prepared {
 struct Commit {
     session: Session,
     guards: (PayerGuard, Option<PayerGuard>),
+    /// SQLite: the value counted in the asset's estimated total until the commit.
+    reservation: Option<Reservation>,
     new: NewPayment,
 }
 
@@ -145,6 +148,7 @@ impl Service {
         let Commit {
             session,
             guards,
+            reservation,
             new,
         } = match prepared {
             Prepared::Done(accepted) => return Ok(accepted),
@@ -157,6 +161,9 @@ impl Service {
             let mut session = session;
             session.insert_accepted(&new, &extras).await?;
             session.commit().await?;
+            if let Some(r) = reservation {
+                r.committed().await;
+            }
             drop(guards);
             Ok::<_, StoreError>(new)
         });
@@ -315,9 +322,28 @@ impl Service {
 
         m::accept_phase("chain_reads", t);
 
-        // The asset's total, under the asset's lock (in this process and, on Postgres, across
-        // replicas) held until the commit: no two acceptances of the asset overshoot it.
+        // The asset's total. SQLite (one process writes): the in-memory estimate, never
+        // below the real total, reserving this payment's value until its commit (see
+        // `totals`). Postgres: under the asset's lock (in this process and across replicas)
+        // held until the commit: no two acceptances of the asset overshoot it.
+        let mut reservation = None;
         let total_guard = match &caps {
+            Some(caps) if self.store.backend() == Backend::Sqlite => {
+                let t = Instant::now();
+                reservation = self
+                    .totals
+                    .check(
+                        method.network.chain_id,
+                        token_addr,
+                        caps,
+                        new.value,
+                        mode == Mode::Store,
+                        || session.open_total(method.network, token_addr),
+                    )
+                    .await?;
+                m::accept_phase("total_cap", t);
+                None
+            }
             Some(caps) => {
                 let total_key = format!("total:{}:{:#x}", method.network.chain_id, token_addr);
                 let g = self.locks.lock(&total_key).await;
@@ -339,6 +365,7 @@ impl Service {
         Ok(Prepared::Commit(Commit {
             session,
             guards: (guard, total_guard),
+            reservation,
             new,
         }))
     }

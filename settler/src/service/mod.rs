@@ -13,6 +13,7 @@ mod mint;
 mod renew;
 mod revoke;
 mod terms_check;
+mod totals;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub(crate) struct Service {
     /// Acceptance must reach its commit within this long of the request (`accept`).
     pub(crate) accept_deadline: Duration,
     pub(crate) locks: PayerLocks,
+    /// SQLite: each asset's unsettled total, estimated in memory (`totals`).
+    pub(crate) totals: totals::OpenTotals,
     /// Wakes a network's settlement lane when a payment is stored.
     pub(crate) wake: HashMap<Network, Arc<Notify>>,
     pub(crate) minter: Minter,
