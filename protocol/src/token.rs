@@ -37,6 +37,24 @@ pub struct AccessClaims {
     pub jti: String,
 }
 
+/// What a minted token carries: [`AccessClaims`] and, as the JWT audience (`aud`), the
+/// route again, so that Envoy's own `jwt_authn` (which checks `aud`, not custom claims) can
+/// hold a token to its route (README: "Envoy verifies the tokens"). Verification reads
+/// [`AccessClaims`] and ignores `aud`: the filter compares `route` itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MintedClaims {
+    #[serde(flatten)]
+    pub access: AccessClaims,
+    pub aud: String,
+}
+
+impl From<AccessClaims> for MintedClaims {
+    fn from(access: AccessClaims) -> MintedClaims {
+        let aud = access.route.clone();
+        MintedClaims { access, aud }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token is larger than {MAX_TOKEN_LEN} bytes")]
@@ -80,11 +98,11 @@ fn at(unix: i64) -> DateTime<Utc> {
 /// settler's [`TokenSigningKey`] of either.
 pub trait TokenSigner {
     /// The signed compact JWT. Signing a serializable struct with a valid key cannot fail.
-    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String;
+    fn sign_token(&self, header: &Header, claims: &Claims<MintedClaims>) -> String;
 }
 
 impl TokenSigner for SigningKey {
-    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String {
+    fn sign_token(&self, header: &Header, claims: &Claims<MintedClaims>) -> String {
         Es256k::<sha2::Sha256>::default()
             .token(header, claims, self)
             .unwrap_or_default()
@@ -92,13 +110,13 @@ impl TokenSigner for SigningKey {
 }
 
 impl TokenSigner for ed25519_dalek::SigningKey {
-    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String {
+    fn sign_token(&self, header: &Header, claims: &Claims<MintedClaims>) -> String {
         Ed25519.token(header, claims, self).unwrap_or_default()
     }
 }
 
 impl TokenSigner for TokenSigningKey {
-    fn sign_token(&self, header: &Header, claims: &Claims<AccessClaims>) -> String {
+    fn sign_token(&self, header: &Header, claims: &Claims<MintedClaims>) -> String {
         match self {
             TokenSigningKey::Es256k(k) => k.sign_token(header, claims),
             TokenSigningKey::Ed25519(k) => k.sign_token(header, claims),
@@ -115,7 +133,7 @@ pub fn mint(
     now: i64,
     ttl_secs: u64,
 ) -> String {
-    let mut c = Claims::new(claims);
+    let mut c = Claims::new(MintedClaims::from(claims));
     c.issued_at = Some(at(now));
     c.not_before = Some(at(now));
     c.expiration = Some(at(
@@ -384,6 +402,20 @@ mod tests {
             assert_eq!(v.claims, claims());
             assert_eq!(v.expires_at, now + 300);
         }
+    }
+
+    #[test]
+    fn a_minted_token_names_its_route_as_audience_and_still_verifies() {
+        let now = 1_800_000_000;
+        let t = mint(&key(1), "k1", claims(), now, 300);
+        let payload = t.split('.').nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(
+            &crate::b64::decode(payload).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["aud"], "weather");
+        assert_eq!(json["route"], "weather");
+        assert_eq!(keys().verify(&t, now, 5).unwrap().claims, claims());
     }
 
     #[test]

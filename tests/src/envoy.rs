@@ -65,6 +65,83 @@ pub struct EnvoyOpts {
     /// Fetch the module over HTTP (`vm_config.code.remote`, pinned by sha256) instead of
     /// reading [`EnvoyOpts::wasm`] from disk; a `wasm_server` cluster points at the server.
     pub remote_wasm: Option<RemoteWasm>,
+    /// "Envoy verifies the tokens" mode: Envoy's own `jwt_authn` checks our EdDSA tokens
+    /// ahead of the filter and the filter is skipped for requests it verified (see
+    /// [`NativeJwt`]). `None`: the filter alone (the default mode).
+    pub native_jwt: Option<NativeJwt>,
+}
+
+/// The native `jwt_authn` mode ([`EnvoyOpts::native_jwt`]), the layout of
+/// envoy/envoy-jwt-authn.yaml: a `header_mutation` filter drops client-sent `x-x402-*`
+/// headers; `jwt_authn` verifies the bearer token against the settler's JWKS (fetched from
+/// the `x402_settler` cluster), per Envoy route the requirement named like the route
+/// (audience = the x402 route), missing or failed tokens allowed through to the filter; on
+/// success it sets `x-x402-verified` and the identity headers from the claims; the filter,
+/// wrapped in an `ExtensionWithMatcher`, is skipped when `x-x402-verified` is present.
+#[derive(Debug, Clone)]
+pub struct NativeJwt {
+    /// The settler's `--issuer` (the tokens' `iss`).
+    pub issuer: String,
+    /// (Envoy route name, x402 route name): each route's `jwt_authn` requirement accepts the
+    /// tokens of that x402 route only (their `aud`). The routes YAML names each Envoy route
+    /// and points it at its requirement (`typed_per_filter_config` `envoy.filters.http.jwt_authn`
+    /// `PerRouteConfig {requirement_name: <Envoy route name>}`), see [`jwt_per_route`].
+    pub routes: Vec<(String, String)>,
+}
+
+/// The `typed_per_filter_config` entry (YAML, from column 0) that points an Envoy route at
+/// its native `jwt_authn` requirement ([`NativeJwt`]).
+pub fn jwt_per_route(envoy_route: &str) -> String {
+    format!(
+        "envoy.filters.http.jwt_authn:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig\n  requirement_name: {envoy_route}\n"
+    )
+}
+
+/// The header `jwt_authn` sets on a request it verified (the payload, base64url): the
+/// matcher skips the filter on it; clients' copies are removed first.
+pub const VERIFIED_HEADER: &str = "x-x402-verified";
+
+/// The filters ahead of the (wrapped) wasm filter in the native `jwt_authn` mode.
+fn native_jwt_filters(n: &NativeJwt) -> String {
+    let mut requirements = String::new();
+    for (envoy_route, aud) in &n.routes {
+        requirements.push_str(&format!(
+            "                {envoy_route}:\n                  requires_any:\n                    requirements:\n                    - provider_and_audiences: {{provider_name: x402, audiences: [{aud}]}}\n                    - allow_missing_or_failed: {{}}\n",
+            aud = quoted(aud),
+        ));
+    }
+    format!(
+        r#"          - name: x402.strip_reserved
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+                - remove: {VERIFIED_HEADER}
+                - remove: x-x402-payer
+                - remove: x-x402-route
+                - remove: x-x402-settlement-id
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                x402:
+                  issuer: {issuer}
+                  from_headers: [{{name: authorization, value_prefix: "Bearer "}}]
+                  forward: false
+                  forward_payload_header: {VERIFIED_HEADER}
+                  claim_to_headers:
+                  - {{header_name: x-x402-payer, claim_name: sub}}
+                  - {{header_name: x-x402-route, claim_name: route}}
+                  - {{header_name: x-x402-settlement-id, claim_name: jti}}
+                  remote_jwks:
+                    http_uri: {{uri: "http://x402-settler/.well-known/jwks.json", cluster: x402_settler, timeout: 2s}}
+                    cache_duration: 300s
+                    async_fetch: {{}}
+                  jwt_cache_config: {{jwt_cache_size: 10000}}
+              requirement_map:
+{requirements}"#,
+        issuer = quoted(&n.issuer),
+    )
 }
 
 /// Where Envoy downloads the filter from, and the sha256 it must have.
@@ -95,6 +172,7 @@ impl Default for EnvoyOpts {
             strip_any_host_port: false,
             routes_yaml: None,
             remote_wasm: None,
+            native_jwt: None,
         }
     }
 }
@@ -176,22 +254,7 @@ static_resources:
               routes:
 {routes}
           http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: x402
-                root_id: x402
-                failure_policy: {failure_policy}
-                allow_on_headers_stop_iteration: {allow}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}
-                vm_config:
-                  vm_id: x402
-                  runtime: envoy.wasm.runtime.v8
-                  code: {code}
-{vm_env}          - name: envoy.filters.http.router
+{wasm_filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
@@ -200,7 +263,55 @@ static_resources:
     connect_timeout: 0.5s
     {settler_endpoint}
 "#,
-        failure_policy = opts.failure_policy,
+        wasm_filter = {
+            let wasm = format!(
+                r#""@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+config:
+  name: x402
+  root_id: x402
+  failure_policy: {failure_policy}
+  allow_on_headers_stop_iteration: {allow}
+  configuration:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: {config}
+  vm_config:
+    vm_id: x402
+    runtime: envoy.wasm.runtime.v8
+    code: {code}
+{vm_env}"#,
+                failure_policy = opts.failure_policy,
+                allow = opts.allow_on_headers_stop_iteration,
+                config = quoted(filter_config_json),
+                code = match &opts.remote_wasm {
+                    // One retry only: a module that fails its hash fails it again.
+                    Some(r) => format!(
+                        "{{remote: {{http_uri: {{uri: {uri}, cluster: wasm_server, timeout: 10s}}, sha256: {sha}, retry_policy: {{num_retries: 1}}}}}}",
+                        uri = quoted(&format!("http://127.0.0.1:{}{}", r.port, r.path)),
+                        sha = quoted(&r.sha256),
+                    ),
+                    None => format!("{{local: {{filename: {}}}}}", quoted(&wasm.to_string_lossy())),
+                },
+                vm_env = match opts.settler_secret {
+                    Some(_) => format!(
+                        "    environment_variables: {{host_env_keys: [{SETTLER_SECRET_ENV}]}}\n"
+                    ),
+                    None => String::new(),
+                },
+            );
+            match &opts.native_jwt {
+                // The entry keeps the wasm filter's name: per-route `FilterConfig {disabled}`
+                // keyed `envoy.filters.http.wasm` still turns it off.
+                Some(n) => format!(
+                    "{}          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher\n              xds_matcher:\n                matcher_list:\n                  matchers:\n                  - predicate:\n                      single_predicate:\n                        input:\n                          name: verified\n                          typed_config: {{\"@type\": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: {VERIFIED_HEADER}}}\n                        value_match: {{safe_regex: {{regex: \".+\"}}}}\n                    on_match:\n                      action:\n                        name: skip\n                        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter}}\n              extension_config:\n                name: envoy.filters.http.wasm\n                typed_config:\n{}",
+                    native_jwt_filters(n),
+                    indent(&wasm, 18)
+                ),
+                None => format!(
+                    "          - name: envoy.filters.http.wasm\n            typed_config:\n{}",
+                    indent(&wasm, 14)
+                ),
+            }
+        },
         routes = match &opts.routes_yaml {
             Some(yaml) => yaml
                 .lines()
@@ -220,17 +331,6 @@ static_resources:
             n
         },
         domains = serde_json::to_string(&opts.domains).unwrap_or_else(|_| "[\"*\"]".to_string()),
-        allow = opts.allow_on_headers_stop_iteration,
-        config = quoted(filter_config_json),
-        code = match &opts.remote_wasm {
-            // One retry only: a module that fails its hash fails it again.
-            Some(r) => format!(
-                "{{remote: {{http_uri: {{uri: {uri}, cluster: wasm_server, timeout: 10s}}, sha256: {sha}, retry_policy: {{num_retries: 1}}}}}}",
-                uri = quoted(&format!("http://127.0.0.1:{}{}", r.port, r.path)),
-                sha = quoted(&r.sha256),
-            ),
-            None => format!("{{local: {{filename: {}}}}}", quoted(&wasm.to_string_lossy())),
-        },
         wasm_cluster = match &opts.remote_wasm {
             Some(r) => format!(
                 "  - name: wasm_server\n    type: STATIC\n    connect_timeout: 1s\n    {}\n",
@@ -239,13 +339,21 @@ static_resources:
             None => String::new(),
         },
         settler_endpoint = endpoint("x402_settler", settler_port),
-        vm_env = match opts.settler_secret {
-            Some(_) => format!(
-                "                  environment_variables: {{host_env_keys: [{SETTLER_SECRET_ENV}]}}\n"
-            ),
-            None => String::new(),
-        },
     )
+}
+
+/// `text` with every non-empty line indented by `n` spaces.
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("{pad}{l}\n")
+            }
+        })
+        .collect()
 }
 
 fn tail(text: &str, lines: usize) -> String {
