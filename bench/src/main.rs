@@ -32,7 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use k256::ecdsa::SigningKey;
 use serde_json::{json, Value};
-use x402_protocol::token::{mint, AccessClaims};
+use x402_protocol::token::{mint, AccessClaims, TokenAlg, TokenSigningKey};
 use x402_protocol::{Address, Network, U256};
 use x402_testkit::envoy::{bootstrap_yaml, EnvoyOpts};
 use x402_testkit::stack::Stack;
@@ -53,6 +53,21 @@ enum Filter {
     /// The x402 filter declared, but disabled on the route of `/free` (Envoy's per-route
     /// `FilterConfig { disabled: true }`): what an unpriced route costs when it is disabled.
     X402DisabledOnFree,
+    /// "Envoy verifies the tokens" (envoy/envoy-jwt-authn.yaml): `jwt_authn` checks our
+    /// EdDSA token (with its cache), the filter is skipped for verified requests.
+    Native,
+}
+
+/// The harness's routes for [`Filter::Native`]: `/api/weather` pointed at its `jwt_authn`
+/// requirement, the rest as usual (direct_response).
+fn native_routes() -> String {
+    let per_route: String = x402_testkit::envoy::jwt_per_route("api_weather")
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "- name: api_weather\n  match: {{prefix: \"/api/weather\"}}\n  direct_response: {{status: 200, body: {{inline_string: \"no upstream\"}}}}\n  typed_per_filter_config:\n{per_route}- match: {{prefix: \"/\"}}\n  direct_response: {{status: 200, body: {{inline_string: \"no upstream\"}}}}\n"
+    )
 }
 
 /// The harness's routes with the filter disabled on `/free` (direct_response, as the rest).
@@ -78,6 +93,10 @@ enum Send {
     Es256Token,
     /// A different one of [`FIRST_USE_TOKENS`] tokens per request, cycled (wrk Lua script).
     TokenList,
+    /// Our access token signed EdDSA (for [`Filter::Native`]), the same one every time.
+    EdToken,
+    /// [`Send::TokenList`] of EdDSA tokens.
+    EdTokenList,
 }
 
 struct Scenario {
@@ -186,6 +205,22 @@ const SCENARIOS: &[Scenario] = &[
         1,
     ),
     sc(
+        "x402_native_warm",
+        Filter::Native,
+        "/api/weather",
+        Send::EdToken,
+        200,
+        1,
+    ),
+    sc(
+        "x402_native_first_use",
+        Filter::Native,
+        "/api/weather",
+        Send::EdTokenList,
+        200,
+        1,
+    ),
+    sc(
         "no_filter_c2",
         Filter::None,
         "/api/weather",
@@ -218,6 +253,7 @@ const IR_ROWS: &[&str] = &[
     "x402_unpriced",
     "x402_warm",
     "x402_challenge",
+    "x402_native_warm",
 ];
 
 struct RunningEnvoy {
@@ -450,6 +486,52 @@ struct Tokens {
     es256: String,
     list: PathBuf,
     script: PathBuf,
+    /// The EdDSA token, the first of the EdDSA list, the script cycling that list.
+    ed: String,
+    ed_first: String,
+    ed_script: PathBuf,
+}
+
+/// The EdDSA token key of the native rows: its filter `token_keys` entry and its JWKS.
+struct EdKey {
+    entry: Value,
+    jwks: String,
+}
+
+/// Writes `n` tokens from `mint_one(i)` to `list` and a wrk script cycling them to `script`;
+/// returns the first token.
+fn token_list(
+    list: &Path,
+    script: &Path,
+    n: usize,
+    mint_one: impl Fn(usize) -> String,
+) -> Result<String> {
+    let mut first = String::new();
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(list)?);
+        for i in 0..n {
+            let t = mint_one(i);
+            writeln!(f, "{t}")?;
+            if i == 0 {
+                first = t;
+            }
+        }
+    }
+    std::fs::write(
+        script,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, {{["Authorization"] = "Bearer " .. tokens[i]}})
+end
+"#,
+            list.display()
+        ),
+    )?;
+    Ok(first)
 }
 
 fn header_for(s: &Scenario, t: &Tokens) -> String {
@@ -459,10 +541,27 @@ fn header_for(s: &Scenario, t: &Tokens) -> String {
         Send::TokenList => format!("authorization: Bearer {}", t.first),
         Send::X402Token => format!("authorization: Bearer {}", t.x402),
         Send::Es256Token => format!("authorization: Bearer {}", t.es256),
+        Send::EdToken => format!("authorization: Bearer {}", t.ed),
+        Send::EdTokenList => format!("authorization: Bearer {}", t.ed_first),
     }
 }
 
-fn yaml_for(s: &Scenario, key: &SigningKey, asset: Address, jwks: &str) -> Result<String> {
+/// The wrk script of a row that cycles a token list.
+fn script_for<'a>(s: &Scenario, t: &'a Tokens) -> Option<&'a Path> {
+    match s.send {
+        Send::TokenList => Some(t.script.as_path()),
+        Send::EdTokenList => Some(t.ed_script.as_path()),
+        _ => None,
+    }
+}
+
+fn yaml_for(
+    s: &Scenario,
+    key: &SigningKey,
+    asset: Address,
+    jwks: &str,
+    ed: &EdKey,
+) -> Result<String> {
     let network = Network::eip155(31337);
     let mut cfg = Stack::filter_config(
         key,
@@ -475,14 +574,24 @@ fn yaml_for(s: &Scenario, key: &SigningKey, asset: Address, jwks: &str) -> Resul
         cfg["token_cache_size"] = json!(cache_size);
     }
     let (port, admin) = (ports::free_port(), ports::free_port());
-    let opts = EnvoyOpts {
+    let mut opts = EnvoyOpts {
         routes_yaml: (s.filter == Filter::X402DisabledOnFree)
             .then(|| DISABLED_ON_FREE_ROUTES.to_string()),
         ..EnvoyOpts::default()
     };
+    if s.filter == Filter::Native {
+        cfg["token_keys"] = json!([ed.entry]);
+        cfg["token_cache_size"] = json!(CACHE);
+        opts.routes_yaml = Some(native_routes());
+        opts.native_jwt = Some(x402_testkit::envoy::NativeJwt {
+            issuer: "bench".into(),
+            routes: vec![("api_weather".into(), "weather".into())],
+            local_jwks: Some(ed.jwks.clone()),
+        });
+    }
     let yaml = bootstrap_yaml(&cfg.to_string(), &opts, port, admin, ports::free_port());
     let yaml = match s.filter {
-        Filter::X402 { .. } | Filter::X402DisabledOnFree => yaml,
+        Filter::X402 { .. } | Filter::X402DisabledOnFree | Filter::Native => yaml,
         Filter::None => replace_filter(&yaml, "")?,
         Filter::JwtAuthn { cache } => replace_filter(&yaml, &jwt_authn_filter(jwks, cache))?,
     };
@@ -607,38 +716,34 @@ fn main() -> Result<()> {
 
     // The first-use list: distinct valid tokens, same length as the warm one.
     let list = work.path().join("tokens.txt");
-    let mut first = String::new();
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&list)?);
-        for i in 0..FIRST_USE_TOKENS {
-            let t = mint(&key, &kid, claims(format!("bnch{i:06}")), now, 3600);
-            writeln!(f, "{t}")?;
-            if i == 0 {
-                first = t;
-            }
-        }
-    }
     let script = work.path().join("cycle.lua");
-    std::fs::write(
-        &script,
-        format!(
-            r#"local tokens = {{}}
-for line in io.lines("{}") do tokens[#tokens + 1] = line end
-local i = 0
-request = function()
-  i = i % #tokens + 1
-  return wrk.format(nil, nil, {{["Authorization"] = "Bearer " .. tokens[i]}})
-end
-"#,
-            list.display()
-        ),
+    let first = token_list(&list, &script, FIRST_USE_TOKENS, |i| {
+        mint(&key, &kid, claims(format!("bnch{i:06}")), now, 3600)
+    })?;
+    // The native rows' EdDSA key, token and list.
+    let ed_key = TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x5b; 32])
+        .context("Ed25519 bench key")?;
+    let ed_kid = ed_key.verifying_key().key_id();
+    let ed = EdKey {
+        entry: json!({"kid": ed_kid, "alg": "EdDSA", "public_key": ed_key.verifying_key().to_hex()}),
+        jwks: json!({"keys": [ed_key.verifying_key().jwk(&ed_kid)]}).to_string(),
+    };
+    let ed_script = work.path().join("cycle_ed.lua");
+    let ed_first = token_list(
+        &work.path().join("tokens_ed.txt"),
+        &ed_script,
+        FIRST_USE_TOKENS,
+        |i| mint(&ed_key, &ed_kid, claims(format!("bnch{i:06}")), now, 3600),
     )?;
     let tokens = Tokens {
-        x402,
+        x402: x402.clone(),
         first,
         es256: es256_token,
         list,
         script,
+        ed: mint(&ed_key, &ed_kid, claims("bench".into()), now, 3600),
+        ed_first,
+        ed_script,
     };
 
     let scenarios: Vec<&Scenario> = SCENARIOS
@@ -653,7 +758,7 @@ end
     let mut envoys = Vec::new();
     let mut yamls = Vec::new();
     for s in &scenarios {
-        let yaml = yaml_for(s, &key, asset, &jwks)?;
+        let yaml = yaml_for(s, &key, asset, &jwks, &ed)?;
         yamls.push(yaml);
     }
     for (s, yaml) in scenarios.iter().zip(&yamls).filter(|_| part("rps")) {
@@ -680,10 +785,8 @@ end
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     for round in 0..rounds {
         for (e, (i, s)) in envoys.iter().zip(scenarios.iter().enumerate()) {
-            let (header, script) = match s.send {
-                Send::TokenList => (None, Some(tokens.script.as_path())),
-                _ => (Some(header_for(s, &tokens)), None),
-            };
+            let script = script_for(s, &tokens);
+            let header = script.is_none().then(|| header_for(s, &tokens));
             let r = wrk(
                 e.port,
                 s.path,
@@ -732,7 +835,12 @@ end
 
     // Envoy's memory: fresh Envoys, one at a time, after the wrk rows are done.
     if part("rss") {
-        let memory = rss::measure(&tokens, secs, |s| yaml_for(s, &key, asset, &jwks), ports_of)?;
+        let memory = rss::measure(
+            &tokens,
+            secs,
+            |s| yaml_for(s, &key, asset, &jwks, &ed),
+            ports_of,
+        )?;
         print!("{}", memory.md);
         let rows: Vec<Value> = memory
             .values

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{get, header_for, sc, start_envoy, wrk, Filter, Scenario, Send, Tokens, CACHE};
+use crate::{
+    get, header_for, sc, script_for, start_envoy, wrk, Filter, Scenario, Send, Tokens, CACHE,
+};
 
 /// VmRSS, RssAnon and RssFile of a process, in MB.
 #[derive(Clone, Copy, Debug)]
@@ -161,10 +163,8 @@ pub(crate) fn measure(
         // The filter's first timer tick (revocation list, JWKS) runs within the second.
         std::thread::sleep(Duration::from_millis(1500));
         let idle = rss_of(envoy.child.id())?;
-        let (header, script): (Option<String>, Option<&Path>) = match s.send {
-            Send::TokenList => (None, Some(tokens.script.as_path())),
-            _ => (Some(header_for(s, tokens)), None),
-        };
+        let script: Option<&Path> = script_for(s, tokens);
+        let header = script.is_none().then(|| header_for(s, tokens));
         wrk(
             port,
             s.path,

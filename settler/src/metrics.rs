@@ -26,6 +26,9 @@ pub const REVENUE: &str = "x402_revenue_base_units_total";
 /// `sign`): where a mint's milliseconds go.
 pub const ACCEPT_PHASE: &str = "x402_accept_phase_seconds";
 
+/// SQLite: accepted payments made durable per transaction (`store::group_commit`).
+pub const SQLITE_GROUP_SIZE: &str = "x402_sqlite_group_commit_size";
+
 /// Records the time since `start` as phase `phase` of [`ACCEPT_PHASE`].
 pub(crate) fn accept_phase(phase: &'static str, start: std::time::Instant) {
     metrics::histogram!(ACCEPT_PHASE, "phase" => phase).record(start.elapsed().as_secs_f64());
@@ -96,6 +99,10 @@ fn describe() {
     metrics::describe_histogram!(
         ACCEPT_PHASE,
         "Seconds per phase of accepting a payment and minting its token (summary)"
+    );
+    metrics::describe_histogram!(
+        SQLITE_GROUP_SIZE,
+        "SQLite: accepted payments committed per transaction, one fsync each (summary)"
     );
     metrics::describe_counter!(
         FACILITATOR_REQUESTS,

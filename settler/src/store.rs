@@ -8,7 +8,6 @@
 //!   so a payment's transfer is signed exactly once and can execute at most once.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
@@ -25,6 +24,7 @@ mod holds;
 pub use holds::{AcceptExtras, HoldChange};
 mod ops;
 pub use ops::SettledItem;
+mod group_commit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -36,11 +36,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite: acceptance inserts one at a time in this process. SQLite takes one writer
-    /// at a time anyway; waiting here costs the commit ahead (~1 ms), waiting in SQLite's
-    /// busy handler sleeps 1, 2, 5, 10 ... ms between tries (measured: commit 1.1 -> 5 ms
-    /// at 8 concurrent mints without this).
-    writer: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the acceptances' writer, committing concurrent inserts together
+    /// ([`group_commit`]); `None` on Postgres.
+    group: Option<group_commit::GroupCommit>,
 }
 
 /// A payment as it is about to be stored.
@@ -527,8 +525,8 @@ pub(crate) struct LaneShare {
 /// connection, the in-process payer lock serialises.
 pub enum Session {
     Pg(Transaction<'static, Any>),
-    /// The connection and the store's writer lock (taken for the insert).
-    Lite(PoolConnection<Any>, Arc<tokio::sync::Mutex<()>>),
+    /// The connection (reads) and the store's writer (the insert, [`group_commit`]).
+    Lite(PoolConnection<Any>, group_commit::GroupCommit),
 }
 
 impl Session {
@@ -702,52 +700,17 @@ impl Session {
     }
 
     /// Inserts `p` with `extras` (its token's times, idempotency key, hold). A taken
-    /// single-use key or idempotency key is [`StoreError::Duplicate`].
+    /// single-use key or idempotency key is [`StoreError::Duplicate`]. Postgres: in this
+    /// session's transaction (durable at [`Session::commit`]); SQLite: durable when this
+    /// returns, committed together with the acceptances inserting at the same time.
     pub async fn insert_accepted(
         &mut self,
         p: &NewPayment,
         extras: &AcceptExtras,
     ) -> Result<(), StoreError> {
-        let token = extras.token;
-        let _writer = match self {
-            Session::Lite(_, w) => Some(w.clone().lock_owned().await),
-            Session::Pg(_) => None,
-        };
-        let res = sqlx::query(
-            "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp, payment_id, held_until_ms, lane_slot)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22, $23, $24, $25)",
-        )
-        .bind(&p.id)
-        .bind(p.use_key())
-        .bind(p.scheme.as_str())
-        .bind(p.network.chain_id as i64)
-        .bind(hexa(p.asset))
-        .bind(hexa(p.payer))
-        .bind(hexa(p.pay_to))
-        .bind(p.spender.map(hexa))
-        .bind(p.value.to_string())
-        .bind(p.price.to_string())
-        .bind(hex32(p.nonce))
-        .bind(p.valid_after.to_string())
-        .bind(p.deadline.to_string())
-        .bind(p.sig.v as i64)
-        .bind(hex32(p.sig.r))
-        .bind(hex32(p.sig.s))
-        .bind(&p.route)
-        .bind(p.resource.clone())
-        .bind(&p.format)
-        .bind(p.created_ms)
-        .bind(token.map(|t| t.0))
-        .bind(token.map(|t| t.1))
-        .bind(extras.payment_id.clone())
-        .bind(extras.held_until_ms)
-        .bind(lane_slot(p))
-        .execute(self.conn())
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate),
-            Err(e) => Err(e.into()),
+        match self {
+            Session::Pg(tx) => insert_payment(tx, p, extras).await,
+            Session::Lite(_, group) => group.insert(p, extras).await,
         }
     }
 
@@ -781,33 +744,29 @@ impl Store {
                 redact(url)
             )));
         };
-        let opts = AnyConnectOptions::from_str(url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections.unwrap_or(match backend {
+        let pool = open_pool(
+            url,
+            backend,
+            connections.unwrap_or(match backend {
                 // WAL: readers run beside the one writer. An acceptance holds its
                 // connection through its chain reads (RPC), so more than a few are useful.
                 Backend::Sqlite => 16,
                 Backend::Postgres => 16,
-            }))
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        // FULL: a commit is on disk before it returns (WAL fsync at every
-                        // commit), so a token never exists without its durable payment row.
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
-            .await?;
+            }),
+        )
+        .await?;
+        // The writer has a connection of its own: acceptances hold theirs while they wait
+        // for it, so one taken from their pool could be one none of them gives back.
+        let group = match backend {
+            Backend::Sqlite => Some(group_commit::GroupCommit::start(
+                open_pool(url, backend, 1).await?,
+            )),
+            Backend::Postgres => None,
+        };
         let store = Store {
             pool,
             backend,
-            writer: Default::default(),
+            group,
         };
         store.migrate().await?;
         Ok(store)
@@ -876,10 +835,12 @@ impl Store {
                     .await?;
                 Ok(Session::Pg(tx))
             }
-            Backend::Sqlite => Ok(Session::Lite(
-                self.pool.acquire().await?,
-                self.writer.clone(),
-            )),
+            Backend::Sqlite => {
+                let group = self.group.clone().ok_or_else(|| {
+                    StoreError::Corrupt("SQLite store without its writer".into())
+                })?;
+                Ok(Session::Lite(self.pool.acquire().await?, group))
+            }
         }
     }
 
@@ -1618,6 +1579,76 @@ async fn repoint_payment(
     Ok(())
 }
 
+/// A pool of `connections` on `url`; SQLite connections in WAL mode with a busy timeout and
+/// `synchronous = FULL`.
+async fn open_pool(url: &str, backend: Backend, connections: u32) -> Result<AnyPool, StoreError> {
+    let opts = AnyConnectOptions::from_str(url)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // FULL: a commit is on disk before it returns (WAL fsync at every
+                    // commit), so a token never exists without its durable payment row.
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+/// The INSERT of an accepted payment on `conn` (a session's transaction, or the SQLite
+/// writer's group).
+pub(crate) async fn insert_payment(
+    conn: &mut AnyConnection,
+    p: &NewPayment,
+    extras: &AcceptExtras,
+) -> Result<(), StoreError> {
+    let token = extras.token;
+    let res = sqlx::query(
+        "INSERT INTO x402_payments (id, use_key, scheme, chain_id, asset, payer, pay_to, spender, value, price, nonce, valid_after, deadline, sig_v, sig_r, sig_s, route, resource, format, state, attempts, next_attempt_ms, created_ms, updated_ms, token_iat, token_exp, payment_id, held_until_ms, lane_slot)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'pending', 0, 0, $20, $20, $21, $22, $23, $24, $25)",
+    )
+    .bind(&p.id)
+    .bind(p.use_key())
+    .bind(p.scheme.as_str())
+    .bind(p.network.chain_id as i64)
+    .bind(hexa(p.asset))
+    .bind(hexa(p.payer))
+    .bind(hexa(p.pay_to))
+    .bind(p.spender.map(hexa))
+    .bind(p.value.to_string())
+    .bind(p.price.to_string())
+    .bind(hex32(p.nonce))
+    .bind(p.valid_after.to_string())
+    .bind(p.deadline.to_string())
+    .bind(p.sig.v as i64)
+    .bind(hex32(p.sig.r))
+    .bind(hex32(p.sig.s))
+    .bind(&p.route)
+    .bind(p.resource.clone())
+    .bind(&p.format)
+    .bind(p.created_ms)
+    .bind(token.map(|t| t.0))
+    .bind(token.map(|t| t.1))
+    .bind(extras.payment_id.clone())
+    .bind(extras.held_until_ms)
+    .bind(lane_slot(p))
+    .execute(conn)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn insert_attempt(
     tx: &mut Transaction<'static, Any>,
     t: &TxRow,
@@ -1809,6 +1840,39 @@ mod tests {
         let stolen = due(0, 6_000).await;
         assert_eq!(stolen.len(), 43, "{stolen:?}");
         assert!(!stolen.contains(&"named".to_string()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sqlite_inserts_commit_in_groups_and_a_duplicate_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        // 40 payments, one of them sent twice (two use the same single-use key).
+        for i in 0..41u8 {
+            let store = store.clone();
+            set.spawn(async move {
+                let mut p = sample(&format!("g{i}"), i.min(39));
+                p.payer = Address::repeat_byte(0x50);
+                let mut s = store.session(i64::from(i)).await.unwrap();
+                let r = s.insert_accepted(&p, &AcceptExtras::default()).await;
+                s.commit().await.unwrap();
+                r
+            });
+        }
+        let mut dup = 0;
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(()) => {}
+                Err(StoreError::Duplicate) => dup += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(dup, 1, "the second use of the key alone is refused");
+        // Every other one is durable: a new connection sees 40 rows.
+        let again = Store::connect(&url).await.unwrap();
+        let counts = again.count_by_state().await.unwrap();
+        assert_eq!(counts, vec![("pending".to_string(), 40)]);
     }
 
     #[tokio::test]

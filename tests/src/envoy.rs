@@ -87,6 +87,9 @@ pub struct NativeJwt {
     /// and points it at its requirement (`typed_per_filter_config` `envoy.filters.http.jwt_authn`
     /// `PerRouteConfig {requirement_name: <Envoy route name>}`), see [`jwt_per_route`].
     pub routes: Vec<(String, String)>,
+    /// The JWKS inline (`local_jwks`); `None`: fetched from the settler's
+    /// `/.well-known/jwks.json` (`remote_jwks` on the `x402_settler` cluster, at start).
+    pub local_jwks: Option<String>,
 }
 
 /// The `typed_per_filter_config` entry (YAML, from column 0) that points an Envoy route at
@@ -133,14 +136,14 @@ fn native_jwt_filters(n: &NativeJwt) -> String {
                   - {{header_name: x-x402-payer, claim_name: sub}}
                   - {{header_name: x-x402-route, claim_name: route}}
                   - {{header_name: x-x402-settlement-id, claim_name: jti}}
-                  remote_jwks:
-                    http_uri: {{uri: "http://x402-settler/.well-known/jwks.json", cluster: x402_settler, timeout: 2s}}
-                    cache_duration: 300s
-                    async_fetch: {{}}
-                  jwt_cache_config: {{jwt_cache_size: 10000}}
+{jwks}                  jwt_cache_config: {{jwt_cache_size: 10000}}
               requirement_map:
 {requirements}"#,
         issuer = quoted(&n.issuer),
+        jwks = match &n.local_jwks {
+            Some(j) => format!("                  local_jwks: {{inline_string: {}}}\n", quoted(j)),
+            None => "                  remote_jwks:\n                    http_uri: {uri: \"http://x402-settler/.well-known/jwks.json\", cluster: x402_settler, timeout: 2s}\n                    cache_duration: 300s\n                    async_fetch: {}\n".to_string(),
+        },
     )
 }
 

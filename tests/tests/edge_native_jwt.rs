@@ -92,6 +92,7 @@ impl Native {
                     ("api_weather".into(), WEATHER.into()),
                     ("api_report".into(), REPORT.into()),
                 ],
+                local_jwks: None,
             }),
             ..EnvoyOpts::default()
         };
