@@ -62,3 +62,40 @@ fn unrendered_template_is_refused_naming_the_field() {
         "log names the field:\n{out}"
     );
 }
+
+#[test]
+fn rendered_jwt_authn_mode_config_validates() {
+    use x402_protocol::token::{TokenAlg, TokenSigningKey};
+    assert!(paths::filter_wasm().exists(), "run `make wasm` first");
+    let text = std::fs::read_to_string(paths::root().join("envoy/envoy-jwt-authn.yaml"))
+        .expect("envoy/envoy-jwt-authn.yaml");
+    let key = TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x42; 32]).expect("Ed25519 key");
+    let vk = key.verifying_key();
+    let yaml = render(
+        &text,
+        &[
+            ("X402_KID", vk.key_id()),
+            ("X402_PUBLIC_KEY", vk.to_hex()),
+            (
+                "X402_TOKEN_ADDRESS",
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
+            ),
+            (
+                "X402_PAY_TO",
+                "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into(),
+            ),
+            (
+                "X402_SPENDER",
+                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into(),
+            ),
+        ],
+    );
+    assert!(!yaml.contains("${X402_"), "every placeholder is filled");
+    let (ok, out) = Envoy::validate(&yaml).expect("envoy --mode validate runs");
+    assert!(
+        ok,
+        "rendered envoy/envoy-jwt-authn.yaml must pass --mode validate:\n{out}"
+    );
+    // The filter is wrapped (skipped for verified requests) and keeps its name.
+    assert!(yaml.contains("ExtensionWithMatcher") && yaml.contains("SkipFilter"));
+}
