@@ -19,7 +19,8 @@
 //! Environment: `X402_BENCH_SECS` (per round, default 3), `X402_BENCH_ROUNDS` (default 3),
 //! `X402_BENCH_PARTS` (which parts run, default all: `rps` the wrk rows, `rss` Envoy's
 //! memory, `ir` callgrind), `X402_BENCH_CALLGRIND=0` skips the callgrind rows too,
-//! `X402_BENCH_IR_REQUESTS` (default 400), `X402_BENCH_ONLY` (comma-separated row names).
+//! `X402_BENCH_IR_REQUESTS` (default 400), `X402_BENCH_ONLY` (comma-separated row names),
+//! `X402_BENCH_CALLGRIND_DIR` (keep the callgrind profiles there, for `callgrind_annotate`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -670,6 +671,14 @@ fn instructions_per_request(s: &Scenario, yaml: &str, t: &Tokens, n: usize) -> R
         }
     };
     drop(envoy);
+    // X402_BENCH_CALLGRIND_DIR: keep the profiles (callgrind_annotate) as <row>.callgrind.
+    if let Ok(keep) = std::env::var("X402_BENCH_CALLGRIND_DIR") {
+        std::fs::create_dir_all(&keep)?;
+        for (i, e) in std::fs::read_dir(out_dir.path())?.enumerate() {
+            let to = Path::new(&keep).join(format!("{}.{i}.callgrind", s.name));
+            std::fs::copy(e?.path(), to)?;
+        }
+    }
     Ok(total as f64 / n as f64)
 }
 
@@ -721,8 +730,8 @@ fn main() -> Result<()> {
         mint(&key, &kid, claims(format!("bnch{i:06}")), now, 3600)
     })?;
     // The native rows' EdDSA key, token and list.
-    let ed_key = TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x5b; 32])
-        .context("Ed25519 bench key")?;
+    let ed_key =
+        TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x5b; 32]).context("Ed25519 bench key")?;
     let ed_kid = ed_key.verifying_key().key_id();
     let ed = EdKey {
         entry: json!({"kid": ed_kid, "alg": "EdDSA", "public_key": ed_key.verifying_key().to_hex()}),

@@ -409,10 +409,8 @@ mod tests {
         let now = 1_800_000_000;
         let t = mint(&key(1), "k1", claims(), now, 300);
         let payload = t.split('.').nth(1).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(
-            &crate::b64::decode(payload).unwrap(),
-        )
-        .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&crate::b64::decode(payload).unwrap()).unwrap();
         assert_eq!(json["aud"], "weather");
         assert_eq!(json["route"], "weather");
         assert_eq!(keys().verify(&t, now, 5).unwrap().claims, claims());

@@ -836,9 +836,10 @@ impl Store {
                 Ok(Session::Pg(tx))
             }
             Backend::Sqlite => {
-                let group = self.group.clone().ok_or_else(|| {
-                    StoreError::Corrupt("SQLite store without its writer".into())
-                })?;
+                let group = self
+                    .group
+                    .clone()
+                    .ok_or_else(|| StoreError::Corrupt("SQLite store without its writer".into()))?;
                 Ok(Session::Lite(self.pool.acquire().await?, group))
             }
         }

@@ -76,8 +76,9 @@ pub struct EnvoyOpts {
 /// headers; `jwt_authn` verifies the bearer token against the settler's JWKS (fetched from
 /// the `x402_settler` cluster), per Envoy route the requirement named like the route
 /// (audience = the x402 route), missing or failed tokens allowed through to the filter; on
-/// success it sets `x-x402-verified` and the identity headers from the claims; the filter,
-/// wrapped in an `ExtensionWithMatcher`, is skipped when `x-x402-verified` is present.
+/// success it sets the identity headers from the claims (`x-x402-payer` first); the filter,
+/// a `composite` filter's action behind an `ExtensionWithMatcher`, is only created for
+/// requests without `x-x402-payer`.
 #[derive(Debug, Clone)]
 pub struct NativeJwt {
     /// The settler's `--issuer` (the tokens' `iss`).
@@ -100,9 +101,9 @@ pub fn jwt_per_route(envoy_route: &str) -> String {
     )
 }
 
-/// The header `jwt_authn` sets on a request it verified (the payload, base64url): the
-/// matcher skips the filter on it; clients' copies are removed first.
-pub const VERIFIED_HEADER: &str = "x-x402-verified";
+/// The header `jwt_authn` sets on a request it verified (the payer, from the token's `sub`):
+/// the matcher skips the filter on it; clients' copies are removed first.
+pub const VERIFIED_HEADER: &str = "x-x402-payer";
 
 /// The filters ahead of the (wrapped) wasm filter in the native `jwt_authn` mode.
 fn native_jwt_filters(n: &NativeJwt) -> String {
@@ -119,7 +120,6 @@ fn native_jwt_filters(n: &NativeJwt) -> String {
               "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
               mutations:
                 request_mutations:
-                - remove: {VERIFIED_HEADER}
                 - remove: x-x402-payer
                 - remove: x-x402-route
                 - remove: x-x402-settlement-id
@@ -131,7 +131,6 @@ fn native_jwt_filters(n: &NativeJwt) -> String {
                   issuer: {issuer}
                   from_headers: [{{name: authorization, value_prefix: "Bearer "}}]
                   forward: false
-                  forward_payload_header: {VERIFIED_HEADER}
                   claim_to_headers:
                   - {{header_name: x-x402-payer, claim_name: sub}}
                   - {{header_name: x-x402-route, claim_name: route}}
@@ -304,10 +303,13 @@ config:
             match &opts.native_jwt {
                 // The entry keeps the wasm filter's name: per-route `FilterConfig {disabled}`
                 // keyed `envoy.filters.http.wasm` still turns it off.
+                // The filter is created only for requests jwt_authn did not verify: a
+                // composite filter behind a matcher (a filter merely skipped would still
+                // have its VM context created and logged on every request).
                 Some(n) => format!(
-                    "{}          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher\n              xds_matcher:\n                matcher_list:\n                  matchers:\n                  - predicate:\n                      single_predicate:\n                        input:\n                          name: verified\n                          typed_config: {{\"@type\": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: {VERIFIED_HEADER}}}\n                        value_match: {{safe_regex: {{google_re2: {{}}, regex: \".+\"}}}}\n                    on_match:\n                      action:\n                        name: skip\n                        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter}}\n              extension_config:\n                name: envoy.filters.http.wasm\n                typed_config:\n{}",
+                    "{}          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher\n              extension_config:\n                name: x402.composite\n                typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite}}\n              xds_matcher:\n                matcher_list:\n                  matchers:\n                  - predicate:\n                      single_predicate:\n                        input:\n                          name: verified\n                          typed_config: {{\"@type\": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: {VERIFIED_HEADER}}}\n                        value_match: {{prefix: \"0x\"}}\n                    on_match:\n                      action:\n                        name: skip\n                        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter}}\n                on_no_match:\n                  action:\n                    name: x402\n                    typed_config:\n                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction\n                      typed_config:\n                        name: envoy.filters.http.wasm\n                        typed_config:\n{}",
                     native_jwt_filters(n),
-                    indent(&wasm, 18)
+                    indent(&wasm, 26)
                 ),
                 None => format!(
                     "          - name: envoy.filters.http.wasm\n            typed_config:\n{}",
@@ -321,7 +323,8 @@ config:
                 .map(|l| format!("              {l}"))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            None => format!("              - match: {{prefix: \"/\"}}\n                {route_action}"),
+            None =>
+                format!("              - match: {{prefix: \"/\"}}\n                {route_action}"),
         },
         normalization = {
             let mut n = String::new();
