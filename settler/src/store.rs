@@ -1767,6 +1767,12 @@ mod tests {
         }
     }
 
+    async fn insert(store: &Store, p: &NewPayment) {
+        let mut s = store.session(1).await.unwrap();
+        s.insert(p).await.unwrap();
+        s.commit().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_signer_pool_splits_due_payments_by_slot_and_takes_the_overdue_of_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -1781,9 +1787,7 @@ mod tests {
             p.nonce = B256::repeat_byte(i);
             p.created_ms = 5_000;
             slots.push((p.id.clone(), lane_slot(&p)));
-            let mut s = store.session(1).await.unwrap();
-            s.insert(&p).await.unwrap();
-            s.commit().await.unwrap();
+            insert(&store, &p).await;
         }
         // One payer's permits: one slot, so one wallet's lane, in nonce order.
         for n in 0..3u8 {
@@ -1792,18 +1796,14 @@ mod tests {
             p.payer = Address::repeat_byte(0x77);
             p.created_ms = 5_000;
             slots.push((p.id.clone(), lane_slot(&p)));
-            let mut s = store.session(1).await.unwrap();
-            s.insert(&p).await.unwrap();
-            s.commit().await.unwrap();
+            insert(&store, &p).await;
         }
         // A permit naming wallet 0x44 goes to that wallet whatever its slot.
         let mut named = sample("named", 9);
         named.payer = Address::repeat_byte(0x78);
         named.spender = Some(wallets[1]);
         named.created_ms = 5_000;
-        let mut s = store.session(1).await.unwrap();
-        s.insert(&named).await.unwrap();
-        s.commit().await.unwrap();
+        insert(&store, &named).await;
         let due = |index: u64, steal_before_ms: i64| {
             let store = store.clone();
             async move {

@@ -13,10 +13,28 @@ fn template() -> String {
     std::fs::read_to_string(paths::root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml")
 }
 
-fn render(text: &str, vars: &[(&str, String)]) -> String {
+/// `text` with its placeholders filled as `make demo` would: the token key's `kid` and
+/// public key, local-chain addresses for the rest.
+fn render(text: &str, kid: String, public_key: String) -> String {
+    let vars = [
+        ("X402_KID", kid),
+        ("X402_PUBLIC_KEY", public_key),
+        (
+            "X402_TOKEN_ADDRESS",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3".to_string(),
+        ),
+        (
+            "X402_PAY_TO",
+            "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".to_string(),
+        ),
+        (
+            "X402_SPENDER",
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".to_string(),
+        ),
+    ];
     let mut out = text.to_string();
     for (k, v) in vars {
-        out = out.replace(&format!("${{{k}}}"), v);
+        out = out.replace(&format!("${{{k}}}"), &v);
     }
     out
 }
@@ -26,25 +44,7 @@ fn rendered_local_envoy_config_validates() {
     assert!(paths::filter_wasm().exists(), "run `make wasm` first");
     let key = SigningKey::from_slice(&[0x42; 32]).unwrap();
     let vk = *key.verifying_key();
-    let yaml = render(
-        &template(),
-        &[
-            ("X402_KID", key_id(&vk)),
-            ("X402_PUBLIC_KEY", verifying_key_to_hex(&vk)),
-            (
-                "X402_TOKEN_ADDRESS",
-                "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
-            ),
-            (
-                "X402_PAY_TO",
-                "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into(),
-            ),
-            (
-                "X402_SPENDER",
-                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into(),
-            ),
-        ],
-    );
+    let yaml = render(&template(), key_id(&vk), verifying_key_to_hex(&vk));
     assert!(!yaml.contains("${X402_"), "every placeholder is filled");
     let (ok, out) = Envoy::validate(&yaml).unwrap();
     assert!(
@@ -71,25 +71,7 @@ fn rendered_jwt_authn_mode_config_validates() {
         .expect("envoy/envoy-jwt-authn.yaml");
     let key = TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x42; 32]).expect("Ed25519 key");
     let vk = key.verifying_key();
-    let yaml = render(
-        &text,
-        &[
-            ("X402_KID", vk.key_id()),
-            ("X402_PUBLIC_KEY", vk.to_hex()),
-            (
-                "X402_TOKEN_ADDRESS",
-                "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
-            ),
-            (
-                "X402_PAY_TO",
-                "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into(),
-            ),
-            (
-                "X402_SPENDER",
-                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into(),
-            ),
-        ],
-    );
+    let yaml = render(&text, vk.key_id(), vk.to_hex());
     assert!(!yaml.contains("${X402_"), "every placeholder is filled");
     let (ok, out) = Envoy::validate(&yaml).expect("envoy --mode validate runs");
     assert!(

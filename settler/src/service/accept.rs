@@ -371,6 +371,33 @@ impl Service {
     }
 }
 
+/// How often, and how far apart, a receipt is asked for again when the node already has its
+/// transaction in a block: nodes serve the block's state (the payer's lower balance) a moment
+/// before its receipts, and without the receipt the payment would count twice.
+const RECEIPT_RETRIES: u32 = 10;
+const RECEIPT_RETRY_MS: u64 = 20;
+
+/// The receipt of `hash`; when there is none yet but the node has the transaction in a
+/// block, asked again a few times ([`RECEIPT_RETRIES`]) before answering none.
+async fn mined_receipt(
+    chain: &Chain,
+    hash: alloy::primitives::B256,
+) -> Result<Option<alloy::rpc::types::TransactionReceipt>, crate::error::ChainError> {
+    if let Some(r) = chain.receipt(hash).await? {
+        return Ok(Some(r));
+    }
+    if !matches!(chain.transaction_block(hash).await?, Some(Some(_))) {
+        return Ok(None);
+    }
+    for _ in 0..RECEIPT_RETRIES {
+        tokio::time::sleep(std::time::Duration::from_millis(RECEIPT_RETRY_MS)).await;
+        if let Some(r) = chain.receipt(hash).await? {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
 /// Sum of the open payments whose transfer transaction is mined and moved the funds.
 async fn mined_transfers(
     chain: &Arc<Chain>,
@@ -392,7 +419,7 @@ async fn mined_transfers(
     let mut reads = tokio::task::JoinSet::new();
     for h in by_tx.keys().copied() {
         let chain = chain.clone();
-        reads.spawn(async move { chain.receipt(h).await.map(|r| (h, r)) });
+        reads.spawn(async move { mined_receipt(&chain, h).await.map(|r| (h, r)) });
     }
     let mut mined = U256::ZERO;
     while let Some(r) = reads.join_next().await {

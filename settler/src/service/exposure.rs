@@ -2,15 +2,20 @@
 //! `submitted`) is capped per payer and in total, per network and asset, by the terms'
 //! `max_unsettled_per_payer` and `max_unsettled_total` (base units).
 //!
-//! Both are checked in [`Service::accept`](super::Service) against the store as read in the
-//! acceptance's own session, under locks held until the commit:
-//! - per payer: under the payer's lock (in process; on Postgres also its advisory lock), with
-//!   the payer's open payments read in the same session as the balance check;
-//! - in total: under the asset's lock - in process, and on Postgres `pg_advisory_xact_lock`
-//!   on the asset's key taken after the chain reads and held to the commit - so acceptances
-//!   of one asset serialise only their last step (sum of open payments, insert, commit),
-//!   across replicas too. The cap is therefore exact on Postgres and SQLite alike; the price
-//!   is that one asset's commits go one at a time.
+//! Both are checked in [`Service::accept`](super::Service):
+//! - per payer: under the payer's lock held until the commit (in process; on Postgres also
+//!   its advisory lock), with the payer's open payments read in the same session as the
+//!   balance check;
+//! - in total, on Postgres: under the asset's lock - in process, and
+//!   `pg_advisory_xact_lock` on the asset's key taken after the chain reads and held to the
+//!   commit - so acceptances of one asset serialise only their last step (sum of open
+//!   payments, insert, commit), across replicas too: exact, at the price of one asset's
+//!   commits going one at a time;
+//! - in total, on SQLite (one process writes the database): against the in-memory estimate
+//!   of `totals`, which is never below the real total (each acceptance's value reserved
+//!   until its commit, settled payments taken off at the next database read): the cap is
+//!   never exceeded, no database read or lock held across the commit is needed, and a
+//!   payment near the cap may be refused up to a second before a settlement frees room.
 
 use alloy::primitives::{Address, U256};
 use x402_protocol::Network;
