@@ -245,6 +245,14 @@ const SCENARIOS: &[Scenario] = &[
         200,
         2,
     ),
+    sc(
+        "x402_native_warm_c2",
+        Filter::Native,
+        "/api/weather",
+        Send::EdToken,
+        200,
+        2,
+    ),
 ];
 
 /// Rows measured under callgrind (instructions per request).

@@ -1958,31 +1958,24 @@ mod tests {
                 .raw,
             vec![1, 2, 3]
         );
-        assert_eq!(
-            store
-                .submitted_permit_nonces(
-                    31337,
-                    Address::repeat_byte(0xaa),
-                    Address::repeat_byte(0x11),
-                    U256::ZERO,
-                    Address::repeat_byte(5)
-                )
-                .await
-                .unwrap(),
-            vec![U256::ZERO]
-        );
+        let in_flight_for = |wallet: u8| {
+            let store = store.clone();
+            async move {
+                store
+                    .submitted_permit_nonces(
+                        31337,
+                        Address::repeat_byte(0xaa),
+                        Address::repeat_byte(0x11),
+                        U256::ZERO,
+                        Address::repeat_byte(wallet),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(in_flight_for(5).await, vec![U256::ZERO]);
         assert!(
-            store
-                .submitted_permit_nonces(
-                    31337,
-                    Address::repeat_byte(0xaa),
-                    Address::repeat_byte(0x11),
-                    U256::ZERO,
-                    Address::repeat_byte(6)
-                )
-                .await
-                .unwrap()
-                .is_empty(),
+            in_flight_for(6).await.is_empty(),
             "in flight in another wallet's transaction: not counted for this wallet's lane"
         );
         assert!(store

@@ -60,18 +60,7 @@ async fn start_batched(extra: &[&str]) -> Env {
         "info,x402_settler=debug,sqlx=warn".into(),
     ));
     let settler = SettlerProcess::start(opts).await.expect("settler starts");
-    Env {
-        anvil,
-        token,
-        settler,
-        dir,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        pay_to: dev_address(PAY_TO_DEV_INDEX),
-        spender: contract,
-    }
+    Env::assemble(anvil, token, settler, dir, contract)
 }
 
 async fn rpc<P: serde::Serialize + Clone + std::fmt::Debug + Unpin + Send + Sync + 'static>(

@@ -91,18 +91,7 @@ async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_throug
     ))
     .await
     .expect("replica b starts");
-    let env = Env {
-        anvil,
-        token,
-        settler: a,
-        dir,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        pay_to: dev_address(PAY_TO_DEV_INDEX),
-        spender: contract,
-    };
+    let env = Env::assemble(anvil, token, a, dir, contract);
     let req = env.requirement();
     // A route whose permits name the pool's third wallet itself, not the contract.
     let named_wallet = wallets[2];

@@ -32,6 +32,8 @@ pub struct Stack {
     pub settler: SettlerProcess,
     pub upstream: Upstream,
     pub envoy: Envoy,
+    /// The settler's token key file (`--token-key-file`).
+    pub key_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -64,6 +66,14 @@ pub struct StackOptions {
     pub settler_args: Vec<String>,
     /// Envoy worker threads (0: 1).
     pub envoy_concurrency: u32,
+    /// The settler's `--token-alg` (`None`: its default, ES256K). With one set, the filter
+    /// trusts the key entry the settler prints (`x402-settler token-key`), as an operator
+    /// copies it into the config.
+    pub token_alg: Option<String>,
+    /// The virtual host's routes ([`EnvoyOpts::routes_yaml`]).
+    pub routes_yaml: Option<String>,
+    /// Envoy's `jwt_authn` ahead of the filter ([`EnvoyOpts::native_jwt`]).
+    pub native_jwt: Option<crate::envoy::NativeJwt>,
 }
 
 impl Stack {
@@ -113,16 +123,30 @@ impl Stack {
         opts.env.push(("RUST_LOG".into(), "info".into()));
         opts.extra_args
             .extend(stack_opts.settler_args.iter().cloned());
+        opts.token_alg = stack_opts.token_alg.clone();
         let settler = SettlerProcess::start(opts).await?;
         let upstream = Upstream::start()?;
-        let key_hex = std::fs::read_to_string(&key_file).context("settler token key file")?;
-        let key = signing_key_from_hex(&key_hex).context("token key parses")?;
-        let mut config = Self::filter_config(&key, token, network, spender, pay_to);
+        let mut config = match stack_opts.token_alg {
+            None => {
+                let key_hex =
+                    std::fs::read_to_string(&key_file).context("settler token key file")?;
+                let key = signing_key_from_hex(&key_hex).context("token key parses")?;
+                Self::filter_config(&key, token, network, spender, pay_to)
+            }
+            Some(_) => {
+                let placeholder = k256::ecdsa::SigningKey::from_slice(&[1; 32])?;
+                let mut c = Self::filter_config(&placeholder, token, network, spender, pay_to);
+                c["token_keys"] = json!([settler.token_key_entry()?]);
+                c
+            }
+        };
         edit(&mut config);
         let mut envoy_opts = EnvoyOpts {
             upstream_port: Some(upstream.port()),
             settler_port: Some(settler.port()),
             concurrency: stack_opts.envoy_concurrency.max(1),
+            routes_yaml: stack_opts.routes_yaml,
+            native_jwt: stack_opts.native_jwt,
             ..EnvoyOpts::default()
         };
         attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
@@ -135,8 +159,31 @@ impl Stack {
             settler,
             upstream,
             envoy,
+            key_file,
             _dir: dir,
         })
+    }
+
+    /// A client of the `x402_client` library with a fresh key holding `usdc` USDC (whole
+    /// units, as [`Stack::funded_payer`]), paying up to 0.5 USDC a call on this chain and
+    /// token with `schemes`; and its address.
+    pub async fn payer(
+        &self,
+        usdc: u64,
+        schemes: Vec<x402_protocol::Scheme>,
+    ) -> Result<(x402_client::pay::Payer, Address)> {
+        let signer = self.funded_payer(usdc).await?;
+        let address = signer.address();
+        let network = x402_protocol::Network::eip155(self.anvil.chain_id());
+        let caps = x402_client::caps::Caps::default()
+            .with_max("0.5")?
+            .allow_network(network)
+            .allow_asset(self.token)
+            .asset_decimals(self.token, 6)
+            .schemes(schemes);
+        let config =
+            x402_client::pay::Config::new(signer, caps).with_rpc(network, self.anvil.rpc_url());
+        Ok((x402_client::pay::Payer::new(config)?, address))
     }
 
     /// The filter config of the stack: two priced routes, one free.

@@ -78,6 +78,7 @@ async fn a_short_token_is_renewed_at_the_edge_after_settlement() {
         StackOptions {
             settler_args: vec!["--no-worker".into()],
             envoy_concurrency: 1,
+            ..StackOptions::default()
         },
         short_lived,
     )

@@ -75,6 +75,7 @@ async fn pay_undo_and_refuse(undo: Undo, envoy_concurrency: u32) -> Duration {
     let mut stack = Stack::start_with(StackOptions {
         settler_args: vec!["--no-worker".into()],
         envoy_concurrency,
+        ..StackOptions::default()
     })
     .await
     .unwrap();

@@ -13,30 +13,32 @@
 // Helpers outside #[test] fns are test code too: a failed unwrap there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use serde_json::{json, Value};
-use x402_client::caps::Caps;
-use x402_client::pay::{Config, Payer};
+use x402_client::pay::Payer;
 use x402_protocol::token::{mint, AccessClaims, TokenAlg, TokenSigningKey};
-use x402_protocol::{Network, Scheme};
-use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
-use x402_testkit::envoy::{Envoy, EnvoyOpts, HttpRequest};
-use x402_testkit::settler::{usdc_terms, SettlerOptions, SettlerProcess};
-use x402_testkit::stack::{attach_settler_secret, Stack, WEATHER};
-use x402_testkit::upstream::Upstream;
+use x402_protocol::Scheme;
+use x402_testkit::envoy::HttpRequest;
+use x402_testkit::stack::{Stack, StackOptions, WEATHER};
 
-/// anvil + test token, the settler with `--token-alg <alg>`, Envoy with the filter trusting
+/// The stack ([`Stack`]) with the settler on `--token-alg <alg>` and the filter trusting
 /// the settler's key as `token-key` prints it.
 struct AlgStack {
-    anvil: Anvil,
-    token: Address,
-    settler: SettlerProcess,
-    envoy: Envoy,
+    stack: Stack,
     key_entry: Value,
-    key_file: std::path::PathBuf,
-    _upstream: Upstream,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for AlgStack {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl std::ops::DerefMut for AlgStack {
+    fn deref_mut(&mut self) -> &mut Stack {
+        &mut self.stack
+    }
 }
 
 impl AlgStack {
@@ -46,65 +48,17 @@ impl AlgStack {
 
     /// [`AlgStack::start`] with the filter config changed by `edit` before Envoy starts.
     async fn start_with(alg: &str, edit: impl FnOnce(&mut Value)) -> AlgStack {
-        let dir = tempfile::Builder::new()
-            .prefix("x402-alg-")
-            .tempdir()
-            .unwrap();
-        let anvil = Anvil::start().unwrap();
-        let token = anvil.deploy_token().await.unwrap();
-        let key_file = dir.path().join("token.key");
-        let db = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("settler.db").display()
-        );
-        let (spender, pay_to) = (dev_address(8), dev_address(9));
-        let network = anvil.network().to_string();
-        let mut opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
-            .with_terms(usdc_terms(&network, token, &[pay_to]));
-        opts.token_alg = Some(alg.to_string());
-        let settler = SettlerProcess::start(opts).await.unwrap();
-        let key_entry = settler.token_key_entry().unwrap();
-        let upstream = Upstream::start().unwrap();
-        // Stack's filter config, with the key entry the operator copies from `token-key`.
-        let placeholder = k256::ecdsa::SigningKey::from_slice(&[1; 32]).unwrap();
-        let mut config = Stack::filter_config(&placeholder, token, network, spender, pay_to);
-        config["token_keys"] = json!([key_entry.clone()]);
-        edit(&mut config);
-        let mut envoy_opts = EnvoyOpts {
-            upstream_port: Some(upstream.port()),
-            settler_port: Some(settler.port()),
-            ..EnvoyOpts::default()
+        let opts = StackOptions {
+            token_alg: Some(alg.to_string()),
+            ..StackOptions::default()
         };
-        attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
-        let envoy = Envoy::start(&config.to_string(), envoy_opts).unwrap();
-        AlgStack {
-            anvil,
-            token,
-            settler,
-            envoy,
-            key_entry,
-            key_file,
-            _upstream: upstream,
-            _dir: dir,
-        }
+        let stack = Stack::start_with_filter(opts, edit).await.unwrap();
+        let key_entry = stack.settler.token_key_entry().unwrap();
+        AlgStack { stack, key_entry }
     }
 
     async fn payer(&self) -> Payer {
-        let signer = PrivateKeySigner::random();
-        self.anvil
-            .mint(self.token, signer.address(), U256::from(1_000_000u64))
-            .await
-            .unwrap();
-        let network = Network::eip155(self.anvil.chain_id());
-        let caps = Caps::default()
-            .with_max("0.5")
-            .unwrap()
-            .allow_network(network)
-            .allow_asset(self.token)
-            .asset_decimals(self.token, 6)
-            .schemes(vec![Scheme::Exact]);
-        let config = Config::new(signer, caps).with_rpc(network, self.anvil.rpc_url());
-        Payer::new(config).unwrap()
+        self.stack.payer(1, vec![Scheme::Exact]).await.unwrap().0
     }
 
     fn get_with(&self, token: &str) -> x402_testkit::envoy::HttpResponse {

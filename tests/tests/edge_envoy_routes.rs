@@ -11,17 +11,11 @@
 
 use std::collections::BTreeMap;
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::U256;
 use serde_json::{json, Value};
-use x402_client::caps::Caps;
-use x402_client::pay::{Config, Payer};
-use x402_protocol::token::signing_key_from_hex;
-use x402_protocol::Network;
-use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
-use x402_testkit::envoy::{Envoy, EnvoyOpts, HttpRequest};
-use x402_testkit::settler::{usdc_terms, SettlerOptions, SettlerProcess};
-use x402_testkit::stack::{attach_settler_secret, Stack, REPORT, REPORT_PRICE};
-use x402_testkit::upstream::Upstream;
+use x402_protocol::Scheme;
+use x402_testkit::envoy::HttpRequest;
+use x402_testkit::stack::{Stack, StackOptions, REPORT, REPORT_PRICE};
 
 /// Envoy's routes: the token endpoint's namespace and the priced API through the filter; the
 /// static files with the filter disabled on their route; everything else through the filter.
@@ -45,59 +39,34 @@ const ROUTES: &str = r#"- name: x402
   route: {cluster: upstream, timeout: 15s}
 "#;
 
+/// The stack ([`Stack`]) with the routes above; `report` priced by Envoy route name.
 struct Edge {
-    anvil: Anvil,
-    token: Address,
-    pay_to: Address,
-    settler: SettlerProcess,
-    upstream: Upstream,
-    envoy: Envoy,
-    _dir: tempfile::TempDir,
+    stack: Stack,
+}
+
+impl std::ops::Deref for Edge {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
 }
 
 impl Edge {
     async fn start() -> Edge {
-        let dir = tempfile::Builder::new()
-            .prefix("x402-envoy-routes-")
-            .tempdir()
-            .unwrap();
-        let anvil = Anvil::start().unwrap();
-        let token = anvil.deploy_token().await.unwrap();
-        let key_file = dir.path().join("token.key");
-        let db = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("settler.db").display()
-        );
-        let (spender, pay_to) = (dev_address(8), dev_address(9));
-        let network = anvil.network().to_string();
-        let opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
-            .with_terms(usdc_terms(&network, token, &[pay_to]));
-        let settler = SettlerProcess::start(opts).await.unwrap();
-        let upstream = Upstream::start().unwrap();
-        let key = signing_key_from_hex(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
-        let mut config = Stack::filter_config(&key, token, network, spender, pay_to);
-        // `report` priced on Envoy's route `api_report` instead of the path /api/report.
-        let report = config["routes"][1].as_object_mut().unwrap();
-        assert_eq!(report["name"], REPORT);
-        report.remove("match");
-        report.insert("envoy_route".into(), json!("api_report"));
-        let mut envoy_opts = EnvoyOpts {
-            upstream_port: Some(upstream.port()),
-            settler_port: Some(settler.port()),
+        let opts = StackOptions {
             routes_yaml: Some(ROUTES.to_string()),
-            ..EnvoyOpts::default()
+            ..StackOptions::default()
         };
-        attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
-        let envoy = Envoy::start(&config.to_string(), envoy_opts).unwrap();
-        Edge {
-            anvil,
-            token,
-            pay_to,
-            settler,
-            upstream,
-            envoy,
-            _dir: dir,
-        }
+        let stack = Stack::start_with_filter(opts, |config| {
+            // `report` priced on Envoy's route `api_report` instead of the path /api/report.
+            let report = config["routes"][1].as_object_mut().unwrap();
+            assert_eq!(report["name"], REPORT);
+            report.remove("match");
+            report.insert("envoy_route".into(), json!("api_report"));
+        })
+        .await
+        .unwrap();
+        Edge { stack }
     }
 
     /// The filter's per-request counters (`wasmcustom.x402_*`; not the revocation list's,
@@ -148,22 +117,7 @@ async fn envoy_routes_priced_by_name_disabled_per_route_or_unpriced() {
     );
 
     // ... and paid through the token endpoint (its own Envoy route, filter on).
-    let signer = {
-        let k = alloy::signers::local::PrivateKeySigner::random();
-        edge.anvil
-            .mint(edge.token, k.address(), U256::from(1_000_000u64))
-            .await
-            .unwrap();
-        k
-    };
-    let payer_addr = signer.address();
-    let caps = Caps::default()
-        .with_max("0.5")
-        .unwrap()
-        .allow_network(Network::eip155(edge.anvil.chain_id()))
-        .allow_asset(edge.token)
-        .asset_decimals(edge.token, 6);
-    let payer = Payer::new(Config::new(signer, caps)).unwrap();
+    let (payer, payer_addr) = edge.payer(1, vec![Scheme::Exact]).await.unwrap();
     let url = format!("{}/v2/reports/7?format=csv", edge.envoy.base_url());
     let paid = payer.get(&url).await.unwrap();
     assert_eq!(

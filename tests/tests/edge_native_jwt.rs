@@ -16,17 +16,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use alloy::primitives::U256;
-use alloy::signers::local::PrivateKeySigner;
-use serde_json::json;
-use x402_client::caps::Caps;
-use x402_client::pay::{Config, Payer};
-use x402_protocol::{Network, Scheme};
-use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
-use x402_testkit::envoy::{jwt_per_route, Envoy, EnvoyOpts, HttpRequest, NativeJwt};
-use x402_testkit::settler::{usdc_terms, SettlerOptions, SettlerProcess};
-use x402_testkit::stack::{attach_settler_secret, Stack, REPORT, WEATHER};
-use x402_testkit::upstream::Upstream;
+use x402_protocol::Scheme;
+use x402_testkit::envoy::{jwt_per_route, HttpRequest, NativeJwt};
+use x402_testkit::stack::{Stack, StackOptions, REPORT, WEATHER};
 
 /// Envoy's routes: the token endpoint's namespace through the filter; the two priced APIs,
 /// each pointed at its `jwt_authn` requirement; everything else through the filter.
@@ -47,43 +39,16 @@ fn routes() -> String {
     )
 }
 
+/// The stack in the `jwt_authn` mode: the settler minting EdDSA, Envoy with the routes above.
 struct Native {
-    anvil: Anvil,
-    token: alloy::primitives::Address,
-    envoy: Envoy,
-    upstream: Upstream,
-    _settler: SettlerProcess,
-    _dir: tempfile::TempDir,
+    stack: Stack,
 }
 
 impl Native {
     async fn start() -> Native {
-        let dir = tempfile::Builder::new()
-            .prefix("x402-native-jwt-")
-            .tempdir()
-            .unwrap();
-        let anvil = Anvil::start().unwrap();
-        let token = anvil.deploy_token().await.unwrap();
-        let key_file = dir.path().join("token.key");
-        let db = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("settler.db").display()
-        );
-        let (spender, pay_to) = (dev_address(8), dev_address(9));
-        let network = anvil.network().to_string();
-        let mut opts = SettlerOptions::new(db, &network, anvil.rpc_url(), DEV_KEYS[8], &key_file)
-            .with_terms(usdc_terms(&network, token, &[pay_to]));
-        // jwt_authn verifies EdDSA (and ES256), not ES256K.
-        opts.token_alg = Some("eddsa".into());
-        let settler = SettlerProcess::start(opts).await.unwrap();
-        let key_entry = settler.token_key_entry().unwrap();
-        let upstream = Upstream::start().unwrap();
-        let placeholder = k256::ecdsa::SigningKey::from_slice(&[1; 32]).unwrap();
-        let mut config = Stack::filter_config(&placeholder, token, network, spender, pay_to);
-        config["token_keys"] = json!([key_entry]);
-        let mut envoy_opts = EnvoyOpts {
-            upstream_port: Some(upstream.port()),
-            settler_port: Some(settler.port()),
+        let stack = Stack::start_with(StackOptions {
+            // jwt_authn verifies EdDSA (and ES256), not ES256K.
+            token_alg: Some("eddsa".into()),
             routes_yaml: Some(routes()),
             native_jwt: Some(NativeJwt {
                 issuer: "x402-settler".into(),
@@ -93,53 +58,32 @@ impl Native {
                 ],
                 local_jwks: None,
             }),
-            ..EnvoyOpts::default()
-        };
-        attach_settler_secret(&mut config, &mut envoy_opts, settler.api_secret());
-        let envoy = Envoy::start(&config.to_string(), envoy_opts).unwrap();
+            ..StackOptions::default()
+        })
+        .await
+        .unwrap();
         // jwt_authn fetches the settler's JWKS at start (`async_fetch`): until it has it, it
         // verifies nothing and the filter judges every request (correct, just not native).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while envoy.stat("http.x402_edge.jwt_authn.jwks_fetch_success") == 0 {
+        while stack
+            .envoy
+            .stat("http.x402_edge.jwt_authn.jwks_fetch_success")
+            == 0
+        {
             assert!(
                 Instant::now() < deadline,
                 "jwt_authn never fetched the JWKS: {}",
-                envoy.log_tail(40)
+                stack.envoy.log_tail(40)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Native {
-            anvil,
-            token,
-            envoy,
-            upstream,
-            _settler: settler,
-            _dir: dir,
-        }
-    }
-
-    async fn payer(&self) -> (Payer, alloy::primitives::Address) {
-        let signer = PrivateKeySigner::random();
-        let address = signer.address();
-        self.anvil
-            .mint(self.token, address, U256::from(1_000_000u64))
-            .await
-            .unwrap();
-        let network = Network::eip155(self.anvil.chain_id());
-        let caps = Caps::default()
-            .with_max("0.5")
-            .unwrap()
-            .allow_network(network)
-            .allow_asset(self.token)
-            .asset_decimals(self.token, 6)
-            .schemes(vec![Scheme::Exact]);
-        let config = Config::new(signer, caps).with_rpc(network, self.anvil.rpc_url());
-        (Payer::new(config).unwrap(), address)
+        Native { stack }
     }
 
     /// The filter's per-request counters (`wasmcustom.x402_*`, not the timers' own).
     fn filter_counters(&self) -> BTreeMap<String, u64> {
-        self.envoy
+        self.stack
+            .envoy
             .stat_values()
             .unwrap()
             .into_iter()
@@ -152,13 +96,14 @@ impl Native {
     }
 
     fn get_with(&self, path: &str, token: &str) -> x402_testkit::envoy::HttpResponse {
-        self.envoy.send(
+        self.stack.envoy.send(
             &HttpRequest::new("GET", path).header("authorization", &format!("Bearer {token}")),
         )
     }
 
     fn last_upstream(&self, path: &str) -> x402_testkit::upstream::Request {
-        self.upstream
+        self.stack
+            .upstream
             .requests()
             .into_iter()
             .rev()
@@ -170,15 +115,15 @@ impl Native {
 #[tokio::test(flavor = "multi_thread")]
 async fn envoy_verifies_paid_requests_itself_and_the_filter_judges_the_rest() {
     let n = Native::start().await;
-    let allowed = || n.envoy.stat("http.x402_edge.jwt_authn.allowed");
+    let allowed = || n.stack.envoy.stat("http.x402_edge.jwt_authn.allowed");
 
     // No token: jwt_authn lets it through unverified, the filter answers 402.
-    let r = n.envoy.get("/api/weather");
+    let r = n.stack.envoy.get("/api/weather");
     assert_eq!(r.status, 402, "{}", r.text());
 
     // A real client pays through the filter's exchange and gets the resource.
-    let (payer, address) = n.payer().await;
-    let url = format!("{}/api/weather", n.envoy.base_url());
+    let (payer, address) = n.stack.payer(1, vec![Scheme::Exact]).await.unwrap();
+    let url = format!("{}/api/weather", n.stack.envoy.base_url());
     let r = payer.get(&url).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let token = payer.cached_token(&url).expect("cached").access_token;
@@ -204,7 +149,7 @@ async fn envoy_verifies_paid_requests_itself_and_the_filter_judges_the_rest() {
     );
 
     // A forged identity beside a valid token: the upstream sees the token's payer only.
-    let r = n.envoy.send(
+    let r = n.stack.envoy.send(
         &HttpRequest::new("GET", "/api/weather")
             .header("authorization", &format!("Bearer {token}"))
             .header("x-x402-payer", "0x000000000000000000000000000000000000dEaD"),
@@ -226,7 +171,7 @@ async fn envoy_verifies_paid_requests_itself_and_the_filter_judges_the_rest() {
     // A forged `x-x402-payer` (what makes the filter step aside) without a token: removed
     // first, so the filter runs and answers 402.
     let before = n.filter_counters();
-    let r = n.envoy.send(
+    let r = n.stack.envoy.send(
         &HttpRequest::new("GET", "/api/weather").header("x-x402-payer", &format!("{address:#x}")),
     );
     assert_eq!(r.status, 402, "{}", r.text());

@@ -119,6 +119,17 @@ impl Env {
         ));
         customise(&mut opts);
         let settler = SettlerProcess::start(opts).await.expect("settler starts");
+        Env::assemble(anvil, token, settler, dir, dev_address(SETTLER_DEV_INDEX))
+    }
+
+    /// An [`Env`] of parts started elsewhere; `spender`: the permit spender routes advertise.
+    pub fn assemble(
+        anvil: Anvil,
+        token: Address,
+        settler: SettlerProcess,
+        dir: tempfile::TempDir,
+        spender: Address,
+    ) -> Env {
         Env {
             anvil,
             token,
@@ -129,7 +140,7 @@ impl Env {
                 .build()
                 .unwrap(),
             pay_to: dev_address(PAY_TO_DEV_INDEX),
-            spender: dev_address(SETTLER_DEV_INDEX),
+            spender,
         }
     }
 
