@@ -32,6 +32,15 @@ impl Lane {
         let signer = self.chain.signer();
         let contract = self.chain.settlement_contract();
         self.held.store(false, Ordering::Relaxed);
+        // Signer pool: a stalled wallet (fees above the cap, no gas money, transactions not
+        // mined) signs nothing new while another wallet of the pool is healthy; its share
+        // ages past `--pool-steal-secs` and goes to them. Alone, it keeps trying.
+        if self.cfg.share.of > 1
+            && self.cfg.health.wallet_stalled(network, signer).is_some()
+            && self.cfg.health.stalled(network).is_none()
+        {
+            return Ok(0);
+        }
         // Batching: at most `--max-in-flight` batch transactions unmined; the room left
         // decides how many batches this round may sign (the confirm step wakes us as batches
         // are mined).

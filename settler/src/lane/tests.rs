@@ -280,6 +280,37 @@ async fn a_consumed_permit_nonce_with_allowance_settles_by_transfer_from_alone()
     assert_eq!(store.row("a").state, SettlementState::Settled);
 }
 
+/// Signer pool: a stalled wallet signs nothing new while another wallet of the pool is
+/// healthy (its share goes to them); with every wallet stalled, or alone, it keeps trying.
+#[tokio::test]
+async fn a_stalled_pool_wallet_leaves_its_share_to_the_healthy_ones() {
+    let network = x402_protocol::Network::eip155(super::fixtures::CHAIN_ID);
+    let other = Address::repeat_byte(0x44);
+    for (pool, other_stalled, signs) in [(2, false, false), (2, true, true), (1, false, true)] {
+        let store = FakeStore::with([payment("e", 1, Scheme::Exact, 0)]);
+        let chain = FakeChain::new(VALUE);
+        let health = Arc::new(super::LaneHealth::new([(network, SIGNER), (network, other)]));
+        health.set(network, SIGNER, Some("wallet empty".into()));
+        if other_stalled {
+            health.set(network, other, Some("wallet empty".into()));
+        }
+        let cfg = WorkerConfig {
+            health,
+            share: super::Share { of: pool, index: 0 },
+            // Everything overdue: the share alone does not keep the payment from this lane.
+            steal_after: Duration::ZERO,
+            ..config()
+        };
+        let lane = lane_with(&store, &chain, cfg);
+        let mut next = 0;
+        assert_eq!(
+            submit(&lane, &mut next).await,
+            usize::from(signs),
+            "pool of {pool}, other wallet stalled: {other_stalled}"
+        );
+    }
+}
+
 /// Signer pool: a payer's permit nonce 1 while nonce 0 is in flight. In this wallet's own
 /// transaction it may follow (this wallet's nonces keep the order); in another wallet's it
 /// waits for the chain to count nonce 0, or it could be mined first and fail.
