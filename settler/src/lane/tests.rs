@@ -289,7 +289,10 @@ async fn a_stalled_pool_wallet_leaves_its_share_to_the_healthy_ones() {
     for (pool, other_stalled, signs) in [(2, false, false), (2, true, true), (1, false, true)] {
         let store = FakeStore::with([payment("e", 1, Scheme::Exact, 0)]);
         let chain = FakeChain::new(VALUE);
-        let health = Arc::new(super::LaneHealth::new([(network, SIGNER), (network, other)]));
+        let health = Arc::new(super::LaneHealth::new([
+            (network, SIGNER),
+            (network, other),
+        ]));
         health.set(network, SIGNER, Some("wallet empty".into()));
         if other_stalled {
             health.set(network, other, Some("wallet empty".into()));
