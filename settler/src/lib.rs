@@ -197,7 +197,11 @@ impl Settler {
                 }
             }
             chains.insert(chain, &other_signers);
-            wake.insert(spec.network, Arc::new(Notify::new()));
+            // One wake-up per lane: a lane's own "look again" must wake that lane.
+            wake.insert(
+                spec.network,
+                signers.iter().map(|_| Arc::new(Notify::new())).collect(),
+            );
         }
 
         let domains = verify_domains(&terms, &chains).await?;
@@ -334,14 +338,14 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     if let Some(spec) = &settler.lanes {
         for (network, pool) in &service.chains.pools {
-            let Some(wake) = service.wake.get(network) else {
+            let Some(wakes) = service.wake.get(network) else {
                 continue;
             };
             // The pool's share of each wallet: its place among the pool's addresses, sorted,
             // so replicas configured with the same pool in any order agree.
             let mut wallets: Vec<Address> = pool.iter().map(|c| c.signer()).collect();
             wallets.sort();
-            for chain in pool {
+            for (chain, wake) in pool.iter().zip(wakes) {
                 let mut cfg = spec.cfg.clone();
                 cfg.share = lane::Share {
                     of: wallets.len() as u64,

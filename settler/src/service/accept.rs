@@ -172,9 +172,7 @@ impl Service {
             .map_err(|e| Refusal::Internal(format!("storing the payment: {e}")))??;
         m::accept_phase("commit", t);
         metrics::counter!(m::SETTLEMENTS, "state" => "pending").increment(1);
-        if let Some(w) = self.wake.get(&new.network) {
-            w.notify_one();
-        }
+        self.wake_lanes(new.network);
         Ok(Accepted::New(new))
     }
 

@@ -36,9 +36,7 @@ impl Service {
             HoldChange::Changed => {
                 let status = self.settlement(id).await?;
                 tracing::info!(settlement_id = %id, why = %upstream(outcome), "held payment released for settlement");
-                if let Some(w) = self.wake.get(&status.network) {
-                    w.notify_one();
-                }
+                self.wake_lanes(status.network);
                 Ok(status)
             }
             HoldChange::NotHeld(s) if s.state == SettlementState::Failed => Err(Refusal::NotHeld {

@@ -61,8 +61,9 @@ pub(crate) struct Service {
     pub(crate) locks: PayerLocks,
     /// SQLite: each asset's unsettled total, estimated in memory (`totals`).
     pub(crate) totals: totals::OpenTotals,
-    /// Wakes a network's settlement lane when a payment is stored.
-    pub(crate) wake: HashMap<Network, Arc<Notify>>,
+    /// Wakes a network's settlement lanes (one per pool wallet, in pool order) when a
+    /// payment is stored ([`Service::wake_lanes`]).
+    pub(crate) wake: HashMap<Network, Vec<Arc<Notify>>>,
     pub(crate) minter: Minter,
     /// What the settler honours (`--terms-file`).
     pub(crate) terms: crate::terms::Terms,
@@ -179,6 +180,14 @@ impl Service {
     /// (`None` if none could be read). The lane settles it whatever happens here.
     pub(crate) async fn await_final(&self, id: &str, timeout: Duration) -> Option<PaymentRow> {
         self.finals.wait(&self.store, id, timeout).await
+    }
+
+    /// Wakes every settlement lane of `network`: the payment is in one wallet's share, and
+    /// each lane keeps its own wake-up (a lane busy now takes it at its next wait).
+    pub(crate) fn wake_lanes(&self, network: Network) {
+        for w in self.wake.get(&network).into_iter().flatten() {
+            w.notify_one();
+        }
     }
 
     /// Whether `network` has an RPC endpoint.
