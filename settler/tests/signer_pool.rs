@@ -1,9 +1,10 @@
 //! The signer pool on Postgres: two settler replicas, each configured with the same pool of
 //! three wallets (in different orders) and one batch settlement contract, on one database,
 //! with real anvil, token and contract. Payments of both schemes go to either replica, one
-//! replica is killed with -9 in the middle; every payment settles exactly once (checked on
-//! chain), each wallet sends settlement transactions, and a permit naming one pool wallet is
-//! settled by that wallet.
+//! replica (the one holding the wallets' leases) is killed with -9 in the middle and the other
+//! takes every wallet over; every payment settles exactly once (checked on chain), each
+//! wallet sends settlement transactions, and a permit naming one pool wallet is settled by
+//! that wallet.
 
 // A test crate (helpers and the shared `common` included): a failed assumption is a failed
 // test, so unwrap/expect/panic are the point here, as clippy.toml allows them in #[test]s.
@@ -77,10 +78,9 @@ async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_throug
         .await
         .expect("settlement contract deploys");
     let dir = tempfile::tempdir().unwrap();
-    let a = SettlerProcess::start(replica(&db, &anvil, token, contract, dir.path(), &POOL))
-        .await
-        .expect("replica a starts");
-    // Replica b: the same pool in another order, the same token key (one issuer).
+    // Replica b first: its lanes take the three wallets' leases, so replica a drives them
+    // only once b is gone and the leases run out. The same pool in another order, the same
+    // token key (one issuer).
     let mut b = SettlerProcess::start(replica(
         &db,
         &anvil,
@@ -91,6 +91,18 @@ async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_throug
     ))
     .await
     .expect("replica b starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.log().matches("settlement lane started").count() < POOL.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica b's lanes did not start:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = SettlerProcess::start(replica(&db, &anvil, token, contract, dir.path(), &POOL))
+        .await
+        .expect("replica a starts");
     let env = Env::assemble(anvil, token, a, dir, contract);
     let req = env.requirement();
     // A route whose permits name the pool's third wallet itself, not the contract.
@@ -119,10 +131,13 @@ async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_throug
         let http = env.http.clone();
         async move {
             let (st, body) = post_token(&http, &base, &req, &pay).await;
-            assert_eq!(st, 200, "{body}");
-            body["settlement_id"].as_str().unwrap().to_string()
+            (st == 200)
+                .then(|| body["settlement_id"].as_str().unwrap().to_string())
+                .ok_or(body)
         }
     };
+    let logs =
+        |b: &SettlerProcess| format!("replica a:\n{}\nreplica b:\n{}", env.settler.log(), b.log());
     let killed_after = payers.len() / 2;
     for (i, p) in payers.iter().enumerate() {
         // Payments alternate replicas until b is killed; after, all go to a.
@@ -137,16 +152,19 @@ async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_throug
             let n = random_nonce();
             auths.push((p.address(), n));
             let pay = env.erc3009(p, env.pay_to, PRICE, 0, dl, n);
-            ids.push((post(base(k), req.clone(), pay).await, None));
+            let id = post(base(k), req.clone(), pay).await;
+            ids.push((id.unwrap_or_else(|e| panic!("{e}\n{}", logs(&b))), None));
         }
         for nonce in 0..2u64 {
             let pay = env.permit(p, PRICE, nonce, dl);
-            ids.push((post(base(nonce as usize), req.clone(), pay).await, None));
+            let id = post(base(nonce as usize), req.clone(), pay).await;
+            ids.push((id.unwrap_or_else(|e| panic!("{e}\n{}", logs(&b))), None));
         }
         if i < 4 {
             let pay = env.permit_to(p, named_wallet, PRICE, 2, dl, token, chain_id);
+            let id = post(base(1), req_named.clone(), pay).await;
             ids.push((
-                post(base(1), req_named.clone(), pay).await,
+                id.unwrap_or_else(|e| panic!("{e}\n{}", logs(&b))),
                 Some(named_wallet),
             ));
         }
@@ -175,6 +193,32 @@ async fn two_replicas_with_a_pool_of_three_wallets_settle_everything_once_throug
         }
         *senders.entry(from).or_default() += 1;
     }
+    // Replica a takes over every wallet of the dead replica b (each lease once it runs out;
+    // the payments may all be settled by then through the wallets taken first).
+    let started = |log: &str| -> BTreeSet<String> {
+        log.lines()
+            .filter(|l| l.contains("settlement lane started"))
+            .filter_map(|l| l.split("signer=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(|w| w.to_ascii_lowercase())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while started(&env.settler.log()).len() < POOL.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica a did not take over every wallet:\n{}",
+            env.settler.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        started(&env.settler.log()),
+        wallets
+            .iter()
+            .map(|w| format!("{w:#x}"))
+            .collect::<BTreeSet<_>>()
+    );
     let used: BTreeSet<Address> = senders.keys().copied().collect();
     assert_eq!(
         used,

@@ -301,15 +301,19 @@ impl Service {
         let mut committed = unsettled;
         let mut available = balance.saturating_sub(committed);
         if available < new.value {
-            // A submitted payment whose transfer is mined but not yet marked settled is out of
-            // the balance already: do not subtract it twice. Receipts first, then the balance
-            // again, so a transfer mined in between is in the balance read.
+            // A payment whose transfer is mined but not yet marked settled is out of the
+            // balance already: do not subtract it twice. The two reads above ran side by
+            // side, so the balance may show a transfer whose payment the open list still had
+            // `pending` (a lane, here or in another replica, stored and sent it in between).
+            // So, in this order: the open payments again, their receipts, the balance again;
+            // a transfer mined in between is then in the last read.
+            let open = session
+                .open_payments(method.network, token_addr, payer)
+                .await?;
             let mined = mined_transfers(&chain, token_addr, payer, &open).await?;
-            if !mined.is_zero() {
-                balance = chain.balance_of(token_addr, payer).await?;
-                committed = committed.saturating_sub(mined);
-                available = balance.saturating_sub(committed);
-            }
+            balance = chain.balance_of(token_addr, payer).await?;
+            committed = exposure::unsettled(&open).saturating_sub(mined);
+            available = balance.saturating_sub(committed);
         }
         if available < new.value {
             return Err(Refusal::InsufficientBalance(format!(
@@ -369,14 +373,17 @@ impl Service {
     }
 }
 
-/// How often, and how far apart, a receipt is asked for again when the node already has its
-/// transaction in a block: nodes serve the block's state (the payer's lower balance) a moment
-/// before its receipts, and without the receipt the payment would count twice.
+/// How often, and how far apart, a receipt is asked for again when the node knows its
+/// transaction: nodes serve a new block's state (the payer's lower balance) a moment before
+/// they serve its receipts, or even show its transactions as mined (anvil does both), and
+/// without the receipt the payment would count twice. Only a balance that falls short waits
+/// for this (200 ms at most), never a payment that is covered.
 const RECEIPT_RETRIES: u32 = 10;
 const RECEIPT_RETRY_MS: u64 = 20;
 
-/// The receipt of `hash`; when there is none yet but the node has the transaction in a
-/// block, asked again a few times ([`RECEIPT_RETRIES`]) before answering none.
+/// The receipt of `hash`; when there is none yet but the node knows the transaction (in a
+/// block or still in its pool), asked again a few times ([`RECEIPT_RETRIES`]) before
+/// answering none.
 async fn mined_receipt(
     chain: &Chain,
     hash: alloy::primitives::B256,
@@ -384,7 +391,7 @@ async fn mined_receipt(
     if let Some(r) = chain.receipt(hash).await? {
         return Ok(Some(r));
     }
-    if !matches!(chain.transaction_block(hash).await?, Some(Some(_))) {
+    if chain.transaction_block(hash).await?.is_none() {
         return Ok(None);
     }
     for _ in 0..RECEIPT_RETRIES {
@@ -423,6 +430,7 @@ async fn mined_transfers(
     while let Some(r) = reads.join_next().await {
         let (h, receipt) = r.map_err(|e| Refusal::Internal(format!("receipt read: {e}")))??;
         let Some(receipt) = receipt.filter(|r| r.status()) else {
+            tracing::debug!(tx = %h, payer = %payer, "balance check: a submitted payment's transaction has no successful receipt; counted as unsettled");
             continue;
         };
         // Each Transfer log pays for one payment at most: two equal payments in one batch
