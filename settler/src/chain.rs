@@ -667,19 +667,29 @@ pub(crate) fn batch_call(token: Address, items: Vec<IX402Settlement::Item>) -> B
 /// All configured networks.
 #[derive(Clone, Default)]
 pub struct Chains {
-    /// Per network, the chain with the primary wallet: reads, and the wallet shown as permit
-    /// spender.
-    pub by_network: HashMap<Network, Arc<Chain>>,
-    /// Per network, one chain per wallet of the signer pool (the primary first): each drives
-    /// its own settlement lane.
+    /// Per network, one chain per wallet of the signer pool, never empty (built by
+    /// [`Chains::insert`]). The first is the primary wallet's: reads, and the wallet shown as
+    /// permit spender. Each drives its own settlement lane.
     pub pools: HashMap<Network, Vec<Arc<Chain>>>,
 }
 
 impl Chains {
+    /// The primary wallet's chain of `n`.
     pub fn get(&self, n: Network) -> Result<&Arc<Chain>, ChainError> {
-        self.by_network
-            .get(&n)
+        self.primary(n)
             .ok_or_else(|| ChainError::UnknownNetwork(n.to_string()))
+    }
+
+    /// The primary wallet's chain of `n`, if `n` is configured.
+    pub fn primary(&self, n: Network) -> Option<&Arc<Chain>> {
+        self.pools.get(&n).and_then(|pool| pool.first())
+    }
+
+    /// Every configured network with its primary wallet's chain.
+    pub fn primaries(&self) -> impl Iterator<Item = (Network, &Arc<Chain>)> {
+        self.pools
+            .iter()
+            .filter_map(|(n, pool)| pool.first().map(|c| (*n, c)))
     }
 
     /// Adds `network` with its primary chain and the other wallets of the pool.
@@ -692,7 +702,6 @@ impl Chains {
                 .iter()
                 .map(|k| Arc::new(primary.with_signer(k.clone()))),
         );
-        self.by_network.insert(network, primary);
         self.pools.insert(network, pool);
     }
 

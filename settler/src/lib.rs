@@ -134,7 +134,7 @@ impl Settler {
         let mut wake = HashMap::new();
         for spec in &args.rpc {
             anyhow::ensure!(
-                !chains.by_network.contains_key(&spec.network),
+                chains.primary(spec.network).is_none(),
                 "network {} configured twice",
                 spec.network
             );
@@ -299,7 +299,7 @@ impl Settler {
 async fn verify_domains(terms: &terms::Terms, chains: &Chains) -> anyhow::Result<service::Domains> {
     let mut states = HashMap::new();
     for asset in &terms.assets {
-        let state = match chains.by_network.get(&asset.network) {
+        let state = match chains.primary(asset.network) {
             None => {
                 tracing::warn!(network = %asset.network, asset = %asset.address, "{}: no --rpc for this network; payments on it are refused", asset.label());
                 service::DomainState::Unverified

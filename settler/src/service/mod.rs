@@ -192,12 +192,12 @@ impl Service {
 
     /// Whether `network` has an RPC endpoint.
     pub(crate) fn serves(&self, network: Network) -> bool {
-        self.chains.by_network.contains_key(&network)
+        self.chains.primary(network).is_some()
     }
 
     /// The configured networks, sorted, and the settler's wallets (sorted, deduplicated).
     pub(crate) fn networks_and_signers(&self) -> (Vec<Network>, Vec<Address>) {
-        let mut networks: Vec<Network> = self.chains.by_network.keys().copied().collect();
+        let mut networks: Vec<Network> = self.chains.pools.keys().copied().collect();
         networks.sort();
         let mut signers: Vec<Address> = self
             .chains
@@ -219,8 +219,8 @@ impl Service {
             Err(_) => Err("timed out".into()),
         };
         let mut set = tokio::task::JoinSet::new();
-        for (n, c) in &self.chains.by_network {
-            let (n, c) = (*n, c.clone());
+        for (n, c) in self.chains.primaries() {
+            let c = c.clone();
             set.spawn(async move { (n, c.block_number().await.map_err(|e| e.to_string())) });
         }
         let mut r = Readiness {
