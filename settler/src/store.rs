@@ -8,6 +8,7 @@
 //!   so a payment's transfer is signed exactly once and can execute at most once.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
@@ -36,9 +37,12 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database URL: the SQLite writer opens its own connection with it.
+    url: Arc<str>,
     /// SQLite: the acceptances' writer, committing concurrent inserts together
-    /// ([`group_commit`]); `None` on Postgres.
-    group: Option<group_commit::GroupCommit>,
+    /// ([`group_commit`]), started by the first [`Store::session`] (a store that never
+    /// accepts, the lanes' or a command's, has none).
+    group: Arc<tokio::sync::OnceCell<group_commit::GroupCommit>>,
 }
 
 /// A payment as it is about to be stored.
@@ -755,18 +759,11 @@ impl Store {
             }),
         )
         .await?;
-        // The writer has a connection of its own: acceptances hold theirs while they wait
-        // for it, so one taken from their pool could be one none of them gives back.
-        let group = match backend {
-            Backend::Sqlite => Some(group_commit::GroupCommit::start(
-                open_pool(url, backend, 1).await?,
-            )),
-            Backend::Postgres => None,
-        };
         let store = Store {
             pool,
             backend,
-            group,
+            url: url.into(),
+            group: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -836,10 +833,16 @@ impl Store {
                 Ok(Session::Pg(tx))
             }
             Backend::Sqlite => {
+                // The writer has a connection of its own: acceptances hold theirs while they
+                // wait for it, so one taken from their pool could be one none gives back.
                 let group = self
                     .group
-                    .clone()
-                    .ok_or_else(|| StoreError::Corrupt("SQLite store without its writer".into()))?;
+                    .get_or_try_init(|| async {
+                        let pool = open_pool(&self.url, Backend::Sqlite, 1).await?;
+                        Ok::<_, StoreError>(group_commit::GroupCommit::start(pool))
+                    })
+                    .await?
+                    .clone();
                 Ok(Session::Lite(self.pool.acquire().await?, group))
             }
         }
