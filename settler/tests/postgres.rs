@@ -14,6 +14,7 @@ use std::time::Duration;
 use alloy::primitives::U256;
 use common::*;
 use x402_protocol::settler_api::{SettlementState, TokenResponse};
+use x402_testkit::pg;
 use x402_testkit::settler::{SettlerOptions, SettlerProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

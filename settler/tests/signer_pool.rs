@@ -22,6 +22,7 @@ use common::*;
 use x402_protocol::settler_api::{Requirement, SettlementState};
 use x402_protocol::Scheme;
 use x402_testkit::anvil::{dev_address, Anvil, DEV_KEYS};
+use x402_testkit::pg;
 use x402_testkit::settler::{SettlerOptions, SettlerProcess};
 
 /// anvil dev accounts of the pool (9 is the other tests' single settler wallet).

@@ -6,6 +6,7 @@
 //! - [`settler`]: the `x402-settler` binary as a child process.
 //! - [`upstream`]: the API behind Envoy (echoes each request, or a custom handler).
 //! - [`stack`]: all of the above wired together as a user runs them.
+//! - [`pg`]: a fresh Postgres database per test, dropped after.
 //! - [`slow_proxy`]: a relay in front of anvil that can delay its answers (slow RPC).
 //! - [`bench_results`]: `bench/results/latest.{json,md}`, shared by the benches.
 //! - [`paths`], [`ports`]: where artefacts and tools are, free ports; `child`: start-up waits.
@@ -20,6 +21,7 @@ pub mod bench_results;
 mod child;
 pub mod envoy;
 pub mod paths;
+pub mod pg;
 pub mod ports;
 pub mod settler;
 pub mod slow_proxy;

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
-use sqlx::{Connection, PgConnection};
 use x402_client::caps::Caps;
 use x402_client::pay::{Config, PaidResponse, Payer};
 use x402_protocol::settler_api::{SettlementState, SettlementStatus};
@@ -42,75 +41,6 @@ const FUNDING: u64 = 1_000_000;
 /// Envoy stat: requests the filter sent to its settler.
 const SETTLER_RQ: &str = "cluster.x402_settler.upstream_rq_total";
 
-// ---- a fresh Postgres database ---------------------------------------------------------
-
-fn admin_url() -> String {
-    std::env::var("X402_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let name = format!(
-            "x402_e2e_{}",
-            alloy::hex::encode(&PrivateKeySigner::random().to_bytes()[..6])
-        );
-        let mut c = PgConnection::connect(&admin_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!("Postgres at {} is required for this test: {e}", admin_url())
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin);
-        format!("{base}/{}", self.name)
-    }
-
-    async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url())
-            .await
-            .expect("connect to the test database")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Best effort, also when the test panicked (the settlers are gone by now: fields drop
-        // in order and the database is the last one).
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    if let Ok(mut c) = PgConnection::connect(&admin_url()).await {
-                        let _ =
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut c)
-                                .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
-
 // ---- the scaled-out stack --------------------------------------------------------------
 
 struct ScaleOut {
@@ -124,7 +54,7 @@ struct ScaleOut {
     /// The settler wallet of each replica (the same one in the supported topology).
     wallets: [Address; 2],
     _dir: tempfile::TempDir,
-    db: TestDb,
+    db: x402_testkit::pg::TestDb,
 }
 
 impl ScaleOut {
@@ -134,7 +64,7 @@ impl ScaleOut {
 
     /// `wallets`: anvil dev account of each replica's settler wallet.
     async fn start_with(wallets: [usize; 2]) -> ScaleOut {
-        let db = TestDb::create().await;
+        let db = x402_testkit::pg::TestDb::create().await;
         let dir = tempfile::Builder::new()
             .prefix("x402-scale-out-")
             .tempdir()

@@ -3,8 +3,6 @@
 //! client-side EIP-712 signing written here independently of the settler's code.
 #![allow(dead_code, clippy::too_many_arguments)]
 
-pub mod pg;
-
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, B256, U256};
