@@ -179,6 +179,26 @@ impl Default for EnvoyOpts {
     }
 }
 
+/// A config template of `envoy/` (`${X402_*}` placeholders, see tools/render.py) filled as
+/// `make demo` would: the token key's `kid` and public key, local-chain addresses for the
+/// token, the recipient and the permit spender.
+pub fn render_template(text: &str, kid: &str, public_key: &str) -> String {
+    [
+        ("X402_KID", kid),
+        ("X402_PUBLIC_KEY", public_key),
+        (
+            "X402_TOKEN_ADDRESS",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        ),
+        ("X402_PAY_TO", "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"),
+        ("X402_SPENDER", "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
+    ]
+    .iter()
+    .fold(text.to_string(), |t, (k, v)| {
+        t.replace(&format!("${{{k}}}"), v)
+    })
+}
+
 /// The environment variable the settler secret reaches the filter through.
 pub const SETTLER_SECRET_ENV: &str = "X402_SETTLER_SECRET";
 

@@ -137,26 +137,7 @@ fn configs_in(rel: &str) -> Vec<String> {
 /// envoy/envoy.yaml's `${X402_...}` placeholders filled in as `make run` does.
 fn render_envoy_yaml_config(text: &str) -> String {
     let vk = *key().verifying_key();
-    [
-        ("X402_KID", key_id(&vk)),
-        ("X402_PUBLIC_KEY", verifying_key_to_hex(&vk)),
-        (
-            "X402_TOKEN_ADDRESS",
-            "0x5FbDB2315678afecb367f032d93F642f64180aa3".to_string(),
-        ),
-        (
-            "X402_PAY_TO",
-            "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".to_string(),
-        ),
-        (
-            "X402_SPENDER",
-            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".to_string(),
-        ),
-    ]
-    .iter()
-    .fold(text.to_string(), |t, (k, v)| {
-        t.replace(&format!("${{{k}}}"), v)
-    })
+    x402_testkit::envoy::render_template(text, &key_id(&vk), &verifying_key_to_hex(&vk))
 }
 
 #[test]

@@ -6,37 +6,11 @@
 
 use k256::ecdsa::SigningKey;
 use x402_protocol::token::{key_id, verifying_key_to_hex};
-use x402_testkit::envoy::Envoy;
+use x402_testkit::envoy::{render_template, Envoy};
 use x402_testkit::paths;
 
 fn template() -> String {
     std::fs::read_to_string(paths::root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml")
-}
-
-/// `text` with its placeholders filled as `make demo` would: the token key's `kid` and
-/// public key, local-chain addresses for the rest.
-fn render(text: &str, kid: String, public_key: String) -> String {
-    let vars = [
-        ("X402_KID", kid),
-        ("X402_PUBLIC_KEY", public_key),
-        (
-            "X402_TOKEN_ADDRESS",
-            "0x5FbDB2315678afecb367f032d93F642f64180aa3".to_string(),
-        ),
-        (
-            "X402_PAY_TO",
-            "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".to_string(),
-        ),
-        (
-            "X402_SPENDER",
-            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".to_string(),
-        ),
-    ];
-    let mut out = text.to_string();
-    for (k, v) in vars {
-        out = out.replace(&format!("${{{k}}}"), &v);
-    }
-    out
 }
 
 #[test]
@@ -44,7 +18,7 @@ fn rendered_local_envoy_config_validates() {
     assert!(paths::filter_wasm().exists(), "run `make wasm` first");
     let key = SigningKey::from_slice(&[0x42; 32]).unwrap();
     let vk = *key.verifying_key();
-    let yaml = render(&template(), key_id(&vk), verifying_key_to_hex(&vk));
+    let yaml = render_template(&template(), &key_id(&vk), &verifying_key_to_hex(&vk));
     assert!(!yaml.contains("${X402_"), "every placeholder is filled");
     let (ok, out) = Envoy::validate(&yaml).unwrap();
     assert!(
@@ -71,7 +45,7 @@ fn rendered_jwt_authn_mode_config_validates() {
         .expect("envoy/envoy-jwt-authn.yaml");
     let key = TokenSigningKey::from_secret(TokenAlg::EdDsa, &[0x42; 32]).expect("Ed25519 key");
     let vk = key.verifying_key();
-    let yaml = render(&text, vk.key_id(), vk.to_hex());
+    let yaml = render_template(&text, &vk.key_id(), &vk.to_hex());
     assert!(!yaml.contains("${X402_"), "every placeholder is filled");
     let (ok, out) = Envoy::validate(&yaml).expect("envoy --mode validate runs");
     assert!(
