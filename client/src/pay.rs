@@ -885,18 +885,11 @@ impl Payer {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let payment_response: Option<Value> = h("payment-response")
+        let payment_response: Option<x402_protocol::x402v2::SettleResponse> = h("payment-response")
             .and_then(|v| x402_protocol::b64::decode(v.trim()))
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let success = payment_response
-            .as_ref()
-            .and_then(|v| v.get("success"))
-            .and_then(|v| v.as_bool());
-        let transaction = payment_response
-            .as_ref()
-            .and_then(|v| v.get("transaction"))
-            .and_then(|v| v.as_str())
-            .map(String::from);
+        let success = payment_response.as_ref().map(|r| r.success);
+        let transaction = payment_response.as_ref().map(|r| r.transaction.clone());
         let settlement_id = h("x-x402-settlement-id").filter(|s| !s.is_empty());
         let access_token = h("x-x402-access-token").filter(|t| !t.is_empty());
         let now = unix_now();
@@ -961,9 +954,7 @@ impl Payer {
                 .and_then(|p| p.error);
             let from_response = payment_response
                 .as_ref()
-                .and_then(|v| v.get("errorReason").or_else(|| v.get("error")))
-                .and_then(|v| v.as_str())
-                .map(String::from);
+                .and_then(|r| r.error_reason.clone().or_else(|| r.error_message.clone()));
             let text = resp.text().await.unwrap_or_default();
             let from_body = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
                 v.get("message")

@@ -853,6 +853,10 @@ fn validate_jwks(j: RawJwks) -> Result<JwksConfig, ConfigError> {
 /// The settler's bearer secret: 16..=256 printable ASCII characters, no leading or trailing
 /// space (the settler trims its secret file; a header value loses outer spaces too).
 /// Messages never quote the secret.
+/// What the shipped manifests put where a secret goes: refused, so a forgotten one fails at
+/// load instead of becoming a secret anyone can read in the repository.
+const PLACEHOLDER: &str = "REPLACE_ME";
+
 fn check_api_secret(secret: &str) -> Result<SettlerAuth, String> {
     let n = secret.chars().count();
     if !(MIN_API_SECRET_LEN..=MAX_API_SECRET_LEN).contains(&n) {
@@ -865,6 +869,11 @@ fn check_api_secret(secret: &str) -> Result<SettlerAuth, String> {
     }
     if secret.starts_with(' ') || secret.ends_with(' ') {
         return Err("must not start or end with a space".to_string());
+    }
+    if secret.contains(PLACEHOLDER) {
+        return Err(format!(
+            "is the shipped placeholder ({PLACEHOLDER}...): put the settler's secret there"
+        ));
     }
     Ok(SettlerAuth(format!("Bearer {secret}")))
 }
@@ -1636,6 +1645,7 @@ mod tests {
             "X402_SETTLER_SECRET" => Some(secret.to_string()),
             "EMPTY" => Some(String::new()),
             "SHORT" => Some("short".to_string()),
+            "PLACEHOLDER" => Some("REPLACE_ME_WITH_THE_SETTLER_API_SECRET".to_string()),
             _ => None,
         };
         let parse_env =
@@ -1663,6 +1673,12 @@ mod tests {
             assert!(e.message.contains(what), "{name}: {e}");
             assert!(!e.to_string().contains("short"), "{e}");
         }
+        // The shipped manifests' placeholder is no secret.
+        let mut v = sample();
+        v["settler"]["api_secret_env"] = json!("PLACEHOLDER");
+        let e = err(&v);
+        assert_eq!(e.path, "settler.api_secret_env");
+        assert!(e.message.contains("placeholder"), "{e}");
         // Exclusive with the inline secret.
         let mut v = sample();
         v["settler"]["api_secret_env"] = json!("X402_SETTLER_SECRET");

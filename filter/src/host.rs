@@ -4,8 +4,12 @@
 //!
 //! Host calls go through [`crate::abi`], whose wrappers turn every host status into a
 //! `Result` (the SDK's `hostcalls` panic on a status they do not expect, and the SDK's
-//! trait helpers unwrap), so no request path can panic on a host error. The request header
-//! map is read raw, once per request, and looked up in place by the flow.
+//! trait helpers unwrap), so no host error makes a request path panic. Two SDK paths are
+//! left as they are, because the SDK must route callout answers back to their request:
+//! `dispatch_http_call` (it panics only on a status other than the two failures Envoy's
+//! `httpCall` can return, which it maps to `Err`) and the SDK's dispatch of a callout answer
+//! (it expects the token id it registered itself). The request header map is read raw, once
+//! per request, and looked up in place by the flow.
 
 use std::fmt;
 use std::rc::Rc;

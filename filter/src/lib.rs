@@ -17,7 +17,8 @@
 //!
 //! `host.rs` (wasm only, the one module that names the proxy-wasm SDK) implements `Host`
 //! and forwards the proxy-wasm callbacks to `flow`; `abi.rs` (wasm only) wraps the raw
-//! host imports so that no host status can panic. Only [`config`] is public:
+//! host imports so that no host status can panic (`host.rs` says which two SDK paths,
+//! callout dispatch and answer routing, stay the SDK's). Only [`config`] is public:
 //! the `x402-filter` binary (`src/bin`) checks configuration files with its parser.
 //! `module_graph` (a test) keeps the modules free of import cycles.
 

@@ -48,7 +48,10 @@ pub struct ExactEvmPayload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExactEvmAuthorization {
+    /// Written checksummed, as wallets (and the reference clients) write them.
+    #[serde(serialize_with = "checksummed")]
     pub from: Address,
+    #[serde(serialize_with = "checksummed")]
     pub to: Address,
     #[serde(with = "crate::u256_serde")]
     pub value: U256,
@@ -58,6 +61,10 @@ pub struct ExactEvmAuthorization {
     pub valid_before: U256,
     #[serde(with = "word_serde")]
     pub nonce: B256,
+}
+
+fn checksummed<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&a.to_checksum(None))
 }
 
 /// The x402 extension whose `info.id` is the client's idempotency key for a payment.

@@ -25,6 +25,7 @@ sol! {
     #[sol(rpc)]
     interface IToken {
         event Transfer(address indexed from, address indexed to, uint256 value);
+        event Approval(address indexed owner, address indexed spender, uint256 value);
         event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
         event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
         function balanceOf(address account) external view returns (uint256);
@@ -261,6 +262,80 @@ impl Chain {
     pub async fn balance_of(&self, token: Address, owner: Address) -> Result<U256, ChainError> {
         let t = self.token(token);
         self.rpc("balanceOf", t.balanceOf(owner).call()).await
+    }
+
+    /// `balanceOf` at block `block` (the payer facts' fill).
+    pub(crate) async fn balance_of_at(
+        &self,
+        token: Address,
+        owner: Address,
+        block: u64,
+    ) -> Result<U256, ChainError> {
+        let t = self.token(token);
+        self.rpc("balanceOf", t.balanceOf(owner).block(block.into()).call())
+            .await
+    }
+
+    /// `nonces` at block `block` (the payer facts' fill).
+    pub(crate) async fn permit_nonce_at(
+        &self,
+        token: Address,
+        owner: Address,
+        block: u64,
+    ) -> Result<U256, ChainError> {
+        let t = self.token(token);
+        self.rpc("nonces", t.nonces(owner).block(block.into()).call())
+            .await
+    }
+
+    /// The latest block: (number, hash, parent hash).
+    pub(crate) async fn head_block(&self) -> Result<(u64, B256, B256), ChainError> {
+        let b = self
+            .rpc(
+                "eth_getBlockByNumber",
+                self.provider
+                    .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest),
+            )
+            .await?
+            .ok_or_else(|| ChainError::Rpc {
+                network: self.network.to_string(),
+                message: "the node has no latest block".into(),
+            })?;
+        Ok((b.header.number, b.header.hash, b.header.parent_hash))
+    }
+
+    /// The hash of block `number`, `None` if the node has none.
+    pub(crate) async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        let b = self
+            .rpc(
+                "eth_getBlockByNumber",
+                self.provider.get_block_by_number(number.into()),
+            )
+            .await?;
+        Ok(b.map(|b| b.header.hash))
+    }
+
+    /// The `Transfer`, `Approval`, `AuthorizationUsed` and `AuthorizationCanceled` logs of
+    /// `tokens` in blocks `from..=to`, in chain order.
+    pub(crate) async fn asset_logs(
+        &self,
+        tokens: &[Address],
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<alloy::rpc::types::Log>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(tokens.to_vec())
+            .event_signature(vec![
+                IToken::Transfer::SIGNATURE_HASH,
+                IToken::Approval::SIGNATURE_HASH,
+                IToken::AuthorizationUsed::SIGNATURE_HASH,
+                IToken::AuthorizationCanceled::SIGNATURE_HASH,
+            ])
+            .from_block(from)
+            .to_block(to);
+        self.rpc("eth_getLogs", self.provider.get_logs(&filter))
+            .await
     }
 
     pub async fn permit_nonce(&self, token: Address, owner: Address) -> Result<U256, ChainError> {

@@ -297,6 +297,30 @@ pub struct ServeArgs {
         default_value_t = 10
     )]
     pub pool_steal_secs: u64,
+    /// Payer facts: poll each network for new blocks this often (milliseconds) and keep the
+    /// balance and permit nonce of recent payers from their logs, so acceptance reads no
+    /// node for them (`facts`); 0 turns it off (every acceptance reads the node).
+    #[arg(
+        long = "payer-facts-poll-ms",
+        env = "X402_PAYER_FACTS_POLL_MS",
+        default_value_t = 200
+    )]
+    pub payer_facts_poll_ms: u64,
+    /// Payer facts older than this (milliseconds since the watcher's last good poll) are not
+    /// used: acceptance reads the node instead. The bound on how stale a balance may be.
+    #[arg(
+        long = "payer-facts-max-age-ms",
+        env = "X402_PAYER_FACTS_MAX_AGE_MS",
+        default_value_t = 1000
+    )]
+    pub payer_facts_max_age_ms: u64,
+    /// Payers whose facts are kept per network at most (least recently used dropped).
+    #[arg(
+        long = "payer-facts-capacity",
+        env = "X402_PAYER_FACTS_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub payer_facts_capacity: usize,
     /// Replace-by-fee: a settlement transaction without receipt this many seconds that the
     /// current base fee prices out is re-signed at its nonce (same call) with higher fees.
     #[arg(
@@ -415,6 +439,24 @@ impl ServeArgs {
             (1..=3600).contains(&self.pool_steal_secs),
             "--pool-steal-secs {}: must be 1..=3600",
             self.pool_steal_secs
+        );
+        anyhow::ensure!(
+            self.payer_facts_poll_ms <= 60_000,
+            "--payer-facts-poll-ms {}: must be 0 (off) ..= 60000",
+            self.payer_facts_poll_ms
+        );
+        anyhow::ensure!(
+            self.payer_facts_poll_ms == 0
+                || (self.payer_facts_poll_ms < self.payer_facts_max_age_ms
+                    && self.payer_facts_max_age_ms <= 600_000),
+            "--payer-facts-max-age-ms {}: must be above --payer-facts-poll-ms ({}) and at most 600000",
+            self.payer_facts_max_age_ms,
+            self.payer_facts_poll_ms
+        );
+        anyhow::ensure!(
+            (1..=10_000_000).contains(&self.payer_facts_capacity),
+            "--payer-facts-capacity {}: must be 1..=10000000",
+            self.payer_facts_capacity
         );
         anyhow::ensure!(
             (1..=64).contains(&self.max_in_flight),
@@ -613,6 +655,12 @@ fn read_secret_file(flag: &str, p: &Path) -> anyhow::Result<String> {
         "{flag} {}: the secret must not contain whitespace",
         p.display()
     );
+    // The shipped manifests' placeholders (envoy/k8s) are no secret.
+    anyhow::ensure!(
+        !s.contains("REPLACE_ME"),
+        "{flag} {}: this is the shipped placeholder; put a random secret there",
+        p.display()
+    );
     Ok(s)
 }
 
@@ -785,6 +833,12 @@ mod tests {
             err.starts_with("--api-secret-file ") && err.contains("at least 32"),
             "{err}"
         );
+        // The Kubernetes manifests' placeholder secret is refused.
+        let shipped = dir.path().join("shipped");
+        std::fs::write(&shipped, "REPLACE_ME_WITH_AT_LEAST_32_RANDOM_CHARACTERS\n").unwrap();
+        cli.serve.api_secret_file = Some(shipped);
+        let err = load_caller_auth(&cli.serve).unwrap_err().to_string();
+        assert!(err.contains("shipped placeholder"), "{err}");
         let ok = dir.path().join("ok");
         std::fs::write(&ok, format!("  {long}\n")).unwrap();
         cli.serve.api_secret_file = Some(ok);

@@ -21,6 +21,7 @@ pub(crate) mod chain;
 pub(crate) mod clock;
 pub mod config;
 pub mod error;
+pub(crate) mod facts;
 mod lane;
 pub(crate) mod metrics;
 mod ops_gauges;
@@ -90,6 +91,8 @@ pub struct Settler {
     body_limit: usize,
     /// Settlement lanes to run, one per network; `None` with `--no-worker`.
     lanes: Option<LaneSpec>,
+    /// How often the payer-facts watchers poll (`--payer-facts-poll-ms`).
+    payer_facts_poll: Duration,
 }
 
 struct LaneSpec {
@@ -229,6 +232,12 @@ impl Settler {
             terms,
             domains,
             finals: Default::default(),
+            facts: (args.payer_facts_poll_ms > 0).then(|| {
+                Arc::new(facts::PayerFacts::new(
+                    Duration::from_millis(args.payer_facts_max_age_ms),
+                    args.payer_facts_capacity,
+                ))
+            }),
         };
         let state = Arc::new(AppState {
             service: Arc::new(service),
@@ -279,6 +288,7 @@ impl Settler {
             state,
             body_limit: args.body_limit,
             lanes,
+            payer_facts_poll: Duration::from_millis(args.payer_facts_poll_ms.max(1)),
         })
     }
 
@@ -357,6 +367,16 @@ pub async fn run(
                 let lane = lane::Lane::new(spec.store.clone(), chain.clone(), wake.clone(), cfg);
                 workers.spawn(lane.run(stop_rx.clone()));
             }
+        }
+    }
+    if let Some(facts) = &service.facts {
+        for (_, chain) in service.chains.primaries() {
+            workers.spawn(facts::watch::run(
+                facts.clone(),
+                chain.clone(),
+                settler.payer_facts_poll,
+                stop_rx.clone(),
+            ));
         }
     }
     workers.spawn(ops_gauges::run(service.clone(), stop_rx.clone()));

@@ -29,6 +29,12 @@ pub const ACCEPT_PHASE: &str = "x402_accept_phase_seconds";
 /// SQLite: accepted payments made durable per transaction (`store::group_commit`).
 pub const SQLITE_GROUP_SIZE: &str = "x402_sqlite_group_commit_size";
 
+/// Acceptances by what the payer-facts cache gave (`result`: `hit`, no RPC read; `miss`,
+/// read the node and filled; `bypass`, read the node: stale, off or being filled).
+pub const PAYER_FACTS: &str = "x402_payer_facts_total";
+/// Payers whose facts are cached, per network.
+pub const PAYER_FACTS_ENTRIES: &str = "x402_payer_facts_entries";
+
 /// Records the time since `start` as phase `phase` of [`ACCEPT_PHASE`].
 pub(crate) fn accept_phase(phase: &'static str, start: std::time::Instant) {
     metrics::histogram!(ACCEPT_PHASE, "phase" => phase).record(start.elapsed().as_secs_f64());
@@ -107,5 +113,13 @@ fn describe() {
     metrics::describe_counter!(
         FACILITATOR_REQUESTS,
         "Authenticated facilitator requests, by caller name and endpoint"
+    );
+    metrics::describe_counter!(
+        PAYER_FACTS,
+        "Acceptances by payer-facts cache result: hit (no RPC read), miss (read and filled), bypass (read: stale, off or filling)"
+    );
+    metrics::describe_gauge!(
+        PAYER_FACTS_ENTRIES,
+        "Payers whose on-chain facts are cached, by network"
     );
 }

@@ -204,6 +204,26 @@ pub struct OpenPayment {
     pub transfer_tx: Option<B256>,
 }
 
+/// An [`OpenPayment`] from a row of (scheme, state, value, nonce, pay_to, transfer_tx).
+fn open_payment(r: &AnyRow) -> Result<OpenPayment, StoreError> {
+    let scheme: String = r.try_get("scheme")?;
+    let state: String = r.try_get("state")?;
+    let transfer_tx: Option<String> = r.try_get("transfer_tx")?;
+    Ok(OpenPayment {
+        scheme: parse_scheme(&scheme)?,
+        state: parse_state(&state)?,
+        value: col_u256(r, "value")?,
+        nonce: col(r, "nonce")?,
+        pay_to: col(r, "pay_to")?,
+        transfer_tx: transfer_tx
+            .map(|h| {
+                h.parse()
+                    .map_err(|_| StoreError::Corrupt("transfer_tx".into()))
+            })
+            .transpose()?,
+    })
+}
+
 fn parse_state(s: &str) -> Result<SettlementState, StoreError> {
     Ok(match s {
         "pending" => SettlementState::Pending,
@@ -495,6 +515,12 @@ fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         // Signer pool: which wallet's lane takes a payment first (`lane_slot` modulo the pool
         // size; [`lane_slot`]). Rows from before count as slot 0.
         vec!["ALTER TABLE x402_payments ADD COLUMN lane_slot BIGINT NOT NULL DEFAULT 0".into()],
+    ),
+    (
+        16,
+        // Payer facts: a payer's payments settled after a block (`settled_after`), from the
+        // index alone however many the payer has settled before.
+        vec!["CREATE INDEX IF NOT EXISTS x402_payments_settled_block ON x402_payments (chain_id, asset, payer, state, block_number)".into()],
     )]
 }
 
@@ -662,26 +688,26 @@ impl Session {
             .bind(hexa(payer))
             .fetch_all(self.conn())
             .await?;
-        rows.iter()
-            .map(|r| {
-                let scheme: String = r.try_get("scheme")?;
-                let state: String = r.try_get("state")?;
-                let transfer_tx: Option<String> = r.try_get("transfer_tx")?;
-                Ok(OpenPayment {
-                    scheme: parse_scheme(&scheme)?,
-                    state: parse_state(&state)?,
-                    value: col_u256(r, "value")?,
-                    nonce: col(r, "nonce")?,
-                    pay_to: col(r, "pay_to")?,
-                    transfer_tx: transfer_tx
-                        .map(|h| {
-                            h.parse()
-                                .map_err(|_| StoreError::Corrupt("transfer_tx".into()))
-                        })
-                        .transpose()?,
-                })
-            })
-            .collect()
+        rows.iter().map(open_payment).collect()
+    }
+
+    /// Payments of `payer` in `asset` settled in a block after `block` (payer facts: their
+    /// funds are still in a balance read at `block`).
+    pub async fn settled_after(
+        &mut self,
+        network: Network,
+        asset: Address,
+        payer: Address,
+        block: u64,
+    ) -> Result<Vec<OpenPayment>, StoreError> {
+        let rows = sqlx::query("SELECT scheme, state, value, nonce, pay_to, transfer_tx FROM x402_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND state = 'settled' AND block_number > $4")
+            .bind(network.chain_id as i64)
+            .bind(hexa(asset))
+            .bind(hexa(payer))
+            .bind(i64::try_from(block).unwrap_or(i64::MAX))
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter().map(open_payment).collect()
     }
 
     #[cfg(test)]

@@ -293,6 +293,69 @@ async fn an_empty_signer_wallet_stalls_the_lane_until_funded_then_settles_exactl
     assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_queued_when_the_signer_wallet_runs_dry_settle_once_it_is_funded() {
+    // Three payments accepted with the lane off; the wallet is emptied before it runs.
+    let mut env = Env::start_with(None, None, &["--no-worker", "--rebroadcast-secs", "1"]).await;
+    let req = env.requirement();
+    let payer = env.funded_payer(3 * PRICE).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let body = env.erc3009(
+            &payer,
+            env.pay_to,
+            PRICE,
+            0,
+            env.now() + 3600,
+            random_nonce(),
+        );
+        let (st, tok) = env.post_token(&req, &body).await;
+        assert_eq!(st, 200, "{tok}");
+        ids.push(tok["settlement_id"].as_str().unwrap().to_string());
+    }
+    let signer = env.spender;
+    give_eth(&env, signer, 0).await;
+    env.settler
+        .options_mut()
+        .extra_args
+        .retain(|a| a != "--no-worker");
+    env.settler.restart().await.unwrap();
+
+    // The lane cannot pay for them: stalled, and nothing is given up meanwhile.
+    let mut stalled = false;
+    for _ in 0..100 {
+        if get(&env, "/readyz").await.0 == 503 {
+            stalled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stalled,
+        "an empty wallet with payments queued stalls the lane"
+    );
+    for id in &ids {
+        let s = env.settlement(id).await;
+        assert!(
+            matches!(
+                s.state,
+                SettlementState::Pending | SettlementState::Submitted
+            ),
+            "{id} is {:?} while the wallet is empty",
+            s.state
+        );
+    }
+
+    // Funded: every payment settles, each exactly once.
+    give_eth(&env, signer, 10u128.pow(20)).await;
+    for id in &ids {
+        let s = env.wait_final(id, Duration::from_secs(60)).await;
+        assert_eq!(s.state, SettlementState::Settled, "{id}: {s:?}");
+    }
+    assert_eq!(env.balance(env.pay_to).await, U256::from(3 * PRICE));
+    assert_eq!(env.balance(payer.address()).await, U256::ZERO);
+}
+
 /// Facilitator `/settle` body for an ERC-3009 payload (`Env::x402v2`) at `PRICE`.
 fn facilitator_body(env: &Env, payload: &Value) -> Value {
     serde_json::json!({"x402Version": 2, "paymentPayload": payload,

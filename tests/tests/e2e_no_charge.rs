@@ -55,8 +55,9 @@ fn payment_header(stack: &Stack, payer: &PrivateKeySigner, path: &str, id: Optio
     )
     .unwrap();
     if let Some(id) = id {
-        payload["extensions"] =
-            json!({"payment-identifier": {"info": {"required": false, "id": id}}});
+        payload.extensions = json!({"payment-identifier": {"info": {"required": false, "id": id}}})
+            .as_object()
+            .cloned();
     }
     x402_client::sign::x402_v2_header(&payload)
 }

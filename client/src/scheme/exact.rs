@@ -11,6 +11,7 @@ use x402_protocol::challenge::{
     PaymentRequirements, Resource, SeedComponent, SEED_PROTOCOL_VERSION,
 };
 use x402_protocol::eip712::TransferWithAuthorization;
+use x402_protocol::x402v2::{ExactEvmAuthorization, ExactEvmPayload, PaymentPayload};
 use x402_protocol::{Network, Scheme};
 
 use super::signing::{
@@ -91,7 +92,7 @@ impl PaymentScheme for Exact {
         accepted: &PaymentRequirements,
         resource: Option<&Resource>,
         valid_before: u64,
-    ) -> Result<Value, V2Error> {
+    ) -> Result<PaymentPayload, V2Error> {
         x402_v2_payment(signer, accepted, resource, valid_before, random_nonce())
     }
 }
@@ -176,7 +177,7 @@ pub fn x402_v2_payment(
     resource: Option<&Resource>,
     valid_before: u64,
     nonce: B256,
-) -> Result<Value, V2Error> {
+) -> Result<PaymentPayload, V2Error> {
     if accepted.scheme != "exact" {
         return Err(V2Error::Scheme(accepted.scheme.clone()));
     }
@@ -208,25 +209,23 @@ pub fn x402_v2_payment(
         nonce,
     };
     let sig = authorization_signature(signer, &domain, &auth)?;
-    let mut out = json!({
-        "x402Version": 2,
-        "payload": {
-            "authorization": {
-                "from": auth.from.to_checksum(None),
-                "to": auth.to.to_checksum(None),
-                "value": value.to_string(),
-                "validAfter": "0",
-                "validBefore": valid_before.to_string(),
-                "nonce": nonce.to_string(),
+    Ok(PaymentPayload {
+        x402_version: x402_protocol::x402v2::X402_VERSION,
+        resource: resource.cloned(),
+        accepted: accepted.clone(),
+        payload: ExactEvmPayload {
+            signature: format!("0x{}", alloy::primitives::hex::encode(sig.as_bytes())),
+            authorization: ExactEvmAuthorization {
+                from: auth.from,
+                to: auth.to,
+                value,
+                valid_after: U256::ZERO,
+                valid_before: U256::from(valid_before),
+                nonce,
             },
-            "signature": format!("0x{}", alloy::primitives::hex::encode(sig.as_bytes())),
         },
-        "accepted": accepted,
-    });
-    if let Some(r) = resource {
-        out["resource"] = serde_json::to_value(r).unwrap_or(Value::Null);
-    }
-    Ok(out)
+        extensions: None,
+    })
 }
 
 #[cfg(test)]
@@ -303,11 +302,16 @@ mod tests {
         };
         let nonce = random_nonce();
         let payload = x402_v2_payment(&signer, &req, None, 1795497581, nonce).unwrap();
+        let wire = serde_json::to_value(&payload).unwrap();
         assert_eq!(
-            payload["accepted"]["payTo"],
+            wire["payload"]["authorization"]["from"],
+            signer.address().to_checksum(None)
+        );
+        assert_eq!(
+            wire["accepted"]["payTo"],
             "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
         );
-        assert_eq!(payload["payload"]["authorization"]["validAfter"], "0");
+        assert_eq!(wire["payload"]["authorization"]["validAfter"], "0");
         let header = x402_v2_header(&payload);
         let decoded = x402_protocol::b64::decode(&header).unwrap();
         let (p, fmt) = x402_protocol::payment::parse_payment(&decoded).unwrap();

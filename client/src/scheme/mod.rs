@@ -162,7 +162,7 @@ pub(crate) trait PaymentScheme: Sync {
         accepted: &PaymentRequirements,
         _resource: Option<&Resource>,
         _valid_before: u64,
-    ) -> Result<Value, V2Error> {
+    ) -> Result<x402_protocol::x402v2::PaymentPayload, V2Error> {
         Err(V2Error::Scheme(accepted.scheme.clone()))
     }
 }

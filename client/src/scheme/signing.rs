@@ -135,8 +135,10 @@ pub(crate) fn seed_signature(kind: &str, sig: &Signature) -> Value {
 }
 
 /// `PAYMENT-SIGNATURE` header value: standard base64 (padded) of the payload JSON.
-pub fn x402_v2_header(payload: &Value) -> String {
-    x402_protocol::b64::encode(payload.to_string().as_bytes())
+pub fn x402_v2_header(payload: &x402_protocol::x402v2::PaymentPayload) -> String {
+    // Serialising these plain structs cannot fail; an empty header would be refused.
+    let json = serde_json::to_vec(payload).unwrap_or_default();
+    x402_protocol::b64::encode(&json)
 }
 
 /// 32 random bytes for an ERC-3009 nonce.

@@ -67,7 +67,7 @@ pub(super) fn test_routes<S: Clone + Send + Sync + 'static>(r: axum::Router<S>) 
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{app, call, SECRET};
+    use crate::test_fixtures::api::{app, call, SECRET};
     use axum::http::StatusCode;
     use serde_json::{json, Value};
 

@@ -81,9 +81,9 @@ mod list_tests {
     use x402_protocol::payment::Sig;
     use x402_protocol::{Network, Scheme};
 
-    use crate::api::tests::{app, call, json_of, SECRET};
     use crate::clock;
     use crate::store::{NewPayment, Store};
+    use crate::test_fixtures::api::{app, call, json_of, SECRET};
 
     fn payment(id: &str, nonce: u64, created_ms: i64) -> NewPayment {
         NewPayment {

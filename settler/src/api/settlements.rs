@@ -130,10 +130,10 @@ mod tests {
     use axum::http::StatusCode;
 
     use crate::api::router;
-    use crate::api::tests::{app_state, call, json_of, SECRET};
     use crate::clock;
     use crate::service::MAX_PUBLIC_WAITERS;
     use crate::store::Store;
+    use crate::test_fixtures::api::{app_state, call, json_of, SECRET};
     use crate::test_fixtures::new_payment;
 
     /// Public long polls of a pending settlement: the first MAX_PUBLIC_WAITERS wait, the next

@@ -397,8 +397,8 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lane::fixtures::{payment, TOKEN};
     use crate::lane::io::TransferLog;
+    use crate::test_fixtures::lane::{payment, TOKEN};
 
     #[test]
     fn a_payment_was_paid_in_a_batch_only_by_its_own_item_moving_the_funds() {

@@ -462,9 +462,9 @@ pub(crate) fn nonce_lost_note(nonces: &[u64], signer: Address) -> String {
 mod tests {
     use super::*;
     use crate::chain;
-    use crate::lane::fixtures::{payment, TOKEN};
     use crate::lane::io::TransferLog;
     use crate::scheme::{TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
+    use crate::test_fixtures::lane::{payment, TOKEN};
     use alloy::sol_types::SolCall;
 
     fn tx(nonce: u64, pid: &str, kind: &str) -> TxRow {

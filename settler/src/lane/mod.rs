@@ -35,8 +35,6 @@ mod preflight;
 mod submit;
 
 #[cfg(test)]
-mod fixtures;
-#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

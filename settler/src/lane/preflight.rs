@@ -189,7 +189,7 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lane::fixtures::payment;
+    use crate::test_fixtures::lane::payment;
     use x402_protocol::Scheme;
 
     const NOW: u64 = 1_800_000_000;

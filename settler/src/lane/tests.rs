@@ -12,10 +12,10 @@ use x402_protocol::settler_api::SettlementState;
 use x402_protocol::Scheme;
 
 use super::decide::MAX_REQUEUES;
-use super::fixtures::{payment, FakeChain, FakeStore, PAYER, PAY_TO, SIGNER, VALUE};
 use super::{Lane, LaneError, WorkerConfig};
 use crate::scheme::{PERMIT, TRANSFER_FROM, TRANSFER_WITH_AUTHORIZATION};
 use crate::store::TxRow;
+use crate::test_fixtures::lane::{payment, FakeChain, FakeStore, PAYER, PAY_TO, SIGNER, VALUE};
 
 fn config() -> WorkerConfig {
     WorkerConfig {
@@ -35,7 +35,7 @@ fn config() -> WorkerConfig {
         max_gas_per_payment: 1_200_000,
         confirmations: 1,
         health: Arc::new(super::LaneHealth::new([(
-            x402_protocol::Network::eip155(super::fixtures::CHAIN_ID),
+            x402_protocol::Network::eip155(crate::test_fixtures::lane::CHAIN_ID),
             SIGNER,
         )])),
         share: super::Share::default(),
@@ -284,7 +284,7 @@ async fn a_consumed_permit_nonce_with_allowance_settles_by_transfer_from_alone()
 /// healthy (its share goes to them); with every wallet stalled, or alone, it keeps trying.
 #[tokio::test]
 async fn a_stalled_pool_wallet_leaves_its_share_to_the_healthy_ones() {
-    let network = x402_protocol::Network::eip155(super::fixtures::CHAIN_ID);
+    let network = x402_protocol::Network::eip155(crate::test_fixtures::lane::CHAIN_ID);
     let other = Address::repeat_byte(0x44);
     for (pool, other_stalled, signs) in [(2, false, false), (2, true, true), (1, false, true)] {
         let store = FakeStore::with([payment("e", 1, Scheme::Exact, 0)]);
@@ -329,7 +329,7 @@ async fn a_later_permit_waits_while_the_payers_earlier_one_is_in_another_wallets
         later.p.spender = None;
         let (store, chain) = (FakeStore::with([first, later]), FakeChain::new(VALUE));
         store.state().txs.push(TxRow {
-            chain_id: super::fixtures::CHAIN_ID,
+            chain_id: crate::test_fixtures::lane::CHAIN_ID,
             signer: in_flight_signer,
             nonce: 0,
             payment_id: "p0".into(),
@@ -918,7 +918,7 @@ async fn an_empty_wallet_stalls_the_lane_until_it_is_funded() {
     let cfg = config();
     let health = cfg.health.clone();
     let lane = lane_with(&store, &chain, cfg);
-    let network = x402_protocol::Network::eip155(super::fixtures::CHAIN_ID);
+    let network = x402_protocol::Network::eip155(crate::test_fixtures::lane::CHAIN_ID);
     lane.replace_and_report().await.unwrap();
     assert_eq!(health.stalled(network), None);
     chain.state().signer_eth = U256::ZERO;
@@ -931,12 +931,12 @@ async fn an_empty_wallet_stalls_the_lane_until_it_is_funded() {
 }
 
 mod batching {
-    //! Batches through the batch contract (`fixtures::CONTRACT`): many payments per
+    //! Batches through the batch contract (`test_fixtures::lane::CONTRACT`): many payments per
     //! transaction, per-item outcomes, whole-batch reverts, crash-restart.
     use super::*;
     use crate::lane::batch::{BATCH, MAX_BATCH_REQUEUES};
-    use crate::lane::fixtures::CONTRACT;
     use crate::lane::io::AuthorizationEvent;
+    use crate::test_fixtures::lane::CONTRACT;
 
     /// A permit made out to the batch contract.
     fn to_contract(id: &str, seq: i64, nonce: u64) -> crate::store::PaymentRow {

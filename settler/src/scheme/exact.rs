@@ -66,13 +66,25 @@ impl SchemePayment for ExactPayment<'_> {
         Box::pin(async move {
             let a = self.0;
             if chain.authorization_used(token, a.from, a.nonce).await? {
-                return Err(Refusal::NonceAlreadyUsed(format!(
-                    "authorization nonce {} of {} is already used on chain",
-                    a.nonce, a.from
-                )));
+                return Err(self.nonce_used());
             }
             Ok(())
         })
+    }
+
+    fn check_cached(
+        &self,
+        facts: &crate::facts::Snapshot,
+        _open: &[OpenPayment],
+    ) -> Option<Result<(), Refusal>> {
+        // The nonce is new with each payment: the facts know it used only when a log of it
+        // was applied; else the node is asked (an authorization used or cancelled before is
+        // refused up front, as without the facts).
+        facts.nonce_used.then(|| Err(self.nonce_used()))
+    }
+
+    fn authorization_nonce(&self) -> Option<alloy::primitives::B256> {
+        Some(self.0.nonce)
     }
 
     fn settlement_terms(&self) -> SettlementTerms {
@@ -82,6 +94,15 @@ impl SchemePayment for ExactPayment<'_> {
             deadline: self.0.valid_before,
             sig: self.0.sig,
         }
+    }
+}
+
+impl ExactPayment<'_> {
+    fn nonce_used(&self) -> Refusal {
+        Refusal::NonceAlreadyUsed(format!(
+            "authorization nonce {} of {} is already used on chain",
+            self.0.nonce, self.0.from
+        ))
     }
 }
 

@@ -68,6 +68,18 @@ pub(crate) trait SchemePayment: Send + Sync {
         token: Address,
         open: &'a [OpenPayment],
     ) -> BoxFuture<'a, Result<(), Refusal>>;
+    /// The same check on the payer facts of a block (`facts`) instead of the node, given
+    /// the payer's payments open or settled after that block; `None` when the facts cannot
+    /// tell (then [`SchemePayment::check_chain`] reads the node).
+    fn check_cached(
+        &self,
+        facts: &crate::facts::Snapshot,
+        open: &[OpenPayment],
+    ) -> Option<Result<(), Refusal>>;
+    /// The ERC-3009 nonce the payer facts are asked about, if the scheme has one.
+    fn authorization_nonce(&self) -> Option<alloy::primitives::B256> {
+        None
+    }
     fn settlement_terms(&self) -> SettlementTerms;
 }
 

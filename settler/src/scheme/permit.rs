@@ -66,33 +66,17 @@ impl SchemePayment for PermitPayment<'_> {
         open: &'a [OpenPayment],
     ) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
-            let p = self.0;
-            let onchain = chain.permit_nonce(token, p.owner).await?;
-            let pending: HashSet<U256> = open
-                .iter()
-                .filter(|o| o.scheme == Scheme::Permit)
-                .map(|o| U256::from_be_bytes(o.nonce.0))
-                .collect();
-            let mut expected = onchain;
-            while pending.contains(&expected) {
-                // At the top of uint256 no nonce follows (the contract's would overflow too).
-                let Some(next) = expected.checked_add(U256::from(1u8)) else {
-                    break;
-                };
-                expected = next;
-            }
-            if p.nonce != expected {
-                return Err(Refusal::NonceMismatch {
-                    expected_nonce: expected,
-                    message: format!(
-                        "permit nonce {} is not the next one: expected {expected} (on chain {onchain}, {} unsettled)",
-                        p.nonce,
-                        expected.saturating_sub(onchain)
-                    ),
-                });
-            }
-            Ok(())
+            let onchain = chain.permit_nonce(token, self.0.owner).await?;
+            self.judge_nonce(onchain, open)
         })
+    }
+
+    fn check_cached(
+        &self,
+        facts: &crate::facts::Snapshot,
+        open: &[OpenPayment],
+    ) -> Option<Result<(), Refusal>> {
+        facts.permit_nonce.map(|n| self.judge_nonce(n, open))
     }
 
     fn settlement_terms(&self) -> SettlementTerms {
@@ -104,6 +88,38 @@ impl SchemePayment for PermitPayment<'_> {
             deadline: self.0.deadline,
             sig: self.0.sig,
         }
+    }
+}
+
+impl PermitPayment<'_> {
+    /// The permit's nonce against the owner's on-chain nonce `onchain` moved past the
+    /// nonces of the owner's permits still to settle (`open`).
+    fn judge_nonce(&self, onchain: U256, open: &[OpenPayment]) -> Result<(), Refusal> {
+        let p = self.0;
+        let pending: HashSet<U256> = open
+            .iter()
+            .filter(|o| o.scheme == Scheme::Permit)
+            .map(|o| U256::from_be_bytes(o.nonce.0))
+            .collect();
+        let mut expected = onchain;
+        while pending.contains(&expected) {
+            // At the top of uint256 no nonce follows (the contract's would overflow too).
+            let Some(next) = expected.checked_add(U256::from(1u8)) else {
+                break;
+            };
+            expected = next;
+        }
+        if p.nonce != expected {
+            return Err(Refusal::NonceMismatch {
+                expected_nonce: expected,
+                message: format!(
+                    "permit nonce {} is not the next one: expected {expected} (on chain {onchain}, {} unsettled)",
+                    p.nonce,
+                    expected.saturating_sub(onchain)
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

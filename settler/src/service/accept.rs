@@ -283,22 +283,69 @@ impl Service {
         m::accept_phase("payer_block", t);
         let t = Instant::now();
         let token_addr = method.asset.address;
-        let (balance, opened) = tokio::join!(chain.balance_of(token_addr, payer), async {
-            let open = session
-                .open_payments(method.network, token_addr, payer)
-                .await?;
-            let on_chain = of.check_chain(&chain, token_addr, &open).await;
-            Ok::<_, Refusal>((open, on_chain))
-        });
-        let (open, on_chain) = opened?;
         let caps = self.exposure_caps(method.network, token_addr);
-        let unsettled = exposure::unsettled(&open);
-        if let Some(caps) = &caps {
-            caps.check_payer(payer, unsettled, new.value)?;
-        }
-        on_chain?;
-        let mut balance = balance?;
-        let mut committed = unsettled;
+        let snapshot = self.payer_facts(&chain, token_addr, payer, of.authorization_nonce());
+        let cached = snapshot.is_some();
+        let (mut balance, mut committed) = match snapshot {
+            // The payer's facts as of a block (no RPC read): paired with the payments open or
+            // settled after that block, less the open ones the block's logs show mined.
+            Some(snap) => {
+                // An ERC-3009 nonce the facts do not know used is asked of the node, beside
+                // the database reads (it needs none of them).
+                let ask_nonce = of.authorization_nonce().is_some() && !snap.nonce_used;
+                let (rows, asked) = tokio::join!(
+                    async {
+                        let open = session
+                            .open_payments(method.network, token_addr, payer)
+                            .await?;
+                        let settled = session
+                            .settled_after(method.network, token_addr, payer, snap.block)
+                            .await?;
+                        Ok::<_, Refusal>((open, settled))
+                    },
+                    async {
+                        if ask_nonce {
+                            Some(of.check_chain(&chain, token_addr, &[]).await)
+                        } else {
+                            None
+                        }
+                    }
+                );
+                let (open, settled) = rows?;
+                let unsettled = exposure::unsettled(&open);
+                if let Some(caps) = &caps {
+                    caps.check_payer(payer, unsettled, new.value)?;
+                }
+                let spent: Vec<OpenPayment> = open.iter().chain(&settled).cloned().collect();
+                match (asked, of.check_cached(&snap, &spent)) {
+                    (Some(judged), _) | (None, Some(judged)) => judged?,
+                    (None, None) => of.check_chain(&chain, token_addr, &open).await?,
+                }
+                let committed = unsettled
+                    .saturating_add(exposure::unsettled(&settled))
+                    .saturating_sub(snap.mined(&open));
+                (snap.balance, committed)
+            }
+            // Chain state: the balance read concurrently with the payer's open payments and
+            // the scheme's on-chain check that needs them (two RPC reads in the time of one);
+            // the refusals keep their order (exposure before the on-chain nonce).
+            None => {
+                let (balance, opened) = tokio::join!(chain.balance_of(token_addr, payer), async {
+                    let open = session
+                        .open_payments(method.network, token_addr, payer)
+                        .await?;
+                    let on_chain = of.check_chain(&chain, token_addr, &open).await;
+                    Ok::<_, Refusal>((open, on_chain))
+                });
+                let (open, on_chain) = opened?;
+                let unsettled = exposure::unsettled(&open);
+                if let Some(caps) = &caps {
+                    caps.check_payer(payer, unsettled, new.value)?;
+                }
+                on_chain?;
+                (balance?, unsettled)
+            }
+        };
         let mut available = balance.saturating_sub(committed);
         if available < new.value {
             // A payment whose transfer is mined but not yet marked settled is out of the
@@ -306,7 +353,13 @@ impl Service {
             // side, so the balance may show a transfer whose payment the open list still had
             // `pending` (a lane, here or in another replica, stored and sent it in between).
             // So, in this order: the open payments again, their receipts, the balance again;
-            // a transfer mined in between is then in the last read.
+            // a transfer mined in between is then in the last read. Cached facts that fall
+            // short are dropped too: never a refusal on them alone.
+            if cached {
+                if let Some(f) = &self.facts {
+                    f.forget(method.network.chain_id, token_addr, payer);
+                }
+            }
             let open = session
                 .open_payments(method.network, token_addr, payer)
                 .await?;
@@ -370,6 +423,33 @@ impl Service {
             reservation,
             new,
         }))
+    }
+}
+
+impl Service {
+    /// The payer facts of (`token`, `payer`) on `chain`, when cached and current; a miss
+    /// starts filling them beside this acceptance (which reads the node).
+    fn payer_facts(
+        &self,
+        chain: &Arc<Chain>,
+        token: Address,
+        payer: Address,
+        auth_nonce: Option<alloy::primitives::B256>,
+    ) -> Option<crate::facts::Snapshot> {
+        use crate::facts::Lookup;
+        let facts = self.facts.as_ref()?;
+        let chain_id = chain.network.chain_id;
+        let (found, result) = match facts.lookup(chain_id, token, payer, auth_nonce, Instant::now())
+        {
+            Lookup::Hit(s) => (Some(s), "hit"),
+            Lookup::Miss { block } => {
+                crate::facts::watch::spawn_fill(facts.clone(), chain.clone(), token, payer, block);
+                (None, "miss")
+            }
+            Lookup::Bypass => (None, "bypass"),
+        };
+        metrics::counter!(m::PAYER_FACTS, "result" => result).increment(1);
+        found
     }
 }
 

@@ -71,6 +71,8 @@ pub(crate) struct Service {
     pub(crate) domains: Domains,
     /// Waiters for settlements to end, polled together.
     pub(crate) finals: Finals,
+    /// Recent payers' on-chain facts (`--payer-facts-poll-ms`; `None`: off).
+    pub(crate) facts: Option<Arc<crate::facts::PayerFacts>>,
 }
 
 /// What `/readyz` reports: the database and each chain, `Err` with the reason.

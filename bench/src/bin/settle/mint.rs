@@ -42,6 +42,8 @@ pub(crate) struct MintRow {
     /// Mean milliseconds per acceptance phase in the settler during the row
     /// (`x402_accept_phase_seconds`: sum / count), in the settler's order.
     pub phases: Vec<(String, f64)>,
+    /// Share of the row's acceptances answered from the payer-facts cache (no balance read).
+    pub facts_hit: f64,
 }
 
 /// The acceptance phases the settler reports, in the order they run.
@@ -72,6 +74,33 @@ fn phase_means(metrics: &str) -> Vec<(String, f64)> {
             (count > 0.0).then(|| (p.to_string(), sum / count * 1000.0))
         })
         .collect()
+}
+
+/// `x402_payer_facts_total{result="hit"}` over all results, from the metrics text.
+fn facts_hit_share(metrics: &str) -> f64 {
+    let count = |result: &str| -> f64 {
+        let key = format!("x402_payer_facts_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let hit = count("hit");
+    let all = hit + count("miss") + count("bypass");
+    if all > 0.0 {
+        hit / all
+    } else {
+        0.0
+    }
+}
+
+/// One mint row's load: `conc` clients minting `n` tokens, with or without payer facts.
+#[derive(Clone, Copy)]
+struct Load {
+    conc: usize,
+    n: usize,
+    facts: bool,
 }
 
 /// Settler (batched through the contract), upstream and Envoy with the filter.
@@ -195,16 +224,21 @@ async fn row(
     chain: &Chain,
     edge: &mut Edge,
     keys: &[PrivateKeySigner],
-    conc: usize,
-    n: usize,
+    load: Load,
     backlog: usize,
     first_nonce: u64,
 ) -> Result<MintRow> {
+    let Load { conc, n, facts } = load;
     let http = reqwest::Client::new();
     // The backlog, accepted by the API-only settler.
     let args = &mut edge.settler.options_mut().extra_args;
     if !args.iter().any(|a| a == "--no-worker") {
         args.insert(0, "--no-worker".into());
+    }
+    // Without the payer-facts cache: every acceptance reads the node (the baseline row).
+    args.retain(|a| a != "--payer-facts-poll-ms=0");
+    if !facts {
+        args.push("--payer-facts-poll-ms=0".into());
     }
     edge.settler.restart().await?;
     let req = requirement(chain, chain.contract);
@@ -288,6 +322,7 @@ async fn row(
         .text()
         .await?;
     let phases = phase_means(&metrics);
+    let facts_hit = facts_hit_share(&metrics);
     latencies.sort_by(f64::total_cmp);
 
     // Exactly once: every payment settled, the recipient paid for each.
@@ -315,27 +350,39 @@ async fn row(
         bail!("mint_c{conc}: {total} payments settled but {on_chain} paid on chain");
     }
     Ok(MintRow {
-        name: format!("mint_c{conc}"),
+        name: format!("mint_c{conc}{}", if facts { "" } else { "_facts_off" }),
         per_s: n as f64 / window,
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         settle_during: (settled1 - settled0) as f64 / window,
         settled_fraction: on_chain as f64 / total as f64,
         phases,
+        facts_hit,
     })
 }
 
 /// mint_c1, mint_c8, mint_c32 (`n1` / `n` tokens each), each while `backlog` payments drain.
 pub(crate) async fn rows(c: &Chain, n1: usize, n: usize, backlog: usize) -> Result<Vec<MintRow>> {
     let keys: Vec<PrivateKeySigner> = (0..PAYERS).map(|_| PrivateKeySigner::random()).collect();
-    // Round-robin from payer 0 in each of the six signing runs: up to one more each.
-    let per_payer = ((n1 + 2 * n + 3 * backlog) / PAYERS + 6) as u64;
+    // Round-robin from payer 0 in each of the eight signing runs: up to one more each.
+    let per_payer = ((n1 + 3 * n + 4 * backlog) / PAYERS + 8) as u64;
     fund(c, &keys, PRICE * per_payer).await?;
     let mut edge = start_edge(c).await?;
     let mut out = Vec::new();
     let mut nonce = 1_000_000u64;
-    for (conc, count) in [(1usize, n1), (8, n), (32, n)] {
-        let r = row(c, &mut edge, &keys, conc, count, backlog, nonce).await?;
+    // mint_c8_facts_off: the baseline of the payer-facts cache in the same run.
+    for (conc, count, facts) in [
+        (1usize, n1, true),
+        (8, n, false),
+        (8, n, true),
+        (32, n, true),
+    ] {
+        let load = Load {
+            conc,
+            n: count,
+            facts,
+        };
+        let r = row(c, &mut edge, &keys, load, backlog, nonce).await?;
         nonce += (count + backlog) as u64;
         out.push(r);
     }

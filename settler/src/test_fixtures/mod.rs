@@ -1,5 +1,9 @@
-//! Values the unit tests of several modules share (one place, instead of tests importing
-//! each other's `tests` modules).
+//! What the unit tests of several modules share, in one place instead of tests importing
+//! each other's `tests` modules: sample payments (here), the HTTP adapters in process
+//! ([`api`]), and the lane's fake chain and store ([`lane`]).
+
+pub(crate) mod api;
+pub(crate) mod lane;
 
 use alloy::primitives::{Address, B256, U256};
 use x402_protocol::payment::Sig;

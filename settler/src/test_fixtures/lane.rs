@@ -15,11 +15,11 @@ use x402_protocol::payment::Sig;
 use x402_protocol::settler_api::SettlementState;
 use x402_protocol::{Network, Scheme};
 
-use super::io::{
-    AuthorizationEvent, BoxFuture, ItemLog, LaneChain, LaneStore, Receipt, TransferLog, TxSeen,
-};
 use crate::chain::{IToken, IX402Settlement, SendOutcome};
 use crate::error::{ChainError, StoreError};
+use crate::lane::io::{
+    AuthorizationEvent, BoxFuture, ItemLog, LaneChain, LaneStore, Receipt, TransferLog, TxSeen,
+};
 use crate::store::{lane_slot, LaneShare, NewPayment, PaymentRow, TxRow};
 
 pub(crate) const CHAIN_ID: u64 = 31337;
