@@ -29,8 +29,9 @@ pub const ACCEPT_PHASE: &str = "x402_accept_phase_seconds";
 /// SQLite: accepted payments made durable per transaction (`store::group_commit`).
 pub const SQLITE_GROUP_SIZE: &str = "x402_sqlite_group_commit_size";
 
-/// Acceptances by what the payer-facts cache gave (`result`: `hit`, no RPC read; `miss`,
-/// read the node and filled; `bypass`, read the node: stale, off or being filled).
+/// Acceptances by what the payer-facts cache gave (`result`: `hit`, no balance read; `miss`,
+/// read the node and filled; `bypass`, read the node: stale, off or being filled), and
+/// `short`: a hit whose cached balance fell short, read again from the node.
 pub const PAYER_FACTS: &str = "x402_payer_facts_total";
 /// Payers whose facts are cached, per network.
 pub const PAYER_FACTS_ENTRIES: &str = "x402_payer_facts_entries";
@@ -116,7 +117,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         PAYER_FACTS,
-        "Acceptances by payer-facts cache result: hit (no RPC read), miss (read and filled), bypass (read: stale, off or filling)"
+        "Acceptances by payer-facts cache result: hit (no balance read), miss (read and filled), bypass (read: stale, off or filling); short: a hit whose balance fell short and was read again"
     );
     metrics::describe_gauge!(
         PAYER_FACTS_ENTRIES,

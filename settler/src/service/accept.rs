@@ -359,6 +359,7 @@ impl Service {
                 if let Some(f) = &self.facts {
                     f.forget(method.network.chain_id, token_addr, payer);
                 }
+                metrics::counter!(m::PAYER_FACTS, "result" => "short").increment(1);
             }
             let open = session
                 .open_payments(method.network, token_addr, payer)
