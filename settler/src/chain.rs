@@ -264,28 +264,22 @@ impl Chain {
         self.rpc("balanceOf", t.balanceOf(owner).call()).await
     }
 
-    /// `balanceOf` at block `block` (the payer facts' fill).
-    pub(crate) async fn balance_of_at(
+    /// `balanceOf` and `nonces` of `owner` at block `block`, read together (the payer facts'
+    /// fill); the nonce is `None` when the token has no `nonces` (no EIP-2612).
+    pub(crate) async fn balance_and_nonce_at(
         &self,
         token: Address,
         owner: Address,
         block: u64,
-    ) -> Result<U256, ChainError> {
+    ) -> Result<(U256, Option<U256>), ChainError> {
         let t = self.token(token);
-        self.rpc("balanceOf", t.balanceOf(owner).block(block.into()).call())
-            .await
-    }
-
-    /// `nonces` at block `block` (the payer facts' fill).
-    pub(crate) async fn permit_nonce_at(
-        &self,
-        token: Address,
-        owner: Address,
-        block: u64,
-    ) -> Result<U256, ChainError> {
-        let t = self.token(token);
-        self.rpc("nonces", t.nonces(owner).block(block.into()).call())
-            .await
+        let balance_call = t.balanceOf(owner).block(block.into());
+        let nonce_call = t.nonces(owner).block(block.into());
+        let (balance, nonce) = tokio::join!(
+            self.rpc("balanceOf", balance_call.call()),
+            self.rpc("nonces", nonce_call.call())
+        );
+        Ok((balance?, nonce.ok()))
     }
 
     /// The latest block: (number, hash, parent hash).

@@ -319,6 +319,9 @@ async fn each_check_has_its_error_code() {
         .await
         .unwrap();
     assert!(rc.status());
+    // The token API takes an authorization's state from the payer facts, which know it used
+    // once the watcher applied its block (polled every 200 ms by default).
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     expect(
         "3009 nonce used",
         env.post_token(&req, &env.erc3009(&payer, env.pay_to, PRICE, 0, dl, used))
@@ -370,15 +373,7 @@ async fn each_check_has_its_error_code() {
     assert_same_or_used(&first_a, &env.post_token(&req, &a).await);
 
     // Rejections are counted by code.
-    let m = env
-        .http
-        .get(format!("{}/metrics", env.settler.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = env.metrics().await;
     assert!(
         m.contains("x402_token_rejections_total{code=\"nonce_mismatch\"}"),
         "{m}"

@@ -275,15 +275,7 @@ async fn verify_settle_supported_and_replay() {
     // Both are recorded as settled (the lane confirms shortly after the balance moves).
     let start = std::time::Instant::now();
     loop {
-        let m = env
-            .http
-            .get(format!("{}/metrics", env.settler.url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = env.metrics().await;
         if m.contains("x402_settlements_total{state=\"settled\"} 2") {
             break;
         }

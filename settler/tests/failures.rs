@@ -150,15 +150,7 @@ async fn unsettleable_payments_end_failed_with_reason() {
         .await;
     assert_eq!(s.state, SettlementState::Settled, "{s:?}");
     assert_eq!(env.balance(env.pay_to).await, U256::from(PRICE));
-    let m = env
-        .http
-        .get(format!("{}/metrics", env.settler.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = env.metrics().await;
     assert!(
         m.contains("x402_settlements_total{state=\"failed\"} 3"),
         "{m}"

@@ -114,15 +114,7 @@ async fn permit_erc3009_and_x402v2_mint_and_settle() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let m = env
-        .http
-        .get(format!("{}/metrics", env.settler.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = env.metrics().await;
     assert!(m.contains("x402_tokens_minted_total"), "{m}");
     assert!(
         m.contains("x402_settlements_total{state=\"settled\"} 3"),

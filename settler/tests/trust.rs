@@ -317,15 +317,7 @@ async fn facilitator_callers_have_their_own_credentials() {
     assert_eq!((st, code(&body)), (401, "unauthorized"), "{body}");
 
     // The caller's name is in the metrics.
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.settler.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     let line = metrics
         .lines()
         .find(|l| {

@@ -443,7 +443,7 @@ async fn check(
             PaymentFormat::X402V2,
             &req.requirement,
             &checked,
-            mode,
+            (mode, crate::service::NonceSource::Node),
             crate::store::AcceptExtras {
                 payment_id: req.payment_id.clone(),
                 ..Default::default()

@@ -13,13 +13,16 @@
 //!
 //! Staleness is bounded: a network's facts are used only while its watcher's last good poll
 //! is younger than `max_age`; past it (node down, watcher behind), or on a reorg, acceptance
-//! reads the node as before. An ERC-3009 authorization's own state is new with each payment
-//! (its nonce is random), so the node is still asked for it, beside the database reads,
-//! unless a log already showed it used. What a snapshot cannot know is a transfer away mined
-//! since the last poll: such a payment is accepted as one whose payer moves the funds right
-//! after, and the same rules bound it - the exposure caps; a failed settlement blocks the
-//! payer and revokes the token. A refusal is never decided on cached facts alone: a balance
-//! that falls short is read again from the node.
+//! reads the node as before. An ERC-3009 authorization's nonce is random, new with each
+//! payment: the facts know it used only once a log showed it. The token API takes that word
+//! (its access is granted ahead of settlement anyway); the facilitator still asks the node
+//! (`service::NonceSource`). What a snapshot cannot know is a chain change newer than its
+//! block - a transfer away, an authorization used or cancelled since the last poll (or, for
+//! the token API, before the payer was first seen): such a payment is accepted as one whose
+//! payer undoes it right after, and the same rules bound it - the exposure caps; the lane
+//! checks the authorization again before signing; a failed settlement blocks the payer and
+//! revokes the token. A refusal is never decided on cached facts alone: a balance that falls
+//! short is read again from the node.
 
 pub(crate) mod watch;
 
@@ -201,7 +204,7 @@ impl PayerFacts {
         token: Address,
         payer: Address,
         block: u64,
-        read: Option<(U256, U256)>,
+        read: Option<(U256, Option<U256>)>,
     ) {
         let tick = self.tick.load(std::sync::atomic::Ordering::Relaxed);
         let mut nets = self.nets();
@@ -222,7 +225,7 @@ impl PayerFacts {
             (token, payer),
             Entry {
                 balance,
-                permit_nonce: Some(permit_nonce),
+                permit_nonce,
                 used: HashSet::new(),
                 moved: VecDeque::new(),
                 last_used: tick,
@@ -385,7 +388,7 @@ mod tests {
             token(),
             payer(),
             10,
-            Some((U256::from(1000), U256::from(3))),
+            Some((U256::from(1000), Some(U256::from(3)))),
         );
         (f, now)
     }
@@ -473,7 +476,13 @@ mod tests {
         );
         // Another acceptance of the same payer meanwhile reads the node.
         assert_eq!(f.lookup(CHAIN, token(), other, None, now), Lookup::Bypass);
-        f.fill(CHAIN, token(), other, 10, Some((U256::from(5), U256::ZERO)));
+        f.fill(
+            CHAIN,
+            token(),
+            other,
+            10,
+            Some((U256::from(5), Some(U256::ZERO))),
+        );
         assert_eq!(
             f.lookup(CHAIN, token(), other, None, now),
             Lookup::Miss { block: 11 }
@@ -545,7 +554,13 @@ mod tests {
                 f.lookup(CHAIN, token(), p, None, now),
                 Lookup::Miss { .. }
             ));
-            f.fill(CHAIN, token(), p, 1, Some((U256::from(i), U256::ZERO)));
+            f.fill(
+                CHAIN,
+                token(),
+                p,
+                1,
+                Some((U256::from(i), Some(U256::ZERO))),
+            );
         }
         assert_eq!(f.len(CHAIN), 8);
         // Payer 1 used again: the oldest is payer 2 now.
@@ -558,7 +573,7 @@ mod tests {
             f.lookup(CHAIN, token(), p, None, now),
             Lookup::Miss { .. }
         ));
-        f.fill(CHAIN, token(), p, 1, Some((U256::ONE, U256::ZERO)));
+        f.fill(CHAIN, token(), p, 1, Some((U256::ONE, Some(U256::ZERO))));
         assert!(f.len(CHAIN) <= 8);
         assert!(matches!(
             f.lookup(CHAIN, token(), Address::repeat_byte(1), None, now),

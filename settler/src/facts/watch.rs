@@ -112,16 +112,8 @@ pub(crate) fn spawn_fill(
     block: u64,
 ) {
     tokio::spawn(async move {
-        let (balance, nonce) = tokio::join!(
-            chain.balance_of_at(token, payer, block),
-            chain.permit_nonce_at(token, payer, block)
-        );
-        let read = match (balance, nonce) {
-            (Ok(b), Ok(n)) => Some((b, n)),
-            // A token without `nonces` (no EIP-2612) or a node without the block's state:
-            // not cached; acceptance keeps reading the node for this payer.
-            _ => None,
-        };
+        // A node without the block's state: not cached (the next acceptance tries again).
+        let read = chain.balance_and_nonce_at(token, payer, block).await.ok();
         facts.fill(chain.network.chain_id, token, payer, block, read);
     });
 }

@@ -78,9 +78,12 @@ impl SchemePayment for ExactPayment<'_> {
         _open: &[OpenPayment],
     ) -> Option<Result<(), Refusal>> {
         // The nonce is new with each payment: the facts know it used only when a log of it
-        // was applied; else the node is asked (an authorization used or cancelled before is
-        // refused up front, as without the facts).
-        facts.nonce_used.then(|| Err(self.nonce_used()))
+        // was applied (acceptance asks the node as well where its caller wants that).
+        Some(if facts.nonce_used {
+            Err(self.nonce_used())
+        } else {
+            Ok(())
+        })
     }
 
     fn authorization_nonce(&self) -> Option<alloy::primitives::B256> {

@@ -11,7 +11,7 @@ use x402_protocol::settler_api::{PricedMethod, Requirement, SettlementState};
 
 use super::locks::{lock_id, PayerGuard};
 use super::totals::Reservation;
-use super::{exposure, idempotency, Mode, Service};
+use super::{exposure, idempotency, Mode, NonceSource, Service};
 use crate::chain::Chain;
 use crate::clock::{now_ms, now_secs};
 use crate::error::{Refusal, StoreError};
@@ -123,7 +123,7 @@ impl Service {
         format: PaymentFormat,
         requirement: &Requirement,
         checked: &Checked<'_>,
-        mode: Mode,
+        (mode, nonces): (Mode, NonceSource),
         extras: AcceptExtras,
     ) -> Result<Accepted, Refusal> {
         let until = tokio::time::Instant::from_std(checked.started + self.accept_deadline);
@@ -134,7 +134,7 @@ impl Service {
                 format,
                 requirement,
                 checked,
-                mode,
+                (mode, nonces),
                 extras.payment_id.as_deref(),
             ),
         )
@@ -183,7 +183,7 @@ impl Service {
         format: PaymentFormat,
         requirement: &Requirement,
         checked: &Checked<'_>,
-        mode: Mode,
+        (mode, nonces): (Mode, NonceSource),
         payment_id: Option<&str>,
     ) -> Result<Prepared, Refusal> {
         let priced = checked.priced;
@@ -290,9 +290,12 @@ impl Service {
             // The payer's facts as of a block (no RPC read): paired with the payments open or
             // settled after that block, less the open ones the block's logs show mined.
             Some(snap) => {
-                // An ERC-3009 nonce the facts do not know used is asked of the node, beside
-                // the database reads (it needs none of them).
-                let ask_nonce = of.authorization_nonce().is_some() && !snap.nonce_used;
+                // An ERC-3009 nonce the facts do not know used is asked of the node (beside
+                // the database reads: it needs none of them) unless the caller takes the
+                // facts' word for it (`NonceSource`).
+                let ask_nonce = nonces == NonceSource::Node
+                    && of.authorization_nonce().is_some()
+                    && !snap.nonce_used;
                 let (rows, asked) = tokio::join!(
                     async {
                         let open = session

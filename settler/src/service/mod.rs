@@ -75,6 +75,19 @@ pub(crate) struct Service {
     pub(crate) facts: Option<Arc<crate::facts::PayerFacts>>,
 }
 
+/// Where acceptance takes an ERC-3009 authorization's on-chain state from, when the payer's
+/// facts are cached (`facts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NonceSource {
+    /// The facts: used only if a block log showed it (the token API, whose access is granted
+    /// ahead of settlement anyway: an authorization used or cancelled since the last poll, or
+    /// before the payer was first seen, is a payment undone, and bounded as one).
+    Facts,
+    /// The node, always (the facilitator: a resource server asks whether a payment is valid
+    /// now, and is answered from the chain).
+    Node,
+}
+
 /// What `/readyz` reports: the database and each chain, `Err` with the reason.
 pub(crate) struct Readiness {
     pub(crate) database: Result<(), String>,
@@ -127,7 +140,14 @@ impl Service {
             }),
         };
         let new = match self
-            .accept(payment, format, requirement, &checked, Mode::Store, extras)
+            .accept(
+                payment,
+                format,
+                requirement,
+                &checked,
+                (Mode::Store, NonceSource::Facts),
+                extras,
+            )
             .await?
         {
             Accepted::New(new) => new,

@@ -301,6 +301,18 @@ impl Env {
                 "amount": value.to_string(), "payTo": self.pay_to, "maxTimeoutSeconds": 300, "extra": {"name": "USDC", "version": "2"}}})
     }
 
+    /// The settler's `/metrics` text now.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.settler.url()))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn post_token(&self, req: &Requirement, payment: &Value) -> (u16, Value) {
         post_token(&self.http, &self.settler.url(), req, payment).await
     }
