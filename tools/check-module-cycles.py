@@ -2,7 +2,7 @@
 """Fails if the modules of any workspace crate import each other in a cycle.
 
 Edges are `crate::a::...` (and `super::x` resolved to a sibling) references outside
-`#[cfg(test)]` items, taken between sibling modules: top-level modules of a crate, and the
+`#[cfg(test)]` items and modules declared `#[cfg(test)] mod x;`, taken between sibling modules: top-level modules of a crate, and the
 children of each directory module. A child naming its own parent (a module's `mod.rs`
 re-exporting, a child using `super::Thing`) is not a cycle. Usage: check-module-cycles.py [crate dirs]
 """
@@ -128,9 +128,18 @@ def crate_graph(src_root: str):
             if n.endswith(".rs") and not os.path.relpath(os.path.join(d, n), src_root).startswith("bin"):
                 files.append(os.path.join(d, n))
     modules = {module_path(src_root, f): f for f in files}
+    # Modules declared `#[cfg(test)] mod x;` (test fixtures, test files) and their children
+    # are test code, like the inline `#[cfg(test)]` items stripped below.
+    test_only = set()
+    for mod, f in modules.items():
+        raw = blank_literals(open(f, encoding="utf-8").read())
+        for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", raw):
+            test_only.add(mod + (m.group(1),))
+    def is_test(mod):
+        return any(mod[: len(t)] == t for t in test_only)
     edges = set()
     for mod, f in modules.items():
-        if not mod:
+        if not mod or is_test(mod):
             continue
         src = strip_cfg_test(open(f, encoding="utf-8").read())
         refs = list(use_targets(src))
