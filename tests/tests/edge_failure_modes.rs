@@ -379,7 +379,7 @@ fn paid_responses_are_private_no_store() {
 /// header name with an underscore is refused with 400 before the filter, on priced and free
 /// paths alike; `//` is merged and `%2F` redirected to the canonical, priced path.
 #[test]
-fn the_shipped_envoy_config_refuses_underscore_headers_and_normalises_paths() {
+fn the_shipped_envoy_config_refuses_underscore_headers_path_parameters_and_normalises_paths() {
     let key = fresh_key("shipped");
     let vk = *key.verifying_key();
     let upstream = Upstream::start().unwrap();
@@ -462,6 +462,19 @@ fn the_shipped_envoy_config_refuses_underscore_headers_and_normalises_paths() {
         r.text()
     );
     assert_eq!(r.header("location"), Some("/api/weather"));
+    // `;` path parameters that would miss the priced Envoy routes and fall to the free one
+    // (where the filter is off) are refused; under a priced prefix the filter prices them.
+    for path in [
+        "/api;x/weather",
+        "/api;jsessionid=1/weather?city=lisbon",
+        "/api;x/users/1/report",
+        "/free;x",
+    ] {
+        let r = envoy.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"], "invalid_path", "{path}");
+    }
+    assert_eq!(envoy.get("/api/weather;x").status, 402);
     let seen = upstream.requests();
     assert_eq!(
         seen.len(),
