@@ -56,8 +56,8 @@ images: setup wasm
 	@bash tools/images.sh
 
 # cargo deny: licences, banned/duplicate crates, sources (offline: advisories need the
-# advisory database from GitHub). Not part of `test`: installing cargo-deny is a long build
-# (tools/deny.sh installs it on first use).
+# advisory database from GitHub). Part of `test`; installing cargo-deny is a long build the
+# first time (tools/deny.sh installs it on first use).
 deny: setup
 	@bash tools/deny.sh
 

@@ -13,7 +13,8 @@
 //!   `decision` (priced requests and the settler's answers), `identity` (who-paid headers,
 //!   anti-spoofing), `metrics` (counter names), `headers` (the serialized request header
 //!   map, read in place), `pending` (token-endpoint bodies still being read), `policy` (per-route failure mode and
-//!   cache control), `revocation` (the revoked token ids).
+//!   cache control), `revocation` (the revoked token ids), `learned_keys` (token keys learned
+//!   from the settler's JWKS).
 //!
 //! `host.rs` (wasm only, the one module that names the proxy-wasm SDK) implements `Host`
 //! and forwards the proxy-wasm callbacks to `flow`; `abi.rs` (wasm only) wraps the raw
