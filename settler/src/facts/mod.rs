@@ -274,14 +274,15 @@ impl PayerFacts {
         }
     }
 
-    /// Applies the logs of the blocks after the head up to `head` (in block order), and
-    /// moves the head there. Returns false, applying nothing, when `from` is not the block
-    /// after the current head (the caller resets).
+    /// Applies the logs of `tokens` in the blocks after the head up to `head` (in block
+    /// order), and moves the head there. Entries of other tokens (filled while the logs were
+    /// asked for, so none of theirs is here) are dropped. Returns false, applying nothing,
+    /// when `from` is not the block after the current head (the caller resets).
     pub(crate) fn apply(
         &self,
         chain_id: u64,
         from: u64,
-        logs: &[FactLog],
+        (tokens, logs): (&[Address], &[FactLog]),
         head: (u64, B256),
         now: Instant,
     ) -> bool {
@@ -293,6 +294,7 @@ impl PayerFacts {
             return false;
         }
         let entries = &mut net.entries;
+        entries.retain(|(token, _), _| tokens.contains(token));
         for log in logs {
             match *log {
                 FactLog::Transfer {
@@ -435,7 +437,7 @@ mod tests {
                 nonce: h(77),
             },
         ];
-        assert!(f.apply(CHAIN, 11, &logs, (12, h(12)), now));
+        assert!(f.apply(CHAIN, 11, (&[token()], &logs), (12, h(12)), now));
         let s = hit(&f, Some(h(77)), now);
         assert_eq!((s.block, s.balance), (12, U256::from(750)));
         assert!(s.nonce_used);
@@ -446,7 +448,7 @@ mod tests {
             token: token(),
             owner: payer(),
         }];
-        assert!(f.apply(CHAIN, 13, &approval, (13, h(13)), now));
+        assert!(f.apply(CHAIN, 13, (&[token()], &approval), (13, h(13)), now));
         assert_eq!(hit(&f, None, now).permit_nonce, None);
         // Another token's logs leave the entry alone.
         let other = [FactLog::Transfer {
@@ -456,7 +458,7 @@ mod tests {
             value: U256::from(1),
             tx: h(3),
         }];
-        assert!(f.apply(CHAIN, 14, &other, (14, h(14)), now));
+        assert!(f.apply(CHAIN, 14, (&[token()], &other), (14, h(14)), now));
         assert_eq!(hit(&f, None, now).balance, U256::from(750));
     }
 
@@ -464,10 +466,10 @@ mod tests {
     fn a_gap_in_blocks_is_refused_and_a_fill_behind_the_head_is_not_kept() {
         let (f, now) = filled();
         assert!(
-            !f.apply(CHAIN, 12, &[], (12, h(12)), now),
+            !f.apply(CHAIN, 12, (&[token()], &[]), (12, h(12)), now),
             "block 11 skipped"
         );
-        assert!(f.apply(CHAIN, 11, &[], (11, h(11)), now));
+        assert!(f.apply(CHAIN, 11, (&[token()], &[]), (11, h(11)), now));
         // A fill read at block 10, finished after block 11 was applied: not kept.
         let other = Address::repeat_byte(0x33);
         assert_eq!(
@@ -486,6 +488,18 @@ mod tests {
         assert_eq!(
             f.lookup(CHAIN, token(), other, None, now),
             Lookup::Miss { block: 11 }
+        );
+    }
+
+    #[test]
+    fn an_entry_filled_while_logs_were_asked_for_without_its_token_is_dropped() {
+        let (f, now) = filled();
+        // The watcher asked for no token's logs (the entry came after), then applies.
+        assert!(f.apply(CHAIN, 11, (&[], &[]), (11, h(11)), now));
+        assert_eq!(
+            f.lookup(CHAIN, token(), payer(), None, now),
+            Lookup::Miss { block: 11 },
+            "read again: the block's logs of its token were not applied"
         );
     }
 
@@ -524,7 +538,7 @@ mod tests {
             value: U256::from(100),
             tx: h(9),
         }];
-        assert!(f.apply(CHAIN, 11, &logs, (11, h(11)), now));
+        assert!(f.apply(CHAIN, 11, (&[token()], &logs), (11, h(11)), now));
         let s = hit(&f, None, now);
         // Two equal payments in the same batch, one transfer log: one of them is mined.
         let both = [

@@ -95,7 +95,7 @@ async fn step(facts: &PayerFacts, chain: &Chain) -> Result<(), ChainError> {
         facts.reset(chain_id, (number, hash), now);
         return Ok(());
     };
-    if !facts.apply(chain_id, applied + 1, &logs, (number, hash), now) {
+    if !facts.apply(chain_id, applied + 1, (&tokens, &logs), (number, hash), now) {
         // Another head was set meanwhile (cannot happen with one watcher): start over.
         facts.reset(chain_id, (number, hash), now);
     }
